@@ -1,0 +1,248 @@
+//! Layered configuration: defaults < TOML file < `PEERLOG_*` environment < command-line
+//! flags (applied by the binary). Every option is documented in `config/peerlog.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use libp2p::Multiaddr;
+use serde::Deserialize;
+
+/// Errors loading the configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML for this schema.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// An environment variable has a value that does not parse.
+    #[error("invalid value in environment variable {name}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// No data directory was given and none can be derived (no `$HOME`).
+    #[error("no data directory: set --data-dir, PEERLOG_DATA_DIR or $XDG_DATA_HOME")]
+    NoDataDir,
+}
+
+/// How the node takes part in the Kademlia DHT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DhtMode {
+    /// Client until an external address is confirmed (AutoNAT) or declared, then server.
+    #[default]
+    Auto,
+    /// Always answer DHT queries (bootstrap nodes, nodes on a LAN or test net).
+    Server,
+    /// Never answer DHT queries.
+    Client,
+}
+
+impl std::str::FromStr for DhtMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "server" => Ok(Self::Server),
+            "client" => Ok(Self::Client),
+            other => Err(format!("expected auto, server or client, got {other:?}")),
+        }
+    }
+}
+
+/// Size and count limits on everything that comes from a peer or a client.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest WebSocket message a client may send, in bytes.
+    pub ws_message_bytes: usize,
+    /// Largest replication frame a peer may send, in bytes.
+    pub frame_bytes: usize,
+    /// Largest message text, in bytes of UTF-8.
+    pub message_bytes: usize,
+    /// Most entries in one `Data` frame this node sends.
+    pub batch_entries: usize,
+    /// Most concurrent requests per WebSocket client.
+    pub requests_per_client: usize,
+    /// Most replication sessions (peer, room) at once.
+    pub sessions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            ws_message_bytes: 1 << 20,
+            frame_bytes: 4 << 20,
+            message_bytes: 64 << 10,
+            batch_entries: 512,
+            requests_per_client: 32,
+            sessions: 1024,
+        }
+    }
+}
+
+/// The daemon's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where identity, token, rooms and the sled database live.
+    pub data_dir: Option<PathBuf>,
+    /// Address of the local API and web UI. Keep it on loopback.
+    pub api_listen: SocketAddr,
+    /// libp2p listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers (`/ip4/../tcp/../p2p/PEERID`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// DHT participation.
+    pub dht_mode: DhtMode,
+    /// Seconds between re-announcing and re-querying each room on the DHT, at the slowest
+    /// (the first rounds after a join come faster, doubling up to this).
+    pub discovery_interval_secs: u64,
+    /// Lifetime of our provider records on other nodes, in seconds.
+    pub provider_ttl_secs: u64,
+    /// Input limits.
+    pub limits: Limits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            listen: vec![
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid literal multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid literal multiaddr"),
+            ],
+            bootstrap: Vec::new(),
+            mdns: true,
+            dht_mode: DhtMode::Auto,
+            discovery_interval_secs: 60,
+            provider_ttl_secs: 600,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (the given one, else `$XDG_CONFIG_HOME/peerlog/config.toml`
+    /// if it exists), then the `PEERLOG_*` environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let default_file = config_home().map(|d| d.join("peerlog/config.toml"));
+        let path = match file {
+            Some(p) => Some(p.to_path_buf()),
+            None => default_file.filter(|p| p.exists()),
+        };
+        let mut config = match path {
+            Some(path) => Self::from_file(&path)?,
+            None => Self::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        Ok(config)
+    }
+
+    /// Reads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    /// Applies `PEERLOG_*` variables read through `get`.
+    pub fn apply_env(
+        &mut self,
+        get: impl Fn(&'static str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(name: &'static str, v: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            v.trim().parse().map_err(|e: T::Err| ConfigError::Env { name, message: e.to_string() })
+        }
+        fn list(name: &'static str, v: &str) -> Result<Vec<Multiaddr>, ConfigError> {
+            v.split(',').filter(|s| !s.trim().is_empty()).map(|s| parse(name, s)).collect()
+        }
+        if let Some(v) = get("PEERLOG_DATA_DIR") {
+            self.data_dir = Some(v.into());
+        }
+        if let Some(v) = get("PEERLOG_API_LISTEN") {
+            self.api_listen = parse("PEERLOG_API_LISTEN", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_LISTEN") {
+            self.listen = list("PEERLOG_LISTEN", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_BOOTSTRAP") {
+            self.bootstrap = list("PEERLOG_BOOTSTRAP", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_MDNS") {
+            self.mdns = parse("PEERLOG_MDNS", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_DHT_MODE") {
+            self.dht_mode = parse("PEERLOG_DHT_MODE", &v)?;
+        }
+        Ok(())
+    }
+
+    /// The data directory: configured, else `$XDG_DATA_HOME/peerlog`, else
+    /// `~/.local/share/peerlog`.
+    pub fn resolved_data_dir(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(d) = &self.data_dir {
+            return Ok(d.clone());
+        }
+        if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+            return Ok(PathBuf::from(d).join("peerlog"));
+        }
+        std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(|h| PathBuf::from(h).join(".local/share/peerlog"))
+            .ok_or(ConfigError::NoDataDir)
+    }
+}
+
+fn config_home() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = std::env::temp_dir().join(format!("peerlog-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, "api_listen = \"127.0.0.1:9000\"\nmdns = false\n[limits]\nframe_bytes = 1000\n").unwrap();
+        let mut c = Config::from_file(&file).unwrap();
+        assert_eq!(c.api_listen.port(), 9000);
+        assert!(!c.mdns);
+        assert_eq!(c.limits.frame_bytes, 1000);
+        assert_eq!(c.limits.message_bytes, Limits::default().message_bytes);
+        c.apply_env(|n| (n == "PEERLOG_API_LISTEN").then(|| "127.0.0.1:9001".into())).unwrap();
+        assert_eq!(c.api_listen.port(), 9001);
+        let bad = c.apply_env(|n| (n == "PEERLOG_DHT_MODE").then(|| "sometimes".into()));
+        assert!(matches!(bad, Err(ConfigError::Env { name: "PEERLOG_DHT_MODE", .. })));
+        std::fs::write(&file, "no_such_option = 1\n").unwrap();
+        assert!(matches!(Config::from_file(&file), Err(ConfigError::Parse { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

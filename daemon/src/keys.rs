@@ -1,0 +1,289 @@
+//! Key material: the node identity, room secrets (from a passphrase with Argon2id, or
+//! random for invites), the keys derived from them with HKDF, and the membership proof.
+//! The derivations are a contract (`docs/PROTOCOL.md`): changing one splits rooms.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use libp2p::identity::Keypair;
+use libp2p::PeerId;
+use peerlog_proto::wire::{Key32, AUTH_LABEL};
+use sha2::Sha256;
+use unicode_normalization::UnicodeNormalization;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Salt of the passphrase KDF: fixed so that everyone with the passphrase reaches the room.
+pub const ROOM_SALT: &[u8] = b"peerlog/room/v1";
+/// Argon2id memory cost in KiB (64 MiB, RFC 9106's second recommended setting).
+pub const ARGON2_M_KIB: u32 = 64 * 1024;
+/// Argon2id passes.
+pub const ARGON2_T: u32 = 3;
+/// Argon2id lanes.
+pub const ARGON2_P: u32 = 4;
+/// Prefix of an invite string.
+pub const INVITE_PREFIX: &str = "peerlog:";
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Reading or writing a key file failed.
+    #[error("key file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A key file exists but does not hold a valid key.
+    #[error("key file {0} is corrupt")]
+    Corrupt(String),
+    /// The invite string is not `peerlog:` followed by 32 bytes in base32.
+    #[error("not a peerlog invite (expected peerlog:<52 base32 characters>)")]
+    BadInvite,
+    /// The passphrase is empty.
+    #[error("the passphrase is empty")]
+    EmptyPassphrase,
+}
+
+/// A room's 32-byte root secret. Never printed.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct RoomSecret(pub [u8; 32]);
+
+impl std::fmt::Debug for RoomSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RoomSecret(<redacted>)")
+    }
+}
+
+impl RoomSecret {
+    /// Argon2id(NFC(passphrase), salt = "peerlog/room/v1", m = 64 MiB, t = 3, p = 4).
+    /// Takes about a second of CPU: call it off the async threads.
+    pub fn from_passphrase(passphrase: &str) -> Result<Self, KeyError> {
+        let normalized: String = passphrase.nfc().collect();
+        if normalized.trim().is_empty() {
+            return Err(KeyError::EmptyPassphrase);
+        }
+        let params = argon2::Params::new(ARGON2_M_KIB, ARGON2_T, ARGON2_P, Some(32))
+            .expect("constant Argon2 parameters are valid");
+        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let mut out = [0u8; 32];
+        argon
+            .hash_password_into(normalized.as_bytes(), ROOM_SALT, &mut out)
+            .expect("output length and salt length are within Argon2's bounds");
+        Ok(Self(out))
+    }
+
+    /// A fresh random secret (for rooms created with an invite).
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// Parses `peerlog:<base32>`.
+    pub fn from_invite(invite: &str) -> Result<Self, KeyError> {
+        let body = invite.trim().strip_prefix(INVITE_PREFIX).ok_or(KeyError::BadInvite)?;
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(body.to_ascii_uppercase().as_bytes())
+            .map_err(|_| KeyError::BadInvite)?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::BadInvite)?;
+        Ok(Self(arr))
+    }
+
+    /// `peerlog:<base32 secret>`, lower case.
+    pub fn to_invite(&self) -> String {
+        format!("{INVITE_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&self.0).to_ascii_lowercase())
+    }
+
+    /// Derives the room's keys.
+    pub fn keys(&self) -> RoomKeys {
+        let hk = Hkdf::<Sha256>::new(None, &self.0);
+        let expand = |label: &[u8]| {
+            let mut k = [0u8; 32];
+            hk.expand(label, &mut k).expect("32 bytes is a valid HKDF-SHA256 output length");
+            k
+        };
+        RoomKeys {
+            discovery_key: expand(b"peerlog/discovery/v1"),
+            auth_key: expand(b"peerlog/auth/v1"),
+            content_key: expand(b"peerlog/content/v1"),
+        }
+    }
+}
+
+/// The keys of one room.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct RoomKeys {
+    /// Public: the DHT key and the room's name on the wire.
+    pub discovery_key: Key32,
+    /// Proves membership in the replication handshake.
+    pub auth_key: Key32,
+    /// Encrypts entries (through a per-writer subkey).
+    pub content_key: Key32,
+}
+
+impl std::fmt::Debug for RoomKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RoomKeys({})", room_id(&self.discovery_key))
+    }
+}
+
+/// A room's short public id: the first 8 bytes of its discovery key, in hex.
+pub fn room_id(discovery_key: &Key32) -> String {
+    hex::encode(&discovery_key[..8])
+}
+
+/// Membership proof sent by `sender` to `receiver` in a session opened with the two nonces.
+/// Binding the direction (sender first) stops a peer from reflecting our own proof back.
+pub fn auth_mac(
+    auth_key: &Key32,
+    initiator_nonce: &Key32,
+    responder_nonce: &Key32,
+    sender: &PeerId,
+    receiver: &PeerId,
+) -> Key32 {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(auth_key).expect("HMAC takes any key length");
+    mac.update(AUTH_LABEL);
+    mac.update(initiator_nonce);
+    mac.update(responder_nonce);
+    for peer in [sender, receiver] {
+        let bytes = peer.to_bytes();
+        mac.update(&(bytes.len() as u16).to_be_bytes());
+        mac.update(&bytes);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+/// Checks a membership proof in constant time.
+pub fn verify_auth_mac(expected: &Key32, got: &Key32) -> bool {
+    // No early exit: the time taken does not depend on where the MACs differ.
+    expected.iter().zip(got).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Writes `bytes` to `path` with mode 0600, atomically (temp file, fsync, rename).
+pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let io = |source| KeyError::Io { path: path.display().to_string(), source };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    Ok(())
+}
+
+/// Loads the node identity from `path`, creating it (0600) on first start.
+pub fn load_or_create_identity(path: &Path) -> Result<Keypair, KeyError> {
+    match std::fs::read(path) {
+        Ok(mut bytes) => {
+            let kp = Keypair::ed25519_from_bytes(&mut bytes)
+                .map_err(|_| KeyError::Corrupt(path.display().to_string()));
+            bytes.zeroize();
+            kp
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let kp = libp2p::identity::ed25519::Keypair::generate();
+            let mut secret = kp.secret().as_ref().to_vec();
+            write_secret_file(path, &secret)?;
+            secret.zeroize();
+            Ok(kp.into())
+        }
+        Err(source) => Err(KeyError::Io { path: path.display().to_string(), source }),
+    }
+}
+
+/// Rough strength of a passphrase in bits, from its length and character classes. Shown
+/// to people as a warning; not a guarantee.
+pub fn passphrase_bits(passphrase: &str) -> u32 {
+    let chars: Vec<char> = passphrase.nfc().collect();
+    let mut pool = 0u32;
+    if chars.iter().any(|c| c.is_ascii_lowercase()) {
+        pool += 26;
+    }
+    if chars.iter().any(|c| c.is_ascii_uppercase()) {
+        pool += 26;
+    }
+    if chars.iter().any(|c| c.is_ascii_digit()) {
+        pool += 10;
+    }
+    if chars.iter().any(|c| c.is_ascii_punctuation() || *c == ' ') {
+        pool += 33;
+    }
+    if chars.iter().any(|c| !c.is_ascii()) {
+        pool += 100;
+    }
+    let mut distinct = chars.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    // Repeated characters add little: count distinct ones fully and repeats at a quarter.
+    let effective = distinct.len() as f64 + (chars.len() - distinct.len()) as f64 / 4.0;
+    (effective * (pool.max(1) as f64).log2()) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passphrase_derivation_is_stable_and_normalized() {
+        let a = RoomSecret::from_passphrase("caf\u{e9} correct horse").unwrap();
+        let b = RoomSecret::from_passphrase("cafe\u{301} correct horse").unwrap();
+        assert_eq!(a, b, "NFC and NFD spellings must reach the same room");
+        let c = RoomSecret::from_passphrase("cafe correct horse").unwrap();
+        assert_ne!(a, c);
+        let k = a.keys();
+        assert_ne!(k.discovery_key, k.auth_key);
+        assert_ne!(k.auth_key, k.content_key);
+        assert!(matches!(RoomSecret::from_passphrase("  "), Err(KeyError::EmptyPassphrase)));
+    }
+
+    #[test]
+    fn invites_roundtrip_and_reject_garbage() {
+        let s = RoomSecret::random();
+        let inv = s.to_invite();
+        assert!(inv.starts_with("peerlog:"));
+        assert_eq!(RoomSecret::from_invite(&inv).unwrap(), s);
+        assert_eq!(RoomSecret::from_invite(&inv.to_uppercase().replace("PEERLOG:", "peerlog:")).unwrap(), s);
+        assert!(RoomSecret::from_invite("peerlog:abc").is_err());
+        assert!(RoomSecret::from_invite("hello").is_err());
+        assert!(format!("{s:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn auth_mac_binds_direction() {
+        let key = [9u8; 32];
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let m_ab = auth_mac(&key, &[1; 32], &[2; 32], &a, &b);
+        let m_ba = auth_mac(&key, &[1; 32], &[2; 32], &b, &a);
+        assert_ne!(m_ab, m_ba, "a reflected proof must not verify");
+        assert!(verify_auth_mac(&m_ab, &auth_mac(&key, &[1; 32], &[2; 32], &a, &b)));
+        assert!(!verify_auth_mac(&m_ab, &auth_mac(&[8; 32], &[1; 32], &[2; 32], &a, &b)));
+    }
+
+    #[test]
+    fn identity_is_created_0600_and_reloaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("peerlog-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("identity.key");
+        let a = load_or_create_identity(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let b = load_or_create_identity(&p).unwrap();
+        assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn strength_estimate_orders_sensibly() {
+        assert!(passphrase_bits("aaaa") < 20);
+        assert!(passphrase_bits("correct horse battery staple") > 60);
+    }
+}

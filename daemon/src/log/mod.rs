@@ -1,0 +1,184 @@
+//! The room log, Corestore-style: one append-only feed per writer. This file holds the
+//! pure parts (messages, hashing, signing, encryption); [`store`] keeps feeds in sled.
+//!
+//! ```text
+//! hash(entry) = BLAKE3(feed_key || seq (BE) || prev || nonce || ciphertext)
+//! head        = ed25519(feed_key, "peerlog/head/v1" || seq (BE) || hash)
+//! ciphertext  = AES-256-GCM(HKDF(content_key, "peerlog/entry/v1" || feed_key),
+//!                           random nonce, aad = feed_key || seq (BE), message)
+//! ```
+
+pub mod store;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use hkdf::Hkdf;
+use peerlog_proto::wire::{Entry, Key32, SignedHead};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+pub use store::Store;
+
+/// What a message says. New kinds are appended at the end (postcard encodes the variant
+/// index); a kind this version does not know decodes as `None` and is skipped in views.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// A chat message.
+    Text {
+        /// The text, UTF-8.
+        text: String,
+    },
+    /// The writer's display name from now on.
+    Profile {
+        /// The name.
+        display_name: String,
+    },
+}
+
+/// The plaintext of an entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Lamport clock: greater than every message the writer had seen in the room.
+    pub lamport: u64,
+    /// The writer's wall clock, milliseconds since the Unix epoch (a claim, not a fact).
+    pub time_ms: u64,
+    /// The content; `None` for a kind this version does not know.
+    pub body: Option<Body>,
+}
+
+impl Message {
+    /// Serializes: the (lamport, time) header, then the body, so that the header of a
+    /// newer kind still decodes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = postcard::to_stdvec(&(self.lamport, self.time_ms)).unwrap_or_default();
+        if let Some(body) = &self.body {
+            out.extend(postcard::to_stdvec(body).unwrap_or_default());
+        }
+        out
+    }
+
+    /// Parses; `None` if even the header is malformed.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let ((lamport, time_ms), rest) = postcard::take_from_bytes::<(u64, u64)>(bytes).ok()?;
+        Some(Self { lamport, time_ms, body: postcard::from_bytes(rest).ok() })
+    }
+}
+
+/// BLAKE3 hash of an entry at `seq` of `feed_key`.
+pub fn hash_entry(feed_key: &Key32, seq: u64, entry: &Entry) -> Key32 {
+    let mut h = blake3::Hasher::new();
+    h.update(feed_key);
+    h.update(&seq.to_be_bytes());
+    h.update(&entry.prev);
+    h.update(&entry.nonce);
+    h.update(&entry.ciphertext);
+    *h.finalize().as_bytes()
+}
+
+/// Signs the head of a feed at `seq`.
+pub fn sign_head(writer: &SigningKey, seq: u64, hash: Key32) -> SignedHead {
+    let sig = writer.sign(&SignedHead::signed_bytes(seq, &hash));
+    SignedHead {
+        feed_key: writer.verifying_key().to_bytes(),
+        seq,
+        hash,
+        signature: sig.to_bytes().to_vec(),
+    }
+}
+
+/// Checks a head's signature against its feed key.
+pub fn verify_head(head: &SignedHead) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(&head.feed_key) else { return false };
+    let Ok(sig_bytes) = <[u8; 64]>::try_from(head.signature.as_slice()) else { return false };
+    let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
+    key.verify(&SignedHead::signed_bytes(head.seq, &head.hash), &sig).is_ok()
+}
+
+/// The AEAD of one writer's entries in one room.
+#[derive(Clone)]
+pub struct FeedCipher {
+    feed_key: Key32,
+    aead: Aes256Gcm,
+}
+
+/// An entry's ciphertext failed to authenticate.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("entry does not decrypt (wrong room key or tampered ciphertext)")]
+pub struct DecryptError;
+
+impl FeedCipher {
+    /// Derives the per-writer key `HKDF(content_key, "peerlog/entry/v1" || feed_key)`.
+    pub fn new(content_key: &Key32, feed_key: &Key32) -> Self {
+        let hk = Hkdf::<Sha256>::new(None, content_key);
+        let mut info = b"peerlog/entry/v1".to_vec();
+        info.extend_from_slice(feed_key);
+        let mut key = [0u8; 32];
+        hk.expand(&info, &mut key).expect("32 bytes is a valid HKDF-SHA256 output length");
+        let aead = Aes256Gcm::new_from_slice(&key).expect("AES-256 takes a 32-byte key");
+        Self { feed_key: *feed_key, aead }
+    }
+
+    fn aad(&self, seq: u64) -> [u8; 40] {
+        let mut aad = [0u8; 40];
+        aad[..32].copy_from_slice(&self.feed_key);
+        aad[32..].copy_from_slice(&seq.to_be_bytes());
+        aad
+    }
+
+    /// Encrypts `plaintext` as entry `seq` with a fresh random nonce.
+    pub fn seal(&self, seq: u64, prev: Key32, plaintext: &[u8]) -> Entry {
+        let nonce: [u8; 12] = rand::random();
+        let ciphertext = self
+            .aead
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &self.aad(seq) })
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        Entry { prev, nonce, ciphertext }
+    }
+
+    /// Decrypts entry `seq`.
+    pub fn open(&self, seq: u64, entry: &Entry) -> Result<Vec<u8>, DecryptError> {
+        self.aead
+            .decrypt(
+                Nonce::from_slice(&entry.nonce),
+                Payload { msg: &entry.ciphertext, aad: &self.aad(seq) },
+            )
+            .map_err(|_| DecryptError)
+    }
+}
+
+/// A writer's fresh feed key pair.
+pub fn new_writer() -> SigningKey {
+    SigningKey::generate(&mut rand::rngs::OsRng)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_roundtrip_and_unknown_kind() {
+        let m = Message { lamport: 3, time_ms: 99, body: Some(Body::Text { text: "hi".into() }) };
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        let mut unknown = postcard::to_stdvec(&(5u64, 6u64)).unwrap();
+        unknown.extend([200, 1, 2]);
+        let d = Message::decode(&unknown).unwrap();
+        assert_eq!((d.lamport, d.time_ms, d.body), (5, 6, None));
+    }
+
+    #[test]
+    fn seal_open_sign_verify() {
+        let w = new_writer();
+        let fk = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(&[1; 32], &fk);
+        let e = c.seal(0, [0; 32], b"hello");
+        assert_eq!(c.open(0, &e).unwrap(), b"hello");
+        assert!(c.open(1, &e).is_err(), "seq is bound as AAD");
+        assert!(FeedCipher::new(&[2; 32], &fk).open(0, &e).is_err());
+        let head = sign_head(&w, 0, hash_entry(&fk, 0, &e));
+        assert!(verify_head(&head));
+        let mut bad = head.clone();
+        bad.seq = 1;
+        assert!(!verify_head(&bad));
+    }
+}

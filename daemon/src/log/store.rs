@@ -1,0 +1,735 @@
+//! sled storage: rooms, feeds, entries and the display-order index.
+//!
+//! Two trees. `rooms`: discovery key → [`RoomRecord`] (secrets; the data dir is 0700).
+//! `log`, with one-byte key prefixes so that one atomic sled batch covers an append:
+//!
+//! | key                                                   | value               |
+//! |-------------------------------------------------------|---------------------|
+//! | `e` feed_key seq                                      | postcard [`Entry`]  |
+//! | `f` feed_key                                          | postcard [`FeedMeta`] |
+//! | `r` discovery_key feed_key                            | (empty)             |
+//! | `o` room8 lamport time_ms feed_key seq                | (empty)             |
+//! | `k` feed_key seq                                      | postcard fork proof |
+//!
+//! Integers are big-endian so that sled's byte order is numeric order. `room8` is the first
+//! 8 bytes of the discovery key. Nothing is stored before it verified: see [`Store::ingest`].
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use ed25519_dalek::SigningKey;
+use peerlog_proto::wire::{Entry, Key32, SignedHead};
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use super::{hash_entry, sign_head, verify_head, Body, FeedCipher, Message};
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// sled failed (I/O, corruption detected by sled).
+    #[error("storage: {0}")]
+    Sled(#[from] sled::Error),
+    /// A stored value does not decode.
+    #[error("stored {0} does not decode")]
+    Corrupt(&'static str),
+}
+
+/// Why received entries were refused. Nothing of a refused batch is stored.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngestError {
+    /// No signed head or stored successor vouches for the batch's newest entry.
+    #[error("entries are not anchored to a signed head")]
+    NotAnchored,
+    /// An entry's `prev` does not match the hash of its predecessor.
+    #[error("hash chain broken at seq {0}")]
+    BrokenChain(u64),
+    /// The signed head's signature does not verify.
+    #[error("bad head signature")]
+    BadHead,
+    /// An entry failed AEAD authentication or its plaintext is malformed.
+    #[error("entry {0} does not decrypt")]
+    Decrypt(u64),
+    /// The writer signed two different entries for one seq: recorded, not stored.
+    #[error("fork detected at seq {0}")]
+    Fork(u64),
+    /// The feed belongs to another room.
+    #[error("feed belongs to another room")]
+    WrongRoom,
+    /// Sequence numbers overflow.
+    #[error("sequence numbers out of range")]
+    OutOfRange,
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sled::Error> for IngestError {
+    fn from(e: sled::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+/// A joined room as kept on disk.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct RoomRecord {
+    /// The room secret.
+    pub secret: [u8; 32],
+    /// Local display name of the room.
+    pub name: String,
+    /// Our writer key for this room (ed25519 secret).
+    pub writer: [u8; 32],
+    /// When we joined, ms since the epoch.
+    pub joined_ms: u64,
+}
+
+/// What we hold of one feed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FeedMeta {
+    /// Discovery key of the room the feed belongs to.
+    pub room: Key32,
+    /// The newest signed head whose entry is stored.
+    pub head: Option<SignedHead>,
+    /// Stored seqs as sorted, disjoint, non-adjacent half-open ranges.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+impl FeedMeta {
+    /// Whether entry `seq` is stored.
+    pub fn has(&self, seq: u64) -> bool {
+        self.ranges.iter().any(|&(s, e)| s <= seq && seq < e)
+    }
+
+    /// Number of entries the head covers (0 without a head).
+    pub fn length(&self) -> u64 {
+        self.head.as_ref().map_or(0, SignedHead::length)
+    }
+
+    /// Number of entries stored.
+    pub fn stored(&self) -> u64 {
+        self.ranges.iter().map(|(s, e)| e - s).sum()
+    }
+
+    /// Marks `start..end` stored.
+    pub fn add_range(&mut self, start: u64, end: u64) {
+        if start >= end {
+            return;
+        }
+        self.ranges.push((start, end));
+        self.ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(self.ranges.len());
+        for &(s, e) in &self.ranges {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.ranges = merged;
+    }
+
+    /// The gaps in `0..end`, newest first.
+    pub fn missing(&self, end: u64) -> Vec<(u64, u64)> {
+        let mut gaps = Vec::new();
+        let mut cursor = 0;
+        for &(s, e) in &self.ranges {
+            if s >= end {
+                break;
+            }
+            if s > cursor {
+                gaps.push((cursor, s));
+            }
+            cursor = e;
+        }
+        if cursor < end {
+            gaps.push((cursor, end));
+        }
+        gaps.reverse();
+        gaps
+    }
+
+    /// Start of the stored run that contains `seq`.
+    pub fn run_start(&self, seq: u64) -> Option<u64> {
+        self.ranges.iter().find(|&&(s, e)| s <= seq && seq < e).map(|&(s, _)| s)
+    }
+}
+
+/// A decrypted message with its place in the room.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The writer's feed key.
+    pub feed_key: Key32,
+    /// Position in the writer's feed.
+    pub seq: u64,
+    /// The plaintext.
+    pub message: Message,
+}
+
+impl StoredMessage {
+    /// Stable id: `<feed key hex>:<seq>`.
+    pub fn id(&self) -> String {
+        format!("{}:{}", hex::encode(self.feed_key), self.seq)
+    }
+
+    /// Parses an id made by [`StoredMessage::id`].
+    pub fn parse_id(id: &str) -> Option<(Key32, u64)> {
+        let (feed, seq) = id.split_once(':')?;
+        let feed: Key32 = hex::decode(feed).ok()?.try_into().ok()?;
+        Some((feed, seq.parse().ok()?))
+    }
+}
+
+/// The result of a successful ingest.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Messages newly stored (decrypted; empty for a blind store).
+    pub messages: Vec<StoredMessage>,
+    /// Entries newly stored.
+    pub stored: u64,
+    /// The feed's new head, if it advanced.
+    pub new_head: Option<SignedHead>,
+}
+
+/// What an append produced.
+#[derive(Debug)]
+pub struct Appended {
+    /// The new signed head.
+    pub head: SignedHead,
+    /// The new messages, oldest first.
+    pub messages: Vec<StoredMessage>,
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    log: sled::Tree,
+    rooms: sled::Tree,
+    /// Serializes the check-then-write part of ingest (anchor checks read what earlier
+    /// ingests wrote). Held only around synchronous sled calls, never across an await.
+    ingest_lock: Arc<Mutex<()>>,
+}
+
+const ZERO: Key32 = [0; 32];
+
+fn entry_key(feed: &Key32, seq: u64) -> [u8; 41] {
+    let mut k = [0u8; 41];
+    k[0] = b'e';
+    k[1..33].copy_from_slice(feed);
+    k[33..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn meta_key(feed: &Key32) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = b'f';
+    k[1..].copy_from_slice(feed);
+    k
+}
+
+fn room_feed_key(room: &Key32, feed: &Key32) -> [u8; 65] {
+    let mut k = [0u8; 65];
+    k[0] = b'r';
+    k[1..33].copy_from_slice(room);
+    k[33..].copy_from_slice(feed);
+    k
+}
+
+/// Display-order key of a message.
+pub type OrderKey = [u8; 65];
+
+fn order_prefix(room: &Key32) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'o';
+    k[1..].copy_from_slice(&room[..8]);
+    k
+}
+
+fn order_key(room: &Key32, m: &StoredMessage) -> OrderKey {
+    let mut k = [0u8; 65];
+    k[..9].copy_from_slice(&order_prefix(room));
+    k[9..17].copy_from_slice(&m.message.lamport.to_be_bytes());
+    k[17..25].copy_from_slice(&m.message.time_ms.to_be_bytes());
+    k[25..57].copy_from_slice(&m.feed_key);
+    k[57..].copy_from_slice(&m.seq.to_be_bytes());
+    k
+}
+
+fn fork_key(feed: &Key32, seq: u64) -> [u8; 41] {
+    let mut k = entry_key(feed, seq);
+    k[0] = b'k';
+    k
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(what))
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing plain data into a Vec cannot fail.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).flush_every_ms(Some(200)).open()?;
+        let log = db.open_tree("log")?;
+        let rooms = db.open_tree("rooms")?;
+        Ok(Self { db, log, rooms, ingest_lock: Arc::new(Mutex::new(())) })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Bytes the database occupies on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    // ----- rooms -----
+
+    /// Saves a joined room.
+    pub fn put_room(&self, discovery_key: &Key32, record: &RoomRecord) -> Result<(), StoreError> {
+        self.rooms.insert(discovery_key, encode(record))?;
+        Ok(())
+    }
+
+    /// All joined rooms.
+    pub fn rooms(&self) -> Result<Vec<(Key32, RoomRecord)>, StoreError> {
+        self.rooms
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let dk: Key32 = k.as_ref().try_into().map_err(|_| StoreError::Corrupt("room key"))?;
+                Ok((dk, decode(&v, "room")?))
+            })
+            .collect()
+    }
+
+    /// Forgets a room and deletes its feeds, entries and index.
+    pub fn remove_room(&self, discovery_key: &Key32) -> Result<(), StoreError> {
+        self.rooms.remove(discovery_key)?;
+        let mut prefix = vec![b'r'];
+        prefix.extend_from_slice(discovery_key);
+        for kv in self.log.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let feed: Key32 = k[33..].try_into().map_err(|_| StoreError::Corrupt("room index"))?;
+            let mut batch = sled::Batch::default();
+            for e in self.log.scan_prefix(&entry_key(&feed, 0)[..33]) {
+                batch.remove(e?.0);
+            }
+            batch.remove(&meta_key(&feed)[..]);
+            batch.remove(k);
+            self.log.apply_batch(batch)?;
+        }
+        let mut batch = sled::Batch::default();
+        for kv in self.log.scan_prefix(order_prefix(discovery_key)) {
+            batch.remove(kv?.0);
+        }
+        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+
+    // ----- feeds -----
+
+    /// What we hold of a feed.
+    pub fn feed_meta(&self, feed: &Key32) -> Result<Option<FeedMeta>, StoreError> {
+        self.log.get(meta_key(feed))?.map(|v| decode(&v, "feed meta")).transpose()
+    }
+
+    /// The feeds of a room with what we hold of each.
+    pub fn room_feeds(&self, room: &Key32) -> Result<Vec<(Key32, FeedMeta)>, StoreError> {
+        let mut prefix = vec![b'r'];
+        prefix.extend_from_slice(room);
+        let mut out = Vec::new();
+        for kv in self.log.scan_prefix(&prefix) {
+            let (k, _) = kv?;
+            let feed: Key32 = k[33..].try_into().map_err(|_| StoreError::Corrupt("room index"))?;
+            if let Some(meta) = self.feed_meta(&feed)? {
+                out.push((feed, meta));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The newest signed head of every feed of a room.
+    pub fn room_heads(&self, room: &Key32) -> Result<Vec<SignedHead>, StoreError> {
+        Ok(self.room_feeds(room)?.into_iter().filter_map(|(_, m)| m.head).collect())
+    }
+
+    /// Stored entries `start..end` of a feed (stops at the first missing one).
+    pub fn entries(&self, feed: &Key32, start: u64, end: u64) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start).min(4096) as usize);
+        for (i, kv) in self.log.range(entry_key(feed, start)..entry_key(feed, end)).enumerate() {
+            let (k, v) = kv?;
+            let seq = u64::from_be_bytes(k[33..41].try_into().map_err(|_| StoreError::Corrupt("entry key"))?);
+            if seq != start + i as u64 {
+                break;
+            }
+            out.push(decode(&v, "entry")?);
+        }
+        Ok(out)
+    }
+
+    fn entry(&self, feed: &Key32, seq: u64) -> Result<Option<Entry>, StoreError> {
+        self.log.get(entry_key(feed, seq))?.map(|v| decode(&v, "entry")).transpose()
+    }
+
+    /// Appends messages to our own feed in `room` as one batch with one signed head.
+    /// The caller serializes appends to one feed. Not durable until [`Store::flush`].
+    pub fn append(
+        &self,
+        room: &Key32,
+        writer: &SigningKey,
+        cipher: &FeedCipher,
+        first_lamport: u64,
+        bodies: Vec<Body>,
+    ) -> Result<Appended, StoreError> {
+        let feed = writer.verifying_key().to_bytes();
+        let mut meta = self.feed_meta(&feed)?.unwrap_or_else(|| FeedMeta { room: *room, ..FeedMeta::default() });
+        let mut seq = meta.length();
+        let mut prev = meta.head.as_ref().map_or(ZERO, |h| h.hash);
+        let time_ms = now_ms();
+        let mut batch = sled::Batch::default();
+        let mut messages = Vec::with_capacity(bodies.len());
+        let first_seq = seq;
+        for (i, body) in bodies.into_iter().enumerate() {
+            let message = Message { lamport: first_lamport + i as u64, time_ms, body: Some(body) };
+            let entry = cipher.seal(seq, prev, &message.encode());
+            prev = hash_entry(&feed, seq, &entry);
+            batch.insert(&entry_key(&feed, seq)[..], encode(&entry));
+            let stored = StoredMessage { feed_key: feed, seq, message };
+            batch.insert(&order_key(room, &stored)[..], &[][..]);
+            messages.push(stored);
+            seq += 1;
+        }
+        let head = sign_head(writer, seq - 1, prev);
+        meta.head = Some(head.clone());
+        meta.add_range(first_seq, seq);
+        batch.insert(&meta_key(&feed)[..], encode(&meta));
+        batch.insert(&room_feed_key(room, &feed)[..], &[][..]);
+        self.log.apply_batch(batch)?;
+        Ok(Appended { head, messages })
+    }
+
+    /// Verifies and stores entries `start..start + entries.len()` of `feed` received from a
+    /// peer. The batch must be anchored at its top: by `anchor` (a signed head for its
+    /// newest entry), by our stored head, or by a stored successor whose `prev` is the
+    /// newest entry's hash; the hash chain must hold inside the batch and link to a stored
+    /// predecessor; with a `cipher` every entry must decrypt. All or nothing.
+    pub fn ingest(
+        &self,
+        room: &Key32,
+        cipher: Option<&FeedCipher>,
+        feed: &Key32,
+        start: u64,
+        entries: &[Entry],
+        anchor: Option<&SignedHead>,
+    ) -> Result<Ingested, IngestError> {
+        let Some(last) = entries.len().checked_sub(1) else { return Ok(Ingested::default()) };
+        let end = start.checked_add(entries.len() as u64).ok_or(IngestError::OutOfRange)?;
+        let top = end - 1;
+        // Pure checks first, without the lock.
+        let hashes: Vec<Key32> =
+            entries.iter().enumerate().map(|(i, e)| hash_entry(feed, start + i as u64, e)).collect();
+        for i in 1..entries.len() {
+            if entries[i].prev != hashes[i - 1] {
+                return Err(IngestError::BrokenChain(start + i as u64));
+            }
+        }
+        if start == 0 && entries[0].prev != ZERO {
+            return Err(IngestError::BrokenChain(0));
+        }
+        let anchor = anchor.filter(|h| h.feed_key == *feed && h.seq == top);
+        if let Some(h) = anchor {
+            if !verify_head(h) {
+                return Err(IngestError::BadHead);
+            }
+        }
+        let mut messages = Vec::new();
+        if let Some(cipher) = cipher {
+            messages.reserve(entries.len());
+            for (i, e) in entries.iter().enumerate() {
+                let seq = start + i as u64;
+                let plain = cipher.open(seq, e).map_err(|_| IngestError::Decrypt(seq))?;
+                let message = Message::decode(&plain).ok_or(IngestError::Decrypt(seq))?;
+                messages.push(StoredMessage { feed_key: *feed, seq, message });
+            }
+        }
+
+        // A poisoned lock only means another ingest panicked; the data is in sled.
+        let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut meta = self.feed_meta(feed)?.unwrap_or_else(|| FeedMeta { room: *room, ..FeedMeta::default() });
+        if meta.room != *room {
+            return Err(IngestError::WrongRoom);
+        }
+        let top_hash = hashes[last];
+        let stored_head_at_top = meta.head.as_ref().filter(|h| h.seq == top);
+        let mut new_head = None;
+        if let Some(h) = anchor {
+            if h.hash != top_hash {
+                return Err(IngestError::NotAnchored);
+            }
+            if let Some(ours) = stored_head_at_top {
+                if ours.hash != h.hash {
+                    self.record_fork(feed, ours, h)?;
+                    return Err(IngestError::Fork(top));
+                }
+            }
+            if meta.head.as_ref().is_none_or(|ours| h.seq > ours.seq) {
+                new_head = Some(h.clone());
+            }
+        } else if let Some(ours) = stored_head_at_top {
+            if ours.hash != top_hash {
+                return Err(IngestError::NotAnchored);
+            }
+        } else if meta.has(end) {
+            let next = self.entry(feed, end)?.ok_or(StoreError::Corrupt("entry index"))?;
+            if next.prev != top_hash {
+                return Err(IngestError::BrokenChain(end));
+            }
+        } else {
+            return Err(IngestError::NotAnchored);
+        }
+        if start > 0 && meta.has(start - 1) {
+            let below = self.entry(feed, start - 1)?.ok_or(StoreError::Corrupt("entry index"))?;
+            if entries[0].prev != hash_entry(feed, start - 1, &below) {
+                return Err(IngestError::BrokenChain(start));
+            }
+        }
+
+        let mut batch = sled::Batch::default();
+        let mut stored = 0;
+        for (i, e) in entries.iter().enumerate() {
+            let seq = start + i as u64;
+            if !meta.has(seq) {
+                batch.insert(&entry_key(feed, seq)[..], encode(e));
+                stored += 1;
+            }
+        }
+        messages.retain(|m| !meta.has(m.seq));
+        for m in &messages {
+            batch.insert(&order_key(room, m)[..], &[][..]);
+        }
+        meta.add_range(start, end);
+        if let Some(h) = &new_head {
+            meta.head = Some(h.clone());
+        }
+        batch.insert(&meta_key(feed)[..], encode(&meta));
+        batch.insert(&room_feed_key(room, feed)[..], &[][..]);
+        self.log.apply_batch(batch)?;
+        Ok(Ingested { messages, stored, new_head })
+    }
+
+    fn record_fork(&self, feed: &Key32, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
+        tracing::warn!(feed = %hex::encode(&feed[..8]), seq = a.seq, "writer signed two different heads: fork recorded");
+        self.log.insert(fork_key(feed, a.seq), encode(&(a, b)))?;
+        Ok(())
+    }
+
+    /// Feeds of `room` with a recorded fork, with the seq of the first proof.
+    pub fn forks(&self, room: &Key32) -> Result<Vec<(Key32, u64)>, StoreError> {
+        let mut out = Vec::new();
+        for (feed, _) in self.room_feeds(room)? {
+            if let Some(kv) = self.log.scan_prefix(&fork_key(&feed, 0)[..33]).next() {
+                let (k, _) = kv?;
+                let seq = u64::from_be_bytes(k[33..41].try_into().map_err(|_| StoreError::Corrupt("fork key"))?);
+                out.push((feed, seq));
+            }
+        }
+        Ok(out)
+    }
+
+    // ----- reading messages -----
+
+    /// The largest Lamport clock of any stored message of the room.
+    pub fn max_lamport(&self, room: &Key32) -> Result<u64, StoreError> {
+        match self.log.scan_prefix(order_prefix(room)).next_back() {
+            Some(kv) => {
+                let (k, _) = kv?;
+                Ok(u64::from_be_bytes(k[9..17].try_into().map_err(|_| StoreError::Corrupt("order key"))?))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// The order key of a stored message, for paging.
+    pub fn order_key_of(&self, room: &Key32, content_key: &Key32, feed: &Key32, seq: u64) -> Result<Option<OrderKey>, StoreError> {
+        let Some(entry) = self.entry(feed, seq)? else { return Ok(None) };
+        let Ok(plain) = FeedCipher::new(content_key, feed).open(seq, &entry) else { return Ok(None) };
+        let Some(message) = Message::decode(&plain) else { return Ok(None) };
+        Ok(Some(order_key(room, &StoredMessage { feed_key: *feed, seq, message })))
+    }
+
+    /// Up to `limit` messages of the room in display order, the newest page, or the page
+    /// right before `before`; returned oldest first.
+    pub fn history(
+        &self,
+        room: &Key32,
+        content_key: &Key32,
+        before: Option<&OrderKey>,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let prefix = order_prefix(room);
+        let mut upper = prefix.to_vec();
+        let iter = match before {
+            Some(b) => self.log.range(prefix.to_vec()..b.to_vec()),
+            None => {
+                upper.push(0xff);
+                self.log.range(prefix.to_vec()..upper)
+            }
+        };
+        let mut ciphers: HashMap<Key32, FeedCipher> = HashMap::new();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for kv in iter.rev().take(limit) {
+            let (k, _) = kv?;
+            let feed: Key32 = k[25..57].try_into().map_err(|_| StoreError::Corrupt("order key"))?;
+            let seq = u64::from_be_bytes(k[57..65].try_into().map_err(|_| StoreError::Corrupt("order key"))?);
+            let entry = self.entry(&feed, seq)?.ok_or(StoreError::Corrupt("order index"))?;
+            let cipher = ciphers.entry(feed).or_insert_with(|| FeedCipher::new(content_key, &feed));
+            let plain = cipher.open(seq, &entry).map_err(|_| StoreError::Corrupt("stored entry"))?;
+            let message = Message::decode(&plain).ok_or(StoreError::Corrupt("stored message"))?;
+            out.push(StoredMessage { feed_key: feed, seq, message });
+        }
+        out.reverse();
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::new_writer;
+
+    fn text(s: &str) -> Body {
+        Body::Text { text: s.into() }
+    }
+
+    fn tmp() -> (tempdir::Dir, Store) {
+        let d = tempdir::Dir::new();
+        let s = Store::open(&d.0).unwrap();
+        (d, s)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Self {
+                let p = std::env::temp_dir().join(format!("peerlog-store-{}-{}", std::process::id(), rand::random::<u64>()));
+                std::fs::create_dir_all(&p).unwrap();
+                Self(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn ranges_merge_and_gaps() {
+        let mut m = FeedMeta::default();
+        m.add_range(10, 20);
+        m.add_range(0, 5);
+        m.add_range(5, 7);
+        assert_eq!(m.ranges, vec![(0, 7), (10, 20)]);
+        assert_eq!(m.missing(25), vec![(20, 25), (7, 10)]);
+        assert_eq!(m.missing(8), vec![(7, 8)]);
+        assert_eq!(m.run_start(15), Some(10));
+        assert!(m.has(6) && !m.has(7));
+    }
+
+    /// A writer's feed in one store is copied, verified, into another, newest batch first.
+    #[test]
+    fn ingest_newest_first_and_reject_tampering() {
+        let room = [3u8; 32];
+        let content = [4u8; 32];
+        let (_d1, a) = tmp();
+        let (_d2, b) = tmp();
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(&content, &feed);
+        let mut head = None;
+        for i in 0..10 {
+            head = Some(a.append(&room, &w, &c, i + 1, vec![text(&format!("m{i}"))]).unwrap().head);
+        }
+        let head = head.unwrap();
+        let all = a.entries(&feed, 0, 10).unwrap();
+        assert_eq!(all.len(), 10);
+
+        // Not anchored: the newest batch without its head.
+        assert!(matches!(b.ingest(&room, Some(&c), &feed, 5, &all[5..], None), Err(IngestError::NotAnchored)));
+        // Flipped ciphertext byte: the hash no longer matches the signed head.
+        let mut bad = all[5..].to_vec();
+        bad[4].ciphertext[0] ^= 1;
+        assert!(b.ingest(&room, Some(&c), &feed, 5, &bad, Some(&head)).is_err());
+        // Broken chain inside the batch.
+        let mut bad = all[5..].to_vec();
+        bad[2].prev[0] ^= 1;
+        assert!(matches!(b.ingest(&room, Some(&c), &feed, 5, &bad, Some(&head)), Err(IngestError::BrokenChain(7))));
+        // Bad signature.
+        let mut forged = head.clone();
+        forged.signature[0] ^= 1;
+        assert!(matches!(b.ingest(&room, Some(&c), &feed, 5, &all[5..], Some(&forged)), Err(IngestError::BadHead)));
+        // Wrong content key: AEAD fails even though the chain and signature hold.
+        let wrong = FeedCipher::new(&[9; 32], &feed);
+        assert!(matches!(b.ingest(&room, Some(&wrong), &feed, 5, &all[5..], Some(&head)), Err(IngestError::Decrypt(5))));
+        assert!(b.feed_meta(&feed).unwrap().is_none(), "nothing of a refused batch is stored");
+        assert!(b.history(&room, &content, None, 100).unwrap().is_empty());
+
+        // Good: newest half anchored by the head, then the older half by the stored successor.
+        let got = b.ingest(&room, Some(&c), &feed, 5, &all[5..], Some(&head)).unwrap();
+        assert_eq!((got.stored, got.messages.len()), (5, 5));
+        assert_eq!(got.new_head.as_ref(), Some(&head));
+        let got = b.ingest(&room, Some(&c), &feed, 0, &all[..5], None).unwrap();
+        assert_eq!((got.stored, got.new_head), (5, None));
+        let meta = b.feed_meta(&feed).unwrap().unwrap();
+        assert_eq!(meta.ranges, vec![(0, 10)]);
+        let ha = a.history(&room, &content, None, 100).unwrap();
+        let hb = b.history(&room, &content, None, 100).unwrap();
+        assert_eq!(ha, hb);
+        // Paging: the 3 messages before the 8th.
+        let key = b.order_key_of(&room, &content, &feed, 7).unwrap().unwrap();
+        let page = b.history(&room, &content, Some(&key), 3).unwrap();
+        assert_eq!(page.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![4, 5, 6]);
+        // Blind store: stores and serves, cannot decrypt, indexes nothing.
+        let (_d3, blind) = tmp();
+        let got = blind.ingest(&room, None, &feed, 0, &all, Some(&head)).unwrap();
+        assert_eq!((got.stored, got.messages.len()), (10, 0));
+        assert_eq!(blind.entries(&feed, 0, 10).unwrap(), all);
+    }
+
+    #[test]
+    fn fork_is_recorded_and_refused() {
+        let room = [5u8; 32];
+        let (_d1, a) = tmp();
+        let (_d2, a2) = tmp();
+        let (_d3, b) = tmp();
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(&[1; 32], &feed);
+        let h1 = a.append(&room, &w, &c, 1, vec![text("one")]).unwrap().head;
+        // The same writer key used from a copied data dir signs another seq 0.
+        let h2 = a2.append(&room, &w, &c, 1, vec![text("other")]).unwrap().head;
+        assert_eq!(h1.seq, h2.seq);
+        b.ingest(&room, Some(&c), &feed, 0, &a.entries(&feed, 0, 1).unwrap(), Some(&h1)).unwrap();
+        let e = b.ingest(&room, Some(&c), &feed, 0, &a2.entries(&feed, 0, 1).unwrap(), Some(&h2));
+        assert!(matches!(e, Err(IngestError::Fork(0))));
+        assert_eq!(b.forks(&room).unwrap(), vec![(feed, 0)]);
+    }
+}

@@ -1,0 +1,172 @@
+//! Replication frames of `/peerlog/replicate/1`.
+//!
+//! Each frame travels as one length-delimited record (a 4-byte big-endian length, then
+//! the [postcard] encoding of [`Frame`]). The framing itself lives with the I/O in the
+//! daemon; this module only defines what is inside and how it is encoded.
+//!
+//! Session: both sides send [`Frame::Hello`], then [`Frame::Auth`]. Nothing else is
+//! accepted before the peer's `Auth` verified. Then [`Frame::Have`] both ways (and again
+//! after every local append or newly stored data), [`Frame::Want`] for missing ranges and
+//! [`Frame::Data`] in answer. See `docs/PROTOCOL.md` for the rules.
+
+use serde::{Deserialize, Serialize};
+
+/// The libp2p protocol name of this version of the replication protocol.
+pub const PROTOCOL: &str = "/peerlog/replicate/1";
+
+/// Domain separation label of the membership proof (`Auth.mac`).
+pub const AUTH_LABEL: &[u8] = b"peerlog/auth/v1";
+/// Domain separation label of a signed head.
+pub const HEAD_LABEL: &[u8] = b"peerlog/head/v1";
+
+/// A 32-byte key or hash.
+pub type Key32 = [u8; 32];
+
+/// One entry of a writer's feed, as stored and as sent. `feed_key` and `seq` are not
+/// repeated inside: they are the storage key, and in [`Frame::Data`] they follow from
+/// the frame's `feed_key` and `start`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// BLAKE3 hash of the previous entry of this feed; all zero for seq 0.
+    pub prev: Key32,
+    /// AES-256-GCM nonce, random per entry.
+    pub nonce: [u8; 12],
+    /// AES-256-GCM ciphertext (with tag) of a serialized message.
+    #[serde(with = "serde_bytes")]
+    pub ciphertext: Vec<u8>,
+}
+
+/// A writer's signature over the hash of entry `seq` of its feed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedHead {
+    /// The writer's ed25519 public key: the feed's identity.
+    pub feed_key: Key32,
+    /// Sequence number of the newest entry this head covers (length - 1).
+    pub seq: u64,
+    /// Hash of entry `seq`.
+    pub hash: Key32,
+    /// ed25519 signature by `feed_key` over `HEAD_LABEL || seq (BE) || hash`.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl SignedHead {
+    /// The bytes a writer signs for this head.
+    pub fn signed_bytes(seq: u64, hash: &Key32) -> Vec<u8> {
+        let mut m = Vec::with_capacity(HEAD_LABEL.len() + 8 + 32);
+        m.extend_from_slice(HEAD_LABEL);
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(hash);
+        m
+    }
+
+    /// Number of entries this head covers.
+    pub fn length(&self) -> u64 {
+        self.seq + 1
+    }
+}
+
+/// Reasons a session is refused or closed, sent before closing the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    /// This node is not in the room named by the Hello.
+    UnknownRoom,
+    /// The membership proof did not verify.
+    BadAuth,
+    /// A frame broke the protocol (out of order, over a limit, undecodable).
+    ProtocolViolation,
+    /// A session for this peer and room already exists.
+    Duplicate,
+}
+
+/// One message of the replication protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// Opens a session for one room.
+    Hello {
+        /// The room's discovery key (public on the DHT; reveals nothing).
+        discovery_key: Key32,
+        /// Fresh random challenge for the peer's membership proof.
+        nonce: Key32,
+    },
+    /// Membership proof: HMAC-SHA256 under the room's auth key, see `docs/PROTOCOL.md`.
+    Auth {
+        /// The MAC.
+        mac: Key32,
+    },
+    /// The feeds the sender holds for this room, each with its newest signed head.
+    Have {
+        /// One head per feed.
+        heads: Vec<SignedHead>,
+    },
+    /// Asks for entries `start..end` of a feed; the sender answers newest batch first.
+    Want {
+        /// Which feed.
+        feed_key: Key32,
+        /// First seq wanted.
+        start: u64,
+        /// One past the last seq wanted.
+        end: u64,
+    },
+    /// Consecutive entries `start..start + entries.len()` of a feed.
+    Data {
+        /// Which feed.
+        feed_key: Key32,
+        /// Seq of `entries[0]`.
+        start: u64,
+        /// The entries, ascending.
+        entries: Vec<Entry>,
+    },
+    /// The sender has no entries left to send for a `Want` (it does not hold them).
+    NoData {
+        /// Which feed.
+        feed_key: Key32,
+        /// The seq below which (down to the Want's start) nothing more will come.
+        below: u64,
+    },
+    /// The sender refuses or ends the session.
+    Refuse {
+        /// Why.
+        reason: Refusal,
+    },
+}
+
+/// Errors decoding a frame.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The bytes are not a valid frame of this protocol version.
+    #[error("undecodable replication frame: {0}")]
+    Invalid(#[from] postcard::Error),
+}
+
+impl Frame {
+    /// Encodes the frame (without the length prefix).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain data structs into a Vec cannot fail.
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+
+    /// Decodes a frame (without the length prefix).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Ok(postcard::from_bytes(bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_roundtrip_and_garbage_is_an_error() {
+        let f = Frame::Data {
+            feed_key: [7; 32],
+            start: 42,
+            entries: vec![Entry { prev: [1; 32], nonce: [2; 12], ciphertext: vec![3; 100] }],
+        };
+        let bytes = f.encode();
+        assert_eq!(Frame::decode(&bytes).unwrap(), f);
+        assert!(Frame::decode(&[0xff, 0xff, 0xff]).is_err());
+        assert!(Frame::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+}
