@@ -3,3 +3,12 @@
 pub mod config;
 pub mod keys;
 pub mod log;
+pub mod node;
+pub mod replicate;
+pub mod rooms;
+pub mod api;
+pub mod client;
+pub mod daemon;
+
+pub use config::Config;
+pub use daemon::{Daemon, Shared};

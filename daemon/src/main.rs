@@ -1,1 +1,358 @@
-fn main(){}
+//! The `peerlog` binary: `peerlog daemon` runs the node; every other subcommand is a
+//! client of a running daemon's local API.
+
+use std::io::{BufRead, IsTerminal};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use libp2p::Multiaddr;
+use peerlog::client::Client;
+use peerlog::config::{Config, DhtMode};
+use peerlog::Daemon;
+use serde_json::{json, Value};
+
+/// peerlog: rooms for chat and files between peers, with no server in the middle.
+#[derive(Parser)]
+#[command(name = "peerlog", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (node, storage, local API and web UI).
+    Daemon(DaemonArgs),
+    /// Print the web UI address with its token, and try to open it in a browser.
+    Open(ClientArgs),
+    /// Join a room by passphrase (asked on standard input if not given) or invite.
+    Join {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room's passphrase. Prefer standard input: arguments are visible to other users.
+        #[arg(long, conflicts_with = "invite")]
+        passphrase: Option<String>,
+        /// An invite (`peerlog:...`).
+        #[arg(long)]
+        invite: Option<String>,
+        /// A local name for the room.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Create a new room with a random secret and print its invite.
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// A local name for the room.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Send a message to a room (by id, id prefix or name).
+    Send {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The text.
+        text: String,
+    },
+    /// Print a room's recent messages; with --follow, keep printing new ones.
+    Tail {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// Keep running and print messages as they arrive.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many recent messages to print first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Print one JSON object per message.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the node, its rooms and connected room peers.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    /// Config file (TOML). Default: $XDG_CONFIG_HOME/peerlog/config.toml if it exists.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory. Default: $XDG_DATA_HOME/peerlog.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Local API and web UI address (port 0: any free port, written to <data>/api-port).
+    #[arg(long, value_name = "HOST:PORT")]
+    api_listen: Option<SocketAddr>,
+    /// libp2p listen address; repeat for several. Default: TCP and QUIC on all interfaces.
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Bootstrap peer with /p2p/PEERID; repeat for several.
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    /// Do not discover peers on the LAN with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// DHT mode: auto (server once publicly reachable), server or client.
+    #[arg(long, value_name = "MODE")]
+    dht_mode: Option<DhtMode>,
+}
+
+#[derive(Args, Clone)]
+struct ClientArgs {
+    /// Data directory of the daemon (to find its API port and token).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// API address of the daemon. Default: 127.0.0.1 and the port in <data>/api-port.
+    #[arg(long, value_name = "HOST:PORT", global = true)]
+    api: Option<SocketAddr>,
+    /// API token. Default: $PEERLOG_TOKEN, else <data>/api-token.
+    #[arg(long, env = "PEERLOG_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+impl ClientArgs {
+    fn data_dir(&self) -> Result<PathBuf> {
+        let mut config = Config::load(None)?;
+        if let Some(d) = &self.data_dir {
+            config.data_dir = Some(d.clone());
+        }
+        Ok(config.resolved_data_dir()?)
+    }
+
+    fn endpoint(&self) -> Result<(SocketAddr, String)> {
+        let token = match &self.token {
+            Some(t) => t.clone(),
+            None => {
+                let path = self.data_dir()?.join("api-token");
+                std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read the API token at {} (is the daemon running? use --data-dir)", path.display()))?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let addr = match self.api {
+            Some(a) => a,
+            None => {
+                let path = self.data_dir()?.join("api-port");
+                let port: u16 = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {} (is the daemon running?)", path.display()))?
+                    .trim()
+                    .parse()
+                    .context("api-port does not hold a port number")?;
+                SocketAddr::from(([127, 0, 0, 1], port))
+            }
+        };
+        Ok((addr, token))
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        let (addr, token) = self.endpoint()?;
+        Client::connect(addr, &token).await.with_context(|| format!("cannot reach the daemon's API at {addr}"))
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Daemon(args) => run_daemon(args).await,
+        Command::Open(client) => {
+            let (addr, token) = client.endpoint()?;
+            let url = format!("http://{addr}/#token={token}");
+            println!("{url}");
+            if std::io::stdout().is_terminal() {
+                let _ = std::process::Command::new("xdg-open")
+                    .arg(&url)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+            }
+            Ok(())
+        }
+        Command::Join { client, passphrase, invite, name } => {
+            let params = match (passphrase, invite) {
+                (_, Some(invite)) => json!({"invite": invite, "name": name}),
+                (Some(p), None) => json!({"passphrase": p, "name": name}),
+                (None, None) => {
+                    if std::io::stdin().is_terminal() {
+                        eprint!("passphrase: ");
+                    }
+                    let mut line = String::new();
+                    std::io::stdin().lock().read_line(&mut line)?;
+                    let p = line.trim_end_matches(['\n', '\r']).to_string();
+                    if p.is_empty() {
+                        bail!("no passphrase given");
+                    }
+                    json!({"passphrase": p, "name": name})
+                }
+            };
+            let mut c = client.connect().await?;
+            let r = c.call("rooms.join", params).await?;
+            if let Some(w) = r.get("warning").and_then(Value::as_str) {
+                eprintln!("warning: {w}");
+            }
+            println!("{}\t{}", r["room"]["id"].as_str().unwrap_or(""), r["room"]["name"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        Command::Create { client, name } => {
+            let mut c = client.connect().await?;
+            let r = c.call("rooms.create", json!({"name": name})).await?;
+            println!("{}\t{}", r["room"]["id"].as_str().unwrap_or(""), r["room"]["name"].as_str().unwrap_or(""));
+            println!("invite: {}", r["invite"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        Command::Send { client, room, text } => {
+            let mut c = client.connect().await?;
+            let r = c.call("messages.send", json!({"room": room, "text": text})).await?;
+            println!("{}", r["message"]["id"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        Command::Tail { client, room, follow, lines, json } => {
+            let mut c = client.connect().await?;
+            let room_id = {
+                let r = c.call("rooms.list", json!({})).await?;
+                let rooms = r["rooms"].as_array().cloned().unwrap_or_default();
+                rooms
+                    .iter()
+                    .find(|x| x["id"] == room || x["name"] == room || x["id"].as_str().is_some_and(|id| room.len() >= 4 && id.starts_with(&room)))
+                    .and_then(|x| x["id"].as_str().map(String::from))
+                    .with_context(|| format!("no joined room matches {room:?}"))?
+            };
+            if lines > 0 {
+                let r = c.call("messages.history", json!({"room": room_id, "limit": lines.min(1000)})).await?;
+                for m in r["messages"].as_array().into_iter().flatten() {
+                    print_message(m, json);
+                }
+            }
+            while follow {
+                let e = c.next_event().await?;
+                if e.event == "message" && e.params["room"] == room_id {
+                    print_message(&e.params, json);
+                }
+            }
+            Ok(())
+        }
+        Command::Status { client, json } => {
+            let mut c = client.connect().await?;
+            let node = c.call("node.info", json!({})).await?;
+            let rooms = c.call("rooms.list", json!({})).await?;
+            let peers = c.call("peers.list", json!({})).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&json!({"node": node, "rooms": rooms["rooms"], "peers": peers["peers"]}))?);
+                return Ok(());
+            }
+            println!("peer id:    {}", node["peer_id"].as_str().unwrap_or(""));
+            println!("version:    {}", node["version"].as_str().unwrap_or(""));
+            println!("NAT status: {}", node["nat_status"].as_str().unwrap_or(""));
+            for a in node["listen_addrs"].as_array().into_iter().flatten() {
+                println!("listening:  {}", a.as_str().unwrap_or(""));
+            }
+            for a in node["external_addrs"].as_array().into_iter().flatten() {
+                println!("external:   {}", a.as_str().unwrap_or(""));
+            }
+            println!("connected:  {} peer(s)", node["connected_peers"]);
+            println!("rooms:");
+            for r in rooms["rooms"].as_array().into_iter().flatten() {
+                println!("  {}  {}  ({} peer(s))", r["id"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""), r["peers"]);
+            }
+            println!("room peers:");
+            for p in peers["peers"].as_array().into_iter().flatten() {
+                let rtt = p["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into());
+                println!(
+                    "  {}  {}  rtt {}  rooms {}",
+                    p["peer_id"].as_str().unwrap_or(""),
+                    p["connection"].as_str().unwrap_or("?"),
+                    rtt,
+                    p["rooms"]
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_message(m: &Value, as_json: bool) {
+    if as_json {
+        println!("{m}");
+        return;
+    }
+    let time = m["time"].as_u64().unwrap_or(0) / 1000;
+    let (h, min, s) = ((time / 3600) % 24, (time / 60) % 60, time % 60);
+    let author = m["author"].as_str().unwrap_or("");
+    let who = if m["mine"].as_bool() == Some(true) { "me".to_string() } else { author.chars().take(8).collect() };
+    println!("{h:02}:{min:02}:{s:02} UTC  {who}: {}", m["text"].as_str().unwrap_or(""));
+}
+
+async fn run_daemon(args: DaemonArgs) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,libp2p_mdns=warn,libp2p_kad=error")))
+        .with_writer(std::io::stderr)
+        .init();
+    // Files we create (database, keys) are ours alone.
+    // SAFETY: umask only changes this process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(d) = args.data_dir {
+        config.data_dir = Some(d);
+    }
+    if let Some(a) = args.api_listen {
+        config.api_listen = a;
+    }
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    if !args.bootstrap.is_empty() {
+        config.bootstrap = args.bootstrap;
+    }
+    if args.no_mdns {
+        config.mdns = false;
+    }
+    if let Some(m) = args.dht_mode {
+        config.dht_mode = m;
+    }
+    if !config.api_listen.ip().is_loopback() {
+        tracing::warn!(addr = %config.api_listen, "the API listens beyond loopback; only loopback Host names are accepted");
+    }
+    let daemon = Daemon::start(config).await?;
+    let info = daemon.shared().node_info().await?;
+    println!("peer id: {}", info.peer_id);
+    for a in &info.listen_addrs {
+        println!("listening: {a}");
+    }
+    // Under systemd stdout goes to the journal: keep the token out of it.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        println!("web UI: http://{}/ (run `peerlog open` for the link with its token)", daemon.api_addr());
+    } else {
+        println!("web UI: {}", daemon.ui_url());
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+    tokio::time::timeout(Duration::from_secs(20), daemon.shutdown())
+        .await
+        .context("shutdown took longer than 20 s")??;
+    Ok(())
+}

@@ -116,6 +116,9 @@ pub enum Frame {
         start: u64,
         /// The entries, ascending.
         entries: Vec<Entry>,
+        /// The signed head of the newest entry, when the sender has it (always on live
+        /// pushes): lets the receiver verify the batch without a prior `Have`.
+        head: Option<SignedHead>,
     },
     /// The sender has no entries left to send for a `Want` (it does not hold them).
     NoData {
@@ -163,6 +166,7 @@ mod tests {
             feed_key: [7; 32],
             start: 42,
             entries: vec![Entry { prev: [1; 32], nonce: [2; 12], ciphertext: vec![3; 100] }],
+            head: None,
         };
         let bytes = f.encode();
         assert_eq!(Frame::decode(&bytes).unwrap(), f);

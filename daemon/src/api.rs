@@ -1,0 +1,441 @@
+//! The local API: `GET /` (web UI), `GET /api/ws` (JSON-RPC-shaped WebSocket),
+//! `GET /api/health`. Every request must name a loopback `Host` (DNS-rebinding defence);
+//! the WebSocket also needs the token (`Authorization: Bearer` or `?token=`) and, from a
+//! browser, an `Origin` equal to the daemon's own. Contract: `docs/API.md`.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use futures::{SinkExt, StreamExt};
+use peerlog_proto::api::{codes, Event, Request as RpcRequest, Response as RpcResponse, API_VERSION};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn, Instrument};
+
+use crate::daemon::{OpError, Shared};
+use crate::keys::{self, RoomSecret};
+use crate::log::store::StoredMessage;
+use crate::log::Body;
+use crate::rooms::{DaemonEvent, Room};
+
+/// Frames queued for one client before it is considered too slow.
+const CLIENT_QUEUE: usize = 1024;
+/// Default and largest `messages.history` page.
+const HISTORY_DEFAULT: usize = 50;
+const HISTORY_MAX: usize = 1000;
+
+struct ApiState {
+    shared: Arc<Shared>,
+    port: u16,
+    cancel: CancellationToken,
+}
+
+/// Serves the API on `listener` until `cancel` fires; open WebSockets are closed then.
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+    let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let state = Arc::new(ApiState { shared, port, cancel: cancel.clone() });
+    let app = Router::new()
+        .route("/", get(|| async { static_file("index.html") }))
+        .route("/app.js", get(|| async { static_file("app.js") }))
+        .route("/style.css", get(|| async { static_file("style.css") }))
+        .route("/api/health", get(|| async { Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }))
+        .route("/api/ws", get(ws_upgrade))
+        .layer(middleware::from_fn_with_state(state.clone(), check_host))
+        .with_state(state);
+    let shutdown = cancel.clone();
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await {
+        warn!(error = %e, "API server failed");
+    }
+}
+
+fn static_file(name: &str) -> Response {
+    let (body, mime): (&'static str, &str) = match name {
+        "index.html" => (include_str!("../../web-ui/index.html"), "text/html; charset=utf-8"),
+        "app.js" => (include_str!("../../web-ui/app.js"), "text/javascript; charset=utf-8"),
+        "style.css" => (include_str!("../../web-ui/style.css"), "text/css; charset=utf-8"),
+        _ => return StatusCode::NOT_FOUND.into_response(),
+    };
+    (
+        [
+            (header::CONTENT_TYPE, mime),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::HeaderName::from_static("x-frame-options"), "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn loopback_hosts(port: u16) -> [String; 3] {
+    [format!("127.0.0.1:{port}"), format!("localhost:{port}"), format!("[::1]:{port}")]
+}
+
+/// Refuses any request whose `Host` is not a loopback name of our port (403).
+async fn check_host(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if !loopback_hosts(state.port).iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        debug!(host, "refused request with a foreign Host header");
+        return (StatusCode::FORBIDDEN, "forbidden: Host must be a loopback address of this daemon\n").into_response();
+    }
+    next.run(req).await
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks Origin (403) and token (401) before upgrading.
+async fn ws_upgrade(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<TokenQuery>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let ok = loopback_hosts(state.port).iter().any(|h| origin.eq_ignore_ascii_case(&format!("http://{h}")));
+        if !ok {
+            warn!(origin, "refused WebSocket from a foreign origin");
+            return (StatusCode::FORBIDDEN, "forbidden: Origin is not this daemon\n").into_response();
+        }
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let given = bearer.or(query.token.as_deref()).unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), state.shared.token.as_bytes()) {
+        return (StatusCode::UNAUTHORIZED, "unauthorized: token required (Authorization: Bearer or ?token=)\n").into_response();
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let limit = state.shared.config.limits.ws_message_bytes;
+    ws.max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let client_id: u32 = rand::random();
+            client(socket, state).instrument(tracing::debug_span!("api_client", client = client_id))
+        })
+}
+
+/// One WebSocket client: requests run concurrently (bounded), replies and events share
+/// one outgoing queue.
+async fn client(socket: WebSocket, state: Arc<ApiState>) {
+    let (mut ws_tx, mut ws_rx) = socket.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<String>(CLIENT_QUEUE);
+    let writer = tokio::spawn(async move {
+        while let Some(text) = out_rx.recv().await {
+            if ws_tx.send(WsMessage::Text(text.into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws_tx.send(WsMessage::Close(None)).await;
+    });
+    let events_task = tokio::spawn(forward_events(state.shared.clone(), state.shared.rooms.events.subscribe(), out_tx.clone()));
+    let slots = Arc::new(Semaphore::new(state.shared.config.limits.requests_per_client.max(1)));
+    let requests = tokio_util::task::TaskTracker::new();
+    loop {
+        let msg = tokio::select! {
+            _ = state.cancel.cancelled() => break,
+            msg = ws_rx.next() => msg,
+        };
+        let text = match msg {
+            None | Some(Ok(WsMessage::Close(_))) => break,
+            Some(Err(e)) => {
+                debug!(error = %e, "WebSocket error");
+                break;
+            }
+            Some(Ok(WsMessage::Text(t))) => t,
+            Some(Ok(WsMessage::Binary(_))) => {
+                let reply = RpcResponse::err(Value::Null, codes::INVALID_REQUEST, "binary frames are not supported; send JSON text");
+                let _ = out_tx.send(to_json(&reply)).await;
+                continue;
+            }
+            Some(Ok(_)) => continue,
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else { break };
+        let shared = state.shared.clone();
+        let out = out_tx.clone();
+        requests.spawn(async move {
+            let reply = handle_text(&shared, text.as_str()).await;
+            let _ = out.send(to_json(&reply)).await;
+            drop(permit);
+        });
+    }
+    // Requests in flight (appends included) finish and are answered before the close.
+    requests.close();
+    requests.wait().await;
+    events_task.abort();
+    drop(out_tx);
+    let _ = writer.await;
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+async fn forward_events(shared: Arc<Shared>, mut events: broadcast::Receiver<DaemonEvent>, out: mpsc::Sender<String>) {
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => render_event(&shared, e),
+            // The client missed events: it should reload what it shows.
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Event { event: "lagged".into(), params: json!({"missed": n}) }),
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(event) = event else { continue };
+        if out.send(to_json(&event)).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
+    let (name, params) = match event {
+        DaemonEvent::Message { room, message } => {
+            let room = shared.rooms.get(&room)?;
+            ("message", message_json(&room, &message)?)
+        }
+        DaemonEvent::PeerJoined { room, peer } => {
+            ("peer.joined", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string()}))
+        }
+        DaemonEvent::PeerLeft { room, peer } => {
+            ("peer.left", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string()}))
+        }
+    };
+    Some(Event { event: name.into(), params })
+}
+
+/// The API shape of a message; `None` for kinds that are not shown as messages.
+fn message_json(room: &Room, m: &StoredMessage) -> Option<Value> {
+    let Some(Body::Text { text }) = &m.message.body else { return None };
+    Some(json!({
+        "id": m.id(),
+        "room": room.id,
+        "author": hex::encode(m.feed_key),
+        "mine": m.feed_key == room.feed_key,
+        "seq": m.seq,
+        "lamport": m.message.lamport,
+        "time": m.message.time_ms,
+        "text": text,
+    }))
+}
+
+fn room_json(shared: &Shared, room: &Room) -> Value {
+    let peers = shared.room_peers(Some(&room.discovery_key)).len();
+    json!({"id": room.id, "name": room.name, "feed_key": hex::encode(room.feed_key), "peers": peers})
+}
+
+/// An API error with a stable code.
+struct ApiError {
+    code: i32,
+    message: String,
+}
+
+impl ApiError {
+    fn params(message: impl Into<String>) -> Self {
+        Self { code: codes::INVALID_PARAMS, message: message.into() }
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        let code = match &e {
+            OpError::RoomNotFound(_) => codes::ROOM_NOT_FOUND,
+            OpError::TooLarge { .. } => codes::TOO_LARGE,
+            OpError::Invalid(_) => codes::INVALID_PARAMS,
+            OpError::Key(keys::KeyError::BadInvite) => codes::BAD_INVITE,
+            OpError::Key(keys::KeyError::EmptyPassphrase) => codes::INVALID_PARAMS,
+            OpError::Key(_) => codes::INTERNAL,
+            OpError::Store(_) => codes::STORAGE,
+            OpError::Shutdown => codes::SHUTTING_DOWN,
+        };
+        Self { code, message: e.to_string() }
+    }
+}
+
+async fn handle_text(shared: &Shared, text: &str) -> RpcResponse {
+    let value: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return RpcResponse::err(Value::Null, codes::PARSE_ERROR, format!("invalid JSON: {e}")),
+    };
+    let id = value.get("id").cloned().unwrap_or(Value::Null);
+    let request: RpcRequest = match serde_json::from_value(value) {
+        Ok(r) => r,
+        Err(e) => return RpcResponse::err(id, codes::INVALID_REQUEST, format!("not a request object: {e}")),
+    };
+    match call(shared, &request.method, request.params).await {
+        Ok(result) => RpcResponse::ok(request.id, result),
+        Err(e) => RpcResponse::err(request.id, e.code, e.message),
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, ApiError> {
+    let params = if params.is_null() { json!({}) } else { params };
+    serde_json::from_value(params).map_err(|e| ApiError::params(format!("invalid params: {e}")))
+}
+
+#[derive(Deserialize)]
+struct JoinParams {
+    passphrase: Option<String>,
+    invite: Option<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RoomParam {
+    room: String,
+}
+
+#[derive(Deserialize)]
+struct OptRoomParam {
+    room: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CreateParams {
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SendParams {
+    room: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct HistoryParams {
+    room: String,
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn call(shared: &Shared, method: &str, params: Value) -> Result<Value, ApiError> {
+    match method {
+        "node.info" => {
+            let info = shared.node_info().await?;
+            Ok(json!({
+                "peer_id": info.peer_id,
+                "listen_addrs": info.listen_addrs,
+                "external_addrs": info.external_addrs,
+                "nat_status": info.nat_status,
+                "connected_peers": info.peers.len(),
+                "rooms": shared.rooms.list().len(),
+                "storage_bytes": shared.store.size_on_disk(),
+                "version": env!("CARGO_PKG_VERSION"),
+                "api_version": API_VERSION,
+            }))
+        }
+        "rooms.list" => {
+            let rooms: Vec<Value> = shared.rooms.list().iter().map(|r| room_json(shared, r)).collect();
+            Ok(json!({ "rooms": rooms }))
+        }
+        "rooms.join" => {
+            let p: JoinParams = parse(params)?;
+            let (room, created, bits) = match (p.passphrase, p.invite) {
+                (Some(pass), None) => {
+                    let bits = keys::passphrase_bits(&pass);
+                    let (room, created) = shared.join_passphrase(pass, p.name).await?;
+                    (room, created, Some(bits))
+                }
+                (None, Some(invite)) => {
+                    let secret = RoomSecret::from_invite(&invite).map_err(OpError::from)?;
+                    let (room, created) = shared.join_secret(secret, p.name).await?;
+                    (room, created, None)
+                }
+                _ => return Err(ApiError::params("give exactly one of passphrase or invite")),
+            };
+            let mut result = json!({"room": room_json(shared, &room), "created": created});
+            if let Some(bits) = bits {
+                result["strength_bits"] = json!(bits);
+                if bits < 60 {
+                    result["warning"] = json!("weak passphrase: anyone who sees the room's DHT key can guess it offline; use 4+ random words or an invite");
+                }
+            }
+            Ok(result)
+        }
+        "rooms.create" => {
+            let p: CreateParams = parse(params)?;
+            let (room, _) = shared.join_secret(RoomSecret::random(), p.name).await?;
+            Ok(json!({"room": room_json(shared, &room), "invite": room.invite()}))
+        }
+        "rooms.leave" => {
+            let p: RoomParam = parse(params)?;
+            shared.leave(&p.room).await?;
+            Ok(json!({"left": true}))
+        }
+        "rooms.invite" => {
+            let p: RoomParam = parse(params)?;
+            let room = shared.room(&p.room)?;
+            Ok(json!({"room": room.id, "invite": room.invite()}))
+        }
+        "messages.send" => {
+            let p: SendParams = parse(params)?;
+            let room = shared.room(&p.room)?;
+            let m = shared.send_text(&room, p.text).await?;
+            Ok(json!({"message": message_json(&room, &m)}))
+        }
+        "messages.history" => {
+            let p: HistoryParams = parse(params)?;
+            let room = shared.room(&p.room)?;
+            let limit = p.limit.unwrap_or(HISTORY_DEFAULT);
+            if limit == 0 || limit > HISTORY_MAX {
+                return Err(ApiError::params(format!("limit must be 1..={HISTORY_MAX}")));
+            }
+            let msgs = shared.history(&room, p.before.as_deref(), limit)?;
+            let messages: Vec<Value> = msgs.iter().filter_map(|m| message_json(&room, m)).collect();
+            Ok(json!({"messages": messages}))
+        }
+        "peers.list" => {
+            let p: OptRoomParam = parse(params)?;
+            let filter = match &p.room {
+                Some(q) => Some(shared.room(q)?.discovery_key),
+                None => None,
+            };
+            let info = shared.node_info().await?;
+            let mut peers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for (peer, dk) in shared.room_peers(filter.as_ref()) {
+                if let Some(room) = shared.rooms.get(&dk) {
+                    peers.entry(peer.to_string()).or_default().push(room.id.clone());
+                }
+            }
+            let list: Vec<Value> = peers
+                .into_iter()
+                .map(|(peer, rooms)| {
+                    let conn = info.peers.iter().find(|p| p.peer_id == peer);
+                    json!({
+                        "peer_id": peer,
+                        "rooms": rooms,
+                        "connection": conn.map(|c| c.connection),
+                        "addrs": conn.map(|c| c.addrs.clone()).unwrap_or_default(),
+                        "rtt_ms": conn.and_then(|c| c.rtt_ms),
+                    })
+                })
+                .collect();
+            Ok(json!({"peers": list}))
+        }
+        "subscribe" => Ok(json!({"subscribed": true})),
+        other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
+    }
+}

@@ -1,0 +1,142 @@
+//! A client of the local WebSocket API, used by the CLI (`peerlog send`, `tail`, …) and
+//! by the integration tests: everything goes through the same API a browser uses.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use peerlog_proto::api::{Event, Response};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Connecting or talking WebSocket failed.
+    #[error("WebSocket: {0}")]
+    Ws(#[from] Box<tokio_tungstenite::tungstenite::Error>),
+    /// The daemon answered with an error.
+    #[error("daemon error {code}: {message}")]
+    Rpc {
+        /// Stable error code.
+        code: i32,
+        /// Text.
+        message: String,
+    },
+    /// The daemon sent something that is not API JSON.
+    #[error("unexpected frame from daemon: {0}")]
+    Unexpected(String),
+    /// The connection closed.
+    #[error("connection closed by the daemon")]
+    Closed,
+    /// No answer in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+}
+
+/// A connected API client.
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    /// Events received while waiting for a response.
+    events: VecDeque<Event>,
+}
+
+enum Incoming {
+    Response(Response),
+    Event(Event),
+}
+
+impl Client {
+    /// Connects to the daemon's API at `addr` with `token`.
+    pub async fn connect(addr: SocketAddr, token: &str) -> Result<Self, ClientError> {
+        let mut request = format!("ws://{addr}/api/ws").into_client_request().map_err(Box::new)?;
+        let value = format!("Bearer {token}").parse().map_err(|_| ClientError::Unexpected("token is not header-safe".into()))?;
+        request.headers_mut().insert("authorization", value);
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.map_err(Box::new)?;
+        Ok(Self { ws, next_id: 1, events: VecDeque::new() })
+    }
+
+    async fn read(&mut self) -> Result<Incoming, ClientError> {
+        loop {
+            let msg = self.ws.next().await.ok_or(ClientError::Closed)?.map_err(Box::new)?;
+            let text = match msg {
+                Message::Text(t) => t,
+                Message::Close(_) => return Err(ClientError::Closed),
+                _ => continue,
+            };
+            let value: Value = serde_json::from_str(&text).map_err(|_| ClientError::Unexpected(text.to_string()))?;
+            if value.get("event").is_some() {
+                let event = serde_json::from_value(value).map_err(|_| ClientError::Unexpected(text.to_string()))?;
+                return Ok(Incoming::Event(event));
+            }
+            let response = serde_json::from_value(value).map_err(|_| ClientError::Unexpected(text.to_string()))?;
+            return Ok(Incoming::Response(response));
+        }
+    }
+
+    /// Sends a raw text frame (for tests of malformed input).
+    pub async fn send_raw(&mut self, text: &str) -> Result<(), ClientError> {
+        self.ws.send(Message::Text(text.into())).await.map_err(Box::new)?;
+        Ok(())
+    }
+
+    /// Reads the next response (queueing events).
+    pub async fn next_response(&mut self) -> Result<Response, ClientError> {
+        loop {
+            match self.read().await? {
+                Incoming::Response(r) => return Ok(r),
+                Incoming::Event(e) => self.events.push_back(e),
+            }
+        }
+    }
+
+    /// Calls a method and returns its result.
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({"id": id, "method": method, "params": params});
+        self.ws.send(Message::Text(request.to_string().into())).await.map_err(Box::new)?;
+        loop {
+            let response = self.next_response().await?;
+            if response.id != json!(id) {
+                continue;
+            }
+            if let Some(e) = response.error {
+                return Err(ClientError::Rpc { code: e.code, message: e.message });
+            }
+            return Ok(response.result.unwrap_or(Value::Null));
+        }
+    }
+
+    /// The next pushed event.
+    pub async fn next_event(&mut self) -> Result<Event, ClientError> {
+        if let Some(e) = self.events.pop_front() {
+            return Ok(e);
+        }
+        loop {
+            if let Incoming::Event(e) = self.read().await? {
+                return Ok(e);
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for an event matching `pred`; `what` names it in the error.
+    pub async fn wait_event(&mut self, timeout: Duration, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Result<Event, ClientError> {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let e = self.next_event().await?;
+                if pred(&e) {
+                    return Ok(e);
+                }
+            }
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(what.to_string()))?
+    }
+}

@@ -1,0 +1,402 @@
+//! The daemon: [`Daemon::start`] wires config, keys, store, node, replication and API
+//! together and returns a handle with the bound addresses and an async
+//! [`Daemon::shutdown`]. [`Shared`] is the facade the API (and tests) drive.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use peerlog_proto::wire::Key32;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::keys::{self, KeyError, RoomSecret};
+use crate::log::store::{now_ms, OrderKey, RoomRecord, StoreError, StoredMessage};
+use crate::log::{new_writer, Body, Store};
+use crate::node::{self, NodeConfig, NodeError, NodeHandle, NodeInfo};
+use crate::replicate::Replicator;
+use crate::rooms::{Room, Rooms};
+
+/// How long shutdown waits for tasks before flushing anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Errors starting the daemon.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory cannot be used.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Key files.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// libp2p.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// The API listener.
+    #[error("cannot listen for the API on {addr}: {source}")]
+    Api {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Errors of room and message operations (mapped to stable API codes).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpError {
+    /// No such room joined.
+    #[error("no joined room matches {0:?}")]
+    RoomNotFound(String),
+    /// Input over a limit.
+    #[error("{what} is {size} bytes; the limit is {limit}")]
+    TooLarge {
+        /// What.
+        what: &'static str,
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// Bad invite.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// Storage.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Shutting down.
+    #[error("the daemon is shutting down")]
+    Shutdown,
+}
+
+/// State shared by the API, the background tasks and the handle.
+pub struct Shared {
+    /// Effective configuration.
+    pub config: Config,
+    /// Resolved data directory.
+    pub data_dir: PathBuf,
+    /// The database.
+    pub store: Store,
+    /// The libp2p node.
+    pub node: NodeHandle,
+    /// Joined rooms.
+    pub rooms: Arc<Rooms>,
+    /// Replication sessions.
+    pub replicator: Replicator,
+    /// The API token.
+    pub(crate) token: String,
+    /// Network-side tasks (sessions, discovery).
+    tasks: TaskTracker,
+    /// Cancels the network side.
+    net_cancel: CancellationToken,
+}
+
+/// A running daemon.
+pub struct Daemon {
+    shared: Arc<Shared>,
+    api_addr: SocketAddr,
+    api_cancel: CancellationToken,
+    api_task: tokio::task::JoinHandle<()>,
+    node_task: tokio::task::JoinHandle<()>,
+}
+
+fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
+    let err = |source| StartError::DataDir { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    // Room secrets live in the database: nobody else may read anything here.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    Ok(())
+}
+
+fn load_or_create_token(path: &Path) -> Result<String, KeyError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().len() >= 32 => Ok(t.trim().to_string()),
+        Ok(_) => Err(KeyError::Corrupt(path.display().to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let token = hex::encode(rand::random::<[u8; 32]>());
+            keys::write_secret_file(path, token.as_bytes())?;
+            Ok(token)
+        }
+        Err(source) => Err(KeyError::Io { path: path.display().to_string(), source }),
+    }
+}
+
+impl Daemon {
+    /// Starts a daemon with this configuration.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let data_dir = config.resolved_data_dir()?;
+        prepare_data_dir(&data_dir)?;
+        let keypair = keys::load_or_create_identity(&data_dir.join("identity.key"))?;
+        let token = load_or_create_token(&data_dir.join("api-token"))?;
+        let db_path = data_dir.join("db");
+        let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+            .await
+            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e.to_string()))))??;
+
+        let node_config = NodeConfig {
+            listen: config.listen.clone(),
+            bootstrap: config.bootstrap.clone(),
+            mdns: config.mdns,
+            dht_mode: config.dht_mode,
+            provider_ttl: Duration::from_secs(config.provider_ttl_secs.max(10)),
+        };
+        let (node, event_loop) = node::build(keypair, &node_config).await?;
+        let net_cancel = CancellationToken::new();
+        let node_task = tokio::spawn(event_loop.run(net_cancel.clone()));
+        let tasks = TaskTracker::new();
+        let rooms = Arc::new(Rooms::default());
+        let replicator = Replicator::new(
+            node.peer_id(),
+            store.clone(),
+            rooms.clone(),
+            node.streams(),
+            config.limits.clone(),
+            tasks.clone(),
+            net_cancel.clone(),
+        );
+        replicator
+            .spawn_acceptor()
+            .map_err(|_| NodeError::Build("replication protocol registered twice".into()))?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            data_dir: data_dir.clone(),
+            store,
+            node,
+            rooms,
+            replicator,
+            token,
+            tasks,
+            net_cancel,
+        });
+        for (_, record) in shared.store.rooms()? {
+            let room = Room::new(&record, &shared.store, shared.net_cancel.child_token())?;
+            let (room, _) = shared.rooms.insert(room);
+            shared.start_discovery(&room);
+        }
+        shared.spawn_peer_finder();
+
+        let listener = tokio::net::TcpListener::bind(config.api_listen)
+            .await
+            .map_err(|source| StartError::Api { addr: config.api_listen, source })?;
+        let api_addr = listener.local_addr().map_err(|source| StartError::Api { addr: config.api_listen, source })?;
+        std::fs::write(data_dir.join("api-port"), format!("{}\n", api_addr.port()))
+            .map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+        let api_cancel = CancellationToken::new();
+        let api_task = tokio::spawn(crate::api::serve(listener, shared.clone(), api_cancel.clone()));
+        info!(peer_id = %shared.node.peer_id(), api = %api_addr, data_dir = %data_dir.display(), "peerlog started");
+        Ok(Self { shared, api_addr, api_cancel, api_task, node_task })
+    }
+
+    /// The facade.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Where the API listens.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_addr
+    }
+
+    /// The API token.
+    pub fn token(&self) -> &str {
+        &self.shared.token
+    }
+
+    /// Our PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.shared.node.peer_id()
+    }
+
+    /// The web UI URL with the token in the fragment.
+    pub fn ui_url(&self) -> String {
+        format!("http://{}/#token={}", self.api_addr, self.shared.token)
+    }
+
+    /// Stops accepting API requests (finishing those in flight, appends included), stops
+    /// the network, flushes the database.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        self.api_cancel.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.api_task).await;
+        self.shared.net_cancel.cancel();
+        self.shared.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait()).await.is_err() {
+            warn!("some sessions did not stop in time");
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.node_task).await;
+        self.shared.store.flush().await?;
+        info!("peerlog stopped");
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// Announces and looks up a room on the DHT, quickly at first, then every
+    /// `discovery_interval_secs`.
+    fn start_discovery(&self, room: &Arc<Room>) {
+        let node = self.node.clone();
+        let dk = room.discovery_key;
+        let cancel = room.cancel.clone();
+        let max = Duration::from_secs(self.config.discovery_interval_secs.max(1));
+        self.tasks.spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            loop {
+                if node.provide(dk).await.is_err() || node.find_providers(dk).await.is_err() {
+                    break;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(max);
+            }
+        });
+    }
+
+    /// Opens sessions with room peers as the node finds them.
+    fn spawn_peer_finder(self: &Arc<Self>) {
+        let mut events = self.node.subscribe();
+        let this = self.clone();
+        let cancel = self.net_cancel.clone();
+        self.tasks.spawn(async move {
+            loop {
+                let event = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    e = events.recv() => e,
+                };
+                match event {
+                    Ok(node::NodeEvent::ProvidersFound { key, peers }) => {
+                        if this.rooms.get(&key).is_some() {
+                            for peer in peers {
+                                this.replicator.ensure_session(peer, key);
+                            }
+                        }
+                    }
+                    Ok(node::NodeEvent::LanPeer { peer }) => {
+                        for room in this.rooms.list() {
+                            this.replicator.ensure_session(peer, room.discovery_key);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "peer finder lagged"),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    /// Joins the room of a passphrase (Argon2id runs on a blocking thread).
+    pub async fn join_passphrase(&self, passphrase: String, name: Option<String>) -> Result<(Arc<Room>, bool), OpError> {
+        let secret = tokio::task::spawn_blocking(move || RoomSecret::from_passphrase(&passphrase))
+            .await
+            .map_err(|_| OpError::Shutdown)??;
+        self.join_secret(secret, name).await
+    }
+
+    /// Joins the room of a secret; returns the room and whether it is new here.
+    pub async fn join_secret(&self, secret: RoomSecret, name: Option<String>) -> Result<(Arc<Room>, bool), OpError> {
+        let dk = secret.keys().discovery_key;
+        if let Some(room) = self.rooms.get(&dk) {
+            return Ok((room, false));
+        }
+        let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
+        if name.as_ref().is_some_and(|n| n.len() > 100) {
+            return Err(OpError::Invalid("room name longer than 100 bytes".into()));
+        }
+        let record = RoomRecord {
+            secret: secret.0,
+            name: name.unwrap_or_else(|| format!("room {}", &keys::room_id(&dk)[..6])),
+            writer: new_writer().to_bytes(),
+            joined_ms: now_ms(),
+        };
+        self.store.put_room(&dk, &record)?;
+        self.store.flush().await?;
+        let room = Room::new(&record, &self.store, self.net_cancel.child_token())?;
+        let (room, created) = self.rooms.insert(room);
+        if created {
+            info!(room = %room.id, "joined room");
+            self.start_discovery(&room);
+        }
+        Ok((room, created))
+    }
+
+    /// Finds a joined room by id, id prefix or name.
+    pub fn room(&self, query: &str) -> Result<Arc<Room>, OpError> {
+        self.rooms.find(query).ok_or_else(|| OpError::RoomNotFound(query.to_string()))
+    }
+
+    /// Leaves a room: stops its sessions and discovery and deletes its data here.
+    pub async fn leave(&self, query: &str) -> Result<(), OpError> {
+        let room = self.room(query)?;
+        self.rooms.remove(&room.discovery_key);
+        room.cancel.cancel();
+        self.replicator.close_room(&room.discovery_key);
+        let _ = self.node.stop_providing(room.discovery_key).await;
+        let store = self.store.clone();
+        let dk = room.discovery_key;
+        tokio::task::spawn_blocking(move || store.remove_room(&dk)).await.map_err(|_| OpError::Shutdown)??;
+        self.store.flush().await?;
+        info!(room = %room.id, "left room");
+        Ok(())
+    }
+
+    /// Sends a text message; returns once it is durable.
+    pub async fn send_text(&self, room: &Room, text: String) -> Result<StoredMessage, OpError> {
+        let limit = self.config.limits.message_bytes;
+        if text.len() > limit {
+            return Err(OpError::TooLarge { what: "message", size: text.len(), limit });
+        }
+        if text.trim().is_empty() {
+            return Err(OpError::Invalid("message text is empty".into()));
+        }
+        let appended = room.append(&self.store, &self.rooms.events, vec![Body::Text { text }])?;
+        self.store.flush().await?;
+        appended.messages.into_iter().next().ok_or(OpError::Invalid("nothing appended".into()))
+    }
+
+    /// A page of history, oldest first: the newest `limit`, or those before message `before`.
+    pub fn history(&self, room: &Room, before: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, OpError> {
+        let before_key: Option<OrderKey> = match before {
+            None => None,
+            Some(id) => {
+                let (feed, seq) = StoredMessage::parse_id(id).ok_or_else(|| OpError::Invalid(format!("bad message id {id:?}")))?;
+                Some(
+                    self.store
+                        .order_key_of(&room.discovery_key, &room.keys.content_key, &feed, seq)?
+                        .ok_or_else(|| OpError::Invalid(format!("no message {id:?} in this room")))?,
+                )
+            }
+        };
+        Ok(self.store.history(&room.discovery_key, &room.keys.content_key, before_key.as_ref(), limit)?)
+    }
+
+    /// Node snapshot.
+    pub async fn node_info(&self) -> Result<NodeInfo, OpError> {
+        self.node.info().await.map_err(|_| OpError::Shutdown)
+    }
+
+    /// Rooms each peer shares with us (authenticated sessions).
+    pub fn room_peers(&self, room: Option<&Key32>) -> Vec<(PeerId, Key32)> {
+        self.replicator.room_peers(room).into_iter().map(|p| (p.peer, p.room)).collect()
+    }
+}

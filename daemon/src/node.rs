@@ -1,0 +1,557 @@
+//! The libp2p node. One task (the [`EventLoop`]) owns the `Swarm`; everyone else holds a
+//! [`NodeHandle`] that sends [`Command`]s over a bounded channel and subscribes to
+//! [`NodeEvent`]s on a broadcast channel. Pattern: rust-libp2p `examples/file-sharing`.
+//!
+//! Behaviours: Kademlia on `/peerlog/kad/1.0.0` (room discovery by provider records),
+//! identify (feeds peers' listen addresses into Kademlia), ping (keep-alive, RTT), relay
+//! client + DCUtR + AutoNAT (NAT traversal), mDNS (LAN, optional), and `libp2p-stream`
+//! (replication streams, see `replicate`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{autonat, dcutr, identify, identity::Keypair, kad, mdns, noise, ping, relay, tcp, yamux};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
+use peerlog_proto::wire::Key32;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::DhtMode;
+
+/// Kademlia protocol name: a DHT of peerlog nodes only.
+pub const KAD_PROTOCOL: &str = "/peerlog/kad/1.0.0";
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/peerlog/id/1.0.0";
+/// Capacity of the command channel.
+const COMMAND_CAPACITY: usize = 256;
+/// Capacity of the event broadcast channel (slow subscribers see `Lagged`).
+const EVENT_CAPACITY: usize = 1024;
+/// How long start-up waits for the listeners to report their addresses.
+const LISTEN_WAIT: Duration = Duration::from_secs(5);
+
+/// Errors of the node.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The swarm could not be built (transport set-up failed).
+    #[error("cannot build the libp2p swarm: {0}")]
+    Build(String),
+    /// A listen address was refused.
+    #[error("cannot listen on {addr}: {message}")]
+    Listen {
+        /// The address.
+        addr: Multiaddr,
+        /// Why.
+        message: String,
+    },
+    /// The event loop has stopped.
+    #[error("the node is shut down")]
+    Shutdown,
+}
+
+/// What the node needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Bootstrap peers, each with `/p2p/PEERID`.
+    pub bootstrap: Vec<Multiaddr>,
+    /// mDNS on the LAN.
+    pub mdns: bool,
+    /// Kademlia mode.
+    pub dht_mode: DhtMode,
+    /// Provider record lifetime.
+    pub provider_ttl: Duration,
+}
+
+/// How a connection reaches the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectionKind {
+    /// Plain connection, one side dialed the other.
+    Direct,
+    /// Direct connection made by DCUtR hole punching.
+    Holepunched,
+    /// Through a circuit relay.
+    Relayed,
+}
+
+/// A connected peer as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerInfo {
+    /// The peer.
+    pub peer_id: String,
+    /// Remote address of each open connection.
+    pub addrs: Vec<String>,
+    /// The best connection kind (direct beats relayed).
+    pub connection: ConnectionKind,
+    /// Last ping round-trip time in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// The peer's agent string (from identify).
+    pub agent: Option<String>,
+}
+
+/// A snapshot of the node.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeInfo {
+    /// Our PeerId.
+    pub peer_id: String,
+    /// Our listen addresses (with `/p2p/` suffix).
+    pub listen_addrs: Vec<String>,
+    /// Confirmed or declared external addresses.
+    pub external_addrs: Vec<String>,
+    /// AutoNAT's verdict: `public`, `private` or `unknown`.
+    pub nat_status: String,
+    /// Connected peers.
+    pub peers: Vec<PeerInfo>,
+}
+
+/// Requests to the event loop.
+#[derive(Debug)]
+enum Command {
+    Provide { key: Key32 },
+    StopProviding { key: Key32 },
+    FindProviders { key: Key32 },
+    Dial { addr: Multiaddr },
+    Info { reply: oneshot::Sender<NodeInfo> },
+}
+
+/// What the node tells its subscribers.
+#[derive(Clone, Debug)]
+pub enum NodeEvent {
+    /// Providers of a DHT key were found (ourselves excluded); the node dials them.
+    ProvidersFound {
+        /// The key (a room's discovery key).
+        key: Key32,
+        /// The providers.
+        peers: Vec<PeerId>,
+    },
+    /// A peer discovered on the LAN.
+    LanPeer {
+        /// The peer.
+        peer: PeerId,
+    },
+    /// The first connection to a peer opened.
+    Connected {
+        /// The peer.
+        peer: PeerId,
+        /// How.
+        kind: ConnectionKind,
+    },
+    /// The last connection to a peer closed.
+    Disconnected {
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    relay_client: relay::client::Behaviour,
+    dcutr: dcutr::Behaviour,
+    autonat: autonat::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// A cheap handle to the node.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    events: broadcast::Sender<NodeEvent>,
+    peer_id: PeerId,
+    streams: libp2p_stream::Control,
+}
+
+impl NodeHandle {
+    /// Our PeerId.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// Subscribes to node events.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.events.subscribe()
+    }
+
+    /// A control to open and accept libp2p streams.
+    pub fn streams(&self) -> libp2p_stream::Control {
+        self.streams.clone()
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), NodeError> {
+        self.commands.send(cmd).await.map_err(|_| NodeError::Shutdown)
+    }
+
+    /// Announces that we provide `key` on the DHT.
+    pub async fn provide(&self, key: Key32) -> Result<(), NodeError> {
+        self.send(Command::Provide { key }).await
+    }
+
+    /// Stops announcing `key`.
+    pub async fn stop_providing(&self, key: Key32) -> Result<(), NodeError> {
+        self.send(Command::StopProviding { key }).await
+    }
+
+    /// Looks up the providers of `key`; results arrive as [`NodeEvent::ProvidersFound`].
+    pub async fn find_providers(&self, key: Key32) -> Result<(), NodeError> {
+        self.send(Command::FindProviders { key }).await
+    }
+
+    /// Dials an address.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
+        self.send(Command::Dial { addr }).await
+    }
+
+    /// A snapshot of the node's state.
+    pub async fn info(&self) -> Result<NodeInfo, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Info { reply }).await?;
+        rx.await.map_err(|_| NodeError::Shutdown)
+    }
+}
+
+struct Connection {
+    addr: Multiaddr,
+    kind: ConnectionKind,
+}
+
+/// The task that owns the swarm.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<NodeEvent>,
+    /// Open connections per peer.
+    connections: HashMap<PeerId, HashMap<ConnectionId, Connection>>,
+    /// Last ping RTT per peer.
+    rtt: HashMap<PeerId, Duration>,
+    /// Agent strings from identify.
+    agents: HashMap<PeerId, String>,
+    /// Provider lookups in flight.
+    provider_queries: HashMap<kad::QueryId, Key32>,
+    /// Keys we provide (re-announced on `Provide`).
+    provided: HashSet<Key32>,
+    nat_status: autonat::NatStatus,
+}
+
+/// Builds the swarm, starts listening, waits (bounded) for the listen addresses, and
+/// returns the handle and the event loop to spawn.
+pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle, EventLoop), NodeError> {
+    let peer_id = keypair.public().to_peer_id();
+    let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
+    let ttl = config.provider_ttl;
+    let mdns_on = config.mdns;
+    let dht_mode = config.dht_mode;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .map_err(|e| NodeError::Build(e.to_string()))?
+        .with_quic()
+        .with_dns()
+        .map_err(|e| NodeError::Build(e.to_string()))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| NodeError::Build(e.to_string()))?
+        .with_behaviour(|key, relay_client| {
+            let mut kad_config = kad::Config::new(kad_protocol);
+            kad_config
+                .set_provider_record_ttl(Some(ttl))
+                .set_provider_publication_interval(Some(ttl / 2))
+                .set_query_timeout(Duration::from_secs(30));
+            let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+            kad.set_mode(match dht_mode {
+                DhtMode::Auto => None,
+                DhtMode::Server => Some(kad::Mode::Server),
+                DhtMode::Client => Some(kad::Mode::Client),
+            });
+            let identify = identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("peerlog/{}", env!("CARGO_PKG_VERSION")))
+                    .with_push_listen_addr_updates(true),
+            );
+            let mdns = if mdns_on {
+                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                kad,
+                identify,
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
+                relay_client,
+                dcutr: dcutr::Behaviour::new(peer_id),
+                autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+                mdns: Toggle::from(mdns),
+                stream: libp2p_stream::Behaviour::new(),
+            })
+        })
+        .map_err(|e| NodeError::Build(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
+        .build();
+
+    let mut listeners = HashSet::new();
+    for addr in &config.listen {
+        let id = swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NodeError::Listen { addr: addr.clone(), message: e.to_string() })?;
+        listeners.insert(id);
+    }
+    let streams = swarm.behaviour().stream.new_control();
+    let (commands_tx, commands) = mpsc::channel(COMMAND_CAPACITY);
+    let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let mut event_loop = EventLoop {
+        swarm,
+        commands,
+        events: events.clone(),
+        connections: HashMap::new(),
+        rtt: HashMap::new(),
+        agents: HashMap::new(),
+        provider_queries: HashMap::new(),
+        provided: HashSet::new(),
+        nat_status: autonat::NatStatus::Unknown,
+    };
+    // Wait until every listener reported an address, so that callers can print and
+    // share them right away.
+    let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
+    while !listeners.is_empty() {
+        match tokio::time::timeout_at(deadline, event_loop.swarm.select_next_some()).await {
+            Ok(SwarmEvent::NewListenAddr { listener_id, .. }) => {
+                listeners.remove(&listener_id);
+            }
+            Ok(SwarmEvent::ListenerError { listener_id, error }) => {
+                warn!(?listener_id, %error, "listener failed");
+                listeners.remove(&listener_id);
+            }
+            Ok(other) => event_loop.handle_event(other),
+            Err(_) => {
+                warn!("listeners did not report addresses within {LISTEN_WAIT:?}");
+                break;
+            }
+        }
+    }
+    for addr in &config.bootstrap {
+        event_loop.add_bootstrap(addr.clone());
+    }
+    let handle = NodeHandle { commands: commands_tx, events, peer_id, streams };
+    Ok((handle, event_loop))
+}
+
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+fn kind_of(endpoint: &ConnectedPoint) -> ConnectionKind {
+    let addr = endpoint.get_remote_address();
+    if is_relayed(addr) {
+        ConnectionKind::Relayed
+    } else if endpoint.is_relayed() || matches!(endpoint, ConnectedPoint::Dialer { role_override: libp2p::core::Endpoint::Listener, .. }) {
+        ConnectionKind::Holepunched
+    } else {
+        ConnectionKind::Direct
+    }
+}
+
+impl EventLoop {
+    /// Runs until `cancel` fires or every handle is dropped.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.handle_command(cmd),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.handle_event(event),
+            }
+        }
+        debug!("node event loop stopped");
+    }
+
+    fn add_bootstrap(&mut self, addr: Multiaddr) {
+        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+            warn!(%addr, "bootstrap address has no /p2p/PEERID suffix; ignored");
+            return;
+        };
+        let transport: Multiaddr = addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+        self.swarm.behaviour_mut().kad.add_address(&peer, transport);
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Provide { key } => {
+                self.provided.insert(key);
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key)) {
+                    warn!(error = %e, "cannot store provider record");
+                }
+            }
+            Command::StopProviding { key } => {
+                self.provided.remove(&key);
+                self.swarm.behaviour_mut().kad.stop_providing(&kad::RecordKey::new(&key));
+            }
+            Command::FindProviders { key } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
+                self.provider_queries.insert(id, key);
+            }
+            Command::Dial { addr } => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    warn!(%addr, error = %e, "dial failed");
+                }
+            }
+            Command::Info { reply } => {
+                let _ = reply.send(self.info());
+            }
+        }
+    }
+
+    fn info(&self) -> NodeInfo {
+        let local = *self.swarm.local_peer_id();
+        let with_p2p = |a: &Multiaddr| a.clone().with_p2p(local).unwrap_or_else(|a| a).to_string();
+        let mut peers: Vec<PeerInfo> = self
+            .connections
+            .iter()
+            .map(|(peer, conns)| {
+                let best = conns
+                    .values()
+                    .map(|c| c.kind)
+                    .min_by_key(|k| match k {
+                        ConnectionKind::Holepunched => 0,
+                        ConnectionKind::Direct => 1,
+                        ConnectionKind::Relayed => 2,
+                    })
+                    .unwrap_or(ConnectionKind::Direct);
+                PeerInfo {
+                    peer_id: peer.to_string(),
+                    addrs: conns.values().map(|c| c.addr.to_string()).collect(),
+                    connection: best,
+                    rtt_ms: self.rtt.get(peer).map(|d| d.as_secs_f64() * 1000.0),
+                    agent: self.agents.get(peer).cloned(),
+                }
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        NodeInfo {
+            peer_id: local.to_string(),
+            listen_addrs: self.swarm.listeners().map(with_p2p).collect(),
+            external_addrs: self.swarm.external_addresses().map(with_p2p).collect(),
+            nat_status: match self.nat_status {
+                autonat::NatStatus::Public(_) => "public",
+                autonat::NatStatus::Private => "private",
+                autonat::NatStatus::Unknown => "unknown",
+            }
+            .into(),
+            peers,
+        }
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        // No subscriber is fine: nobody is interested yet.
+        let _ = self.events.send(event);
+    }
+
+    fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                let kind = kind_of(&endpoint);
+                let conns = self.connections.entry(peer_id).or_default();
+                let first = conns.is_empty();
+                conns.insert(connection_id, Connection { addr: endpoint.get_remote_address().clone(), kind });
+                debug!(peer = %peer_id, ?kind, "connection established");
+                if first {
+                    self.emit(NodeEvent::Connected { peer: peer_id, kind });
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.remove(&connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                        self.rtt.remove(&peer_id);
+                        self.emit(NodeEvent::Disconnected { peer: peer_id });
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                debug!(peer = ?peer_id, %error, "outgoing connection failed");
+            }
+            SwarmEvent::Behaviour(event) => self.handle_behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn handle_behaviour(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.agents.insert(peer_id, info.agent_version.clone());
+                let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
+                if info.protocols.contains(&kad_protocol) {
+                    for addr in info.listen_addrs {
+                        if !is_relayed(&addr) {
+                            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => match result {
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+                    let Some(&key) = self.provider_queries.get(&id) else { return };
+                    let local = *self.swarm.local_peer_id();
+                    let peers: Vec<PeerId> = providers.into_iter().filter(|p| *p != local).collect();
+                    for peer in &peers {
+                        // Dial now: the providers' addresses live only inside this query.
+                        let opts = DialOpts::peer_id(*peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            debug!(%peer, error = %e, "cannot dial provider");
+                        }
+                    }
+                    if !peers.is_empty() {
+                        self.emit(NodeEvent::ProvidersFound { key, peers });
+                    }
+                }
+                kad::QueryResult::GetProviders(_) => {
+                    if step.last {
+                        self.provider_queries.remove(&id);
+                    }
+                }
+                kad::QueryResult::StartProviding(Err(e)) => debug!(error = ?e, "provider announcement incomplete"),
+                _ => {}
+            },
+            BehaviourEvent::Kad(kad::Event::ModeChanged { new_mode }) => info!(%new_mode, "DHT mode changed"),
+            BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => {
+                self.rtt.insert(peer, rtt);
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                info!(status = ?new, "NAT status changed");
+                self.nat_status = new;
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                let mut seen = HashSet::new();
+                for (peer, addr) in list {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                    if seen.insert(peer) {
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(vec![addr])
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        let _ = self.swarm.dial(opts);
+                        self.emit(NodeEvent::LanPeer { peer });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,657 @@
+//! Replication: one session per (peer, room) over a libp2p stream speaking
+//! `/peerlog/replicate/1` (frames in `peerlog_proto::wire`, rules in `docs/PROTOCOL.md`).
+//!
+//! A session is three tasks: a reader (frames in), a writer (frames out) and the session
+//! loop, which never waits on the network: it queues control frames and serves data only
+//! when the writer has room, so two peers sending to each other cannot deadlock.
+//!
+//! Duplicate sessions (both peers dialing at once) resolve deterministically: the session
+//! opened by the peer with the smaller PeerId wins, on both sides.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use peerlog_proto::wire::{Frame, Key32, Refusal, SignedHead, PROTOCOL};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::config::Limits;
+use crate::keys::{auth_mac, verify_auth_mac};
+use crate::log::store::IngestError;
+use crate::log::{verify_head, Store};
+use crate::rooms::{DaemonEvent, HeadUpdate, Room, Rooms};
+
+/// Time allowed for Hello + Auth.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to open a stream (including dialing).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Frames buffered between the reader task and the session loop.
+const INBOUND_FRAMES: usize = 8;
+/// Frames buffered between the session loop and the writer task.
+const OUTBOUND_FRAMES: usize = 8;
+/// Most unauthenticated inbound sessions at once.
+const MAX_HANDSHAKES: usize = 64;
+/// Most `Want`s a peer may have queued with us.
+const MAX_SERVING: usize = 4096;
+/// Most feeds in one `Have`.
+const MAX_HAVE_FEEDS: usize = 10_000;
+/// Signed heads kept per feed per session as anchors for incoming batches.
+const ANCHORS_PER_FEED: usize = 16;
+/// New entries up to this count are pushed with their head instead of announced.
+const PUSH_MAX: u64 = 64;
+/// Target size of a `Data` frame's entries, well under the frame limit.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// Errors that end a session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The stream failed or closed.
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The peer refused the session.
+    #[error("refused by peer: {0:?}")]
+    Refused(Refusal),
+    /// Timed out.
+    #[error("timed out during {0}")]
+    Timeout(&'static str),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] crate::log::store::StoreError),
+}
+
+struct Slot {
+    id: u64,
+    outbound: bool,
+    established: bool,
+    cancel: CancellationToken,
+}
+
+struct Inner {
+    local: PeerId,
+    store: Store,
+    rooms: Arc<Rooms>,
+    control: Mutex<libp2p_stream::Control>,
+    limits: Limits,
+    slots: Mutex<HashMap<(PeerId, Key32), Slot>>,
+    next_id: AtomicU64,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+/// Runs replication sessions. Cheap to clone.
+#[derive(Clone)]
+pub struct Replicator {
+    inner: Arc<Inner>,
+}
+
+/// A peer with an authenticated session in a room.
+#[derive(Clone, Debug)]
+pub struct RoomPeer {
+    /// The peer.
+    pub peer: PeerId,
+    /// The room.
+    pub room: Key32,
+}
+
+impl Replicator {
+    /// Creates the replicator; call [`Replicator::spawn_acceptor`] to take inbound sessions.
+    pub fn new(
+        local: PeerId,
+        store: Store,
+        rooms: Arc<Rooms>,
+        control: libp2p_stream::Control,
+        limits: Limits,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                local,
+                store,
+                rooms,
+                control: Mutex::new(control),
+                limits,
+                slots: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+                tasks,
+                cancel,
+            }),
+        }
+    }
+
+    fn control(&self) -> libp2p_stream::Control {
+        self.inner.control.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Accepts inbound replication streams until cancelled.
+    pub fn spawn_acceptor(&self) -> Result<(), libp2p_stream::AlreadyRegistered> {
+        let mut incoming = self.control().accept(StreamProtocol::new(PROTOCOL))?;
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            loop {
+                let next = tokio::select! {
+                    _ = this.inner.cancel.cancelled() => break,
+                    next = incoming.next() => next,
+                };
+                let Some((peer, stream)) = next else { break };
+                let Ok(permit) = this.inner.handshakes.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many pending handshakes; dropping stream");
+                    continue;
+                };
+                let this2 = this.clone();
+                this.inner.tasks.spawn(
+                    async move {
+                        if let Err(e) = this2.run_inbound(peer, stream, permit).await {
+                            debug!(error = %e, "inbound session ended");
+                        }
+                    }
+                    .instrument(tracing::debug_span!("session", %peer, dir = "in")),
+                );
+            }
+        });
+        Ok(())
+    }
+
+    /// Opens a session with `peer` for `room` unless one exists or is being opened.
+    pub fn ensure_session(&self, peer: PeerId, room: Key32) {
+        if peer == self.inner.local {
+            return;
+        }
+        let Some((id, cancel)) = self.claim(peer, room, true) else { return };
+        let this = self.clone();
+        self.inner.tasks.spawn(
+            async move {
+                let result = tokio::select! {
+                    _ = cancel.cancelled() => Ok(()),
+                    r = this.run_outbound(peer, room, id) => r,
+                };
+                if let Err(e) = result {
+                    debug!(error = %e, "outbound session ended");
+                }
+                this.release(peer, room, id);
+            }
+            .instrument(tracing::debug_span!("session", %peer, dir = "out")),
+        );
+    }
+
+    /// Peers with an authenticated session, optionally only in one room.
+    pub fn room_peers(&self, room: Option<&Key32>) -> Vec<RoomPeer> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .filter(|((_, r), s)| s.established && room.is_none_or(|want| want == r))
+            .map(|((peer, r), _)| RoomPeer { peer: *peer, room: *r })
+            .collect()
+    }
+
+    /// Ends every session of a room.
+    pub fn close_room(&self, room: &Key32) {
+        let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for ((_, r), s) in slots.iter() {
+            if r == room {
+                s.cancel.cancel();
+            }
+        }
+    }
+
+    /// Reserves the (peer, room) slot; see the module docs for the duplicate rule.
+    fn claim(&self, peer: PeerId, room: Key32, outbound: bool) -> Option<(u64, CancellationToken)> {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = slots.get(&(peer, room)) {
+            let ours_wins = self.inner.local < peer;
+            let replace = !outbound && existing.outbound && !existing.established && !ours_wins;
+            if !replace {
+                return None;
+            }
+            existing.cancel.cancel();
+        } else if slots.len() >= self.inner.limits.sessions {
+            warn!(limit = self.inner.limits.sessions, "session limit reached");
+            return None;
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let cancel = self.inner.cancel.child_token();
+        slots.insert((peer, room), Slot { id, outbound, established: false, cancel: cancel.clone() });
+        Some((id, cancel))
+    }
+
+    fn release(&self, peer: PeerId, room: Key32, id: u64) {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.get(&(peer, room)).is_some_and(|s| s.id == id) {
+            let was_established = slots.remove(&(peer, room)).is_some_and(|s| s.established);
+            if was_established {
+                let _ = self.inner.rooms.events.send(DaemonEvent::PeerLeft { room, peer });
+            }
+        }
+    }
+
+    fn mark_established(&self, peer: PeerId, room: Key32, id: u64) -> bool {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.get_mut(&(peer, room)) {
+            Some(s) if s.id == id => {
+                s.established = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn framed(&self, stream: Stream) -> Framed<tokio_util::compat::Compat<Stream>, LengthDelimitedCodec> {
+        let codec = LengthDelimitedCodec::builder().max_frame_length(self.inner.limits.frame_bytes).new_codec();
+        Framed::new(stream.compat(), codec)
+    }
+
+    async fn run_outbound(&self, peer: PeerId, dk: Key32, id: u64) -> Result<(), SessionError> {
+        let stream = tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, StreamProtocol::new(PROTOCOL)))
+            .await
+            .map_err(|_| SessionError::Timeout("open"))?
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut io = self.framed(stream);
+        let Some(room) = self.inner.rooms.get(&dk) else { return Ok(()) };
+        let nonce: Key32 = rand::random();
+        let handshake = async {
+            send(&mut io, &Frame::Hello { discovery_key: dk, nonce }).await?;
+            let (their_dk, their_nonce) = match recv(&mut io).await? {
+                Frame::Hello { discovery_key, nonce } => (discovery_key, nonce),
+                Frame::Refuse { reason } => return Err(SessionError::Refused(reason)),
+                _ => return Err(SessionError::Protocol("expected Hello")),
+            };
+            if their_dk != dk {
+                return Err(SessionError::Protocol("Hello for another room"));
+            }
+            self.authenticate(&mut io, &room, peer, &nonce, &their_nonce, true).await
+        };
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;
+        if !self.mark_established(peer, dk, id) {
+            return Ok(());
+        }
+        self.run_established(io, room, peer, id).await
+    }
+
+    async fn run_inbound(&self, peer: PeerId, stream: Stream, permit: tokio::sync::OwnedSemaphorePermit) -> Result<(), SessionError> {
+        let mut io = self.framed(stream);
+        let (dk, their_nonce) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, recv(&mut io)).await {
+            Err(_) => return Err(SessionError::Timeout("Hello")),
+            Ok(Ok(Frame::Hello { discovery_key, nonce })) => (discovery_key, nonce),
+            Ok(Ok(_)) => return Err(SessionError::Protocol("expected Hello")),
+            Ok(Err(e)) => return Err(e),
+        };
+        let Some(room) = self.inner.rooms.get(&dk) else {
+            let _ = send(&mut io, &Frame::Refuse { reason: Refusal::UnknownRoom }).await;
+            return Ok(());
+        };
+        let Some((id, cancel)) = self.claim(peer, dk, false) else {
+            let _ = send(&mut io, &Frame::Refuse { reason: Refusal::Duplicate }).await;
+            return Ok(());
+        };
+        let result = tokio::select! {
+            _ = cancel.cancelled() => Ok(()),
+            r = async {
+                let nonce: Key32 = rand::random();
+                let handshake = async {
+                    send(&mut io, &Frame::Hello { discovery_key: dk, nonce }).await?;
+                    self.authenticate(&mut io, &room, peer, &their_nonce, &nonce, false).await
+                };
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;
+                drop(permit);
+                if !self.mark_established(peer, dk, id) {
+                    return Ok(());
+                }
+                self.run_established(io, room, peer, id).await
+            } => r,
+        };
+        self.release(peer, dk, id);
+        result
+    }
+
+    /// Exchanges membership proofs. `initiator` says which nonce is whose.
+    async fn authenticate(
+        &self,
+        io: &mut Framed<tokio_util::compat::Compat<Stream>, LengthDelimitedCodec>,
+        room: &Room,
+        peer: PeerId,
+        initiator_nonce: &Key32,
+        responder_nonce: &Key32,
+        _initiator: bool,
+    ) -> Result<(), SessionError> {
+        let key = &room.keys.auth_key;
+        let mine = auth_mac(key, initiator_nonce, responder_nonce, &self.inner.local, &peer);
+        send(io, &Frame::Auth { mac: mine }).await?;
+        let theirs = match recv(io).await? {
+            Frame::Auth { mac } => mac,
+            Frame::Refuse { reason } => return Err(SessionError::Refused(reason)),
+            _ => return Err(SessionError::Protocol("expected Auth")),
+        };
+        let expected = auth_mac(key, initiator_nonce, responder_nonce, &peer, &self.inner.local);
+        if !verify_auth_mac(&expected, &theirs) {
+            warn!(%peer, room = %room.id, "peer failed the membership proof (wrong passphrase?)");
+            let _ = send(io, &Frame::Refuse { reason: Refusal::BadAuth }).await;
+            return Err(SessionError::Refused(Refusal::BadAuth));
+        }
+        Ok(())
+    }
+
+    async fn run_established(
+        &self,
+        io: Framed<tokio_util::compat::Compat<Stream>, LengthDelimitedCodec>,
+        room: Arc<Room>,
+        peer: PeerId,
+        id: u64,
+    ) -> Result<(), SessionError> {
+        info!(%peer, room = %room.id, "room peer connected");
+        let _ = self.inner.rooms.events.send(DaemonEvent::PeerJoined { room: room.discovery_key, peer });
+        let (mut sink, mut source) = io.split();
+        let (in_tx, in_rx) = mpsc::channel::<Result<Frame, SessionError>>(INBOUND_FRAMES);
+        let (out_tx, mut out_rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES);
+        let reader = tokio::spawn(async move {
+            while let Some(item) = source.next().await {
+                let frame = item
+                    .map_err(SessionError::from)
+                    .and_then(|b| Frame::decode(&b).map_err(|_| SessionError::Protocol("undecodable frame")));
+                let stop = frame.is_err();
+                if in_tx.send(frame).await.is_err() || stop {
+                    break;
+                }
+            }
+        });
+        let writer = tokio::spawn(async move {
+            while let Some(frame) = out_rx.recv().await {
+                if sink.send(Bytes::from(frame.encode())).await.is_err() {
+                    return;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let mut session = Session {
+            r: self.clone(),
+            room,
+            peer,
+            id,
+            anchors: HashMap::new(),
+            peer_len: HashMap::new(),
+            requested: HashMap::new(),
+            serving: VecDeque::new(),
+            outbox: VecDeque::new(),
+            got_have: false,
+        };
+        let result = session.run(in_rx, out_tx).await;
+        reader.abort();
+        // The writer drains what was queued, then closes the stream.
+        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        info!(%peer, room = %session.room.id, reason = ?result.as_ref().err(), "room peer disconnected");
+        result
+    }
+}
+
+type Io = Framed<tokio_util::compat::Compat<Stream>, LengthDelimitedCodec>;
+
+async fn send(io: &mut Io, frame: &Frame) -> Result<(), SessionError> {
+    io.send(Bytes::from(frame.encode())).await?;
+    Ok(())
+}
+
+async fn recv(io: &mut Io) -> Result<Frame, SessionError> {
+    match io.next().await {
+        Some(Ok(bytes)) => Frame::decode(&bytes).map_err(|_| SessionError::Protocol("undecodable frame")),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+    }
+}
+
+/// One batch we still owe the peer: entries `start..end`, served from the top down.
+struct Serving {
+    feed: Key32,
+    start: u64,
+    end: u64,
+}
+
+/// State of an authenticated session.
+struct Session {
+    r: Replicator,
+    room: Arc<Room>,
+    peer: PeerId,
+    id: u64,
+    /// Verified heads the peer announced, by feed and seq: anchors for its batches.
+    anchors: HashMap<Key32, BTreeMap<u64, SignedHead>>,
+    /// How many entries of each feed the peer has (or has been sent).
+    peer_len: HashMap<Key32, u64>,
+    /// Everything below this was already requested from this peer.
+    requested: HashMap<Key32, u64>,
+    /// Wants of the peer not yet fully served.
+    serving: VecDeque<Serving>,
+    /// Control frames waiting for the writer.
+    outbox: VecDeque<Frame>,
+    /// Whether the peer's first `Have` arrived.
+    got_have: bool,
+}
+
+impl Session {
+    fn store(&self) -> &Store {
+        &self.r.inner.store
+    }
+
+    async fn run(&mut self, mut inbound: mpsc::Receiver<Result<Frame, SessionError>>, out: mpsc::Sender<Frame>) -> Result<(), SessionError> {
+        let mut updates = self.room.subscribe();
+        let heads = self.store().room_heads(&self.room.discovery_key)?;
+        self.outbox.push_back(Frame::Have { heads });
+        let room_cancel = self.room.cancel.clone();
+        loop {
+            let busy = !self.outbox.is_empty() || !self.serving.is_empty();
+            tokio::select! {
+                biased;
+                _ = room_cancel.cancelled() => return Ok(()),
+                frame = inbound.recv() => match frame {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(frame)) => {
+                        if let Err(e) = self.handle(frame) {
+                            let _ = out.try_send(Frame::Refuse { reason: Refusal::ProtocolViolation });
+                            return Err(e);
+                        }
+                    }
+                },
+                update = updates.recv() => match update {
+                    Ok(update) => self.on_update(update)?,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let heads = self.store().room_heads(&self.room.discovery_key)?;
+                        self.outbox.push_back(Frame::Have { heads });
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                permit = out.reserve(), if busy => {
+                    let Ok(permit) = permit else { return Ok(()) };
+                    let frame = match self.outbox.pop_front() {
+                        Some(f) => f,
+                        None => match self.next_batch()? {
+                            Some(f) => f,
+                            None => continue,
+                        },
+                    };
+                    permit.send(frame);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, frame: Frame) -> Result<(), SessionError> {
+        match frame {
+            Frame::Have { heads } => {
+                if heads.len() > MAX_HAVE_FEEDS {
+                    return Err(SessionError::Protocol("Have lists too many feeds"));
+                }
+                for head in heads {
+                    self.learn_head(head)?;
+                }
+                if !self.got_have {
+                    self.got_have = true;
+                    // Feeds the peer did not list, it does not have.
+                    for (feed, _) in self.store().room_feeds(&self.room.discovery_key)? {
+                        self.peer_len.entry(feed).or_insert(0);
+                    }
+                }
+                Ok(())
+            }
+            Frame::Want { feed_key, start, end } => {
+                if start >= end {
+                    return Err(SessionError::Protocol("empty Want"));
+                }
+                if self.serving.len() >= MAX_SERVING {
+                    return Err(SessionError::Protocol("too many Wants queued"));
+                }
+                let meta = self.store().feed_meta(&feed_key)?.filter(|m| m.room == self.room.discovery_key);
+                let end = end.min(meta.as_ref().map_or(0, |m| m.length()));
+                if start >= end {
+                    self.outbox.push_back(Frame::NoData { feed_key, below: start });
+                } else {
+                    self.serving.push_back(Serving { feed: feed_key, start, end });
+                }
+                Ok(())
+            }
+            Frame::Data { feed_key, start, entries, head } => {
+                if entries.is_empty() {
+                    return Ok(());
+                }
+                let top = start.checked_add(entries.len() as u64 - 1).ok_or(SessionError::Protocol("seq overflow"))?;
+                if let Some(head) = head {
+                    if head.feed_key != feed_key || head.seq != top {
+                        return Err(SessionError::Protocol("Data head does not match its entries"));
+                    }
+                    self.learn_head(head)?;
+                }
+                if feed_key == self.room.feed_key {
+                    return Ok(()); // our own feed: we are its only writer
+                }
+                let anchor = self.anchors.get(&feed_key).and_then(|a| a.get(&top)).cloned();
+                let r = self.room.ingest(&self.r.inner.store, &self.r.inner.rooms.events, &feed_key, start, &entries, anchor.as_ref(), self.id);
+                match r {
+                    Ok(got) => {
+                        debug!(feed = %hex::encode(&feed_key[..4]), start, stored = got.stored, "stored entries");
+                        let len = self.peer_len.entry(feed_key).or_insert(0);
+                        *len = (*len).max(top + 1);
+                    }
+                    Err(IngestError::Store(e)) => return Err(e.into()),
+                    Err(e) => warn!(peer = %self.peer, room = %self.room.id, feed = %hex::encode(&feed_key[..8]), start, error = %e, "rejected entries from peer; nothing stored"),
+                }
+                Ok(())
+            }
+            Frame::NoData { feed_key, below } => {
+                debug!(feed = %hex::encode(&feed_key[..4]), below, "peer lacks entries");
+                Ok(())
+            }
+            Frame::Refuse { reason } => Err(SessionError::Refused(reason)),
+            Frame::Hello { .. } | Frame::Auth { .. } => Err(SessionError::Protocol("handshake frame after handshake")),
+        }
+    }
+
+    /// Records a head the peer has (verifying it) and asks for what we miss.
+    fn learn_head(&mut self, head: SignedHead) -> Result<(), SessionError> {
+        let feed = head.feed_key;
+        let len = self.peer_len.entry(feed).or_insert(0);
+        if head.length() <= *len && self.anchors.get(&feed).is_some_and(|a| a.contains_key(&head.seq)) {
+            return Ok(());
+        }
+        if !verify_head(&head) {
+            return Err(SessionError::Protocol("bad head signature"));
+        }
+        *len = (*len).max(head.length());
+        if feed == self.room.feed_key {
+            return Ok(());
+        }
+        let target = head.length();
+        let anchors = self.anchors.entry(feed).or_default();
+        anchors.insert(head.seq, head);
+        while anchors.len() > ANCHORS_PER_FEED {
+            anchors.pop_first();
+        }
+        let from = self.requested.get(&feed).copied().unwrap_or(0);
+        if target <= from {
+            return Ok(());
+        }
+        let meta = self.store().feed_meta(&feed)?.unwrap_or_default();
+        for (start, end) in meta.missing(target) {
+            let start = start.max(from);
+            if start < end {
+                self.outbox.push_back(Frame::Want { feed_key: feed, start, end });
+            }
+        }
+        self.requested.insert(feed, target);
+        Ok(())
+    }
+
+    /// A head advanced locally: push the new entries, or announce the head.
+    fn on_update(&mut self, update: HeadUpdate) -> Result<(), SessionError> {
+        if update.origin == Some(self.id) || !self.got_have {
+            return Ok(());
+        }
+        let head = update.head;
+        let feed = head.feed_key;
+        let have = self.peer_len.get(&feed).copied().unwrap_or(0);
+        let target = head.length();
+        if target <= have {
+            return Ok(());
+        }
+        if target - have <= PUSH_MAX {
+            let entries = self.store().entries(&feed, have, target)?;
+            if entries.len() as u64 == target - have {
+                self.peer_len.insert(feed, target);
+                self.outbox.push_back(Frame::Data { feed_key: feed, start: have, entries, head: Some(head) });
+                return Ok(());
+            }
+        }
+        self.outbox.push_back(Frame::Have { heads: vec![head] });
+        Ok(())
+    }
+
+    /// The next `Data` (newest entries of the oldest pending Want first) or `NoData`.
+    fn next_batch(&mut self) -> Result<Option<Frame>, SessionError> {
+        let Some(job) = self.serving.front_mut() else { return Ok(None) };
+        let feed = job.feed;
+        let meta = self.r.inner.store.feed_meta(&feed)?.unwrap_or_default();
+        let top = job.end - 1;
+        let Some(run_start) = meta.run_start(top) else {
+            let below = job.end;
+            self.serving.pop_front();
+            return Ok(Some(Frame::NoData { feed_key: feed, below }));
+        };
+        let max_entries = self.r.inner.limits.batch_entries.max(1) as u64;
+        let lo = job.start.max(run_start).max(job.end.saturating_sub(max_entries));
+        let mut entries = self.r.inner.store.entries(&feed, lo, job.end)?;
+        // Keep the frame well under the limit: drop the oldest entries past the budget.
+        let budget = BATCH_BYTES.min(self.r.inner.limits.frame_bytes / 2);
+        let mut bytes = 0;
+        let mut keep_from = entries.len();
+        while keep_from > 0 {
+            let size = entries[keep_from - 1].ciphertext.len() + 64;
+            if bytes + size > budget && keep_from < entries.len() {
+                break;
+            }
+            bytes += size;
+            keep_from -= 1;
+        }
+        entries.drain(..keep_from);
+        let start = job.end - entries.len() as u64;
+        let head = meta.head.filter(|h| h.seq == top);
+        job.end = start;
+        if job.end <= job.start || entries.is_empty() {
+            self.serving.pop_front();
+        }
+        if entries.is_empty() {
+            return Ok(Some(Frame::NoData { feed_key: feed, below: top + 1 }));
+        }
+        Ok(Some(Frame::Data { feed_key: feed, start, entries, head }))
+    }
+}

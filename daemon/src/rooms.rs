@@ -1,0 +1,232 @@
+//! Joined rooms at run time: each [`Room`] holds its keys, our writer for it, the Lamport
+//! clock and the channel that tells replication sessions about new heads. [`Rooms`] is the
+//! registry and the source of [`DaemonEvent`]s for API clients.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ed25519_dalek::SigningKey;
+use libp2p::PeerId;
+use peerlog_proto::wire::{Entry, Key32, SignedHead};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::keys::{room_id, RoomKeys, RoomSecret};
+use crate::log::store::{Appended, IngestError, Ingested, RoomRecord, StoreError, StoredMessage};
+use crate::log::{Body, FeedCipher, Store};
+
+/// Capacity of each room's head-update channel.
+const UPDATE_CAPACITY: usize = 1024;
+/// Capacity of the daemon event channel (slow API clients see `Lagged`).
+const EVENT_CAPACITY: usize = 4096;
+
+/// A feed's head advanced: sessions tell (or push to) their peers.
+#[derive(Clone, Debug)]
+pub struct HeadUpdate {
+    /// The new head.
+    pub head: SignedHead,
+    /// The session the entries came from (it need not hear about them), if any.
+    pub origin: Option<u64>,
+}
+
+/// Something API clients hear about.
+#[derive(Clone, Debug)]
+pub enum DaemonEvent {
+    /// A message was stored (written here or received).
+    Message {
+        /// The room's discovery key.
+        room: Key32,
+        /// The message.
+        message: StoredMessage,
+    },
+    /// A replication session with a room peer was authenticated.
+    PeerJoined {
+        /// The room.
+        room: Key32,
+        /// The peer.
+        peer: PeerId,
+    },
+    /// A replication session with a room peer ended.
+    PeerLeft {
+        /// The room.
+        room: Key32,
+        /// The peer.
+        peer: PeerId,
+    },
+}
+
+/// A joined room.
+pub struct Room {
+    /// The discovery key: the room's identity on the wire.
+    pub discovery_key: Key32,
+    /// Short public id (hex of the first 8 bytes of the discovery key).
+    pub id: String,
+    /// Local display name.
+    pub name: String,
+    /// Derived keys.
+    pub keys: RoomKeys,
+    secret: RoomSecret,
+    writer: SigningKey,
+    /// Our feed in this room.
+    pub feed_key: Key32,
+    own_cipher: FeedCipher,
+    /// Greatest Lamport clock seen in the room.
+    lamport: AtomicU64,
+    /// Serializes appends to our feed (held only around synchronous store calls).
+    append_lock: Mutex<()>,
+    /// AEAD per writer, derived on first use.
+    ciphers: Mutex<HashMap<Key32, FeedCipher>>,
+    updates: broadcast::Sender<HeadUpdate>,
+    /// Cancelled when the room is left or the daemon stops.
+    pub cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Room {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Room").field("id", &self.id).field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Room {
+    /// Builds the run-time room from its stored record.
+    pub fn new(record: &RoomRecord, store: &Store, cancel: CancellationToken) -> Result<Self, StoreError> {
+        let secret = RoomSecret(record.secret);
+        let keys = secret.keys();
+        let writer = SigningKey::from_bytes(&record.writer);
+        let feed_key = writer.verifying_key().to_bytes();
+        let lamport = store.max_lamport(&keys.discovery_key)?;
+        let (updates, _) = broadcast::channel(UPDATE_CAPACITY);
+        Ok(Self {
+            discovery_key: keys.discovery_key,
+            id: room_id(&keys.discovery_key),
+            name: record.name.clone(),
+            own_cipher: FeedCipher::new(&keys.content_key, &feed_key),
+            keys,
+            secret,
+            writer,
+            feed_key,
+            lamport: AtomicU64::new(lamport),
+            append_lock: Mutex::new(()),
+            ciphers: Mutex::new(HashMap::new()),
+            updates,
+            cancel,
+        })
+    }
+
+    /// The invite that lets someone else join.
+    pub fn invite(&self) -> String {
+        self.secret.to_invite()
+    }
+
+    /// Subscribes to head updates of this room.
+    pub fn subscribe(&self) -> broadcast::Receiver<HeadUpdate> {
+        self.updates.subscribe()
+    }
+
+    fn cipher(&self, feed: &Key32) -> FeedCipher {
+        let mut map = self.ciphers.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(*feed).or_insert_with(|| FeedCipher::new(&self.keys.content_key, feed)).clone()
+    }
+
+    fn observe_lamport(&self, messages: &[StoredMessage]) {
+        if let Some(max) = messages.iter().map(|m| m.message.lamport).max() {
+            self.lamport.fetch_max(max, Ordering::AcqRel);
+        }
+    }
+
+    /// Appends to our feed (not yet durable: the caller flushes) and announces it.
+    pub fn append(&self, store: &Store, events: &broadcast::Sender<DaemonEvent>, bodies: Vec<Body>) -> Result<Appended, StoreError> {
+        let n = bodies.len() as u64;
+        let appended = {
+            let _guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
+            let first = self.lamport.fetch_add(n, Ordering::AcqRel) + 1;
+            store.append(&self.discovery_key, &self.writer, &self.own_cipher, first, bodies)?
+        };
+        let _ = self.updates.send(HeadUpdate { head: appended.head.clone(), origin: None });
+        for m in &appended.messages {
+            let _ = events.send(DaemonEvent::Message { room: self.discovery_key, message: m.clone() });
+        }
+        Ok(appended)
+    }
+
+    /// Verifies and stores entries from a peer, then announces what is new.
+    pub fn ingest(
+        &self,
+        store: &Store,
+        events: &broadcast::Sender<DaemonEvent>,
+        feed: &Key32,
+        start: u64,
+        entries: &[Entry],
+        anchor: Option<&SignedHead>,
+        origin: u64,
+    ) -> Result<Ingested, IngestError> {
+        let cipher = self.cipher(feed);
+        let ingested = store.ingest(&self.discovery_key, Some(&cipher), feed, start, entries, anchor)?;
+        self.observe_lamport(&ingested.messages);
+        if let Some(head) = &ingested.new_head {
+            let _ = self.updates.send(HeadUpdate { head: head.clone(), origin: Some(origin) });
+        }
+        for m in &ingested.messages {
+            let _ = events.send(DaemonEvent::Message { room: self.discovery_key, message: m.clone() });
+        }
+        Ok(ingested)
+    }
+}
+
+/// The registry of joined rooms.
+pub struct Rooms {
+    map: RwLock<HashMap<Key32, Arc<Room>>>,
+    /// Events for API clients.
+    pub events: broadcast::Sender<DaemonEvent>,
+}
+
+impl Default for Rooms {
+    fn default() -> Self {
+        Self { map: RwLock::new(HashMap::new()), events: broadcast::channel(EVENT_CAPACITY).0 }
+    }
+}
+
+impl Rooms {
+    /// The room with this discovery key.
+    pub fn get(&self, discovery_key: &Key32) -> Option<Arc<Room>> {
+        self.map.read().unwrap_or_else(|p| p.into_inner()).get(discovery_key).cloned()
+    }
+
+    /// Finds a room by id, unique id prefix, name or full discovery key hex.
+    pub fn find(&self, query: &str) -> Option<Arc<Room>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(r) = map.values().find(|r| r.id == query || hex::encode(r.discovery_key) == query) {
+            return Some(r.clone());
+        }
+        let by_name: Vec<_> = map.values().filter(|r| r.name == query).collect();
+        if by_name.len() == 1 {
+            return Some(by_name[0].clone());
+        }
+        let by_prefix: Vec<_> = map.values().filter(|r| query.len() >= 4 && r.id.starts_with(query)).collect();
+        (by_prefix.len() == 1).then(|| by_prefix[0].clone())
+    }
+
+    /// All rooms, sorted by name.
+    pub fn list(&self) -> Vec<Arc<Room>> {
+        let mut v: Vec<_> = self.map.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Adds a room; returns the existing one instead if already joined.
+    pub fn insert(&self, room: Room) -> (Arc<Room>, bool) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = map.get(&room.discovery_key) {
+            return (existing.clone(), false);
+        }
+        let room = Arc::new(room);
+        map.insert(room.discovery_key, room.clone());
+        (room, true)
+    }
+
+    /// Removes a room.
+    pub fn remove(&self, discovery_key: &Key32) -> Option<Arc<Room>> {
+        self.map.write().unwrap_or_else(|p| p.into_inner()).remove(discovery_key)
+    }
+}
