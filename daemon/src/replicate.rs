@@ -273,7 +273,7 @@ impl Replicator {
             if their_dk != dk {
                 return Err(SessionError::Protocol("Hello for another room"));
             }
-            self.authenticate(&mut io, &room, peer, &nonce, &their_nonce, true).await
+            self.authenticate(&mut io, &room, peer, &nonce, &their_nonce).await
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;
         if !self.mark_established(peer, dk, id) {
@@ -304,7 +304,7 @@ impl Replicator {
                 let nonce: Key32 = rand::random();
                 let handshake = async {
                     send(&mut io, &Frame::Hello { discovery_key: dk, nonce }).await?;
-                    self.authenticate(&mut io, &room, peer, &their_nonce, &nonce, false).await
+                    self.authenticate(&mut io, &room, peer, &their_nonce, &nonce).await
                 };
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;
                 drop(permit);
@@ -318,7 +318,7 @@ impl Replicator {
         result
     }
 
-    /// Exchanges membership proofs. `initiator` says which nonce is whose.
+    /// Exchanges membership proofs; the nonces are given in initiator, responder order.
     async fn authenticate(
         &self,
         io: &mut Framed<tokio_util::compat::Compat<Stream>, LengthDelimitedCodec>,
@@ -326,7 +326,6 @@ impl Replicator {
         peer: PeerId,
         initiator_nonce: &Key32,
         responder_nonce: &Key32,
-        _initiator: bool,
     ) -> Result<(), SessionError> {
         let key = &room.keys.auth_key;
         let mine = auth_mac(key, initiator_nonce, responder_nonce, &self.inner.local, &peer);
@@ -389,6 +388,9 @@ impl Replicator {
             got_have: false,
         };
         let result = session.run(in_rx, out_tx).await;
+        // Free the slot before the stream closes, so that the peer's next session (it
+        // sees the close first) is not refused as a duplicate.
+        self.release(peer, session.room.discovery_key, id);
         reader.abort();
         // The writer drains what was queued, then closes the stream.
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;

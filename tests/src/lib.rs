@@ -1,0 +1,264 @@
+//! Test harness: real peerlog daemons in this process on loopback (ephemeral ports,
+//! temporary data dirs), driven through their WebSocket API; and a raw replication peer
+//! that speaks `/peerlog/replicate/1` frame by frame, to send what a daemon never would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use peerlog::client::Client;
+use peerlog::config::{Config, DhtMode};
+use peerlog::keys::{auth_mac, RoomKeys};
+use peerlog::node::{self, NodeConfig, NodeHandle};
+use peerlog::Daemon;
+use peerlog_proto::wire::{Frame, Key32, PROTOCOL};
+use serde_json::{json, Value};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tokio_util::sync::CancellationToken;
+
+/// Default wait for anything over the network in tests.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Awaits `fut` for at most `limit`, failing with a message naming what did not happen.
+pub async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(limit, fut).await.map_err(|_| anyhow!("timed out after {limit:?} waiting for {what}"))
+}
+
+/// The config every test daemon starts from.
+pub fn test_config(data_dir: &Path) -> Config {
+    let mut c = Config::default();
+    c.data_dir = Some(data_dir.to_path_buf());
+    c.api_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("literal multiaddr")];
+    c.mdns = false;
+    c.dht_mode = DhtMode::Server;
+    c.discovery_interval_secs = 2;
+    c
+}
+
+/// A daemon under test with its own data dir.
+pub struct TestDaemon {
+    /// The running daemon (None while stopped).
+    pub daemon: Option<Daemon>,
+    /// Its configuration.
+    pub config: Config,
+    dir: tempfile::TempDir,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with the test config, changed by `tweak`.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut config = test_config(dir.path());
+        tweak(&mut config);
+        let daemon = Daemon::start(config.clone()).await.context("daemon start")?;
+        Ok(Self { daemon: Some(daemon), config, dir })
+    }
+
+    /// Starts a daemon with the test config.
+    pub async fn start() -> Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a daemon that bootstraps from `boot`.
+    pub async fn start_bootstrapped(boot: &TestDaemon) -> Result<Self> {
+        let addr = boot.p2p_addr().await?;
+        Self::start_with(|c| c.bootstrap = vec![addr]).await
+    }
+
+    fn running(&self) -> Result<&Daemon> {
+        self.daemon.as_ref().context("daemon is stopped")
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// A new API client.
+    pub async fn client(&self) -> Result<Client> {
+        let d = self.running()?;
+        Ok(Client::connect(d.api_addr(), d.token()).await?)
+    }
+
+    /// Our PeerId.
+    pub fn peer_id(&self) -> Result<PeerId> {
+        Ok(self.running()?.peer_id())
+    }
+
+    /// The daemon's first listen address with `/p2p/PEERID`.
+    pub async fn p2p_addr(&self) -> Result<Multiaddr> {
+        let info = self.running()?.shared().node_info().await?;
+        let a = info.listen_addrs.first().context("daemon has no listen address")?;
+        Ok(a.parse()?)
+    }
+
+    /// Stops the daemon (clean shutdown).
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(d) = self.daemon.take() {
+            within(WAIT, "daemon shutdown", d.shutdown()).await??;
+        }
+        Ok(())
+    }
+
+    /// Starts the daemon again on the same data dir and config.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.daemon = Some(Daemon::start(self.config.clone()).await?);
+        Ok(())
+    }
+}
+
+/// Joins a room by passphrase; returns the room id.
+pub async fn join(c: &mut Client, passphrase: &str) -> Result<String> {
+    let r = c.call("rooms.join", json!({"passphrase": passphrase})).await?;
+    r["room"]["id"].as_str().map(String::from).context("rooms.join returned no room id")
+}
+
+/// Sends a message; returns its id.
+pub async fn send(c: &mut Client, room: &str, text: &str) -> Result<String> {
+    let r = c.call("messages.send", json!({"room": room, "text": text})).await?;
+    r["message"]["id"].as_str().map(String::from).context("messages.send returned no id")
+}
+
+/// The whole history of a room, oldest first, fetched page by page.
+pub async fn full_history(c: &mut Client, room: &str) -> Result<Vec<Value>> {
+    let mut all: Vec<Value> = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let r = c.call("messages.history", json!({"room": room, "before": before, "limit": 500})).await?;
+        let page = r["messages"].as_array().cloned().unwrap_or_default();
+        if page.is_empty() {
+            break;
+        }
+        before = page[0]["id"].as_str().map(String::from);
+        let mut page = page;
+        page.append(&mut all);
+        all = page;
+    }
+    Ok(all)
+}
+
+/// Waits until `c` has seen `text` arrive as a `message` event in `room`.
+pub async fn wait_for_text(c: &mut Client, room: &str, text: &str, limit: Duration) -> Result<Value> {
+    let e = c
+        .wait_event(limit, &format!("message {text:?} in room {room}"), |e| e.event == "message" && e.params["room"] == room && e.params["text"] == text)
+        .await?;
+    Ok(e.params)
+}
+
+/// A bare libp2p node that speaks the replication protocol frame by frame.
+pub struct RawPeer {
+    /// Its node.
+    pub node: NodeHandle,
+    cancel: CancellationToken,
+}
+
+impl Drop for RawPeer {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// One raw replication stream.
+pub struct RawSession {
+    io: Framed<Compat<libp2p::Stream>, LengthDelimitedCodec>,
+}
+
+impl RawPeer {
+    /// Starts the node on loopback.
+    pub async fn start() -> Result<Self> {
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let config = NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+            bootstrap: vec![],
+            mdns: false,
+            dht_mode: DhtMode::Client,
+            provider_ttl: Duration::from_secs(60),
+        };
+        let (node, event_loop) = node::build(keypair, &config).await?;
+        let cancel = CancellationToken::new();
+        tokio::spawn(event_loop.run(cancel.clone()));
+        Ok(Self { node, cancel })
+    }
+
+    /// Opens a stream to `peer` at `addr` and runs Hello + Auth with `auth_key` for the room
+    /// `discovery_key`. Returns the session, or the frame the daemon answered instead.
+    pub async fn open(&self, addr: Multiaddr, peer: PeerId, discovery_key: Key32, auth_key: Key32) -> Result<std::result::Result<RawSession, Frame>> {
+        self.node.dial(addr).await?;
+        let mut control = self.node.streams();
+        let stream = within(WAIT, "replication stream to open", control.open_stream(peer, StreamProtocol::new(PROTOCOL)))
+            .await?
+            .map_err(|e| anyhow!("open stream: {e}"))?;
+        let codec = LengthDelimitedCodec::builder().max_frame_length(4 << 20).new_codec();
+        let mut s = RawSession { io: Framed::new(stream.compat(), codec) };
+        let nonce: Key32 = [7; 32];
+        s.send(&Frame::Hello { discovery_key, nonce }).await?;
+        let their_nonce = match s.recv().await? {
+            Frame::Hello { nonce, .. } => nonce,
+            other => return Ok(Err(other)),
+        };
+        let mac = auth_mac(&auth_key, &nonce, &their_nonce, &self.node.peer_id(), &peer);
+        s.send(&Frame::Auth { mac }).await?;
+        match s.recv().await? {
+            Frame::Auth { .. } => {}
+            other => return Ok(Err(other)),
+        }
+        Ok(Ok(s))
+    }
+}
+
+impl RawSession {
+    /// Sends one frame.
+    pub async fn send(&mut self, frame: &Frame) -> Result<()> {
+        self.io.send(Bytes::from(frame.encode())).await?;
+        Ok(())
+    }
+
+    /// Receives one frame (within [`WAIT`]).
+    pub async fn recv(&mut self) -> Result<Frame> {
+        match within(WAIT, "a frame from the daemon", self.io.next()).await? {
+            Some(Ok(b)) => Ok(Frame::decode(&b)?),
+            Some(Err(e)) => Err(e.into()),
+            None => bail!("stream closed by the daemon"),
+        }
+    }
+
+    /// Receives frames until one matches, or the stream ends.
+    pub async fn recv_until(&mut self, what: &str, mut pred: impl FnMut(&Frame) -> bool) -> Result<Frame> {
+        within(WAIT, what, async {
+            loop {
+                let f = self.recv().await?;
+                if pred(&f) {
+                    return Ok(f);
+                }
+            }
+        })
+        .await?
+    }
+
+    /// Whether the daemon closed the stream (reads until EOF, skipping frames).
+    pub async fn expect_closed(&mut self) -> Result<Vec<Frame>> {
+        let mut seen = Vec::new();
+        within(WAIT, "the daemon to close the stream", async {
+            loop {
+                match self.io.next().await {
+                    Some(Ok(b)) => seen.push(Frame::decode(&b)?),
+                    Some(Err(_)) | None => return Ok::<_, anyhow::Error>(()),
+                }
+            }
+        })
+        .await??;
+        Ok(seen)
+    }
+}
+
+/// Room keys for a passphrase, as the daemon derives them.
+pub fn room_keys(passphrase: &str) -> RoomKeys {
+    peerlog::keys::RoomSecret::from_passphrase(passphrase).expect("non-empty passphrase").keys()
+}

@@ -1,0 +1,364 @@
+//! Multi-daemon tests: real daemons (libp2p on loopback, sled in temp dirs) driven through
+//! the WebSocket API, plus a raw replication peer for what an honest daemon never sends.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use peerlog::log::store::Store;
+use peerlog::log::{new_writer, Body, FeedCipher};
+use peerlog_proto::api::codes;
+use peerlog_proto::wire::{Frame, Refusal};
+use peerlog_tests::*;
+use serde_json::json;
+
+const PASS: &str = "correct horse battery staple tangerine";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_find_each_other_through_a_bootstrap_node_and_chat() -> Result<()> {
+    let boot = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrapped(&boot).await?;
+    let b = TestDaemon::start_bootstrapped(&boot).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, PASS).await?;
+    ensure!(join(&mut cb, PASS).await? == room, "same passphrase must give the same room id");
+
+    // A and B know only the bootstrap node: they must find each other on the DHT.
+    let t0 = Instant::now();
+    send(&mut ca, &room, "hello from a").await?;
+    let got = wait_for_text(&mut cb, &room, "hello from a", Duration::from_secs(5)).await?;
+    ensure!(got["mine"] == false, "b sees a's message as someone else's");
+    let first = t0.elapsed();
+    let t1 = Instant::now();
+    send(&mut cb, &room, "hello from b").await?;
+    wait_for_text(&mut ca, &room, "hello from b", Duration::from_secs(5)).await?;
+    println!("discovery + first delivery: {first:?}; reply delivered in {:?}", t1.elapsed());
+
+    let peers = ca.call("peers.list", json!({"room": room})).await?;
+    let list = peers["peers"].as_array().context("peers list")?;
+    let (b_id, boot_id) = (b.peer_id()?.to_string(), boot.peer_id()?.to_string());
+    ensure!(list.iter().any(|p| p["peer_id"] == b_id.as_str()), "a lists b as a room peer: {peers}");
+    ensure!(list.iter().all(|p| p["peer_id"] != boot_id.as_str()), "the bootstrap node is not a room peer");
+    ensure!(list[0]["connection"] == "direct", "loopback connection reported as direct: {peers}");
+
+    // Both ends hold the same history in the same order.
+    let (ha, hb) = (full_history(&mut ca, &room).await?, full_history(&mut cb, &room).await?);
+    ensure!(ha == hb.iter().map(|m| { let mut m = m.clone(); m["mine"] = json!(!m["mine"].as_bool().unwrap_or(false)); m }).collect::<Vec<_>>(), "histories differ:\n{ha:?}\n{hb:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_keeps_identity_rooms_and_history() -> Result<()> {
+    let mut d = TestDaemon::start().await?;
+    let peer = d.peer_id()?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    for i in 0..5 {
+        send(&mut c, &room, &format!("message {i}")).await?;
+    }
+    let before = full_history(&mut c, &room).await?;
+    let invite = c.call("rooms.invite", json!({"room": room})).await?["invite"].clone();
+    drop(c);
+    d.restart().await?;
+    ensure!(d.peer_id()? == peer, "identity changed across restart");
+    let mut c = d.client().await?;
+    let rooms = c.call("rooms.list", json!({})).await?;
+    ensure!(rooms["rooms"][0]["id"] == room, "room not kept: {rooms}");
+    ensure!(full_history(&mut c, &room).await? == before, "history changed across restart");
+    ensure!(c.call("rooms.invite", json!({"room": room})).await?["invite"] == invite, "room secret changed");
+    // The writer continues its feed where it stopped.
+    let id = send(&mut c, &room, "after restart").await?;
+    ensure!(id.ends_with(":5"), "expected seq 5 after 5 messages, got {id}");
+    // Secrets at rest are private.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["identity.key", "api-token"] {
+        let mode = std::fs::metadata(d.data_dir().join(f))?.permissions().mode() & 0o777;
+        ensure!(mode == 0o600, "{f} has mode {mode:o}");
+    }
+    let mode = std::fs::metadata(d.data_dir())?.permissions().mode() & 0o777;
+    ensure!(mode == 0o700, "data dir has mode {mode:o}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_receives_all_1000_messages_in_the_senders_order() -> Result<()> {
+    let a = TestDaemon::start().await?;
+    let mut ca = a.client().await?;
+    let room = join(&mut ca, PASS).await?;
+    for i in 0..1000 {
+        send(&mut ca, &room, &format!("m{i:04}")).await?;
+    }
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let mut cb = b.client().await?;
+    let t0 = Instant::now();
+    join(&mut cb, PASS).await?;
+    let mut n = 0;
+    within(Duration::from_secs(60), "b to receive 1000 message events", async {
+        while n < 1000 {
+            let e = cb.next_event().await?;
+            if e.event == "message" {
+                n += 1;
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .with_context(|| format!("b received only {n} of 1000 messages"))??;
+    println!("1000 messages caught up in {:?} (including join)", t0.elapsed());
+    let (ha, hb) = (full_history(&mut ca, &room).await?, full_history(&mut cb, &room).await?);
+    ensure!(hb.len() == 1000, "b holds {} messages", hb.len());
+    let ids = |h: &[serde_json::Value]| h.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
+    ensure!(ids(&ha) == ids(&hb), "b's order differs from a's");
+    ensure!(hb[0]["text"] == "m0000" && hb[999]["text"] == "m0999", "order is not the send order");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn different_passphrases_never_exchange_data() -> Result<()> {
+    let boot = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut ca = a.client().await?;
+    let room = join(&mut ca, PASS).await?;
+    send(&mut ca, &room, "secret").await?;
+
+    // A peer that knows the room's public discovery key but not its passphrase.
+    let right = room_keys(PASS);
+    let wrong = room_keys("a different passphrase entirely");
+    let raw = RawPeer::start().await?;
+    let answer = raw.open(a.p2p_addr().await?, a.peer_id()?, right.discovery_key, wrong.auth_key).await?;
+    let mut frames = match answer {
+        Ok(mut s) => s.expect_closed().await?,
+        Err(f) => vec![f],
+    };
+    frames.retain(|f| !matches!(f, Frame::Auth { .. }));
+    ensure!(frames == vec![Frame::Refuse { reason: Refusal::BadAuth }], "expected only a BadAuth refusal, got {frames:?}");
+
+    // A daemon in another room on the same DHT never sees the message.
+    let b = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut cb = b.client().await?;
+    let other = join(&mut cb, "a different passphrase entirely").await?;
+    ensure!(other != room);
+    send(&mut ca, &room, "still secret").await?;
+    let peers = ca.call("peers.list", json!({})).await?;
+    ensure!(peers["peers"].as_array().is_some_and(|p| p.is_empty()), "no room peers expected: {peers}");
+    ensure!(full_history(&mut cb, &other).await?.is_empty(), "b received data from another room");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+
+    // The raw peer writes a real feed of 3 messages in a scratch store.
+    let scratch_dir = tempfile::tempdir()?;
+    let scratch = Store::open(scratch_dir.path())?;
+    let writer = new_writer();
+    let feed = writer.verifying_key().to_bytes();
+    let cipher = FeedCipher::new(&keys.content_key, &feed);
+    let texts = ["one", "two", "three"];
+    let head = scratch
+        .append(&keys.discovery_key, &writer, &cipher, 1, texts.iter().map(|t| Body::Text { text: t.to_string() }).collect())?
+        .head;
+    let entries = scratch.entries(&feed, 0, 3)?;
+
+    let raw = RawPeer::start().await?;
+    let addr = d.p2p_addr().await?;
+    let peer = d.peer_id()?;
+
+    // 1. A head with a bad signature: the session is closed as a protocol violation.
+    let mut s = raw.open(addr.clone(), peer, keys.discovery_key, keys.auth_key).await?.map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    let mut forged = head.clone();
+    forged.signature[10] ^= 0x40;
+    s.send(&Frame::Have { heads: vec![forged] }).await?;
+    let seen = s.expect_closed().await?;
+    ensure!(seen.contains(&Frame::Refuse { reason: Refusal::ProtocolViolation }), "forged head not refused: {seen:?}");
+
+    // 2. A flipped ciphertext byte and 3. a broken chain are dropped; then the honest
+    // batch is stored. Frames are handled in order, so once the honest one shows up the
+    // tampered ones were already judged.
+    let mut s = raw.open(addr, peer, keys.discovery_key, keys.auth_key).await?.map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    s.send(&Frame::Have { heads: vec![head.clone()] }).await?;
+    let want = s.recv_until("the daemon's Want for the new feed", |f| matches!(f, Frame::Want { .. })).await?;
+    ensure!(want == Frame::Want { feed_key: feed, start: 0, end: 3 }, "unexpected want {want:?}");
+    let mut flipped = entries.clone();
+    flipped[1].ciphertext[0] ^= 1;
+    s.send(&Frame::Data { feed_key: feed, start: 0, entries: flipped, head: Some(head.clone()) }).await?;
+    let mut broken = entries.clone();
+    broken[2].prev[5] ^= 1;
+    s.send(&Frame::Data { feed_key: feed, start: 0, entries: broken, head: Some(head.clone()) }).await?;
+    // A valid chain whose ciphertext was made under another room's key: signed, but AEAD fails.
+    let other = FeedCipher::new(&[0x55; 32], &feed);
+    let alien_store_dir = tempfile::tempdir()?;
+    let alien_store = Store::open(alien_store_dir.path())?;
+    let alien_head = alien_store.append(&keys.discovery_key, &writer, &other, 1, vec![Body::Text { text: "alien".into() }])?.head;
+    let alien = alien_store.entries(&feed, 0, 1)?;
+    s.send(&Frame::Data { feed_key: feed, start: 0, entries: alien, head: Some(alien_head) }).await?;
+    ensure!(full_history(&mut c, &room).await?.is_empty(), "tampered entries were stored");
+
+    s.send(&Frame::Data { feed_key: feed, start: 0, entries: entries.clone(), head: Some(head.clone()) }).await?;
+    wait_for_text(&mut c, &room, "three", WAIT).await?;
+    let h = full_history(&mut c, &room).await?;
+    let got: Vec<_> = h.iter().map(|m| m["text"].as_str().unwrap_or("")).collect();
+    ensure!(got == texts, "expected exactly the honest messages, got {got:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_refuses_strangers_and_survives_bad_frames() -> Result<()> {
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Error as WsError};
+    let d = TestDaemon::start().await?;
+    let daemon = d.daemon.as_ref().context("running")?;
+    let addr = daemon.api_addr();
+    let token = daemon.token().to_string();
+    let status = |req: tokio_tungstenite::tungstenite::handshake::client::Request| async move {
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => 101,
+            Err(WsError::Http(resp)) => resp.status().as_u16(),
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    };
+    let url = format!("ws://{addr}/api/ws");
+    ensure!(status(url.clone().into_client_request()?).await == 401, "no token must be refused");
+    ensure!(status(format!("{url}?token=wrong").into_client_request()?).await == 401, "wrong token must be refused");
+    let mut r = format!("{url}?token={token}").into_client_request()?;
+    r.headers_mut().insert("origin", "http://evil.example".parse()?);
+    ensure!(status(r).await == 403, "foreign origin must be refused");
+    let mut r = format!("{url}?token={token}").into_client_request()?;
+    r.headers_mut().insert("host", format!("evil.example:{}", addr.port()).parse()?);
+    ensure!(status(r).await == 403, "foreign Host must be refused");
+    let mut r = format!("{url}?token={token}").into_client_request()?;
+    r.headers_mut().insert("origin", format!("http://127.0.0.1:{}", addr.port()).parse()?);
+    ensure!(status(r).await == 101, "own origin with token must be accepted");
+
+    let mut c = d.client().await?;
+    c.send_raw("{not json").await?;
+    ensure!(c.next_response().await?.error.map(|e| e.code) == Some(codes::PARSE_ERROR));
+    c.send_raw("[1,2,3]").await?;
+    ensure!(c.next_response().await?.error.map(|e| e.code) == Some(codes::INVALID_REQUEST));
+    let err = c.call("no.such.method", json!({})).await.expect_err("unknown method");
+    ensure!(matches!(err, peerlog::client::ClientError::Rpc { code: codes::METHOD_NOT_FOUND, .. }), "{err}");
+    let err = c.call("messages.send", json!({"room": 5})).await.expect_err("bad params");
+    ensure!(matches!(err, peerlog::client::ClientError::Rpc { code: codes::INVALID_PARAMS, .. }), "{err}");
+    let err = c.call("messages.send", json!({"room": "nope", "text": "x"})).await.expect_err("unknown room");
+    ensure!(matches!(err, peerlog::client::ClientError::Rpc { code: codes::ROOM_NOT_FOUND, .. }), "{err}");
+    let room = join(&mut c, PASS).await?;
+    let err = c.call("messages.send", json!({"room": room, "text": "x".repeat(70_000)})).await.expect_err("too large");
+    ensure!(matches!(err, peerlog::client::ClientError::Rpc { code: codes::TOO_LARGE, .. }), "{err}");
+    let err = c.call("rooms.join", json!({"invite": "peerlog:nonsense"})).await.expect_err("bad invite");
+    ensure!(matches!(err, peerlog::client::ClientError::Rpc { code: codes::BAD_INVITE, .. }), "{err}");
+    // The same connection still works.
+    send(&mut c, &room, "still here").await?;
+    // A frame over the WebSocket limit closes that connection only.
+    let mut big = d.client().await?;
+    big.send_raw(&"x".repeat(2 << 20)).await.ok();
+    ensure!(big.next_response().await.is_err(), "oversized frame must close the connection");
+    let mut c2 = d.client().await?;
+    let info = c2.call("node.info", json!({})).await?;
+    ensure!(info["peer_id"] == d.peer_id()?.to_string() && info["version"].is_string() && info["listen_addrs"].is_array());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_join_the_same_room_and_leave_forgets_it() -> Result<()> {
+    let a = TestDaemon::start().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let created = ca.call("rooms.create", json!({"name": "team"})).await?;
+    let room = created["room"]["id"].as_str().context("room id")?.to_string();
+    let invite = created["invite"].as_str().context("invite")?.to_string();
+    let joined = cb.call("rooms.join", json!({"invite": invite, "name": "from invite"})).await?;
+    ensure!(joined["room"]["id"] == room.as_str(), "invite joined another room: {joined}");
+    send(&mut cb, &room, "via invite").await?;
+    wait_for_text(&mut ca, &room, "via invite", WAIT).await?;
+    cb.call("rooms.leave", json!({"room": room})).await?;
+    let rooms = cb.call("rooms.list", json!({})).await?;
+    ensure!(rooms["rooms"].as_array().is_some_and(|r| r.is_empty()), "room still listed after leave: {rooms}");
+    Ok(())
+}
+
+/// The real binary, the way a person uses it: start, join, send, tail, status, SIGTERM,
+/// restart, and the message is still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_a_daemon_and_its_cli_drives_it() -> Result<()> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe()?.parent().and_then(|p| p.parent()).context("target dir")?.join("peerlog");
+    ensure!(exe.exists(), "{} not built (run the README's test command)", exe.display());
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().to_str().context("utf-8 path")?.to_string();
+    let help = Command::new(&exe).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    for sub in ["daemon", "open", "join", "send", "tail", "status"] {
+        ensure!(help.contains(sub), "--help does not mention {sub}");
+    }
+    let dhelp = String::from_utf8_lossy(&Command::new(&exe).args(["daemon", "--help"]).output()?.stdout).to_string();
+    for flag in ["--data-dir", "--api-listen", "--listen", "--bootstrap", "--config", "--no-mdns"] {
+        ensure!(dhelp.contains(flag), "daemon --help does not mention {flag}");
+    }
+
+    let start = || -> Result<std::process::Child> {
+        let mut child = Command::new(&exe)
+            .args(["daemon", "--data-dir", &data, "--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let (mut peer, mut ui) = (false, false);
+        while !(peer && ui) {
+            let line = lines.next().context("daemon exited before printing its UI URL")??;
+            peer |= line.starts_with("peer id: 12D3");
+            ui |= line.starts_with("web UI: http://127.0.0.1:") && line.contains("#token=");
+        }
+        Ok(child)
+    };
+    let cli = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+        let mut child = Command::new(&exe)
+            .args(args)
+            .args(["--data-dir", &data])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        ensure!(out.status.success(), "peerlog {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let stop = |child: &mut std::process::Child| -> Result<()> {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                ensure!(status.success(), "daemon exited with {status} on SIGTERM");
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "daemon did not exit within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let mut child = start()?;
+    let joined = cli(&["join", "--name", "cli room"], Some(&format!("{PASS}\n")))?;
+    ensure!(joined.contains("cli room"), "join printed {joined:?}");
+    cli(&["send", "cli room", "written by the cli"], None)?;
+    let tail = cli(&["tail", "cli room"], None)?;
+    ensure!(tail.contains("me: written by the cli"), "tail printed {tail:?}");
+    let status = cli(&["status"], None)?;
+    ensure!(status.contains("peer id:") && status.contains("cli room"), "status printed {status:?}");
+    let open = cli(&["open"], None)?;
+    ensure!(open.starts_with("http://127.0.0.1:") && open.contains("#token="), "open printed {open:?}");
+    stop(&mut child)?;
+
+    let mut child = start()?;
+    let tail = cli(&["tail", "--json", "cli room"], None)?;
+    ensure!(tail.contains("\"written by the cli\""), "message lost across SIGTERM + restart: {tail:?}");
+    stop(&mut child)?;
+    Ok(())
+}
