@@ -1,0 +1,441 @@
+// peerlog web UI: a client of the daemon's WebSocket API (docs/API.md), nothing more.
+// All text from peers goes into the page with textContent, never as HTML.
+
+const $ = (id) => document.getElementById(id);
+const PAGE = 50;
+
+const state = {
+  ws: null,
+  nextId: 1,
+  pending: new Map(),         // request id -> {resolve, reject}
+  rooms: [],                  // from rooms.list
+  current: null,              // room id
+  messages: new Map(),        // room id -> array of messages (oldest first)
+  complete: new Set(),        // room ids whose history is fully loaded
+  unread: new Map(),          // room id -> count
+  preview: new Map(),         // room id -> last message
+  sending: new Map(),         // room id -> array of pending local sends
+  retry: 500,
+  loadingOlder: false,
+};
+
+// ----- token -----
+function takeToken() {
+  const m = location.hash.match(/token=([0-9a-fA-F]+)/);
+  const r = location.hash.match(/room=([0-9a-f]+)/);
+  if (r) localStorage.setItem("peerlog-room", r[1]);
+  if (m) {
+    sessionStorage.setItem("peerlog-token", m[1]);
+    history.replaceState(null, "", location.pathname); // keep the token out of the address bar
+  }
+  return sessionStorage.getItem("peerlog-token");
+}
+
+// ----- connection -----
+function connect() {
+  const token = takeToken();
+  if (!token) {
+    showWelcome("Open peerlog with its link", "Run `peerlog open` on this machine: it prints the address of this page with the access token.");
+    setConn("down", "No access token");
+    return;
+  }
+  const ws = new WebSocket(`ws://${location.host}/api/ws?token=${encodeURIComponent(token)}`);
+  state.ws = ws;
+  setConn("", "Connecting to the daemon…");
+  ws.onopen = async () => {
+    state.retry = 500;
+    setConn("ok", "Connected to the daemon");
+    try {
+      await refreshNode();
+      await refreshRooms();
+      if (state.current) await openRoom(state.current, true);
+    } catch (e) { toast(e.message); }
+  };
+  ws.onmessage = (ev) => {
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch { return; }
+    if (msg.event) return onEvent(msg.event, msg.params);
+    const p = state.pending.get(msg.id);
+    if (!p) return;
+    state.pending.delete(msg.id);
+    if (msg.error) p.reject(new Error(msg.error.message)); else p.resolve(msg.result);
+  };
+  ws.onclose = () => {
+    for (const p of state.pending.values()) p.reject(new Error("connection to the daemon lost"));
+    state.pending.clear();
+    setConn("down", "Daemon unreachable; retrying…");
+    setTimeout(connect, state.retry);
+    state.retry = Math.min(state.retry * 2, 10000);
+  };
+}
+
+function call(method, params = {}) {
+  return new Promise((resolve, reject) => {
+    if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return reject(new Error("not connected to the daemon"));
+    const id = state.nextId++;
+    state.pending.set(id, { resolve, reject });
+    state.ws.send(JSON.stringify({ id, method, params }));
+  });
+}
+
+function setConn(cls, title) {
+  const dot = $("conn-dot");
+  dot.className = "conn-dot " + cls;
+  dot.title = title;
+}
+
+// ----- events -----
+function onEvent(name, p) {
+  if (name === "message") {
+    state.preview.set(p.room, p);
+    const list = state.messages.get(p.room);
+    if (list && !list.some((m) => m.id === p.id)) {
+      insertSorted(list, p);
+      const pend = state.sending.get(p.room);
+      if (pend && p.mine) { const i = pend.findIndex((s) => s.text === p.text); if (i >= 0) pend.splice(i, 1); }
+    }
+    if (p.room !== state.current || document.hidden) {
+      if (!p.mine) state.unread.set(p.room, (state.unread.get(p.room) || 0) + 1);
+    }
+    renderRooms();
+    if (p.room === state.current) renderMessages(true);
+  } else if (name === "peer.joined" || name === "peer.left") {
+    refreshRooms();
+    if (p.room === state.current && !$("peers-panel").hidden) refreshPeers();
+    if (p.room === state.current) renderRoomMeta();
+  } else if (name === "lagged") {
+    if (state.current) openRoom(state.current, true);
+  }
+}
+
+function order(a, b) {
+  return a.lamport - b.lamport || a.time - b.time || (a.author < b.author ? -1 : a.author > b.author ? 1 : a.seq - b.seq);
+}
+function insertSorted(list, m) {
+  let i = list.length;
+  while (i > 0 && order(list[i - 1], m) > 0) i--;
+  list.splice(i, 0, m);
+}
+
+// ----- data -----
+async function refreshNode() {
+  const n = await call("node.info");
+  const badge = $("node-badge");
+  badge.textContent = "";
+  const line = (t) => { const d = document.createElement("div"); d.textContent = t; badge.append(d); };
+  line(`You: ${n.peer_id.slice(0, 8)}…${n.peer_id.slice(-6)}`);
+  line(`NAT: ${n.nat_status} · ${n.connected_peers} connection(s) · v${n.version}`);
+}
+
+async function refreshRooms() {
+  const r = await call("rooms.list");
+  state.rooms = r.rooms;
+  for (const room of state.rooms) {
+    if (!state.preview.has(room.id)) {
+      call("messages.history", { room: room.id, limit: 1 }).then((h) => {
+        if (h.messages.length) { state.preview.set(room.id, h.messages[0]); renderRooms(); }
+      }).catch(() => {});
+    }
+  }
+  if (state.current && !state.rooms.some((x) => x.id === state.current)) state.current = null;
+  renderRooms();
+  if (!state.current) {
+    const last = localStorage.getItem("peerlog-room");
+    const pick = state.rooms.find((x) => x.id === last) || state.rooms[0];
+    if (pick) await openRoom(pick.id);
+    else showWelcome();
+  }
+}
+
+async function openRoom(id, reload = false) {
+  state.current = id;
+  localStorage.setItem("peerlog-room", id);
+  state.unread.delete(id);
+  $("app").classList.remove("show-rooms");
+  $("invite-box").hidden = true;
+  if (reload || !state.messages.has(id)) {
+    const h = await call("messages.history", { room: id, limit: PAGE });
+    state.messages.set(id, h.messages);
+    if (h.messages.length < PAGE) state.complete.add(id); else state.complete.delete(id);
+  }
+  $("welcome").hidden = true;
+  for (const el of ["messages", "composer", "invite-button", "peers-button", "leave-button"]) $(el).hidden = false;
+  renderRooms();
+  renderRoomMeta();
+  renderMessages(true);
+  if (!$("peers-panel").hidden) refreshPeers();
+  $("composer-text").focus();
+}
+
+async function loadOlder() {
+  const id = state.current;
+  const list = state.messages.get(id);
+  if (!id || !list || !list.length || state.complete.has(id) || state.loadingOlder) return;
+  state.loadingOlder = true;
+  try {
+    const box = $("messages");
+    const before = box.scrollHeight;
+    const h = await call("messages.history", { room: id, before: list[0].id, limit: PAGE });
+    if (h.messages.length < PAGE) state.complete.add(id);
+    state.messages.set(id, h.messages.concat(list));
+    renderMessages(false);
+    box.scrollTop = box.scrollHeight - before;
+  } finally { state.loadingOlder = false; }
+}
+
+async function refreshPeers() {
+  if (!state.current) return;
+  const r = await call("peers.list", { room: state.current });
+  const ul = $("peer-list");
+  ul.textContent = "";
+  $("peers-empty").hidden = r.peers.length > 0;
+  for (const p of r.peers) {
+    const li = document.createElement("li");
+    const id = document.createElement("div");
+    id.className = "peer-id";
+    id.textContent = p.peer_id;
+    const pill = document.createElement("span");
+    pill.className = "pill " + (p.connection || "");
+    pill.textContent = p.connection || "connecting";
+    const rtt = document.createElement("span");
+    rtt.className = "pill";
+    rtt.textContent = p.rtt_ms != null ? `${p.rtt_ms.toFixed(1)} ms` : "rtt –";
+    li.append(id, pill, rtt);
+    ul.append(li);
+  }
+}
+
+// ----- rendering -----
+function showWelcome(title, text) {
+  state.current = null;
+  $("room-name").textContent = title || "Welcome";
+  $("room-meta").textContent = "";
+  $("welcome").hidden = false;
+  if (text) { const w = $("welcome"); w.textContent = ""; const p = document.createElement("p"); p.textContent = text; w.append(p); }
+  for (const el of ["messages", "composer", "invite-button", "peers-button", "leave-button", "invite-box"]) $(el).hidden = true;
+}
+
+function renderRooms() {
+  const ul = $("room-list");
+  ul.textContent = "";
+  $("rooms-empty").hidden = state.rooms.length > 0;
+  for (const r of state.rooms) {
+    const li = document.createElement("li");
+    const b = document.createElement("button");
+    b.type = "button";
+    if (r.id === state.current) { b.className = "active"; b.setAttribute("aria-current", "true"); }
+    const name = document.createElement("span");
+    name.className = "r-name";
+    name.textContent = r.name;
+    const prev = document.createElement("span");
+    prev.className = "r-preview";
+    const last = state.preview.get(r.id);
+    prev.textContent = last ? `${last.mine ? "You" : short(last.author)}: ${last.text}` : "No messages yet";
+    b.append(name, prev);
+    const n = state.unread.get(r.id);
+    if (n) { const u = document.createElement("span"); u.className = "r-unread"; u.textContent = n > 99 ? "99+" : String(n); u.setAttribute("aria-label", `${n} unread`); b.append(u); }
+    b.addEventListener("click", () => openRoom(r.id).catch((e) => toast(e.message)));
+    li.append(b);
+    ul.append(li);
+  }
+}
+
+function renderRoomMeta() {
+  const r = state.rooms.find((x) => x.id === state.current);
+  if (!r) return;
+  $("room-name").textContent = r.name;
+  $("room-meta").textContent = `${r.peers} peer${r.peers === 1 ? "" : "s"} online · room ${r.id}`;
+}
+
+const short = (key) => key.slice(0, 8);
+const dayOf = (t) => new Date(t).toLocaleDateString(undefined, { weekday: "short", year: "numeric", month: "short", day: "numeric" });
+const timeOf = (t) => new Date(t).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+
+// Text with http(s) links turned into anchors; everything else stays text.
+function richText(el, text) {
+  const re = /\bhttps?:\/\/[^\s<>"']+/g;
+  let last = 0, m;
+  while ((m = re.exec(text))) {
+    el.append(document.createTextNode(text.slice(last, m.index)));
+    let url = m[0].replace(/[),.;:!?]+$/, "");
+    const a = document.createElement("a");
+    try {
+      const u = new URL(url);
+      if (u.protocol !== "http:" && u.protocol !== "https:") throw new Error();
+      a.href = u.href;
+    } catch { el.append(document.createTextNode(url)); last = m.index + url.length; continue; }
+    a.textContent = url;
+    a.rel = "noopener noreferrer nofollow";
+    a.target = "_blank";
+    el.append(a);
+    last = m.index + url.length;
+    re.lastIndex = last;
+  }
+  el.append(document.createTextNode(text.slice(last)));
+}
+
+function renderMessages(stickToBottom) {
+  const box = $("messages");
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  box.textContent = "";
+  const list = state.messages.get(state.current) || [];
+  const pending = state.sending.get(state.current) || [];
+  let prevDay = null, prevAuthor = null, prevTime = 0;
+  const add = (m, status) => {
+    const day = dayOf(m.time);
+    if (day !== prevDay) {
+      const d = document.createElement("li");
+      d.className = "day";
+      d.textContent = day;
+      box.append(d);
+      prevDay = day; prevAuthor = null;
+    }
+    const li = document.createElement("li");
+    li.className = "msg" + (m.mine ? " mine" : "");
+    if (m.author !== prevAuthor || m.time - prevTime > 5 * 60 * 1000) {
+      const a = document.createElement("div");
+      a.className = "author";
+      a.textContent = m.mine ? "You" : short(m.author);
+      a.title = m.author;
+      li.append(a);
+    }
+    const b = document.createElement("div");
+    b.className = "bubble";
+    richText(b, m.text);
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    meta.textContent = timeOf(m.time) + (status ? ` · ${status}` : "");
+    li.append(b, meta);
+    box.append(li);
+    prevAuthor = m.author; prevTime = m.time;
+  };
+  if (!list.length && !pending.length) {
+    const li = document.createElement("li");
+    li.className = "empty-room";
+    li.textContent = "No messages yet. Say hello: peers who are offline get it when they come back.";
+    box.append(li);
+  }
+  for (const m of list) add(m, m.mine ? "stored" : "");
+  for (const p of pending) add({ ...p, mine: true, author: "me" }, p.failed ? "not sent" : "sending…");
+  if (stickToBottom || atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function toast(text) {
+  const t = $("toast");
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
+}
+
+// Rough passphrase strength, the same estimate the daemon reports.
+function strengthBits(s) {
+  const chars = [...s.normalize("NFC")];
+  let pool = 0;
+  if (chars.some((c) => /[a-z]/.test(c))) pool += 26;
+  if (chars.some((c) => /[A-Z]/.test(c))) pool += 26;
+  if (chars.some((c) => /[0-9]/.test(c))) pool += 10;
+  if (chars.some((c) => /[ !-\/:-@\[-`{-~]/.test(c))) pool += 33;
+  if (chars.some((c) => c.charCodeAt(0) > 127)) pool += 100;
+  const distinct = new Set(chars).size;
+  return Math.floor((distinct + (chars.length - distinct) / 4) * Math.log2(Math.max(pool, 1)));
+}
+
+// ----- wiring -----
+function wire() {
+  const secret = $("join-secret");
+  secret.addEventListener("input", () => {
+    const v = secret.value.trim();
+    const el = $("join-strength");
+    if (!v) { el.textContent = ""; el.className = "strength"; return; }
+    if (v.startsWith("peerlog:")) { el.textContent = "Invite: joins the room it was made for"; el.className = "strength good"; return; }
+    const bits = strengthBits(v);
+    const [cls, word] = bits < 40 ? ["weak", "weak: easy to guess offline"] : bits < 60 ? ["fair", "fair: add another word"] : ["good", "strong"];
+    el.className = "strength " + cls;
+    el.textContent = `Strength ~${bits} bits · ${word}`;
+  });
+  $("join-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const v = secret.value.trim();
+    const name = $("join-name").value.trim() || undefined;
+    $("join-error").textContent = "";
+    $("join-button").disabled = true;
+    $("join-button").textContent = v.startsWith("peerlog:") ? "Joining…" : "Deriving key…";
+    try {
+      const params = v.startsWith("peerlog:") ? { invite: v, name } : { passphrase: v, name };
+      const r = await call("rooms.join", params);
+      if (r.warning) toast(r.warning);
+      secret.value = ""; $("join-name").value = ""; $("join-strength").textContent = "";
+      await refreshRooms();
+      await openRoom(r.room.id);
+    } catch (e) { $("join-error").textContent = e.message; }
+    finally { $("join-button").disabled = false; $("join-button").textContent = "Join"; }
+  });
+  $("create-button").addEventListener("click", async () => {
+    try {
+      const r = await call("rooms.create", { name: $("join-name").value.trim() || undefined });
+      $("join-name").value = "";
+      await refreshRooms();
+      await openRoom(r.room.id);
+      showInvite(r.invite);
+    } catch (e) { $("join-error").textContent = e.message; }
+  });
+  $("composer").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const box = $("composer-text");
+    const text = box.value;
+    const room = state.current;
+    if (!text.trim() || !room) return;
+    box.value = "";
+    const item = { text, time: Date.now(), lamport: Infinity, seq: 0 };
+    if (!state.sending.has(room)) state.sending.set(room, []);
+    state.sending.get(room).push(item);
+    renderMessages(true);
+    try {
+      const r = await call("messages.send", { room, text });
+      const list = state.messages.get(room);
+      if (list && r.message && !list.some((m) => m.id === r.message.id)) insertSorted(list, r.message);
+      const pend = state.sending.get(room); const i = pend.indexOf(item); if (i >= 0) pend.splice(i, 1);
+    } catch (e) { item.failed = true; toast(`Not sent: ${e.message}`); }
+    if (room === state.current) renderMessages(true);
+  });
+  $("composer-text").addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $("composer").requestSubmit(); }
+  });
+  $("messages").addEventListener("scroll", () => { if ($("messages").scrollTop < 40) loadOlder().catch((e) => toast(e.message)); });
+  $("invite-button").addEventListener("click", async () => {
+    if (!$("invite-box").hidden) { $("invite-box").hidden = true; return; }
+    try { showInvite((await call("rooms.invite", { room: state.current })).invite); } catch (e) { toast(e.message); }
+  });
+  $("copy-invite").addEventListener("click", async () => {
+    const v = $("invite-text").value;
+    try { await navigator.clipboard.writeText(v); toast("Invite copied"); } catch { $("invite-text").select(); }
+  });
+  $("peers-button").addEventListener("click", () => {
+    const panel = $("peers-panel");
+    panel.hidden = !panel.hidden;
+    $("peers-button").setAttribute("aria-expanded", String(!panel.hidden));
+    if (!panel.hidden) refreshPeers().catch((e) => toast(e.message));
+  });
+  $("leave-button").addEventListener("click", async () => {
+    const r = state.rooms.find((x) => x.id === state.current);
+    if (!r || !confirm(`Leave "${r.name}"? Its messages are deleted from this machine.`)) return;
+    try {
+      await call("rooms.leave", { room: r.id });
+      state.messages.delete(r.id); state.preview.delete(r.id); state.current = null;
+      await refreshRooms();
+    } catch (e) { toast(e.message); }
+  });
+  $("show-rooms").addEventListener("click", () => $("app").classList.toggle("show-rooms"));
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") { $("app").classList.remove("show-rooms"); $("invite-box").hidden = true; } });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && state.current) { state.unread.delete(state.current); renderRooms(); } });
+  setInterval(() => { if (state.ws && state.ws.readyState === WebSocket.OPEN) { refreshNode().catch(() => {}); if (!$("peers-panel").hidden) refreshPeers().catch(() => {}); } }, 10000);
+}
+
+function showInvite(invite) {
+  $("invite-text").value = invite;
+  $("invite-box").hidden = false;
+}
+
+wire();
+connect();
