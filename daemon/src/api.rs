@@ -269,6 +269,8 @@ impl From<OpError> for ApiError {
             OpError::Key(keys::KeyError::EmptyPassphrase) => codes::INVALID_PARAMS,
             OpError::Key(_) => codes::INTERNAL,
             OpError::Store(_) => codes::STORAGE,
+            OpError::Commit(crate::log::commit::CommitError::Shutdown) => codes::SHUTTING_DOWN,
+            OpError::Commit(_) => codes::STORAGE,
             OpError::Shutdown => codes::SHUTTING_DOWN,
         };
         Self { code, message: e.to_string() }

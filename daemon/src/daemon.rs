@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::config::{Config, ConfigError};
 use crate::keys::{self, KeyError, RoomSecret};
 use crate::log::store::{now_ms, OrderKey, RoomRecord, StoreError, StoredMessage};
+use crate::log::commit::{CommitError, GroupCommit};
 use crate::log::{new_writer, Body, Store};
 use crate::node::{self, NodeConfig, NodeError, NodeHandle, NodeInfo};
 use crate::replicate::Replicator;
@@ -85,10 +86,15 @@ pub enum OpError {
     /// Storage.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Making an append durable failed.
+    #[error(transparent)]
+    Commit(#[from] CommitError),
     /// Shutting down.
     #[error("the daemon is shutting down")]
     Shutdown,
 }
+
+
 
 /// State shared by the API, the background tasks and the handle.
 pub struct Shared {
@@ -98,6 +104,10 @@ pub struct Shared {
     pub data_dir: PathBuf,
     /// The database.
     pub store: Store,
+    /// Group commit of local appends.
+    commit: GroupCommit,
+    /// Stops the committer, after the API is closed.
+    commit_cancel: CancellationToken,
     /// The libp2p node.
     pub node: NodeHandle,
     /// Joined rooms.
@@ -178,9 +188,13 @@ impl Daemon {
         replicator
             .spawn_acceptor()
             .map_err(|_| NodeError::Build("replication protocol registered twice".into()))?;
+        let commit_cancel = CancellationToken::new();
+        let commit = GroupCommit::spawn(store.clone(), commit_cancel.clone());
         let shared = Arc::new(Shared {
             config: config.clone(),
             data_dir: data_dir.clone(),
+            commit,
+            commit_cancel,
             store,
             node,
             rooms,
@@ -238,6 +252,7 @@ impl Daemon {
     pub async fn shutdown(self) -> Result<(), StoreError> {
         self.api_cancel.cancel();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.api_task).await;
+        self.shared.commit_cancel.cancel();
         self.shared.net_cancel.cancel();
         self.shared.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait()).await.is_err() {
@@ -370,7 +385,7 @@ impl Shared {
             return Err(OpError::Invalid("message text is empty".into()));
         }
         let appended = room.append(&self.store, &self.rooms.events, vec![Body::Text { text }])?;
-        self.store.flush().await?;
+        self.commit.durable().await?;
         appended.messages.into_iter().next().ok_or(OpError::Invalid("nothing appended".into()))
     }
 

@@ -596,10 +596,15 @@ impl Session {
 
     /// A head advanced locally: push the new entries, or announce the head.
     fn on_update(&mut self, update: HeadUpdate) -> Result<(), SessionError> {
-        if update.origin == Some(self.id) || !self.got_have {
+        if update.origin == Some(self.id) {
             return Ok(());
         }
         let head = update.head;
+        if !self.got_have {
+            // We do not know yet what the peer holds: announce, it will ask.
+            self.outbox.push_back(Frame::Have { heads: vec![head] });
+            return Ok(());
+        }
         let feed = head.feed_key;
         let have = self.peer_len.get(&feed).copied().unwrap_or(0);
         let target = head.length();

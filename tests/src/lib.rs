@@ -190,7 +190,20 @@ impl RawPeer {
     /// Opens a stream to `peer` at `addr` and runs Hello + Auth with `auth_key` for the room
     /// `discovery_key`. Returns the session, or the frame the daemon answered instead.
     pub async fn open(&self, addr: Multiaddr, peer: PeerId, discovery_key: Key32, auth_key: Key32) -> Result<std::result::Result<RawSession, Frame>> {
-        self.node.dial(addr).await?;
+        if !self.node.info().await?.peers.iter().any(|p| p.peer_id == peer.to_string()) {
+            let mut events = self.node.subscribe();
+            self.node.dial(addr).await?;
+            within(WAIT, "the raw peer to connect to the daemon", async {
+                loop {
+                    match events.recv().await {
+                        Ok(node::NodeEvent::Connected { peer: p, .. }) if p == peer => return Ok(()),
+                        Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(e) => return Err(anyhow!("node stopped: {e}")),
+                    }
+                }
+            })
+            .await??;
+        }
         let mut control = self.node.streams();
         let stream = within(WAIT, "replication stream to open", control.open_stream(peer, StreamProtocol::new(PROTOCOL)))
             .await?

@@ -8,6 +8,7 @@
 //!                           random nonce, aad = feed_key || seq (BE), message)
 //! ```
 
+pub mod commit;
 pub mod store;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};

@@ -1,0 +1,76 @@
+//! Group commit: appends are applied to sled at once, and each caller then waits for a
+//! flush that started after its append. One flush covers every append made before it, so
+//! concurrent senders share an fsync instead of queueing behind one each.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::store::{Store, StoreError};
+
+/// Waiters queued for the next flush.
+const QUEUE: usize = 4096;
+
+type Waiter = oneshot::Sender<Result<(), Arc<StoreError>>>;
+
+/// Handle to the flushing task. Cheap to clone.
+#[derive(Clone)]
+pub struct GroupCommit {
+    tx: mpsc::Sender<Waiter>,
+}
+
+/// The flush failed, or the committer stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// sled could not flush.
+    #[error("flush failed: {0}")]
+    Flush(Arc<StoreError>),
+    /// The committer has stopped (shutdown).
+    #[error("the committer has stopped")]
+    Shutdown,
+}
+
+impl GroupCommit {
+    /// Starts the flushing task; it ends when `cancel` fires and the queue is drained.
+    pub fn spawn(store: Store, cancel: CancellationToken) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
+        tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    w = rx.recv() => match w { Some(w) => w, None => break },
+                    _ = cancel.cancelled() => break,
+                };
+                let mut waiters = vec![first];
+                while let Ok(w) = rx.try_recv() {
+                    waiters.push(w);
+                }
+                let result = store.flush().await.map_err(Arc::new);
+                for w in waiters {
+                    let _ = w.send(result.clone());
+                }
+            }
+            // Whoever is still queued gets a final flush.
+            rx.close();
+            let mut rest = Vec::new();
+            while let Ok(w) = rx.try_recv() {
+                rest.push(w);
+            }
+            if !rest.is_empty() {
+                let result = store.flush().await.map_err(Arc::new);
+                for w in rest {
+                    let _ = w.send(result.clone());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Returns once everything appended before this call is on disk.
+    pub async fn durable(&self) -> Result<(), CommitError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(tx).await.map_err(|_| CommitError::Shutdown)?;
+        rx.await.map_err(|_| CommitError::Shutdown)?.map_err(CommitError::Flush)
+    }
+}
