@@ -51,6 +51,12 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cance
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state);
     let shutdown = cancel.clone();
+    // Small request/reply frames: without TCP_NODELAY each waits out a delayed ACK (~40 ms).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await {
         warn!(error = %e, "API server failed");
     }

@@ -58,7 +58,8 @@ impl Client {
         let mut request = format!("ws://{addr}/api/ws").into_client_request().map_err(Box::new)?;
         let value = format!("Bearer {token}").parse().map_err(|_| ClientError::Unexpected("token is not header-safe".into()))?;
         request.headers_mut().insert("authorization", value);
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.map_err(Box::new)?;
+        // disable_nagle: request/reply traffic must not wait for delayed ACKs.
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await.map_err(Box::new)?;
         Ok(Self { ws, next_id: 1, events: VecDeque::new() })
     }
 
