@@ -9,7 +9,11 @@ fn main() {
         for i in 0..100u32 {
             t.insert(i.to_be_bytes(), vec![0u8; 300]).unwrap();
             let s = std::time::Instant::now();
-            if asynchronous { rt.block_on(db.flush_async()).unwrap(); } else { db.flush().unwrap(); }
+            if asynchronous {
+                rt.block_on(db.flush_async()).unwrap();
+            } else {
+                db.flush().unwrap();
+            }
             times.push(s.elapsed().as_secs_f64() * 1000.0);
         }
         times.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -131,19 +131,18 @@ async fn ws_upgrade(
         .map(str::trim);
     let given = bearer.or(query.token.as_deref()).unwrap_or("");
     if !constant_time_eq(given.as_bytes(), state.shared.token.as_bytes()) {
-        return (StatusCode::UNAUTHORIZED, "unauthorized: token required (Authorization: Bearer or ?token=)\n").into_response();
+        return (StatusCode::UNAUTHORIZED, "unauthorized: token required (Authorization: Bearer or ?token=)\n")
+            .into_response();
     }
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
     let limit = state.shared.config.limits.ws_message_bytes;
-    ws.max_message_size(limit)
-        .max_frame_size(limit)
-        .on_upgrade(move |socket| {
-            let client_id: u32 = rand::random();
-            client(socket, state).instrument(tracing::debug_span!("api_client", client = client_id))
-        })
+    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| {
+        let client_id: u32 = rand::random();
+        client(socket, state).instrument(tracing::debug_span!("api_client", client = client_id))
+    })
 }
 
 /// One WebSocket client: requests run concurrently (bounded), replies and events share
@@ -159,7 +158,8 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
         }
         let _ = ws_tx.send(WsMessage::Close(None)).await;
     });
-    let events_task = tokio::spawn(forward_events(state.shared.clone(), state.shared.rooms.events.subscribe(), out_tx.clone()));
+    let events_task =
+        tokio::spawn(forward_events(state.shared.clone(), state.shared.rooms.events.subscribe(), out_tx.clone()));
     let slots = Arc::new(Semaphore::new(state.shared.config.limits.requests_per_client.max(1)));
     let requests = tokio_util::task::TaskTracker::new();
     loop {
@@ -175,7 +175,11 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
             }
             Some(Ok(WsMessage::Text(t))) => t,
             Some(Ok(WsMessage::Binary(_))) => {
-                let reply = RpcResponse::err(Value::Null, codes::INVALID_REQUEST, "binary frames are not supported; send JSON text");
+                let reply = RpcResponse::err(
+                    Value::Null,
+                    codes::INVALID_REQUEST,
+                    "binary frames are not supported; send JSON text",
+                );
                 let _ = out_tx.send(to_json(&reply)).await;
                 continue;
             }
@@ -207,7 +211,9 @@ async fn forward_events(shared: Arc<Shared>, mut events: broadcast::Receiver<Dae
         let event = match events.recv().await {
             Ok(e) => render_event(&shared, e),
             // The client missed events: it should reload what it shows.
-            Err(broadcast::error::RecvError::Lagged(n)) => Some(Event { event: "lagged".into(), params: json!({"missed": n}) }),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                Some(Event { event: "lagged".into(), params: json!({"missed": n}) })
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(event) = event else { continue };

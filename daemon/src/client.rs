@@ -56,7 +56,9 @@ impl Client {
     /// Connects to the daemon's API at `addr` with `token`.
     pub async fn connect(addr: SocketAddr, token: &str) -> Result<Self, ClientError> {
         let mut request = format!("ws://{addr}/api/ws").into_client_request().map_err(Box::new)?;
-        let value = format!("Bearer {token}").parse().map_err(|_| ClientError::Unexpected("token is not header-safe".into()))?;
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| ClientError::Unexpected("token is not header-safe".into()))?;
         request.headers_mut().insert("authorization", value);
         // disable_nagle: request/reply traffic must not wait for delayed ACKs.
         let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await.map_err(Box::new)?;
@@ -128,7 +130,12 @@ impl Client {
     }
 
     /// Waits up to `timeout` for an event matching `pred`; `what` names it in the error.
-    pub async fn wait_event(&mut self, timeout: Duration, what: &str, mut pred: impl FnMut(&Event) -> bool) -> Result<Event, ClientError> {
+    pub async fn wait_event(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut pred: impl FnMut(&Event) -> bool,
+    ) -> Result<Event, ClientError> {
         tokio::time::timeout(timeout, async {
             loop {
                 let e = self.next_event().await?;

@@ -16,8 +16,8 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::keys::{self, KeyError, RoomSecret};
-use crate::log::store::{now_ms, OrderKey, RoomRecord, StoreError, StoredMessage};
 use crate::log::commit::{CommitError, GroupCommit};
+use crate::log::store::{now_ms, OrderKey, RoomRecord, StoreError, StoredMessage};
 use crate::log::{new_writer, Body, Store};
 use crate::node::{self, NodeConfig, NodeError, NodeHandle, NodeInfo};
 use crate::replicate::Replicator;
@@ -93,8 +93,6 @@ pub enum OpError {
     #[error("the daemon is shutting down")]
     Shutdown,
 }
-
-
 
 /// State shared by the API, the background tasks and the handle.
 pub struct Shared {
@@ -185,9 +183,7 @@ impl Daemon {
             tasks.clone(),
             net_cancel.clone(),
         );
-        replicator
-            .spawn_acceptor()
-            .map_err(|_| NodeError::Build("replication protocol registered twice".into()))?;
+        replicator.spawn_acceptor().map_err(|_| NodeError::Build("replication protocol registered twice".into()))?;
         let commit_cancel = CancellationToken::new();
         let commit = GroupCommit::spawn(store.clone(), commit_cancel.clone());
         let shared = Arc::new(Shared {
@@ -204,7 +200,7 @@ impl Daemon {
             net_cancel,
         });
         for (_, record) in shared.store.rooms()? {
-            let room = Room::new(&record, &shared.store, shared.net_cancel.child_token())?;
+            let room = Room::new(&record, &shared.store, shared.rooms.events.clone(), shared.net_cancel.child_token())?;
             let (room, _) = shared.rooms.insert(room);
             shared.start_discovery(&room);
         }
@@ -321,7 +317,11 @@ impl Shared {
     }
 
     /// Joins the room of a passphrase (Argon2id runs on a blocking thread).
-    pub async fn join_passphrase(&self, passphrase: String, name: Option<String>) -> Result<(Arc<Room>, bool), OpError> {
+    pub async fn join_passphrase(
+        &self,
+        passphrase: String,
+        name: Option<String>,
+    ) -> Result<(Arc<Room>, bool), OpError> {
         let secret = tokio::task::spawn_blocking(move || RoomSecret::from_passphrase(&passphrase))
             .await
             .map_err(|_| OpError::Shutdown)??;
@@ -346,7 +346,7 @@ impl Shared {
         };
         self.store.put_room(&dk, &record)?;
         self.store.flush().await?;
-        let room = Room::new(&record, &self.store, self.net_cancel.child_token())?;
+        let room = Room::new(&record, &self.store, self.rooms.events.clone(), self.net_cancel.child_token())?;
         let (room, created) = self.rooms.insert(room);
         if created {
             info!(room = %room.id, "joined room");
@@ -384,7 +384,7 @@ impl Shared {
         if text.trim().is_empty() {
             return Err(OpError::Invalid("message text is empty".into()));
         }
-        let appended = room.append(&self.store, &self.rooms.events, vec![Body::Text { text }])?;
+        let appended = room.append(vec![Body::Text { text }])?;
         self.commit.durable().await?;
         appended.messages.into_iter().next().ok_or(OpError::Invalid("nothing appended".into()))
     }
@@ -394,7 +394,8 @@ impl Shared {
         let before_key: Option<OrderKey> = match before {
             None => None,
             Some(id) => {
-                let (feed, seq) = StoredMessage::parse_id(id).ok_or_else(|| OpError::Invalid(format!("bad message id {id:?}")))?;
+                let (feed, seq) =
+                    StoredMessage::parse_id(id).ok_or_else(|| OpError::Invalid(format!("bad message id {id:?}")))?;
                 Some(
                     self.store
                         .order_key_of(&room.discovery_key, &room.keys.content_key, &feed, seq)?

@@ -167,12 +167,7 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
     let io = |source| KeyError::Io { path: path.display().to_string(), source };
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;
@@ -183,8 +178,7 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
 pub fn load_or_create_identity(path: &Path) -> Result<Keypair, KeyError> {
     match std::fs::read(path) {
         Ok(mut bytes) => {
-            let kp = Keypair::ed25519_from_bytes(&mut bytes)
-                .map_err(|_| KeyError::Corrupt(path.display().to_string()));
+            let kp = Keypair::ed25519_from_bytes(&mut bytes).map_err(|_| KeyError::Corrupt(path.display().to_string()));
             bytes.zeroize();
             kp
         }

@@ -1,14 +1,14 @@
 //! peerlog: a peer-to-peer chat and file-sharing daemon. See `docs/ARCHITECTURE.md`.
 
+pub mod api;
+pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod keys;
 pub mod log;
 pub mod node;
 pub mod replicate;
 pub mod rooms;
-pub mod api;
-pub mod client;
-pub mod daemon;
 
 pub use config::Config;
 pub use daemon::{Daemon, Shared};

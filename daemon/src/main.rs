@@ -138,7 +138,12 @@ impl ClientArgs {
             None => {
                 let path = self.data_dir()?.join("api-token");
                 std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read the API token at {} (is the daemon running? use --data-dir)", path.display()))?
+                    .with_context(|| {
+                        format!(
+                            "cannot read the API token at {} (is the daemon running? use --data-dir)",
+                            path.display()
+                        )
+                    })?
                     .trim()
                     .to_string()
             }
@@ -231,7 +236,11 @@ async fn run(cli: Cli) -> Result<()> {
                 let rooms = r["rooms"].as_array().cloned().unwrap_or_default();
                 rooms
                     .iter()
-                    .find(|x| x["id"] == room || x["name"] == room || x["id"].as_str().is_some_and(|id| room.len() >= 4 && id.starts_with(&room)))
+                    .find(|x| {
+                        x["id"] == room
+                            || x["name"] == room
+                            || x["id"].as_str().is_some_and(|id| room.len() >= 4 && id.starts_with(&room))
+                    })
                     .and_then(|x| x["id"].as_str().map(String::from))
                     .with_context(|| format!("no joined room matches {room:?}"))?
             };
@@ -241,10 +250,12 @@ async fn run(cli: Cli) -> Result<()> {
                     print_message(m, json);
                 }
             }
-            while follow {
-                let e = c.next_event().await?;
-                if e.event == "message" && e.params["room"] == room_id {
-                    print_message(&e.params, json);
+            if follow {
+                loop {
+                    let e = c.next_event().await?;
+                    if e.event == "message" && e.params["room"] == room_id {
+                        print_message(&e.params, json);
+                    }
                 }
             }
             Ok(())
@@ -255,7 +266,12 @@ async fn run(cli: Cli) -> Result<()> {
             let rooms = c.call("rooms.list", json!({})).await?;
             let peers = c.call("peers.list", json!({})).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&json!({"node": node, "rooms": rooms["rooms"], "peers": peers["peers"]}))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &json!({"node": node, "rooms": rooms["rooms"], "peers": peers["peers"]})
+                    )?
+                );
                 return Ok(());
             }
             println!("peer id:    {}", node["peer_id"].as_str().unwrap_or(""));
@@ -270,7 +286,12 @@ async fn run(cli: Cli) -> Result<()> {
             println!("connected:  {} peer(s)", node["connected_peers"]);
             println!("rooms:");
             for r in rooms["rooms"].as_array().into_iter().flatten() {
-                println!("  {}  {}  ({} peer(s))", r["id"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or(""), r["peers"]);
+                println!(
+                    "  {}  {}  ({} peer(s))",
+                    r["id"].as_str().unwrap_or(""),
+                    r["name"].as_str().unwrap_or(""),
+                    r["peers"]
+                );
             }
             println!("room peers:");
             for p in peers["peers"].as_array().into_iter().flatten() {
@@ -303,7 +324,10 @@ fn print_message(m: &Value, as_json: bool) {
 async fn run_daemon(args: DaemonArgs) -> Result<()> {
     use tracing_subscriber::EnvFilter;
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,libp2p_mdns=warn,libp2p_kad=error")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,libp2p_mdns=warn,libp2p_kad=error")),
+        )
         .with_writer(std::io::stderr)
         .init();
     // Files we create (database, keys) are ours alone.

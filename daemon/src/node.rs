@@ -279,11 +279,8 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
                     .with_agent_version(format!("peerlog/{}", env!("CARGO_PKG_VERSION")))
                     .with_push_listen_addr_updates(true),
             );
-            let mdns = if mdns_on {
-                Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?)
-            } else {
-                None
-            };
+            let mdns =
+                if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
             Ok(Behaviour {
                 kad,
                 identify,
@@ -354,7 +351,9 @@ fn kind_of(endpoint: &ConnectedPoint) -> ConnectionKind {
     let addr = endpoint.get_remote_address();
     if is_relayed(addr) {
         ConnectionKind::Relayed
-    } else if endpoint.is_relayed() || matches!(endpoint, ConnectedPoint::Dialer { role_override: libp2p::core::Endpoint::Listener, .. }) {
+    } else if endpoint.is_relayed()
+        || matches!(endpoint, ConnectedPoint::Dialer { role_override: libp2p::core::Endpoint::Listener, .. })
+    {
         ConnectionKind::Holepunched
     } else {
         ConnectionKind::Direct
@@ -521,10 +520,8 @@ impl EventLoop {
                         self.emit(NodeEvent::ProvidersFound { key, peers });
                     }
                 }
-                kad::QueryResult::GetProviders(_) => {
-                    if step.last {
-                        self.provider_queries.remove(&id);
-                    }
+                kad::QueryResult::GetProviders(_) if step.last => {
+                    self.provider_queries.remove(&id);
                 }
                 kad::QueryResult::StartProviding(Err(e)) => debug!(error = ?e, "provider announcement incomplete"),
                 _ => {}

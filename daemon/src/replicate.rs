@@ -256,10 +256,11 @@ impl Replicator {
     }
 
     async fn run_outbound(&self, peer: PeerId, dk: Key32, id: u64) -> Result<(), SessionError> {
-        let stream = tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, StreamProtocol::new(PROTOCOL)))
-            .await
-            .map_err(|_| SessionError::Timeout("open"))?
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let stream =
+            tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, StreamProtocol::new(PROTOCOL)))
+                .await
+                .map_err(|_| SessionError::Timeout("open"))?
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
         let mut io = self.framed(stream);
         let Some(room) = self.inner.rooms.get(&dk) else { return Ok(()) };
         let nonce: Key32 = rand::random();
@@ -282,7 +283,12 @@ impl Replicator {
         self.run_established(io, room, peer, id).await
     }
 
-    async fn run_inbound(&self, peer: PeerId, stream: Stream, permit: tokio::sync::OwnedSemaphorePermit) -> Result<(), SessionError> {
+    async fn run_inbound(
+        &self,
+        peer: PeerId,
+        stream: Stream,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), SessionError> {
         let mut io = self.framed(stream);
         let (dk, their_nonce) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, recv(&mut io)).await {
             Err(_) => return Err(SessionError::Timeout("Hello")),
@@ -446,7 +452,11 @@ impl Session {
         &self.r.inner.store
     }
 
-    async fn run(&mut self, mut inbound: mpsc::Receiver<Result<Frame, SessionError>>, out: mpsc::Sender<Frame>) -> Result<(), SessionError> {
+    async fn run(
+        &mut self,
+        mut inbound: mpsc::Receiver<Result<Frame, SessionError>>,
+        out: mpsc::Sender<Frame>,
+    ) -> Result<(), SessionError> {
         let mut updates = self.room.subscribe();
         let heads = self.store().room_heads(&self.room.discovery_key)?;
         self.outbox.push_back(Frame::Have { heads });
@@ -538,7 +548,7 @@ impl Session {
                     return Ok(()); // our own feed: we are its only writer
                 }
                 let anchor = self.anchors.get(&feed_key).and_then(|a| a.get(&top)).cloned();
-                let r = self.room.ingest(&self.r.inner.store, &self.r.inner.rooms.events, &feed_key, start, &entries, anchor.as_ref(), self.id);
+                let r = self.room.ingest(&feed_key, start, &entries, anchor.as_ref(), self.id);
                 match r {
                     Ok(got) => {
                         debug!(feed = %hex::encode(&feed_key[..4]), start, stored = got.stored, "stored entries");
@@ -546,7 +556,9 @@ impl Session {
                         *len = (*len).max(top + 1);
                     }
                     Err(IngestError::Store(e)) => return Err(e.into()),
-                    Err(e) => warn!(peer = %self.peer, room = %self.room.id, feed = %hex::encode(&feed_key[..8]), start, error = %e, "rejected entries from peer; nothing stored"),
+                    Err(e) => {
+                        warn!(peer = %self.peer, room = %self.room.id, feed = %hex::encode(&feed_key[..8]), start, error = %e, "rejected entries from peer; nothing stored")
+                    }
                 }
                 Ok(())
             }

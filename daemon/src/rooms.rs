@@ -78,6 +78,10 @@ pub struct Room {
     /// AEAD per writer, derived on first use.
     ciphers: Mutex<HashMap<Key32, FeedCipher>>,
     updates: broadcast::Sender<HeadUpdate>,
+    /// Where the room's feeds are stored.
+    store: Store,
+    /// Where API clients hear about new messages.
+    events: broadcast::Sender<DaemonEvent>,
     /// Cancelled when the room is left or the daemon stops.
     pub cancel: CancellationToken,
 }
@@ -90,7 +94,12 @@ impl std::fmt::Debug for Room {
 
 impl Room {
     /// Builds the run-time room from its stored record.
-    pub fn new(record: &RoomRecord, store: &Store, cancel: CancellationToken) -> Result<Self, StoreError> {
+    pub fn new(
+        record: &RoomRecord,
+        store: &Store,
+        events: broadcast::Sender<DaemonEvent>,
+        cancel: CancellationToken,
+    ) -> Result<Self, StoreError> {
         let secret = RoomSecret(record.secret);
         let keys = secret.keys();
         let writer = SigningKey::from_bytes(&record.writer);
@@ -110,6 +119,8 @@ impl Room {
             append_lock: Mutex::new(()),
             ciphers: Mutex::new(HashMap::new()),
             updates,
+            store: store.clone(),
+            events,
             cancel,
         })
     }
@@ -136,16 +147,16 @@ impl Room {
     }
 
     /// Appends to our feed (not yet durable: the caller flushes) and announces it.
-    pub fn append(&self, store: &Store, events: &broadcast::Sender<DaemonEvent>, bodies: Vec<Body>) -> Result<Appended, StoreError> {
+    pub fn append(&self, bodies: Vec<Body>) -> Result<Appended, StoreError> {
         let n = bodies.len() as u64;
         let appended = {
             let _guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
             let first = self.lamport.fetch_add(n, Ordering::AcqRel) + 1;
-            store.append(&self.discovery_key, &self.writer, &self.own_cipher, first, bodies)?
+            self.store.append(&self.discovery_key, &self.writer, &self.own_cipher, first, bodies)?
         };
         let _ = self.updates.send(HeadUpdate { head: appended.head.clone(), origin: None });
         for m in &appended.messages {
-            let _ = events.send(DaemonEvent::Message { room: self.discovery_key, message: m.clone() });
+            let _ = self.events.send(DaemonEvent::Message { room: self.discovery_key, message: m.clone() });
         }
         Ok(appended)
     }
@@ -153,8 +164,6 @@ impl Room {
     /// Verifies and stores entries from a peer, then announces what is new.
     pub fn ingest(
         &self,
-        store: &Store,
-        events: &broadcast::Sender<DaemonEvent>,
         feed: &Key32,
         start: u64,
         entries: &[Entry],
@@ -162,13 +171,13 @@ impl Room {
         origin: u64,
     ) -> Result<Ingested, IngestError> {
         let cipher = self.cipher(feed);
-        let ingested = store.ingest(&self.discovery_key, Some(&cipher), feed, start, entries, anchor)?;
+        let ingested = self.store.ingest(&self.discovery_key, Some(&cipher), feed, start, entries, anchor)?;
         self.observe_lamport(&ingested.messages);
         if let Some(head) = &ingested.new_head {
             let _ = self.updates.send(HeadUpdate { head: head.clone(), origin: Some(origin) });
         }
         for m in &ingested.messages {
-            let _ = events.send(DaemonEvent::Message { room: self.discovery_key, message: m.clone() });
+            let _ = self.events.send(DaemonEvent::Message { room: self.discovery_key, message: m.clone() });
         }
         Ok(ingested)
     }

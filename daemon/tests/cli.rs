@@ -28,7 +28,16 @@ fn the_binary_runs_a_daemon_and_its_cli_drives_it() -> Result<()> {
 
     let start = || -> Result<std::process::Child> {
         let mut child = Command::new(&exe)
-            .args(["daemon", "--data-dir", &data, "--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args([
+                "daemon",
+                "--data-dir",
+                &data,
+                "--api-listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;

@@ -31,14 +31,15 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Futur
 
 /// The config every test daemon starts from.
 pub fn test_config(data_dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = Some(data_dir.to_path_buf());
-    c.api_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    c.listen = vec!["/ip4/127.0.0.1/tcp/0".parse().expect("literal multiaddr")];
-    c.mdns = false;
-    c.dht_mode = DhtMode::Server;
-    c.discovery_interval_secs = 2;
-    c
+    Config {
+        data_dir: Some(data_dir.to_path_buf()),
+        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("literal multiaddr")],
+        mdns: false,
+        dht_mode: DhtMode::Server,
+        discovery_interval_secs: 2,
+        ..Config::default()
+    }
 }
 
 /// A daemon under test with its own data dir.
@@ -147,7 +148,9 @@ pub async fn full_history(c: &mut Client, room: &str) -> Result<Vec<Value>> {
 /// Waits until `c` has seen `text` arrive as a `message` event in `room`.
 pub async fn wait_for_text(c: &mut Client, room: &str, text: &str, limit: Duration) -> Result<Value> {
     let e = c
-        .wait_event(limit, &format!("message {text:?} in room {room}"), |e| e.event == "message" && e.params["room"] == room && e.params["text"] == text)
+        .wait_event(limit, &format!("message {text:?} in room {room}"), |e| {
+            e.event == "message" && e.params["room"] == room && e.params["text"] == text
+        })
         .await?;
     Ok(e.params)
 }
@@ -189,7 +192,13 @@ impl RawPeer {
 
     /// Opens a stream to `peer` at `addr` and runs Hello + Auth with `auth_key` for the room
     /// `discovery_key`. Returns the session, or the frame the daemon answered instead.
-    pub async fn open(&self, addr: Multiaddr, peer: PeerId, discovery_key: Key32, auth_key: Key32) -> Result<std::result::Result<RawSession, Frame>> {
+    pub async fn open(
+        &self,
+        addr: Multiaddr,
+        peer: PeerId,
+        discovery_key: Key32,
+        auth_key: Key32,
+    ) -> Result<std::result::Result<RawSession, Frame>> {
         if !self.node.info().await?.peers.iter().any(|p| p.peer_id == peer.to_string()) {
             let mut events = self.node.subscribe();
             self.node.dial(addr).await?;
@@ -205,9 +214,10 @@ impl RawPeer {
             .await??;
         }
         let mut control = self.node.streams();
-        let stream = within(WAIT, "replication stream to open", control.open_stream(peer, StreamProtocol::new(PROTOCOL)))
-            .await?
-            .map_err(|e| anyhow!("open stream: {e}"))?;
+        let stream =
+            within(WAIT, "replication stream to open", control.open_stream(peer, StreamProtocol::new(PROTOCOL)))
+                .await?
+                .map_err(|e| anyhow!("open stream: {e}"))?;
         let codec = LengthDelimitedCodec::builder().max_frame_length(4 << 20).new_codec();
         let mut s = RawSession { io: Framed::new(stream.compat(), codec) };
         let nonce: Key32 = [7; 32];

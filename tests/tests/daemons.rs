@@ -42,7 +42,17 @@ async fn two_daemons_find_each_other_through_a_bootstrap_node_and_chat() -> Resu
 
     // Both ends hold the same history in the same order.
     let (ha, hb) = (full_history(&mut ca, &room).await?, full_history(&mut cb, &room).await?);
-    ensure!(ha == hb.iter().map(|m| { let mut m = m.clone(); m["mine"] = json!(!m["mine"].as_bool().unwrap_or(false)); m }).collect::<Vec<_>>(), "histories differ:\n{ha:?}\n{hb:?}");
+    ensure!(
+        ha == hb
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                m["mine"] = json!(!m["mine"].as_bool().unwrap_or(false));
+                m
+            })
+            .collect::<Vec<_>>(),
+        "histories differ:\n{ha:?}\n{hb:?}"
+    );
     Ok(())
 }
 
@@ -130,7 +140,10 @@ async fn different_passphrases_never_exchange_data() -> Result<()> {
         Err(f) => vec![f],
     };
     frames.retain(|f| !matches!(f, Frame::Auth { .. }));
-    ensure!(frames == vec![Frame::Refuse { reason: Refusal::BadAuth }], "expected only a BadAuth refusal, got {frames:?}");
+    ensure!(
+        frames == vec![Frame::Refuse { reason: Refusal::BadAuth }],
+        "expected only a BadAuth refusal, got {frames:?}"
+    );
 
     // A daemon in another room on the same DHT never sees the message.
     let b = TestDaemon::start_bootstrapped(&boot).await?;
@@ -159,7 +172,13 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
     let cipher = FeedCipher::new(&keys.content_key, &feed);
     let texts = ["one", "two", "three"];
     let head = scratch
-        .append(&keys.discovery_key, &writer, &cipher, 1, texts.iter().map(|t| Body::Text { text: t.to_string() }).collect())?
+        .append(
+            &keys.discovery_key,
+            &writer,
+            &cipher,
+            1,
+            texts.iter().map(|t| Body::Text { text: t.to_string() }).collect(),
+        )?
         .head;
     let entries = scratch.entries(&feed, 0, 3)?;
 
@@ -168,7 +187,10 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
     let peer = d.peer_id()?;
 
     // 1. A head with a bad signature: the session is closed as a protocol violation.
-    let mut s = raw.open(addr.clone(), peer, keys.discovery_key, keys.auth_key).await?.map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    let mut s = raw
+        .open(addr.clone(), peer, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
     let mut forged = head.clone();
     forged.signature[10] ^= 0x40;
     s.send(&Frame::Have { heads: vec![forged] }).await?;
@@ -178,7 +200,10 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
     // 2. A flipped ciphertext byte and 3. a broken chain are dropped; then the honest
     // batch is stored. Frames are handled in order, so once the honest one shows up the
     // tampered ones were already judged.
-    let mut s = raw.open(addr, peer, keys.discovery_key, keys.auth_key).await?.map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    let mut s = raw
+        .open(addr, peer, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
     s.send(&Frame::Have { heads: vec![head.clone()] }).await?;
     let want = s.recv_until("the daemon's Want for the new feed", |f| matches!(f, Frame::Want { .. })).await?;
     ensure!(want == Frame::Want { feed_key: feed, start: 0, end: 3 }, "unexpected want {want:?}");
@@ -192,7 +217,8 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
     let other = FeedCipher::new(&[0x55; 32], &feed);
     let alien_store_dir = tempfile::tempdir()?;
     let alien_store = Store::open(alien_store_dir.path())?;
-    let alien_head = alien_store.append(&keys.discovery_key, &writer, &other, 1, vec![Body::Text { text: "alien".into() }])?.head;
+    let alien_head =
+        alien_store.append(&keys.discovery_key, &writer, &other, 1, vec![Body::Text { text: "alien".into() }])?.head;
     let alien = alien_store.entries(&feed, 0, 1)?;
     s.send(&Frame::Data { feed_key: feed, start: 0, entries: alien, head: Some(alien_head) }).await?;
     ensure!(full_history(&mut c, &room).await?.is_empty(), "tampered entries were stored");
@@ -256,7 +282,9 @@ async fn api_refuses_strangers_and_survives_bad_frames() -> Result<()> {
     ensure!(big.next_response().await.is_err(), "oversized frame must close the connection");
     let mut c2 = d.client().await?;
     let info = c2.call("node.info", json!({})).await?;
-    ensure!(info["peer_id"] == d.peer_id()?.to_string() && info["version"].is_string() && info["listen_addrs"].is_array());
+    ensure!(
+        info["peer_id"] == d.peer_id()?.to_string() && info["version"].is_string() && info["listen_addrs"].is_array()
+    );
     Ok(())
 }
 

@@ -80,12 +80,7 @@ pub fn hash_entry(feed_key: &Key32, seq: u64, entry: &Entry) -> Key32 {
 /// Signs the head of a feed at `seq`.
 pub fn sign_head(writer: &SigningKey, seq: u64, hash: Key32) -> SignedHead {
     let sig = writer.sign(&SignedHead::signed_bytes(seq, &hash));
-    SignedHead {
-        feed_key: writer.verifying_key().to_bytes(),
-        seq,
-        hash,
-        signature: sig.to_bytes().to_vec(),
-    }
+    SignedHead { feed_key: writer.verifying_key().to_bytes(), seq, hash, signature: sig.to_bytes().to_vec() }
 }
 
 /// Checks a head's signature against its feed key.
@@ -140,10 +135,7 @@ impl FeedCipher {
     /// Decrypts entry `seq`.
     pub fn open(&self, seq: u64, entry: &Entry) -> Result<Vec<u8>, DecryptError> {
         self.aead
-            .decrypt(
-                Nonce::from_slice(&entry.nonce),
-                Payload { msg: &entry.ciphertext, aad: &self.aad(seq) },
-            )
+            .decrypt(Nonce::from_slice(&entry.nonce), Payload { msg: &entry.ciphertext, aad: &self.aad(seq) })
             .map_err(|_| DecryptError)
     }
 }

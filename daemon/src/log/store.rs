@@ -274,10 +274,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Store {
@@ -568,7 +565,13 @@ impl Store {
     }
 
     /// The order key of a stored message, for paging.
-    pub fn order_key_of(&self, room: &Key32, content_key: &Key32, feed: &Key32, seq: u64) -> Result<Option<OrderKey>, StoreError> {
+    pub fn order_key_of(
+        &self,
+        room: &Key32,
+        content_key: &Key32,
+        feed: &Key32,
+        seq: u64,
+    ) -> Result<Option<OrderKey>, StoreError> {
         let Some(entry) = self.entry(feed, seq)? else { return Ok(None) };
         let Ok(plain) = FeedCipher::new(content_key, feed).open(seq, &entry) else { return Ok(None) };
         let Some(message) = Message::decode(&plain) else { return Ok(None) };
@@ -629,7 +632,11 @@ mod tests {
         pub struct Dir(pub std::path::PathBuf);
         impl Dir {
             pub fn new() -> Self {
-                let p = std::env::temp_dir().join(format!("peerlog-store-{}-{}", std::process::id(), rand::random::<u64>()));
+                let p = std::env::temp_dir().join(format!(
+                    "peerlog-store-{}-{}",
+                    std::process::id(),
+                    rand::random::<u64>()
+                ));
                 std::fs::create_dir_all(&p).unwrap();
                 Self(p)
             }
@@ -688,7 +695,10 @@ mod tests {
         assert!(matches!(b.ingest(&room, Some(&c), &feed, 5, &all[5..], Some(&forged)), Err(IngestError::BadHead)));
         // Wrong content key: AEAD fails even though the chain and signature hold.
         let wrong = FeedCipher::new(&[9; 32], &feed);
-        assert!(matches!(b.ingest(&room, Some(&wrong), &feed, 5, &all[5..], Some(&head)), Err(IngestError::Decrypt(5))));
+        assert!(matches!(
+            b.ingest(&room, Some(&wrong), &feed, 5, &all[5..], Some(&head)),
+            Err(IngestError::Decrypt(5))
+        ));
         assert!(b.feed_meta(&feed).unwrap().is_none(), "nothing of a refused batch is stored");
         assert!(b.history(&room, &content, None, 100).unwrap().is_empty());
 
