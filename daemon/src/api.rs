@@ -36,12 +36,15 @@ struct ApiState {
     shared: Arc<Shared>,
     port: u16,
     cancel: CancellationToken,
+    /// Upgraded WebSocket connections: axum's graceful shutdown does not track them.
+    clients: tokio_util::task::TaskTracker,
 }
 
 /// Serves the API on `listener` until `cancel` fires; open WebSockets are closed then.
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-    let state = Arc::new(ApiState { shared, port, cancel: cancel.clone() });
+    let clients = tokio_util::task::TaskTracker::new();
+    let state = Arc::new(ApiState { shared, port, cancel: cancel.clone(), clients: clients.clone() });
     let app = Router::new()
         .route("/", get(|| async { static_file("index.html") }))
         .route("/app.js", get(|| async { static_file("app.js") }))
@@ -60,6 +63,9 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cance
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await {
         warn!(error = %e, "API server failed");
     }
+    // Open WebSockets saw the cancellation: wait until they answered and closed.
+    clients.close();
+    clients.wait().await;
 }
 
 fn static_file(name: &str) -> Response {
@@ -141,7 +147,8 @@ async fn ws_upgrade(
     let limit = state.shared.config.limits.ws_message_bytes;
     ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| {
         let client_id: u32 = rand::random();
-        client(socket, state).instrument(tracing::debug_span!("api_client", client = client_id))
+        let clients = state.clients.clone();
+        clients.track_future(client(socket, state).instrument(tracing::debug_span!("api_client", client = client_id)))
     })
 }
 
@@ -198,6 +205,7 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
     requests.close();
     requests.wait().await;
     events_task.abort();
+    let _ = events_task.await;
     drop(out_tx);
     let _ = writer.await;
 }

@@ -127,6 +127,7 @@ pub struct Daemon {
     api_cancel: CancellationToken,
     api_task: tokio::task::JoinHandle<()>,
     node_task: tokio::task::JoinHandle<()>,
+    commit_task: tokio::task::JoinHandle<()>,
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
@@ -185,7 +186,7 @@ impl Daemon {
         );
         replicator.spawn_acceptor().map_err(|_| NodeError::Build("replication protocol registered twice".into()))?;
         let commit_cancel = CancellationToken::new();
-        let commit = GroupCommit::spawn(store.clone(), commit_cancel.clone());
+        let (commit, commit_task) = GroupCommit::spawn(store.clone(), commit_cancel.clone());
         let shared = Arc::new(Shared {
             config: config.clone(),
             data_dir: data_dir.clone(),
@@ -215,7 +216,7 @@ impl Daemon {
         let api_cancel = CancellationToken::new();
         let api_task = tokio::spawn(crate::api::serve(listener, shared.clone(), api_cancel.clone()));
         info!(peer_id = %shared.node.peer_id(), api = %api_addr, data_dir = %data_dir.display(), "peerlog started");
-        Ok(Self { shared, api_addr, api_cancel, api_task, node_task })
+        Ok(Self { shared, api_addr, api_cancel, api_task, node_task, commit_task })
     }
 
     /// The facade.
@@ -244,11 +245,15 @@ impl Daemon {
     }
 
     /// Stops accepting API requests (finishing those in flight, appends included), stops
-    /// the network, flushes the database.
+    /// the network, flushes and closes the database. When it returns without a warning,
+    /// nothing of this daemon holds the data dir any more (a new daemon may open it).
     pub async fn shutdown(self) -> Result<(), StoreError> {
         self.api_cancel.cancel();
-        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.api_task).await;
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.api_task).await.is_err() {
+            warn!("API clients did not close in time");
+        }
         self.shared.commit_cancel.cancel();
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.commit_task).await;
         self.shared.net_cancel.cancel();
         self.shared.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait()).await.is_err() {
@@ -256,6 +261,10 @@ impl Daemon {
         }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.node_task).await;
         self.shared.store.flush().await?;
+        let holders = Arc::strong_count(&self.shared) - 1;
+        if holders > 0 {
+            warn!(holders, "daemon state still referenced after shutdown; the database stays open until they drop");
+        }
         info!("peerlog stopped");
         Ok(())
     }

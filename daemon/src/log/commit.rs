@@ -34,9 +34,9 @@ pub enum CommitError {
 
 impl GroupCommit {
     /// Starts the flushing task; it ends when `cancel` fires and the queue is drained.
-    pub fn spawn(store: Store, cancel: CancellationToken) -> Self {
+    pub fn spawn(store: Store, cancel: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             loop {
                 let first = tokio::select! {
                     w = rx.recv() => match w { Some(w) => w, None => break },
@@ -64,7 +64,7 @@ impl GroupCommit {
                 }
             }
         });
-        Self { tx }
+        (Self { tx }, task)
     }
 
     /// Returns once everything appended before this call is on disk.
