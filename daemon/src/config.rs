@@ -65,6 +65,31 @@ impl std::str::FromStr for DhtMode {
     }
 }
 
+/// Whether the node serves circuit relay v2 reservations to NATed peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayServerMode {
+    /// Serve once the node has a confirmed (AutoNAT) or declared external address.
+    #[default]
+    Auto,
+    /// Serve (warns if no external address is declared: a relay needs one).
+    On,
+    /// Never serve.
+    Off,
+}
+
+impl std::str::FromStr for RelayServerMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "on" => Ok(Self::On),
+            "off" => Ok(Self::Off),
+            other => Err(format!("expected auto, on or off, got {other:?}")),
+        }
+    }
+}
+
 /// Size and count limits on everything that comes from a peer or a client.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -81,6 +106,12 @@ pub struct Limits {
     pub requests_per_client: usize,
     /// Most replication sessions (peer, room) at once.
     pub sessions: usize,
+    /// Most established libp2p connections.
+    pub connections: u32,
+    /// Most established connections per peer.
+    pub connections_per_peer: u32,
+    /// Most connections being set up at once, each way.
+    pub pending_connections: u32,
 }
 
 impl Default for Limits {
@@ -92,6 +123,9 @@ impl Default for Limits {
             batch_entries: 512,
             requests_per_client: 32,
             sessions: 1024,
+            connections: 512,
+            connections_per_peer: 4,
+            pending_connections: 128,
         }
     }
 }
@@ -112,6 +146,10 @@ pub struct Config {
     pub mdns: bool,
     /// DHT participation.
     pub dht_mode: DhtMode,
+    /// Serving relay reservations.
+    pub relay_server: RelayServerMode,
+    /// Addresses this node is reachable at from the internet (public nodes, relays).
+    pub external_addresses: Vec<Multiaddr>,
     /// Seconds between re-announcing and re-querying each room on the DHT, at the slowest
     /// (the first rounds after a join come faster, doubling up to this).
     pub discovery_interval_secs: u64,
@@ -133,6 +171,8 @@ impl Default for Config {
             bootstrap: Vec::new(),
             mdns: true,
             dht_mode: DhtMode::Auto,
+            relay_server: RelayServerMode::Auto,
+            external_addresses: Vec::new(),
             discovery_interval_secs: 60,
             provider_ttl_secs: 600,
             limits: Limits::default(),
@@ -191,6 +231,12 @@ impl Config {
         }
         if let Some(v) = get("PEERLOG_DHT_MODE") {
             self.dht_mode = parse("PEERLOG_DHT_MODE", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_RELAY_SERVER") {
+            self.relay_server = parse("PEERLOG_RELAY_SERVER", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_EXTERNAL_ADDRESSES") {
+            self.external_addresses = list("PEERLOG_EXTERNAL_ADDRESSES", &v)?;
         }
         Ok(())
     }

@@ -169,6 +169,14 @@ impl Daemon {
             mdns: config.mdns,
             dht_mode: config.dht_mode,
             provider_ttl: Duration::from_secs(config.provider_ttl_secs.max(10)),
+            relay_server: config.relay_server,
+            external_addrs: config.external_addresses.clone(),
+            connection_limits: node::ConnectionLimits {
+                max_established: config.limits.connections,
+                max_per_peer: config.limits.connections_per_peer,
+                max_pending_incoming: config.limits.pending_connections,
+                max_pending_outgoing: config.limits.pending_connections,
+            },
         };
         let (node, event_loop) = node::build(keypair, &node_config).await?;
         let net_cancel = CancellationToken::new();
@@ -179,7 +187,7 @@ impl Daemon {
             node.peer_id(),
             store.clone(),
             rooms.clone(),
-            node.streams(),
+            node.clone(),
             config.limits.clone(),
             tasks.clone(),
             net_cancel.clone(),

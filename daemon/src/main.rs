@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 use peerlog::client::Client;
-use peerlog::config::{Config, DhtMode};
+use peerlog::config::{Config, DhtMode, RelayServerMode};
 use peerlog::Daemon;
 use serde_json::{json, Value};
 
@@ -108,6 +108,12 @@ struct DaemonArgs {
     /// DHT mode: auto (server once publicly reachable), server or client.
     #[arg(long, value_name = "MODE")]
     dht_mode: Option<DhtMode>,
+    /// Serve circuit relay v2 reservations: auto (once publicly reachable), on or off.
+    #[arg(long, value_name = "MODE")]
+    relay_server: Option<RelayServerMode>,
+    /// An address this node is reachable at from the internet; repeat for several.
+    #[arg(long, value_name = "MULTIADDR")]
+    external_address: Vec<Multiaddr>,
 }
 
 #[derive(Args, Clone)]
@@ -352,6 +358,12 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     }
     if let Some(m) = args.dht_mode {
         config.dht_mode = m;
+    }
+    if let Some(m) = args.relay_server {
+        config.relay_server = m;
+    }
+    if !args.external_address.is_empty() {
+        config.external_addresses = args.external_address;
     }
     if !config.api_listen.ip().is_loopback() {
         tracing::warn!(addr = %config.api_listen, "the API listens beyond loopback; only loopback Host names are accepted");

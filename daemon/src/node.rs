@@ -11,12 +11,15 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{autonat, dcutr, identify, identity::Keypair, kad, mdns, noise, ping, relay, tcp, yamux};
+use libp2p::{
+    autonat, connection_limits, dcutr, identify, identity::Keypair, kad, mdns, noise, ping, relay, tcp, yamux,
+};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
 use peerlog_proto::wire::Key32;
 use serde::Serialize;
@@ -24,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::config::DhtMode;
+use crate::config::{DhtMode, RelayServerMode};
 
 /// Kademlia protocol name: a DHT of peerlog nodes only.
 pub const KAD_PROTOCOL: &str = "/peerlog/kad/1.0.0";
@@ -36,6 +39,13 @@ const COMMAND_CAPACITY: usize = 256;
 const EVENT_CAPACITY: usize = 1024;
 /// How long start-up waits for the listeners to report their addresses.
 const LISTEN_WAIT: Duration = Duration::from_secs(5);
+/// Most relays a node behind NAT keeps a reservation on.
+const MAX_RESERVATIONS: usize = 2;
+/// How often the node checks its relay reservations.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(10);
+/// Addresses remembered per peer (for redials), and peers remembered.
+const ADDRS_PER_PEER: usize = 8;
+const ADDRESS_BOOK_PEERS: usize = 4096;
 
 /// Errors of the node.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +59,14 @@ pub enum NodeError {
     Listen {
         /// The address.
         addr: Multiaddr,
+        /// Why.
+        message: String,
+    },
+    /// A peer could not be reached.
+    #[error("cannot connect to {peer}: {message}")]
+    Dial {
+        /// The peer.
+        peer: PeerId,
         /// Why.
         message: String,
     },
@@ -70,6 +88,31 @@ pub struct NodeConfig {
     pub dht_mode: DhtMode,
     /// Provider record lifetime.
     pub provider_ttl: Duration,
+    /// Whether to serve circuit relay v2 reservations.
+    pub relay_server: RelayServerMode,
+    /// Addresses this node is known to be reachable at (declared, not probed).
+    pub external_addrs: Vec<Multiaddr>,
+    /// Connection limits.
+    pub connection_limits: ConnectionLimits,
+}
+
+/// Limits on connections, so that a flood of dials cannot take the node down.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Most established connections in all.
+    pub max_established: u32,
+    /// Most established connections per peer.
+    pub max_per_peer: u32,
+    /// Most incoming connections still handshaking.
+    pub max_pending_incoming: u32,
+    /// Most outgoing dials in flight.
+    pub max_pending_outgoing: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self { max_established: 512, max_per_peer: 4, max_pending_incoming: 128, max_pending_outgoing: 128 }
+    }
 }
 
 /// How a connection reaches the peer.
@@ -110,6 +153,8 @@ pub struct NodeInfo {
     pub external_addrs: Vec<String>,
     /// AutoNAT's verdict: `public`, `private` or `unknown`.
     pub nat_status: String,
+    /// Relays we hold a reservation on.
+    pub relays: Vec<String>,
     /// Connected peers.
     pub peers: Vec<PeerInfo>,
 }
@@ -121,6 +166,9 @@ enum Command {
     StopProviding { key: Key32 },
     FindProviders { key: Key32 },
     Dial { addr: Multiaddr },
+    Connect { peer: PeerId, reply: oneshot::Sender<Result<(), String>> },
+    AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
+    Addresses { peers: Vec<PeerId>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
     Info { reply: oneshot::Sender<NodeInfo> },
 }
 
@@ -151,6 +199,18 @@ pub enum NodeEvent {
         /// The peer.
         peer: PeerId,
     },
+    /// The best connection kind to a peer changed (e.g. relayed → holepunched).
+    ConnectionChanged {
+        /// The peer.
+        peer: PeerId,
+        /// The new best kind.
+        kind: ConnectionKind,
+    },
+    /// DCUtR could not upgrade a relayed connection; it stays relayed.
+    HolePunchFailed {
+        /// The peer.
+        peer: PeerId,
+    },
 }
 
 #[derive(NetworkBehaviour)]
@@ -162,6 +222,8 @@ struct Behaviour {
     dcutr: dcutr::Behaviour,
     autonat: autonat::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    relay_server: Toggle<relay::Behaviour>,
+    limits: connection_limits::Behaviour,
     stream: libp2p_stream::Behaviour,
 }
 
@@ -214,6 +276,26 @@ impl NodeHandle {
         self.send(Command::Dial { addr }).await
     }
 
+    /// Connects to a peer (at the addresses the node knows for it) unless connected, and
+    /// waits until a connection is up or the dial failed.
+    pub async fn connect(&self, peer: PeerId) -> Result<(), NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Connect { peer, reply }).await?;
+        rx.await.map_err(|_| NodeError::Shutdown)?.map_err(|message| NodeError::Dial { peer, message })
+    }
+
+    /// Remembers addresses of a peer (from peer exchange).
+    pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NodeError> {
+        self.send(Command::AddAddresses { peer, addrs }).await
+    }
+
+    /// The addresses known for each of `peers`.
+    pub async fn addresses(&self, peers: Vec<PeerId>) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::Addresses { peers, reply }).await?;
+        rx.await.map_err(|_| NodeError::Shutdown)
+    }
+
     /// A snapshot of the node's state.
     pub async fn info(&self) -> Result<NodeInfo, NodeError> {
         let (reply, rx) = oneshot::channel();
@@ -243,6 +325,17 @@ pub struct EventLoop {
     /// Keys we provide (re-announced on `Provide`).
     provided: HashSet<Key32>,
     nat_status: autonat::NatStatus,
+    dht_mode: DhtMode,
+    /// Relays that accepted (or are asked for) a reservation, with the listener.
+    reservations: HashMap<PeerId, ListenerId>,
+    /// Peers that serve circuit relay v2, with an address we reached them at.
+    relay_candidates: HashMap<PeerId, Multiaddr>,
+    /// Addresses of peers: where we reached them and what they told us (identify, peer exchange).
+    address_book: HashMap<PeerId, Vec<Multiaddr>>,
+    /// External addresses declared in the config (never expire).
+    declared_external: Vec<Multiaddr>,
+    /// `connect` calls waiting for a connection to a peer.
+    pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
 }
 
 /// Builds the swarm, starts listening, waits (bounded) for the listen addresses, and
@@ -253,6 +346,8 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     let ttl = config.provider_ttl;
     let mdns_on = config.mdns;
     let dht_mode = config.dht_mode;
+    let relay_server_on = config.relay_server != RelayServerMode::Off;
+    let limits = config.connection_limits;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -269,11 +364,11 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
                 .set_provider_publication_interval(Some(ttl / 2))
                 .set_query_timeout(Duration::from_secs(30));
             let mut kad = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
-            kad.set_mode(match dht_mode {
-                DhtMode::Auto => None,
-                DhtMode::Server => Some(kad::Mode::Server),
-                DhtMode::Client => Some(kad::Mode::Client),
-            });
+            // Auto is managed by the event loop: server only with a non-relayed external address.
+            kad.set_mode(Some(match dht_mode {
+                DhtMode::Server => kad::Mode::Server,
+                DhtMode::Auto | DhtMode::Client => kad::Mode::Client,
+            }));
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(format!("peerlog/{}", env!("CARGO_PKG_VERSION")))
@@ -289,6 +384,16 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
                 dcutr: dcutr::Behaviour::new(peer_id),
                 autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
                 mdns: Toggle::from(mdns),
+                relay_server: Toggle::from(
+                    relay_server_on.then(|| relay::Behaviour::new(peer_id, relay::Config::default())),
+                ),
+                limits: connection_limits::Behaviour::new(
+                    connection_limits::ConnectionLimits::default()
+                        .with_max_established(Some(limits.max_established))
+                        .with_max_established_per_peer(Some(limits.max_per_peer))
+                        .with_max_pending_incoming(Some(limits.max_pending_incoming))
+                        .with_max_pending_outgoing(Some(limits.max_pending_outgoing)),
+                ),
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
@@ -316,7 +421,19 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
         provider_queries: HashMap::new(),
         provided: HashSet::new(),
         nat_status: autonat::NatStatus::Unknown,
+        dht_mode,
+        reservations: HashMap::new(),
+        relay_candidates: HashMap::new(),
+        address_book: HashMap::new(),
+        declared_external: config.external_addrs.clone(),
+        pending_connects: HashMap::new(),
     };
+    for addr in &config.external_addrs {
+        event_loop.swarm.add_external_address(addr.clone());
+    }
+    if config.relay_server == RelayServerMode::On && config.external_addrs.is_empty() {
+        warn!("relay_server = on, but no external address is declared: the relay serves only once one is confirmed");
+    }
     // Wait until every listener reported an address, so that callers can print and
     // share them right away.
     let deadline = tokio::time::Instant::now() + LISTEN_WAIT;
@@ -343,6 +460,15 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     Ok((handle, event_loop))
 }
 
+/// Preference among connection kinds: lower is better.
+fn kind_rank(kind: ConnectionKind) -> u8 {
+    match kind {
+        ConnectionKind::Holepunched => 0,
+        ConnectionKind::Direct => 1,
+        ConnectionKind::Relayed => 2,
+    }
+}
+
 fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit)
 }
@@ -363,9 +489,12 @@ fn kind_of(endpoint: &ConnectedPoint) -> ConnectionKind {
 impl EventLoop {
     /// Runs until `cancel` fires or every handle is dropped.
     pub async fn run(mut self, cancel: CancellationToken) {
+        let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
+                _ = maintenance.tick() => self.maintain_reservations(),
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.handle_command(cmd),
                     None => break,
@@ -409,10 +538,114 @@ impl EventLoop {
                     warn!(%addr, error = %e, "dial failed");
                 }
             }
+            Command::Connect { peer, reply } => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(Ok(()));
+                    return;
+                }
+                let addrs = self.address_book.get(&peer).cloned().unwrap_or_default();
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .extend_addresses_through_behaviour()
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(opts) {
+                    // Already dialing: wait for that dial's outcome.
+                    Ok(()) | Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                        self.pending_connects.entry(peer).or_default().push(reply);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+            Command::AddAddresses { peer, addrs } => {
+                for addr in addrs {
+                    self.remember(peer, addr);
+                }
+            }
+            Command::Addresses { peers, reply } => {
+                let out = peers
+                    .into_iter()
+                    .map(|p| {
+                        let addrs = self.address_book.get(&p).cloned().unwrap_or_default();
+                        (p, addrs)
+                    })
+                    .collect();
+                let _ = reply.send(out);
+            }
             Command::Info { reply } => {
                 let _ = reply.send(self.info());
             }
         }
+    }
+
+    /// Remembers an address of a peer (bounded).
+    fn remember(&mut self, peer: PeerId, addr: Multiaddr) {
+        if self.address_book.len() >= ADDRESS_BOOK_PEERS && !self.address_book.contains_key(&peer) {
+            // Forget a peer we are not connected to, to make room.
+            if let Some(old) = self.address_book.keys().find(|p| !self.connections.contains_key(p)).copied() {
+                self.address_book.remove(&old);
+            } else {
+                return;
+            }
+        }
+        let addrs = self.address_book.entry(peer).or_default();
+        if !addrs.contains(&addr) {
+            if addrs.len() >= ADDRS_PER_PEER {
+                addrs.remove(0);
+            }
+            addrs.push(addr);
+        }
+    }
+
+    /// Whether this node should hold relay reservations: it has no declared or confirmed
+    /// direct external address.
+    fn needs_relay(&self) -> bool {
+        self.declared_external.is_empty() && !self.has_direct_external()
+    }
+
+    fn has_direct_external(&self) -> bool {
+        self.swarm.external_addresses().any(|a| !is_relayed(a))
+    }
+
+    /// Reserves on relay candidates until `MAX_RESERVATIONS` are held.
+    fn maintain_reservations(&mut self) {
+        if !self.needs_relay() {
+            return;
+        }
+        let candidates: Vec<(PeerId, Multiaddr)> = self
+            .relay_candidates
+            .iter()
+            .filter(|(p, _)| !self.reservations.contains_key(p))
+            .map(|(p, a)| (*p, a.clone()))
+            .collect();
+        for (relay, addr) in candidates {
+            if self.reservations.len() >= MAX_RESERVATIONS {
+                break;
+            }
+            let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(circuit.clone()) {
+                Ok(id) => {
+                    info!(%relay, "requesting a relay reservation");
+                    self.reservations.insert(relay, id);
+                }
+                Err(e) => debug!(%circuit, error = %e, "cannot listen on relay"),
+            }
+        }
+    }
+
+    /// In auto mode: DHT server only with a direct (non-relayed) external address.
+    fn update_dht_mode(&mut self) {
+        if self.dht_mode != DhtMode::Auto {
+            return;
+        }
+        let mode = if self.has_direct_external() { kad::Mode::Server } else { kad::Mode::Client };
+        self.swarm.behaviour_mut().kad.set_mode(Some(mode));
+    }
+
+    fn best_kind(&self, peer: &PeerId) -> Option<ConnectionKind> {
+        self.connections.get(peer)?.values().map(|c| c.kind).min_by_key(|k| kind_rank(*k))
     }
 
     fn info(&self) -> NodeInfo {
@@ -422,15 +655,8 @@ impl EventLoop {
             .connections
             .iter()
             .map(|(peer, conns)| {
-                let best = conns
-                    .values()
-                    .map(|c| c.kind)
-                    .min_by_key(|k| match k {
-                        ConnectionKind::Holepunched => 0,
-                        ConnectionKind::Direct => 1,
-                        ConnectionKind::Relayed => 2,
-                    })
-                    .unwrap_or(ConnectionKind::Direct);
+                let best =
+                    conns.values().map(|c| c.kind).min_by_key(|k| kind_rank(*k)).unwrap_or(ConnectionKind::Direct);
                 PeerInfo {
                     peer_id: peer.to_string(),
                     addrs: conns.values().map(|c| c.addr.to_string()).collect(),
@@ -451,6 +677,7 @@ impl EventLoop {
                 autonat::NatStatus::Unknown => "unknown",
             }
             .into(),
+            relays: self.reservations.keys().map(|p| p.to_string()).collect(),
             peers,
         }
     }
@@ -462,29 +689,67 @@ impl EventLoop {
 
     fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                if is_relayed(&address) {
+                    // Reachable through the relay: say so in provider records and identify.
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } if is_relayed(&address) => {
+                self.swarm.remove_external_address(&address);
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Some(relay) = self.reservations.iter().find(|(_, id)| **id == listener_id).map(|(p, _)| *p) {
+                    warn!(%relay, ?reason, "relay reservation ended");
+                    self.reservations.remove(&relay);
+                }
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(%address, "external address confirmed");
+                self.update_dht_mode();
+            }
+            SwarmEvent::ExternalAddrExpired { .. } => self.update_dht_mode(),
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                 let kind = kind_of(&endpoint);
+                let before = self.best_kind(&peer_id);
+                if endpoint.is_dialer() && !is_relayed(endpoint.get_remote_address()) {
+                    self.remember(peer_id, endpoint.get_remote_address().clone());
+                }
                 let conns = self.connections.entry(peer_id).or_default();
-                let first = conns.is_empty();
                 conns.insert(connection_id, Connection { addr: endpoint.get_remote_address().clone(), kind });
                 debug!(peer = %peer_id, ?kind, "connection established");
-                if first {
-                    self.emit(NodeEvent::Connected { peer: peer_id, kind });
+                for waiter in self.pending_connects.remove(&peer_id).unwrap_or_default() {
+                    let _ = waiter.send(Ok(()));
+                }
+                match before {
+                    None => self.emit(NodeEvent::Connected { peer: peer_id, kind }),
+                    Some(b) if kind_rank(kind) < kind_rank(b) => {
+                        self.emit(NodeEvent::ConnectionChanged { peer: peer_id, kind })
+                    }
+                    Some(_) => {}
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                let before = self.best_kind(&peer_id);
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
                     conns.remove(&connection_id);
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                         self.rtt.remove(&peer_id);
                         self.emit(NodeEvent::Disconnected { peer: peer_id });
+                    } else if let Some(now) = self.best_kind(&peer_id).filter(|k| Some(*k) != before) {
+                        self.emit(NodeEvent::ConnectionChanged { peer: peer_id, kind: now });
                     }
                 }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "outgoing connection failed");
+                if let Some(peer) = peer_id.filter(|p| !self.swarm.is_connected(p)) {
+                    for waiter in self.pending_connects.remove(&peer).unwrap_or_default() {
+                        let _ = waiter.send(Err(error.to_string()));
+                    }
+                }
             }
             SwarmEvent::Behaviour(event) => self.handle_behaviour(event),
             _ => {}
@@ -493,16 +758,60 @@ impl EventLoop {
 
     fn handle_behaviour(&mut self, event: BehaviourEvent) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
                 self.agents.insert(peer_id, info.agent_version.clone());
                 let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
-                if info.protocols.contains(&kad_protocol) {
-                    for addr in info.listen_addrs {
-                        if !is_relayed(&addr) {
-                            self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                let speaks_kad = info.protocols.contains(&kad_protocol);
+                for addr in &info.listen_addrs {
+                    if !addr.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())) {
+                        self.remember(peer_id, addr.clone());
+                    }
+                    if speaks_kad && !is_relayed(addr) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    }
+                }
+                if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
+                    // A relay: reach it where this connection reached it, if we dialed it.
+                    let addr = self
+                        .connections
+                        .get(&peer_id)
+                        .and_then(|c| c.get(&connection_id))
+                        .map(|c| c.addr.clone())
+                        .filter(|a| !is_relayed(a));
+                    if let Some(addr) = addr {
+                        let transport: Multiaddr = addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
+                        if self.relay_candidates.insert(peer_id, transport).is_none() {
+                            self.maintain_reservations();
                         }
                     }
                 }
+            }
+            BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
+                Ok(connection_id) => {
+                    info!(peer = %remote_peer_id, "hole punch succeeded: direct connection");
+                    if let Some(c) = self.connections.get_mut(&remote_peer_id).and_then(|c| c.get_mut(&connection_id)) {
+                        c.kind = ConnectionKind::Holepunched;
+                    }
+                    self.emit(NodeEvent::ConnectionChanged { peer: remote_peer_id, kind: ConnectionKind::Holepunched });
+                    // Relay circuits are small and short: move everything to the direct path.
+                    let relayed: Vec<ConnectionId> = self
+                        .connections
+                        .get(&remote_peer_id)
+                        .map(|c| {
+                            c.iter().filter(|(_, c)| c.kind == ConnectionKind::Relayed).map(|(id, _)| *id).collect()
+                        })
+                        .unwrap_or_default();
+                    for id in relayed {
+                        self.swarm.close_connection(id);
+                    }
+                }
+                Err(e) => {
+                    info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying on the relay");
+                    self.emit(NodeEvent::HolePunchFailed { peer: remote_peer_id });
+                }
+            },
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted { relay_peer_id, .. }) => {
+                info!(relay = %relay_peer_id, "relay reservation accepted");
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => match result {
                 kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {

@@ -9,14 +9,14 @@
 //! opened by the peer with the smaller PeerId wins, on both sides.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
-use libp2p::{PeerId, Stream, StreamProtocol};
-use peerlog_proto::wire::{Frame, Key32, Refusal, SignedHead, PROTOCOL};
+use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
+use peerlog_proto::wire::{Frame, Key32, PeerAddrs, Refusal, SignedHead, PROTOCOL};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -28,6 +28,7 @@ use crate::config::Limits;
 use crate::keys::{auth_mac, verify_auth_mac};
 use crate::log::store::IngestError;
 use crate::log::{verify_head, Store};
+use crate::node::NodeHandle;
 use crate::rooms::{DaemonEvent, HeadUpdate, Room, Rooms};
 
 /// Time allowed for Hello + Auth.
@@ -50,6 +51,13 @@ const ANCHORS_PER_FEED: usize = 16;
 const PUSH_MAX: u64 = 64;
 /// Target size of a `Data` frame's entries, well under the frame limit.
 const BATCH_BYTES: usize = 1 << 20;
+/// Most peers in one `Peers` frame, and addresses per peer taken from it.
+const PEX_PEERS: usize = 32;
+const PEX_ADDRS: usize = 8;
+/// Redials of a room peer whose session dropped: first delay, cap, and attempts.
+const REDIAL_FIRST: Duration = Duration::from_millis(500);
+const REDIAL_MAX: Duration = Duration::from_secs(60);
+const REDIAL_ATTEMPTS: u32 = 10;
 
 /// Errors that end a session.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +92,9 @@ struct Inner {
     store: Store,
     rooms: Arc<Rooms>,
     control: Mutex<libp2p_stream::Control>,
+    node: NodeHandle,
+    /// Consecutive failed attempts per (peer, room), for redial backoff.
+    redials: Mutex<HashMap<(PeerId, Key32), u32>>,
     limits: Limits,
     slots: Mutex<HashMap<(PeerId, Key32), Slot>>,
     next_id: AtomicU64,
@@ -113,7 +124,7 @@ impl Replicator {
         local: PeerId,
         store: Store,
         rooms: Arc<Rooms>,
-        control: libp2p_stream::Control,
+        node: NodeHandle,
         limits: Limits,
         tasks: TaskTracker,
         cancel: CancellationToken,
@@ -123,7 +134,9 @@ impl Replicator {
                 local,
                 store,
                 rooms,
-                control: Mutex::new(control),
+                control: Mutex::new(node.streams()),
+                node,
+                redials: Mutex::new(HashMap::new()),
                 limits,
                 slots: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -176,17 +189,56 @@ impl Replicator {
         let this = self.clone();
         self.inner.tasks.spawn(
             async move {
+                let established = Arc::new(AtomicBool::new(false));
                 let result = tokio::select! {
                     _ = cancel.cancelled() => Ok(()),
-                    r = this.run_outbound(peer, room, id) => r,
+                    r = this.run_outbound(peer, room, id, established.clone()) => r,
                 };
-                if let Err(e) = result {
+                if let Err(e) = &result {
                     debug!(error = %e, "outbound session ended");
                 }
                 this.release(peer, room, id);
+                if !cancel.is_cancelled() {
+                    this.after_session(peer, room, established.load(Ordering::Relaxed), &result);
+                }
             }
             .instrument(tracing::debug_span!("session", %peer, dir = "out")),
         );
+    }
+
+    /// Redials a room peer whose session dropped, with exponential backoff, unless the
+    /// session ended for a reason a retry would not fix.
+    fn after_session(&self, peer: PeerId, room: Key32, established: bool, result: &Result<(), SessionError>) {
+        let retry = match result {
+            Err(SessionError::Io(_) | SessionError::Timeout(_)) => true,
+            Ok(()) => established,
+            Err(_) => false,
+        };
+        if !retry || self.inner.cancel.is_cancelled() || self.inner.rooms.get(&room).is_none() {
+            return;
+        }
+        let attempt = {
+            let mut redials = self.inner.redials.lock().unwrap_or_else(|p| p.into_inner());
+            let n = redials.entry((peer, room)).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if attempt > REDIAL_ATTEMPTS {
+            debug!(%peer, "giving up redialing; the DHT may find it again");
+            return;
+        }
+        let delay = REDIAL_FIRST.saturating_mul(1 << (attempt - 1).min(16)).min(REDIAL_MAX);
+        let this = self.clone();
+        let cancel = self.inner.cancel.clone();
+        self.inner.tasks.spawn(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {
+                    debug!(%peer, attempt, "redialing room peer");
+                    this.ensure_session(peer, room);
+                }
+            }
+        });
     }
 
     /// Peers with an authenticated session, optionally only in one room.
@@ -244,6 +296,7 @@ impl Replicator {
         match slots.get_mut(&(peer, room)) {
             Some(s) if s.id == id => {
                 s.established = true;
+                self.inner.redials.lock().unwrap_or_else(|p| p.into_inner()).remove(&(peer, room));
                 true
             }
             _ => false,
@@ -255,7 +308,19 @@ impl Replicator {
         Framed::new(stream.compat(), codec)
     }
 
-    async fn run_outbound(&self, peer: PeerId, dk: Key32, id: u64) -> Result<(), SessionError> {
+    async fn run_outbound(
+        &self,
+        peer: PeerId,
+        dk: Key32,
+        id: u64,
+        established: Arc<AtomicBool>,
+    ) -> Result<(), SessionError> {
+        // Connect first with every address we know (the stream control alone would dial
+        // with Kademlia's addresses only).
+        tokio::time::timeout(OPEN_TIMEOUT, self.inner.node.connect(peer))
+            .await
+            .map_err(|_| SessionError::Timeout("connect"))?
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotConnected, e.to_string()))?;
         let stream =
             tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, StreamProtocol::new(PROTOCOL)))
                 .await
@@ -280,6 +345,7 @@ impl Replicator {
         if !self.mark_established(peer, dk, id) {
             return Ok(());
         }
+        established.store(true, Ordering::Relaxed);
         self.run_established(io, room, peer, id).await
     }
 
@@ -304,6 +370,7 @@ impl Replicator {
             let _ = send(&mut io, &Frame::Refuse { reason: Refusal::Duplicate }).await;
             return Ok(());
         };
+        let established = AtomicBool::new(false);
         let result = tokio::select! {
             _ = cancel.cancelled() => Ok(()),
             r = async {
@@ -317,10 +384,14 @@ impl Replicator {
                 if !self.mark_established(peer, dk, id) {
                     return Ok(());
                 }
+                established.store(true, Ordering::Relaxed);
                 self.run_established(io, room, peer, id).await
             } => r,
         };
         self.release(peer, dk, id);
+        if !cancel.is_cancelled() {
+            self.after_session(peer, dk, established.load(Ordering::Relaxed), &result);
+        }
         result
     }
 
@@ -392,7 +463,9 @@ impl Replicator {
             serving: VecDeque::new(),
             outbox: VecDeque::new(),
             got_have: false,
+            pex: Vec::new(),
         };
+        session.outbox.push_back(self.peers_frame(&session.room.discovery_key, peer).await);
         let result = session.run(in_rx, out_tx).await;
         // Free the slot before the stream closes, so that the peer's next session (it
         // sees the close first) is not refused as a duplicate.
@@ -402,6 +475,40 @@ impl Replicator {
         let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
         info!(%peer, room = %session.room.id, reason = ?result.as_ref().err(), "room peer disconnected");
         result
+    }
+}
+
+impl Replicator {
+    /// The room's other peers with their addresses, for peer exchange.
+    async fn peers_frame(&self, room: &Key32, to: PeerId) -> Frame {
+        let others: Vec<PeerId> =
+            self.room_peers(Some(room)).into_iter().map(|p| p.peer).filter(|p| *p != to).take(PEX_PEERS).collect();
+        let known = self.inner.node.addresses(others).await.unwrap_or_default();
+        let peers = known
+            .into_iter()
+            .filter(|(_, addrs)| !addrs.is_empty())
+            .map(|(peer, addrs)| PeerAddrs {
+                peer_id: peer.to_bytes(),
+                addrs: addrs.into_iter().take(PEX_ADDRS).map(|a| serde_bytes::ByteBuf::from(a.to_vec())).collect(),
+            })
+            .collect();
+        Frame::Peers { peers }
+    }
+
+    /// Learns peers from a `Peers` frame and opens sessions with them.
+    fn learn_peers(&self, room: Key32, peers: Vec<(PeerId, Vec<Multiaddr>)>) {
+        let this = self.clone();
+        self.inner.tasks.spawn(async move {
+            for (peer, addrs) in peers {
+                if peer == this.inner.local {
+                    continue;
+                }
+                if this.inner.node.add_addresses(peer, addrs).await.is_err() {
+                    return;
+                }
+                this.ensure_session(peer, room);
+            }
+        });
     }
 }
 
@@ -445,6 +552,8 @@ struct Session {
     outbox: VecDeque<Frame>,
     /// Whether the peer's first `Have` arrived.
     got_have: bool,
+    /// Peers learned by peer exchange, not yet handed to the replicator.
+    pex: Vec<(PeerId, Vec<Multiaddr>)>,
 }
 
 impl Session {
@@ -473,6 +582,9 @@ impl Session {
                         if let Err(e) = self.handle(frame) {
                             let _ = out.try_send(Frame::Refuse { reason: Refusal::ProtocolViolation });
                             return Err(e);
+                        }
+                        if !self.pex.is_empty() {
+                            self.r.learn_peers(self.room.discovery_key, std::mem::take(&mut self.pex));
                         }
                     }
                 },
@@ -564,6 +676,24 @@ impl Session {
             }
             Frame::NoData { feed_key, below } => {
                 debug!(feed = %hex::encode(&feed_key[..4]), below, "peer lacks entries");
+                Ok(())
+            }
+            Frame::Peers { peers } => {
+                if peers.len() > PEX_PEERS {
+                    return Err(SessionError::Protocol("Peers lists too many peers"));
+                }
+                for p in peers {
+                    let Ok(peer) = PeerId::from_bytes(&p.peer_id) else { continue };
+                    let addrs: Vec<Multiaddr> = p
+                        .addrs
+                        .into_iter()
+                        .take(PEX_ADDRS)
+                        .filter_map(|a| Multiaddr::try_from(a.into_vec()).ok())
+                        .collect();
+                    if peer != self.peer {
+                        self.pex.push((peer, addrs));
+                    }
+                }
                 Ok(())
             }
             Frame::Refuse { reason } => Err(SessionError::Refused(reason)),

@@ -132,6 +132,22 @@ pub enum Frame {
         /// Why.
         reason: Refusal,
     },
+    /// Peer exchange: other peers of this room the sender has a session with, and their
+    /// addresses, so that a room stays connected without the DHT.
+    Peers {
+        /// The peers.
+        peers: Vec<PeerAddrs>,
+    },
+}
+
+/// A peer and where it may be reached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddrs {
+    /// The libp2p PeerId, in its binary form.
+    #[serde(with = "serde_bytes")]
+    pub peer_id: Vec<u8>,
+    /// Multiaddrs, in their binary form.
+    pub addrs: Vec<serde_bytes::ByteBuf>,
 }
 
 /// Errors decoding a frame.

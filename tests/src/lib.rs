@@ -183,6 +183,9 @@ impl RawPeer {
             mdns: false,
             dht_mode: DhtMode::Client,
             provider_ttl: Duration::from_secs(60),
+            relay_server: peerlog::config::RelayServerMode::Off,
+            external_addrs: vec![],
+            connection_limits: node::ConnectionLimits::default(),
         };
         let (node, event_loop) = node::build(keypair, &config).await?;
         let cancel = CancellationToken::new();
