@@ -346,7 +346,13 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     let ttl = config.provider_ttl;
     let mdns_on = config.mdns;
     let dht_mode = config.dht_mode;
-    let relay_server_on = config.relay_server != RelayServerMode::Off;
+    // A relay must be reachable directly. `auto` serves when a direct external address is
+    // declared; a node whose only external addresses are its own relayed ones never serves.
+    let relay_server_on = match config.relay_server {
+        RelayServerMode::On => true,
+        RelayServerMode::Auto => config.external_addrs.iter().any(|a| !is_relayed(a)),
+        RelayServerMode::Off => false,
+    };
     let limits = config.connection_limits;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
@@ -474,15 +480,22 @@ fn is_relayed(addr: &Multiaddr) -> bool {
 }
 
 fn kind_of(endpoint: &ConnectedPoint) -> ConnectionKind {
-    let addr = endpoint.get_remote_address();
-    if is_relayed(addr) {
+    if endpoint.is_relayed() || is_relayed(endpoint.get_remote_address()) {
         ConnectionKind::Relayed
-    } else if endpoint.is_relayed()
-        || matches!(endpoint, ConnectedPoint::Dialer { role_override: libp2p::core::Endpoint::Listener, .. })
-    {
+    } else if matches!(endpoint, ConnectedPoint::Dialer { role_override: libp2p::core::Endpoint::Listener, .. }) {
+        // DCUtR's simultaneous open: a dial that takes the listener role.
         ConnectionKind::Holepunched
     } else {
         ConnectionKind::Direct
+    }
+}
+
+/// The address that describes a connection: the remote one, except for relayed
+/// connections we accepted, whose remote address is only `/p2p/PEER`.
+fn connection_addr(endpoint: &ConnectedPoint) -> Multiaddr {
+    match endpoint {
+        ConnectedPoint::Listener { local_addr, .. } if is_relayed(local_addr) => local_addr.clone(),
+        _ => endpoint.get_remote_address().clone(),
     }
 }
 
@@ -717,7 +730,7 @@ impl EventLoop {
                     self.remember(peer_id, endpoint.get_remote_address().clone());
                 }
                 let conns = self.connections.entry(peer_id).or_default();
-                conns.insert(connection_id, Connection { addr: endpoint.get_remote_address().clone(), kind });
+                conns.insert(connection_id, Connection { addr: connection_addr(&endpoint), kind });
                 debug!(peer = %peer_id, ?kind, "connection established");
                 for waiter in self.pending_connects.remove(&peer_id).unwrap_or_default() {
                     let _ = waiter.send(Ok(()));

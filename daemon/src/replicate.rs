@@ -6,7 +6,8 @@
 //! when the writer has room, so two peers sending to each other cannot deadlock.
 //!
 //! Duplicate sessions (both peers dialing at once) resolve deterministically: the session
-//! opened by the peer with the smaller PeerId wins, on both sides.
+//! opened by the peer with the smaller PeerId wins, on both sides. An inbound session
+//! replaces an established one: the peer would not open it unless it lost the old one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -266,7 +267,11 @@ impl Replicator {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = slots.get(&(peer, room)) {
             let ours_wins = self.inner.local < peer;
-            let replace = !outbound && existing.outbound && !existing.established && !ours_wins;
+            // A peer opens a session only when it has none: an inbound session replaces an
+            // established one (ours is stale: its connection died and we have not noticed
+            // yet, e.g. a relayed connection closed after hole punching). Two sessions being
+            // set up at once resolve by PeerId.
+            let replace = !outbound && (existing.established || (existing.outbound && !ours_wins));
             if !replace {
                 return None;
             }

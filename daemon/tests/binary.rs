@@ -1,0 +1,423 @@
+//! Tests that run the real `peerlog` binary (Cargo tells only this package's tests where it
+//! is): the CLI the way a person uses it, and daemons in network namespaces behind NAT
+//! routers (those need root, iproute2 and iptables, and skip loudly without them).
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+
+const PASS: &str = "correct horse battery staple tangerine";
+
+/// The real binary, the way a person uses it: start, join, send, tail, status, SIGTERM,
+/// restart, and the message is still there.
+#[test]
+fn the_binary_runs_a_daemon_and_its_cli_drives_it() -> Result<()> {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().to_str().context("utf-8 path")?.to_string();
+    let help = Command::new(&exe).arg("--help").output()?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    for sub in ["daemon", "open", "join", "send", "tail", "status"] {
+        ensure!(help.contains(sub), "--help does not mention {sub}");
+    }
+    let dhelp = String::from_utf8_lossy(&Command::new(&exe).args(["daemon", "--help"]).output()?.stdout).to_string();
+    for flag in ["--data-dir", "--api-listen", "--listen", "--bootstrap", "--config", "--no-mdns"] {
+        ensure!(dhelp.contains(flag), "daemon --help does not mention {flag}");
+    }
+
+    let start = || -> Result<std::process::Child> {
+        let mut child = Command::new(&exe)
+            .args([
+                "daemon",
+                "--data-dir",
+                &data,
+                "--api-listen",
+                "127.0.0.1:0",
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let (mut peer, mut ui) = (false, false);
+        while !(peer && ui) {
+            let line = lines.next().context("daemon exited before printing its UI URL")??;
+            peer |= line.starts_with("peer id: 12D3");
+            ui |= line.starts_with("web UI: http://127.0.0.1:") && line.contains("#token=");
+        }
+        Ok(child)
+    };
+    let cli = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+        let mut child = Command::new(&exe)
+            .args(args)
+            .args(["--data-dir", &data])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        ensure!(out.status.success(), "peerlog {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(String::from_utf8(out.stdout)?)
+    };
+    let stop = |child: &mut std::process::Child| -> Result<()> {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                ensure!(status.success(), "daemon exited with {status} on SIGTERM");
+                return Ok(());
+            }
+            ensure!(Instant::now() < deadline, "daemon did not exit within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    let mut child = start()?;
+    let joined = cli(&["join", "--name", "cli room"], Some(&format!("{PASS}\n")))?;
+    ensure!(joined.contains("cli room"), "join printed {joined:?}");
+    cli(&["send", "cli room", "written by the cli"], None)?;
+    let tail = cli(&["tail", "cli room"], None)?;
+    ensure!(tail.contains("me: written by the cli"), "tail printed {tail:?}");
+    let status = cli(&["status"], None)?;
+    ensure!(status.contains("peer id:") && status.contains("cli room"), "status printed {status:?}");
+    let open = cli(&["open"], None)?;
+    ensure!(open.starts_with("http://127.0.0.1:") && open.contains("#token="), "open printed {open:?}");
+    stop(&mut child)?;
+
+    let mut child = start()?;
+    let tail = cli(&["tail", "--json", "cli room"], None)?;
+    ensure!(tail.contains("\"written by the cli\""), "message lost across SIGTERM + restart: {tail:?}");
+    stop(&mut child)?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// NAT tests: real daemons in network namespaces behind MASQUERADE routers.
+// ---------------------------------------------------------------------------------------
+
+/// Runs a shell command line, failing with its output.
+fn sh(cmd: &str) -> Result<String> {
+    let out = Command::new("bash").args(["-c", cmd]).output()?;
+    ensure!(
+        out.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
+}
+
+/// Whether this process may build network namespaces with NAT; otherwise why not.
+fn netns_unavailable() -> Option<String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not root".into());
+    }
+    for tool in ["ip", "iptables"] {
+        if sh(&format!("command -v {tool}")).is_err() {
+            return Some(format!("{tool} is not installed (apt-get install iproute2 iptables)"));
+        }
+    }
+    let probe = format!("plprobe{}", std::process::id());
+    match sh(&format!("ip netns add {probe} && ip netns exec {probe} iptables -t nat -L >/dev/null; r=$?; ip netns del {probe}; exit $r")) {
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot create a network namespace with iptables: {e}")),
+    }
+}
+
+macro_rules! require_netns {
+    () => {
+        if let Some(why) = netns_unavailable() {
+            eprintln!(
+                "\n!!! SKIPPED {}: needs root, iproute2 and iptables ({why}). CI runs it as root.\n",
+                module_path!()
+            );
+            return Ok(());
+        }
+    };
+}
+
+/// A "public" network with a relay/bootstrap host and two private networks, each behind
+/// its own NAT router that masquerades outgoing traffic and drops unsolicited inbound
+/// packets, as home routers do. All deleted on drop.
+struct NatLab {
+    prefix: String,
+    namespaces: Vec<String>,
+}
+
+impl NatLab {
+    /// `symmetric`: the routers randomize source ports (`--random-fully`), which defeats hole punching.
+    fn build(tag: &str, symmetric: bool) -> Result<Self> {
+        let prefix = format!("pl{}{tag}", std::process::id() % 100000);
+        let mut lab = NatLab { prefix: prefix.clone(), namespaces: Vec::new() };
+        let wan = lab.ns("wan")?;
+        sh(&format!("ip -n {wan} link add br0 type bridge && ip -n {wan} link set br0 up"))?;
+        // Public relay host.
+        let relay = lab.ns("relay")?;
+        sh(&format!(
+            "ip -n {relay} link add wan0 type veth peer name relay netns {wan} && ip -n {wan} link set relay master br0 up \
+             && ip -n {relay} addr add 198.18.0.1/24 dev wan0 && ip -n {relay} link set wan0 up"
+        ))?;
+        for (i, side) in ["a", "b"].iter().enumerate() {
+            let router = lab.ns(&format!("nat{side}"))?;
+            let host = lab.ns(side)?;
+            let masq = if symmetric { "MASQUERADE --random-fully" } else { "MASQUERADE" };
+            sh(&format!(
+                "ip -n {router} link add wan0 type veth peer name nat{side} netns {wan} && ip -n {wan} link set nat{side} master br0 up \
+                 && ip -n {router} addr add 198.18.0.{pub_ip}/24 dev wan0 && ip -n {router} link set wan0 up \
+                 && ip -n {router} link add lan0 type veth peer name eth0 netns {host} \
+                 && ip -n {router} addr add 10.0.{net}.1/24 dev lan0 && ip -n {router} link set lan0 up \
+                 && ip -n {host} addr add 10.0.{net}.2/24 dev eth0 && ip -n {host} link set eth0 up \
+                 && ip -n {host} route add default via 10.0.{net}.1 \
+                 && ip netns exec {router} sysctl -qw net.ipv4.ip_forward=1 \
+                 && ip netns exec {router} iptables -t nat -A POSTROUTING -o wan0 -j {masq} \
+                 && ip netns exec {router} iptables -A FORWARD -i wan0 -m conntrack --ctstate NEW,INVALID -j DROP \
+                 && ip netns exec {router} iptables -A INPUT -i wan0 -m conntrack --ctstate NEW,INVALID -j DROP",
+                pub_ip = i + 2,
+                net = i + 1,
+            ))?;
+        }
+        Ok(lab)
+    }
+
+    fn ns(&mut self, name: &str) -> Result<String> {
+        let full = format!("{}-{name}", self.prefix);
+        sh(&format!("ip netns add {full} && ip -n {full} link set lo up"))?;
+        self.namespaces.push(full.clone());
+        Ok(full)
+    }
+
+    fn name(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+}
+
+impl Drop for NatLab {
+    fn drop(&mut self) {
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A daemon process in a namespace, driven with the CLI run in the same namespace.
+struct NsDaemon {
+    ns: String,
+    exe: std::path::PathBuf,
+    data: tempfile::TempDir,
+    child: std::process::Child,
+    peer_id: String,
+}
+
+impl NsDaemon {
+    fn start(ns: &str, extra: &[&str]) -> Result<Self> {
+        let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
+        let data = tempfile::tempdir()?;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&exe)
+            .args(["daemon", "--data-dir"])
+            .arg(data.path())
+            .args(["--api-listen", "127.0.0.1:0", "--no-mdns"])
+            .args(extra)
+            .env("RUST_LOG", "info,peerlog=debug,libp2p_kad=error,libp2p_mdns=error")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(data.path().join("daemon.log"))?)
+            .spawn()?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let mut peer_id = String::new();
+        loop {
+            let line = lines.next().context("daemon exited during start")??;
+            if let Some(p) = line.strip_prefix("peer id: ") {
+                peer_id = p.to_string();
+            }
+            if line.starts_with("web UI:") {
+                break;
+            }
+        }
+        Ok(Self { ns: ns.to_string(), exe, data, child, peer_id })
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.exe)
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data.path())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "peerlog {args:?} in {} failed: {}",
+            self.ns,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    fn join(&self, passphrase: &str) -> Result<String> {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(&self.exe)
+            .args(["join", "--data-dir"])
+            .arg(self.data.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        use std::io::Write;
+        child.stdin.take().context("stdin")?.write_all(format!("{passphrase}\n").as_bytes())?;
+        let out = child.wait_with_output()?;
+        ensure!(out.status.success(), "join failed");
+        Ok(String::from_utf8(out.stdout)?.split('\t').next().unwrap_or("").to_string())
+    }
+
+    fn status(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&self.cli(&["status", "--json"])?)?)
+    }
+
+    /// The connection kind to `peer` as `peers.list` reports it, with its addresses.
+    fn connection_to(&self, peer: &str) -> Result<Option<(String, Vec<String>)>> {
+        let s = self.status()?;
+        Ok(s["peers"].as_array().into_iter().flatten().find(|p| p["peer_id"] == peer).map(|p| {
+            let addrs =
+                p["addrs"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(String::from)).collect();
+            (p["connection"].as_str().unwrap_or("").to_string(), addrs)
+        }))
+    }
+
+    /// Polls `peers.list` until `pred` holds for the connection to `peer`, or fails naming `what`.
+    fn wait_connection(
+        &self,
+        peer: &str,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(&str, &[String]) -> bool,
+    ) -> Result<(String, Vec<String>)> {
+        let deadline = Instant::now() + limit;
+        let mut last = None;
+        while Instant::now() < deadline {
+            if let Some((kind, addrs)) = self.connection_to(peer)? {
+                if pred(&kind, &addrs) {
+                    return Ok((kind, addrs));
+                }
+                last = Some((kind, addrs));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        anyhow::bail!(
+            "timed out after {limit:?} waiting for {what} in {}; last seen: {last:?}\n{}",
+            self.ns,
+            self.log_tail()
+        )
+    }
+
+    /// Waits until `text` is in the room's history.
+    fn wait_text(&self, room: &str, text: &str, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if self.cli(&["tail", "--json", "-n", "1000", room])?.contains(&format!("\"{text}\"")) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        anyhow::bail!("timed out after {limit:?} waiting for message {text:?} in {}\n{}", self.ns, self.log_tail())
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.data.path().join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains("peerlog::api")).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for NsDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn relay_args() -> Vec<&'static str> {
+    vec![
+        "--listen",
+        "/ip4/198.18.0.1/tcp/4001",
+        "--listen",
+        "/ip4/198.18.0.1/udp/4001/quic-v1",
+        "--external-address",
+        "/ip4/198.18.0.1/tcp/4001",
+        "--external-address",
+        "/ip4/198.18.0.1/udp/4001/quic-v1",
+        "--relay-server",
+        "on",
+        "--dht-mode",
+        "server",
+    ]
+}
+
+/// Two daemons behind separate NATs that know only a public relay/bootstrap node: they
+/// meet through the relay, DCUtR punches a direct path, the relayed connection is closed,
+/// and messages flow both ways on the direct one.
+#[test]
+fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
+    require_netns!();
+    let lab = NatLab::build("h", false)?;
+    let relay = NsDaemon::start(&lab.name("relay"), &relay_args())?;
+    let boot = format!("/ip4/198.18.0.1/tcp/4001/p2p/{}", relay.peer_id);
+    let peer_args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot.as_str()];
+    let a = NsDaemon::start(&lab.name("a"), &peer_args)?;
+    let b = NsDaemon::start(&lab.name("b"), &peer_args)?;
+    let room = a.join(PASS)?;
+    ensure!(b.join(PASS)? == room);
+    let t0 = Instant::now();
+    let (kind, addrs) =
+        a.wait_connection(&b.peer_id, Duration::from_secs(45), "a holepunched connection to b", |k, addrs| {
+            k == "holepunched" && !addrs.iter().any(|x| x.contains("p2p-circuit"))
+        })?;
+    println!("a → b: {kind} via {addrs:?} after {:?}", t0.elapsed());
+    b.wait_connection(&a.peer_id, Duration::from_secs(10), "b's side to see the direct connection", |k, addrs| {
+        (k == "holepunched" || k == "direct") && !addrs.iter().any(|x| x.contains("p2p-circuit"))
+    })?;
+    a.cli(&["send", &room, "through the punched hole"])?;
+    b.wait_text(&room, "through the punched hole", Duration::from_secs(15))?;
+    b.cli(&["send", &room, "and back again"])?;
+    a.wait_text(&room, "and back again", Duration::from_secs(15))?;
+    // The relay carries no room traffic: a and b hold no relayed connection to each other.
+    let (_, addrs) = a.connection_to(&b.peer_id)?.context("a lost b")?;
+    ensure!(!addrs.iter().any(|x| x.contains("p2p-circuit")), "a still has a relayed connection to b: {addrs:?}");
+    Ok(())
+}
+
+/// Both routers randomize ports (symmetric NAT): hole punching cannot work, and the room
+/// still works through the relay.
+#[test]
+fn nat_symmetric_falls_back_to_the_relay() -> Result<()> {
+    require_netns!();
+    let lab = NatLab::build("s", true)?;
+    let relay = NsDaemon::start(&lab.name("relay"), &relay_args())?;
+    let boot = format!("/ip4/198.18.0.1/tcp/4001/p2p/{}", relay.peer_id);
+    let peer_args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot.as_str()];
+    let a = NsDaemon::start(&lab.name("a"), &peer_args)?;
+    let b = NsDaemon::start(&lab.name("b"), &peer_args)?;
+    let room = a.join(PASS)?;
+    ensure!(b.join(PASS)? == room);
+    a.cli(&["send", &room, "via the relay"])?;
+    b.wait_text(&room, "via the relay", Duration::from_secs(30))?;
+    b.cli(&["send", &room, "relayed reply"])?;
+    a.wait_text(&room, "relayed reply", Duration::from_secs(15))?;
+    let (kind, addrs) = a.connection_to(&b.peer_id)?.context("a is not connected to b")?;
+    ensure!(
+        kind == "relayed" && addrs.iter().all(|x| x.contains("p2p-circuit")),
+        "expected only a relayed connection, got {kind} {addrs:?}"
+    );
+    Ok(())
+}
