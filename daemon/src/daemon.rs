@@ -320,6 +320,9 @@ impl Shared {
                             }
                         }
                     }
+                    Ok(node::NodeEvent::ConnectionChanged { peer, kind: node::ConnectionKind::Holepunched }) => {
+                        this.replicator.restart_peer(peer);
+                    }
                     Ok(node::NodeEvent::LanPeer { peer }) => {
                         for room in this.rooms.list() {
                             this.replicator.ensure_session(peer, room.discovery_key);

@@ -252,6 +252,27 @@ impl Replicator {
             .collect()
     }
 
+    /// Drops every session with `peer` and opens them again: after hole punching closed the
+    /// relayed connection they ran on, they continue on the direct one. (A stream whose
+    /// connection we closed is not guaranteed to report EOF, so do not wait for one.)
+    pub fn restart_peer(&self, peer: PeerId) {
+        let rooms: Vec<Key32> = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<(PeerId, Key32)> = slots.keys().filter(|(p, _)| *p == peer).copied().collect();
+            keys.into_iter()
+                .filter_map(|k| {
+                    let slot = slots.remove(&k)?;
+                    slot.cancel.cancel();
+                    Some(k.1)
+                })
+                .collect()
+        };
+        for room in rooms {
+            debug!(%peer, "moving session to the new connection");
+            self.ensure_session(peer, room);
+        }
+    }
+
     /// Ends every session of a room.
     pub fn close_room(&self, room: &Key32) {
         let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
