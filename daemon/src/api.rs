@@ -297,7 +297,7 @@ impl From<OpError> for ApiError {
     }
 }
 
-async fn handle_text(shared: &Shared, text: &str) -> RpcResponse {
+async fn handle_text(shared: &Arc<Shared>, text: &str) -> RpcResponse {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return RpcResponse::err(Value::Null, codes::PARSE_ERROR, format!("invalid JSON: {e}")),
@@ -353,7 +353,7 @@ struct HistoryParams {
     limit: Option<usize>,
 }
 
-async fn call(shared: &Shared, method: &str, params: Value) -> Result<Value, ApiError> {
+async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value, ApiError> {
     match method {
         "node.info" => {
             let info = shared.node_info().await?;

@@ -114,6 +114,8 @@ pub struct Shared {
     pub replicator: Replicator,
     /// The API token.
     pub(crate) token: String,
+    /// Peers found on the LAN (mDNS): offered a session for every room, at every discovery round.
+    lan_peers: std::sync::Mutex<std::collections::HashSet<PeerId>>,
     /// Network-side tasks (sessions, discovery).
     tasks: TaskTracker,
     /// Cancels the network side.
@@ -205,6 +207,7 @@ impl Daemon {
             rooms,
             replicator,
             token,
+            lan_peers: Default::default(),
             tasks,
             net_cancel,
         });
@@ -281,7 +284,8 @@ impl Daemon {
 impl Shared {
     /// Announces and looks up a room on the DHT, quickly at first, then every
     /// `discovery_interval_secs`.
-    fn start_discovery(&self, room: &Arc<Room>) {
+    fn start_discovery(self: &Arc<Self>, room: &Arc<Room>) {
+        let this = self.clone();
         let node = self.node.clone();
         let dk = room.discovery_key;
         let cancel = room.cancel.clone();
@@ -291,6 +295,11 @@ impl Shared {
             loop {
                 if node.provide(dk).await.is_err() || node.find_providers(dk).await.is_err() {
                     break;
+                }
+                let lan: Vec<PeerId> =
+                    this.lan_peers.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+                for peer in lan {
+                    this.replicator.ensure_session(peer, dk);
                 }
                 tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -324,6 +333,7 @@ impl Shared {
                         this.replicator.restart_peer(peer);
                     }
                     Ok(node::NodeEvent::LanPeer { peer }) => {
+                        this.lan_peers.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
                         for room in this.rooms.list() {
                             this.replicator.ensure_session(peer, room.discovery_key);
                         }
@@ -338,7 +348,7 @@ impl Shared {
 
     /// Joins the room of a passphrase (Argon2id runs on a blocking thread).
     pub async fn join_passphrase(
-        &self,
+        self: &Arc<Self>,
         passphrase: String,
         name: Option<String>,
     ) -> Result<(Arc<Room>, bool), OpError> {
@@ -349,7 +359,11 @@ impl Shared {
     }
 
     /// Joins the room of a secret; returns the room and whether it is new here.
-    pub async fn join_secret(&self, secret: RoomSecret, name: Option<String>) -> Result<(Arc<Room>, bool), OpError> {
+    pub async fn join_secret(
+        self: &Arc<Self>,
+        secret: RoomSecret,
+        name: Option<String>,
+    ) -> Result<(Arc<Room>, bool), OpError> {
         let dk = secret.keys().discovery_key;
         if let Some(room) = self.rooms.get(&dk) {
             return Ok((room, false));

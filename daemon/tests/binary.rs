@@ -230,6 +230,12 @@ struct NsDaemon {
 
 impl NsDaemon {
     fn start(ns: &str, extra: &[&str]) -> Result<Self> {
+        let mut args = vec!["--no-mdns"];
+        args.extend_from_slice(extra);
+        Self::start_raw(ns, &args)
+    }
+
+    fn start_raw(ns: &str, extra: &[&str]) -> Result<Self> {
         let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
         let data = tempfile::tempdir()?;
         let mut child = Command::new("ip")
@@ -237,7 +243,7 @@ impl NsDaemon {
             .arg(&exe)
             .args(["daemon", "--data-dir"])
             .arg(data.path())
-            .args(["--api-listen", "127.0.0.1:0", "--no-mdns"])
+            .args(["--api-listen", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info,peerlog=debug,libp2p_kad=error,libp2p_mdns=error")
             .stdout(Stdio::piped())
@@ -429,5 +435,35 @@ fn nat_symmetric_falls_back_to_the_relay() -> Result<()> {
         kind == "relayed" && addrs.iter().all(|x| x.contains("p2p-circuit")),
         "expected only a relayed connection, got {kind} {addrs:?}"
     );
+    Ok(())
+}
+
+/// Two hosts on one LAN (a bridge in a namespace) with mDNS on and no bootstrap node find
+/// each other and sync. (mDNS ignores loopback, hence the namespaces.)
+#[test]
+fn mdns_finds_a_lan_peer_without_any_bootstrap() -> Result<()> {
+    require_netns!();
+    let prefix = format!("pl{}m", std::process::id() % 100000);
+    let mut lab = NatLab { prefix: prefix.clone(), namespaces: Vec::new() };
+    let lan = lab.ns("lan")?;
+    sh(&format!("ip -n {lan} link add br0 type bridge && ip -n {lan} link set br0 up"))?;
+    for (i, host) in ["h1", "h2"].iter().enumerate() {
+        let ns = lab.ns(host)?;
+        sh(&format!(
+            "ip -n {ns} link add eth0 type veth peer name {host} netns {lan} && ip -n {lan} link set {host} master br0 up \
+             && ip -n {ns} addr add 10.0.9.{}/24 dev eth0 && ip -n {ns} link set eth0 up",
+            i + 1
+        ))?;
+    }
+    let h1 = NsDaemon::start_raw(&lab.name("h1"), &["--listen", "/ip4/0.0.0.0/tcp/4001"])?;
+    let h2 = NsDaemon::start_raw(&lab.name("h2"), &["--listen", "/ip4/0.0.0.0/tcp/4001"])?;
+    let room = h1.join(PASS)?;
+    ensure!(h2.join(PASS)? == room);
+    h1.cli(&["send", &room, "hello over the LAN"])?;
+    h2.wait_text(&room, "hello over the LAN", Duration::from_secs(30))?;
+    h2.cli(&["send", &room, "found you by mDNS"])?;
+    h1.wait_text(&room, "found you by mDNS", Duration::from_secs(15))?;
+    let (kind, _) = h1.connection_to(&h2.peer_id)?.context("h1 lists h2")?;
+    ensure!(kind == "direct", "LAN peers connect directly, got {kind}");
     Ok(())
 }

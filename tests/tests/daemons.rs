@@ -305,3 +305,83 @@ async fn invites_join_the_same_room_and_leave_forgets_it() -> Result<()> {
     ensure!(rooms["rooms"].as_array().is_some_and(|r| r.is_empty()), "room still listed after leave: {rooms}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_daemons_ten_rooms_every_pair_connects() -> Result<()> {
+    let mut nodes = vec![TestDaemon::start().await?];
+    for _ in 1..20 {
+        nodes.push(TestDaemon::start_bootstrapped(&nodes[0]).await?);
+    }
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(n.client().await?);
+    }
+    // Pair i is nodes 2i and 2i+1; each pair gets its own room by invite.
+    let t0 = Instant::now();
+    let mut rooms = Vec::new();
+    for i in 0..10 {
+        let created = clients[2 * i].call("rooms.create", json!({"name": format!("pair {i}")})).await?;
+        let room = created["room"]["id"].as_str().context("room id")?.to_string();
+        let invite = created["invite"].clone();
+        clients[2 * i + 1].call("rooms.join", json!({"invite": invite})).await?;
+        rooms.push(room);
+    }
+    for i in 0..10 {
+        let partner = nodes[2 * i + 1].peer_id()?.to_string();
+        let room = rooms[i].clone();
+        clients[2 * i]
+            .wait_event(WAIT, &format!("pair {i} to connect"), |e| {
+                e.event == "peer.joined" && e.params["room"] == room.as_str() && e.params["peer"] == partner.as_str()
+            })
+            .await?;
+    }
+    println!("10 pairs connected through a 20-node DHT in {:?}", t0.elapsed());
+    // Each pair talks only within its room.
+    send(&mut clients[6], &rooms[3], "pair 3 only").await?;
+    wait_for_text(&mut clients[7], &rooms[3], "pair 3 only", WAIT).await?;
+    let peers = clients[6].call("peers.list", json!({})).await?;
+    ensure!(peers["peers"].as_array().map(|p| p.len()) == Some(1), "pair 3 sees only its partner: {peers}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_restarts_is_redialed_and_sync_resumes() -> Result<()> {
+    let a = TestDaemon::start().await?;
+    // B listens on a fixed port so that A can redial it at the same address.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let boot = a.p2p_addr().await?;
+    let mut b = TestDaemon::start_with(|c| {
+        c.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("multiaddr")];
+        c.bootstrap = vec![boot];
+    })
+    .await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, PASS).await?;
+    join(&mut cb, PASS).await?;
+    send(&mut ca, &room, "before").await?;
+    wait_for_text(&mut cb, &room, "before", WAIT).await?;
+    drop(cb);
+
+    b.stop().await?;
+    ca.wait_event(WAIT, "a to notice b left", |e| e.event == "peer.left").await?;
+    send(&mut ca, &room, "while b was away").await?;
+    // B comes back knowing no bootstrap node: only A's redial can reconnect them.
+    b.config.bootstrap.clear();
+    b.restart().await?;
+    let mut cb = b.client().await?;
+    let t0 = Instant::now();
+    ca.wait_event(WAIT, "a to redial b", |e| e.event == "peer.joined").await?;
+    let history = within(WAIT, "b to catch up", async {
+        loop {
+            let h = full_history(&mut cb, &room).await?;
+            if h.len() == 2 {
+                return anyhow::Ok(h);
+            }
+            cb.wait_event(WAIT, "a message", |e| e.event == "message").await?;
+        }
+    })
+    .await??;
+    ensure!(history[1]["text"] == "while b was away", "unexpected history {history:?}");
+    println!("redialed and caught up in {:?}", t0.elapsed());
+    Ok(())
+}
