@@ -83,6 +83,14 @@ impl Client {
         }
     }
 
+    /// Closes the connection with a WebSocket close handshake.
+    pub async fn close(mut self) -> Result<(), ClientError> {
+        self.ws.close(None).await.map_err(Box::new)?;
+        // Read until the daemon's close frame (or the end), so the handshake completes.
+        while let Some(Ok(_)) = self.ws.next().await {}
+        Ok(())
+    }
+
     /// Sends a raw text frame (for tests of malformed input).
     pub async fn send_raw(&mut self, text: &str) -> Result<(), ClientError> {
         self.ws.send(Message::Text(text.into())).await.map_err(Box::new)?;

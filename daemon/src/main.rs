@@ -220,6 +220,7 @@ async fn run(cli: Cli) -> Result<()> {
                 eprintln!("warning: {w}");
             }
             println!("{}\t{}", r["room"]["id"].as_str().unwrap_or(""), r["room"]["name"].as_str().unwrap_or(""));
+            c.close().await.ok();
             Ok(())
         }
         Command::Create { client, name } => {
@@ -227,12 +228,14 @@ async fn run(cli: Cli) -> Result<()> {
             let r = c.call("rooms.create", json!({"name": name})).await?;
             println!("{}\t{}", r["room"]["id"].as_str().unwrap_or(""), r["room"]["name"].as_str().unwrap_or(""));
             println!("invite: {}", r["invite"].as_str().unwrap_or(""));
+            c.close().await.ok();
             Ok(())
         }
         Command::Send { client, room, text } => {
             let mut c = client.connect().await?;
             let r = c.call("messages.send", json!({"room": room, "text": text})).await?;
             println!("{}", r["message"]["id"].as_str().unwrap_or(""));
+            c.close().await.ok();
             Ok(())
         }
         Command::Tail { client, room, follow, lines, json } => {
@@ -264,6 +267,7 @@ async fn run(cli: Cli) -> Result<()> {
                     }
                 }
             }
+            c.close().await.ok();
             Ok(())
         }
         Command::Status { client, json } => {
@@ -278,6 +282,7 @@ async fn run(cli: Cli) -> Result<()> {
                         &json!({"node": node, "rooms": rooms["rooms"], "peers": peers["peers"]})
                     )?
                 );
+                c.close().await.ok();
                 return Ok(());
             }
             println!("peer id:    {}", node["peer_id"].as_str().unwrap_or(""));
@@ -310,6 +315,7 @@ async fn run(cli: Cli) -> Result<()> {
                     p["rooms"]
                 );
             }
+            c.close().await.ok();
             Ok(())
         }
     }
@@ -335,6 +341,8 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
                 .unwrap_or_else(|_| EnvFilter::new("info,libp2p_mdns=warn,libp2p_kad=error")),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // Files we create (database, keys) are ours alone.
     // SAFETY: umask only changes this process's file-creation mask; it cannot fail.

@@ -349,6 +349,23 @@ impl NsDaemon {
         anyhow::bail!("timed out after {limit:?} waiting for message {text:?} in {}\n{}", self.ns, self.log_tail())
     }
 
+    /// Seconds between the first log line containing `from` and the first after it containing `to`.
+    fn log_interval(&self, from: &str, to: &str) -> Option<f64> {
+        let log = std::fs::read_to_string(self.data.path().join("daemon.log")).ok()?;
+        let secs = |line: &str| -> Option<f64> {
+            // "2026-11-23T09:20:57.155708Z ...": seconds within the day.
+            let t = line.split('T').nth(1)?.split('Z').next()?;
+            let mut parts = t.split(':');
+            let (h, m, s): (f64, f64, f64) =
+                (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
+            Some(h * 3600.0 + m * 60.0 + s)
+        };
+        let clean: Vec<String> = log.lines().map(|l| l.replace(|c: char| c == '\u{1b}', "")).collect();
+        let start = clean.iter().position(|l| l.contains(from))?;
+        let end = clean[start..].iter().find(|l| l.contains(to))?;
+        Some(secs(end)? - secs(&clean[start])?)
+    }
+
     fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(self.data.path().join("daemon.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().filter(|l| !l.contains("peerlog::api")).collect();
@@ -400,6 +417,11 @@ fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
             k == "holepunched" && !addrs.iter().any(|x| x.contains("p2p-circuit"))
         })?;
     println!("a → b: {kind} via {addrs:?} after {:?}", t0.elapsed());
+    for (name, d) in [("a", &a), ("b", &b)] {
+        if let Some(s) = d.log_interval("kind=Relayed", "hole punch succeeded") {
+            println!("{name}: relayed connection → hole punched in {:.1} ms", s * 1000.0);
+        }
+    }
     b.wait_connection(&a.peer_id, Duration::from_secs(10), "b's side to see the direct connection", |k, addrs| {
         (k == "holepunched" || k == "direct") && !addrs.iter().any(|x| x.contains("p2p-circuit"))
     })?;
