@@ -268,6 +268,15 @@ fn config_home() -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    /// The documented example file is valid and states the defaults.
+    #[test]
+    fn example_config_file_matches_the_defaults() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../config/peerlog.toml"));
+        let file = Config::from_file(path).expect("config/peerlog.toml parses");
+        let d = Config::default();
+        assert_eq!(format!("{:?}", file), format!("{:?}", d), "config/peerlog.toml drifted from Config::default()");
+    }
+
     #[test]
     fn layers_apply_in_order() {
         let dir = std::env::temp_dir().join(format!("peerlog-cfg-{}", std::process::id()));

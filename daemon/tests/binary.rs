@@ -360,10 +360,10 @@ impl NsDaemon {
                 (parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?);
             Some(h * 3600.0 + m * 60.0 + s)
         };
-        let clean: Vec<String> = log.lines().map(|l| l.replace(|c: char| c == '\u{1b}', "")).collect();
+        let clean: Vec<&str> = log.lines().collect();
         let start = clean.iter().position(|l| l.contains(from))?;
         let end = clean[start..].iter().find(|l| l.contains(to))?;
-        Some(secs(end)? - secs(&clean[start])?)
+        Some(secs(end)? - secs(clean[start])?)
     }
 
     fn log_tail(&self) -> String {
