@@ -328,7 +328,7 @@ impl NsDaemon {
                 }
                 last = Some((kind, addrs));
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(Duration::from_millis(20));
         }
         anyhow::bail!(
             "timed out after {limit:?} waiting for {what} in {}; last seen: {last:?}\n{}",
@@ -421,6 +421,12 @@ fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
         if let Some(s) = d.log_interval("kind=Relayed", "hole punch succeeded") {
             println!("{name}: relayed connection → hole punched in {:.1} ms", s * 1000.0);
         }
+    }
+    if let Some(s) = b.log_interval("joined room", "hole punch succeeded") {
+        println!("b: joined the room → hole punched in {:.1} ms", s * 1000.0);
+    }
+    if let Some(s) = b.log_interval("joined room", "room peer connected") {
+        println!("b: joined the room → first room peer (via relay) in {:.1} ms", s * 1000.0);
     }
     b.wait_connection(&a.peer_id, Duration::from_secs(10), "b's side to see the direct connection", |k, addrs| {
         (k == "holepunched" || k == "direct") && !addrs.iter().any(|x| x.contains("p2p-circuit"))
