@@ -240,6 +240,10 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
         DaemonEvent::PeerJoined { room, peer } => {
             ("peer.joined", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string()}))
         }
+        DaemonEvent::PeerConnection { peer, kind, rooms } => {
+            let rooms: Vec<String> = rooms.iter().filter_map(|r| shared.rooms.get(r)).map(|r| r.id.clone()).collect();
+            ("peer.connection", json!({"peer": peer.to_string(), "connection": kind, "rooms": rooms}))
+        }
         DaemonEvent::PeerLeft { room, peer } => {
             ("peer.left", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string()}))
         }

@@ -329,8 +329,16 @@ impl Shared {
                             }
                         }
                     }
-                    Ok(node::NodeEvent::ConnectionChanged { peer, kind: node::ConnectionKind::Holepunched }) => {
-                        this.replicator.restart_peer(peer);
+                    Ok(node::NodeEvent::ConnectionChanged { peer, kind }) => {
+                        let rooms: Vec<Key32> =
+                            this.room_peers(None).into_iter().filter(|(p, _)| *p == peer).map(|(_, r)| r).collect();
+                        if !rooms.is_empty() {
+                            let _ =
+                                this.rooms.events.send(crate::rooms::DaemonEvent::PeerConnection { peer, kind, rooms });
+                        }
+                        if kind == node::ConnectionKind::Holepunched {
+                            this.replicator.restart_peer(peer);
+                        }
                     }
                     Ok(node::NodeEvent::LanPeer { peer }) => {
                         this.lan_peers.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);

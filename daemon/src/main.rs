@@ -75,6 +75,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print every event the daemon pushes (messages, peers joining and leaving, connection
+    /// changes), one JSON object per line, until interrupted.
+    Events {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show the node, its rooms and connected room peers.
     Status {
         #[command(flatten)]
@@ -269,6 +275,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
             c.close().await.ok();
             Ok(())
+        }
+        Command::Events { client } => {
+            let mut c = client.connect().await?;
+            loop {
+                let e = c.next_event().await?;
+                println!("{}", serde_json::to_string(&e)?);
+            }
         }
         Command::Status { client, json } => {
             let mut c = client.connect().await?;

@@ -54,6 +54,15 @@ pub enum DaemonEvent {
         /// The peer.
         peer: PeerId,
     },
+    /// The best connection to a room peer changed (e.g. relayed → holepunched).
+    PeerConnection {
+        /// The peer.
+        peer: PeerId,
+        /// The new kind.
+        kind: crate::node::ConnectionKind,
+        /// The rooms it shares with us.
+        rooms: Vec<Key32>,
+    },
 }
 
 /// A joined room.

@@ -409,6 +409,23 @@ fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
     let peer_args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot.as_str()];
     let a = NsDaemon::start(&lab.name("a"), &peer_args)?;
     let b = NsDaemon::start(&lab.name("b"), &peer_args)?;
+    // `peerlog events` on A: the connection change must be pushed to API clients.
+    let mut events = Command::new("ip")
+        .args(["netns", "exec", &a.ns])
+        .arg(&a.exe)
+        .args(["events", "--data-dir"])
+        .arg(a.data.path())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = events.stdout.take().context("events stdout")?;
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
     let room = a.join(PASS)?;
     ensure!(b.join(PASS)? == room);
     let t0 = Instant::now();
@@ -431,6 +448,19 @@ fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
     b.wait_connection(&a.peer_id, Duration::from_secs(10), "b's side to see the direct connection", |k, addrs| {
         (k == "holepunched" || k == "direct") && !addrs.iter().any(|x| x.contains("p2p-circuit"))
     })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holepunched_event = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).context("no peer.connection event with holepunched on a's API")?;
+        let e: serde_json::Value = serde_json::from_str(&line)?;
+        if e["event"] == "peer.connection" && e["params"]["connection"] == "holepunched" {
+            break e;
+        }
+    };
+    ensure!(holepunched_event["params"]["peer"] == b.peer_id.as_str(), "event names b: {holepunched_event}");
+    ensure!(holepunched_event["params"]["rooms"][0] == room.as_str(), "event names the room: {holepunched_event}");
+    let _ = events.kill();
+    let _ = events.wait();
     a.cli(&["send", &room, "through the punched hole"])?;
     b.wait_text(&room, "through the punched hole", Duration::from_secs(15))?;
     b.cli(&["send", &room, "and back again"])?;
