@@ -385,3 +385,113 @@ async fn a_peer_that_restarts_is_redialed_and_sync_resumes() -> Result<()> {
     println!("redialed and caught up in {:?}", t0.elapsed());
     Ok(())
 }
+
+/// Peer exchange: A and C are DHT clients, so their provider records carry no address and
+/// the DHT alone cannot connect them. C finds B (a DHT server) and B tells C where A is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_exchange_leads_a_newcomer_to_peers_the_dht_cannot() -> Result<()> {
+    let boot = TestDaemon::start().await?;
+    let boot_addr = boot.p2p_addr().await?;
+    let a = TestDaemon::start_with(|c| {
+        c.dht_mode = peerlog::config::DhtMode::Client;
+        c.bootstrap = vec![boot_addr.clone()];
+    })
+    .await?;
+    let b = TestDaemon::start_bootstrapped(&boot).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, PASS).await?;
+    join(&mut cb, PASS).await?;
+    let a_id = a.peer_id()?.to_string();
+    cb.wait_event(WAIT, "b to connect to a", |e| e.event == "peer.joined" && e.params["peer"] == a_id.as_str()).await?;
+
+    // C is a DHT client too: neither A nor C can learn the other's address from the DHT.
+    let c = TestDaemon::start_with(|c| {
+        c.dht_mode = peerlog::config::DhtMode::Client;
+        c.bootstrap = vec![boot_addr.clone()];
+    })
+    .await?;
+    let mut cc = c.client().await?;
+    join(&mut cc, PASS).await?;
+    cc.wait_event(WAIT, "c to reach a through b's peer exchange", |e| {
+        e.event == "peer.joined" && e.params["peer"] == a_id.as_str()
+    })
+    .await?;
+    send(&mut ca, &room, "from the client-mode peer").await?;
+    wait_for_text(&mut cc, &room, "from the client-mode peer", WAIT).await?;
+    Ok(())
+}
+
+/// A flood of half-open TCP connections to the libp2p port does not stop the node: the API
+/// answers and a real peer still connects and syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_dials_does_not_take_the_node_down() -> Result<()> {
+    let a = TestDaemon::start_with(|c| c.limits.pending_connections = 16).await?;
+    let addr = a.p2p_addr().await?;
+    let port = addr
+        .iter()
+        .find_map(|p| match p {
+            libp2p::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .context("tcp port")?;
+    // 300 connections that never finish the Noise handshake (bounded, loopback only).
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        if let Ok(s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            flood.push(s);
+        }
+    }
+    ensure!(flood.len() > 100, "could not open the flood ({} connections)", flood.len());
+    let mut ca = a.client().await?;
+    let room = join(&mut ca, PASS).await?;
+    ensure!(ca.call("node.info", json!({})).await?["peer_id"] == a.peer_id()?.to_string());
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let mut cb = b.client().await?;
+    join(&mut cb, PASS).await?;
+    send(&mut ca, &room, "still reachable").await?;
+    wait_for_text(&mut cb, &room, "still reachable", Duration::from_secs(30)).await?;
+    drop(flood);
+    Ok(())
+}
+
+/// The configured connection limit is enforced: with three peers connected, a fourth is
+/// refused (or dropped at once), and the hub stays at three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_limit_is_enforced() -> Result<()> {
+    let hub = TestDaemon::start_with(|c| c.limits.connections = 3).await?;
+    let hub_id = hub.peer_id()?;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(TestDaemon::start_bootstrapped(&hub).await?);
+    }
+    let mut c = hub.client().await?;
+    within(WAIT, "three peers connected to the hub", async {
+        while c.call("node.info", json!({})).await?["connected_peers"].as_u64() != Some(3) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let fourth = TestDaemon::start().await?;
+    let node = fourth.daemon.as_ref().context("running")?.shared().node.clone();
+    let mut events = node.subscribe();
+    node.add_addresses(hub_id, vec![hub.p2p_addr().await?]).await?;
+    match node.connect(hub_id).await {
+        Err(_) => {}
+        Ok(()) => {
+            within(Duration::from_secs(5), "the hub to drop the fourth connection", async {
+                loop {
+                    if let Ok(peerlog::node::NodeEvent::Disconnected { peer }) = events.recv().await {
+                        if peer == hub_id {
+                            return;
+                        }
+                    }
+                }
+            })
+            .await?;
+        }
+    }
+    let n = c.call("node.info", json!({})).await?["connected_peers"].as_u64();
+    ensure!(n == Some(3), "hub holds {n:?} connections with a limit of 3");
+    Ok(())
+}
