@@ -103,6 +103,8 @@ function onEvent(name, p) {
     refreshRooms();
     if (p.room === state.current && !$("peers-panel").hidden) refreshPeers();
     if (p.room === state.current) renderRoomMeta();
+  } else if (name === "peer.connection") {
+    if (p.rooms.includes(state.current) && !$("peers-panel").hidden) refreshPeers();
   } else if (name === "lagged") {
     if (state.current) openRoom(state.current, true);
   }

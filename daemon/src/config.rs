@@ -112,6 +112,10 @@ pub struct Limits {
     pub connections_per_peer: u32,
     /// Most connections being set up at once, each way.
     pub pending_connections: u32,
+    /// As a relay: bytes one relayed circuit may carry before it is closed.
+    pub relay_circuit_bytes: u64,
+    /// As a relay: seconds one relayed circuit may last.
+    pub relay_circuit_secs: u64,
 }
 
 impl Default for Limits {
@@ -126,6 +130,8 @@ impl Default for Limits {
             connections: 512,
             connections_per_peer: 4,
             pending_connections: 128,
+            relay_circuit_bytes: 128 << 10,
+            relay_circuit_secs: 120,
         }
     }
 }

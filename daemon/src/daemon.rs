@@ -179,6 +179,8 @@ impl Daemon {
                 max_pending_incoming: config.limits.pending_connections,
                 max_pending_outgoing: config.limits.pending_connections,
             },
+            relay_circuit_bytes: config.limits.relay_circuit_bytes,
+            relay_circuit_duration: Duration::from_secs(config.limits.relay_circuit_secs),
         };
         let (node, event_loop) = node::build(keypair, &node_config).await?;
         let net_cancel = CancellationToken::new();

@@ -94,6 +94,10 @@ pub struct NodeConfig {
     pub external_addrs: Vec<Multiaddr>,
     /// Connection limits.
     pub connection_limits: ConnectionLimits,
+    /// As a relay: bytes and duration one circuit may use.
+    pub relay_circuit_bytes: u64,
+    /// As a relay: duration one circuit may last.
+    pub relay_circuit_duration: Duration,
 }
 
 /// Limits on connections, so that a flood of dials cannot take the node down.
@@ -289,6 +293,13 @@ impl NodeHandle {
         self.send(Command::AddAddresses { peer, addrs }).await
     }
 
+    /// The best connection kind to `peer`, if connected.
+    pub async fn connection_kind(&self, peer: PeerId) -> Option<ConnectionKind> {
+        let info = self.info().await.ok()?;
+        let id = peer.to_string();
+        info.peers.into_iter().find(|p| p.peer_id == id).map(|p| p.connection)
+    }
+
     /// The addresses known for each of `peers`.
     pub async fn addresses(&self, peers: Vec<PeerId>) -> Result<Vec<(PeerId, Vec<Multiaddr>)>, NodeError> {
         let (reply, rx) = oneshot::channel();
@@ -354,6 +365,11 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
         RelayServerMode::Off => false,
     };
     let limits = config.connection_limits;
+    let relay_config = relay::Config {
+        max_circuit_bytes: config.relay_circuit_bytes,
+        max_circuit_duration: config.relay_circuit_duration,
+        ..relay::Config::default()
+    };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
@@ -390,9 +406,7 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
                 dcutr: dcutr::Behaviour::new(peer_id),
                 autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
                 mdns: Toggle::from(mdns),
-                relay_server: Toggle::from(
-                    relay_server_on.then(|| relay::Behaviour::new(peer_id, relay::Config::default())),
-                ),
+                relay_server: Toggle::from(relay_server_on.then(|| relay::Behaviour::new(peer_id, relay_config))),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established(Some(limits.max_established))

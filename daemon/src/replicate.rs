@@ -52,6 +52,9 @@ const ANCHORS_PER_FEED: usize = 16;
 const PUSH_MAX: u64 = 64;
 /// Target size of a `Data` frame's entries, well under the frame limit.
 const BATCH_BYTES: usize = 1 << 20;
+/// The same over a relayed connection: a relay closes a circuit after 128 KiB by default, so
+/// each circuit must be able to carry several whole frames (resume then goes on from there).
+const RELAYED_BATCH_BYTES: usize = 8 << 10;
 /// Most peers in one `Peers` frame, and addresses per peer taken from it.
 const PEX_PEERS: usize = 32;
 const PEX_ADDRS: usize = 8;
@@ -490,7 +493,11 @@ impl Replicator {
             outbox: VecDeque::new(),
             got_have: false,
             pex: Vec::new(),
+            batch_bytes: BATCH_BYTES,
         };
+        if self.inner.node.connection_kind(peer).await == Some(crate::node::ConnectionKind::Relayed) {
+            session.batch_bytes = RELAYED_BATCH_BYTES;
+        }
         session.outbox.push_back(self.peers_frame(&session.room.discovery_key, peer).await);
         let result = session.run(in_rx, out_tx).await;
         // Free the slot before the stream closes, so that the peer's next session (it
@@ -580,6 +587,8 @@ struct Session {
     got_have: bool,
     /// Peers learned by peer exchange, not yet handed to the replicator.
     pex: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// Largest `Data` frame to send on this session (small over relayed connections).
+    batch_bytes: usize,
 }
 
 impl Session {
@@ -781,7 +790,8 @@ impl Session {
         }
         if target - have <= PUSH_MAX {
             let entries = self.store().entries(&feed, have, target)?;
-            if entries.len() as u64 == target - have {
+            let bytes: usize = entries.iter().map(|e| e.ciphertext.len() + 64).sum();
+            if entries.len() as u64 == target - have && bytes <= self.batch_bytes {
                 self.peer_len.insert(feed, target);
                 self.outbox.push_back(Frame::Data { feed_key: feed, start: have, entries, head: Some(head) });
                 return Ok(());
@@ -806,7 +816,7 @@ impl Session {
         let lo = job.start.max(run_start).max(job.end.saturating_sub(max_entries));
         let mut entries = self.r.inner.store.entries(&feed, lo, job.end)?;
         // Keep the frame well under the limit: drop the oldest entries past the budget.
-        let budget = BATCH_BYTES.min(self.r.inner.limits.frame_bytes / 2);
+        let budget = self.batch_bytes.min(self.r.inner.limits.frame_bytes / 2);
         let mut bytes = 0;
         let mut keep_from = entries.len();
         while keep_from > 0 {

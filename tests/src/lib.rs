@@ -186,6 +186,8 @@ impl RawPeer {
             relay_server: peerlog::config::RelayServerMode::Off,
             external_addrs: vec![],
             connection_limits: node::ConnectionLimits::default(),
+            relay_circuit_bytes: 128 << 10,
+            relay_circuit_duration: Duration::from_secs(120),
         };
         let (node, event_loop) = node::build(keypair, &config).await?;
         let cancel = CancellationToken::new();
