@@ -556,5 +556,16 @@ fn mdns_finds_a_lan_peer_without_any_bootstrap() -> Result<()> {
     h1.wait_text(&room, "found you by mDNS", Duration::from_secs(15))?;
     let (kind, _) = h1.connection_to(&h2.peer_id)?.context("h1 lists h2")?;
     ensure!(kind == "direct", "LAN peers connect directly, got {kind}");
+
+    // h2 loses the network for a while (its link goes down), h1 writes meanwhile, the link
+    // comes back: h2 gets the message without a restart.
+    let h2_ns = lab.name("h2");
+    sh(&format!("ip -n {h2_ns} link set eth0 down"))?;
+    h1.cli(&["send", &room, "written while h2 was offline"])?;
+    // A 3 s outage (a Wi-Fi drop): the connection survives and TCP retransmits. Longer
+    // outages close it, and the redial tested in `a_peer_that_restarts…` brings it back.
+    std::thread::sleep(Duration::from_secs(3));
+    sh(&format!("ip -n {h2_ns} link set eth0 up"))?;
+    h2.wait_text(&room, "written while h2 was offline", Duration::from_secs(60))?;
     Ok(())
 }
