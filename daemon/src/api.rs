@@ -237,8 +237,8 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
             let room = shared.rooms.get(&room)?;
             ("message", message_json(&room, &message)?)
         }
-        DaemonEvent::PeerJoined { room, peer } => {
-            ("peer.joined", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string()}))
+        DaemonEvent::PeerJoined { room, peer, kind } => {
+            ("peer.joined", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string(), "connection": kind}))
         }
         DaemonEvent::PeerConnection { peer, kind, rooms } => {
             let rooms: Vec<String> = rooms.iter().filter_map(|r| shared.rooms.get(r)).map(|r| r.id.clone()).collect();
@@ -366,6 +366,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 "listen_addrs": info.listen_addrs,
                 "external_addrs": info.external_addrs,
                 "nat_status": info.nat_status,
+                "relays": info.relays,
                 "connected_peers": info.peers.len(),
                 "rooms": shared.rooms.list().len(),
                 "storage_bytes": shared.store.size_on_disk(),

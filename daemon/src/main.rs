@@ -76,7 +76,8 @@ enum Command {
         json: bool,
     },
     /// Print every event the daemon pushes (messages, peers joining and leaving, connection
-    /// changes), one JSON object per line, until interrupted.
+    /// changes), one JSON object per line, until interrupted. The first line,
+    /// `{"event":"subscribed"}`, says that events flow from then on.
     Events {
         #[command(flatten)]
         client: ClientArgs,
@@ -278,6 +279,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Events { client } => {
             let mut c = client.connect().await?;
+            // Tell scripts that events flow from here on.
+            println!("{}", json!({"event": "subscribed", "params": {}}));
             loop {
                 let e = c.next_event().await?;
                 println!("{}", serde_json::to_string(&e)?);

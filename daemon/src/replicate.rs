@@ -457,8 +457,9 @@ impl Replicator {
         peer: PeerId,
         id: u64,
     ) -> Result<(), SessionError> {
-        info!(%peer, room = %room.id, "room peer connected");
-        let _ = self.inner.rooms.events.send(DaemonEvent::PeerJoined { room: room.discovery_key, peer });
+        let kind = self.inner.node.connection_kind(peer).await;
+        info!(%peer, room = %room.id, ?kind, "room peer connected");
+        let _ = self.inner.rooms.events.send(DaemonEvent::PeerJoined { room: room.discovery_key, peer, kind });
         let (mut sink, mut source) = io.split();
         let (in_tx, in_rx) = mpsc::channel::<Result<Frame, SessionError>>(INBOUND_FRAMES);
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES);
@@ -495,7 +496,7 @@ impl Replicator {
             pex: Vec::new(),
             batch_bytes: BATCH_BYTES,
         };
-        if self.inner.node.connection_kind(peer).await == Some(crate::node::ConnectionKind::Relayed) {
+        if kind == Some(crate::node::ConnectionKind::Relayed) {
             session.batch_bytes = RELAYED_BATCH_BYTES;
         }
         session.outbox.push_back(self.peers_frame(&session.room.discovery_key, peer).await);

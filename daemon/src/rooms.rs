@@ -46,6 +46,8 @@ pub enum DaemonEvent {
         room: Key32,
         /// The peer.
         peer: PeerId,
+        /// How we are connected to it (if known).
+        kind: Option<crate::node::ConnectionKind>,
     },
     /// A replication session with a room peer ended.
     PeerLeft {

@@ -430,6 +430,7 @@ fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
         .args(["events", "--data-dir"])
         .arg(a.data.path())
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()?;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stdout = events.stdout.take().context("events stdout")?;
@@ -440,6 +441,8 @@ fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
             }
         }
     });
+    let first = rx.recv_timeout(Duration::from_secs(10)).context("peerlog events did not subscribe")?;
+    ensure!(first.contains("\"subscribed\""), "first line of peerlog events: {first}");
     let room = a.join(PASS)?;
     ensure!(b.join(PASS)? == room);
     let t0 = Instant::now();
@@ -463,16 +466,21 @@ fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
         (k == "holepunched" || k == "direct") && !addrs.iter().any(|x| x.contains("p2p-circuit"))
     })?;
     let deadline = Instant::now() + Duration::from_secs(10);
+    // Either the relayed peer's connection changes (peer.connection), or the hole punch won
+    // the race with the first session and the peer joins already holepunched (peer.joined).
     let holepunched_event = loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).context("no peer.connection event with holepunched on a's API")?;
+        let line = rx.recv_timeout(left).context("no event on a's API says b is holepunched")?;
         let e: serde_json::Value = serde_json::from_str(&line)?;
-        if e["event"] == "peer.connection" && e["params"]["connection"] == "holepunched" {
+        if (e["event"] == "peer.connection" || e["event"] == "peer.joined")
+            && e["params"]["connection"] == "holepunched"
+        {
             break e;
         }
     };
     ensure!(holepunched_event["params"]["peer"] == b.peer_id.as_str(), "event names b: {holepunched_event}");
-    ensure!(holepunched_event["params"]["rooms"][0] == room.as_str(), "event names the room: {holepunched_event}");
+    let p = &holepunched_event["params"];
+    ensure!(p["rooms"][0] == room.as_str() || p["room"] == room.as_str(), "event names the room: {holepunched_event}");
     let _ = events.kill();
     let _ = events.wait();
     a.cli(&["send", &room, "through the punched hole"])?;
