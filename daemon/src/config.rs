@@ -69,10 +69,10 @@ impl std::str::FromStr for DhtMode {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RelayServerMode {
-    /// Serve once the node has a confirmed (AutoNAT) or declared external address.
+    /// Serve while the node has a direct external address, declared or confirmed by AutoNAT.
     #[default]
     Auto,
-    /// Serve (warns if no external address is declared: a relay needs one).
+    /// The same, and warn at start if none is declared (a relay cannot serve without one).
     On,
     /// Never serve.
     Off,

@@ -226,7 +226,7 @@ struct Behaviour {
     dcutr: dcutr::Behaviour,
     autonat: autonat::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
-    relay_server: Toggle<relay::Behaviour>,
+    relay_server: Toggle<DirectOnly<relay::Behaviour>>,
     limits: connection_limits::Behaviour,
     stream: libp2p_stream::Behaviour,
 }
@@ -357,13 +357,9 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     let ttl = config.provider_ttl;
     let mdns_on = config.mdns;
     let dht_mode = config.dht_mode;
-    // A relay must be reachable directly. `auto` serves when a direct external address is
-    // declared; a node whose only external addresses are its own relayed ones never serves.
-    let relay_server_on = match config.relay_server {
-        RelayServerMode::On => true,
-        RelayServerMode::Auto => config.external_addrs.iter().any(|a| !is_relayed(a)),
-        RelayServerMode::Off => false,
-    };
+    // The relay serves (and advertises itself) only while it has a direct external address,
+    // declared or confirmed by AutoNAT; `DirectOnly` hides our own relayed addresses from it.
+    let relay_server_on = config.relay_server != RelayServerMode::Off;
     let limits = config.connection_limits;
     let relay_config = relay::Config {
         max_circuit_bytes: config.relay_circuit_bytes,
@@ -406,7 +402,9 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
                 dcutr: dcutr::Behaviour::new(peer_id),
                 autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
                 mdns: Toggle::from(mdns),
-                relay_server: Toggle::from(relay_server_on.then(|| relay::Behaviour::new(peer_id, relay_config))),
+                relay_server: Toggle::from(
+                    relay_server_on.then(|| DirectOnly(relay::Behaviour::new(peer_id, relay_config))),
+                ),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established(Some(limits.max_established))
@@ -478,6 +476,81 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     }
     let handle = NodeHandle { commands: commands_tx, events, peer_id, streams };
     Ok((handle, event_loop))
+}
+
+/// Wraps a behaviour so that it does not hear about our relayed (`/p2p-circuit`) external
+/// addresses. The relay server counts any confirmed external address as "reachable"; a node
+/// reachable only through someone else's relay must not offer itself as a relay.
+struct DirectOnly<B>(B);
+
+impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
+    type ConnectionHandler = B::ConnectionHandler;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), libp2p::swarm::ConnectionDenied> {
+        self.0.handle_pending_inbound_connection(id, local, remote)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<libp2p::swarm::THandler<Self>, libp2p::swarm::ConnectionDenied> {
+        self.0.handle_established_inbound_connection(id, peer, local, remote)
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: Option<PeerId>,
+        addrs: &[Multiaddr],
+        role: libp2p::core::Endpoint,
+    ) -> Result<Vec<Multiaddr>, libp2p::swarm::ConnectionDenied> {
+        self.0.handle_pending_outbound_connection(id, peer, addrs, role)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role: libp2p::core::Endpoint,
+        port_use: libp2p::core::transport::PortUse,
+    ) -> Result<libp2p::swarm::THandler<Self>, libp2p::swarm::ConnectionDenied> {
+        self.0.handle_established_outbound_connection(id, peer, addr, role, port_use)
+    }
+
+    fn on_swarm_event(&mut self, event: libp2p::swarm::FromSwarm) {
+        use libp2p::swarm::FromSwarm;
+        match &event {
+            FromSwarm::ExternalAddrConfirmed(e) if is_relayed(e.addr) => {}
+            FromSwarm::ExternalAddrExpired(e) if is_relayed(e.addr) => {}
+            _ => self.0.on_swarm_event(event),
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        id: ConnectionId,
+        event: libp2p::swarm::THandlerOutEvent<Self>,
+    ) {
+        self.0.on_connection_handler_event(peer, id, event)
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<libp2p::swarm::ToSwarm<Self::ToSwarm, libp2p::swarm::THandlerInEvent<Self>>> {
+        self.0.poll(cx)
+    }
 }
 
 /// Preference among connection kinds: lower is better.
@@ -730,6 +803,8 @@ impl EventLoop {
                 if let Some(relay) = self.reservations.iter().find(|(_, id)| **id == listener_id).map(|(p, _)| *p) {
                     warn!(%relay, ?reason, "relay reservation ended");
                     self.reservations.remove(&relay);
+                    // Ask again only after identify says it is a relay again.
+                    self.relay_candidates.remove(&relay);
                 }
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
