@@ -2,6 +2,13 @@
 // All text from peers goes into the page with textContent, never as HTML.
 
 const $ = (id) => document.getElementById(id);
+// A new element with a class and text (text always as text, never HTML).
+function el(tag, className, text) {
+  const e = document.createElement(tag);
+  if (className) e.className = className;
+  if (text != null) e.textContent = text;
+  return e;
+}
 const PAGE = 50;
 
 const state = {
@@ -192,17 +199,12 @@ async function refreshPeers() {
   ul.textContent = "";
   $("peers-empty").hidden = r.peers.length > 0;
   for (const p of r.peers) {
-    const li = document.createElement("li");
-    const id = document.createElement("div");
-    id.className = "peer-id";
-    id.textContent = p.peer_id;
-    const pill = document.createElement("span");
-    pill.className = "pill " + (p.connection || "");
-    pill.textContent = p.connection || "connecting";
-    const rtt = document.createElement("span");
-    rtt.className = "pill";
-    rtt.textContent = p.rtt_ms != null ? `${p.rtt_ms.toFixed(1)} ms` : "rtt –";
-    li.append(id, pill, rtt);
+    const li = el("li");
+    li.append(
+      el("div", "peer-id", p.peer_id),
+      el("span", "pill " + (p.connection || ""), p.connection || "connecting"),
+      el("span", "pill", p.rtt_ms != null ? `${p.rtt_ms.toFixed(1)} ms` : "rtt –"),
+    );
     ul.append(li);
   }
 }
@@ -222,20 +224,17 @@ function renderRooms() {
   ul.textContent = "";
   $("rooms-empty").hidden = state.rooms.length > 0;
   for (const r of state.rooms) {
-    const li = document.createElement("li");
-    const b = document.createElement("button");
+    const li = el("li");
+    const b = el("button", r.id === state.current ? "active" : "");
     b.type = "button";
-    if (r.id === state.current) { b.className = "active"; b.setAttribute("aria-current", "true"); }
-    const name = document.createElement("span");
-    name.className = "r-name";
-    name.textContent = r.name;
-    const prev = document.createElement("span");
-    prev.className = "r-preview";
+    if (r.id === state.current) b.setAttribute("aria-current", "true");
     const last = state.preview.get(r.id);
-    prev.textContent = last ? `${last.mine ? "You" : short(last.author)}: ${last.text}` : "No messages yet";
-    b.append(name, prev);
+    b.append(
+      el("span", "r-name", r.name),
+      el("span", "r-preview", last ? `${last.mine ? "You" : short(last.author)}: ${last.text}` : "No messages yet"),
+    );
     const n = state.unread.get(r.id);
-    if (n) { const u = document.createElement("span"); u.className = "r-unread"; u.textContent = n > 99 ? "99+" : String(n); u.setAttribute("aria-label", `${n} unread`); b.append(u); }
+    if (n) { const u = el("span", "r-unread", n > 99 ? "99+" : String(n)); u.setAttribute("aria-label", `${n} unread`); b.append(u); }
     b.addEventListener("click", () => openRoom(r.id).catch((e) => toast(e.message)));
     li.append(b);
     ul.append(li);
@@ -286,36 +285,23 @@ function renderMessages(stickToBottom) {
   const add = (m, status) => {
     const day = dayOf(m.time);
     if (day !== prevDay) {
-      const d = document.createElement("li");
-      d.className = "day";
-      d.textContent = day;
-      box.append(d);
+      box.append(el("li", "day", day));
       prevDay = day; prevAuthor = null;
     }
-    const li = document.createElement("li");
-    li.className = "msg" + (m.mine ? " mine" : "");
+    const li = el("li", "msg" + (m.mine ? " mine" : ""));
     if (m.author !== prevAuthor || m.time - prevTime > 5 * 60 * 1000) {
-      const a = document.createElement("div");
-      a.className = "author";
-      a.textContent = m.mine ? "You" : short(m.author);
+      const a = el("div", "author", m.mine ? "You" : short(m.author));
       a.title = m.author;
       li.append(a);
     }
-    const b = document.createElement("div");
-    b.className = "bubble";
+    const b = el("div", "bubble");
     richText(b, m.text);
-    const meta = document.createElement("div");
-    meta.className = "meta";
-    meta.textContent = timeOf(m.time) + (status ? ` · ${status}` : "");
-    li.append(b, meta);
+    li.append(b, el("div", "meta", timeOf(m.time) + (status ? ` · ${status}` : "")));
     box.append(li);
     prevAuthor = m.author; prevTime = m.time;
   };
   if (!list.length && !pending.length) {
-    const li = document.createElement("li");
-    li.className = "empty-room";
-    li.textContent = "No messages yet. Say hello: peers who are offline get it when they come back.";
-    box.append(li);
+    box.append(el("li", "empty-room", "No messages yet. Say hello: peers who are offline get it when they come back."));
   }
   for (const m of list) add(m, m.mine ? "stored" : "");
   for (const p of pending) add({ ...p, mine: true, author: "me" }, p.failed ? "not sent" : "sending…");

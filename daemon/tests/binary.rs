@@ -264,14 +264,15 @@ impl NsDaemon {
         Ok(Self { ns: ns.to_string(), exe, data, child, peer_id })
     }
 
+    /// `peerlog ARGS --data-dir DATA`, run inside this daemon's namespace.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(&self.exe).args(args).arg("--data-dir").arg(self.data.path());
+        c
+    }
+
     fn cli(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(&self.exe)
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.data.path())
-            .output()?;
+        let out = self.command(args).output()?;
         ensure!(
             out.status.success(),
             "peerlog {args:?} in {} failed: {}",
@@ -282,14 +283,7 @@ impl NsDaemon {
     }
 
     fn join(&self, passphrase: &str) -> Result<String> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.ns])
-            .arg(&self.exe)
-            .args(["join", "--data-dir"])
-            .arg(self.data.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
+        let mut child = self.command(&["join"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
         use std::io::Write;
         child.stdin.take().context("stdin")?.write_all(format!("{passphrase}\n").as_bytes())?;
         let out = child.wait_with_output()?;
@@ -424,14 +418,7 @@ fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
     let a = NsDaemon::start(&lab.name("a"), &peer_args)?;
     let b = NsDaemon::start(&lab.name("b"), &peer_args)?;
     // `peerlog events` on A: the connection change must be pushed to API clients.
-    let mut events = Command::new("ip")
-        .args(["netns", "exec", &a.ns])
-        .arg(&a.exe)
-        .args(["events", "--data-dir"])
-        .arg(a.data.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut events = a.command(&["events"]).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stdout = events.stdout.take().context("events stdout")?;
     std::thread::spawn(move || {
