@@ -245,7 +245,9 @@ function renderRoomMeta() {
   const r = state.rooms.find((x) => x.id === state.current);
   if (!r) return;
   $("room-name").textContent = r.name;
-  $("room-meta").textContent = `${r.peers} peer${r.peers === 1 ? "" : "s"} online · room ${r.id}`;
+  const forks = (r.forks || []).length;
+  const forkNote = forks ? ` · ⚠ ${forks} writer${forks === 1 ? "" : "s"} signed conflicting histories (a copied data dir?)` : "";
+  $("room-meta").textContent = `${r.peers} peer${r.peers === 1 ? "" : "s"} online · room ${r.id}${forkNote}`;
 }
 
 const short = (key) => key.slice(0, 8);

@@ -268,7 +268,16 @@ fn message_json(room: &Room, m: &StoredMessage) -> Option<Value> {
 
 fn room_json(shared: &Shared, room: &Room) -> Value {
     let peers = shared.room_peers(Some(&room.discovery_key)).len();
-    json!({"id": room.id, "name": room.name, "feed_key": hex::encode(room.feed_key), "peers": peers})
+    // Writers that signed two different entries for one seq (e.g. a data dir copied to a
+    // second machine): their conflicting data is refused; people should know.
+    let forks: Vec<Value> = shared
+        .store
+        .forks(&room.discovery_key)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(feed, seq)| json!({"author": hex::encode(feed), "seq": seq}))
+        .collect();
+    json!({"id": room.id, "name": room.name, "feed_key": hex::encode(room.feed_key), "peers": peers, "forks": forks})
 }
 
 /// An API error with a stable code.

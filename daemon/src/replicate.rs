@@ -740,10 +740,21 @@ impl Session {
     /// Records a head the peer has (verifying it) and asks for what we miss.
     fn learn_head(&mut self, head: SignedHead) -> Result<(), SessionError> {
         let feed = head.feed_key;
-        let len = self.peer_len.entry(feed).or_insert(0);
-        if head.length() <= *len && self.anchors.get(&feed).is_some_and(|a| a.contains_key(&head.seq)) {
+        if let Some(known) = self.anchors.get(&feed).and_then(|a| a.get(&head.seq)) {
+            if *known == head {
+                return Ok(());
+            }
+            // Another validly signed head for a seq we have a head for: the writer forked.
+            if !verify_head(&head) {
+                return Err(SessionError::Protocol("bad head signature"));
+            }
+            if known.hash != head.hash {
+                warn!(peer = %self.peer, room = %self.room.id, feed = %hex::encode(&feed[..8]), seq = head.seq, "writer signed two heads for one seq");
+                self.r.inner.store.record_fork(&feed, known, &head)?;
+            }
             return Ok(());
         }
+        let len = self.peer_len.entry(feed).or_insert(0);
         if !verify_head(&head) {
             return Err(SessionError::Protocol("bad head signature"));
         }

@@ -495,3 +495,52 @@ async fn the_connection_limit_is_enforced() -> Result<()> {
     ensure!(n == Some(3), "hub holds {n:?} connections with a limit of 3");
     Ok(())
 }
+
+/// A writer that signs two different entries for the same seq (a copied data dir) is
+/// recorded as a fork and reported by `rooms.list`; other feeds keep syncing on the same
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_feed_is_reported_and_does_not_stop_other_feeds() -> Result<()> {
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let text = |t: &str| vec![Body::Text { text: t.to_string() }];
+
+    // The same writer key in two scratch stores: two different seq 0 entries, both signed.
+    let forker = new_writer();
+    let fk = forker.verifying_key().to_bytes();
+    let fc = FeedCipher::new(&keys.content_key, &fk);
+    let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (s1, s2) = (Store::open(d1.path())?, Store::open(d2.path())?);
+    let h1 = s1.append(&keys.discovery_key, &forker, &fc, 1, text("original"))?.head;
+    let h2 = s2.append(&keys.discovery_key, &forker, &fc, 1, text("copied machine"))?.head;
+    // An honest second writer.
+    let honest = new_writer();
+    let hk = honest.verifying_key().to_bytes();
+    let hc = FeedCipher::new(&keys.content_key, &hk);
+    let h3 = s1.append(&keys.discovery_key, &honest, &hc, 2, text("honest"))?.head;
+
+    let raw = RawPeer::start().await?;
+    let mut s = raw
+        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    s.send(&Frame::Data { feed_key: fk, start: 0, entries: s1.entries(&fk, 0, 1)?, head: Some(h1) }).await?;
+    wait_for_text(&mut c, &room, "original", WAIT).await?;
+    s.send(&Frame::Data { feed_key: fk, start: 0, entries: s2.entries(&fk, 0, 1)?, head: Some(h2) }).await?;
+    s.send(&Frame::Data { feed_key: hk, start: 0, entries: s1.entries(&hk, 0, 1)?, head: Some(h3) }).await?;
+    wait_for_text(&mut c, &room, "honest", WAIT).await?;
+
+    let rooms = c.call("rooms.list", json!({})).await?;
+    let forks = &rooms["rooms"][0]["forks"];
+    ensure!(forks == &json!([{"author": hex_encode(&fk), "seq": 0}]), "fork not reported: {rooms}");
+    let texts: Vec<String> =
+        full_history(&mut c, &room).await?.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect();
+    ensure!(texts == ["original", "honest"], "the conflicting entry must not be stored: {texts:?}");
+    Ok(())
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -532,7 +532,9 @@ impl Store {
         Ok(Ingested { messages, stored, new_head })
     }
 
-    fn record_fork(&self, feed: &Key32, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
+    /// Records two valid heads of `feed` for the same seq with different hashes: the proof
+    /// that its writer forked.
+    pub fn record_fork(&self, feed: &Key32, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
         tracing::warn!(feed = %hex::encode(&feed[..8]), seq = a.seq, "writer signed two different heads: fork recorded");
         self.log.insert(fork_key(feed, a.seq), encode(&(a, b)))?;
         Ok(())
