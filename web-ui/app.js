@@ -22,6 +22,7 @@ const state = {
   unread: new Map(),          // room id -> count
   preview: new Map(),         // room id -> last message
   sending: new Map(),         // room id -> array of pending local sends
+  sync: new Map(),            // room id -> last sync.progress
   retry: 500,
   loadingOlder: false,
 };
@@ -109,6 +110,9 @@ function onEvent(name, p) {
   } else if (name === "peer.joined" || name === "peer.left") {
     refreshRooms();
     if (p.room === state.current && !$("peers-panel").hidden) refreshPeers();
+    if (p.room === state.current) renderRoomMeta();
+  } else if (name === "sync.progress") {
+    state.sync.set(p.room, p);
     if (p.room === state.current) renderRoomMeta();
   } else if (name === "peer.connection") {
     if (p.rooms.includes(state.current) && !$("peers-panel").hidden) refreshPeers();
@@ -247,7 +251,9 @@ function renderRoomMeta() {
   $("room-name").textContent = r.name;
   const forks = (r.forks || []).length;
   const forkNote = forks ? ` · ⚠ ${forks} writer${forks === 1 ? "" : "s"} signed conflicting histories (a copied data dir?)` : "";
-  $("room-meta").textContent = `${r.peers} peer${r.peers === 1 ? "" : "s"} online · room ${r.id}${forkNote}`;
+  const s = state.sync.get(r.id);
+  const syncNote = s && s.entries_done < s.entries_total ? ` · catching up ${s.entries_done}/${s.entries_total}` : "";
+  $("room-meta").textContent = `${r.peers} peer${r.peers === 1 ? "" : "s"} online · room ${r.id}${syncNote}${forkNote}`;
 }
 
 const short = (key) => key.slice(0, 8);

@@ -240,6 +240,16 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
         DaemonEvent::PeerJoined { room, peer, kind } => {
             ("peer.joined", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string(), "connection": kind}))
         }
+        DaemonEvent::SyncProgress { room, entries_done, entries_total, bytes_done } => (
+            "sync.progress",
+            json!({
+                "room": shared.rooms.get(&room)?.id,
+                "entries_done": entries_done,
+                "entries_total": entries_total,
+                "bytes_done": bytes_done,
+                "bytes_total": null,
+            }),
+        ),
         DaemonEvent::PeerConnection { peer, kind, rooms } => {
             let rooms: Vec<String> = rooms.iter().filter_map(|r| shared.rooms.get(r)).map(|r| r.id.clone()).collect();
             ("peer.connection", json!({"peer": peer.to_string(), "connection": kind, "rooms": rooms}))

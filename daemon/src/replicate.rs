@@ -762,6 +762,7 @@ impl Session {
         if feed == self.room.feed_key {
             return Ok(());
         }
+        self.room.saw_length(&feed, head.length());
         let target = head.length();
         let anchors = self.anchors.entry(feed).or_default();
         anchors.insert(head.seq, head);

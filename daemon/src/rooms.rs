@@ -56,6 +56,17 @@ pub enum DaemonEvent {
         /// The peer.
         peer: PeerId,
     },
+    /// Catching up: entries stored of those the room's peers have shown us.
+    SyncProgress {
+        /// The room.
+        room: Key32,
+        /// Entries stored, over all feeds of the room.
+        entries_done: u64,
+        /// Entries known to exist (the longest head seen per feed).
+        entries_total: u64,
+        /// Bytes of entries received and stored since the daemon started.
+        bytes_done: u64,
+    },
     /// The best connection to a room peer changed (e.g. relayed → holepunched).
     PeerConnection {
         /// The peer.
@@ -93,9 +104,22 @@ pub struct Room {
     store: Store,
     /// Where API clients hear about new messages.
     events: broadcast::Sender<DaemonEvent>,
+    /// Catch-up accounting, for `sync.progress` events.
+    progress: Mutex<Progress>,
     /// Cancelled when the room is left or the daemon stops.
     pub cancel: CancellationToken,
 }
+
+/// Per feed: the longest head seen, and how many entries are stored.
+#[derive(Default)]
+struct Progress {
+    feeds: HashMap<Key32, (u64, u64)>,
+    bytes_done: u64,
+    last_emit: Option<std::time::Instant>,
+}
+
+/// Least time between two `sync.progress` events of a room (the last one always goes out).
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl std::fmt::Debug for Room {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -132,6 +156,7 @@ impl Room {
             updates,
             store: store.clone(),
             events,
+            progress: Mutex::new(Progress::default()),
             cancel,
         })
     }
@@ -172,6 +197,48 @@ impl Room {
         Ok(appended)
     }
 
+    /// Notes that a peer has a head of `feed` with `length` entries (for progress).
+    pub fn saw_length(&self, feed: &Key32, length: u64) {
+        self.record_progress(feed, Some(length), None);
+    }
+
+    /// Updates catch-up accounting and emits `SyncProgress` when something changed, at most
+    /// every `PROGRESS_INTERVAL` unless sync just completed.
+    fn record_progress(&self, feed: &Key32, seen: Option<u64>, stored: Option<(u64, u64)>) {
+        let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        if !p.feeds.contains_key(feed) {
+            let have = self.store.feed_meta(feed).ok().flatten().map_or(0, |m| m.stored());
+            p.feeds.insert(*feed, (have, have));
+        }
+        let Some(entry) = p.feeds.get_mut(feed) else { return };
+        let before = *entry;
+        if let Some(len) = seen {
+            entry.0 = entry.0.max(len);
+        }
+        if let Some((n, _)) = stored {
+            entry.1 += n;
+            entry.0 = entry.0.max(entry.1);
+        }
+        if *entry == before {
+            return;
+        }
+        if let Some((_, bytes)) = stored {
+            p.bytes_done += bytes;
+        }
+        let (total, done) = p.feeds.values().fold((0, 0), |(t, d), (ft, fd)| (t + ft, d + fd));
+        let now = std::time::Instant::now();
+        let due = p.last_emit.is_none_or(|t| now.duration_since(t) >= PROGRESS_INTERVAL);
+        if total > 0 && (done >= total || due) {
+            p.last_emit = Some(now);
+            let _ = self.events.send(DaemonEvent::SyncProgress {
+                room: self.discovery_key,
+                entries_done: done,
+                entries_total: total,
+                bytes_done: p.bytes_done,
+            });
+        }
+    }
+
     /// Verifies and stores entries from a peer, then announces what is new.
     pub fn ingest(
         &self,
@@ -183,6 +250,10 @@ impl Room {
     ) -> Result<Ingested, IngestError> {
         let cipher = self.cipher(feed);
         let ingested = self.store.ingest(&self.discovery_key, Some(&cipher), feed, start, entries, anchor)?;
+        if ingested.stored > 0 {
+            let bytes: usize = entries.iter().map(|e| e.ciphertext.len()).sum();
+            self.record_progress(feed, None, Some((ingested.stored, bytes as u64)));
+        }
         self.observe_lamport(&ingested.messages);
         if let Some(head) = &ingested.new_head {
             let _ = self.updates.send(HeadUpdate { head: head.clone(), origin: Some(origin) });

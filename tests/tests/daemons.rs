@@ -102,17 +102,22 @@ async fn a_late_joiner_receives_all_1000_messages_in_the_senders_order() -> Resu
     let t0 = Instant::now();
     join(&mut cb, PASS).await?;
     let mut n = 0;
+    let mut progress = Vec::new();
     within(Duration::from_secs(60), "b to receive 1000 message events", async {
         while n < 1000 {
             let e = cb.next_event().await?;
             if e.event == "message" {
                 n += 1;
+            } else if e.event == "sync.progress" {
+                progress.push((e.params["entries_done"].as_u64(), e.params["entries_total"].as_u64()));
             }
         }
         anyhow::Ok(())
     })
     .await
     .with_context(|| format!("b received only {n} of 1000 messages"))??;
+    ensure!(progress.last() == Some(&(Some(1000), Some(1000))), "sync.progress did not end at 1000/1000: {progress:?}");
+    ensure!(progress.windows(2).all(|w| w[0].0 <= w[1].0), "sync.progress went backwards: {progress:?}");
     println!("1000 messages caught up in {:?} (including join)", t0.elapsed());
     let (ha, hb) = (full_history(&mut ca, &room).await?, full_history(&mut cb, &room).await?);
     ensure!(hb.len() == 1000, "b holds {} messages", hb.len());
