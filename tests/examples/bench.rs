@@ -1,5 +1,7 @@
 //! Quick figures on real daemons in one process on loopback:
-//! `cargo run --release -p peerlog-tests --example bench [-- ROUNDS MESSAGES]`.
+//! `cargo run --release -p peerlog-tests --example bench [-- ROUNDS MESSAGES [unwatched]]`.
+//! With `unwatched`, the joiner's API client disconnects once it joined, so catch-up is
+//! measured without the per-message events to a WebSocket client.
 //!
 //! - send: `messages.send` round trip on one daemon (durable), sequential.
 //! - live: from `messages.send` on A to the `message` event on B's WebSocket.
@@ -28,6 +30,7 @@ async fn main() -> Result<()> {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let rounds = args.first().copied().unwrap_or(5);
     let messages = args.get(1).copied().unwrap_or(10_000);
+    let unwatched = std::env::args().any(|a| a == "unwatched");
     let pass = "bench passphrase with enough words in it";
     let (mut send_p50, mut send_p99, mut live_p50, mut live_p95, mut live_p99, mut catchup) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -64,6 +67,9 @@ async fn main() -> Result<()> {
         let c = TestDaemon::start_bootstrapped(&a).await?;
         let mut cc = c.client().await?;
         join(&mut cc, pass).await?;
+        if unwatched {
+            cc.close().await?;
+        }
         let t0 = Instant::now();
         // Count what is stored (events may be dropped for a client that lags behind).
         let shared = c.daemon.as_ref().expect("running").shared().clone();
