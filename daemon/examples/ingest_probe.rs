@@ -34,6 +34,10 @@ fn main() {
     }
     let ingest = t.elapsed();
     let rate = |d: std::time::Duration| n as f64 / d.as_secs_f64();
-    println!("{n} entries of 200-byte messages: read back {:.0}/s, verify+decrypt+store {:.0}/s", rate(read), rate(ingest));
+    println!(
+        "{n} entries of 200-byte messages: read back {:.0}/s, verify+decrypt+store {:.0}/s",
+        rate(read),
+        rate(ingest)
+    );
     let _ = std::fs::remove_dir_all(base);
 }
