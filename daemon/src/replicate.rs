@@ -95,7 +95,6 @@ struct Inner {
     local: PeerId,
     store: Store,
     rooms: Arc<Rooms>,
-    control: Mutex<libp2p_stream::Control>,
     node: NodeHandle,
     /// Consecutive failed attempts per (peer, room), for redial backoff.
     redials: Mutex<HashMap<(PeerId, Key32), u32>>,
@@ -138,7 +137,6 @@ impl Replicator {
                 local,
                 store,
                 rooms,
-                control: Mutex::new(node.streams()),
                 node,
                 redials: Mutex::new(HashMap::new()),
                 limits,
@@ -152,7 +150,7 @@ impl Replicator {
     }
 
     fn control(&self) -> libp2p_stream::Control {
-        self.inner.control.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.inner.node.streams()
     }
 
     /// Accepts inbound replication streams until cancelled.

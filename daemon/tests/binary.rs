@@ -347,14 +347,7 @@ impl NsDaemon {
 
     /// Waits until `text` is in the room's history.
     fn wait_text(&self, room: &str, text: &str, limit: Duration) -> Result<()> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if self.cli(&["tail", "--json", "-n", "1000", room])?.contains(&format!("\"{text}\"")) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        anyhow::bail!("timed out after {limit:?} waiting for message {text:?} in {}\n{}", self.ns, self.log_tail())
+        self.wait_count(room, &format!("\"{text}\""), 1, limit).with_context(|| format!("waiting for message {text:?}"))
     }
 
     /// Seconds between the first log line containing `from` and the first after it containing `to`.
