@@ -1,6 +1,7 @@
 //! How fast the store verifies and stores received entries, without any networking:
 //! `cargo run --release -p peerlog --example ingest_probe [-- MESSAGES]`.
-//! Also times reading them back (the serving side's part).
+//! Also times reading them back (the serving side's part), and reports the bytes on disk
+//! per message and the process's peak RSS.
 use peerlog::log::store::Store;
 use peerlog::log::{new_writer, Body, FeedCipher};
 
@@ -15,29 +16,69 @@ fn main() {
     let cipher = FeedCipher::new(&content, &feed);
     let text = "x".repeat(200);
     let mut head = None;
+    let t = std::time::Instant::now();
     for chunk in 0..n.div_ceil(1000) {
         let bodies = (0..1000.min(n - chunk * 1000)).map(|_| Body::Text { text: text.clone() }).collect();
         head = Some(src.append(&room, &w, &cipher, (chunk * 1000 + 1) as u64, bodies).unwrap().head);
     }
+    let append = t.elapsed();
     let head = head.unwrap();
-    let t = std::time::Instant::now();
-    let mut all = Vec::new();
-    for start in (0..n as u64).step_by(512) {
-        all.push((start, src.entries(&feed, start, (start + 512).min(n as u64)).unwrap()));
-    }
-    let read = t.elapsed();
+    let rate = |d: std::time::Duration| n as f64 / d.as_secs_f64();
     let t = std::time::Instant::now();
     // Newest batch first, anchored by the head; older ones by their stored successors.
-    for (start, entries) in all.iter().rev() {
-        let anchor = (start + entries.len() as u64 == n as u64).then_some(&head);
-        dst.ingest(&room, Some(&cipher), &feed, *start, entries, anchor).unwrap();
+    let mut end = n as u64;
+    while end > 0 {
+        let start = end.saturating_sub(512);
+        let entries = src.entries(&feed, start, end).unwrap();
+        assert_eq!(entries.len() as u64, end - start);
+        let anchor = (end == n as u64).then_some(&head);
+        dst.ingest(&room, Some(&cipher), &feed, start, &entries, anchor).unwrap();
+        end = start;
     }
     let ingest = t.elapsed();
-    let rate = |d: std::time::Duration| n as f64 / d.as_secs_f64();
+    let t = std::time::Instant::now();
+    let mut read = 0;
+    for start in (0..n as u64).step_by(512) {
+        read += dst.entries(&feed, start, (start + 512).min(n as u64)).unwrap().len();
+    }
+    assert_eq!(read, n);
+    let read_back = t.elapsed();
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(dst.flush()).unwrap();
+    let disk: u64 = walk(&base.join("dst"));
+    let history = dst.history(&room, &content, None, 50).unwrap();
+    assert_eq!(history.len(), 50.min(n));
     println!(
-        "{n} entries of 200-byte messages: read back {:.0}/s, verify+decrypt+store {:.0}/s",
-        rate(read),
-        rate(ingest)
+        "{n} entries of 200-byte messages: append (batches of 1000) {:.0}/s, verify+decrypt+store {:.0}/s, \
+         read back {:.0}/s, disk {:.0} B/message, peak RSS {} MiB",
+        rate(append),
+        rate(ingest),
+        rate(read_back),
+        disk as f64 / n as f64,
+        peak_rss_kib() / 1024
     );
     let _ = std::fs::remove_dir_all(base);
+}
+
+fn walk(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => walk(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
 }

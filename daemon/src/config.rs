@@ -161,6 +161,8 @@ pub struct Config {
     pub discovery_interval_secs: u64,
     /// Lifetime of our provider records on other nodes, in seconds.
     pub provider_ttl_secs: u64,
+    /// Memory sled may use to cache the database, in MiB.
+    pub cache_mb: u64,
     /// Input limits.
     pub limits: Limits,
 }
@@ -181,6 +183,7 @@ impl Default for Config {
             external_addresses: Vec::new(),
             discovery_interval_secs: 60,
             provider_ttl_secs: 600,
+            cache_mb: 16,
             limits: Limits::default(),
         }
     }

@@ -161,7 +161,8 @@ impl Daemon {
         let keypair = keys::load_or_create_identity(&data_dir.join("identity.key"))?;
         let token = load_or_create_token(&data_dir.join("api-token"))?;
         let db_path = data_dir.join("db");
-        let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+        let cache_bytes = config.cache_mb.saturating_mul(1 << 20);
+        let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&db_path, cache_bytes))
             .await
             .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e.to_string()))))??;
 

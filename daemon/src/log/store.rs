@@ -5,14 +5,27 @@
 //!
 //! | key                                                   | value               |
 //! |-------------------------------------------------------|---------------------|
-//! | `e` feed_key seq                                      | postcard [`Entry`]  |
+//! | `b` feed_key start                                    | postcard `[Entry]`: a block of entries `start..` |
+//! | `l` feed_key start                                    | postcard `BlockIndex`: Lamport clock and time of the same block |
 //! | `f` feed_key                                          | postcard [`FeedMeta`] |
 //! | `r` discovery_key feed_key                            | (empty)             |
-//! | `o` room8 lamport time_ms feed_key seq                | (empty)             |
 //! | `k` feed_key seq                                      | postcard fork proof |
 //!
-//! Integers are big-endian so that sled's byte order is numeric order. `room8` is the first
-//! 8 bytes of the discovery key. Nothing is stored before it verified: see [`Store::ingest`].
+//! Integers are big-endian so that sled's byte order is numeric order. Nothing is stored
+//! before it verified: see [`Store::ingest`].
+//!
+//! Entries are kept in blocks of up to [`BLOCK_ENTRIES`], one sled value per block, because
+//! sled's cost is per key: one key per message made ingest copy tree nodes for every entry
+//! (BENCHMARKS.md has the profile). A block is written once and never changes; blocks of a
+//! feed never overlap. The `l` index holds what display order needs (Lamport clock, time)
+//! without decrypting; a blind seeder has no content key and keeps no `l` index.
+//!
+//! Display order is `(lamport, time_ms, feed_key, seq)`. Within a feed the Lamport clock
+//! strictly increases with seq (ingest enforces it), so a room's history is a merge of its
+//! feeds, newest first, with no per-message index at all.
+//!
+//! The database is tagged with [`FORMAT`] in the default tree; another format is refused
+//! with a clear error instead of being misread.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,6 +48,12 @@ pub enum StoreError {
     /// A stored value does not decode.
     #[error("stored {0} does not decode")]
     Corrupt(&'static str),
+    /// The database was written in another storage format.
+    #[error("the data dir holds store format {found}, this peerlog reads format {FORMAT}; move the data dir aside (or use the peerlog that wrote it)")]
+    Format {
+        /// The format found.
+        found: u32,
+    },
 }
 
 /// Why received entries were refused. Nothing of a refused batch is stored.
@@ -53,6 +72,9 @@ pub enum IngestError {
     /// An entry failed AEAD authentication or its plaintext is malformed.
     #[error("entry {0} does not decrypt")]
     Decrypt(u64),
+    /// The writer's Lamport clock does not increase at this seq.
+    #[error("Lamport clock does not increase at seq {0}")]
+    Order(u64),
     /// The writer signed two different entries for one seq: recorded, not stored.
     #[error("fork detected at seq {0}")]
     Fork(u64),
@@ -212,14 +234,38 @@ pub struct Store {
     ingest_lock: Arc<Mutex<()>>,
 }
 
+/// The storage format this build reads and writes.
+pub const FORMAT: u32 = 2;
+/// Most entries in one stored block.
+pub const BLOCK_ENTRIES: usize = 512;
+/// sled's page cache unless configured: sled's own default (1 GiB) would let a large room
+/// grow the daemon's RSS far past what a chat daemon should hold.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
+
 const ZERO: Key32 = [0; 32];
 
-fn entry_key(feed: &Key32, seq: u64) -> [u8; 41] {
+fn feed_seq_key(tag: u8, feed: &Key32, seq: u64) -> [u8; 41] {
     let mut k = [0u8; 41];
-    k[0] = b'e';
+    k[0] = tag;
     k[1..33].copy_from_slice(feed);
     k[33..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+fn block_key(feed: &Key32, start: u64) -> [u8; 41] {
+    feed_seq_key(b'b', feed, start)
+}
+
+fn index_key(feed: &Key32, start: u64) -> [u8; 41] {
+    feed_seq_key(b'l', feed, start)
+}
+
+fn fork_key(feed: &Key32, seq: u64) -> [u8; 41] {
+    feed_seq_key(b'k', feed, seq)
+}
+
+fn key_seq(k: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(k.get(33..41).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("key"))?))
 }
 
 fn meta_key(feed: &Key32) -> [u8; 33] {
@@ -237,37 +283,47 @@ fn room_feed_key(room: &Key32, feed: &Key32) -> [u8; 65] {
     k
 }
 
-/// Display-order key of a message.
-pub type OrderKey = [u8; 65];
+/// Display-order key of a message: `(lamport, time_ms, feed_key, seq)`.
+pub type OrderKey = (u64, u64, Key32, u64);
 
-fn order_prefix(room: &Key32) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = b'o';
-    k[1..].copy_from_slice(&room[..8]);
-    k
-}
+/// Lamport clock and time of each entry of a block, delta-encoded (about 3 bytes per entry).
+#[derive(Default, Serialize, Deserialize)]
+struct BlockIndex(Vec<(u64, i64)>);
 
-fn order_key(room: &Key32, m: &StoredMessage) -> OrderKey {
-    let mut k = [0u8; 65];
-    k[..9].copy_from_slice(&order_prefix(room));
-    k[9..17].copy_from_slice(&m.message.lamport.to_be_bytes());
-    k[17..25].copy_from_slice(&m.message.time_ms.to_be_bytes());
-    k[25..57].copy_from_slice(&m.feed_key);
-    k[57..].copy_from_slice(&m.seq.to_be_bytes());
-    k
-}
+impl BlockIndex {
+    fn new(messages: &[StoredMessage]) -> Self {
+        let (mut lamport, mut time) = (0u64, 0i64);
+        Self(
+            messages
+                .iter()
+                .map(|m| {
+                    let t = m.message.time_ms as i64;
+                    let d = (m.message.lamport.wrapping_sub(lamport), t.wrapping_sub(time));
+                    (lamport, time) = (m.message.lamport, t);
+                    d
+                })
+                .collect(),
+        )
+    }
 
-fn fork_key(feed: &Key32, seq: u64) -> [u8; 41] {
-    let mut k = entry_key(feed, seq);
-    k[0] = b'k';
-    k
+    /// `(lamport, time_ms)` of each entry.
+    fn clocks(&self) -> Vec<(u64, u64)> {
+        let mut acc = Vec::with_capacity(self.0.len());
+        let (mut lamport, mut time) = (0u64, 0i64);
+        for &(dl, dt) in &self.0 {
+            lamport = lamport.wrapping_add(dl);
+            time = time.wrapping_add(dt);
+            acc.push((lamport, time as u64));
+        }
+        acc
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(what))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     // Serializing plain data into a Vec cannot fail.
     postcard::to_stdvec(value).unwrap_or_default()
 }
@@ -277,12 +333,43 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Adds entries `start..` to `batch` as blocks of at most [`BLOCK_ENTRIES`], with their
+/// display-order index when the messages are known.
+fn put_run(batch: &mut sled::Batch, feed: &Key32, start: u64, entries: &[Entry], messages: Option<&[StoredMessage]>) {
+    for (i, chunk) in entries.chunks(BLOCK_ENTRIES).enumerate() {
+        let at = start + (i * BLOCK_ENTRIES) as u64;
+        batch.insert(&block_key(feed, at)[..], encode(chunk));
+        if let Some(messages) = messages {
+            let m = &messages[i * BLOCK_ENTRIES..i * BLOCK_ENTRIES + chunk.len()];
+            batch.insert(&index_key(feed, at)[..], encode(&BlockIndex::new(m)));
+        }
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the database in `dir`.
+    /// Opens (or creates) the database in `dir` with sled's default-sized page cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).flush_every_ms(Some(200)).open()?;
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates) the database in `dir`; sled caches up to `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(Some(200)).open()?;
         let log = db.open_tree("log")?;
         let rooms = db.open_tree("rooms")?;
+        match db.get("format")? {
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("format"))?);
+                if found != FORMAT {
+                    return Err(StoreError::Format { found });
+                }
+            }
+            // Format 1 had no tag.
+            None if !log.is_empty() => return Err(StoreError::Format { found: 1 }),
+            None => {
+                db.insert("format", &FORMAT.to_be_bytes())?;
+            }
+        }
         Ok(Self { db, log, rooms, ingest_lock: Arc::new(Mutex::new(())) })
     }
 
@@ -326,18 +413,15 @@ impl Store {
             let (k, _) = kv?;
             let feed: Key32 = k[33..].try_into().map_err(|_| StoreError::Corrupt("room index"))?;
             let mut batch = sled::Batch::default();
-            for e in self.log.scan_prefix(&entry_key(&feed, 0)[..33]) {
-                batch.remove(e?.0);
+            for tag in [b'b', b'l', b'k'] {
+                for e in self.log.scan_prefix(&feed_seq_key(tag, &feed, 0)[..33]) {
+                    batch.remove(e?.0);
+                }
             }
             batch.remove(&meta_key(&feed)[..]);
             batch.remove(k);
             self.log.apply_batch(batch)?;
         }
-        let mut batch = sled::Batch::default();
-        for kv in self.log.scan_prefix(order_prefix(discovery_key)) {
-            batch.remove(kv?.0);
-        }
-        self.log.apply_batch(batch)?;
         Ok(())
     }
 
@@ -371,19 +455,47 @@ impl Store {
     /// Stored entries `start..end` of a feed (stops at the first missing one).
     pub fn entries(&self, feed: &Key32, start: u64, end: u64) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::with_capacity(end.saturating_sub(start).min(4096) as usize);
-        for (i, kv) in self.log.range(entry_key(feed, start)..entry_key(feed, end)).enumerate() {
+        if start >= end {
+            return Ok(out);
+        }
+        // The block holding `start` begins at or before it; later ones follow back to back.
+        let first = self.log.range(block_key(feed, 0)..=block_key(feed, start)).next_back();
+        let rest = self.log.range(block_key(feed, start.saturating_add(1))..block_key(feed, end));
+        let mut next = start;
+        for kv in first.into_iter().chain(rest) {
             let (k, v) = kv?;
-            let seq = u64::from_be_bytes(k[33..41].try_into().map_err(|_| StoreError::Corrupt("entry key"))?);
-            if seq != start + i as u64 {
+            let at = key_seq(&k)?;
+            if at > next {
                 break;
             }
-            out.push(decode(&v, "entry")?);
+            let block: Vec<Entry> = decode(&v, "block")?;
+            let skip = (next - at) as usize;
+            if skip >= block.len() {
+                break;
+            }
+            let take = (end - next).min((block.len() - skip) as u64) as usize;
+            out.extend(block.into_iter().skip(skip).take(take));
+            next += take as u64;
+            if next >= end {
+                break;
+            }
         }
         Ok(out)
     }
 
     fn entry(&self, feed: &Key32, seq: u64) -> Result<Option<Entry>, StoreError> {
-        self.log.get(entry_key(feed, seq))?.map(|v| decode(&v, "entry")).transpose()
+        Ok(self.entries(feed, seq, seq.saturating_add(1))?.pop())
+    }
+
+    /// `(lamport, time_ms)` of stored entry `seq` of a feed we can read.
+    fn clock_at(&self, feed: &Key32, seq: u64) -> Result<Option<(u64, u64)>, StoreError> {
+        let Some(kv) = self.log.range(index_key(feed, 0)..=index_key(feed, seq)).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = kv?;
+        let at = key_seq(&k)?;
+        let index: BlockIndex = decode(&v, "block index")?;
+        Ok(index.clocks().get((seq - at) as usize).copied())
     }
 
     /// Appends messages to our own feed in `room` as one batch with one signed head.
@@ -398,25 +510,25 @@ impl Store {
     ) -> Result<Appended, StoreError> {
         let feed = writer.verifying_key().to_bytes();
         let mut meta = self.feed_meta(&feed)?.unwrap_or_else(|| FeedMeta { room: *room, ..FeedMeta::default() });
-        let mut seq = meta.length();
+        let first_seq = meta.length();
         let mut prev = meta.head.as_ref().map_or(ZERO, |h| h.hash);
         let time_ms = now_ms();
-        let mut batch = sled::Batch::default();
+        let mut entries = Vec::with_capacity(bodies.len());
         let mut messages = Vec::with_capacity(bodies.len());
-        let first_seq = seq;
         for (i, body) in bodies.into_iter().enumerate() {
+            let seq = first_seq + i as u64;
             let message = Message { lamport: first_lamport + i as u64, time_ms, body: Some(body) };
             let entry = cipher.seal(seq, prev, &message.encode());
             prev = hash_entry(&feed, seq, &entry);
-            batch.insert(&entry_key(&feed, seq)[..], encode(&entry));
-            let stored = StoredMessage { feed_key: feed, seq, message };
-            batch.insert(&order_key(room, &stored)[..], &[][..]);
-            messages.push(stored);
-            seq += 1;
+            entries.push(entry);
+            messages.push(StoredMessage { feed_key: feed, seq, message });
         }
-        let head = sign_head(writer, seq - 1, prev);
+        let Some(last) = messages.last() else { return Err(StoreError::Corrupt("empty append")) };
+        let head = sign_head(writer, last.seq, prev);
+        let mut batch = sled::Batch::default();
+        put_run(&mut batch, &feed, first_seq, &entries, Some(&messages));
         meta.head = Some(head.clone());
-        meta.add_range(first_seq, seq);
+        meta.add_range(first_seq, first_seq + entries.len() as u64);
         batch.insert(&meta_key(&feed)[..], encode(&meta));
         batch.insert(&room_feed_key(room, &feed)[..], &[][..]);
         self.log.apply_batch(batch)?;
@@ -427,7 +539,8 @@ impl Store {
     /// peer. The batch must be anchored at its top: by `anchor` (a signed head for its
     /// newest entry), by our stored head, or by a stored successor whose `prev` is the
     /// newest entry's hash; the hash chain must hold inside the batch and link to a stored
-    /// predecessor; with a `cipher` every entry must decrypt. All or nothing.
+    /// predecessor; with a `cipher` every entry must decrypt and the writer's Lamport clock
+    /// must increase. All or nothing.
     pub fn ingest(
         &self,
         room: &Key32,
@@ -464,6 +577,9 @@ impl Store {
                 let seq = start + i as u64;
                 let plain = cipher.open(seq, e).map_err(|_| IngestError::Decrypt(seq))?;
                 let message = Message::decode(&plain).ok_or(IngestError::Decrypt(seq))?;
+                if messages.last().is_some_and(|m: &StoredMessage| m.message.lamport >= message.lamport) {
+                    return Err(IngestError::Order(seq));
+                }
                 messages.push(StoredMessage { feed_key: *feed, seq, message });
             }
         }
@@ -508,20 +624,36 @@ impl Store {
                 return Err(IngestError::BrokenChain(start));
             }
         }
-
-        let mut batch = sled::Batch::default();
-        let mut stored = 0;
-        for (i, e) in entries.iter().enumerate() {
-            let seq = start + i as u64;
-            if !meta.has(seq) {
-                batch.insert(&entry_key(feed, seq)[..], encode(e));
-                stored += 1;
+        if let (Some(first), Some(newest)) = (messages.first(), messages.last()) {
+            if start > 0 && meta.has(start - 1) {
+                if self.clock_at(feed, start - 1)?.is_some_and(|(l, _)| l >= first.message.lamport) {
+                    return Err(IngestError::Order(start));
+                }
+            }
+            if meta.has(end) && self.clock_at(feed, end)?.is_some_and(|(l, _)| l <= newest.message.lamport) {
+                return Err(IngestError::Order(end));
             }
         }
-        messages.retain(|m| !meta.has(m.seq));
-        for m in &messages {
-            batch.insert(&order_key(room, m)[..], &[][..]);
+
+        // Store the runs we do not hold yet.
+        let mut batch = sled::Batch::default();
+        let mut stored = 0;
+        let mut i = 0;
+        while i < entries.len() {
+            if meta.has(start + i as u64) {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < entries.len() && !meta.has(start + j as u64) {
+                j += 1;
+            }
+            let run_messages = (cipher.is_some()).then(|| &messages[i..j]);
+            put_run(&mut batch, feed, start + i as u64, &entries[i..j], run_messages);
+            stored += (j - i) as u64;
+            i = j;
         }
+        messages.retain(|m| !meta.has(m.seq));
         meta.add_range(start, end);
         if let Some(h) = &new_head {
             meta.head = Some(h.clone());
@@ -546,8 +678,7 @@ impl Store {
         for (feed, _) in self.room_feeds(room)? {
             if let Some(kv) = self.log.scan_prefix(&fork_key(&feed, 0)[..33]).next() {
                 let (k, _) = kv?;
-                let seq = u64::from_be_bytes(k[33..41].try_into().map_err(|_| StoreError::Corrupt("fork key"))?);
-                out.push((feed, seq));
+                out.push((feed, key_seq(&k)?));
             }
         }
         Ok(out)
@@ -557,27 +688,50 @@ impl Store {
 
     /// The largest Lamport clock of any stored message of the room.
     pub fn max_lamport(&self, room: &Key32) -> Result<u64, StoreError> {
-        match self.log.scan_prefix(order_prefix(room)).next_back() {
-            Some(kv) => {
-                let (k, _) = kv?;
-                Ok(u64::from_be_bytes(k[9..17].try_into().map_err(|_| StoreError::Corrupt("order key"))?))
+        let mut max = 0;
+        for (feed, _) in self.room_feeds(room)? {
+            if let Some(kv) = self.log.scan_prefix(&index_key(&feed, 0)[..33]).next_back() {
+                let (_, v) = kv?;
+                let index: BlockIndex = decode(&v, "block index")?;
+                max = max.max(index.clocks().last().map_or(0, |&(l, _)| l));
             }
-            None => Ok(0),
         }
+        Ok(max)
     }
 
     /// The order key of a stored message, for paging.
     pub fn order_key_of(
         &self,
-        room: &Key32,
-        content_key: &Key32,
+        _room: &Key32,
+        _content_key: &Key32,
         feed: &Key32,
         seq: u64,
     ) -> Result<Option<OrderKey>, StoreError> {
-        let Some(entry) = self.entry(feed, seq)? else { return Ok(None) };
-        let Ok(plain) = FeedCipher::new(content_key, feed).open(seq, &entry) else { return Ok(None) };
-        let Some(message) = Message::decode(&plain) else { return Ok(None) };
-        Ok(Some(order_key(room, &StoredMessage { feed_key: *feed, seq, message })))
+        Ok(self.clock_at(feed, seq)?.map(|(lamport, time)| (lamport, time, *feed, seq)))
+    }
+
+    /// The newest stored seq of `feed` whose order key is below `before`.
+    fn last_below(&self, feed: &Key32, meta: &FeedMeta, before: &OrderKey) -> Result<Option<u64>, StoreError> {
+        let key_at = |seq: u64| -> Result<Option<OrderKey>, StoreError> {
+            Ok(self.clock_at(feed, seq)?.map(|(l, t)| (l, t, *feed, seq)))
+        };
+        for &(s, e) in meta.ranges.iter().rev() {
+            if key_at(s)?.is_none_or(|k| k >= *before) {
+                continue;
+            }
+            // key(lo) < before; the answer is in lo..hi. Keys increase with seq in a feed.
+            let (mut lo, mut hi) = (s, e);
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if key_at(mid)?.is_some_and(|k| k < *before) {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            return Ok(Some(lo));
+        }
+        Ok(None)
     }
 
     /// Up to `limit` messages of the room in display order, the newest page, or the page
@@ -589,28 +743,54 @@ impl Store {
         before: Option<&OrderKey>,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        let prefix = order_prefix(room);
-        let mut upper = prefix.to_vec();
-        let iter = match before {
-            Some(b) => self.log.range(prefix.to_vec()..b.to_vec()),
-            None => {
-                upper.push(0xff);
-                self.log.range(prefix.to_vec()..upper)
+        // The newest `limit` keys of each feed below `before`, merged.
+        let mut keys: Vec<OrderKey> = Vec::new();
+        for (feed, meta) in self.room_feeds(room)? {
+            let top = match before {
+                Some(b) => self.last_below(&feed, &meta, b)?,
+                None => meta.ranges.last().map(|&(_, e)| e - 1),
+            };
+            let Some(top) = top else { continue };
+            let mut taken = 0;
+            for kv in self.log.range(index_key(&feed, 0)..=index_key(&feed, top)).rev() {
+                let (k, v) = kv?;
+                let at = key_seq(&k)?;
+                let index: BlockIndex = decode(&v, "block index")?;
+                for (i, (lamport, time)) in index.clocks().into_iter().enumerate().rev() {
+                    let seq = at + i as u64;
+                    if seq > top || taken == limit {
+                        continue;
+                    }
+                    keys.push((lamport, time, feed, seq));
+                    taken += 1;
+                }
+                if taken == limit {
+                    break;
+                }
             }
-        };
+        }
+        keys.sort_unstable();
+        let keys = &keys[keys.len().saturating_sub(limit)..];
         let mut ciphers: HashMap<Key32, FeedCipher> = HashMap::new();
-        let mut out = Vec::with_capacity(limit.min(1024));
-        for kv in iter.rev().take(limit) {
-            let (k, _) = kv?;
-            let feed: Key32 = k[25..57].try_into().map_err(|_| StoreError::Corrupt("order key"))?;
-            let seq = u64::from_be_bytes(k[57..65].try_into().map_err(|_| StoreError::Corrupt("order key"))?);
-            let entry = self.entry(&feed, seq)?.ok_or(StoreError::Corrupt("order index"))?;
+        let mut out = Vec::with_capacity(keys.len());
+        // Consecutive seqs of one feed come from one block read.
+        let mut cache: Option<(Key32, u64, Vec<Entry>)> = None;
+        for &(_, _, feed, seq) in keys {
+            let cached = cache.as_ref().filter(|(f, s, e)| *f == feed && *s <= seq && seq < s + e.len() as u64);
+            let entry = match cached {
+                Some((_, s, e)) => e[(seq - s) as usize].clone(),
+                None => {
+                    let run = self.entries(&feed, seq, seq.saturating_add(BLOCK_ENTRIES as u64))?;
+                    let entry = run.first().cloned().ok_or(StoreError::Corrupt("block index"))?;
+                    cache = Some((feed, seq, run));
+                    entry
+                }
+            };
             let cipher = ciphers.entry(feed).or_insert_with(|| FeedCipher::new(content_key, &feed));
             let plain = cipher.open(seq, &entry).map_err(|_| StoreError::Corrupt("stored entry"))?;
             let message = Message::decode(&plain).ok_or(StoreError::Corrupt("stored message"))?;
             out.push(StoredMessage { feed_key: feed, seq, message });
         }
-        out.reverse();
         Ok(out)
     }
 }
@@ -724,6 +904,79 @@ mod tests {
         let got = blind.ingest(&room, None, &feed, 0, &all, Some(&head)).unwrap();
         assert_eq!((got.stored, got.messages.len()), (10, 0));
         assert_eq!(blind.entries(&feed, 0, 10).unwrap(), all);
+    }
+
+    /// History merges the feeds of a room in (lamport, time, feed, seq) order, pages
+    /// backwards across feeds and blocks, and survives a reopen.
+    #[test]
+    fn history_merges_feeds_and_pages() {
+        let room = [6u8; 32];
+        let content = [7u8; 32];
+        let d = tempdir::Dir::new();
+        let s = Store::open(&d.0).unwrap();
+        let (w1, w2) = (new_writer(), new_writer());
+        let (c1, c2) = (
+            FeedCipher::new(&content, &w1.verifying_key().to_bytes()),
+            FeedCipher::new(&content, &w2.verifying_key().to_bytes()),
+        );
+        // Interleaved clocks; w1 writes a batch larger than a block.
+        let big: Vec<Body> = (0..BLOCK_ENTRIES + 10).map(|i| text(&format!("a{i}"))).collect();
+        s.append(&room, &w1, &c1, 1, big).unwrap();
+        for i in 0..20u64 {
+            s.append(&room, &w2, &c2, 2 * i + 1000, vec![text(&format!("b{i}"))]).unwrap();
+            s.append(&room, &w1, &c1, 2 * i + 1001, vec![text(&format!("c{i}"))]).unwrap();
+        }
+        assert_eq!(s.max_lamport(&room).unwrap(), 1039);
+        let all = s.history(&room, &content, None, 10_000).unwrap();
+        assert_eq!(all.len(), BLOCK_ENTRIES + 10 + 40);
+        let key = |m: &StoredMessage| (m.message.lamport, m.message.time_ms, m.feed_key, m.seq);
+        assert!(all.windows(2).all(|w| key(&w[0]) < key(&w[1])), "display order");
+        // Page backwards 7 at a time and get the same sequence.
+        let mut paged = Vec::new();
+        let mut before = None;
+        loop {
+            let page = s.history(&room, &content, before.as_ref(), 7).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            before = Some(key(&page[0]));
+            assert_eq!(s.order_key_of(&room, &content, &page[0].feed_key, page[0].seq).unwrap(), before);
+            paged.splice(0..0, page);
+        }
+        assert_eq!(paged, all);
+        drop(s);
+        let s = Store::open(&d.0).unwrap();
+        assert_eq!(s.history(&room, &content, None, 10_000).unwrap(), all);
+    }
+
+    #[test]
+    fn another_format_is_refused() {
+        let d = tempdir::Dir::new();
+        let s = Store::open(&d.0).unwrap();
+        s.db.insert("format", &1u32.to_be_bytes()).unwrap();
+        drop(s);
+        let e = Store::open(&d.0).err().expect("format 1 must be refused");
+        assert!(e.to_string().contains("format 1"), "{e}");
+    }
+
+    /// A writer whose clock goes backwards is refused (display order relies on it).
+    #[test]
+    fn clock_going_backwards_is_refused() {
+        let room = [8u8; 32];
+        let (_d1, a) = tmp();
+        let (_d2, b) = tmp();
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(&[1; 32], &feed);
+        a.append(&room, &w, &c, 5, vec![text("five")]).unwrap();
+        let h = a.append(&room, &w, &c, 3, vec![text("three")]).unwrap().head;
+        let e = b.ingest(&room, Some(&c), &feed, 0, &a.entries(&feed, 0, 2).unwrap(), Some(&h));
+        assert!(matches!(e, Err(IngestError::Order(1))), "{e:?}");
+        // Across batches: the newer entry is stored first, then the older one is refused.
+        let e = b.ingest(&room, Some(&c), &feed, 1, &a.entries(&feed, 1, 2).unwrap(), Some(&h));
+        assert!(e.is_ok(), "{e:?}");
+        let e = b.ingest(&room, Some(&c), &feed, 0, &a.entries(&feed, 0, 1).unwrap(), None);
+        assert!(matches!(e, Err(IngestError::Order(1))), "{e:?}");
     }
 
     #[test]
