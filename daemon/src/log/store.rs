@@ -625,10 +625,11 @@ impl Store {
             }
         }
         if let (Some(first), Some(newest)) = (messages.first(), messages.last()) {
-            if start > 0 && meta.has(start - 1) {
-                if self.clock_at(feed, start - 1)?.is_some_and(|(l, _)| l >= first.message.lamport) {
-                    return Err(IngestError::Order(start));
-                }
+            if start > 0
+                && meta.has(start - 1)
+                && self.clock_at(feed, start - 1)?.is_some_and(|(l, _)| l >= first.message.lamport)
+            {
+                return Err(IngestError::Order(start));
             }
             if meta.has(end) && self.clock_at(feed, end)?.is_some_and(|(l, _)| l <= newest.message.lamport) {
                 return Err(IngestError::Order(end));
