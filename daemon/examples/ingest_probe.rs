@@ -8,7 +8,13 @@ use peerlog::log::{new_writer, Body, FeedCipher};
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let base = std::env::temp_dir().join(format!("ingest-probe-{}", std::process::id()));
-    let (src, dst) = (Store::open(&base.join("src")).unwrap(), Store::open(&base.join("dst")).unwrap());
+    // PROBE_CACHE_MB: sled's cache for both stores (default: the daemon's default).
+    let cache = std::env::var("PROBE_CACHE_MB").ok().and_then(|v| v.parse::<u64>().ok()).map(|mb| mb << 20);
+    let open = |dir: &str| match cache {
+        Some(bytes) => Store::open_with_cache(&base.join(dir), bytes).unwrap(),
+        None => Store::open(&base.join(dir)).unwrap(),
+    };
+    let (src, dst) = (open("src"), open("dst"));
     let room = [1u8; 32];
     let content = [2u8; 32];
     let w = new_writer();
@@ -36,6 +42,7 @@ fn main() {
         end = start;
     }
     let ingest = t.elapsed();
+    let rss_after_ingest = status_kib("VmRSS:");
     let t = std::time::Instant::now();
     let mut read = 0;
     for start in (0..n as u64).step_by(512) {
@@ -50,12 +57,13 @@ fn main() {
     assert_eq!(history.len(), 50.min(n));
     println!(
         "{n} entries of 200-byte messages: append (batches of 1000) {:.0}/s, verify+decrypt+store {:.0}/s, \
-         read back {:.0}/s, disk {:.0} B/message, peak RSS {} MiB",
+         read back {:.0}/s, disk {:.0} B/message, RSS after ingest {} MiB, peak RSS {} MiB",
         rate(append),
         rate(ingest),
         rate(read_back),
         disk as f64 / n as f64,
-        peak_rss_kib() / 1024
+        rss_after_ingest / 1024,
+        status_kib("VmHWM:") / 1024
     );
     let _ = std::fs::remove_dir_all(base);
 }
@@ -74,11 +82,9 @@ fn walk(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn peak_rss_kib() -> u64 {
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
 }

@@ -165,8 +165,13 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
         }
         let _ = ws_tx.send(WsMessage::Close(None)).await;
     });
-    let events_task =
-        tokio::spawn(forward_events(state.shared.clone(), state.shared.rooms.events.subscribe(), out_tx.clone()));
+    let filter = EventFilter::default();
+    let events_task = tokio::spawn(forward_events(
+        state.shared.clone(),
+        state.shared.rooms.events.subscribe(),
+        out_tx.clone(),
+        filter.clone(),
+    ));
     let slots = Arc::new(Semaphore::new(state.shared.config.limits.requests_per_client.max(1)));
     let requests = tokio_util::task::TaskTracker::new();
     loop {
@@ -195,8 +200,9 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
         let Ok(permit) = slots.clone().acquire_owned().await else { break };
         let shared = state.shared.clone();
         let out = out_tx.clone();
+        let filter = filter.clone();
         requests.spawn(async move {
-            let reply = handle_text(&shared, text.as_str()).await;
+            let reply = handle_text(&shared, &filter, text.as_str()).await;
             let _ = out.send(to_json(&reply)).await;
             drop(permit);
         });
@@ -214,9 +220,43 @@ fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
 }
 
-async fn forward_events(shared: Arc<Shared>, mut events: broadcast::Receiver<DaemonEvent>, out: mpsc::Sender<String>) {
+/// The events one client asked for (`subscribe {events}`); all of them by default.
+#[derive(Clone, Default)]
+struct EventFilter(Arc<std::sync::RwLock<Option<Vec<String>>>>);
+
+impl EventFilter {
+    fn wants(&self, name: &str) -> bool {
+        let names = self.0.read().unwrap_or_else(|p| p.into_inner());
+        names.as_ref().is_none_or(|n| n.iter().any(|w| w == name))
+    }
+
+    fn set(&self, names: Option<Vec<String>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = names;
+    }
+}
+
+/// Event names, as clients see them.
+const EVENT_NAMES: &[&str] = &["message", "peer.joined", "peer.left", "peer.connection", "sync.progress", "lagged"];
+
+fn event_name(event: &DaemonEvent) -> &'static str {
+    match event {
+        DaemonEvent::Message { .. } => "message",
+        DaemonEvent::PeerJoined { .. } => "peer.joined",
+        DaemonEvent::PeerLeft { .. } => "peer.left",
+        DaemonEvent::SyncProgress { .. } => "sync.progress",
+        DaemonEvent::PeerConnection { .. } => "peer.connection",
+    }
+}
+
+async fn forward_events(
+    shared: Arc<Shared>,
+    mut events: broadcast::Receiver<DaemonEvent>,
+    out: mpsc::Sender<String>,
+    filter: EventFilter,
+) {
     loop {
         let event = match events.recv().await {
+            Ok(e) if !filter.wants(event_name(&e)) => continue,
             Ok(e) => render_event(&shared, e),
             // The client missed events: it should reload what it shows.
             Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -311,7 +351,7 @@ impl From<OpError> for ApiError {
             OpError::Key(keys::KeyError::BadInvite) => codes::BAD_INVITE,
             OpError::Key(keys::KeyError::EmptyPassphrase) => codes::INVALID_PARAMS,
             OpError::Key(_) => codes::INTERNAL,
-            OpError::Store(_) => codes::STORAGE,
+            OpError::Store(_) | OpError::Append(_) => codes::STORAGE,
             OpError::Commit(crate::log::commit::CommitError::Shutdown) => codes::SHUTTING_DOWN,
             OpError::Commit(_) => codes::STORAGE,
             OpError::Shutdown => codes::SHUTTING_DOWN,
@@ -320,7 +360,7 @@ impl From<OpError> for ApiError {
     }
 }
 
-async fn handle_text(shared: &Arc<Shared>, text: &str) -> RpcResponse {
+async fn handle_text(shared: &Arc<Shared>, filter: &EventFilter, text: &str) -> RpcResponse {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return RpcResponse::err(Value::Null, codes::PARSE_ERROR, format!("invalid JSON: {e}")),
@@ -330,7 +370,11 @@ async fn handle_text(shared: &Arc<Shared>, text: &str) -> RpcResponse {
         Ok(r) => r,
         Err(e) => return RpcResponse::err(id, codes::INVALID_REQUEST, format!("not a request object: {e}")),
     };
-    match call(shared, &request.method, request.params).await {
+    let result = match request.method.as_str() {
+        "subscribe" => subscribe(filter, request.params),
+        method => call(shared, method, request.params).await,
+    };
+    match result {
         Ok(result) => RpcResponse::ok(request.id, result),
         Err(e) => RpcResponse::err(request.id, e.code, e.message),
     }
@@ -367,6 +411,31 @@ struct CreateParams {
 struct SendParams {
     room: String,
     text: String,
+}
+
+#[derive(Deserialize)]
+struct SendBatchParams {
+    room: String,
+    texts: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SubscribeParams {
+    events: Option<Vec<String>>,
+}
+
+/// Most messages in one `messages.send_batch`.
+const SEND_BATCH_MAX: usize = 10_000;
+
+fn subscribe(filter: &EventFilter, params: Value) -> Result<Value, ApiError> {
+    let p: SubscribeParams = parse(params)?;
+    if let Some(unknown) = p.events.iter().flatten().find(|n| !EVENT_NAMES.contains(&n.as_str())) {
+        return Err(ApiError::params(format!("unknown event {unknown:?}; known: {}", EVENT_NAMES.join(", "))));
+    }
+    filter.set(p.events.clone());
+    Ok(
+        json!({"subscribed": true, "events": p.events.unwrap_or_else(|| EVENT_NAMES.iter().map(|n| n.to_string()).collect())}),
+    )
 }
 
 #[derive(Deserialize)]
@@ -442,6 +511,16 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             let m = shared.send_text(&room, p.text).await?;
             Ok(json!({"message": message_json(&room, &m)}))
         }
+        "messages.send_batch" => {
+            let p: SendBatchParams = parse(params)?;
+            if p.texts.is_empty() || p.texts.len() > SEND_BATCH_MAX {
+                return Err(ApiError::params(format!("texts must hold 1..={SEND_BATCH_MAX} messages")));
+            }
+            let room = shared.room(&p.room)?;
+            let count = p.texts.len();
+            let (first, last) = shared.send_texts(&room, p.texts).await?;
+            Ok(json!({"count": count, "first": first.id(), "last": last.id()}))
+        }
         "messages.history" => {
             let p: HistoryParams = parse(params)?;
             let room = shared.room(&p.room)?;
@@ -481,7 +560,6 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 .collect();
             Ok(json!({"peers": list}))
         }
-        "subscribe" => Ok(json!({"subscribed": true})),
         other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
     }
 }

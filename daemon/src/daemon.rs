@@ -86,6 +86,9 @@ pub enum OpError {
     /// Storage.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An append failed (shared by every caller of a grouped append).
+    #[error("storage: {0}")]
+    Append(Arc<StoreError>),
     /// Making an append durable failed.
     #[error(transparent)]
     Commit(#[from] CommitError),
@@ -422,16 +425,31 @@ impl Shared {
 
     /// Sends a text message; returns once it is durable.
     pub async fn send_text(&self, room: &Room, text: String) -> Result<StoredMessage, OpError> {
+        let (first, _) = self.send_texts(room, vec![text]).await?;
+        Ok(first)
+    }
+
+    /// Appends several text messages as one batch with one signed head; returns the first
+    /// and last once all are durable. Every text is checked before anything is written.
+    pub async fn send_texts(&self, room: &Room, texts: Vec<String>) -> Result<(StoredMessage, StoredMessage), OpError> {
         let limit = self.config.limits.message_bytes;
-        if text.len() > limit {
-            return Err(OpError::TooLarge { what: "message", size: text.len(), limit });
+        for text in &texts {
+            if text.len() > limit {
+                return Err(OpError::TooLarge { what: "message", size: text.len(), limit });
+            }
+            if text.trim().is_empty() {
+                return Err(OpError::Invalid("message text is empty".into()));
+            }
         }
-        if text.trim().is_empty() {
-            return Err(OpError::Invalid("message text is empty".into()));
-        }
-        let appended = room.append(vec![Body::Text { text }])?;
+        let appended = room
+            .append_grouped(texts.into_iter().map(|text| Body::Text { text }).collect())
+            .await
+            .map_err(OpError::Append)?;
         self.commit.durable().await?;
-        appended.messages.into_iter().next().ok_or(OpError::Invalid("nothing appended".into()))
+        let mut messages = appended.into_iter();
+        let first = messages.next().ok_or(OpError::Invalid("nothing appended".into()))?;
+        let last = messages.next_back().unwrap_or_else(|| first.clone());
+        Ok((first, last))
     }
 
     /// A page of history, oldest first: the newest `limit`, or those before message `before`.

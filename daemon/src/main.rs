@@ -82,6 +82,23 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Measure this build on loopback with real daemons (separate processes in temporary
+    /// data dirs): appends, live latency, catch-up, memory and disk. Takes a minute or two.
+    Bench {
+        /// Messages in the catch-up room.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Messages in the big catch-up room, which also gives the memory and disk figures
+        /// (0 skips it).
+        #[arg(long, default_value_t = 1_000_000)]
+        big: u64,
+        /// Runs of the latency and catch-up figures (median and range are printed).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Print the figures as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the node, its rooms and connected room peers.
     Status {
         #[command(flatten)]
@@ -191,6 +208,16 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Daemon(args) => run_daemon(args).await,
+        Command::Bench { messages, big, rounds, json } => {
+            let opts = peerlog::bench::BenchOptions { exe: std::env::current_exe()?, messages, big, rounds };
+            let figures = peerlog::bench::run(&opts, |step| eprintln!("bench: {step}")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&figures)?);
+            } else {
+                print!("{}", peerlog::bench::render(&figures));
+            }
+            Ok(())
+        }
         Command::Open(client) => {
             let (addr, token) = client.endpoint()?;
             let url = format!("http://{addr}/#token={token}");

@@ -97,6 +97,10 @@ pub struct Room {
     lamport: AtomicU64,
     /// Serializes appends to our feed (held only around synchronous store calls).
     append_lock: Mutex<()>,
+    /// Appends waiting for [`Room::append_grouped`]'s next turn.
+    pending: Mutex<Vec<PendingAppend>>,
+    /// Held by the caller that appends everything pending as one batch.
+    append_turn: tokio::sync::Mutex<()>,
     /// AEAD per writer, derived on first use.
     ciphers: Mutex<HashMap<Key32, FeedCipher>>,
     updates: broadcast::Sender<HeadUpdate>,
@@ -108,6 +112,12 @@ pub struct Room {
     progress: Mutex<Progress>,
     /// Cancelled when the room is left or the daemon stops.
     pub cancel: CancellationToken,
+}
+
+/// An append waiting for its turn, and where its messages go.
+struct PendingAppend {
+    bodies: Vec<Body>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<StoredMessage>, Arc<StoreError>>>,
 }
 
 /// Per feed: the longest head seen, and how many entries are stored.
@@ -152,6 +162,8 @@ impl Room {
             feed_key,
             lamport: AtomicU64::new(lamport),
             append_lock: Mutex::new(()),
+            pending: Mutex::new(Vec::new()),
+            append_turn: tokio::sync::Mutex::new(()),
             ciphers: Mutex::new(HashMap::new()),
             updates,
             store: store.clone(),
@@ -180,6 +192,45 @@ impl Room {
         if let Some(max) = messages.iter().map(|m| m.message.lamport).max() {
             self.lamport.fetch_max(max, Ordering::AcqRel);
         }
+    }
+
+    /// Appends like [`Room::append`], but concurrent callers share one append: whoever gets
+    /// the turn appends everything queued so far as one batch with one signed head, and
+    /// each caller gets its own messages back. Group commit at the append level: under
+    /// concurrent senders one signature, block and metadata write serve them all.
+    pub async fn append_grouped(&self, bodies: Vec<Body>) -> Result<Vec<StoredMessage>, Arc<StoreError>> {
+        let (reply, result) = tokio::sync::oneshot::channel();
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(PendingAppend { bodies, reply });
+        {
+            let _turn = self.append_turn.lock().await;
+            let batch = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+            // Empty when an earlier turn already took ours.
+            if !batch.is_empty() {
+                let mut counts = Vec::with_capacity(batch.len());
+                let mut replies = Vec::with_capacity(batch.len());
+                let mut all = Vec::new();
+                for p in batch {
+                    counts.push(p.bodies.len());
+                    replies.push(p.reply);
+                    all.extend(p.bodies);
+                }
+                match self.append(all) {
+                    Ok(appended) => {
+                        let mut messages = appended.messages.into_iter();
+                        for (n, reply) in counts.into_iter().zip(replies) {
+                            let _ = reply.send(Ok(messages.by_ref().take(n).collect()));
+                        }
+                    }
+                    Err(e) => {
+                        let e = Arc::new(e);
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        result.await.unwrap_or_else(|_| Err(Arc::new(StoreError::Corrupt("append queue"))))
     }
 
     /// Appends to our feed (not yet durable: the caller flushes) and announces it.

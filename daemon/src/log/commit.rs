@@ -1,6 +1,10 @@
 //! Group commit: appends are applied to sled at once, and each caller then waits for a
 //! flush that started after its append. One flush covers every append made before it, so
 //! concurrent senders share an fsync instead of queueing behind one each.
+//!
+//! It is also the store's only flusher (sled's own timer is off, see `store.rs`): while
+//! anything was written, e.g. entries received from peers, it flushes every
+//! [`BACKGROUND_FLUSH`].
 
 use std::sync::Arc;
 
@@ -8,6 +12,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{Store, StoreError};
+
+/// How often written but unflushed data is flushed without anyone waiting for it.
+pub const BACKGROUND_FLUSH: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Waiters queued for the next flush.
 const QUEUE: usize = 4096;
@@ -37,9 +44,19 @@ impl GroupCommit {
     pub fn spawn(store: Store, cancel: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
         let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BACKGROUND_FLUSH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let first = tokio::select! {
                     w = rx.recv() => match w { Some(w) => w, None => break },
+                    _ = tick.tick() => {
+                        if store.has_unflushed() {
+                            if let Err(e) = store.flush().await {
+                                tracing::error!(error = %e, "background flush failed");
+                            }
+                        }
+                        continue;
+                    }
                     _ = cancel.cancelled() => break,
                 };
                 let mut waiters = vec![first];

@@ -5,7 +5,7 @@
 //!
 //! | key                                                   | value               |
 //! |-------------------------------------------------------|---------------------|
-//! | `b` feed_key start                                    | postcard `[Entry]`: a block of entries `start..` |
+//! | `b` feed_key start                                    | postcard `BlockPtr`: where block `start..` is in the feed's data file |
 //! | `l` feed_key start                                    | postcard `BlockIndex`: Lamport clock and time of the same block |
 //! | `f` feed_key                                          | postcard [`FeedMeta`] |
 //! | `r` discovery_key feed_key                            | (empty)             |
@@ -14,10 +14,17 @@
 //! Integers are big-endian so that sled's byte order is numeric order. Nothing is stored
 //! before it verified: see [`Store::ingest`].
 //!
-//! Entries are kept in blocks of up to [`BLOCK_ENTRIES`], one sled value per block, because
-//! sled's cost is per key: one key per message made ingest copy tree nodes for every entry
-//! (BENCHMARKS.md has the profile). A block is written once and never changes; blocks of a
-//! feed never overlap. The `l` index holds what display order needs (Lamport clock, time)
+//! Entries are kept in blocks of up to [`BLOCK_ENTRIES`], because sled's cost is per key:
+//! one key per message made ingest copy tree nodes for every entry (BENCHMARKS.md has the
+//! profile). A block is written once and never changes; blocks of a feed never overlap.
+//! Block bytes (postcard `[Entry]`, ciphertext) go to an append-only data file per feed,
+//! `blocks/<feed hex>`, not into sled: sled 0.34 keeps what was written in memory whatever
+//! its cache limit, which made a daemon that caught up 1,000,000 messages hold 290 MiB.
+//! sled keeps only the small pointers, checksummed with BLAKE3.
+//!
+//! Durability: [`Store::flush`] syncs the data files first and sled second, so a flushed
+//! pointer never points at unsynced bytes; sled's own timer flush is off and the group
+//! committer flushes instead (on demand, and every 200 ms while there are writes). The `l` index holds what display order needs (Lamport clock, time)
 //! without decrypting; a blind seeder has no content key and keeps no `l` index.
 //!
 //! Display order is `(lamport, time_ms, feed_key, seq)`. Within a feed the Lamport clock
@@ -45,6 +52,9 @@ pub enum StoreError {
     /// sled failed (I/O, corruption detected by sled).
     #[error("storage: {0}")]
     Sled(#[from] sled::Error),
+    /// Reading or writing a data file failed.
+    #[error("data file: {0}")]
+    Io(#[from] std::io::Error),
     /// A stored value does not decode.
     #[error("stored {0} does not decode")]
     Corrupt(&'static str),
@@ -229,6 +239,7 @@ pub struct Store {
     db: sled::Db,
     log: sled::Tree,
     rooms: sled::Tree,
+    blocks: Arc<DataFiles>,
     /// Serializes the check-then-write part of ingest (anchor checks read what earlier
     /// ingests wrote). Held only around synchronous sled calls, never across an await.
     ingest_lock: Arc<Mutex<()>>,
@@ -283,6 +294,109 @@ fn room_feed_key(room: &Key32, feed: &Key32) -> [u8; 65] {
     k
 }
 
+/// Where a block's bytes are in its feed's data file.
+#[derive(Serialize, Deserialize)]
+struct BlockPtr {
+    offset: u64,
+    len: u32,
+    /// First 16 bytes of the BLAKE3 hash of the bytes: catches a torn or damaged file.
+    check: [u8; 16],
+}
+
+fn checksum(bytes: &[u8]) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c.copy_from_slice(&blake3::hash(bytes).as_bytes()[..16]);
+    c
+}
+
+/// One append-only data file and its length.
+struct DataFile {
+    file: std::fs::File,
+    len: u64,
+}
+
+/// The feeds' data files, opened on first use.
+struct DataFiles {
+    dir: std::path::PathBuf,
+    open: Mutex<HashMap<Key32, Arc<Mutex<DataFile>>>>,
+    /// Files written since the last sync.
+    dirty: Mutex<std::collections::HashSet<Key32>>,
+    /// Anything (sled included) written since the last flush.
+    unflushed: std::sync::atomic::AtomicBool,
+}
+
+/// Data files kept open at most; past this the cache starts over.
+const OPEN_FILES: usize = 256;
+
+impl DataFiles {
+    fn path(&self, feed: &Key32) -> std::path::PathBuf {
+        self.dir.join(hex::encode(feed))
+    }
+
+    fn file(&self, feed: &Key32) -> Result<Arc<Mutex<DataFile>>, StoreError> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = open.get(feed) {
+            return Ok(f.clone());
+        }
+        if open.len() >= OPEN_FILES {
+            open.clear();
+        }
+        let file =
+            std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path(feed))?;
+        let len = file.metadata()?.len();
+        let f = Arc::new(Mutex::new(DataFile { file, len }));
+        open.insert(*feed, f.clone());
+        Ok(f)
+    }
+
+    fn write(&self, feed: &Key32, bytes: &[u8]) -> Result<BlockPtr, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let f = self.file(feed)?;
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        let offset = f.len;
+        f.file.write_all_at(bytes, offset)?;
+        f.len += bytes.len() as u64;
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).insert(*feed);
+        self.unflushed.store(true, std::sync::atomic::Ordering::Release);
+        let len = u32::try_from(bytes.len()).map_err(|_| StoreError::Corrupt("block size"))?;
+        Ok(BlockPtr { offset, len, check: checksum(bytes) })
+    }
+
+    fn read(&self, feed: &Key32, ptr: &BlockPtr) -> Result<Vec<u8>, StoreError> {
+        use std::os::unix::fs::FileExt;
+        let f = self.file(feed)?;
+        let mut buf = vec![0u8; ptr.len as usize];
+        {
+            let f = f.lock().unwrap_or_else(|p| p.into_inner());
+            if ptr.offset + u64::from(ptr.len) > f.len {
+                return Err(StoreError::Corrupt("block past the end of its data file"));
+            }
+            f.file.read_exact_at(&mut buf, ptr.offset)?;
+        }
+        if checksum(&buf) != ptr.check {
+            return Err(StoreError::Corrupt("block checksum"));
+        }
+        Ok(buf)
+    }
+
+    /// Syncs every data file written since the last call.
+    fn sync(&self) -> Result<(), StoreError> {
+        let dirty: Vec<Key32> = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for feed in dirty {
+            let f = self.file(&feed)?;
+            let file = f.lock().unwrap_or_else(|p| p.into_inner()).file.try_clone()?;
+            file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, feed: &Key32) {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(feed);
+        self.dirty.lock().unwrap_or_else(|p| p.into_inner()).remove(feed);
+        let _ = std::fs::remove_file(self.path(feed));
+    }
+}
+
 /// Display-order key of a message: `(lamport, time_ms, feed_key, seq)`.
 pub type OrderKey = (u64, u64, Key32, u64);
 
@@ -333,20 +447,30 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Adds entries `start..` to `batch` as blocks of at most [`BLOCK_ENTRIES`], with their
-/// display-order index when the messages are known.
-fn put_run(batch: &mut sled::Batch, feed: &Key32, start: u64, entries: &[Entry], messages: Option<&[StoredMessage]>) {
-    for (i, chunk) in entries.chunks(BLOCK_ENTRIES).enumerate() {
-        let at = start + (i * BLOCK_ENTRIES) as u64;
-        batch.insert(&block_key(feed, at)[..], encode(chunk));
-        if let Some(messages) = messages {
-            let m = &messages[i * BLOCK_ENTRIES..i * BLOCK_ENTRIES + chunk.len()];
-            batch.insert(&index_key(feed, at)[..], encode(&BlockIndex::new(m)));
-        }
-    }
-}
-
 impl Store {
+    /// Writes entries `start..` as blocks of at most [`BLOCK_ENTRIES`] to the feed's data
+    /// file, and adds their pointers to `batch`, with their display-order index when the
+    /// messages are known.
+    fn put_run(
+        &self,
+        batch: &mut sled::Batch,
+        feed: &Key32,
+        start: u64,
+        entries: &[Entry],
+        messages: Option<&[StoredMessage]>,
+    ) -> Result<(), StoreError> {
+        for (i, chunk) in entries.chunks(BLOCK_ENTRIES).enumerate() {
+            let at = start + (i * BLOCK_ENTRIES) as u64;
+            let ptr = self.blocks.write(feed, &encode(chunk))?;
+            batch.insert(&block_key(feed, at)[..], encode(&ptr));
+            if let Some(messages) = messages {
+                let m = &messages[i * BLOCK_ENTRIES..i * BLOCK_ENTRIES + chunk.len()];
+                batch.insert(&index_key(feed, at)[..], encode(&BlockIndex::new(m)));
+            }
+        }
+        Ok(())
+    }
+
     /// Opens (or creates) the database in `dir` with sled's default-sized page cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
@@ -354,7 +478,13 @@ impl Store {
 
     /// Opens (or creates) the database in `dir`; sled caches up to `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
-        let db = sled::Config::new().path(dir).cache_capacity(cache_bytes).flush_every_ms(Some(200)).open()?;
+        // Format 1 kept sled's files directly in `dir`.
+        if dir.join("conf").exists() && !dir.join("kv").exists() {
+            return Err(StoreError::Format { found: 1 });
+        }
+        let blocks_dir = dir.join("blocks");
+        std::fs::create_dir_all(&blocks_dir)?;
+        let db = sled::Config::new().path(dir.join("kv")).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
         let log = db.open_tree("log")?;
         let rooms = db.open_tree("rooms")?;
         match db.get("format")? {
@@ -370,13 +500,34 @@ impl Store {
                 db.insert("format", &FORMAT.to_be_bytes())?;
             }
         }
-        Ok(Self { db, log, rooms, ingest_lock: Arc::new(Mutex::new(())) })
+        let blocks = Arc::new(DataFiles {
+            dir: blocks_dir,
+            open: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(Default::default()),
+            unflushed: false.into(),
+        });
+        Ok(Self { db, log, rooms, blocks, ingest_lock: Arc::new(Mutex::new(())) })
     }
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.blocks.unflushed.store(false, std::sync::atomic::Ordering::Release);
+        // Data files first: a durable pointer must never point at bytes that are not.
+        let blocks = self.blocks.clone();
+        tokio::task::spawn_blocking(move || blocks.sync())
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    fn touch(&self) {
+        self.blocks.unflushed.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether anything was written since the last [`Store::flush`] began.
+    pub fn has_unflushed(&self) -> bool {
+        self.blocks.unflushed.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Bytes the database occupies on disk.
@@ -389,6 +540,7 @@ impl Store {
     /// Saves a joined room.
     pub fn put_room(&self, discovery_key: &Key32, record: &RoomRecord) -> Result<(), StoreError> {
         self.rooms.insert(discovery_key, encode(record))?;
+        self.touch();
         Ok(())
     }
 
@@ -407,6 +559,7 @@ impl Store {
     /// Forgets a room and deletes its feeds, entries and index.
     pub fn remove_room(&self, discovery_key: &Key32) -> Result<(), StoreError> {
         self.rooms.remove(discovery_key)?;
+        self.touch();
         let mut prefix = vec![b'r'];
         prefix.extend_from_slice(discovery_key);
         for kv in self.log.scan_prefix(&prefix) {
@@ -421,6 +574,7 @@ impl Store {
             batch.remove(&meta_key(&feed)[..]);
             batch.remove(k);
             self.log.apply_batch(batch)?;
+            self.blocks.remove(&feed);
         }
         Ok(())
     }
@@ -468,7 +622,8 @@ impl Store {
             if at > next {
                 break;
             }
-            let block: Vec<Entry> = decode(&v, "block")?;
+            let ptr: BlockPtr = decode(&v, "block pointer")?;
+            let block: Vec<Entry> = decode(&self.blocks.read(feed, &ptr)?, "block")?;
             let skip = (next - at) as usize;
             if skip >= block.len() {
                 break;
@@ -526,12 +681,13 @@ impl Store {
         let Some(last) = messages.last() else { return Err(StoreError::Corrupt("empty append")) };
         let head = sign_head(writer, last.seq, prev);
         let mut batch = sled::Batch::default();
-        put_run(&mut batch, &feed, first_seq, &entries, Some(&messages));
+        self.put_run(&mut batch, &feed, first_seq, &entries, Some(&messages))?;
         meta.head = Some(head.clone());
         meta.add_range(first_seq, first_seq + entries.len() as u64);
         batch.insert(&meta_key(&feed)[..], encode(&meta));
         batch.insert(&room_feed_key(room, &feed)[..], &[][..]);
         self.log.apply_batch(batch)?;
+        self.touch();
         Ok(Appended { head, messages })
     }
 
@@ -650,7 +806,7 @@ impl Store {
                 j += 1;
             }
             let run_messages = (cipher.is_some()).then(|| &messages[i..j]);
-            put_run(&mut batch, feed, start + i as u64, &entries[i..j], run_messages);
+            self.put_run(&mut batch, feed, start + i as u64, &entries[i..j], run_messages)?;
             stored += (j - i) as u64;
             i = j;
         }
@@ -662,6 +818,7 @@ impl Store {
         batch.insert(&meta_key(feed)[..], encode(&meta));
         batch.insert(&room_feed_key(room, feed)[..], &[][..]);
         self.log.apply_batch(batch)?;
+        self.touch();
         Ok(Ingested { messages, stored, new_head })
     }
 
@@ -670,6 +827,7 @@ impl Store {
     pub fn record_fork(&self, feed: &Key32, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
         tracing::warn!(feed = %hex::encode(&feed[..8]), seq = a.seq, "writer signed two different heads: fork recorded");
         self.log.insert(fork_key(feed, a.seq), encode(&(a, b)))?;
+        self.touch();
         Ok(())
     }
 
@@ -948,6 +1106,26 @@ mod tests {
         drop(s);
         let s = Store::open(&d.0).unwrap();
         assert_eq!(s.history(&room, &content, None, 10_000).unwrap(), all);
+    }
+
+    /// A damaged data file is reported as corrupt, never served as entries.
+    #[test]
+    fn damaged_block_is_detected() {
+        let room = [9u8; 32];
+        let d = tempdir::Dir::new();
+        let s = Store::open(&d.0).unwrap();
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(&[1; 32], &feed);
+        s.append(&room, &w, &c, 1, vec![text("one"), text("two")]).unwrap();
+        assert_eq!(s.entries(&feed, 0, 2).unwrap().len(), 2);
+        let path = d.0.join("blocks").join(hex::encode(feed));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let e = s.entries(&feed, 0, 2).err().expect("a flipped byte must be caught");
+        assert!(e.to_string().contains("checksum"), "{e}");
     }
 
     #[test]

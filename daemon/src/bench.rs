@@ -1,0 +1,412 @@
+//! `peerlog bench`: figures from real daemons (separate processes of this binary) on
+//! loopback, printed for people or, with `--json`, for scripts. The targets and recorded
+//! results are in BENCHMARKS.md.
+//!
+//! - append: durable `messages.send` one at a time (1 client, then 16 concurrent clients
+//!   sharing group commits), and `messages.send_batch` in batches of 100 and 1,000;
+//! - live latency: `messages.send` on A → the `message` event on B's WebSocket, 1,000
+//!   messages one at a time;
+//! - catch-up: a fresh daemon joins (by invite: no Argon2id in the figure) a room holding
+//!   N messages of 200 bytes; the time from `rooms.join` returning until its
+//!   `sync.progress` says all N are verified and stored;
+//! - resources: idle RSS of a fresh daemon; RSS and bytes on disk per message of a daemon
+//!   holding the big room, after the catch-up and again after a restart.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::client::Client;
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// The `peerlog` binary to start daemons from.
+    pub exe: PathBuf,
+    /// Messages in the catch-up room.
+    pub messages: u64,
+    /// Messages in the big catch-up room (0: skip).
+    pub big: u64,
+    /// Rounds of the latency and catch-up figures.
+    pub rounds: usize,
+}
+
+/// Size of every benchmark message's text.
+const TEXT_BYTES: usize = 200;
+/// Time allowed for any one step; a step that takes longer fails the run with its name.
+const STEP: Duration = Duration::from_secs(300);
+
+/// A daemon in its own process with its own data dir.
+struct Proc {
+    exe: PathBuf,
+    dir: PathBuf,
+    bootstrap: Option<String>,
+    child: Child,
+    api: std::net::SocketAddr,
+    token: String,
+    /// `/ip4/127.0.0.1/tcp/PORT/p2p/PEERID`.
+    addr: String,
+}
+
+impl Proc {
+    async fn start(exe: &Path, name: &str, bootstrap: Option<&str>) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("peerlog-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self::spawn(exe.to_path_buf(), dir, bootstrap.map(str::to_owned)).await
+    }
+
+    async fn spawn(exe: PathBuf, dir: PathBuf, bootstrap: Option<String>) -> Result<Self> {
+        let _ = std::fs::remove_file(dir.join("api-port"));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.with_extension("log"))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("daemon")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+            .args(["--dht-mode", "server", "--relay-server", "off"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log);
+        if let Some(b) = &bootstrap {
+            cmd.args(["--bootstrap", b]);
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
+        let port_file = dir.join("api-port");
+        let t0 = Instant::now();
+        let port: u16 = loop {
+            if let Some(p) = std::fs::read_to_string(&port_file).ok().and_then(|s| s.trim().parse().ok()) {
+                break p;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("daemon in {} wrote no api-port within 30 s (see {}.log)", dir.display(), dir.display());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let token = std::fs::read_to_string(dir.join("api-token"))?.trim().to_owned();
+        let api = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut proc = Self { exe, dir, bootstrap, child, api, token, addr: String::new() };
+        let info = proc.client().await?.call("node.info", Value::Null).await?;
+        let peer = info["peer_id"].as_str().ok_or_else(|| anyhow!("node.info without peer_id"))?;
+        let listen = info["listen_addrs"]
+            .as_array()
+            .and_then(|a| a.iter().filter_map(Value::as_str).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")))
+            .ok_or_else(|| anyhow!("daemon has no loopback TCP address"))?;
+        proc.addr = format!("{listen}/p2p/{peer}");
+        Ok(proc)
+    }
+
+    async fn client(&self) -> Result<Client> {
+        Ok(Client::connect(self.api, &self.token).await?)
+    }
+
+    fn rss_kib(&self) -> u64 {
+        status_kib(self.child.id(), "VmRSS:")
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        dir_bytes(&self.dir.join("db"))
+    }
+
+    /// Stops the daemon (SIGTERM) and starts it again on the same data dir.
+    async fn restart(mut self) -> Result<Self> {
+        self.stop()?;
+        let (exe, dir, bootstrap) = (self.exe.clone(), self.dir.clone(), self.bootstrap.clone());
+        std::mem::forget(self);
+        Self::spawn(exe, dir, bootstrap).await
+    }
+
+    fn stop(&mut self) -> Result<()> {
+        // SAFETY: kill(2) with a PID we spawned and have not reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let t0 = Instant::now();
+        while self.child.try_wait()?.is_none() {
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                bail!("daemon did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(self.dir.with_extension("log"));
+    }
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn step<T>(what: &str, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(STEP, fut).await.map_err(|_| anyhow!("{what}: not done within {} s", STEP.as_secs()))?
+}
+
+fn text(i: u64) -> String {
+    let mut t = format!("bench message {i:09} ");
+    t.extend(std::iter::repeat_n('x', TEXT_BYTES - t.len()));
+    t
+}
+
+async fn create_room(c: &mut Client, name: &str) -> Result<(String, String)> {
+    let r = c.call("rooms.create", json!({ "name": name })).await?;
+    let id = r["room"]["id"].as_str().ok_or_else(|| anyhow!("rooms.create without room id"))?;
+    let invite = r["invite"].as_str().ok_or_else(|| anyhow!("rooms.create without invite"))?;
+    Ok((id.to_owned(), invite.to_owned()))
+}
+
+async fn fill(c: &mut Client, room: &str, n: u64, batch: u64) -> Result<()> {
+    let mut i = 0;
+    while i < n {
+        let k = batch.min(n - i);
+        let texts: Vec<String> = (i..i + k).map(text).collect();
+        c.call("messages.send_batch", json!({ "room": room, "texts": texts })).await?;
+        i += k;
+    }
+    Ok(())
+}
+
+/// Durable single sends from `clients` concurrent clients, `per_client` each: messages/s.
+async fn append_single(p: &Proc, room: &str, clients: usize, per_client: u64) -> Result<f64> {
+    let mut conns = Vec::new();
+    for _ in 0..clients {
+        // Senders only: every `message` event to 16 clients would cost more than the appends.
+        let mut c = p.client().await?;
+        c.call("subscribe", json!({ "events": [] })).await?;
+        conns.push(c);
+    }
+    let t0 = Instant::now();
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut c)| {
+            let room = room.to_owned();
+            tokio::spawn(async move {
+                for i in 0..per_client {
+                    c.call("messages.send", json!({ "room": room, "text": text(k as u64 * 1_000_000 + i) })).await?;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    Ok((clients as u64 * per_client) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Batches of `batch` through `messages.send_batch`, `n` messages in all: messages/s.
+async fn append_batches(p: &Proc, room: &str, n: u64, batch: u64) -> Result<f64> {
+    let mut c = p.client().await?;
+    c.call("subscribe", json!({ "events": [] })).await?;
+    let t0 = Instant::now();
+    fill(&mut c, room, n, batch).await?;
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// 1,000 messages one at a time from A to B: latencies in ms, sorted.
+async fn live_latency(a: &Proc, b: &Proc, round: usize) -> Result<Vec<f64>> {
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    ca.call("subscribe", json!({ "events": [] })).await?;
+    cb.call("subscribe", json!({ "events": ["message", "peer.joined"] })).await?;
+    let (room, invite) = create_room(&mut ca, &format!("live-{round}")).await?;
+    cb.call("rooms.join", json!({ "invite": invite })).await?;
+    step("B's session with A in the live room", async {
+        cb.wait_event(STEP, "peer.joined", |e| e.event == "peer.joined").await?;
+        Ok(())
+    })
+    .await?;
+    let mut out = Vec::with_capacity(1000);
+    for i in 0..1000u64 {
+        let t = text(i);
+        let t0 = Instant::now();
+        ca.call("messages.send", json!({ "room": room, "text": t })).await?;
+        cb.wait_event(Duration::from_secs(10), "message event on B", |e| {
+            e.event == "message" && e.params["text"].as_str() == Some(t.as_str())
+        })
+        .await?;
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    out.sort_by(f64::total_cmp);
+    Ok(out)
+}
+
+/// A fresh daemon joins `invite` and catches up `n` messages. Returns the seconds from the
+/// end of `rooms.join` until its `sync.progress` reports all `n` stored, and the daemon.
+async fn catch_up(exe: &Path, a: &Proc, name: &str, invite: &str, n: u64) -> Result<(f64, Proc)> {
+    let c = Proc::start(exe, name, Some(&a.addr)).await?;
+    let mut cc = c.client().await?;
+    cc.call("subscribe", json!({ "events": ["sync.progress"] })).await?;
+    cc.call("rooms.join", json!({ "invite": invite })).await?;
+    let t0 = Instant::now();
+    cc.wait_event(STEP, &format!("sync.progress with all {n} entries"), |e| {
+        e.event == "sync.progress" && e.params["entries_done"].as_u64().is_some_and(|d| d >= n)
+    })
+    .await?;
+    Ok((t0.elapsed().as_secs_f64(), c))
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Median and range of several runs.
+fn spread(mut v: Vec<f64>) -> Value {
+    v.sort_by(f64::total_cmp);
+    json!({ "median": pct(&v, 0.5), "min": v[0], "max": v[v.len() - 1], "runs": v })
+}
+
+/// Runs everything and returns the figures as JSON.
+pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Value> {
+    let exe = &opts.exe;
+    let rounds = opts.rounds.max(1);
+    let mut out = json!({
+        "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
+        "version": env!("CARGO_PKG_VERSION"),
+    });
+
+    progress("idle RSS of a fresh daemon");
+    let a = Proc::start(exe, "a", None).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    out["idle_rss_mib"] = json!(a.rss_kib() as f64 / 1024.0);
+
+    progress("append: single sends, 1 and 16 clients; batches of 100 and 1,000");
+    let mut ca = a.client().await?;
+    ca.call("subscribe", json!({ "events": [] })).await?;
+    let (append_room, _) = create_room(&mut ca, "append").await?;
+    out["append"] = json!({
+        "single_1_client_per_s": step("single sends", append_single(&a, &append_room, 1, 2000)).await?,
+        "single_16_clients_per_s": step("concurrent sends", append_single(&a, &append_room, 16, 1000)).await?,
+        "batch_100_per_s": step("batches of 100", append_batches(&a, &append_room, 20_000, 100)).await?,
+        "batch_1000_per_s": step("batches of 1000", append_batches(&a, &append_room, 100_000, 1000)).await?,
+    });
+
+    progress("live latency: 1,000 messages one at a time, A → B");
+    let b = Proc::start(exe, "b", Some(&a.addr)).await?;
+    let (mut p50, mut p95, mut p99) = (vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let l = step("live latency", live_latency(&a, &b, round)).await?;
+        (p50.push(pct(&l, 0.5)), p95.push(pct(&l, 0.95)), p99.push(pct(&l, 0.99)));
+    }
+    drop(b);
+    out["live_latency_ms"] = json!({ "p50": spread(p50), "p95": spread(p95), "p99": spread(p99) });
+
+    let mut catchups = serde_json::Map::new();
+    let mut sizes = vec![opts.messages];
+    if opts.big > 0 {
+        sizes.push(opts.big);
+    }
+    for (k, &n) in sizes.iter().enumerate() {
+        progress(&format!("catch-up: filling a room with {n} messages"));
+        let (room, invite) = create_room(&mut ca, &format!("catch-up-{n}")).await?;
+        step("filling the room", fill(&mut ca, &room, n, 1000)).await?;
+        let big = k > 0;
+        let runs = if big { 1 } else { rounds };
+        let mut rates = vec![];
+        let mut last = None;
+        for round in 0..runs {
+            progress(&format!("catch-up of {n} messages, run {}/{runs}", round + 1));
+            let (secs, c) = catch_up(exe, &a, &format!("c{n}-{round}"), &invite, n).await?;
+            rates.push(n as f64 / secs);
+            last = Some(c);
+        }
+        let mb_per_s: Vec<f64> = rates.iter().map(|r| r * TEXT_BYTES as f64 / 1e6).collect();
+        let mut fig = json!({
+            "messages": n,
+            "messages_per_s": spread(rates.clone()),
+            "mb_per_s": spread(mb_per_s),
+            "seconds": spread(rates.iter().map(|r| n as f64 / r).collect()),
+        });
+        if let (true, Some(c)) = (big, last) {
+            progress("resources of the daemon holding the big room");
+            fig["rss_after_catch_up_mib"] = json!(c.rss_kib() as f64 / 1024.0);
+            let c = c.restart().await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            fig["rss_after_restart_mib"] = json!(c.rss_kib() as f64 / 1024.0);
+            fig["disk_bytes_per_message"] = json!(c.disk_bytes() as f64 / n as f64);
+            fig["writer_rss_mib"] = json!(a.rss_kib() as f64 / 1024.0);
+        }
+        catchups.insert(n.to_string(), fig);
+    }
+    out["catch_up"] = Value::Object(catchups);
+    Ok(out)
+}
+
+/// The figures for people.
+pub fn render(v: &Value) -> String {
+    let f = |x: &Value| x.as_f64().map_or("-".into(), |x| format!("{x:.0}"));
+    let ms = |x: &Value| {
+        format!(
+            "{:.3} ms (range {:.3}–{:.3})",
+            x["median"].as_f64().unwrap_or(0.0),
+            x["min"].as_f64().unwrap_or(0.0),
+            x["max"].as_f64().unwrap_or(0.0)
+        )
+    };
+    let mut s = String::new();
+    s += &format!("cores: {}\n", v["machine"]["cores"]);
+    s += &format!("idle RSS: {:.1} MiB\n", v["idle_rss_mib"].as_f64().unwrap_or(0.0));
+    let a = &v["append"];
+    s += &format!(
+        "append, durable: single sends {}/s (1 client), {}/s (16 clients); batches of 100 {}/s, of 1000 {}/s\n",
+        f(&a["single_1_client_per_s"]),
+        f(&a["single_16_clients_per_s"]),
+        f(&a["batch_100_per_s"]),
+        f(&a["batch_1000_per_s"])
+    );
+    let l = &v["live_latency_ms"];
+    s += &format!(
+        "live latency p50 {}\n             p95 {}\n             p99 {}\n",
+        ms(&l["p50"]),
+        ms(&l["p95"]),
+        ms(&l["p99"])
+    );
+    if let Some(c) = v["catch_up"].as_object() {
+        for (n, fig) in c {
+            let r = &fig["messages_per_s"];
+            s += &format!(
+                "catch-up of {n}: {} msg/s (range {}–{}), {:.1} MB/s, {:.2} s\n",
+                f(&r["median"]),
+                f(&r["min"]),
+                f(&r["max"]),
+                fig["mb_per_s"]["median"].as_f64().unwrap_or(0.0),
+                fig["seconds"]["median"].as_f64().unwrap_or(0.0)
+            );
+            if fig.get("disk_bytes_per_message").is_some() {
+                s += &format!(
+                    "  holding {n}: RSS {:.1} MiB after catch-up, {:.1} MiB after restart; {:.0} bytes on disk per message; writer RSS {:.1} MiB\n",
+                    fig["rss_after_catch_up_mib"].as_f64().unwrap_or(0.0),
+                    fig["rss_after_restart_mib"].as_f64().unwrap_or(0.0),
+                    fig["disk_bytes_per_message"].as_f64().unwrap_or(0.0),
+                    fig["writer_rss_mib"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    s
+}
