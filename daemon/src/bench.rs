@@ -311,7 +311,9 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Value> 
     let (mut p50, mut p95, mut p99) = (vec![], vec![], vec![]);
     for round in 0..rounds {
         let l = step("live latency", live_latency(&a, &b, round)).await?;
-        (p50.push(pct(&l, 0.5)), p95.push(pct(&l, 0.95)), p99.push(pct(&l, 0.99)));
+        p50.push(pct(&l, 0.5));
+        p95.push(pct(&l, 0.95));
+        p99.push(pct(&l, 0.99));
     }
     drop(b);
     out["live_latency_ms"] = json!({ "p50": spread(p50), "p95": spread(p95), "p99": spread(p99) });

@@ -1124,7 +1124,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, bytes).unwrap();
-        let e = s.entries(&feed, 0, 2).err().expect("a flipped byte must be caught");
+        let e = s.entries(&feed, 0, 2).expect_err("a flipped byte must be caught");
         assert!(e.to_string().contains("checksum"), "{e}");
     }
 
