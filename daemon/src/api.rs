@@ -327,7 +327,14 @@ fn room_json(shared: &Shared, room: &Room) -> Value {
         .into_iter()
         .map(|(feed, seq)| json!({"author": hex::encode(feed), "seq": seq}))
         .collect();
-    json!({"id": room.id, "name": room.name, "feed_key": hex::encode(room.feed_key), "peers": peers, "forks": forks})
+    json!({
+        "id": room.id,
+        "name": room.name,
+        "feed_key": hex::encode(room.feed_key),
+        "peers": peers,
+        "forks": forks,
+        "seeder": room.is_seeder(),
+    })
 }
 
 /// An API error with a stable code.
@@ -348,9 +355,13 @@ impl From<OpError> for ApiError {
             OpError::RoomNotFound(_) => codes::ROOM_NOT_FOUND,
             OpError::TooLarge { .. } => codes::TOO_LARGE,
             OpError::Invalid(_) => codes::INVALID_PARAMS,
-            OpError::Key(keys::KeyError::BadInvite) => codes::BAD_INVITE,
+            OpError::Key(keys::KeyError::BadInvite | keys::KeyError::BadSeed | keys::KeyError::SeedNotInvite) => {
+                codes::BAD_INVITE
+            }
             OpError::Key(keys::KeyError::EmptyPassphrase) => codes::INVALID_PARAMS,
             OpError::Key(_) => codes::INTERNAL,
+            OpError::Store(crate::log::store::StoreError::Blind) => codes::SEEDER_ONLY,
+            OpError::Append(e) if matches!(**e, crate::log::store::StoreError::Blind) => codes::SEEDER_ONLY,
             OpError::Store(_) | OpError::Append(_) => codes::STORAGE,
             OpError::Commit(crate::log::commit::CommitError::Shutdown) => codes::SHUTTING_DOWN,
             OpError::Commit(_) => codes::STORAGE,
@@ -411,6 +422,18 @@ struct CreateParams {
 struct SendParams {
     room: String,
     text: String,
+}
+
+#[derive(Deserialize)]
+struct InviteParams {
+    room: String,
+    kind: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SeedParams {
+    capability: String,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -501,9 +524,22 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             Ok(json!({"left": true}))
         }
         "rooms.invite" => {
-            let p: RoomParam = parse(params)?;
+            let p: InviteParams = parse(params)?;
             let room = shared.room(&p.room)?;
-            Ok(json!({"room": room.id, "invite": room.invite()}))
+            match p.kind.as_deref().unwrap_or("member") {
+                "member" => {
+                    let invite = room.invite().ok_or(OpError::Store(crate::log::store::StoreError::Blind))?;
+                    Ok(json!({"room": room.id, "kind": "member", "invite": invite}))
+                }
+                "seed" => Ok(json!({"room": room.id, "kind": "seed", "invite": room.seed_capability()})),
+                other => Err(ApiError::params(format!("kind must be \"member\" or \"seed\", not {other:?}"))),
+            }
+        }
+        "rooms.seed" => {
+            let p: SeedParams = parse(params)?;
+            let cap = keys::SeedCapability::parse(&p.capability).map_err(OpError::from)?;
+            let (room, created) = shared.seed(cap, p.name).await?;
+            Ok(json!({"room": room_json(shared, &room), "created": created}))
         }
         "messages.send" => {
             let p: SendParams = parse(params)?;

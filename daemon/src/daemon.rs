@@ -15,9 +15,9 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::keys::{self, KeyError, RoomSecret};
+use crate::keys::{self, KeyError, RoomSecret, SeedCapability};
 use crate::log::commit::{CommitError, GroupCommit};
-use crate::log::store::{now_ms, OrderKey, RoomRecord, StoreError, StoredMessage};
+use crate::log::store::{now_ms, Access, OrderKey, RoomRecord, StoreError, StoredMessage};
 use crate::log::{new_writer, Body, Store};
 use crate::node::{self, NodeConfig, NodeError, NodeHandle, NodeInfo};
 use crate::replicate::Replicator;
@@ -217,8 +217,9 @@ impl Daemon {
             tasks,
             net_cancel,
         });
-        for (_, record) in shared.store.rooms()? {
-            let room = Room::new(&record, &shared.store, shared.rooms.events.clone(), shared.net_cancel.child_token())?;
+        for (dk, record) in shared.store.rooms()? {
+            let room =
+                Room::new(&dk, &record, &shared.store, shared.rooms.events.clone(), shared.net_cancel.child_token())?;
             let (room, _) = shared.rooms.insert(room);
             shared.start_discovery(&room);
         }
@@ -379,6 +380,31 @@ impl Shared {
         name: Option<String>,
     ) -> Result<(Arc<Room>, bool), OpError> {
         let dk = secret.keys().discovery_key;
+        if self.rooms.get(&dk).is_some_and(|r| r.is_seeder()) {
+            return Err(OpError::Invalid(
+                "this daemon seeds that room blindly; leave it (rooms.leave) before joining it as a member".into(),
+            ));
+        }
+        self.add_room(dk, Access::Member(secret.0), name).await
+    }
+
+    /// Seeds a room blindly: finds its peers, authenticates, stores and serves its
+    /// ciphertext, and cannot read or write it. Seeding a room we are a member of returns it
+    /// as it is (a member already stores and serves everything).
+    pub async fn seed(
+        self: &Arc<Self>,
+        cap: SeedCapability,
+        name: Option<String>,
+    ) -> Result<(Arc<Room>, bool), OpError> {
+        self.add_room(cap.discovery_key, Access::Seeder(cap.auth_key), name).await
+    }
+
+    async fn add_room(
+        self: &Arc<Self>,
+        dk: Key32,
+        access: Access,
+        name: Option<String>,
+    ) -> Result<(Arc<Room>, bool), OpError> {
         if let Some(room) = self.rooms.get(&dk) {
             return Ok((room, false));
         }
@@ -387,14 +413,14 @@ impl Shared {
             return Err(OpError::Invalid("room name longer than 100 bytes".into()));
         }
         let record = RoomRecord {
-            secret: secret.0,
+            access,
             name: name.unwrap_or_else(|| format!("room {}", &keys::room_id(&dk)[..6])),
             writer: new_writer().to_bytes(),
             joined_ms: now_ms(),
         };
         self.store.put_room(&dk, &record)?;
         self.store.flush().await?;
-        let room = Room::new(&record, &self.store, self.rooms.events.clone(), self.net_cancel.child_token())?;
+        let room = Room::new(&dk, &record, &self.store, self.rooms.events.clone(), self.net_cancel.child_token())?;
         let (room, created) = self.rooms.insert(room);
         if created {
             info!(room = %room.id, "joined room");
@@ -454,6 +480,7 @@ impl Shared {
 
     /// A page of history, oldest first: the newest `limit`, or those before message `before`.
     pub fn history(&self, room: &Room, before: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, OpError> {
+        let content_key = room.keys.content_key.as_ref().ok_or(StoreError::Blind)?;
         let before_key: Option<OrderKey> = match before {
             None => None,
             Some(id) => {
@@ -461,12 +488,12 @@ impl Shared {
                     StoredMessage::parse_id(id).ok_or_else(|| OpError::Invalid(format!("bad message id {id:?}")))?;
                 Some(
                     self.store
-                        .order_key_of(&room.discovery_key, &room.keys.content_key, &feed, seq)?
+                        .order_key_of(&room.discovery_key, content_key, &feed, seq)?
                         .ok_or_else(|| OpError::Invalid(format!("no message {id:?} in this room")))?,
                 )
             }
         };
-        Ok(self.store.history(&room.discovery_key, &room.keys.content_key, before_key.as_ref(), limit)?)
+        Ok(self.store.history(&room.discovery_key, content_key, before_key.as_ref(), limit)?)
     }
 
     /// Node snapshot.

@@ -25,6 +25,8 @@ pub const ARGON2_T: u32 = 3;
 pub const ARGON2_P: u32 = 4;
 /// Prefix of an invite string.
 pub const INVITE_PREFIX: &str = "peerlog:";
+/// Prefix of a seed capability.
+pub const SEED_PREFIX: &str = "peerlog-seed:";
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,12 @@ pub enum KeyError {
     /// The invite string is not `peerlog:` followed by 32 bytes in base32.
     #[error("not a peerlog invite (expected peerlog:<52 base32 characters>)")]
     BadInvite,
+    /// The seed capability string is not `peerlog-seed:` followed by 64 bytes in base32.
+    #[error("not a peerlog seed capability (expected peerlog-seed:<103 base32 characters>)")]
+    BadSeed,
+    /// A seed capability was given where an invite belongs.
+    #[error("this is a seed capability, which lets a daemon store and serve a room without reading it; use `peerlog seed` (rooms.seed), or ask for an invite to join")]
+    SeedNotInvite,
     /// The passphrase is empty.
     #[error("the passphrase is empty")]
     EmptyPassphrase,
@@ -84,6 +92,9 @@ impl RoomSecret {
 
     /// Parses `peerlog:<base32>`.
     pub fn from_invite(invite: &str) -> Result<Self, KeyError> {
+        if invite.trim().starts_with(SEED_PREFIX) {
+            return Err(KeyError::SeedNotInvite);
+        }
         let body = invite.trim().strip_prefix(INVITE_PREFIX).ok_or(KeyError::BadInvite)?;
         let bytes = data_encoding::BASE32_NOPAD
             .decode(body.to_ascii_uppercase().as_bytes())
@@ -108,8 +119,62 @@ impl RoomSecret {
         RoomKeys {
             discovery_key: expand(b"peerlog/discovery/v1"),
             auth_key: expand(b"peerlog/auth/v1"),
-            content_key: expand(b"peerlog/content/v1"),
+            content_key: Some(expand(b"peerlog/content/v1")),
         }
+    }
+}
+
+/// What a blind seeder holds: enough to find the room's peers and pass the membership
+/// proof, and nothing to decrypt or write with.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
+pub struct SeedCapability {
+    /// The room's discovery key.
+    pub discovery_key: Key32,
+    /// The room's membership key.
+    pub auth_key: Key32,
+}
+
+impl std::fmt::Debug for SeedCapability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SeedCapability({})", room_id(&self.discovery_key))
+    }
+}
+
+impl SeedCapability {
+    /// The seed capability of a room whose keys we hold.
+    pub fn of(keys: &RoomKeys) -> Self {
+        Self { discovery_key: keys.discovery_key, auth_key: keys.auth_key }
+    }
+
+    /// `peerlog-seed:<base32 of discovery key and auth key>`, lower case.
+    pub fn to_text(&self) -> String {
+        let mut bytes = [0u8; 64];
+        bytes[..32].copy_from_slice(&self.discovery_key);
+        bytes[32..].copy_from_slice(&self.auth_key);
+        let text = format!("{SEED_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase());
+        bytes.zeroize();
+        text
+    }
+
+    /// Parses [`SeedCapability::to_text`]'s output.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let body = text.trim().strip_prefix(SEED_PREFIX).ok_or(KeyError::BadSeed)?;
+        let mut bytes =
+            data_encoding::BASE32_NOPAD.decode(body.to_ascii_uppercase().as_bytes()).map_err(|_| KeyError::BadSeed)?;
+        if bytes.len() != 64 {
+            bytes.zeroize();
+            return Err(KeyError::BadSeed);
+        }
+        let mut cap = Self { discovery_key: [0; 32], auth_key: [0; 32] };
+        cap.discovery_key.copy_from_slice(&bytes[..32]);
+        cap.auth_key.copy_from_slice(&bytes[32..]);
+        bytes.zeroize();
+        Ok(cap)
+    }
+
+    /// The keys a seeder works with: no content key.
+    pub fn keys(&self) -> RoomKeys {
+        RoomKeys { discovery_key: self.discovery_key, auth_key: self.auth_key, content_key: None }
     }
 }
 
@@ -120,8 +185,8 @@ pub struct RoomKeys {
     pub discovery_key: Key32,
     /// Proves membership in the replication handshake.
     pub auth_key: Key32,
-    /// Encrypts entries (through a per-writer subkey).
-    pub content_key: Key32,
+    /// Encrypts entries (through a per-writer subkey). None for a blind seeder.
+    pub content_key: Option<Key32>,
 }
 
 impl std::fmt::Debug for RoomKeys {
@@ -234,8 +299,31 @@ mod tests {
         assert_ne!(a, c);
         let k = a.keys();
         assert_ne!(k.discovery_key, k.auth_key);
-        assert_ne!(k.auth_key, k.content_key);
+        assert_ne!(Some(k.auth_key), k.content_key);
         assert!(matches!(RoomSecret::from_passphrase("  "), Err(KeyError::EmptyPassphrase)));
+    }
+
+    #[test]
+    fn seed_capabilities_carry_no_content_key() {
+        let keys = RoomSecret::random().keys();
+        let cap = SeedCapability::of(&keys);
+        let text = cap.to_text();
+        assert!(text.starts_with(SEED_PREFIX));
+        let back = SeedCapability::parse(&text).unwrap();
+        assert_eq!(back, cap);
+        let seeded = back.keys();
+        assert_eq!(
+            (seeded.discovery_key, seeded.auth_key, seeded.content_key),
+            (keys.discovery_key, keys.auth_key, None)
+        );
+        // Neither the content key nor the secret can be recovered from the text.
+        let decoded =
+            data_encoding::BASE32_NOPAD.decode(text[SEED_PREFIX.len()..].to_ascii_uppercase().as_bytes()).unwrap();
+        let content = keys.content_key.unwrap();
+        assert!(!decoded.windows(32).any(|w| w == content));
+        assert!(matches!(RoomSecret::from_invite(&text), Err(KeyError::SeedNotInvite)));
+        assert!(matches!(SeedCapability::parse("peerlog-seed:abc"), Err(KeyError::BadSeed)));
+        assert!(matches!(SeedCapability::parse(&RoomSecret::random().to_invite()), Err(KeyError::BadSeed)));
     }
 
     #[test]

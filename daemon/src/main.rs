@@ -50,6 +50,29 @@ enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Print a room's invite; with --seed, its seed capability instead, which lets an
+    /// always-on daemon store and serve the room without being able to read it.
+    Invite {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// Print the seed capability (for `peerlog seed`) instead of the member invite.
+        #[arg(long)]
+        seed: bool,
+    },
+    /// Seed a room blindly from its seed capability (`peerlog-seed:...`): find its peers,
+    /// store and serve its encrypted log, so that members who are rarely online at the same
+    /// time still get each other's messages. This daemon cannot read the room.
+    Seed {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The seed capability (from `peerlog invite ROOM --seed`).
+        capability: String,
+        /// A local name for the room.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Send a message to a room (by id, id prefix or name).
     Send {
         #[command(flatten)]
@@ -262,6 +285,25 @@ async fn run(cli: Cli) -> Result<()> {
             let r = c.call("rooms.create", json!({"name": name})).await?;
             println!("{}\t{}", r["room"]["id"].as_str().unwrap_or(""), r["room"]["name"].as_str().unwrap_or(""));
             println!("invite: {}", r["invite"].as_str().unwrap_or(""));
+            c.close().await.ok();
+            Ok(())
+        }
+        Command::Invite { client, room, seed } => {
+            let mut c = client.connect().await?;
+            let kind = if seed { "seed" } else { "member" };
+            let r = c.call("rooms.invite", json!({"room": room, "kind": kind})).await?;
+            println!("{}", r["invite"].as_str().unwrap_or(""));
+            c.close().await.ok();
+            Ok(())
+        }
+        Command::Seed { client, capability, name } => {
+            let mut c = client.connect().await?;
+            let r = c.call("rooms.seed", json!({"capability": capability, "name": name})).await?;
+            println!(
+                "{}\t{}\tseeding",
+                r["room"]["id"].as_str().unwrap_or(""),
+                r["room"]["name"].as_str().unwrap_or("")
+            );
             c.close().await.ok();
             Ok(())
         }

@@ -12,8 +12,8 @@ use peerlog_proto::wire::{Entry, Key32, SignedHead};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::keys::{room_id, RoomKeys, RoomSecret};
-use crate::log::store::{Appended, IngestError, Ingested, RoomRecord, StoreError, StoredMessage};
+use crate::keys::{room_id, RoomKeys, RoomSecret, SeedCapability};
+use crate::log::store::{Access, Appended, IngestError, Ingested, RoomRecord, StoreError, StoredMessage};
 use crate::log::{Body, FeedCipher, Store};
 
 /// Capacity of each room's head-update channel.
@@ -88,11 +88,13 @@ pub struct Room {
     pub name: String,
     /// Derived keys.
     pub keys: RoomKeys,
-    secret: RoomSecret,
+    /// The room secret; None for a blind seeder.
+    secret: Option<RoomSecret>,
     writer: SigningKey,
     /// Our feed in this room.
     pub feed_key: Key32,
-    own_cipher: FeedCipher,
+    /// None for a blind seeder.
+    own_cipher: Option<FeedCipher>,
     /// Greatest Lamport clock seen in the room.
     lamport: AtomicU64,
     /// Serializes appends to our feed (held only around synchronous store calls).
@@ -140,13 +142,25 @@ impl std::fmt::Debug for Room {
 impl Room {
     /// Builds the run-time room from its stored record.
     pub fn new(
+        discovery_key: &Key32,
         record: &RoomRecord,
         store: &Store,
         events: broadcast::Sender<DaemonEvent>,
         cancel: CancellationToken,
     ) -> Result<Self, StoreError> {
-        let secret = RoomSecret(record.secret);
-        let keys = secret.keys();
+        let (secret, keys) = match &record.access {
+            Access::Member(secret) => {
+                let secret = RoomSecret(*secret);
+                let keys = secret.keys();
+                (Some(secret), keys)
+            }
+            Access::Seeder(auth_key) => {
+                (None, SeedCapability { discovery_key: *discovery_key, auth_key: *auth_key }.keys())
+            }
+        };
+        if keys.discovery_key != *discovery_key {
+            return Err(StoreError::Corrupt("room record of another room"));
+        }
         let writer = SigningKey::from_bytes(&record.writer);
         let feed_key = writer.verifying_key().to_bytes();
         let lamport = store.max_lamport(&keys.discovery_key)?;
@@ -155,7 +169,7 @@ impl Room {
             discovery_key: keys.discovery_key,
             id: room_id(&keys.discovery_key),
             name: record.name.clone(),
-            own_cipher: FeedCipher::new(&keys.content_key, &feed_key),
+            own_cipher: keys.content_key.map(|k| FeedCipher::new(&k, &feed_key)),
             keys,
             secret,
             writer,
@@ -173,9 +187,19 @@ impl Room {
         })
     }
 
-    /// The invite that lets someone else join.
-    pub fn invite(&self) -> String {
-        self.secret.to_invite()
+    /// The invite that lets someone else join (None for a blind seeder).
+    pub fn invite(&self) -> Option<String> {
+        self.secret.as_ref().map(RoomSecret::to_invite)
+    }
+
+    /// The seed capability that lets a daemon store and serve the room without reading it.
+    pub fn seed_capability(&self) -> String {
+        SeedCapability::of(&self.keys).to_text()
+    }
+
+    /// Whether we only seed this room (no content key).
+    pub fn is_seeder(&self) -> bool {
+        self.keys.content_key.is_none()
     }
 
     /// Subscribes to head updates of this room.
@@ -183,9 +207,10 @@ impl Room {
         self.updates.subscribe()
     }
 
-    fn cipher(&self, feed: &Key32) -> FeedCipher {
+    fn cipher(&self, feed: &Key32) -> Option<FeedCipher> {
+        let content_key = self.keys.content_key.as_ref()?;
         let mut map = self.ciphers.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(*feed).or_insert_with(|| FeedCipher::new(&self.keys.content_key, feed)).clone()
+        Some(map.entry(*feed).or_insert_with(|| FeedCipher::new(content_key, feed)).clone())
     }
 
     fn observe_lamport(&self, messages: &[StoredMessage]) {
@@ -236,10 +261,11 @@ impl Room {
     /// Appends to our feed (not yet durable: the caller flushes) and announces it.
     pub fn append(&self, bodies: Vec<Body>) -> Result<Appended, StoreError> {
         let n = bodies.len() as u64;
+        let cipher = self.own_cipher.as_ref().ok_or(StoreError::Blind)?;
         let appended = {
             let _guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
             let first = self.lamport.fetch_add(n, Ordering::AcqRel) + 1;
-            self.store.append(&self.discovery_key, &self.writer, &self.own_cipher, first, bodies)?
+            self.store.append(&self.discovery_key, &self.writer, cipher, first, bodies)?
         };
         let _ = self.updates.send(HeadUpdate { head: appended.head.clone(), origin: None });
         for m in &appended.messages {
@@ -300,7 +326,8 @@ impl Room {
         origin: u64,
     ) -> Result<Ingested, IngestError> {
         let cipher = self.cipher(feed);
-        let ingested = self.store.ingest(&self.discovery_key, Some(&cipher), feed, start, entries, anchor)?;
+        // A blind seeder verifies chain and signatures, and stores the ciphertext as it is.
+        let ingested = self.store.ingest(&self.discovery_key, cipher.as_ref(), feed, start, entries, anchor)?;
         if ingested.stored > 0 {
             let bytes: usize = entries.iter().map(|e| e.ciphertext.len()).sum();
             self.record_progress(feed, None, Some((ingested.stored, bytes as u64)));

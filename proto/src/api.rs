@@ -76,6 +76,8 @@ pub mod codes {
     pub const BAD_INVITE: i32 = 1004;
     /// Storage failed.
     pub const STORAGE: i32 = 1005;
+    /// The room is seeded blindly here: no content key, so nothing to read or write.
+    pub const SEEDER_ONLY: i32 = 1006;
 }
 
 impl Response {

@@ -11,6 +11,9 @@ use peerlog_proto::wire::{Frame, Refusal};
 use peerlog_tests::*;
 use serde_json::json;
 
+#[path = "daemons/offline.rs"]
+mod offline;
+
 const PASS: &str = "correct horse battery staple tangerine";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +177,7 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
     let scratch = Store::open(scratch_dir.path())?;
     let writer = new_writer();
     let feed = writer.verifying_key().to_bytes();
-    let cipher = FeedCipher::new(&keys.content_key, &feed);
+    let cipher = FeedCipher::new(&keys.content_key.expect("member keys"), &feed);
     let texts = ["one", "two", "three"];
     let head = scratch
         .append(
@@ -515,7 +518,7 @@ async fn a_forked_feed_is_reported_and_does_not_stop_other_feeds() -> Result<()>
     // The same writer key in two scratch stores: two different seq 0 entries, both signed.
     let forker = new_writer();
     let fk = forker.verifying_key().to_bytes();
-    let fc = FeedCipher::new(&keys.content_key, &fk);
+    let fc = FeedCipher::new(&keys.content_key.expect("member keys"), &fk);
     let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let (s1, s2) = (Store::open(d1.path())?, Store::open(d2.path())?);
     let h1 = s1.append(&keys.discovery_key, &forker, &fc, 1, text("original"))?.head;
@@ -523,7 +526,7 @@ async fn a_forked_feed_is_reported_and_does_not_stop_other_feeds() -> Result<()>
     // An honest second writer.
     let honest = new_writer();
     let hk = honest.verifying_key().to_bytes();
-    let hc = FeedCipher::new(&keys.content_key, &hk);
+    let hc = FeedCipher::new(&keys.content_key.expect("member keys"), &hk);
     let h3 = s1.append(&keys.discovery_key, &honest, &hc, 2, text("honest"))?.head;
 
     let raw = RawPeer::start().await?;

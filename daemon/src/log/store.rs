@@ -58,6 +58,9 @@ pub enum StoreError {
     /// A stored value does not decode.
     #[error("stored {0} does not decode")]
     Corrupt(&'static str),
+    /// Writing or reading plaintext needs the content key, which a blind seeder lacks.
+    #[error("this daemon seeds the room blindly: it stores and serves ciphertext and cannot read or write messages")]
+    Blind,
     /// The database was written in another storage format.
     #[error("the data dir holds store format {found}, this peerlog reads format {FORMAT}; move the data dir aside (or use the peerlog that wrote it)")]
     Format {
@@ -105,14 +108,23 @@ impl From<sled::Error> for IngestError {
     }
 }
 
+/// How we take part in a room.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub enum Access {
+    /// A member: the room secret, from which every room key derives.
+    Member([u8; 32]),
+    /// A blind seeder: the room's auth key only (the discovery key is the record's key).
+    Seeder([u8; 32]),
+}
+
 /// A joined room as kept on disk.
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 pub struct RoomRecord {
-    /// The room secret.
-    pub secret: [u8; 32],
+    /// Member or seeder, with the key material of that role.
+    pub access: Access,
     /// Local display name of the room.
     pub name: String,
-    /// Our writer key for this room (ed25519 secret).
+    /// Our writer key for this room (ed25519 secret; unused by a seeder).
     pub writer: [u8; 32],
     /// When we joined, ms since the epoch.
     pub joined_ms: u64,

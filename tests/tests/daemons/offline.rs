@@ -1,0 +1,232 @@
+//! Offline delivery: store-and-forward through another member, blind seeders, resuming a
+//! catch-up after a restart. Real daemons on loopback; see `docs/PROTOCOL.md` ("Offline
+//! delivery") for what they exercise.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use peerlog::client::Client;
+use peerlog::keys::RoomSecret;
+use peerlog::log::store::Store;
+use peerlog_proto::api::codes;
+use peerlog_tests::*;
+use serde_json::{json, Value};
+
+/// Waits for a `sync.progress` event of `room` with at least `n` entries done.
+async fn wait_synced(c: &mut Client, room: &str, n: u64, limit: Duration) -> Result<Value> {
+    let e = c
+        .wait_event(limit, &format!("sync.progress with {n} entries done in room {room}"), |e| {
+            e.event == "sync.progress" && e.params["room"] == room && e.params["entries_done"].as_u64() >= Some(n)
+        })
+        .await?;
+    Ok(e.params)
+}
+
+fn texts(history: &[Value]) -> Vec<String> {
+    history.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect()
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Files under `dir` whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    files(dir)
+        .into_iter()
+        .filter(|p| std::fs::read(p).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)))
+        .collect()
+}
+
+/// A writes while B is offline, then A goes offline too; C, online throughout, serves A's
+/// messages to B, which verifies them against A's signed head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_and_forward_a_member_serves_an_offline_writers_messages() -> Result<()> {
+    let boot = TestDaemon::start().await?;
+    let mut a = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut b = TestDaemon::start_bootstrapped(&boot).await?;
+    let c = TestDaemon::start_bootstrapped(&boot).await?;
+    let (mut ca, mut cc) = (a.client().await?, c.client().await?);
+    let r = ca.call("rooms.create", json!({"name": "relay race"})).await?;
+    let (room, invite) = (r["room"]["id"].as_str().context("id")?.to_string(), r["invite"].clone());
+    cc.call("rooms.join", json!({"invite": invite})).await?;
+    {
+        let mut cb = b.client().await?;
+        cb.call("rooms.join", json!({"invite": invite})).await?;
+        send(&mut ca, &room, "before b left").await?;
+        wait_for_text(&mut cb, &room, "before b left", WAIT).await?;
+    }
+    b.stop().await?;
+
+    let sent: Vec<String> = (0..50).map(|i| format!("written while b was away {i:02}")).collect();
+    for t in &sent {
+        send(&mut ca, &room, t).await?;
+    }
+    wait_for_text(&mut cc, &room, sent.last().context("sent")?, WAIT).await?;
+    a.stop().await?;
+
+    // B comes back; the writer is gone, only C has its messages.
+    b.restart().await?;
+    let mut cb = b.client().await?;
+    within(WAIT, "b to get a's 50 messages from c", async {
+        loop {
+            let h = full_history(&mut cb, &room).await?;
+            if h.len() == 51 {
+                return anyhow::Ok(h);
+            }
+            cb.wait_event(WAIT, "a message event on b", |e| e.event == "message").await?;
+        }
+    })
+    .await??;
+    let hb = full_history(&mut cb, &room).await?;
+    let hc = full_history(&mut cc, &room).await?;
+    ensure!(texts(&hb)[1..] == sent[..], "b's copy of a's messages differs: {:?}", texts(&hb));
+    ensure!(hb == hc, "b and c disagree on the history or its order");
+    let author = &hb[1]["author"];
+    ensure!(hb[1..].iter().all(|m| &m["author"] == author && m["mine"] == false), "all 50 are a's, not c's");
+    Ok(())
+}
+
+/// A seeder holding only the seed capability stores and serves a room it cannot read: a
+/// member who joins after the writer left gets everything from it. The seeder's data dir
+/// holds no content key, no room secret and no plaintext, and its API says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blind_seeder_serves_a_room_it_cannot_read() -> Result<()> {
+    const MARKER: &str = "plaintext-marker-7f3a9c";
+    let boot = TestDaemon::start().await?;
+    let mut a = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut seeder = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut ca = a.client().await?;
+    let r = ca.call("rooms.create", json!({"name": "family"})).await?;
+    let room = r["room"]["id"].as_str().context("room id")?.to_string();
+    let invite = r["invite"].as_str().context("invite")?.to_string();
+    let sent: Vec<String> = (0..300).map(|i| format!("{MARKER} message {i:03}")).collect();
+    ca.call("messages.send_batch", json!({"room": room, "texts": sent[..200]})).await?;
+    for t in &sent[200..] {
+        send(&mut ca, &room, t).await?;
+    }
+
+    let cap = ca.call("rooms.invite", json!({"room": room, "kind": "seed"})).await?;
+    let cap = cap["invite"].as_str().context("seed capability")?.to_string();
+    ensure!(cap.starts_with("peerlog-seed:"), "{cap}");
+    // A seed capability is not an invite.
+    let e = ca.call("rooms.join", json!({"invite": cap})).await.expect_err("a seed capability must not join");
+    ensure!(matches!(e, peerlog::client::ClientError::Rpc { code: codes::BAD_INVITE, .. }), "{e}");
+
+    let mut cs = seeder.client().await?;
+    let r = cs.call("rooms.seed", json!({"capability": cap, "name": "seeded"})).await?;
+    ensure!(r["room"]["id"] == room.as_str() && r["room"]["seeder"] == true, "{r}");
+    wait_synced(&mut cs, &room, 300, WAIT).await?;
+    for (method, params) in [
+        ("messages.history", json!({"room": room})),
+        ("messages.send", json!({"room": room, "text": "hi"})),
+        ("rooms.invite", json!({"room": room})),
+    ] {
+        let e = cs.call(method, params).await.expect_err("a seeder cannot read, write or invite members");
+        ensure!(matches!(e, peerlog::client::ClientError::Rpc { code: codes::SEEDER_ONLY, .. }), "{method}: {e}");
+    }
+    let e = cs.call("rooms.join", json!({"invite": invite})).await.expect_err("seeder must leave first");
+    ensure!(e.to_string().contains("leave"), "{e}");
+
+    // The writer goes away; a new member gets the room from the seeder alone.
+    a.stop().await?;
+    let b = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut cb = b.client().await?;
+    cb.call("rooms.join", json!({"invite": invite})).await?;
+    wait_synced(&mut cb, &room, 300, WAIT).await?;
+    let hb = full_history(&mut cb, &room).await?;
+    ensure!(texts(&hb) == sent, "b did not get a's 300 messages in order from the seeder");
+
+    // Nothing readable on the seeder's disk: no plaintext, no content key, no secret.
+    seeder.stop().await?;
+    let keys = RoomSecret::from_invite(&invite)?.keys();
+    let secret = RoomSecret::from_invite(&invite)?.0;
+    let dir = seeder.data_dir();
+    ensure!(files(&dir).len() > 3, "the seeder's data dir is not where the test looks");
+    ensure!(files_containing(&dir, MARKER.as_bytes()).is_empty(), "plaintext on the seeder's disk");
+    let content_key = keys.content_key.context("member keys have a content key")?;
+    ensure!(files_containing(&dir, &content_key).is_empty(), "content key on the seeder's disk");
+    ensure!(files_containing(&dir, &secret).is_empty(), "room secret on the seeder's disk");
+    // …while the same check finds the ciphertext it holds: the entries of A's feed.
+    let store = Store::open(&dir.join("db"))?;
+    let feeds = store.room_feeds(&keys.discovery_key)?;
+    ensure!(feeds.len() == 1 && feeds[0].1.stored() == 300, "the seeder stores a's 300 entries");
+    let sample = store.entries(&feeds[0].0, 150, 151)?;
+    let ct = &sample.first().context("entry 150")?.ciphertext;
+    ensure!(!files_containing(&dir, &ct[..32]).is_empty(), "the check would not see bytes that are there");
+    Ok(())
+}
+
+/// A daemon stopped in the middle of a catch-up resumes from what it stored, and ends with
+/// the writer's history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_interrupted_by_a_restart_resumes_from_what_is_stored() -> Result<()> {
+    const N: u64 = 200_000;
+    let a = TestDaemon::start().await?;
+    let mut ca = a.client().await?;
+    ca.call("subscribe", json!({"events": []})).await?;
+    let r = ca.call("rooms.create", json!({})).await?;
+    let room = r["room"]["id"].as_str().context("room id")?.to_string();
+    let invite = r["invite"].clone();
+    for k in 0..N / 1000 {
+        let texts: Vec<String> = (0..1000).map(|i| format!("bulk {:06}", k * 1000 + i)).collect();
+        ca.call("messages.send_batch", json!({"room": room, "texts": texts})).await?;
+    }
+
+    let mut b = TestDaemon::start_bootstrapped(&a).await?;
+    {
+        let mut cb = b.client().await?;
+        cb.call("subscribe", json!({"events": ["sync.progress"]})).await?;
+        cb.call("rooms.join", json!({"invite": invite})).await?;
+        let first = wait_synced(&mut cb, &room, 1, WAIT).await?;
+        ensure!(first["entries_total"] == N, "b learned the room's size: {first}");
+    }
+    b.stop().await?;
+    let stored = {
+        let store = Store::open(&b.data_dir().join("db"))?;
+        let dk = RoomSecret::from_invite(invite.as_str().context("invite")?)?.keys().discovery_key;
+        store.room_feeds(&dk)?.iter().map(|(_, m)| m.stored()).sum::<u64>()
+    };
+    ensure!(0 < stored && stored < N, "stopped mid-sync: {stored} of {N} stored");
+
+    b.restart().await?;
+    let mut cb = b.client().await?;
+    cb.call("subscribe", json!({"events": ["sync.progress"]})).await?;
+    let mut seen = Vec::new();
+    within(Duration::from_secs(120), "b to finish the catch-up after its restart", async {
+        loop {
+            let e = cb.wait_event(WAIT, "sync.progress", |e| e.event == "sync.progress").await?;
+            let done = e.params["entries_done"].as_u64().unwrap_or(0);
+            seen.push(done);
+            if done >= N {
+                return anyhow::Ok(());
+            }
+        }
+    })
+    .await??;
+    ensure!(
+        seen[0] >= stored && seen.windows(2).all(|w| w[0] <= w[1]),
+        "progress after the restart must start from what was stored ({stored}) and only grow: {seen:?}"
+    );
+    let (last_a, last_b) = (
+        ca.call("messages.history", json!({"room": room, "limit": 1000})).await?,
+        cb.call("messages.history", json!({"room": room, "limit": 1000})).await?,
+    );
+    let ids = |v: &Value| -> Vec<Value> {
+        v["messages"].as_array().into_iter().flatten().map(|m| json!([m["id"], m["text"]])).collect()
+    };
+    ensure!(ids(&last_a).len() == 1000 && ids(&last_a) == ids(&last_b), "b's newest page differs from a's");
+    println!("stopped with {stored} of {N} stored; resumed and finished");
+    Ok(())
+}
