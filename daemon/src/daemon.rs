@@ -347,6 +347,7 @@ impl Shared {
                             this.replicator.restart_peer(peer);
                         }
                     }
+                    Ok(node::NodeEvent::Disconnected { peer }) => this.replicator.peer_disconnected(peer),
                     Ok(node::NodeEvent::LanPeer { peer }) => {
                         this.lan_peers.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
                         for room in this.rooms.list() {

@@ -274,6 +274,30 @@ impl Replicator {
         }
     }
 
+    /// The last connection to `peer` closed: its established sessions are dead (a stream
+    /// on a closed connection does not reliably report EOF, and the peer would stay listed
+    /// as connected). End them and redial with backoff, as after any lost session.
+    pub fn peer_disconnected(&self, peer: PeerId) {
+        let ended: Vec<Key32> = {
+            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let keys: Vec<(PeerId, Key32)> =
+                slots.iter().filter(|((p, _), s)| *p == peer && s.established).map(|(k, _)| *k).collect();
+            keys.into_iter()
+                .filter_map(|k| {
+                    let slot = slots.remove(&k)?;
+                    slot.cancel.cancel();
+                    Some(k.1)
+                })
+                .collect()
+        };
+        for room in ended {
+            debug!(%peer, "connection lost; ending its session");
+            let _ = self.inner.rooms.events.send(DaemonEvent::PeerLeft { room, peer });
+            let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            self.after_session(peer, room, true, &Err(SessionError::Io(lost)));
+        }
+    }
+
     /// Ends every session of a room.
     pub fn close_room(&self, room: &Key32) {
         let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());

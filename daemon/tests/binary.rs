@@ -560,3 +560,95 @@ fn mdns_finds_a_lan_peer_without_any_bootstrap() -> Result<()> {
     h2.wait_text(&room, "written while h2 was offline", Duration::from_secs(60))?;
     Ok(())
 }
+
+/// Three hosts on a LAN: h3 is cut off (its packets are rejected, so every connection to
+/// it resets) while all three write; after the partition heals, every host holds the same
+/// history in the same display order.
+#[test]
+fn a_partition_heals_and_every_peer_converges_on_one_history() -> Result<()> {
+    require_netns!();
+    let prefix = format!("pl{}p", std::process::id() % 100000);
+    let mut lab = NatLab { prefix: prefix.clone(), namespaces: Vec::new() };
+    let lan = lab.ns("lan")?;
+    sh(&format!("ip -n {lan} link add br0 type bridge && ip -n {lan} link set br0 up"))?;
+    let hosts = ["h1", "h2", "h3"];
+    for (i, host) in hosts.iter().enumerate() {
+        let ns = lab.ns(host)?;
+        sh(&format!(
+            "ip -n {ns} link add eth0 type veth peer name {host} netns {lan} && ip -n {lan} link set {host} master br0 up \
+             && ip -n {ns} addr add 10.0.8.{}/24 dev eth0 && ip -n {ns} link set eth0 up",
+            i + 1
+        ))?;
+    }
+    let boot = "/ip4/10.0.8.1/tcp/4001";
+    let h1 = NsDaemon::start(&lab.name("h1"), &["--listen", boot, "--dht-mode", "server"])?;
+    let boot = format!("{boot}/p2p/{}", h1.peer_id);
+    let args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--dht-mode", "server", "--bootstrap", &boot];
+    let (h2, h3) = (NsDaemon::start(&lab.name("h2"), &args)?, NsDaemon::start(&lab.name("h3"), &args)?);
+    let all = [&h1, &h2, &h3];
+    let room = h1.join(PASS)?;
+    for h in [&h2, &h3] {
+        ensure!(h.join(PASS)? == room);
+    }
+    h1.cli(&["send", &room, "before the partition"])?;
+    for h in all {
+        h.wait_text(&room, "before the partition", Duration::from_secs(30))?;
+    }
+
+    // Partition: h3 rejects everything on its LAN interface with resets, so the sessions
+    // on both sides end at once instead of waiting for timeouts.
+    let h3_ns = lab.name("h3");
+    let cut = |op: &str| -> Result<()> {
+        let rules = [
+            // The resets that INPUT sends must get out.
+            "OUTPUT -o eth0 -p tcp --tcp-flags RST RST -j ACCEPT",
+            "OUTPUT -o eth0 -p tcp -j REJECT --reject-with tcp-reset",
+            "OUTPUT -o eth0 -j DROP",
+            "INPUT -i eth0 -p tcp -j REJECT --reject-with tcp-reset",
+            "INPUT -i eth0 -j DROP",
+        ];
+        for rule in rules {
+            sh(&format!("ip netns exec {h3_ns} iptables {op} {rule}"))?;
+        }
+        Ok(())
+    };
+    cut("-A")?;
+    for (h, other) in [(&h1, &h3), (&h2, &h3), (&h3, &h1), (&h3, &h2)] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while h.connection_to(&other.peer_id)?.is_some() {
+            ensure!(
+                Instant::now() < deadline,
+                "{} still lists {} 30 s into the partition\n{}",
+                h.ns,
+                other.ns,
+                h.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    for i in 0..5 {
+        h1.cli(&["send", &room, &format!("side A, h1 #{i}")])?;
+        h2.cli(&["send", &room, &format!("side A, h2 #{i}")])?;
+        h3.cli(&["send", &room, &format!("side B, h3 #{i}")])?;
+    }
+    h2.wait_count(&room, "side A, h1", 5, Duration::from_secs(30))?;
+    ensure!(
+        !h3.cli(&["tail", "--json", "-n", "1000", &room])?.contains("side A"),
+        "h3 got side A's messages through the partition"
+    );
+
+    cut("-D")?;
+    for h in all {
+        h.wait_count(&room, "\"side ", 15, Duration::from_secs(90))?;
+    }
+    let order = |h: &NsDaemon| -> Result<Vec<String>> {
+        Ok(h.cli(&["tail", "--json", "-n", "1000", &room])?
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).map(|m| m["id"].as_str().unwrap_or("").to_string()))
+            .collect::<Result<_, _>>()?)
+    };
+    let (o1, o2, o3) = (order(&h1)?, order(&h2)?, order(&h3)?);
+    ensure!(o1.len() == 16, "h1 holds {} messages", o1.len());
+    ensure!(o1 == o2 && o2 == o3, "display orders differ:\nh1 {o1:?}\nh2 {o2:?}\nh3 {o3:?}");
+    Ok(())
+}
