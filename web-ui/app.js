@@ -144,7 +144,7 @@ async function refreshRooms() {
   const r = await call("rooms.list");
   state.rooms = r.rooms;
   for (const room of state.rooms) {
-    if (!state.preview.has(room.id)) {
+    if (!room.seeder && !state.preview.has(room.id)) {
       call("messages.history", { room: room.id, limit: 1 }).then((h) => {
         if (h.messages.length) { state.preview.set(room.id, h.messages[0]); renderRooms(); }
       }).catch(() => {});
@@ -166,6 +166,20 @@ async function openRoom(id, reload = false) {
   state.unread.delete(id);
   $("app").classList.remove("show-rooms");
   $("invite-box").hidden = true;
+  const room = state.rooms.find((x) => x.id === id);
+  if (room && room.seeder) {
+    // A blind seeder holds the room's ciphertext only: nothing to show or send.
+    state.messages.set(id, []);
+    state.complete.add(id);
+    $("welcome").hidden = true;
+    for (const el of ["messages", "leave-button", "peers-button"]) $(el).hidden = false;
+    for (const el of ["composer", "invite-button"]) $(el).hidden = true;
+    renderRooms();
+    renderRoomMeta();
+    const box = $("messages");
+    box.replaceChildren(el("p", "empty", "This daemon seeds this room blindly: it stores and serves the room's encrypted log for its members and cannot read it."));
+    return;
+  }
   if (reload || !state.messages.has(id)) {
     const h = await call("messages.history", { room: id, limit: PAGE });
     state.messages.set(id, h.messages);
@@ -253,7 +267,8 @@ function renderRoomMeta() {
   const forkNote = forks ? ` · ⚠ ${forks} writer${forks === 1 ? "" : "s"} signed conflicting histories (a copied data dir?)` : "";
   const s = state.sync.get(r.id);
   const syncNote = s && s.entries_done < s.entries_total ? ` · catching up ${s.entries_done}/${s.entries_total}` : "";
-  $("room-meta").textContent = `${r.peers} peer${r.peers === 1 ? "" : "s"} online · room ${r.id}${syncNote}${forkNote}`;
+  const seedNote = r.seeder ? " · seeding (cannot read)" : "";
+  $("room-meta").textContent = `${r.peers} peer${r.peers === 1 ? "" : "s"} online · room ${r.id}${seedNote}${syncNote}${forkNote}`;
 }
 
 const short = (key) => key.slice(0, 8);
