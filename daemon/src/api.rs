@@ -334,6 +334,8 @@ fn room_json(shared: &Shared, room: &Room) -> Value {
         "peers": peers,
         "forks": forks,
         "seeder": room.is_seeder(),
+        "entries_received": room.received.load(std::sync::atomic::Ordering::Relaxed),
+        "entries_served": room.served.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 

@@ -517,12 +517,14 @@ impl Replicator {
             got_have: false,
             pex: Vec::new(),
             batch_bytes: BATCH_BYTES,
+            deferred: Default::default(),
         };
         if kind == Some(crate::node::ConnectionKind::Relayed) {
             session.batch_bytes = RELAYED_BATCH_BYTES;
         }
         session.outbox.push_back(self.peers_frame(&session.room.discovery_key, peer).await);
         let result = session.run(in_rx, out_tx).await;
+        session.room.release_fetches(id);
         // Free the slot before the stream closes, so that the peer's next session (it
         // sees the close first) is not refused as a duplicate.
         self.release(peer, session.room.discovery_key, id);
@@ -612,6 +614,8 @@ struct Session {
     pex: Vec<(PeerId, Vec<Multiaddr>)>,
     /// Largest `Data` frame to send on this session (small over relayed connections).
     batch_bytes: usize,
+    /// Feeds the peer has that another session is fetching: asked for when that ends.
+    deferred: std::collections::HashSet<Key32>,
 }
 
 impl Session {
@@ -625,6 +629,7 @@ impl Session {
         out: mpsc::Sender<Frame>,
     ) -> Result<(), SessionError> {
         let mut updates = self.room.subscribe();
+        let mut released = self.room.subscribe_released();
         let heads = self.store().room_heads(&self.room.discovery_key)?;
         self.outbox.push_back(Frame::Have { heads });
         let room_cancel = self.room.cancel.clone();
@@ -645,6 +650,10 @@ impl Session {
                             self.r.learn_peers(self.room.discovery_key, std::mem::take(&mut self.pex));
                         }
                     }
+                },
+                feed = released.recv() => match feed {
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.retry_deferred()?,
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
                 update = updates.recv() => match update {
                     Ok(update) => self.on_update(update)?,
@@ -724,9 +733,17 @@ impl Session {
                         debug!(feed = %hex::encode(&feed_key[..4]), start, stored = got.stored, "stored entries");
                         let len = self.peer_len.entry(feed_key).or_insert(0);
                         *len = (*len).max(top + 1);
+                        if let Some((owner, target)) = self.room.fetch_claim(&feed_key) {
+                            let done = self.store().feed_meta(&feed_key)?.is_some_and(|m| m.missing(target).is_empty());
+                            if owner == self.id && done {
+                                self.room.release_fetch(&feed_key, self.id);
+                            }
+                        }
                     }
                     Err(IngestError::Store(e)) => return Err(e.into()),
                     Err(e) => {
+                        // Let another peer try this feed.
+                        self.room.release_fetch(&feed_key, self.id);
                         warn!(peer = %self.peer, room = %self.room.id, feed = %hex::encode(&feed_key[..8]), start, error = %e, "rejected entries from peer; nothing stored")
                     }
                 }
@@ -734,6 +751,8 @@ impl Session {
             }
             Frame::NoData { feed_key, below } => {
                 debug!(feed = %hex::encode(&feed_key[..4]), below, "peer lacks entries");
+                // Another peer may have them.
+                self.room.release_fetch(&feed_key, self.id);
                 Ok(())
             }
             Frame::Peers { peers } => {
@@ -791,11 +810,25 @@ impl Session {
         while anchors.len() > ANCHORS_PER_FEED {
             anchors.pop_first();
         }
+        self.want(feed, target)
+    }
+
+    /// Asks the peer for what we lack of `feed` below `target`, if this session may fetch
+    /// it now (see `Room::claim_fetch`); otherwise remembers it for when a claim is released.
+    fn want(&mut self, feed: Key32, target: u64) -> Result<(), SessionError> {
         let from = self.requested.get(&feed).copied().unwrap_or(0);
         if target <= from {
             return Ok(());
         }
         let meta = self.store().feed_meta(&feed)?.unwrap_or_default();
+        if meta.missing(target).is_empty() {
+            return Ok(());
+        }
+        if !self.room.claim_fetch(&feed, self.id, target) {
+            self.deferred.insert(feed);
+            return Ok(());
+        }
+        self.deferred.remove(&feed);
         for (start, end) in meta.missing(target) {
             let start = start.max(from);
             if start < end {
@@ -803,6 +836,17 @@ impl Session {
             }
         }
         self.requested.insert(feed, target);
+        Ok(())
+    }
+
+    /// A fetch claim was released somewhere: ask for the deferred feeds we may now fetch.
+    fn retry_deferred(&mut self) -> Result<(), SessionError> {
+        let feeds: Vec<Key32> = self.deferred.iter().copied().collect();
+        for feed in feeds {
+            let target = self.anchors.get(&feed).and_then(|a| a.keys().next_back()).map_or(0, |seq| seq + 1);
+            self.requested.remove(&feed);
+            self.want(feed, target)?;
+        }
         Ok(())
     }
 
@@ -828,6 +872,7 @@ impl Session {
             let bytes: usize = entries.iter().map(|e| e.ciphertext.len() + 64).sum();
             if entries.len() as u64 == target - have && bytes <= self.batch_bytes {
                 self.peer_len.insert(feed, target);
+                self.room.served.fetch_add(entries.len() as u64, Ordering::Relaxed);
                 self.outbox.push_back(Frame::Data { feed_key: feed, start: have, entries, head: Some(head) });
                 return Ok(());
             }
@@ -872,6 +917,7 @@ impl Session {
         if entries.is_empty() {
             return Ok(Some(Frame::NoData { feed_key: feed, below: top + 1 }));
         }
+        self.room.served.fetch_add(entries.len() as u64, Ordering::Relaxed);
         Ok(Some(Frame::Data { feed_key: feed, start, entries, head }))
     }
 }

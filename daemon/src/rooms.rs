@@ -16,6 +16,8 @@ use crate::keys::{room_id, RoomKeys, RoomSecret, SeedCapability};
 use crate::log::store::{Access, Appended, IngestError, Ingested, RoomRecord, StoreError, StoredMessage};
 use crate::log::{Body, FeedCipher, Store};
 
+/// Most feeds one session fetches at a time (see [`Room::claim_fetch`]).
+pub const FETCHES_PER_SESSION: usize = 1;
 /// Capacity of each room's head-update channel.
 const UPDATE_CAPACITY: usize = 1024;
 /// Capacity of the daemon event channel (slow API clients see `Lagged`).
@@ -112,6 +114,15 @@ pub struct Room {
     events: broadcast::Sender<DaemonEvent>,
     /// Catch-up accounting, for `sync.progress` events.
     progress: Mutex<Progress>,
+    /// Entries received from peers since the daemon started, stored or not (duplicates,
+    /// refused): with `served`, shows what sync costs.
+    pub received: AtomicU64,
+    /// Entries sent to peers since the daemon started.
+    pub served: AtomicU64,
+    /// Which session fetches each feed's missing entries, and up to what length.
+    fetches: Mutex<HashMap<Key32, (u64, u64)>>,
+    /// Feeds whose fetch claim was released: sessions that deferred them try again.
+    released: broadcast::Sender<Key32>,
     /// Cancelled when the room is left or the daemon stops.
     pub cancel: CancellationToken,
 }
@@ -183,6 +194,10 @@ impl Room {
             store: store.clone(),
             events,
             progress: Mutex::new(Progress::default()),
+            received: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            fetches: Mutex::new(HashMap::new()),
+            released: broadcast::channel(UPDATE_CAPACITY).0,
             cancel,
         })
     }
@@ -274,6 +289,58 @@ impl Room {
         Ok(appended)
     }
 
+    /// Claims fetching `feed` up to `target` for `session`. Each feed is fetched from one
+    /// peer at a time, and each session fetches at most [`FETCHES_PER_SESSION`] feeds, so
+    /// that with several peers the feeds come from different peers in parallel and nothing
+    /// is downloaded twice. A session asking for more than the claim covers takes it over.
+    pub fn claim_fetch(&self, feed: &Key32, session: u64, target: u64) -> bool {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        match fetches.get(feed) {
+            Some(&(owner, t)) if owner == session => {
+                fetches.insert(*feed, (session, t.max(target)));
+                return true;
+            }
+            Some(&(_, t)) if t >= target => return false,
+            Some(_) => {}
+            None => {
+                if fetches.values().filter(|(owner, _)| *owner == session).count() >= FETCHES_PER_SESSION {
+                    return false;
+                }
+            }
+        }
+        fetches.insert(*feed, (session, target));
+        true
+    }
+
+    /// Releases `session`'s claim on `feed` (done, or the peer lacks it).
+    pub fn release_fetch(&self, feed: &Key32, session: u64) {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        if fetches.get(feed).is_some_and(|(owner, _)| *owner == session) {
+            fetches.remove(feed);
+            let _ = self.released.send(*feed);
+        }
+    }
+
+    /// Releases every claim of a session that ended.
+    pub fn release_fetches(&self, session: u64) {
+        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        let mine: Vec<Key32> = fetches.iter().filter(|(_, (o, _))| *o == session).map(|(f, _)| *f).collect();
+        for feed in mine {
+            fetches.remove(&feed);
+            let _ = self.released.send(feed);
+        }
+    }
+
+    /// The claim on `feed`: `(session, target)`.
+    pub fn fetch_claim(&self, feed: &Key32) -> Option<(u64, u64)> {
+        self.fetches.lock().unwrap_or_else(|p| p.into_inner()).get(feed).copied()
+    }
+
+    /// Hears about released fetch claims.
+    pub fn subscribe_released(&self) -> broadcast::Receiver<Key32> {
+        self.released.subscribe()
+    }
+
     /// Notes that a peer has a head of `feed` with `length` entries (for progress).
     pub fn saw_length(&self, feed: &Key32, length: u64) {
         self.record_progress(feed, Some(length), None);
@@ -325,6 +392,7 @@ impl Room {
         anchor: Option<&SignedHead>,
         origin: u64,
     ) -> Result<Ingested, IngestError> {
+        self.received.fetch_add(entries.len() as u64, Ordering::Relaxed);
         let cipher = self.cipher(feed);
         // A blind seeder verifies chain and signatures, and stores the ciphertext as it is.
         let ingested = self.store.ingest(&self.discovery_key, cipher.as_ref(), feed, start, entries, anchor)?;

@@ -230,3 +230,56 @@ async fn a_catch_up_interrupted_by_a_restart_resumes_from_what_is_stored() -> Re
     println!("stopped with {stored} of {N} stored; resumed and finished");
     Ok(())
 }
+
+/// A joiner with two peers that both hold the room's two feeds fetches each entry once, and
+/// the feeds come from different peers in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_fetches_each_feed_once_spread_over_its_peers() -> Result<()> {
+    const N: u64 = 20_000;
+    let a = TestDaemon::start().await?;
+    let c = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cc) = (a.client().await?, c.client().await?);
+    let r = ca.call("rooms.create", json!({})).await?;
+    let room = r["room"]["id"].as_str().context("room id")?.to_string();
+    let invite = r["invite"].clone();
+    cc.call("rooms.join", json!({"invite": invite})).await?;
+    for (client, who) in [(&mut ca, "a"), (&mut cc, "c")] {
+        for k in 0..N / 1000 {
+            let texts: Vec<String> = (0..1000).map(|i| format!("{who} {:05}", k * 1000 + i)).collect();
+            client.call("messages.send_batch", json!({"room": room, "texts": texts})).await?;
+        }
+    }
+    // Each has the other's feed (progress counts the feeds of others).
+    wait_synced(&mut ca, &room, N, WAIT).await?;
+    wait_synced(&mut cc, &room, N, WAIT).await?;
+    let room_stat = |v: Value, key: &str| -> u64 { v["rooms"][0][key].as_u64().unwrap_or(0) };
+    let served_before = (
+        room_stat(ca.call("rooms.list", json!({})).await?, "entries_served"),
+        room_stat(cc.call("rooms.list", json!({})).await?, "entries_served"),
+    );
+
+    // B knows both: the bootstrap is a, and c is a's room peer (peer exchange, DHT).
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let mut cb = b.client().await?;
+    cb.call("subscribe", json!({"events": ["sync.progress", "peer.joined"]})).await?;
+    cb.call("rooms.join", json!({"invite": invite})).await?;
+    let mut peers = std::collections::HashSet::new();
+    within(WAIT, "b to have sessions with both a and c", async {
+        while peers.len() < 2 {
+            let e = cb.wait_event(WAIT, "peer.joined", |e| e.event == "peer.joined").await?;
+            peers.insert(e.params["peer"].as_str().unwrap_or("").to_string());
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    wait_synced(&mut cb, &room, 2 * N, Duration::from_secs(60)).await?;
+    let received = room_stat(cb.call("rooms.list", json!({})).await?, "entries_received");
+    let served = (
+        room_stat(ca.call("rooms.list", json!({})).await?, "entries_served") - served_before.0,
+        room_stat(cc.call("rooms.list", json!({})).await?, "entries_served") - served_before.1,
+    );
+    println!("b received {received} entries for {} stored; a served {}, c served {}", 2 * N, served.0, served.1);
+    ensure!(received == 2 * N, "b received {received} entries to store {}: duplicates were fetched", 2 * N);
+    ensure!(served.0 > 0 && served.1 > 0, "one peer served everything: a {}, c {}", served.0, served.1);
+    Ok(())
+}
