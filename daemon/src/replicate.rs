@@ -257,18 +257,7 @@ impl Replicator {
     /// relayed connection they ran on, they continue on the direct one. (A stream whose
     /// connection we closed is not guaranteed to report EOF, so do not wait for one.)
     pub fn restart_peer(&self, peer: PeerId) {
-        let rooms: Vec<Key32> = {
-            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let keys: Vec<(PeerId, Key32)> = slots.keys().filter(|(p, _)| *p == peer).copied().collect();
-            keys.into_iter()
-                .filter_map(|k| {
-                    let slot = slots.remove(&k)?;
-                    slot.cancel.cancel();
-                    Some(k.1)
-                })
-                .collect()
-        };
-        for room in rooms {
+        for room in self.end_sessions(peer, false) {
             debug!(%peer, "moving session to the new connection");
             self.ensure_session(peer, room);
         }
@@ -278,24 +267,29 @@ impl Replicator {
     /// on a closed connection does not reliably report EOF, and the peer would stay listed
     /// as connected). End them and redial with backoff, as after any lost session.
     pub fn peer_disconnected(&self, peer: PeerId) {
-        let ended: Vec<Key32> = {
-            let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-            let keys: Vec<(PeerId, Key32)> =
-                slots.iter().filter(|((p, _), s)| *p == peer && s.established).map(|(k, _)| *k).collect();
-            keys.into_iter()
-                .filter_map(|k| {
-                    let slot = slots.remove(&k)?;
-                    slot.cancel.cancel();
-                    Some(k.1)
-                })
-                .collect()
-        };
-        for room in ended {
+        for room in self.end_sessions(peer, true) {
             debug!(%peer, "connection lost; ending its session");
             let _ = self.inner.rooms.events.send(DaemonEvent::PeerLeft { room, peer });
             let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
             self.after_session(peer, room, true, &Err(SessionError::Io(lost)));
         }
+    }
+
+    /// Cancels and forgets the sessions with `peer` (only established ones if asked);
+    /// returns their rooms. The cancelled tasks neither release nor redial.
+    fn end_sessions(&self, peer: PeerId, established_only: bool) -> Vec<Key32> {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<(PeerId, Key32)> = slots
+            .iter()
+            .filter(|((p, _), s)| *p == peer && (s.established || !established_only))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                slots.remove(&k)?.cancel.cancel();
+                Some(k.1)
+            })
+            .collect()
     }
 
     /// Ends every session of a room.
