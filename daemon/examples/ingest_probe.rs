@@ -2,6 +2,7 @@
 //! `cargo run --release -p peerlog --example ingest_probe [-- MESSAGES]`.
 //! Also times reading them back (the serving side's part), and reports the bytes on disk
 //! per message and the process's peak RSS.
+use peerlog::bench::{dir_bytes, status_kib};
 use peerlog::log::store::Store;
 use peerlog::log::{new_writer, Body, FeedCipher};
 
@@ -42,7 +43,7 @@ fn main() {
         end = start;
     }
     let ingest = t.elapsed();
-    let rss_after_ingest = status_kib("VmRSS:");
+    let rss_after_ingest = status_kib(std::process::id(), "VmRSS:");
     let t = std::time::Instant::now();
     let mut read = 0;
     for start in (0..n as u64).step_by(512) {
@@ -52,7 +53,7 @@ fn main() {
     let read_back = t.elapsed();
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     rt.block_on(dst.flush()).unwrap();
-    let disk: u64 = walk(&base.join("dst"));
+    let disk: u64 = dir_bytes(&base.join("dst"));
     let history = dst.history(&room, &content, None, 50).unwrap();
     assert_eq!(history.len(), 50.min(n));
     println!(
@@ -63,28 +64,7 @@ fn main() {
         rate(read_back),
         disk as f64 / n as f64,
         rss_after_ingest / 1024,
-        status_kib("VmHWM:") / 1024
+        status_kib(std::process::id(), "VmHWM:") / 1024
     );
     let _ = std::fs::remove_dir_all(base);
-}
-
-fn walk(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => walk(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
-        .unwrap_or(0)
 }

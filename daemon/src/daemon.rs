@@ -489,7 +489,7 @@ impl Shared {
                     StoredMessage::parse_id(id).ok_or_else(|| OpError::Invalid(format!("bad message id {id:?}")))?;
                 Some(
                     self.store
-                        .order_key_of(&room.discovery_key, content_key, &feed, seq)?
+                        .order_key_of(&feed, seq)?
                         .ok_or_else(|| OpError::Invalid(format!("no message {id:?} in this room")))?,
                 )
             }

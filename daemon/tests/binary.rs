@@ -199,6 +199,22 @@ impl NatLab {
         Ok(lab)
     }
 
+    /// One LAN: a bridge in namespace `lan`, and each host on it as 10.0.`net`.(i+1)/24.
+    fn lan(tag: &str, net: u8, hosts: &[&str]) -> Result<Self> {
+        let mut lab = NatLab { prefix: format!("pl{}{tag}", std::process::id() % 100000), namespaces: Vec::new() };
+        let lan = lab.ns("lan")?;
+        sh(&format!("ip -n {lan} link add br0 type bridge && ip -n {lan} link set br0 up"))?;
+        for (i, host) in hosts.iter().enumerate() {
+            let ns = lab.ns(host)?;
+            sh(&format!(
+                "ip -n {ns} link add eth0 type veth peer name {host} netns {lan} && ip -n {lan} link set {host} master br0 up \
+                 && ip -n {ns} addr add 10.0.{net}.{}/24 dev eth0 && ip -n {ns} link set eth0 up",
+                i + 1
+            ))?;
+        }
+        Ok(lab)
+    }
+
     fn ns(&mut self, name: &str) -> Result<String> {
         let full = format!("{}-{name}", self.prefix);
         sh(&format!("ip netns add {full} && ip -n {full} link set lo up"))?;
@@ -525,18 +541,7 @@ fn nat_symmetric_falls_back_to_the_relay() -> Result<()> {
 #[test]
 fn mdns_finds_a_lan_peer_without_any_bootstrap() -> Result<()> {
     require_netns!();
-    let prefix = format!("pl{}m", std::process::id() % 100000);
-    let mut lab = NatLab { prefix: prefix.clone(), namespaces: Vec::new() };
-    let lan = lab.ns("lan")?;
-    sh(&format!("ip -n {lan} link add br0 type bridge && ip -n {lan} link set br0 up"))?;
-    for (i, host) in ["h1", "h2"].iter().enumerate() {
-        let ns = lab.ns(host)?;
-        sh(&format!(
-            "ip -n {ns} link add eth0 type veth peer name {host} netns {lan} && ip -n {lan} link set {host} master br0 up \
-             && ip -n {ns} addr add 10.0.9.{}/24 dev eth0 && ip -n {ns} link set eth0 up",
-            i + 1
-        ))?;
-    }
+    let lab = NatLab::lan("m", 9, &["h1", "h2"])?;
     let h1 = NsDaemon::start_raw(&lab.name("h1"), &["--listen", "/ip4/0.0.0.0/tcp/4001"])?;
     let h2 = NsDaemon::start_raw(&lab.name("h2"), &["--listen", "/ip4/0.0.0.0/tcp/4001"])?;
     let room = h1.join(PASS)?;
@@ -567,19 +572,7 @@ fn mdns_finds_a_lan_peer_without_any_bootstrap() -> Result<()> {
 #[test]
 fn a_partition_heals_and_every_peer_converges_on_one_history() -> Result<()> {
     require_netns!();
-    let prefix = format!("pl{}p", std::process::id() % 100000);
-    let mut lab = NatLab { prefix: prefix.clone(), namespaces: Vec::new() };
-    let lan = lab.ns("lan")?;
-    sh(&format!("ip -n {lan} link add br0 type bridge && ip -n {lan} link set br0 up"))?;
-    let hosts = ["h1", "h2", "h3"];
-    for (i, host) in hosts.iter().enumerate() {
-        let ns = lab.ns(host)?;
-        sh(&format!(
-            "ip -n {ns} link add eth0 type veth peer name {host} netns {lan} && ip -n {lan} link set {host} master br0 up \
-             && ip -n {ns} addr add 10.0.8.{}/24 dev eth0 && ip -n {ns} link set eth0 up",
-            i + 1
-        ))?;
-    }
+    let lab = NatLab::lan("p", 8, &["h1", "h2", "h3"])?;
     let boot = "/ip4/10.0.8.1/tcp/4001";
     let h1 = NsDaemon::start(&lab.name("h1"), &["--listen", boot, "--dht-mode", "server"])?;
     let boot = format!("{boot}/p2p/{}", h1.peer_id);
