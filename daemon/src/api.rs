@@ -334,6 +334,7 @@ fn room_json(shared: &Shared, room: &Room) -> Value {
         "peers": peers,
         "forks": forks,
         "seeder": room.is_seeder(),
+        "entries_stored": shared.store.room_feeds(&room.discovery_key).map_or(0, |f| f.iter().map(|(_, m)| m.stored()).sum::<u64>()),
         "entries_received": room.received.load(std::sync::atomic::Ordering::Relaxed),
         "entries_served": room.served.load(std::sync::atomic::Ordering::Relaxed),
     })

@@ -46,8 +46,11 @@ const MAX_HANDSHAKES: usize = 64;
 const MAX_SERVING: usize = 4096;
 /// Most feeds in one `Have`.
 const MAX_HAVE_FEEDS: usize = 10_000;
-/// Signed heads kept per feed per session as anchors for incoming batches.
+/// Signed heads kept per feed per session as anchors for incoming batches, before the
+/// heads of entries already stored are dropped…
 const ANCHORS_PER_FEED: usize = 16;
+/// …and at most, stored or not (about 140 bytes each).
+const MAX_ANCHORS_PER_FEED: usize = 1024;
 /// New entries up to this count are pushed with their head instead of announced.
 const PUSH_MAX: u64 = 64;
 /// Target size of a `Data` frame's entries, well under the frame limit.
@@ -736,8 +739,13 @@ impl Session {
                     }
                     Err(IngestError::Store(e)) => return Err(e.into()),
                     Err(e) => {
-                        // Let another peer try this feed.
+                        // Let another peer try this feed, and ask again from the top: a
+                        // gap fetched newest-first is anchored by the newest head.
                         self.room.release_fetch(&feed_key, self.id);
+                        if matches!(e, IngestError::NotAnchored) {
+                            self.requested.remove(&feed_key);
+                            self.deferred.insert(feed_key);
+                        }
                         warn!(peer = %self.peer, room = %self.room.id, feed = %hex::encode(&feed_key[..8]), start, error = %e, "rejected entries from peer; nothing stored")
                     }
                 }
@@ -799,10 +807,16 @@ impl Session {
         }
         self.room.saw_length(&feed, head.length());
         let target = head.length();
+        let meta = self.store().feed_meta(&feed)?.unwrap_or_default();
         let anchors = self.anchors.entry(feed).or_default();
         anchors.insert(head.seq, head);
-        while anchors.len() > ANCHORS_PER_FEED {
-            anchors.pop_first();
+        if anchors.len() > ANCHORS_PER_FEED {
+            // Heads of entries we hold anchor nothing any more. The others are the tops of
+            // ranges still requested: dropping one would make its batch unverifiable.
+            anchors.retain(|seq, _| !meta.has(*seq));
+            while anchors.len() > MAX_ANCHORS_PER_FEED {
+                anchors.pop_first();
+            }
         }
         self.want(feed, target)
     }
