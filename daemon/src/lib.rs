@@ -5,6 +5,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod fetch;
 pub mod keys;
 pub mod log;
 pub mod node;

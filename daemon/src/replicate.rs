@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Limits;
+use crate::fetch::{Candidate, PIECES_PER_SESSION};
 use crate::keys::{auth_mac, verify_auth_mac};
 use crate::log::store::IngestError;
 use crate::log::{verify_head, Store};
@@ -508,13 +509,13 @@ impl Replicator {
             id,
             anchors: HashMap::new(),
             peer_len: HashMap::new(),
-            requested: HashMap::new(),
+            wanting: Default::default(),
+            lacks: HashMap::new(),
             serving: VecDeque::new(),
             outbox: VecDeque::new(),
             got_have: false,
             pex: Vec::new(),
             batch_bytes: BATCH_BYTES,
-            deferred: Default::default(),
         };
         if kind == Some(crate::node::ConnectionKind::Relayed) {
             session.batch_bytes = RELAYED_BATCH_BYTES;
@@ -599,8 +600,10 @@ struct Session {
     anchors: HashMap<Key32, BTreeMap<u64, SignedHead>>,
     /// How many entries of each feed the peer has (or has been sent).
     peer_len: HashMap<Key32, u64>,
-    /// Everything below this was already requested from this peer.
-    requested: HashMap<Key32, u64>,
+    /// Feeds the peer has more of than we hold: where [`Session::schedule`] looks.
+    wanting: std::collections::HashSet<Key32>,
+    /// Per feed, the seq below which the peer said it holds nothing (`NoData`).
+    lacks: HashMap<Key32, u64>,
     /// Wants of the peer not yet fully served.
     serving: VecDeque<Serving>,
     /// Control frames waiting for the writer.
@@ -611,8 +614,6 @@ struct Session {
     pex: Vec<(PeerId, Vec<Multiaddr>)>,
     /// Largest `Data` frame to send on this session (small over relayed connections).
     batch_bytes: usize,
-    /// Feeds the peer has that another session is fetching: asked for when that ends.
-    deferred: std::collections::HashSet<Key32>,
 }
 
 impl Session {
@@ -649,7 +650,7 @@ impl Session {
                     }
                 },
                 feed = released.recv() => match feed {
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.retry_deferred()?,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.schedule(),
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
                 update = updates.recv() => match update {
@@ -684,6 +685,7 @@ impl Session {
                 for head in heads {
                     self.learn_head(head)?;
                 }
+                self.schedule();
                 if !self.got_have {
                     self.got_have = true;
                     // Feeds the peer did not list, it does not have.
@@ -724,37 +726,33 @@ impl Session {
                     return Ok(()); // our own feed: we are its only writer
                 }
                 let anchor = self.anchors.get(&feed_key).and_then(|a| a.get(&top)).cloned();
-                let r = self.room.ingest(&feed_key, start, &entries, anchor.as_ref(), self.id);
-                match r {
+                match self.room.receive(&feed_key, start, entries, anchor.as_ref(), self.id) {
                     Ok(got) => {
-                        debug!(feed = %hex::encode(&feed_key[..4]), start, stored = got.stored, "stored entries");
+                        if let Some(got) = got {
+                            debug!(feed = %hex::encode(&feed_key[..4]), start, stored = got.stored, "stored entries");
+                        }
                         let len = self.peer_len.entry(feed_key).or_insert(0);
                         *len = (*len).max(top + 1);
-                        if let Some((owner, target)) = self.room.fetch_claim(&feed_key) {
-                            let done = self.store().feed_meta(&feed_key)?.is_some_and(|m| m.missing(target).is_empty());
-                            if owner == self.id && done {
-                                self.room.release_fetch(&feed_key, self.id);
-                            }
-                        }
                     }
                     Err(IngestError::Store(e)) => return Err(e.into()),
+                    // Not verifiable (yet): nothing stored, nothing wrong with the peer.
+                    Err(IngestError::NotAnchored) => {}
                     Err(e) => {
-                        // Let another peer try this feed, and ask again from the top: a
-                        // gap fetched newest-first is anchored by the newest head.
-                        self.room.release_fetch(&feed_key, self.id);
-                        if matches!(e, IngestError::NotAnchored) {
-                            self.requested.remove(&feed_key);
-                            self.deferred.insert(feed_key);
-                        }
+                        // Another peer may have a verifiable copy of this feed.
+                        self.room.fetch_failed(self.id, &feed_key, true);
                         warn!(peer = %self.peer, room = %self.room.id, feed = %hex::encode(&feed_key[..8]), start, error = %e, "rejected entries from peer; nothing stored")
                     }
                 }
+                self.schedule();
                 Ok(())
             }
             Frame::NoData { feed_key, below } => {
                 debug!(feed = %hex::encode(&feed_key[..4]), below, "peer lacks entries");
+                let lacks = self.lacks.entry(feed_key).or_insert(0);
+                *lacks = (*lacks).max(below);
                 // Another peer may have them.
-                self.room.release_fetch(&feed_key, self.id);
+                self.room.fetch_failed(self.id, &feed_key, false);
+                self.schedule();
                 Ok(())
             }
             Frame::Peers { peers } => {
@@ -818,44 +816,36 @@ impl Session {
                 anchors.pop_first();
             }
         }
-        self.want(feed, target)
-    }
-
-    /// Asks the peer for what we lack of `feed` below `target`, if this session may fetch
-    /// it now (see `Room::claim_fetch`); otherwise remembers it for when a claim is released.
-    fn want(&mut self, feed: Key32, target: u64) -> Result<(), SessionError> {
-        let from = self.requested.get(&feed).copied().unwrap_or(0);
-        if target <= from {
-            return Ok(());
+        if !meta.missing(target).is_empty() {
+            self.wanting.insert(feed);
         }
-        let meta = self.store().feed_meta(&feed)?.unwrap_or_default();
-        if meta.missing(target).is_empty() {
-            return Ok(());
-        }
-        if !self.room.claim_fetch(&feed, self.id, target) {
-            self.deferred.insert(feed);
-            return Ok(());
-        }
-        self.deferred.remove(&feed);
-        for (start, end) in meta.missing(target) {
-            let start = start.max(from);
-            if start < end {
-                self.outbox.push_back(Frame::Want { feed_key: feed, start, end });
-            }
-        }
-        self.requested.insert(feed, target);
         Ok(())
     }
 
-    /// A fetch claim was released somewhere: ask for the deferred feeds we may now fetch.
-    fn retry_deferred(&mut self) -> Result<(), SessionError> {
-        let feeds: Vec<Key32> = self.deferred.iter().copied().collect();
-        for feed in feeds {
-            let target = self.anchors.get(&feed).and_then(|a| a.keys().next_back()).map_or(0, |seq| seq + 1);
-            self.requested.remove(&feed);
-            self.want(feed, target)?;
+    /// Claims pieces of what the peer has and we lack (see [`crate::fetch`]) up to
+    /// [`PIECES_PER_SESSION`] at a time, and asks for them.
+    fn schedule(&mut self) {
+        while self.room.pieces_awaited(self.id) < PIECES_PER_SESSION && !self.wanting.is_empty() {
+            let candidates: Vec<Candidate> = self
+                .wanting
+                .iter()
+                .map(|feed| Candidate {
+                    feed: *feed,
+                    target: self.peer_len.get(feed).copied().unwrap_or(0),
+                    lacks_below: self.lacks.get(feed).copied().unwrap_or(0),
+                })
+                .collect();
+            let Some((feed_key, start, end)) = self.room.claim_piece(self.id, &candidates) else {
+                // Forget the feeds we now hold in full.
+                self.wanting.retain(|feed| {
+                    let target = self.peer_len.get(feed).copied().unwrap_or(0);
+                    let meta = self.r.inner.store.feed_meta(feed).ok().flatten().unwrap_or_default();
+                    !meta.missing(target).is_empty()
+                });
+                return;
+            };
+            self.outbox.push_back(Frame::Want { feed_key, start, end });
         }
-        Ok(())
     }
 
     /// A head advanced locally: push the new entries, or announce the head.

@@ -11,13 +11,13 @@ use libp2p::PeerId;
 use peerlog_proto::wire::{Entry, Key32, SignedHead};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
+use crate::fetch::{Candidate, Fetches, Held};
 use crate::keys::{room_id, RoomKeys, RoomSecret, SeedCapability};
 use crate::log::store::{Access, Appended, IngestError, Ingested, RoomRecord, StoreError, StoredMessage};
 use crate::log::{Body, FeedCipher, Store};
 
-/// Most feeds one session fetches at a time (see [`Room::claim_fetch`]).
-pub const FETCHES_PER_SESSION: usize = 1;
 /// Capacity of each room's head-update channel.
 const UPDATE_CAPACITY: usize = 1024;
 /// Capacity of the daemon event channel (slow API clients see `Lagged`).
@@ -119,8 +119,8 @@ pub struct Room {
     pub received: AtomicU64,
     /// Entries sent to peers since the daemon started.
     pub served: AtomicU64,
-    /// Which session fetches each feed's missing entries, and up to what length.
-    fetches: Mutex<HashMap<Key32, (u64, u64)>>,
+    /// Which session fetches which piece, and entries held until they can be verified.
+    fetches: Mutex<Fetches>,
     /// Feeds whose fetch claim was released: sessions that deferred them try again.
     released: broadcast::Sender<Key32>,
     /// Cancelled when the room is left or the daemon stops.
@@ -196,7 +196,7 @@ impl Room {
             progress: Mutex::new(Progress::default()),
             received: AtomicU64::new(0),
             served: AtomicU64::new(0),
-            fetches: Mutex::new(HashMap::new()),
+            fetches: Mutex::new(Fetches::default()),
             released: broadcast::channel(UPDATE_CAPACITY).0,
             cancel,
         })
@@ -289,51 +289,86 @@ impl Room {
         Ok(appended)
     }
 
-    /// Claims fetching `feed` up to `target` for `session`. Each feed is fetched from one
-    /// peer at a time, and each session fetches at most [`FETCHES_PER_SESSION`] feeds, so
-    /// that with several peers the feeds come from different peers in parallel and nothing
-    /// is downloaded twice. A session asking for more than the claim covers takes it over.
-    pub fn claim_fetch(&self, feed: &Key32, session: u64, target: u64) -> bool {
+    /// Claims the next piece of a feed for `session` to fetch (see [`crate::fetch`]):
+    /// `(feed, start, end)`, or None when the candidates offer nothing unclaimed.
+    pub fn claim_piece(&self, session: u64, candidates: &[Candidate]) -> Option<(Key32, u64, u64)> {
         let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
-        match fetches.get(feed) {
-            Some(&(owner, t)) if owner == session => {
-                fetches.insert(*feed, (session, t.max(target)));
-                return true;
-            }
-            Some(&(_, t)) if t >= target => return false,
-            Some(_) => {}
-            None => {
-                if fetches.values().filter(|(owner, _)| *owner == session).count() >= FETCHES_PER_SESSION {
-                    return false;
-                }
-            }
-        }
-        fetches.insert(*feed, (session, target));
-        true
+        fetches.claim(session, candidates, |feed| self.store.feed_meta(feed).ok().flatten().unwrap_or_default())
     }
 
-    /// Releases `session`'s claim on `feed` (done, or the peer lacks it).
-    pub fn release_fetch(&self, feed: &Key32, session: u64) {
-        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
-        if fetches.get(feed).is_some_and(|(owner, _)| *owner == session) {
-            fetches.remove(feed);
-            let _ = self.released.send(*feed);
-        }
+    /// How many pieces `session` still waits for.
+    pub fn pieces_awaited(&self, session: u64) -> usize {
+        self.fetches.lock().unwrap_or_else(|p| p.into_inner()).awaited_by(session)
     }
 
-    /// Releases every claim of a session that ended.
+    /// `session` will not bring (more of) `feed`: its peer lacks it, or sent entries that
+    /// failed verification (then, with `refuse`, it is not asked for the feed again).
+    pub fn fetch_failed(&self, session: u64, feed: &Key32, refuse: bool) {
+        self.fetches.lock().unwrap_or_else(|p| p.into_inner()).release_feed(session, feed, refuse);
+        let _ = self.released.send(*feed);
+    }
+
+    /// Releases every claim of a session that ended, and drops what it sent that is held.
     pub fn release_fetches(&self, session: u64) {
-        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
-        let mine: Vec<Key32> = fetches.iter().filter(|(_, (o, _))| *o == session).map(|(f, _)| *f).collect();
-        for feed in mine {
-            fetches.remove(&feed);
+        let feeds = self.fetches.lock().unwrap_or_else(|p| p.into_inner()).release_session(session);
+        for feed in feeds {
             let _ = self.released.send(feed);
         }
     }
 
-    /// The claim on `feed`: `(session, target)`.
-    pub fn fetch_claim(&self, feed: &Key32) -> Option<(u64, u64)> {
-        self.fetches.lock().unwrap_or_else(|p| p.into_inner()).get(feed).copied()
+    /// Takes entries a session received: verifies and stores them, or, when they belong to
+    /// a piece that cannot be verified before the one above it is stored, holds them in
+    /// memory until it is. Returns what was stored (None: held).
+    pub fn receive(
+        &self,
+        feed: &Key32,
+        start: u64,
+        entries: Vec<Entry>,
+        anchor: Option<&SignedHead>,
+        session: u64,
+    ) -> Result<Option<Ingested>, IngestError> {
+        self.received.fetch_add(entries.len() as u64, Ordering::Relaxed);
+        let end = start + entries.len() as u64;
+        let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+        fetches.arrived(session, feed, start, end);
+        if anchor.is_none() && fetches.is_claimed_by(session, feed, start, end) {
+            let meta = self.store.feed_meta(feed)?.unwrap_or_default();
+            let verifiable = meta.has(end) || meta.head.as_ref().is_some_and(|h| h.seq + 1 == end);
+            if !verifiable {
+                if !fetches.hold(Held { feed: *feed, start, entries, session }) {
+                    debug!(room = %self.id, "verification hold is full; the piece will be fetched again");
+                    fetches.release_feed(session, feed, false);
+                    drop(fetches);
+                    let _ = self.released.send(*feed);
+                }
+                return Ok(None);
+            }
+        }
+        drop(fetches);
+        let ingested = self.ingest(feed, start, &entries, anchor, session)?;
+        self.after_stored(feed);
+        Ok(Some(ingested))
+    }
+
+    /// Entries of `feed` were stored: settle the claims they complete and store the held
+    /// batches that can now be verified.
+    fn after_stored(&self, feed: &Key32) {
+        loop {
+            let Ok(meta) = self.store.feed_meta(feed).map(Option::unwrap_or_default) else { return };
+            let (ready, settled) = {
+                let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
+                let settled = fetches.settle(feed, &meta);
+                (fetches.take_ready(feed, &meta), settled)
+            };
+            if settled {
+                let _ = self.released.send(*feed);
+            }
+            let Some(held) = ready else { return };
+            if let Err(e) = self.ingest(feed, held.start, &held.entries, None, held.session) {
+                warn!(room = %self.id, feed = %hex::encode(&feed[..8]), start = held.start, error = %e, "held entries failed verification; nothing stored");
+                self.fetch_failed(held.session, feed, !matches!(e, IngestError::Store(_)));
+            }
+        }
     }
 
     /// Hears about released fetch claims.
@@ -384,7 +419,7 @@ impl Room {
     }
 
     /// Verifies and stores entries from a peer, then announces what is new.
-    pub fn ingest(
+    fn ingest(
         &self,
         feed: &Key32,
         start: u64,
@@ -392,7 +427,6 @@ impl Room {
         anchor: Option<&SignedHead>,
         origin: u64,
     ) -> Result<Ingested, IngestError> {
-        self.received.fetch_add(entries.len() as u64, Ordering::Relaxed);
         let cipher = self.cipher(feed);
         // A blind seeder verifies chain and signatures, and stores the ciphertext as it is.
         let ingested = self.store.ingest(&self.discovery_key, cipher.as_ref(), feed, start, entries, anchor)?;
