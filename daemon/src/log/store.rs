@@ -778,19 +778,29 @@ impl Store {
             if ours.hash != top_hash {
                 return Err(IngestError::NotAnchored);
             }
-        } else if meta.has(end) {
-            let next = self.entry(feed, end)?.ok_or(StoreError::Corrupt("entry index"))?;
-            if next.prev != top_hash {
-                return Err(IngestError::BrokenChain(end));
-            }
-        } else {
+        } else if !meta.has(end) {
             return Err(IngestError::NotAnchored);
         }
-        if start > 0 && meta.has(start - 1) {
-            let below = self.entry(feed, start - 1)?.ok_or(StoreError::Corrupt("entry index"))?;
-            if entries[0].prev != hash_entry(feed, start - 1, &below) {
-                return Err(IngestError::BrokenChain(start));
+        // The batch must join what we hold above and below it. If it does not but the writer
+        // signed it (anchored), the writer signed two histories: a fork (e.g. a copied data
+        // dir wrote on after the copy), proven by our head and theirs.
+        let broken_at =
+            if meta.has(end) && self.entry(feed, end)?.ok_or(StoreError::Corrupt("entry index"))?.prev != top_hash {
+                Some(end)
+            } else if start > 0 && meta.has(start - 1) && {
+                let below = self.entry(feed, start - 1)?.ok_or(StoreError::Corrupt("entry index"))?;
+                entries[0].prev != hash_entry(feed, start - 1, &below)
+            } {
+                Some(start)
+            } else {
+                None
+            };
+        if let Some(seq) = broken_at {
+            if let (Some(theirs), Some(ours)) = (anchor, meta.head.as_ref()) {
+                self.record_fork_at(feed, seq, ours, theirs)?;
+                return Err(IngestError::Fork(seq));
             }
+            return Err(IngestError::BrokenChain(seq));
         }
         if let (Some(first), Some(newest)) = (messages.first(), messages.last()) {
             if start > 0
@@ -837,8 +847,14 @@ impl Store {
     /// Records two valid heads of `feed` for the same seq with different hashes: the proof
     /// that its writer forked.
     pub fn record_fork(&self, feed: &Key32, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
-        tracing::warn!(feed = %hex::encode(&feed[..8]), seq = a.seq, "writer signed two different heads: fork recorded");
-        self.log.insert(fork_key(feed, a.seq), encode(&(a, b)))?;
+        self.record_fork_at(feed, a.seq, a, b)
+    }
+
+    /// Records that two validly signed heads of `feed` cannot both be true: their histories
+    /// part at `seq` (same seq, different hashes; or one chain does not join the other).
+    pub fn record_fork_at(&self, feed: &Key32, seq: u64, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
+        tracing::warn!(feed = %hex::encode(&feed[..8]), seq, "writer signed two histories: fork recorded");
+        self.log.insert(fork_key(feed, seq), encode(&(a, b)))?;
         self.touch();
         Ok(())
     }
@@ -1181,5 +1197,62 @@ mod tests {
         let e = b.ingest(&room, Some(&c), &feed, 0, &a2.entries(&feed, 0, 1).unwrap(), Some(&h2));
         assert!(matches!(e, Err(IngestError::Fork(0))));
         assert_eq!(b.forks(&room).unwrap(), vec![(feed, 0)]);
+    }
+
+    /// A copied data dir writes on: both copies share seqs 0..3 and then differ. A peer
+    /// that holds one history gets a signed batch of the other, newer than anything it
+    /// holds: no head shares a seq with ours, but the batch does not join our entries.
+    /// That is a fork too (recorded), and unsigned data that does not join stays an error.
+    #[test]
+    fn a_signed_batch_that_does_not_join_stored_entries_is_a_fork() {
+        let room = [6u8; 32];
+        let (d1, a) = tmp();
+        let (_d3, b) = tmp();
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(&[1; 32], &feed);
+        for (i, t) in ["zero", "one", "two", "three"].iter().enumerate() {
+            a.append(&room, &w, &c, i as u64 + 1, vec![text(t)]).unwrap();
+        }
+        tokio::runtime::Runtime::new().unwrap().block_on(a.flush()).unwrap();
+        drop(a);
+        let d2 = tempdir::Dir::new();
+        copy_dir(&d1.0, &d2.0);
+        let (a, a2) = (Store::open(&d1.0).unwrap(), Store::open(&d2.0).unwrap());
+        assert_eq!(a.feed_meta(&feed).unwrap(), a2.feed_meta(&feed).unwrap(), "the copy holds the same history");
+        let ours = a.append(&room, &w, &c, 5, vec![text("four")]).unwrap().head;
+        a2.append(&room, &w, &c, 5, vec![text("four, copied")]).unwrap();
+        let theirs = a2.append(&room, &w, &c, 6, vec![text("five, copied")]).unwrap().head;
+        b.ingest(&room, Some(&c), &feed, 0, &a.entries(&feed, 0, 5).unwrap(), Some(&ours)).unwrap();
+
+        // b holds 0..=4 of a's history; a2's seq 5 (signed) does not join a's seq 4.
+        let unsigned = b.ingest(&room, Some(&c), &feed, 5, &a2.entries(&feed, 5, 6).unwrap(), None);
+        assert!(matches!(unsigned, Err(IngestError::NotAnchored)), "{unsigned:?}");
+        let e = b.ingest(&room, Some(&c), &feed, 5, &a2.entries(&feed, 5, 6).unwrap(), Some(&theirs));
+        assert!(matches!(e, Err(IngestError::Fork(5))), "{e:?}");
+        assert_eq!(b.forks(&room).unwrap(), vec![(feed, 5)]);
+        assert_eq!(b.feed_meta(&feed).unwrap().unwrap().stored(), 5, "nothing of the other history stored");
+        assert_eq!(b.feed_meta(&feed).unwrap().unwrap().head, Some(ours.clone()));
+
+        // The other way round: c holds the copy's newest entry, then gets a's older history,
+        // signed, which the copy's entry does not follow. (This was stored before.)
+        let (_d4, c2) = tmp();
+        c2.ingest(&room, Some(&c), &feed, 5, &a2.entries(&feed, 5, 6).unwrap(), Some(&theirs)).unwrap();
+        let e = c2.ingest(&room, Some(&c), &feed, 0, &a.entries(&feed, 0, 5).unwrap(), Some(&ours));
+        assert!(matches!(e, Err(IngestError::Fork(5))), "{e:?}");
+        assert_eq!(c2.feed_meta(&feed).unwrap().unwrap().stored(), 1);
+    }
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let target = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &target);
+            } else {
+                std::fs::copy(e.path(), &target).unwrap();
+            }
+        }
     }
 }
