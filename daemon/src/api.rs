@@ -25,6 +25,7 @@ use crate::keys::{self, RoomSecret};
 use crate::log::store::StoredMessage;
 use crate::log::Body;
 use crate::rooms::{DaemonEvent, Room};
+use crate::transfer::{FileInfo, FileSource};
 
 /// Frames queued for one client before it is considered too slow.
 const CLIENT_QUEUE: usize = 1024;
@@ -51,6 +52,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cance
         .route("/style.css", get(|| async { static_file("style.css") }))
         .route("/api/health", get(|| async { Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }))
         .route("/api/ws", get(ws_upgrade))
+        .route("/api/files/{room}/{file}", get(download))
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state);
     let shutdown = cancel.clone();
@@ -115,19 +117,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Checks Origin (403) and token (401) before upgrading.
-async fn ws_upgrade(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    axum::extract::Query(query): axum::extract::Query<TokenQuery>,
-    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
-) -> Response {
+/// Checks Origin (403) and token (401) of a request that needs authorization.
+fn authorize(state: &ApiState, headers: &HeaderMap, token: Option<&str>) -> Result<(), (StatusCode, &'static str)> {
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
         let ok = loopback_hosts(state.port).iter().any(|h| origin.eq_ignore_ascii_case(&format!("http://{h}")));
         if !ok {
-            warn!(origin, "refused WebSocket from a foreign origin");
-            return (StatusCode::FORBIDDEN, "forbidden: Origin is not this daemon\n").into_response();
+            warn!(origin, "refused a request from a foreign origin");
+            return Err((StatusCode::FORBIDDEN, "forbidden: Origin is not this daemon\n"));
         }
     }
     let bearer = headers
@@ -135,10 +132,22 @@ async fn ws_upgrade(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let given = bearer.or(query.token.as_deref()).unwrap_or("");
+    let given = bearer.or(token).unwrap_or("");
     if !constant_time_eq(given.as_bytes(), state.shared.token.as_bytes()) {
-        return (StatusCode::UNAUTHORIZED, "unauthorized: token required (Authorization: Bearer or ?token=)\n")
-            .into_response();
+        return Err((StatusCode::UNAUTHORIZED, "unauthorized: token required (Authorization: Bearer or ?token=)\n"));
+    }
+    Ok(())
+}
+
+/// Checks Origin (403) and token (401) before upgrading.
+async fn ws_upgrade(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<TokenQuery>,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    if let Err(refused) = authorize(&state, &headers, query.token.as_deref()) {
+        return refused.into_response();
     }
     let ws = match ws {
         Ok(ws) => ws,
@@ -166,6 +175,8 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
         let _ = ws_tx.send(WsMessage::Close(None)).await;
     });
     let filter = EventFilter::default();
+    // The upload in progress on this connection (`files.send` with streamed bytes).
+    let upload: Arc<std::sync::Mutex<Option<mpsc::Sender<bytes::Bytes>>>> = Default::default();
     let events_task = tokio::spawn(forward_events(
         state.shared.clone(),
         state.shared.rooms.events.subscribe(),
@@ -186,23 +197,41 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
                 break;
             }
             Some(Ok(WsMessage::Text(t))) => t,
-            Some(Ok(WsMessage::Binary(_))) => {
-                let reply = RpcResponse::err(
-                    Value::Null,
-                    codes::INVALID_REQUEST,
-                    "binary frames are not supported; send JSON text",
-                );
-                let _ = out_tx.send(to_json(&reply)).await;
+            Some(Ok(WsMessage::Binary(bytes))) => {
+                let tx = upload.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let sent = match tx {
+                    // Waits while the file is written: the client is slowed, not buffered.
+                    Some(tx) => tx.send(bytes).await.is_ok(),
+                    None => false,
+                };
+                if !sent {
+                    let reply = RpcResponse::err(
+                        Value::Null,
+                        codes::INVALID_REQUEST,
+                        "binary frame without a files.send upload in progress",
+                    );
+                    let _ = out_tx.send(to_json(&reply)).await;
+                }
                 continue;
             }
             Some(Ok(_)) => continue,
         };
+        // A streamed upload takes the binary frames that follow it: set up before any arrives.
+        let stream = upload_request(text.as_str()).map(|size| {
+            let (tx, rx) = mpsc::channel(4);
+            let mut slot = upload.lock().unwrap_or_else(|p| p.into_inner());
+            let busy = slot.is_some();
+            if !busy {
+                *slot = Some(tx);
+            }
+            Upload { rx: (!busy).then_some(rx), size, slot: upload.clone(), holds_slot: !busy }
+        });
         let Ok(permit) = slots.clone().acquire_owned().await else { break };
         let shared = state.shared.clone();
         let out = out_tx.clone();
         let filter = filter.clone();
         requests.spawn(async move {
-            let reply = handle_text(&shared, &filter, text.as_str()).await;
+            let reply = handle_text(&shared, &filter, stream, text.as_str()).await;
             let _ = out.send(to_json(&reply)).await;
             drop(permit);
         });
@@ -236,7 +265,8 @@ impl EventFilter {
 }
 
 /// Event names, as clients see them.
-const EVENT_NAMES: &[&str] = &["message", "peer.joined", "peer.left", "peer.connection", "sync.progress", "lagged"];
+const EVENT_NAMES: &[&str] =
+    &["message", "peer.joined", "peer.left", "peer.connection", "sync.progress", "file.progress", "lagged"];
 
 fn event_name(event: &DaemonEvent) -> &'static str {
     match event {
@@ -245,6 +275,7 @@ fn event_name(event: &DaemonEvent) -> &'static str {
         DaemonEvent::PeerLeft { .. } => "peer.left",
         DaemonEvent::SyncProgress { .. } => "sync.progress",
         DaemonEvent::PeerConnection { .. } => "peer.connection",
+        DaemonEvent::FileProgress { .. } => "file.progress",
     }
 }
 
@@ -294,6 +325,17 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
             let rooms: Vec<String> = rooms.iter().filter_map(|r| shared.rooms.get(r)).map(|r| r.id.clone()).collect();
             ("peer.connection", json!({"peer": peer.to_string(), "connection": kind, "rooms": rooms}))
         }
+        DaemonEvent::FileProgress { room, file_id, receiving, bytes_done, bytes_total, done } => (
+            "file.progress",
+            json!({
+                "room": shared.rooms.get(&room)?.id,
+                "file_id": hex::encode(file_id),
+                "direction": if receiving { "receive" } else { "send" },
+                "bytes_done": bytes_done,
+                "bytes_total": bytes_total,
+                "done": done,
+            }),
+        ),
         DaemonEvent::PeerLeft { room, peer } => {
             ("peer.left", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string()}))
         }
@@ -303,8 +345,7 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
 
 /// The API shape of a message; `None` for kinds that are not shown as messages.
 fn message_json(room: &Room, m: &StoredMessage) -> Option<Value> {
-    let Some(Body::Text { text }) = &m.message.body else { return None };
-    Some(json!({
+    let mut v = json!({
         "id": m.id(),
         "room": room.id,
         "author": hex::encode(m.feed_key),
@@ -312,8 +353,26 @@ fn message_json(room: &Room, m: &StoredMessage) -> Option<Value> {
         "seq": m.seq,
         "lamport": m.message.lamport,
         "time": m.message.time_ms,
-        "text": text,
-    }))
+    });
+    match m.message.body.as_ref()? {
+        Body::Text { text } => {
+            v["kind"] = json!("text");
+            v["text"] = json!(text);
+        }
+        Body::File { file_id, name, size, mime, chunks } => {
+            v["kind"] = json!("file");
+            v["file"] = json!({
+                "id": hex::encode(file_id),
+                "name": name,
+                "size": size,
+                "mime": mime,
+                "chunks": chunks.len(),
+                "url": format!("/api/files/{}/{}", room.id, m.id()),
+            });
+        }
+        Body::Profile { .. } => return None,
+    }
+    Some(v)
 }
 
 fn room_json(shared: &Shared, room: &Room) -> Value {
@@ -374,7 +433,34 @@ impl From<OpError> for ApiError {
     }
 }
 
-async fn handle_text(shared: &Arc<Shared>, filter: &EventFilter, text: &str) -> RpcResponse {
+/// A streamed `files.send` of this connection: its bytes, and the slot to free when done.
+struct Upload {
+    /// None when another upload was in progress.
+    rx: Option<mpsc::Receiver<bytes::Bytes>>,
+    size: u64,
+    /// The connection's slot, freed when this upload ends (if it holds it).
+    slot: Arc<std::sync::Mutex<Option<mpsc::Sender<bytes::Bytes>>>>,
+    holds_slot: bool,
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if self.holds_slot {
+            *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
+    }
+}
+
+/// The announced size if `text` is a `files.send` whose bytes follow as binary frames.
+fn upload_request(text: &str) -> Option<u64> {
+    let v: Value = serde_json::from_str(text).ok()?;
+    if v.get("method")?.as_str()? != "files.send" || v["params"].get("path").is_some_and(|p| !p.is_null()) {
+        return None;
+    }
+    v["params"].get("size")?.as_u64()
+}
+
+async fn handle_text(shared: &Arc<Shared>, filter: &EventFilter, upload: Option<Upload>, text: &str) -> RpcResponse {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => return RpcResponse::err(Value::Null, codes::PARSE_ERROR, format!("invalid JSON: {e}")),
@@ -386,6 +472,7 @@ async fn handle_text(shared: &Arc<Shared>, filter: &EventFilter, text: &str) -> 
     };
     let result = match request.method.as_str() {
         "subscribe" => subscribe(filter, request.params),
+        "files.send" => send_file(shared, upload, request.params).await,
         method => call(shared, method, request.params).await,
     };
     match result {
@@ -599,6 +686,165 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 .collect();
             Ok(json!({"peers": list}))
         }
+        "files.get" => {
+            let p: FileGetParams = parse(params)?;
+            let room = shared.room(&p.room)?;
+            let file = shared.file_info(&room, &p.file)?;
+            match &p.path {
+                Some(path) => shared.save_file(&room, &file, std::path::Path::new(path)).await?,
+                None => shared.fetch_file(&room, &file).await?,
+            }
+            Ok(json!({
+                "file": file_json(&room, &file),
+                "saved_to": p.path_echo(),
+            }))
+        }
         other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
     }
+}
+
+#[derive(Deserialize)]
+struct FileSendParams {
+    room: String,
+    path: Option<String>,
+    name: Option<String>,
+    mime: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct FileGetParams {
+    room: String,
+    file: String,
+    path: Option<String>,
+}
+
+impl FileGetParams {
+    fn path_echo(&self) -> Value {
+        self.path.as_ref().map_or(Value::Null, |p| json!(p))
+    }
+}
+
+fn file_json(room: &Room, file: &FileInfo) -> Value {
+    json!({
+        "id": hex::encode(file.file_id),
+        "message": file.message.id(),
+        "name": file.name,
+        "size": file.size,
+        "mime": file.mime,
+        "chunks": file.chunks.len(),
+        "url": format!("/api/files/{}/{}", room.id, file.message.id()),
+    })
+}
+
+/// `files.send`: from a path on this machine, or from binary frames that follow.
+async fn send_file(shared: &Arc<Shared>, upload: Option<Upload>, params: Value) -> Result<Value, ApiError> {
+    let p: FileSendParams = parse(params)?;
+    let room = shared.room(&p.room)?;
+    let (name, source, _upload) = match (p.path, upload) {
+        (Some(path), _) => {
+            let path = std::path::PathBuf::from(path);
+            let name = p
+                .name
+                .clone()
+                .unwrap_or_else(|| path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            (name, FileSource::Path(path), None)
+        }
+        (None, Some(mut upload)) => {
+            let rx =
+                upload.rx.take().ok_or_else(|| ApiError::params("another upload is in progress on this connection"))?;
+            let name = p.name.clone().ok_or_else(|| ApiError::params("a streamed file needs a name"))?;
+            // `upload` lives until this call ends, whatever happens: then the slot is free.
+            (name, FileSource::Stream { size: upload.size, rx }, Some(upload))
+        }
+        (None, None) => {
+            return Err(ApiError::params("give path, or name and size and send the bytes as binary frames"))
+        }
+    };
+    let file = shared.send_file(&room, &name, p.mime, source).await?;
+    Ok(json!({"file": file_json(&room, &file), "message": message_json(&room, &file.message)}))
+}
+
+#[derive(Deserialize)]
+struct DownloadQuery {
+    token: Option<String>,
+    inline: Option<u8>,
+}
+
+/// Media types a browser may show inline (never HTML, SVG or scripts).
+const INLINE_TYPES: &[&str] = &["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// `GET /api/files/{room}/{message id}`: fetches the file if needed and streams it,
+/// decrypted chunk by chunk (verified before it is sent).
+async fn download(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Path((room, file)): axum::extract::Path<(String, String)>,
+    axum::extract::Query(query): axum::extract::Query<DownloadQuery>,
+) -> Response {
+    if let Err(refused) = authorize(&state, &headers, query.token.as_deref()) {
+        return refused.into_response();
+    }
+    let shared = state.shared.clone();
+    let found = shared.room(&room).and_then(|room| {
+        let file = shared.file_info(&room, &file)?;
+        Ok((room, file))
+    });
+    let (room, file) = match found {
+        Ok(x) => x,
+        Err(e) => return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
+    };
+    if let Err(e) = shared.fetch_file(&room, &file).await {
+        return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response();
+    }
+    let Some(content_key) = room.content_key().copied() else {
+        return (StatusCode::FORBIDDEN, "a blind seeder cannot read files\n").into_response();
+    };
+    let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
+    let chunks = shared.chunks.clone();
+    let (ids, file_id) = (file.chunks.clone(), file.file_id);
+    tokio::task::spawn_blocking(move || {
+        let key = crate::files::FileKey::new(&content_key, &file_id);
+        for (i, id) in ids.iter().enumerate() {
+            let plain = match chunks.read(id) {
+                Ok(Some(sealed)) => key.open(i, &sealed).map_err(|e| std::io::Error::other(e.to_string())),
+                Ok(None) => Err(std::io::Error::other(format!("chunk {i} went missing"))),
+                Err(e) => Err(e),
+            };
+            let failed = plain.is_err();
+            if tx.blocking_send(plain.map(bytes::Bytes::from)).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let inline = query.inline == Some(1) && INLINE_TYPES.contains(&file.mime.as_str());
+    let mime = if inline { file.mime.clone() } else { "application/octet-stream".to_string() };
+    let encoded: String = file
+        .name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    let disposition = format!("{}; filename*=UTF-8''{encoded}", if inline { "inline" } else { "attachment" });
+    let mut response = axum::body::Body::from_stream(stream).into_response();
+    let h = response.headers_mut();
+    let values = [
+        (header::CONTENT_TYPE, mime),
+        (header::CONTENT_LENGTH, file.size.to_string()),
+        (header::CONTENT_DISPOSITION, disposition),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".into()),
+        (header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'".into()),
+        (header::CACHE_CONTROL, "private, no-store".into()),
+    ];
+    for (name, value) in values {
+        if let Ok(v) = header::HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    }
+    response
 }

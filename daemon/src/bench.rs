@@ -9,6 +9,9 @@
 //! - catch-up: a fresh daemon joins (by invite: no Argon2id in the figure) a room holding
 //!   N messages of 200 bytes; the time from `rooms.join` returning until its
 //!   `sync.progress` says all N are verified and stored;
+//! - files: A sends a file from a path (`files.send`: read, encrypt, store chunks, append
+//!   the message); B, connected, fetches it to a path (`files.get`: chunks over the
+//!   replication protocol, verified, decrypted, written, synced);
 //! - resources: idle RSS of a fresh daemon; RSS and bytes on disk per message of a daemon
 //!   holding the big room, after the catch-up and again after a restart.
 
@@ -32,6 +35,8 @@ pub struct BenchOptions {
     pub big: u64,
     /// Rounds of the latency and catch-up figures.
     pub rounds: usize,
+    /// Size of the file-transfer file in MiB (0: skip).
+    pub file_mib: u64,
 }
 
 /// Size of every benchmark message's text.
@@ -258,6 +263,39 @@ async fn live_latency(a: &Proc, b: &Proc, round: usize) -> Result<Vec<f64>> {
     Ok(out)
 }
 
+/// A sends a `mib` MiB file from a path, B fetches it to a path: MiB/s of each.
+async fn file_transfer(a: &Proc, b: &Proc, round: usize, mib: u64) -> Result<(f64, f64)> {
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    ca.call("subscribe", json!({ "events": [] })).await?;
+    cb.call("subscribe", json!({ "events": ["peer.joined"] })).await?;
+    let (room, invite) = create_room(&mut ca, &format!("files-{round}")).await?;
+    cb.call("rooms.join", json!({ "invite": invite })).await?;
+    cb.wait_event(STEP, "peer.joined", |e| e.event == "peer.joined").await?;
+    let src = a.dir.join(format!("bench-{round}.bin"));
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src)?);
+        let mut block = vec![0u8; 1 << 20];
+        for i in 0..mib {
+            for (j, b) in block.iter_mut().enumerate() {
+                *b = (i as usize * 31 + j * 7 + round) as u8;
+            }
+            f.write_all(&block)?;
+        }
+        f.flush()?;
+    }
+    let t0 = Instant::now();
+    let sent = ca.call("files.send", json!({ "room": room, "path": src })).await?;
+    let send = mib as f64 / t0.elapsed().as_secs_f64();
+    let id = sent["message"]["id"].clone();
+    let dest = b.dir.join(format!("bench-{round}.bin"));
+    let t0 = Instant::now();
+    cb.call("files.get", json!({ "room": room, "file": id, "path": dest })).await?;
+    let fetch = mib as f64 / t0.elapsed().as_secs_f64();
+    let _ = (std::fs::remove_file(&src), std::fs::remove_file(&dest));
+    Ok((send, fetch))
+}
+
 /// A fresh daemon joins `invite` and catches up `n` messages. Returns the seconds from the
 /// end of `rooms.join` until its `sync.progress` reports all `n` stored, and the daemon.
 async fn catch_up(exe: &Path, a: &Proc, name: &str, invite: &str, n: u64) -> Result<(f64, Proc)> {
@@ -316,6 +354,17 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Value> 
         p50.push(pct(&l, 0.5));
         p95.push(pct(&l, 0.95));
         p99.push(pct(&l, 0.99));
+    }
+    if opts.file_mib > 0 {
+        progress(&format!("files: {} MiB from A to B", opts.file_mib));
+        let (mut send, mut fetch) = (vec![], vec![]);
+        for round in 0..rounds {
+            let (s, f) = step("file transfer", file_transfer(&a, &b, round, opts.file_mib)).await?;
+            send.push(s);
+            fetch.push(f);
+        }
+        out["files"] =
+            json!({ "mib": opts.file_mib, "send_mib_per_s": spread(send), "fetch_mib_per_s": spread(fetch) });
     }
     drop(b);
     out["live_latency_ms"] = json!({ "p50": spread(p50), "p95": spread(p95), "p99": spread(p99) });
@@ -383,6 +432,22 @@ pub fn render(v: &Value) -> String {
         f(&a["batch_100_per_s"]),
         f(&a["batch_1000_per_s"])
     );
+    if let Some(files) = v.get("files").filter(|f| !f.is_null()) {
+        let r = |x: &Value| {
+            format!(
+                "{:.0} MiB/s (range {:.0}–{:.0})",
+                x["median"].as_f64().unwrap_or(0.0),
+                x["min"].as_f64().unwrap_or(0.0),
+                x["max"].as_f64().unwrap_or(0.0)
+            )
+        };
+        s += &format!(
+            "files, {} MiB: send {}; fetch {}\n",
+            files["mib"],
+            r(&files["send_mib_per_s"]),
+            r(&files["fetch_mib_per_s"])
+        );
+    }
     let l = &v["live_latency_ms"];
     s += &format!(
         "live latency p50 {}\n             p95 {}\n             p99 {}\n",

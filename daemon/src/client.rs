@@ -125,6 +125,34 @@ impl Client {
         }
     }
 
+    /// Calls a method whose request is followed by `data` as binary frames of at most
+    /// `frame` bytes (`files.send` with streamed bytes), and returns its result.
+    pub async fn call_with_upload(
+        &mut self,
+        method: &str,
+        params: Value,
+        data: &[u8],
+        frame: usize,
+    ) -> Result<Value, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({"id": id, "method": method, "params": params});
+        self.ws.send(Message::Text(request.to_string().into())).await.map_err(Box::new)?;
+        for part in data.chunks(frame.max(1)) {
+            self.ws.send(Message::Binary(part.to_vec().into())).await.map_err(Box::new)?;
+        }
+        loop {
+            let response = self.next_response().await?;
+            if response.id != json!(id) {
+                continue;
+            }
+            if let Some(e) = response.error {
+                return Err(ClientError::Rpc { code: e.code, message: e.message });
+            }
+            return Ok(response.result.unwrap_or(Value::Null));
+        }
+    }
+
     /// The next pushed event.
     pub async fn next_event(&mut self) -> Result<Event, ClientError> {
         if let Some(e) = self.events.pop_front() {

@@ -102,6 +102,8 @@ pub struct Limits {
     pub message_bytes: usize,
     /// Most entries in one `Data` frame this node sends.
     pub batch_entries: usize,
+    /// Largest file that may be sent or fetched, in bytes.
+    pub file_bytes: u64,
     /// Most concurrent requests per WebSocket client.
     pub requests_per_client: usize,
     /// Most replication sessions (peer, room) at once.
@@ -125,6 +127,7 @@ impl Default for Limits {
             frame_bytes: 4 << 20,
             message_bytes: 64 << 10,
             batch_entries: 512,
+            file_bytes: 1 << 30,
             requests_per_client: 32,
             sessions: 1024,
             connections: 512,

@@ -15,6 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
+use crate::files::Chunks;
 use crate::keys::{self, KeyError, RoomSecret, SeedCapability};
 use crate::log::commit::{CommitError, GroupCommit};
 use crate::log::store::{now_ms, Access, OrderKey, RoomRecord, StoreError, StoredMessage};
@@ -105,6 +106,8 @@ pub struct Shared {
     pub data_dir: PathBuf,
     /// The database.
     pub store: Store,
+    /// File chunks.
+    pub chunks: Chunks,
     /// Group commit of local appends.
     commit: GroupCommit,
     /// Stops the committer, after the API is closed.
@@ -191,9 +194,10 @@ impl Daemon {
         let node_task = tokio::spawn(event_loop.run(net_cancel.clone()));
         let tasks = TaskTracker::new();
         let rooms = Arc::new(Rooms::default());
+        let chunks = Chunks::new(&data_dir);
         let replicator = Replicator::new(
-            node.peer_id(),
             store.clone(),
+            chunks.clone(),
             rooms.clone(),
             node.clone(),
             config.limits.clone(),
@@ -209,6 +213,7 @@ impl Daemon {
             commit,
             commit_cancel,
             store,
+            chunks,
             node,
             rooms,
             replicator,
@@ -468,15 +473,19 @@ impl Shared {
                 return Err(OpError::Invalid("message text is empty".into()));
             }
         }
-        let appended = room
-            .append_grouped(texts.into_iter().map(|text| Body::Text { text }).collect())
-            .await
-            .map_err(OpError::Append)?;
-        self.commit.durable().await?;
+        let appended = self.append_durable(room, texts.into_iter().map(|text| Body::Text { text }).collect()).await?;
         let mut messages = appended.into_iter();
         let first = messages.next().ok_or(OpError::Invalid("nothing appended".into()))?;
         let last = messages.next_back().unwrap_or_else(|| first.clone());
         Ok((first, last))
+    }
+
+    /// Appends `bodies` (sharing the append with concurrent callers) and returns once
+    /// they are durable.
+    pub(crate) async fn append_durable(&self, room: &Room, bodies: Vec<Body>) -> Result<Vec<StoredMessage>, OpError> {
+        let appended = room.append_grouped(bodies).await.map_err(OpError::Append)?;
+        self.commit.durable().await?;
+        Ok(appended)
     }
 
     /// A page of history, oldest first: the newest `limit`, or those before message `before`.

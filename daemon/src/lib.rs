@@ -6,11 +6,13 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod fetch;
+pub mod files;
 pub mod keys;
 pub mod log;
 pub mod node;
 pub mod replicate;
 pub mod rooms;
+pub mod transfer;
 
 pub use config::Config;
 pub use daemon::{Daemon, Shared};

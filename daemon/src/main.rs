@@ -118,6 +118,9 @@ enum Command {
         /// Runs of the latency and catch-up figures (median and range are printed).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Size in MiB of the file sent from one daemon to the other (0 skips it).
+        #[arg(long, default_value_t = 200)]
+        file_mib: u64,
         /// Print the figures as JSON.
         #[arg(long)]
         json: bool,
@@ -231,8 +234,8 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Daemon(args) => run_daemon(args).await,
-        Command::Bench { messages, big, rounds, json } => {
-            let opts = peerlog::bench::BenchOptions { exe: std::env::current_exe()?, messages, big, rounds };
+        Command::Bench { messages, big, rounds, file_mib, json } => {
+            let opts = peerlog::bench::BenchOptions { exe: std::env::current_exe()?, messages, big, rounds, file_mib };
             let figures = peerlog::bench::run(&opts, |step| eprintln!("bench: {step}")).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&figures)?);

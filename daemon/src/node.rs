@@ -170,6 +170,7 @@ enum Command {
     StopProviding { key: Key32 },
     FindProviders { key: Key32 },
     Dial { addr: Multiaddr },
+    Disconnect { peer: PeerId },
     Connect { peer: PeerId, reply: oneshot::Sender<Result<(), String>> },
     AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
     Addresses { peers: Vec<PeerId>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
@@ -278,6 +279,11 @@ impl NodeHandle {
     /// Dials an address.
     pub async fn dial(&self, addr: Multiaddr) -> Result<(), NodeError> {
         self.send(Command::Dial { addr }).await
+    }
+
+    /// Closes every connection to a peer (its sessions end and redial with backoff).
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), NodeError> {
+        self.send(Command::Disconnect { peer }).await
     }
 
     /// Connects to a peer (at the addresses the node knows for it) unless connected, and
@@ -637,6 +643,9 @@ impl EventLoop {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
                     warn!(%addr, error = %e, "dial failed");
                 }
+            }
+            Command::Disconnect { peer } => {
+                let _ = self.swarm.disconnect_peer_id(peer);
             }
             Command::Connect { peer, reply } => {
                 if self.swarm.is_connected(&peer) {

@@ -1,5 +1,5 @@
 //! Replication: one session per (peer, room) over a libp2p stream speaking
-//! `/peerlog/replicate/1` (frames in `peerlog_proto::wire`, rules in `docs/PROTOCOL.md`).
+//! `/peerlog/replicate/2` (frames in `peerlog_proto::wire`, rules in `docs/PROTOCOL.md`).
 //!
 //! A session is three tasks: a reader (frames in), a writer (frames out) and the session
 //! loop, which never waits on the network: it queues control frames and serves data only
@@ -27,10 +27,12 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Limits;
 use crate::fetch::{Candidate, PIECES_PER_SESSION};
+use crate::files::{chunk_id, Chunks, CHUNKS_PER_SESSION, CHUNK_BYTES, TAG_BYTES};
 use crate::keys::{auth_mac, verify_auth_mac};
 use crate::log::store::IngestError;
 use crate::log::{verify_head, Store};
 use crate::node::NodeHandle;
+use crate::rooms::ChunkEvent;
 use crate::rooms::{DaemonEvent, HeadUpdate, Room, Rooms};
 
 /// Time allowed for Hello + Auth.
@@ -45,6 +47,8 @@ const OUTBOUND_FRAMES: usize = 8;
 const MAX_HANDSHAKES: usize = 64;
 /// Most `Want`s a peer may have queued with us.
 const MAX_SERVING: usize = 4096;
+/// Most `WantChunk`s a peer may have queued with us.
+const MAX_CHUNKS_SERVING: usize = 64;
 /// Most feeds in one `Have`.
 const MAX_HAVE_FEEDS: usize = 10_000;
 /// Signed heads kept per feed per session as anchors for incoming batches, before the
@@ -98,6 +102,7 @@ struct Slot {
 struct Inner {
     local: PeerId,
     store: Store,
+    chunks: Chunks,
     rooms: Arc<Rooms>,
     node: NodeHandle,
     /// Consecutive failed attempts per (peer, room), for redial backoff.
@@ -128,8 +133,8 @@ pub struct RoomPeer {
 impl Replicator {
     /// Creates the replicator; call [`Replicator::spawn_acceptor`] to take inbound sessions.
     pub fn new(
-        local: PeerId,
         store: Store,
+        chunks: Chunks,
         rooms: Arc<Rooms>,
         node: NodeHandle,
         limits: Limits,
@@ -138,8 +143,9 @@ impl Replicator {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                local,
+                local: node.peer_id(),
                 store,
+                chunks,
                 rooms,
                 node,
                 redials: Mutex::new(HashMap::new()),
@@ -512,6 +518,8 @@ impl Replicator {
             wanting: Default::default(),
             lacks: HashMap::new(),
             serving: VecDeque::new(),
+            chunks_serving: VecDeque::new(),
+            chunk_turn: false,
             outbox: VecDeque::new(),
             got_have: false,
             pex: Vec::new(),
@@ -521,8 +529,10 @@ impl Replicator {
             session.batch_bytes = RELAYED_BATCH_BYTES;
         }
         session.outbox.push_back(self.peers_frame(&session.room.discovery_key, peer).await);
+        // Also when this future is dropped (the session was cancelled): what it was
+        // fetching must go to other sessions, or it would never be fetched.
+        let _returned = ReturnFetches(session.room.clone(), id);
         let result = session.run(in_rx, out_tx).await;
-        session.room.release_fetches(id);
         // Free the slot before the stream closes, so that the peer's next session (it
         // sees the close first) is not refused as a duplicate.
         self.release(peer, session.room.discovery_key, id);
@@ -583,6 +593,16 @@ async fn recv(io: &mut Io) -> Result<Frame, SessionError> {
     }
 }
 
+/// Hands a session's log pieces and chunk requests back to the room when it ends.
+struct ReturnFetches(Arc<Room>, u64);
+
+impl Drop for ReturnFetches {
+    fn drop(&mut self) {
+        self.0.release_fetches(self.1);
+        self.0.chunk_session_ended(self.1);
+    }
+}
+
 /// One batch we still owe the peer: entries `start..end`, served from the top down.
 struct Serving {
     feed: Key32,
@@ -606,6 +626,10 @@ struct Session {
     lacks: HashMap<Key32, u64>,
     /// Wants of the peer not yet fully served.
     serving: VecDeque<Serving>,
+    /// Chunks the peer asked for, not yet sent.
+    chunks_serving: VecDeque<Key32>,
+    /// Whether the next frame sent is a chunk rather than log data (they alternate).
+    chunk_turn: bool,
     /// Control frames waiting for the writer.
     outbox: VecDeque<Frame>,
     /// Whether the peer's first `Have` arrived.
@@ -628,11 +652,13 @@ impl Session {
     ) -> Result<(), SessionError> {
         let mut updates = self.room.subscribe();
         let mut released = self.room.subscribe_released();
+        let mut chunk_events = self.room.subscribe_chunks();
+        self.schedule_chunks();
         let heads = self.store().room_heads(&self.room.discovery_key)?;
         self.outbox.push_back(Frame::Have { heads });
         let room_cancel = self.room.cancel.clone();
         loop {
-            let busy = !self.outbox.is_empty() || !self.serving.is_empty();
+            let busy = !self.outbox.is_empty() || !self.serving.is_empty() || !self.chunks_serving.is_empty();
             tokio::select! {
                 biased;
                 _ = room_cancel.cancelled() => return Ok(()),
@@ -653,6 +679,10 @@ impl Session {
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.schedule(),
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
+                event = chunk_events.recv() => match event {
+                    Ok(ChunkEvent::Wanted | ChunkEvent::Stored { .. }) | Err(broadcast::error::RecvError::Lagged(_)) => self.schedule_chunks(),
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
                 update = updates.recv() => match update {
                     Ok(update) => self.on_update(update)?,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -665,7 +695,7 @@ impl Session {
                     let Ok(permit) = permit else { return Ok(()) };
                     let frame = match self.outbox.pop_front() {
                         Some(f) => f,
-                        None => match self.next_batch()? {
+                        None => match self.next_served()? {
                             Some(f) => f,
                             None => continue,
                         },
@@ -773,6 +803,41 @@ impl Session {
                 }
                 Ok(())
             }
+            Frame::WantChunk { id } => {
+                if self.chunks_serving.len() >= MAX_CHUNKS_SERVING {
+                    return Err(SessionError::Protocol("too many WantChunks queued"));
+                }
+                // Only chunks a file of this room names, to members of this room.
+                if self.store().room_has_chunk(&self.room.discovery_key, &id)? && self.r.inner.chunks.has(&id) {
+                    self.chunks_serving.push_back(id);
+                } else {
+                    self.outbox.push_back(Frame::NoChunk { id });
+                }
+                Ok(())
+            }
+            Frame::Chunk { id, bytes } => {
+                if !self.room.chunk_asked(self.id, &id) {
+                    // Not asked of this peer (any more): another peer sent it already.
+                    return Ok(());
+                }
+                if bytes.len() > CHUNK_BYTES + TAG_BYTES || chunk_id(&bytes) != id {
+                    warn!(peer = %self.peer, room = %self.room.id, chunk = %hex::encode(&id[..8]), len = bytes.len(), "peer sent a chunk that does not match its id; not stored");
+                    self.room.chunk_lacking(self.id, &id);
+                    return Ok(());
+                }
+                if let Err(e) = self.r.inner.chunks.write(&id, &bytes) {
+                    warn!(error = %e, "cannot store a chunk");
+                    self.room.chunk_lacking(self.id, &id);
+                    return Ok(());
+                }
+                self.room.chunk_stored(&id, bytes.len() as u64);
+                self.schedule_chunks();
+                Ok(())
+            }
+            Frame::NoChunk { id } => {
+                self.room.chunk_lacking(self.id, &id);
+                Ok(())
+            }
             Frame::Refuse { reason } => Err(SessionError::Refused(reason)),
             Frame::Hello { .. } | Frame::Auth { .. } => Err(SessionError::Protocol("handshake frame after handshake")),
         }
@@ -846,6 +911,28 @@ impl Session {
             };
             self.outbox.push_back(Frame::Want { feed_key, start, end });
         }
+    }
+
+    /// Asks the peer for wanted chunks, up to [`CHUNKS_PER_SESSION`] at a time.
+    fn schedule_chunks(&mut self) {
+        while let Some(id) = self.room.next_chunk_for(self.id, CHUNKS_PER_SESSION) {
+            self.outbox.push_back(Frame::WantChunk { id });
+        }
+    }
+
+    /// The next frame of what the peer asked for: chunks and log data take turns.
+    fn next_served(&mut self) -> Result<Option<Frame>, SessionError> {
+        self.chunk_turn = !self.chunk_turn;
+        if self.chunk_turn || self.serving.is_empty() {
+            if let Some(id) = self.chunks_serving.pop_front() {
+                let frame = match self.r.inner.chunks.read(&id)? {
+                    Some(bytes) => Frame::Chunk { id, bytes },
+                    None => Frame::NoChunk { id },
+                };
+                return Ok(Some(frame));
+            }
+        }
+        self.next_batch()
     }
 
     /// A head advanced locally: push the new entries, or announce the head.

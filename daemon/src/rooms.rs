@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::fetch::{Candidate, Fetches, Held};
+use crate::files::ChunkWants;
 use crate::keys::{room_id, RoomKeys, RoomSecret, SeedCapability};
 use crate::log::store::{Access, Appended, IngestError, Ingested, RoomRecord, StoreError, StoredMessage};
 use crate::log::{Body, FeedCipher, Store};
@@ -69,6 +70,21 @@ pub enum DaemonEvent {
         /// Bytes of entries received and stored since the daemon started.
         bytes_done: u64,
     },
+    /// A file is being read in (sending) or fetched (receiving).
+    FileProgress {
+        /// The room.
+        room: Key32,
+        /// The file's id (as in its `file` message).
+        file_id: Key32,
+        /// `true` when fetching from peers, `false` when reading it in to send.
+        receiving: bool,
+        /// Bytes of the file done.
+        bytes_done: u64,
+        /// The file's size.
+        bytes_total: u64,
+        /// Finished (all chunks here and verified).
+        done: bool,
+    },
     /// The best connection to a room peer changed (e.g. relayed → holepunched).
     PeerConnection {
         /// The peer.
@@ -123,8 +139,26 @@ pub struct Room {
     fetches: Mutex<Fetches>,
     /// Feeds whose fetch claim was released: sessions that deferred them try again.
     released: broadcast::Sender<Key32>,
+    /// Chunks wanted from the room's peers.
+    chunk_wants: Mutex<ChunkWants>,
+    /// Chunk wants and arrivals, for sessions and downloads.
+    chunk_events: broadcast::Sender<ChunkEvent>,
     /// Cancelled when the room is left or the daemon stops.
     pub cancel: CancellationToken,
+}
+
+/// What sessions and downloads hear about chunks.
+#[derive(Clone, Debug)]
+pub enum ChunkEvent {
+    /// New chunks are wanted, or a wanted chunk needs another peer.
+    Wanted,
+    /// A chunk was stored.
+    Stored {
+        /// Its id.
+        id: Key32,
+        /// Its size (ciphertext).
+        bytes: u64,
+    },
 }
 
 /// An append waiting for its turn, and where its messages go.
@@ -198,6 +232,8 @@ impl Room {
             served: AtomicU64::new(0),
             fetches: Mutex::new(Fetches::default()),
             released: broadcast::channel(UPDATE_CAPACITY).0,
+            chunk_wants: Mutex::new(ChunkWants::default()),
+            chunk_events: broadcast::channel(UPDATE_CAPACITY).0,
             cancel,
         })
     }
@@ -228,10 +264,80 @@ impl Room {
         Some(map.entry(*feed).or_insert_with(|| FeedCipher::new(content_key, feed)).clone())
     }
 
-    fn observe_lamport(&self, messages: &[StoredMessage]) {
+    /// Takes note of stored messages: the Lamport clock, and the chunks of `file`
+    /// messages (we serve a chunk to a room's peers only if a file of the room names it).
+    fn observe(&self, messages: &[StoredMessage]) {
         if let Some(max) = messages.iter().map(|m| m.message.lamport).max() {
             self.lamport.fetch_max(max, Ordering::AcqRel);
         }
+        for m in messages {
+            if let Some(Body::File { chunks, .. }) = &m.message.body {
+                if let Err(e) = self.store.note_chunks(&self.discovery_key, chunks) {
+                    warn!(room = %self.id, error = %e, "cannot index a file's chunks");
+                }
+            }
+        }
+    }
+
+    /// The room's content key (None for a blind seeder).
+    pub fn content_key(&self) -> Option<&Key32> {
+        self.keys.content_key.as_ref()
+    }
+
+    /// Reads and decrypts one stored message.
+    pub fn message(&self, feed: &Key32, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
+        let Some(cipher) = self.cipher(feed) else { return Err(StoreError::Blind) };
+        let Some(entry) = self.store.entries(feed, seq, seq + 1)?.pop() else { return Ok(None) };
+        let message = cipher.open(seq, &entry).ok().and_then(|p| crate::log::Message::decode(&p));
+        Ok(message.map(|message| StoredMessage { feed_key: *feed, seq, message }))
+    }
+
+    /// Asks the room's peers for chunks (one more waiter each).
+    pub fn want_chunks(&self, ids: &[Key32]) {
+        self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).want(ids.iter().copied());
+        let _ = self.chunk_events.send(ChunkEvent::Wanted);
+    }
+
+    /// A download stopped waiting for `ids`.
+    pub fn unwant_chunks(&self, ids: &[Key32]) {
+        self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).unwant(ids);
+    }
+
+    /// Hears about wanted and stored chunks.
+    pub fn subscribe_chunks(&self) -> broadcast::Receiver<ChunkEvent> {
+        self.chunk_events.subscribe()
+    }
+
+    /// The next chunk `session` should ask its peer for, if it may ask for more.
+    pub fn next_chunk_for(&self, session: u64, in_flight_max: usize) -> Option<Key32> {
+        let mut wants = self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner());
+        if wants.in_flight(session) >= in_flight_max {
+            return None;
+        }
+        wants.next_for(session)
+    }
+
+    /// Whether `session` asked its peer for chunk `id`.
+    pub fn chunk_asked(&self, session: u64, id: &Key32) -> bool {
+        self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).asked(session, id)
+    }
+
+    /// Chunk `id` is stored.
+    pub fn chunk_stored(&self, id: &Key32, bytes: u64) {
+        self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).done(id);
+        let _ = self.chunk_events.send(ChunkEvent::Stored { id: *id, bytes });
+    }
+
+    /// `session`'s peer lacks chunk `id` or sent a bad copy: another session may fetch it.
+    pub fn chunk_lacking(&self, session: u64, id: &Key32) {
+        self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).lacking(session, id);
+        let _ = self.chunk_events.send(ChunkEvent::Wanted);
+    }
+
+    /// A session ended: the chunks it was fetching go to others.
+    pub fn chunk_session_ended(&self, session: u64) {
+        self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).session_ended(session);
+        let _ = self.chunk_events.send(ChunkEvent::Wanted);
     }
 
     /// Appends like [`Room::append`], but concurrent callers share one append: whoever gets
@@ -282,6 +388,7 @@ impl Room {
             let first = self.lamport.fetch_add(n, Ordering::AcqRel) + 1;
             self.store.append(&self.discovery_key, &self.writer, cipher, first, bodies)?
         };
+        self.observe(&appended.messages);
         let _ = self.updates.send(HeadUpdate { head: appended.head.clone(), origin: None });
         for m in &appended.messages {
             let _ = self.events.send(DaemonEvent::Message { room: self.discovery_key, message: m.clone() });
@@ -434,7 +541,7 @@ impl Room {
             let bytes: usize = entries.iter().map(|e| e.ciphertext.len()).sum();
             self.record_progress(feed, None, Some((ingested.stored, bytes as u64)));
         }
-        self.observe_lamport(&ingested.messages);
+        self.observe(&ingested.messages);
         if let Some(head) = &ingested.new_head {
             let _ = self.updates.send(HeadUpdate { head: head.clone(), origin: Some(origin) });
         }

@@ -1,4 +1,4 @@
-//! Replication frames of `/peerlog/replicate/1`.
+//! Replication frames of `/peerlog/replicate/2`.
 //!
 //! Each frame travels as one length-delimited record (a 4-byte big-endian length, then
 //! the [postcard] encoding of [`Frame`]). The framing itself lives with the I/O in the
@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 
 /// The libp2p protocol name of this version of the replication protocol.
-pub const PROTOCOL: &str = "/peerlog/replicate/1";
+pub const PROTOCOL: &str = "/peerlog/replicate/2";
 
 /// Domain separation label of the membership proof (`Auth.mac`).
 pub const AUTH_LABEL: &[u8] = b"peerlog/auth/v1";
@@ -137,6 +137,25 @@ pub enum Frame {
     Peers {
         /// The peers.
         peers: Vec<PeerAddrs>,
+    },
+    /// Asks for a file chunk by its id (BLAKE3 of its ciphertext), named in a `file`
+    /// message of this room. Answered by [`Frame::Chunk`] or [`Frame::NoChunk`].
+    WantChunk {
+        /// The chunk id.
+        id: Key32,
+    },
+    /// A file chunk's ciphertext; the receiver checks that it hashes to `id`.
+    Chunk {
+        /// The chunk id.
+        id: Key32,
+        /// The ciphertext (at most the chunk size + 16 bytes of tag).
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The sender does not hold this chunk (or not for this room).
+    NoChunk {
+        /// The chunk id.
+        id: Key32,
     },
 }
 

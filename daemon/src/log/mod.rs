@@ -35,6 +35,19 @@ pub enum Body {
         /// The name.
         display_name: String,
     },
+    /// A shared file: its chunks replicate on demand (see `crate::files`).
+    File {
+        /// Random id; with the room's content key it derives the chunks' key.
+        file_id: Key32,
+        /// The file's name (no directories).
+        name: String,
+        /// Its size in bytes.
+        size: u64,
+        /// Its media type as the sender saw it (a claim: shown, never trusted).
+        mime: String,
+        /// Ids (BLAKE3 of the ciphertext) of its chunks, in order.
+        chunks: Vec<Key32>,
+    },
 }
 
 /// The plaintext of an entry.

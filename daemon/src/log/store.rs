@@ -298,6 +298,15 @@ fn meta_key(feed: &Key32) -> [u8; 33] {
     k
 }
 
+/// `c || room || chunk id`: a file of the room names the chunk.
+fn room_chunk_key(room: &Key32, chunk: &Key32) -> [u8; 65] {
+    let mut k = [0u8; 65];
+    k[0] = b'c';
+    k[1..33].copy_from_slice(room);
+    k[33..].copy_from_slice(chunk);
+    k
+}
+
 fn room_feed_key(room: &Key32, feed: &Key32) -> [u8; 65] {
     let mut k = [0u8; 65];
     k[0] = b'r';
@@ -572,6 +581,11 @@ impl Store {
     pub fn remove_room(&self, discovery_key: &Key32) -> Result<(), StoreError> {
         self.rooms.remove(discovery_key)?;
         self.touch();
+        let mut chunks = sled::Batch::default();
+        for kv in self.log.scan_prefix(&room_chunk_key(discovery_key, &[0; 32])[..33]) {
+            chunks.remove(kv?.0);
+        }
+        self.log.apply_batch(chunks)?;
         let mut prefix = vec![b'r'];
         prefix.extend_from_slice(discovery_key);
         for kv in self.log.scan_prefix(&prefix) {
@@ -589,6 +603,24 @@ impl Store {
             self.blocks.remove(&feed);
         }
         Ok(())
+    }
+
+    // ----- file chunks -----
+
+    /// Notes that a file of `room` names these chunks (they may be served to its peers).
+    pub fn note_chunks(&self, room: &Key32, chunks: &[Key32]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for id in chunks {
+            batch.insert(&room_chunk_key(room, id)[..], &[][..]);
+        }
+        self.log.apply_batch(batch)?;
+        self.touch();
+        Ok(())
+    }
+
+    /// Whether a file of `room` names chunk `id`.
+    pub fn room_has_chunk(&self, room: &Key32, id: &Key32) -> Result<bool, StoreError> {
+        Ok(self.log.contains_key(room_chunk_key(room, id))?)
     }
 
     // ----- feeds -----

@@ -1,0 +1,398 @@
+//! Files: split into chunks of [`CHUNK_BYTES`], each encrypted under a key derived from
+//! the room's content key and the file's random id, and addressed by the BLAKE3 hash of its
+//! ciphertext. The log holds a `file` message (name, size, mime type, chunk ids); chunks
+//! replicate on demand (`WantChunk` / `Chunk` / `NoChunk`, see `docs/PROTOCOL.md`) from any
+//! room peer that has them, and are verified against their id before they are stored.
+//!
+//! Chunks live in `<data>/chunks/<2 hex>/<64 hex>`, written to a temporary name and renamed
+//! once complete, so a chunk file is never partial; a chunk whose bytes no longer hash to
+//! its name (a crash, a bad disk) is deleted when read and fetched again.
+
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use hkdf::Hkdf;
+use peerlog_proto::wire::Key32;
+use sha2::Sha256;
+
+/// Plaintext bytes per chunk (the last one may be shorter).
+pub const CHUNK_BYTES: usize = 1 << 20;
+/// AES-GCM tag bytes added to each chunk.
+pub const TAG_BYTES: usize = 16;
+/// Chunk requests one session has in flight.
+pub const CHUNKS_PER_SESSION: usize = 4;
+
+/// Errors of file operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileError {
+    /// Reading or writing a file failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Over the configured size limit.
+    #[error("file is {size} bytes; the limit is {limit} bytes (limits.file_bytes)")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// A chunk did not decrypt (wrong key or tampered).
+    #[error("chunk {0} does not decrypt")]
+    Decrypt(usize),
+}
+
+/// The key of one file's chunks: `HKDF(content_key, "peerlog/file/v1" || file_id)`.
+pub struct FileKey {
+    file_id: Key32,
+    aead: Aes256Gcm,
+}
+
+impl FileKey {
+    /// Derives the key of file `file_id` in a room with `content_key`.
+    pub fn new(content_key: &Key32, file_id: &Key32) -> Self {
+        let hk = Hkdf::<Sha256>::new(None, content_key);
+        let mut info = b"peerlog/file/v1".to_vec();
+        info.extend_from_slice(file_id);
+        let mut key = [0u8; 32];
+        hk.expand(&info, &mut key).expect("32 bytes is a valid HKDF-SHA256 output length");
+        Self { file_id: *file_id, aead: Aes256Gcm::new_from_slice(&key).expect("AES-256 takes a 32-byte key") }
+    }
+
+    /// The nonce is the chunk index: the key is unique per file (random id) and each index
+    /// is sealed once.
+    fn nonce_aad(&self, index: usize) -> ([u8; 12], [u8; 40]) {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&(index as u64).to_be_bytes());
+        let mut aad = [0u8; 40];
+        aad[..32].copy_from_slice(&self.file_id);
+        aad[32..].copy_from_slice(&(index as u64).to_be_bytes());
+        (nonce, aad)
+    }
+
+    /// Encrypts chunk `index`.
+    pub fn seal(&self, index: usize, plain: &[u8]) -> Vec<u8> {
+        let (nonce, aad) = self.nonce_aad(index);
+        self.aead
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: &aad })
+            .expect("AES-GCM encryption of an in-memory buffer cannot fail")
+    }
+
+    /// Decrypts chunk `index`.
+    pub fn open(&self, index: usize, sealed: &[u8]) -> Result<Vec<u8>, FileError> {
+        let (nonce, aad) = self.nonce_aad(index);
+        self.aead
+            .decrypt(Nonce::from_slice(&nonce), Payload { msg: sealed, aad: &aad })
+            .map_err(|_| FileError::Decrypt(index))
+    }
+}
+
+/// The id of a chunk: BLAKE3 of its ciphertext.
+pub fn chunk_id(sealed: &[u8]) -> Key32 {
+    *blake3::hash(sealed).as_bytes()
+}
+
+/// Content-addressed chunk files.
+#[derive(Clone, Debug)]
+pub struct Chunks {
+    dir: PathBuf,
+}
+
+impl Chunks {
+    /// Chunks under `<data_dir>/chunks`.
+    pub fn new(data_dir: &Path) -> Self {
+        Self { dir: data_dir.join("chunks") }
+    }
+
+    fn path(&self, id: &Key32) -> PathBuf {
+        let name = hex::encode(id);
+        self.dir.join(&name[..2]).join(name)
+    }
+
+    /// Whether chunk `id` is stored.
+    pub fn has(&self, id: &Key32) -> bool {
+        self.path(id).is_file()
+    }
+
+    /// Chunk `id`'s ciphertext, if stored and intact (a damaged one is deleted).
+    pub fn read(&self, id: &Key32) -> std::io::Result<Option<Vec<u8>>> {
+        let path = self.path(id);
+        match std::fs::read(&path) {
+            Ok(bytes) if chunk_id(&bytes) == *id => Ok(Some(bytes)),
+            Ok(_) => {
+                tracing::warn!(chunk = %hex::encode(&id[..8]), "stored chunk is damaged; deleting it");
+                let _ = std::fs::remove_file(&path);
+                Ok(None)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores a chunk whose id the caller checked: under a temporary name first, so a
+    /// chunk file is never partial.
+    pub fn write(&self, id: &Key32, sealed: &[u8]) -> std::io::Result<()> {
+        let path = self.path(id);
+        if path.is_file() {
+            return Ok(());
+        }
+        let parent = path.parent().expect("chunk paths have a parent");
+        std::fs::create_dir_all(parent)?;
+        let tmp = parent.join(format!(".{}.{}", hex::encode(&id[..8]), rand::random::<u32>()));
+        std::fs::write(&tmp, sealed)?;
+        std::fs::rename(&tmp, &path)
+    }
+
+    /// Bytes of all stored chunks.
+    pub fn bytes(&self) -> u64 {
+        crate::bench::dir_bytes(&self.dir)
+    }
+}
+
+/// Splits plaintext pushed into it into sealed, stored chunks.
+pub struct Encoder {
+    key: FileKey,
+    chunks: Chunks,
+    buf: Vec<u8>,
+    ids: Vec<Key32>,
+    size: u64,
+    limit: u64,
+}
+
+impl Encoder {
+    /// Starts a file `file_id` of at most `limit` bytes.
+    pub fn new(content_key: &Key32, file_id: &Key32, chunks: Chunks, limit: u64) -> Self {
+        Self {
+            key: FileKey::new(content_key, file_id),
+            chunks,
+            buf: Vec::with_capacity(CHUNK_BYTES),
+            ids: Vec::new(),
+            size: 0,
+            limit,
+        }
+    }
+
+    /// Takes the next bytes of the file.
+    pub fn push(&mut self, mut bytes: &[u8]) -> Result<(), FileError> {
+        self.size += bytes.len() as u64;
+        if self.size > self.limit {
+            return Err(FileError::TooLarge { size: self.size, limit: self.limit });
+        }
+        while !bytes.is_empty() {
+            let take = (CHUNK_BYTES - self.buf.len()).min(bytes.len());
+            self.buf.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.buf.len() == CHUNK_BYTES {
+                self.seal_chunk()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn seal_chunk(&mut self) -> Result<(), FileError> {
+        let sealed = self.key.seal(self.ids.len(), &self.buf);
+        let id = chunk_id(&sealed);
+        self.chunks.write(&id, &sealed)?;
+        self.ids.push(id);
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Bytes taken so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Seals the last chunk; returns the chunk ids and the size.
+    pub fn finish(mut self) -> Result<(Vec<Key32>, u64), FileError> {
+        if !self.buf.is_empty() || self.ids.is_empty() {
+            self.seal_chunk()?;
+        }
+        Ok((self.ids, self.size))
+    }
+}
+
+/// Writes a complete file to `dest`: every chunk read, verified and decrypted into a
+/// temporary file beside it, synced, then renamed. Nothing partial appears at `dest`.
+pub fn assemble(chunks: &Chunks, key: &FileKey, ids: &[Key32], size: u64, dest: &Path) -> Result<(), FileError> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.peerlog-part"));
+    let result = (|| {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut written = 0u64;
+        for (i, id) in ids.iter().enumerate() {
+            let sealed = chunks
+                .read(id)?
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("chunk {i} is missing")))?;
+            let plain = key.open(i, &sealed)?;
+            written += plain.len() as u64;
+            out.write_all(&plain)?;
+        }
+        if written != size {
+            return Err(FileError::Io(std::io::Error::other(format!("chunks hold {written} bytes, the file {size}"))));
+        }
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, dest)?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Chunks a room wants from its peers, and which session fetches each.
+#[derive(Debug, Default)]
+pub struct ChunkWants {
+    wants: HashMap<Key32, Want>,
+}
+
+#[derive(Debug, Default)]
+struct Want {
+    /// The session it was asked of.
+    session: Option<u64>,
+    /// Sessions whose peer said it does not have it.
+    lacking: HashSet<u64>,
+    /// Downloads waiting for it.
+    waiters: usize,
+}
+
+impl ChunkWants {
+    /// Wants `ids` (one more waiter each).
+    pub fn want(&mut self, ids: impl IntoIterator<Item = Key32>) {
+        for id in ids {
+            self.wants.entry(id).or_default().waiters += 1;
+        }
+    }
+
+    /// A download gave up on `ids`.
+    pub fn unwant(&mut self, ids: &[Key32]) {
+        for id in ids {
+            if let Some(w) = self.wants.get_mut(id) {
+                w.waiters = w.waiters.saturating_sub(1);
+                if w.waiters == 0 {
+                    self.wants.remove(id);
+                }
+            }
+        }
+    }
+
+    /// Chunks `session` is fetching.
+    pub fn in_flight(&self, session: u64) -> usize {
+        self.wants.values().filter(|w| w.session == Some(session)).count()
+    }
+
+    /// Assigns a wanted chunk nobody fetches, whose lack `session`'s peer has not reported.
+    pub fn next_for(&mut self, session: u64) -> Option<Key32> {
+        let (id, w) = self.wants.iter_mut().find(|(_, w)| w.session.is_none() && !w.lacking.contains(&session))?;
+        w.session = Some(session);
+        Some(*id)
+    }
+
+    /// Whether `session` was asked for `id`.
+    pub fn asked(&self, session: u64, id: &Key32) -> bool {
+        self.wants.get(id).is_some_and(|w| w.session == Some(session))
+    }
+
+    /// Chunk `id` arrived and is stored.
+    pub fn done(&mut self, id: &Key32) {
+        self.wants.remove(id);
+    }
+
+    /// `session`'s peer lacks `id` (or sent a bad copy): another may have it.
+    pub fn lacking(&mut self, session: u64, id: &Key32) {
+        if let Some(w) = self.wants.get_mut(id) {
+            w.lacking.insert(session);
+            if w.session == Some(session) {
+                w.session = None;
+            }
+        }
+    }
+
+    /// A session ended: what it was fetching goes back to the queue.
+    pub fn session_ended(&mut self, session: u64) {
+        for w in self.wants.values_mut() {
+            w.lacking.remove(&session);
+            if w.session == Some(session) {
+                w.session = None;
+            }
+        }
+    }
+}
+
+/// A guess of a file's type from its name, for `file` messages sent from a path.
+pub fn mime_from_name(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "txt" | "md" => "text/plain",
+        "pdf" => "application/pdf",
+        "zip" => "application/zip",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_round_trips_through_chunks_and_damage_is_caught() {
+        let dir = tempfile_dir();
+        let chunks = Chunks::new(&dir);
+        let data: Vec<u8> = (0..(2 * CHUNK_BYTES + 1234)).map(|i| (i * 7 % 251) as u8).collect();
+        let mut enc = Encoder::new(&[1; 32], &[2; 32], chunks.clone(), 10 << 20);
+        for part in data.chunks(100_000) {
+            enc.push(part).unwrap();
+        }
+        let (ids, size) = enc.finish().unwrap();
+        assert_eq!((ids.len(), size), (3, data.len() as u64));
+        let dest = dir.join("out.bin");
+        assemble(&chunks, &FileKey::new(&[1; 32], &[2; 32]), &ids, size, &dest).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        // Another room key does not decrypt, and leaves no file behind.
+        let other = dir.join("other.bin");
+        assert!(assemble(&chunks, &FileKey::new(&[9; 32], &[2; 32]), &ids, size, &other).is_err());
+        assert!(!other.exists() && !dir.join(".other.bin.peerlog-part").exists());
+        // A damaged chunk is not returned, and is gone.
+        std::fs::write(chunks.path(&ids[1]), b"garbage").unwrap();
+        assert!(chunks.read(&ids[1]).unwrap().is_none());
+        assert!(!chunks.has(&ids[1]));
+        // Over the limit.
+        let mut small = Encoder::new(&[1; 32], &[3; 32], chunks, 10);
+        assert!(matches!(small.push(&[0; 11]), Err(FileError::TooLarge { size: 11, limit: 10 })));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn chunk_wants_go_to_one_session_at_a_time_and_back_when_it_ends() {
+        let mut w = ChunkWants::default();
+        w.want([[1; 32], [2; 32]]);
+        let a = w.next_for(10).unwrap();
+        let b = w.next_for(10).unwrap();
+        assert_ne!(a, b);
+        assert!(w.next_for(11).is_none(), "both are being fetched");
+        w.lacking(10, &a);
+        assert!(w.next_for(10).is_none(), "10's peer lacks a");
+        assert_eq!(w.next_for(11), Some(a));
+        w.session_ended(10);
+        assert_eq!(w.next_for(12), Some(b));
+        w.done(&b);
+        assert_eq!(w.in_flight(12), 0);
+        assert!(w.asked(11, &a));
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("peerlog-files-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

@@ -1,0 +1,217 @@
+//! File transfer between real daemons on loopback: a big file arrives byte-identical, a
+//! transfer resumes after its connection is cut, streamed uploads, and what is refused.
+//! See `docs/PROTOCOL.md` ("Files").
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use peerlog::client::Client;
+use peerlog_proto::api::codes;
+use peerlog_tests::*;
+use serde_json::{json, Value};
+
+/// Writes `size` bytes of a pattern that differs in every chunk; returns its BLAKE3 hash.
+fn write_pattern(path: &Path, size: usize) -> Result<blake3::Hash> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hasher = blake3::Hasher::new();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut block = vec![0u8; 64 << 10];
+    let mut left = size;
+    while left > 0 {
+        for b in block.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            b.copy_from_slice(&x.to_le_bytes()[..b.len()]);
+        }
+        let n = left.min(block.len());
+        f.write_all(&block[..n])?;
+        hasher.update(&block[..n]);
+        left -= n;
+    }
+    f.flush()?;
+    Ok(hasher.finalize())
+}
+
+fn hash_file(path: &Path) -> Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize())
+}
+
+/// Two daemons in one room (a bootstraps b), each with a client.
+async fn pair() -> Result<(TestDaemon, TestDaemon, Client, Client, String)> {
+    let a = TestDaemon::start().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, "files test room with a long passphrase").await?;
+    join(&mut cb, "files test room with a long passphrase").await?;
+    cb.wait_event(WAIT, "b's session with a", |e| e.event == "peer.joined").await?;
+    Ok((a, b, ca, cb, room))
+}
+
+/// The `file` message `id` as b sees it once it arrived.
+async fn wait_file_message(c: &mut Client, room: &str) -> Result<Value> {
+    let e = c.wait_event(WAIT, "the file message", |e| e.event == "message" && e.params["kind"] == "file").await?;
+    ensure!(e.params["room"] == room, "file message in another room");
+    Ok(e.params)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_file_arrives_byte_identical() -> Result<()> {
+    const SIZE: usize = 200 << 20;
+    let (a, b, mut ca, mut cb, room) = pair().await?;
+    let src = a.data_dir().join("big.bin");
+    let want = write_pattern(&src, SIZE)?;
+    let sent = ca.call("files.send", json!({"room": room, "path": src})).await?;
+    ensure!(sent["file"]["size"] == SIZE as u64 && sent["file"]["chunks"] == 200, "file message: {sent}");
+    let m = wait_file_message(&mut cb, &room).await?;
+    ensure!(m["file"]["name"] == "big.bin" && m["file"]["size"] == SIZE as u64, "b sees {m}");
+
+    let dest = b.data_dir().join("received.bin");
+    let started = Instant::now();
+    let got = within(
+        Duration::from_secs(240),
+        "the 200 MiB download",
+        cb.call("files.get", json!({"room": room, "file": m["id"], "path": dest})),
+    )
+    .await??;
+    let secs = started.elapsed().as_secs_f64();
+    println!("200 MiB fetched and written in {secs:.2} s: {:.0} MiB/s", 200.0 / secs);
+    ensure!(got["file"]["size"] == SIZE as u64, "files.get answered {got}");
+    ensure!(hash_file(&dest)? == want, "the received file differs from the sent one");
+    ensure!(!b.data_dir().join(".received.bin.peerlog-part").exists(), "temporary file left behind");
+    // Progress reached the end on both sides.
+    let done = |e: &peerlog_proto::api::Event, dir: &str| {
+        e.event == "file.progress" && e.params["direction"] == dir && e.params["done"] == true
+    };
+    cb.wait_event(WAIT, "b's final receive progress", |e| done(e, "receive")).await?;
+    ca.wait_event(WAIT, "a's final send progress", |e| done(e, "send")).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_transfer_resumes_after_the_connection_is_cut_halfway() -> Result<()> {
+    const SIZE: usize = 64 << 20;
+    let (a, b, mut ca, mut cb, room) = pair().await?;
+    let src = a.data_dir().join("resume.bin");
+    let want = write_pattern(&src, SIZE)?;
+    ca.call("files.send", json!({"room": room, "path": src})).await?;
+    let m = wait_file_message(&mut cb, &room).await?;
+    cb.call("subscribe", json!({"events": ["file.progress", "peer.left", "peer.joined"]})).await?;
+
+    // The download runs on its own connection; this one watches.
+    let dest = b.data_dir().join("resumed.bin");
+    let mut getter = b.client().await?;
+    let params = json!({"room": room, "file": m["id"], "path": dest});
+    let download = tokio::spawn(async move { getter.call("files.get", params).await });
+
+    let half = (SIZE / 2) as u64;
+    let at_cut = cb
+        .wait_event(WAIT, "half of the file to arrive", |e| {
+            e.event == "file.progress" && e.params["bytes_done"].as_u64() >= Some(half)
+        })
+        .await?
+        .params["bytes_done"]
+        .as_u64()
+        .unwrap_or(0);
+    let a_id = a.peer_id()?;
+    b.daemon.as_ref().context("b running")?.shared().node.disconnect(a_id).await?;
+    cb.wait_event(WAIT, "b to drop its session with a", |e| e.event == "peer.left").await?;
+    cb.wait_event(WAIT, "b to reconnect to a", |e| e.event == "peer.joined").await?;
+    let after = cb.wait_event(WAIT, "progress after the reconnect", |e| e.event == "file.progress").await?.params
+        ["bytes_done"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(after >= at_cut, "progress went back from {at_cut} to {after} bytes: the transfer restarted");
+    let got = within(Duration::from_secs(120), "the download to finish", download).await???;
+    ensure!(got["file"]["size"] == SIZE as u64, "files.get answered {got}");
+    ensure!(hash_file(&dest)? == want, "the resumed file differs from the sent one");
+    println!("cut at {at_cut} of {SIZE} bytes; resumed at {after}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
+    let (_a, b, mut ca, mut cb, room) = pair().await?;
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let sent = ca
+        .call_with_upload(
+            "files.send",
+            json!({"room": room, "name": "../../notes.txt", "size": data.len()}),
+            &data,
+            256 << 10,
+        )
+        .await?;
+    ensure!(sent["file"]["name"] == "notes.txt", "directories must be stripped from names: {sent}");
+    ensure!(sent["file"]["mime"] == "text/plain", "mime from the name: {sent}");
+    let m = wait_file_message(&mut cb, &room).await?;
+    let dest = b.data_dir().join("notes.txt");
+    cb.call("files.get", json!({"room": room, "file": m["id"], "path": dest})).await?;
+    ensure!(std::fs::read(&dest)? == data, "streamed upload differs after the transfer");
+
+    // The HTTP download streams the same bytes, and needs the token.
+    let d = b.daemon.as_ref().context("b running")?;
+    let url = format!("http://{}{}", d.api_addr(), m["file"]["url"].as_str().unwrap_or(""));
+    let body = http_get(&format!("{url}?token={}", d.token())).await?;
+    ensure!(body.0 == 200 && body.1 == data, "HTTP download: status {} with {} bytes", body.0, body.1.len());
+    ensure!(http_get(&url).await?.0 == 401, "a download without the token must be refused");
+
+    // Refused, and the daemon goes on: an existing destination, a relative path, a
+    // message that is not a file, more bytes than announced, a file over the limit.
+    let refused = |r: Result<Value, peerlog::client::ClientError>| match r {
+        Err(peerlog::client::ClientError::Rpc { code, message }) => Ok((code, message)),
+        other => Err(anyhow::anyhow!("expected an error, got {other:?}")),
+    };
+    let (code, msg) = refused(cb.call("files.get", json!({"room": room, "file": m["id"], "path": dest})).await)?;
+    ensure!(code == codes::INVALID_PARAMS && msg.contains("exists"), "{code} {msg}");
+    let (code, _) = refused(cb.call("files.get", json!({"room": room, "file": m["id"], "path": "x.bin"})).await)?;
+    ensure!(code == codes::INVALID_PARAMS, "relative path: {code}");
+    let text = send(&mut ca, &room, "not a file").await?;
+    let (code, msg) = refused(ca.call("files.get", json!({"room": room, "file": text})).await)?;
+    ensure!(code == codes::INVALID_PARAMS && msg.contains("not a file"), "{code} {msg}");
+    let (code, msg) = refused(
+        ca.call_with_upload("files.send", json!({"room": room, "name": "long", "size": 2}), &[1, 2, 3], 3).await,
+    )?;
+    ensure!(code == codes::INVALID_PARAMS && msg.contains("more than"), "oversent upload: {code} {msg}");
+    let huge = json!({"room": room, "name": "huge", "size": 2u64 << 30});
+    let (code, msg) = refused(ca.call("files.send", huge).await)?;
+    ensure!(code == codes::TOO_LARGE, "oversized upload: {code} {msg}");
+    ensure!(send(&mut cb, &room, "still here").await.is_ok(), "b must keep working");
+    Ok(())
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+async fn http_get(url: &str) -> Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("http URL")?;
+    let (host, path) = rest.split_at(rest.find('/').context("path")?);
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").context("end of headers")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
+    let mut body = buf[end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body)?;
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").context("chunk size line")?;
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol])?.trim(), 16)?;
+        b = &b[eol + 2..];
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&b[..n]);
+        b = &b[n + 2..];
+    }
+}
