@@ -23,6 +23,9 @@ const state = {
   preview: new Map(),         // room id -> last message
   sending: new Map(),         // room id -> array of pending local sends
   sync: new Map(),            // room id -> last sync.progress
+  members: new Map(),         // room id -> Map(author -> member from rooms.members)
+  files: new Map(),           // file id -> last file.progress
+  node: null,                 // last node.info
   retry: 500,
   loadingOlder: false,
 };
@@ -31,7 +34,15 @@ const state = {
 function takeToken() {
   const m = location.hash.match(/token=([0-9a-fA-F]+)/);
   const r = location.hash.match(/room=([0-9a-f]+)/);
+  const j = location.hash.match(/join=(peerlog:[A-Za-z0-9]+)/);
   if (r) localStorage.setItem("peerlog-room", r[1]);
+  if (j) {
+    // An invite link: offer to join, never join by itself.
+    $("join-secret").value = j[1];
+    $("join-secret").dispatchEvent(new Event("input"));
+    $("app").classList.add("show-rooms");
+    if (!m) history.replaceState(null, "", location.pathname);
+  }
   if (m) {
     sessionStorage.setItem("peerlog-token", m[1]);
     history.replaceState(null, "", location.pathname); // keep the token out of the address bar
@@ -108,14 +119,16 @@ function onEvent(name, p) {
     renderRooms();
     if (p.room === state.current) renderMessages(true);
   } else if (name === "peer.joined" || name === "peer.left") {
-    refreshRooms();
-    if (p.room === state.current && !$("peers-panel").hidden) refreshPeers();
-    if (p.room === state.current) renderRoomMeta();
+    refreshRooms().catch(() => {});
+    if (p.room === state.current && !$("peers-panel").hidden) refreshPeers().catch(() => {});
   } else if (name === "sync.progress") {
     state.sync.set(p.room, p);
     if (p.room === state.current) renderRoomMeta();
   } else if (name === "peer.connection") {
     if (p.rooms.includes(state.current) && !$("peers-panel").hidden) refreshPeers();
+  } else if (name === "file.progress") {
+    state.files.set(p.file_id, p);
+    if (p.room === state.current) renderMessages(false);
   } else if (name === "lagged") {
     if (state.current) openRoom(state.current, true);
   }
@@ -133,10 +146,13 @@ function insertSorted(list, m) {
 // ----- data -----
 async function refreshNode() {
   const n = await call("node.info");
+  state.node = n;
+  $("profile-form").hidden = !!n.display_name;
+  if (!$("node-page").hidden) renderNodePage();
   const badge = $("node-badge");
   badge.textContent = "";
   const line = (t) => { const d = document.createElement("div"); d.textContent = t; badge.append(d); };
-  line(`You: ${n.peer_id.slice(0, 8)}…${n.peer_id.slice(-6)}`);
+  line(`You: ${n.display_name || "(no name yet)"} · ${n.peer_id.slice(0, 8)}…${n.peer_id.slice(-6)}`);
   line(`NAT: ${n.nat_status} · ${n.connected_peers} connection(s) · v${n.version}`);
 }
 
@@ -152,6 +168,7 @@ async function refreshRooms() {
   }
   if (state.current && !state.rooms.some((x) => x.id === state.current)) state.current = null;
   renderRooms();
+  if (state.current) renderRoomMeta();
   if (!state.current) {
     const last = localStorage.getItem("peerlog-room");
     const pick = state.rooms.find((x) => x.id === last) || state.rooms[0];
@@ -162,6 +179,7 @@ async function refreshRooms() {
 
 async function openRoom(id, reload = false) {
   state.current = id;
+  $("node-page").hidden = true;
   localStorage.setItem("peerlog-room", id);
   state.unread.delete(id);
   $("app").classList.remove("show-rooms");
@@ -180,6 +198,7 @@ async function openRoom(id, reload = false) {
     box.replaceChildren(el("p", "empty", "This daemon seeds this room blindly: it stores and serves the room's encrypted log for its members and cannot read it."));
     return;
   }
+  if (!state.members.has(id)) await refreshMembers(id).catch(() => {});
   if (reload || !state.messages.has(id)) {
     const h = await call("messages.history", { room: id, limit: PAGE });
     state.messages.set(id, h.messages);
@@ -210,8 +229,64 @@ async function loadOlder() {
   } finally { state.loadingOlder = false; }
 }
 
+async function refreshMembers(room) {
+  const r = await call("rooms.members", { room });
+  state.members.set(room, new Map(r.members.map((m) => [m.author, m])));
+  return r.members;
+}
+
+// How a writer is shown: your nickname for them, else their display name, else a key prefix.
+function nameOf(room, author, fallbackName) {
+  const m = (state.members.get(room) || new Map()).get(author);
+  if (m && m.mine) return "You";
+  return (m && m.nickname) || (m && m.display_name) || fallbackName || short(author);
+}
+
+function renderMembers(list) {
+  const ul = $("member-list");
+  ul.textContent = "";
+  for (const m of list) {
+    const li = el("li", "member");
+    li.dataset.author = m.author;
+    const title = m.mine ? `You${m.display_name ? ` (${m.display_name})` : ""}` : (m.nickname || m.display_name || short(m.author));
+    li.append(el("div", "m-name", title));
+    if (!m.mine && m.nickname && m.display_name) li.append(el("div", "m-sub", `calls themselves ${m.display_name}`));
+    const safety = el("div", "m-sub");
+    safety.append("Safety number ", el("span", "safety", m.safety_number));
+    if (m.verified) safety.append(" ", el("span", "verified", "✓ verified"));
+    li.append(safety);
+    if (!m.mine) {
+      const actions = el("div", "m-actions");
+      const rename = el("button", "rename", "Nickname…");
+      rename.type = "button";
+      const form = el("form", "nick-form");
+      form.hidden = true;
+      const input = el("input", "nick-input");
+      input.maxLength = 64;
+      input.value = m.nickname || "";
+      input.setAttribute("aria-label", `Your nickname for ${m.display_name || short(m.author)} (only you see it)`);
+      const save = el("button", null, "Save");
+      form.append(input, save);
+      rename.addEventListener("click", () => { form.hidden = !form.hidden; if (!form.hidden) input.focus(); });
+      form.addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        try { await call("peers.rename", { peer: m.author, nickname: input.value }); await refreshPeers(); renderMessages(false); renderRooms(); } catch (e) { toast(e.message); }
+      });
+      const verify = el("button", "verify", m.verified ? "Unmark verified" : "Mark verified");
+      verify.type = "button";
+      verify.addEventListener("click", async () => {
+        try { await call("peers.verify", { peer: m.author, verified: !m.verified }); await refreshPeers(); } catch (e) { toast(e.message); }
+      });
+      actions.append(rename, verify);
+      li.append(actions, form);
+    }
+    ul.append(li);
+  }
+}
+
 async function refreshPeers() {
   if (!state.current) return;
+  renderMembers(await refreshMembers(state.current));
   const r = await call("peers.list", { room: state.current });
   const ul = $("peer-list");
   ul.textContent = "";
@@ -249,7 +324,7 @@ function renderRooms() {
     const last = state.preview.get(r.id);
     b.append(
       el("span", "r-name", r.name),
-      el("span", "r-preview", last ? `${last.mine ? "You" : short(last.author)}: ${last.text}` : "No messages yet"),
+      el("span", "r-preview", last ? `${nameOf(r.id, last.author, last.author_name)}: ${last.kind === "file" ? "File: " + last.file.name : last.text}` : "No messages yet"),
     );
     const n = state.unread.get(r.id);
     if (n) { const u = el("span", "r-unread", n > 99 ? "99+" : String(n)); u.setAttribute("aria-label", `${n} unread`); b.append(u); }
@@ -313,12 +388,12 @@ function renderMessages(stickToBottom) {
     }
     const li = el("li", "msg" + (m.mine ? " mine" : ""));
     if (m.author !== prevAuthor || m.time - prevTime > 5 * 60 * 1000) {
-      const a = el("div", "author", m.mine ? "You" : short(m.author));
+      const a = el("div", "author", m.mine ? "You" : nameOf(state.current, m.author, m.author_name));
       a.title = m.author;
       li.append(a);
     }
     const b = el("div", "bubble");
-    richText(b, m.text);
+    if (m.kind === "file") fileCard(b, m); else richText(b, m.text);
     li.append(b, el("div", "meta", timeOf(m.time) + (status ? ` · ${status}` : "")));
     box.append(li);
     prevAuthor = m.author; prevTime = m.time;
@@ -329,6 +404,87 @@ function renderMessages(stickToBottom) {
   for (const m of list) add(m, m.mine ? "stored" : "");
   for (const p of pending) add({ ...p, mine: true, author: "me" }, p.failed ? "not sent" : "sending…");
   if (stickToBottom || atBottom) box.scrollTop = box.scrollHeight;
+}
+
+const INLINE = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+function sizeText(n) {
+  if (n < 1024) return `${n} B`;
+  const units = ["KiB", "MiB", "GiB"];
+  let i = -1;
+  do { n /= 1024; i++; } while (n >= 1024 && i < units.length - 1);
+  return `${n.toFixed(n < 10 ? 1 : 0)} ${units[i]}`;
+}
+function fileUrl(f, inline) {
+  const token = sessionStorage.getItem("peerlog-token") || "";
+  return `${f.url}?token=${encodeURIComponent(token)}${inline ? "&inline=1" : ""}`;
+}
+// A shared file: name, size, progress while it moves, a download link, a preview for images.
+function fileCard(b, m) {
+  const f = m.file;
+  const card = el("div", "file-card");
+  card.append(el("span", "f-name", f.name), el("span", "f-size", `${sizeText(f.size)} · ${f.mime}`));
+  const p = state.files.get(f.id);
+  if (p && !p.done) {
+    const bar = el("progress");
+    bar.max = p.bytes_total; bar.value = p.bytes_done;
+    bar.setAttribute("aria-label", p.direction === "send" ? "Sending" : "Downloading");
+    card.append(bar, el("span", "f-size", `${p.direction === "send" ? "sending" : "fetching"} ${sizeText(p.bytes_done)} of ${sizeText(p.bytes_total)}`));
+  }
+  if (INLINE.includes(f.mime) && f.size <= 10 * 1024 * 1024) {
+    const img = el("img");
+    img.alt = f.name;
+    img.loading = "lazy";
+    img.src = fileUrl(f, true);
+    card.append(img);
+  }
+  const a = el("a", "download", "Download");
+  a.href = fileUrl(f, false);
+  a.download = f.name;
+  card.append(a);
+  b.append(card);
+}
+
+// Sends a file from the browser: files.send, then its bytes as binary frames.
+async function sendFile(file) {
+  const room = state.current;
+  if (!room || !file) return;
+  const item = { text: `File: ${file.name} (${sizeText(file.size)})`, time: Date.now(), lamport: Infinity, seq: 0 };
+  if (!state.sending.has(room)) state.sending.set(room, []);
+  state.sending.get(room).push(item);
+  renderMessages(true);
+  try {
+    const done = call("files.send", { room, name: file.name, size: file.size, mime: file.type || undefined });
+    const ws = state.ws;
+    const SLICE = 256 * 1024;
+    for (let off = 0; off < file.size; off += SLICE) {
+      while (ws.bufferedAmount > 4 * SLICE) await new Promise((r) => setTimeout(r, 10));
+      ws.send(await file.slice(off, off + SLICE).arrayBuffer());
+    }
+    const r = await done;
+    const list = state.messages.get(room);
+    if (list && r.message && !list.some((x) => x.id === r.message.id)) insertSorted(list, r.message);
+    const pend = state.sending.get(room); const i = pend.indexOf(item); if (i >= 0) pend.splice(i, 1);
+  } catch (e) { item.failed = true; toast(`File not sent: ${e.message}`); }
+  if (room === state.current) renderMessages(true);
+}
+
+function renderNodePage() {
+  const n = state.node;
+  if (!n) return;
+  const dl = $("node-details");
+  dl.textContent = "";
+  const row = (k, v) => dl.append(el("dt", null, k), el("dd", null, v));
+  row("Display name", n.display_name || "not set");
+  row("PeerId", n.peer_id);
+  row("NAT status", n.nat_status);
+  row("Listening on", (n.listen_addrs || []).join("\n") || "–");
+  row("External addresses", (n.external_addrs || []).join("\n") || "none known");
+  row("Relays", (n.relays || []).join("\n") || "none");
+  row("Connected peers", String(n.connected_peers));
+  row("Rooms", String(n.rooms));
+  row("Storage used", sizeText(n.storage_bytes));
+  row("Version", `peerlog ${n.version} (API ${n.api_version})`);
+  $("self-name").value = n.display_name || "";
 }
 
 function toast(text) {
@@ -388,7 +544,8 @@ function wire() {
       $("join-name").value = "";
       await refreshRooms();
       await openRoom(r.room.id);
-      showInvite(r.invite);
+      const inv = await call("rooms.invite", { room: r.room.id });
+      showInvite(inv.invite, inv.qr_svg);
     } catch (e) { $("join-error").textContent = e.message; }
   });
   $("composer").addEventListener("submit", async (ev) => {
@@ -416,7 +573,7 @@ function wire() {
   $("messages").addEventListener("scroll", () => { if ($("messages").scrollTop < 40) loadOlder().catch((e) => toast(e.message)); });
   $("invite-button").addEventListener("click", async () => {
     if (!$("invite-box").hidden) { $("invite-box").hidden = true; return; }
-    try { showInvite((await call("rooms.invite", { room: state.current })).invite); } catch (e) { toast(e.message); }
+    try { const r = await call("rooms.invite", { room: state.current }); showInvite(r.invite, r.qr_svg); } catch (e) { toast(e.message); }
   });
   $("copy-invite").addEventListener("click", async () => {
     const v = $("invite-text").value;
@@ -437,14 +594,52 @@ function wire() {
       await refreshRooms();
     } catch (e) { toast(e.message); }
   });
+  $("file-input").addEventListener("change", (ev) => {
+    const f = ev.target.files[0];
+    ev.target.value = "";
+    sendFile(f);
+  });
+  const conv = $("conversation");
+  conv.addEventListener("dragover", (ev) => { if (state.current && ev.dataTransfer.types.includes("Files")) { ev.preventDefault(); conv.classList.add("dropping"); } });
+  conv.addEventListener("dragleave", () => conv.classList.remove("dropping"));
+  conv.addEventListener("drop", (ev) => {
+    conv.classList.remove("dropping");
+    if (!state.current || !ev.dataTransfer.files.length) return;
+    ev.preventDefault();
+    for (const f of ev.dataTransfer.files) sendFile(f);
+  });
+  const saveName = async (name) => {
+    try { await call("profile.set", { display_name: name }); await refreshNode(); if (state.current) { await refreshMembers(state.current); renderMessages(false); } toast("Name saved"); } catch (e) { toast(e.message); }
+  };
+  $("profile-form").addEventListener("submit", (ev) => { ev.preventDefault(); saveName($("profile-name").value); });
+  $("rename-self").addEventListener("submit", (ev) => { ev.preventDefault(); saveName($("self-name").value); });
+  $("node-badge").addEventListener("click", () => {
+    $("node-page").hidden = false;
+    for (const x of ["welcome", "messages", "composer", "invite-box"]) $(x).hidden = true;
+    renderNodePage();
+    refreshNode().catch(() => {});
+  });
+  $("node-close").addEventListener("click", () => {
+    $("node-page").hidden = true;
+    if (state.current) openRoom(state.current).catch((e) => toast(e.message)); else showWelcome();
+  });
+  $("copy-link").addEventListener("click", async () => {
+    const v = $("invite-link").value;
+    try { await navigator.clipboard.writeText(v); toast("Link copied"); } catch { $("invite-link").select(); }
+  });
   $("show-rooms").addEventListener("click", () => $("app").classList.toggle("show-rooms"));
   document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") { $("app").classList.remove("show-rooms"); $("invite-box").hidden = true; } });
   document.addEventListener("visibilitychange", () => { if (!document.hidden && state.current) { state.unread.delete(state.current); renderRooms(); } });
   setInterval(() => { if (state.ws && state.ws.readyState === WebSocket.OPEN) { refreshNode().catch(() => {}); if (!$("peers-panel").hidden) refreshPeers().catch(() => {}); } }, 10000);
 }
 
-function showInvite(invite) {
+function showInvite(invite, qrSvg) {
   $("invite-text").value = invite;
+  $("invite-link").value = `${location.origin}/#join=${invite}`;
+  const qr = $("invite-qr");
+  // Made by the daemon from the invite; shown as an image, never as markup.
+  qr.hidden = !qrSvg;
+  if (qrSvg) qr.src = "data:image/svg+xml;base64," + btoa(qrSvg);
   $("invite-box").hidden = false;
 }
 

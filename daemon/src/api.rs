@@ -349,6 +349,7 @@ fn message_json(room: &Room, m: &StoredMessage) -> Option<Value> {
         "id": m.id(),
         "room": room.id,
         "author": hex::encode(m.feed_key),
+        "author_name": room.display_name(&m.feed_key),
         "mine": m.feed_key == room.feed_key,
         "seq": m.seq,
         "lamport": m.message.lamport,
@@ -570,7 +571,8 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 "relays": info.relays,
                 "connected_peers": info.peers.len(),
                 "rooms": shared.rooms.list().len(),
-                "storage_bytes": shared.store.size_on_disk(),
+                "storage_bytes": shared.store.size_on_disk() + shared.chunks.bytes(),
+                "display_name": shared.store.display_name().ok().flatten(),
                 "version": env!("CARGO_PKG_VERSION"),
                 "api_version": API_VERSION,
             }))
@@ -619,7 +621,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             match p.kind.as_deref().unwrap_or("member") {
                 "member" => {
                     let invite = room.invite().ok_or(OpError::Store(crate::log::store::StoreError::Blind))?;
-                    Ok(json!({"room": room.id, "kind": "member", "invite": invite}))
+                    Ok(json!({"room": room.id, "kind": "member", "invite": invite, "qr_svg": qr_svg(&invite)}))
                 }
                 "seed" => Ok(json!({"room": room.id, "kind": "seed", "invite": room.seed_capability()})),
                 other => Err(ApiError::params(format!("kind must be \"member\" or \"seed\", not {other:?}"))),
@@ -686,6 +688,60 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 .collect();
             Ok(json!({"peers": list}))
         }
+        "profile.set" => {
+            let p: ProfileParams = parse(params)?;
+            let (name, rooms) = shared.set_display_name(&p.display_name).await?;
+            Ok(json!({"display_name": name, "rooms": rooms}))
+        }
+        "rooms.members" => {
+            let p: RoomParam = parse(params)?;
+            let room = shared.room(&p.room)?;
+            let names = shared.store.profiles(&room.discovery_key).map_err(OpError::from)?;
+            let mut members = Vec::new();
+            for (feed, meta) in shared.store.room_feeds(&room.discovery_key).map_err(OpError::from)? {
+                if meta.length() == 0 && feed != room.feed_key {
+                    continue;
+                }
+                let contact = shared.store.contact(&feed).map_err(OpError::from)?;
+                members.push(json!({
+                    "author": hex::encode(feed),
+                    "mine": feed == room.feed_key,
+                    "display_name": names.get(&feed),
+                    "nickname": contact.nickname,
+                    "verified": contact.verified,
+                    "safety_number": keys::safety_number(&feed),
+                    "messages": meta.length(),
+                }));
+            }
+            if !members.iter().any(|m| m["mine"] == true) {
+                members.push(json!({
+                    "author": hex::encode(room.feed_key), "mine": true, "display_name": names.get(&room.feed_key),
+                    "nickname": null, "verified": false, "safety_number": keys::safety_number(&room.feed_key), "messages": 0,
+                }));
+            }
+            Ok(json!({"members": members}))
+        }
+        "peers.rename" | "peers.verify" => {
+            let p: ContactParams = parse(params)?;
+            let feed: [u8; 32] = hex::decode(&p.peer)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| ApiError::params("peer must be a writer key: 64 hex digits (an author)"))?;
+            let mut contact = shared.store.contact(&feed).map_err(OpError::from)?;
+            if method == "peers.rename" {
+                let nick = p.nickname.map(|n| n.trim().chars().filter(|c| !c.is_control()).collect::<String>());
+                if nick.as_ref().is_some_and(|n| n.len() > 64) {
+                    return Err(ApiError::params("a nickname is at most 64 bytes"));
+                }
+                contact.nickname = nick.filter(|n| !n.is_empty());
+            } else {
+                contact.verified = p.verified.ok_or_else(|| ApiError::params("give verified: true or false"))?;
+            }
+            shared.store.put_contact(&feed, &contact).map_err(OpError::from)?;
+            Ok(
+                json!({"peer": p.peer, "nickname": contact.nickname, "verified": contact.verified, "safety_number": keys::safety_number(&feed)}),
+            )
+        }
         "files.get" => {
             let p: FileGetParams = parse(params)?;
             let room = shared.room(&p.room)?;
@@ -701,6 +757,30 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         }
         other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
     }
+}
+
+/// A QR code of `text` as an SVG document, made here (nothing leaves the machine).
+fn qr_svg(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).ok()?;
+    Some(
+        code.render::<qrcode::render::svg::Color>()
+            .min_dimensions(200, 200)
+            .dark_color(qrcode::render::svg::Color("#000000"))
+            .light_color(qrcode::render::svg::Color("#ffffff"))
+            .build(),
+    )
+}
+
+#[derive(Deserialize)]
+struct ProfileParams {
+    display_name: String,
+}
+
+#[derive(Deserialize)]
+struct ContactParams {
+    peer: String,
+    nickname: Option<String>,
+    verified: Option<bool>,
 }
 
 #[derive(Deserialize)]

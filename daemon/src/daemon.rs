@@ -391,7 +391,29 @@ impl Shared {
                 "this daemon seeds that room blindly; leave it (rooms.leave) before joining it as a member".into(),
             ));
         }
-        self.add_room(dk, Access::Member(secret.0), name).await
+        let (room, created) = self.add_room(dk, Access::Member(secret.0), name).await?;
+        if created {
+            if let Some(display_name) = self.store.display_name()? {
+                self.append_durable(&room, vec![Body::Profile { display_name }]).await?;
+            }
+        }
+        Ok((room, created))
+    }
+
+    /// Sets the display name: remembered for rooms joined later, and announced in every
+    /// room we are a member of (a `Profile` message: it is part of the log, like any).
+    pub async fn set_display_name(&self, name: &str) -> Result<(String, usize), OpError> {
+        let name: String = name.trim().chars().filter(|c| !c.is_control()).collect();
+        if name.is_empty() || name.len() > 64 {
+            return Err(OpError::Invalid("a display name is 1 to 64 bytes".into()));
+        }
+        self.store.put_display_name(&name)?;
+        let mut announced = 0;
+        for room in self.rooms.list().into_iter().filter(|r| !r.is_seeder()) {
+            self.append_durable(&room, vec![Body::Profile { display_name: name.clone() }]).await?;
+            announced += 1;
+        }
+        Ok((name, announced))
     }
 
     /// Seeds a room blindly: finds its peers, authenticates, stores and serves its

@@ -286,6 +286,15 @@ pub fn passphrase_bits(passphrase: &str) -> u32 {
     (effective * (pool.max(1) as f64).log2()) as u32
 }
 
+/// The safety number of a writer key: 12 digits that two people can compare out of band
+/// (read aloud, side by side) to check that the key they see is the other's.
+pub fn safety_number(feed_key: &[u8; 32]) -> String {
+    let h = blake3::derive_key("peerlog safety number v1", feed_key);
+    let n = u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) % 1_000_000_000_000;
+    let d = format!("{n:012}");
+    format!("{} {} {}", &d[..4], &d[4..8], &d[8..])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

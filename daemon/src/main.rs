@@ -82,6 +82,26 @@ enum Command {
         /// The text.
         text: String,
     },
+    /// Share a file with a room (the daemon reads it; prints the file message's id).
+    SendFile {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// Fetch a shared file (by its message id, as `tail` prints it) and save it to PATH.
+    GetFile {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The file message's id.
+        message: String,
+        /// Where to save it (must not exist).
+        path: std::path::PathBuf,
+    },
     /// Print a room's recent messages; with --follow, keep printing new ones.
     Tail {
         #[command(flatten)]
@@ -317,6 +337,27 @@ async fn run(cli: Cli) -> Result<()> {
             c.close().await.ok();
             Ok(())
         }
+        Command::SendFile { client, room, path } => {
+            let path = std::path::absolute(&path)?;
+            let mut c = client.connect().await?;
+            let r = c.call("files.send", json!({"room": room, "path": path})).await?;
+            println!("{}", r["message"]["id"].as_str().unwrap_or(""));
+            c.close().await.ok();
+            Ok(())
+        }
+        Command::GetFile { client, room, message, path } => {
+            let path = std::path::absolute(&path)?;
+            let mut c = client.connect().await?;
+            let r = c.call("files.get", json!({"room": room, "file": message, "path": path})).await?;
+            println!(
+                "saved {} ({} bytes) to {}",
+                r["file"]["name"].as_str().unwrap_or(""),
+                r["file"]["size"],
+                path.display()
+            );
+            c.close().await.ok();
+            Ok(())
+        }
         Command::Tail { client, room, follow, lines, json } => {
             let mut c = client.connect().await?;
             let room_id = {
@@ -417,8 +458,21 @@ fn print_message(m: &Value, as_json: bool) {
     let time = m["time"].as_u64().unwrap_or(0) / 1000;
     let (h, min, s) = ((time / 3600) % 24, (time / 60) % 60, time % 60);
     let author = m["author"].as_str().unwrap_or("");
-    let who = if m["mine"].as_bool() == Some(true) { "me".to_string() } else { author.chars().take(8).collect() };
-    println!("{h:02}:{min:02}:{s:02} UTC  {who}: {}", m["text"].as_str().unwrap_or(""));
+    let who = match (m["mine"].as_bool(), m["author_name"].as_str()) {
+        (Some(true), _) => "me".to_string(),
+        (_, Some(name)) => name.to_string(),
+        _ => author.chars().take(8).collect(),
+    };
+    let body = match m["kind"].as_str() {
+        Some("file") => format!(
+            "[file {} · {} bytes · get it with: peerlog get-file ROOM {} PATH]",
+            m["file"]["name"].as_str().unwrap_or(""),
+            m["file"]["size"],
+            m["id"].as_str().unwrap_or("")
+        ),
+        _ => m["text"].as_str().unwrap_or("").to_string(),
+    };
+    println!("{h:02}:{min:02}:{s:02} UTC  {who}: {body}");
 }
 
 async fn run_daemon(args: DaemonArgs) -> Result<()> {

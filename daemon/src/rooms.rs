@@ -139,6 +139,8 @@ pub struct Room {
     fetches: Mutex<Fetches>,
     /// Feeds whose fetch claim was released: sessions that deferred them try again.
     released: broadcast::Sender<Key32>,
+    /// Writers' display names, loaded on first use.
+    names: RwLock<Option<HashMap<Key32, String>>>,
     /// Chunks wanted from the room's peers.
     chunk_wants: Mutex<ChunkWants>,
     /// Chunk wants and arrivals, for sessions and downloads.
@@ -232,6 +234,7 @@ impl Room {
             served: AtomicU64::new(0),
             fetches: Mutex::new(Fetches::default()),
             released: broadcast::channel(UPDATE_CAPACITY).0,
+            names: RwLock::new(None),
             chunk_wants: Mutex::new(ChunkWants::default()),
             chunk_events: broadcast::channel(UPDATE_CAPACITY).0,
             cancel,
@@ -271,12 +274,31 @@ impl Room {
             self.lamport.fetch_max(max, Ordering::AcqRel);
         }
         for m in messages {
-            if let Some(Body::File { chunks, .. }) = &m.message.body {
-                if let Err(e) = self.store.note_chunks(&self.discovery_key, chunks) {
-                    warn!(room = %self.id, error = %e, "cannot index a file's chunks");
+            let noted = match &m.message.body {
+                Some(Body::File { chunks, .. }) => self.store.note_chunks(&self.discovery_key, chunks),
+                Some(Body::Profile { display_name }) => {
+                    if let Some(names) = self.names.write().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                        names.insert(m.feed_key, display_name.clone());
+                    }
+                    self.store.note_profile(&self.discovery_key, &m.feed_key, display_name, m.message.lamport)
                 }
+                _ => Ok(()),
+            };
+            if let Err(e) = noted {
+                warn!(room = %self.id, error = %e, "cannot index a message");
             }
         }
+    }
+
+    /// A writer's display name (from its newest `Profile` message), if it gave one.
+    pub fn display_name(&self, feed: &Key32) -> Option<String> {
+        if let Some(names) = self.names.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return names.get(feed).cloned();
+        }
+        let loaded = self.store.profiles(&self.discovery_key).unwrap_or_default();
+        let name = loaded.get(feed).cloned();
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
+        name
     }
 
     /// The room's content key (None for a blind seeder).

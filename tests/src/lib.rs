@@ -1,6 +1,8 @@
 //! Test harness: real peerlog daemons in this process on loopback (ephemeral ports,
 //! temporary data dirs), driven through their WebSocket API; and a raw replication peer
-//! that speaks `/peerlog/replicate/1` frame by frame, to send what a daemon never would.
+//! that speaks `/peerlog/replicate/2` frame by frame, to send what a daemon never would.
+
+pub mod browser;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

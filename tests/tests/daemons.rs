@@ -11,6 +11,8 @@ use peerlog_proto::wire::{Frame, Refusal};
 use peerlog_tests::*;
 use serde_json::json;
 
+#[path = "daemons/browser.rs"]
+mod browser;
 #[path = "daemons/files.rs"]
 mod files;
 #[path = "daemons/offline.rs"]

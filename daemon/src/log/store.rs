@@ -298,6 +298,32 @@ fn meta_key(feed: &Key32) -> [u8; 33] {
     k
 }
 
+/// What this node's user says about a writer (never sent anywhere).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Contact {
+    /// Local nickname.
+    pub nickname: Option<String>,
+    /// Whether the user compared the safety number out of band and marked it verified.
+    pub verified: bool,
+}
+
+/// `tag || room || feed`.
+fn room_person_key(tag: u8, room: &Key32, feed: &Key32) -> [u8; 65] {
+    let mut k = [0u8; 65];
+    k[0] = tag;
+    k[1..33].copy_from_slice(room);
+    k[33..].copy_from_slice(feed);
+    k
+}
+
+/// `n || feed`: the local contact entry of a writer.
+fn contact_key(feed: &Key32) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = b'n';
+    k[1..].copy_from_slice(feed);
+    k
+}
+
 /// `c || room || chunk id`: a file of the room names the chunk.
 fn room_chunk_key(room: &Key32, chunk: &Key32) -> [u8; 65] {
     let mut k = [0u8; 65];
@@ -582,8 +608,10 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for kv in self.log.scan_prefix(&room_chunk_key(discovery_key, &[0; 32])[..33]) {
-            chunks.remove(kv?.0);
+        for tag in [b'c', b'p'] {
+            for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
+                chunks.remove(kv?.0);
+            }
         }
         self.log.apply_batch(chunks)?;
         let mut prefix = vec![b'r'];
@@ -602,6 +630,56 @@ impl Store {
             self.log.apply_batch(batch)?;
             self.blocks.remove(&feed);
         }
+        Ok(())
+    }
+
+    // ----- people -----
+
+    /// Records a writer's display name from a `Profile` message at Lamport `lamport`,
+    /// unless a newer one is recorded.
+    pub fn note_profile(&self, room: &Key32, feed: &Key32, name: &str, lamport: u64) -> Result<(), StoreError> {
+        let key = room_person_key(b'p', room, feed);
+        let newer = self.log.get(key)?.map(|v| decode::<(u64, String)>(&v, "profile")).transpose()?;
+        if newer.is_some_and(|(l, _)| l >= lamport) {
+            return Ok(());
+        }
+        self.log.insert(key, encode(&(lamport, name)))?;
+        self.touch();
+        Ok(())
+    }
+
+    /// Display names of a room's writers (from their newest `Profile` message).
+    pub fn profiles(&self, room: &Key32) -> Result<std::collections::HashMap<Key32, String>, StoreError> {
+        let mut out = std::collections::HashMap::new();
+        for kv in self.log.scan_prefix(&room_person_key(b'p', room, &[0; 32])[..33]) {
+            let (k, v) = kv?;
+            let feed: Key32 = k[33..].try_into().map_err(|_| StoreError::Corrupt("profile key"))?;
+            out.insert(feed, decode::<(u64, String)>(&v, "profile")?.1);
+        }
+        Ok(out)
+    }
+
+    /// What this node's user says about a writer: nickname and verified mark (local only).
+    pub fn contact(&self, feed: &Key32) -> Result<Contact, StoreError> {
+        Ok(self.log.get(contact_key(feed))?.map(|v| decode(&v, "contact")).transpose()?.unwrap_or_default())
+    }
+
+    /// Sets the local nickname and verified mark of a writer.
+    pub fn put_contact(&self, feed: &Key32, contact: &Contact) -> Result<(), StoreError> {
+        self.log.insert(contact_key(feed), encode(contact))?;
+        self.touch();
+        Ok(())
+    }
+
+    /// This node's display name (given to rooms joined later).
+    pub fn display_name(&self) -> Result<Option<String>, StoreError> {
+        self.db.get("display_name")?.map(|v| decode(&v, "display name")).transpose()
+    }
+
+    /// Sets this node's display name.
+    pub fn put_display_name(&self, name: &str) -> Result<(), StoreError> {
+        self.db.insert("display_name", encode(name))?;
+        self.touch();
         Ok(())
     }
 

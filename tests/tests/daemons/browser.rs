@@ -1,0 +1,219 @@
+//! The web UI in a real browser: Debian's Chromium, headless, driven over CDP
+//! (`peerlog_tests::browser`). Two daemons, two pages, the way people use it: a display
+//! name, a room joined by passphrase, messages both ways, a nickname, a file sent from the
+//! picker and downloaded on the other side, and a message that tries to inject a script.
+//! Screenshots of the main screens go to `$PEERLOG_SCREENSHOTS` (the README's come from
+//! `PEERLOG_SCREENSHOTS=docs/screenshots`), else to a temporary directory.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use peerlog_tests::browser::{chromium, Browser, Page};
+use peerlog_tests::*;
+use serde_json::json;
+
+const PASSPHRASE: &str = "correct horse battery staple in the browser";
+const UI_WAIT: Duration = Duration::from_secs(30);
+
+fn ui_url(d: &TestDaemon) -> Result<String> {
+    let daemon = d.daemon.as_ref().context("daemon running")?;
+    Ok(format!("http://{}/#token={}", daemon.api_addr(), daemon.token()))
+}
+
+/// Sets an input's value as typing would, firing `input`.
+fn fill(selector: &str, value: &str) -> String {
+    format!(
+        "(() => {{ const e = document.querySelector({s}); e.value = {v}; e.dispatchEvent(new Event('input', {{bubbles: true}})); return true; }})()",
+        s = json!(selector),
+        v = json!(value)
+    )
+}
+
+fn submit(selector: &str) -> String {
+    format!("(document.querySelector({}).requestSubmit(), true)", json!(selector))
+}
+
+fn click(selector: &str) -> String {
+    format!("(document.querySelector({}).click(), true)", json!(selector))
+}
+
+/// Hides the toast, so that screenshots show the screen, not the last notice.
+const NO_TOAST: &str = "(document.getElementById('toast').hidden = true, true)";
+
+/// Whether some `.bubble` in the page shows exactly `text`.
+fn bubble_with(text: &str) -> String {
+    format!("[...document.querySelectorAll('.bubble')].some((b) => b.textContent === {})", json!(text))
+}
+
+async fn set_name_and_join(b: &mut Browser, page: &Page, name: &str) -> Result<()> {
+    b.wait_for(page, "document.getElementById('conn-dot').classList.contains('ok')", "the UI to connect", UI_WAIT)
+        .await?;
+    b.wait_for(page, "!document.getElementById('profile-form').hidden", "the welcome's name form", UI_WAIT).await?;
+    b.eval(page, &fill("#profile-name", name)).await?;
+    b.eval(page, &submit("#profile-form")).await?;
+    b.wait_for(
+        page,
+        &format!("document.getElementById('node-badge').textContent.includes({})", json!(name)),
+        "the display name in the node badge",
+        UI_WAIT,
+    )
+    .await?;
+    b.eval(page, &fill("#join-secret", PASSPHRASE)).await?;
+    b.wait_for(
+        page,
+        "document.getElementById('join-strength').textContent.includes('bits')",
+        "a strength estimate",
+        UI_WAIT,
+    )
+    .await?;
+    b.eval(page, &submit("#join-form")).await?;
+    b.wait_for(page, "!document.getElementById('composer').hidden", "the room to open after joining", UI_WAIT).await
+}
+
+async fn send_text(b: &mut Browser, page: &Page, text: &str) -> Result<()> {
+    b.eval(page, &fill("#composer-text", text)).await?;
+    b.eval(page, &submit("#composer")).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
+    if chromium().is_none() {
+        ensure!(std::env::var_os("CI").is_none(), "CI must install chromium for the browser tests");
+        eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium); the browser tests did not run");
+        return Ok(());
+    }
+    let shots: PathBuf = std::env::var_os("PEERLOG_SCREENSHOTS")
+        .map(|p| {
+            let p = PathBuf::from(p);
+            // Relative to the workspace root (tests run in tests/).
+            if p.is_absolute() {
+                p
+            } else {
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(p)
+            }
+        })
+        .unwrap_or_else(|| std::env::temp_dir().join("peerlog-screenshots"));
+    std::fs::create_dir_all(&shots)?;
+
+    let a = TestDaemon::start().await?;
+    let bd = TestDaemon::start_bootstrapped(&a).await?;
+    let mut br = Browser::launch().await?;
+    let pa = br.open(&ui_url(&a)?).await?;
+    let pb = br.open(&ui_url(&bd)?).await?;
+
+    // First run: the welcome explains rooms and asks for a name.
+    br.wait_for(&pa, "!document.getElementById('profile-form').hidden", "the welcome", UI_WAIT).await?;
+    br.eval(&pa, NO_TOAST).await?;
+    br.screenshot(&pa, &shots.join("welcome.png")).await?;
+    set_name_and_join(&mut br, &pa, "Ada").await?;
+    set_name_and_join(&mut br, &pb, "Bob").await?;
+    for (p, who) in [(&pa, "a"), (&pb, "b")] {
+        br.wait_for(
+            p,
+            "document.getElementById('room-meta').textContent.startsWith('1 peer')",
+            &format!("{who}'s page to show its peer online"),
+            UI_WAIT,
+        )
+        .await?;
+    }
+
+    // Messages both ways, each under its author's display name.
+    send_text(&mut br, &pa, "Hello Bob, this is Ada.").await?;
+    br.wait_for(&pb, &bubble_with("Hello Bob, this is Ada."), "Ada's message on Bob's page", UI_WAIT).await?;
+    br.wait_for(
+        &pb,
+        "[...document.querySelectorAll('.msg:not(.mine) .author')].some((a) => a.textContent === 'Ada')",
+        "Ada's display name on her message",
+        UI_WAIT,
+    )
+    .await?;
+    let evil = "<script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\"><b>bold?</b>";
+    send_text(&mut br, &pb, evil).await?;
+    br.wait_for(&pa, &bubble_with(evil), "Bob's <script> message, as text, on Ada's page", UI_WAIT).await?;
+    let injected = br
+        .eval(&pa, "window.pwned !== undefined || document.querySelectorAll('.bubble script, .bubble img, .bubble b').length > 0")
+        .await?;
+    ensure!(injected == json!(false), "a message injected markup or ran script");
+
+    // Bob gives Ada a nickname; his page shows it instead of her name.
+    br.eval(&pb, &click("#peers-button")).await?;
+    br.wait_for(
+        &pb,
+        "document.querySelectorAll('#member-list .member .rename').length > 0",
+        "Ada in Bob's people list",
+        UI_WAIT,
+    )
+    .await?;
+    let safety = br.eval(&pb, "document.querySelector('#member-list .member:not(:first-child) .safety, #member-list .member .safety').textContent").await?;
+    ensure!(safety.as_str().is_some_and(|s| s.len() == 14), "a safety number of 12 digits in groups: {safety}");
+    br.eval(&pb, &click("#member-list .member .rename")).await?;
+    br.eval(&pb, &fill("#member-list .member .nick-input", "Ada (work)")).await?;
+    br.eval(&pb, &submit("#member-list .member .nick-form")).await?;
+    br.wait_for(
+        &pb,
+        "[...document.querySelectorAll('.msg:not(.mine) .author')].some((a) => a.textContent === 'Ada (work)')",
+        "the nickname on Ada's messages",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&pb, &click("#member-list .member .verify")).await?;
+    br.wait_for(&pb, "!!document.querySelector('#member-list .verified')", "the verified mark", UI_WAIT).await?;
+    br.eval(&pb, NO_TOAST).await?;
+    br.screenshot(&pb, &shots.join("people.png")).await?;
+    br.eval(&pb, &click("#peers-button")).await?;
+
+    // Ada sends a file from the picker; Bob downloads it; the bytes are the same.
+    let data: Vec<u8> = (0..3_500_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let src = a.data_dir().join("holiday-notes.bin");
+    std::fs::write(&src, &data)?;
+    br.set_file(&pa, "#file-input", &src).await?;
+    br.wait_for(
+        &pb,
+        "[...document.querySelectorAll('.file-card .f-name')].some((n) => n.textContent === 'holiday-notes.bin')",
+        "the file on Bob's page",
+        UI_WAIT,
+    )
+    .await?;
+    let downloads = tempfile::tempdir()?;
+    br.allow_downloads(downloads.path()).await?;
+    br.eval(&pb, &click(".file-card a.download")).await?;
+    let got = downloads.path().join("holiday-notes.bin");
+    within(UI_WAIT, "the download to finish", async {
+        while std::fs::metadata(&got).map(|m| m.len()).unwrap_or(0) < data.len() as u64 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await?;
+    ensure!(std::fs::read(&got)? == data, "the downloaded file differs from the one sent");
+    br.eval(&pa, NO_TOAST).await?;
+    br.screenshot(&pa, &shots.join("conversation.png")).await?;
+
+    // The invite with its QR code, the node page, and a phone-width window.
+    br.eval(&pa, &click("#invite-button")).await?;
+    br.wait_for(&pa, "document.getElementById('invite-qr').naturalWidth > 0", "the invite's QR code", UI_WAIT).await?;
+    let link = br.eval(&pa, "document.getElementById('invite-link').value").await?;
+    ensure!(link.as_str().is_some_and(|l| l.contains("/#join=peerlog:")), "invite link: {link}");
+    br.eval(&pa, NO_TOAST).await?;
+    br.screenshot(&pa, &shots.join("invite.png")).await?;
+    br.eval(&pa, &click("#node-badge")).await?;
+    br.wait_for(
+        &pa,
+        "document.getElementById('node-details').textContent.includes('PeerId')",
+        "the node page",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&pa, NO_TOAST).await?;
+    br.screenshot(&pa, &shots.join("node.png")).await?;
+    br.eval(&pa, &click("#node-close")).await?;
+    br.viewport(&pb, 390, 780, true).await?;
+    br.wait_for(&pb, "getComputedStyle(document.getElementById('show-rooms')).display !== 'none' && document.getElementById('sidebar').getBoundingClientRect().right <= 1", "the phone layout with the room list tucked away", UI_WAIT)
+        .await?;
+    br.eval(&pb, NO_TOAST).await?;
+    br.screenshot(&pb, &shots.join("phone.png")).await?;
+    br.close().await;
+    println!("screenshots in {}", shots.display());
+    Ok(())
+}
