@@ -25,6 +25,7 @@ const state = {
   sync: new Map(),            // room id -> last sync.progress
   members: new Map(),         // room id -> Map(author -> member from rooms.members)
   files: new Map(),           // file id -> last file.progress
+  seen: new Map(),            // room id -> our messages below this seq were seen by a peer
   node: null,                 // last node.info
   retry: 500,
   loadingOlder: false,
@@ -126,6 +127,9 @@ function onEvent(name, p) {
     if (p.room === state.current) renderRoomMeta();
   } else if (name === "peer.connection") {
     if (p.rooms.includes(state.current) && !$("peers-panel").hidden) refreshPeers();
+  } else if (name === "message.seen") {
+    state.seen.set(p.room, p.seen_below);
+    if (p.room === state.current) renderMessages(false);
   } else if (name === "file.progress") {
     state.files.set(p.file_id, p);
     if (p.room === state.current) renderMessages(false);
@@ -159,6 +163,7 @@ async function refreshNode() {
 async function refreshRooms() {
   const r = await call("rooms.list");
   state.rooms = r.rooms;
+  for (const room of r.rooms) state.seen.set(room.id, Math.max(state.seen.get(room.id) || 0, room.seen_below || 0));
   for (const room of state.rooms) {
     if (!room.seeder && !state.preview.has(room.id)) {
       call("messages.history", { room: room.id, limit: 1 }).then((h) => {
@@ -251,6 +256,14 @@ function renderMembers(list) {
     const title = m.mine ? `You${m.display_name ? ` (${m.display_name})` : ""}` : (m.nickname || m.display_name || short(m.author));
     li.append(el("div", "m-name", title));
     if (!m.mine && m.nickname && m.display_name) li.append(el("div", "m-sub", `calls themselves ${m.display_name}`));
+    const presence = m.presence || {};
+    const here = el("div", "m-sub");
+    if (m.mine) here.append(el("span", "pill direct", "this device"));
+    else if (presence.online) {
+      here.append(el("span", "pill " + (presence.connection || ""), `online · ${presence.connection || "connecting"}`));
+      if (presence.rtt_ms != null) here.append(el("span", "pill", `${presence.rtt_ms.toFixed(1)} ms`));
+    } else here.append(el("span", "pill", "offline"));
+    li.append(here);
     const safety = el("div", "m-sub");
     safety.append("Safety number ", el("span", "safety", m.safety_number));
     if (m.verified) safety.append(" ", el("span", "verified", "✓ verified"));
@@ -401,7 +414,8 @@ function renderMessages(stickToBottom) {
   if (!list.length && !pending.length) {
     box.append(el("li", "empty-room", "No messages yet. Say hello: peers who are offline get it when they come back."));
   }
-  for (const m of list) add(m, m.mine ? "stored" : "");
+  const seenBelow = state.seen.get(state.current) || 0;
+  for (const m of list) add(m, m.mine ? (m.seen || m.seq < seenBelow ? "seen" : "stored") : "");
   for (const p of pending) add({ ...p, mine: true, author: "me" }, p.failed ? "not sent" : "sending…");
   if (stickToBottom || atBottom) box.scrollTop = box.scrollHeight;
 }

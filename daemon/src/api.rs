@@ -265,8 +265,16 @@ impl EventFilter {
 }
 
 /// Event names, as clients see them.
-const EVENT_NAMES: &[&str] =
-    &["message", "peer.joined", "peer.left", "peer.connection", "sync.progress", "file.progress", "lagged"];
+const EVENT_NAMES: &[&str] = &[
+    "message",
+    "message.seen",
+    "peer.joined",
+    "peer.left",
+    "peer.connection",
+    "sync.progress",
+    "file.progress",
+    "lagged",
+];
 
 fn event_name(event: &DaemonEvent) -> &'static str {
     match event {
@@ -276,6 +284,7 @@ fn event_name(event: &DaemonEvent) -> &'static str {
         DaemonEvent::SyncProgress { .. } => "sync.progress",
         DaemonEvent::PeerConnection { .. } => "peer.connection",
         DaemonEvent::FileProgress { .. } => "file.progress",
+        DaemonEvent::Seen { .. } => "message.seen",
     }
 }
 
@@ -336,6 +345,9 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
                 "done": done,
             }),
         ),
+        DaemonEvent::Seen { room, length } => {
+            ("message.seen", json!({"room": shared.rooms.get(&room)?.id, "seen_below": length}))
+        }
         DaemonEvent::PeerLeft { room, peer } => {
             ("peer.left", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string()}))
         }
@@ -351,6 +363,7 @@ fn message_json(room: &Room, m: &StoredMessage) -> Option<Value> {
         "author": hex::encode(m.feed_key),
         "author_name": room.display_name(&m.feed_key),
         "mine": m.feed_key == room.feed_key,
+        "seen": m.feed_key == room.feed_key && m.seq < room.own_seen(),
         "seq": m.seq,
         "lamport": m.message.lamport,
         "time": m.message.time_ms,
@@ -394,6 +407,7 @@ fn room_json(shared: &Shared, room: &Room) -> Value {
         "peers": peers,
         "forks": forks,
         "seeder": room.is_seeder(),
+        "seen_below": room.own_seen(),
         "entries_stored": shared.store.room_feeds(&room.discovery_key).map_or(0, |f| f.iter().map(|(_, m)| m.stored()).sum::<u64>()),
         "entries_received": room.received.load(std::sync::atomic::Ordering::Relaxed),
         "entries_served": room.served.load(std::sync::atomic::Ordering::Relaxed),
@@ -667,23 +681,35 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 None => None,
             };
             let info = shared.node_info().await?;
-            let mut peers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-            for (peer, dk) in shared.room_peers(filter.as_ref()) {
-                if let Some(room) = shared.rooms.get(&dk) {
-                    peers.entry(peer.to_string()).or_default().push(room.id.clone());
+            // Per peer: its rooms, and (asking for one room) who it is there.
+            let mut peers: std::collections::BTreeMap<String, (Vec<String>, Option<[u8; 32]>, Option<Arc<Room>>)> =
+                Default::default();
+            for rp in shared.replicator.room_peers(filter.as_ref()) {
+                if let Some(room) = shared.rooms.get(&rp.room) {
+                    let e = peers.entry(rp.peer.to_string()).or_default();
+                    e.0.push(room.id.clone());
+                    e.1 = rp.writer;
+                    e.2 = Some(room);
                 }
             }
+            let one_room = filter.is_some();
             let list: Vec<Value> = peers
                 .into_iter()
-                .map(|(peer, rooms)| {
+                .map(|(peer, (rooms, writer, room))| {
                     let conn = info.peers.iter().find(|p| p.peer_id == peer);
-                    json!({
+                    let mut v = json!({
                         "peer_id": peer,
                         "rooms": rooms,
                         "connection": conn.map(|c| c.connection),
                         "addrs": conn.map(|c| c.addrs.clone()).unwrap_or_default(),
                         "rtt_ms": conn.and_then(|c| c.rtt_ms),
-                    })
+                    });
+                    if let (true, Some(w), Some(room)) = (one_room, writer, room) {
+                        v["author"] = json!(hex::encode(w));
+                        v["display_name"] = json!(room.display_name(&w));
+                        v["nickname"] = json!(shared.store.contact(&w).ok().and_then(|c| c.nickname));
+                    }
+                    v
                 })
                 .collect();
             Ok(json!({"peers": list}))
@@ -697,6 +723,18 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             let p: RoomParam = parse(params)?;
             let room = shared.room(&p.room)?;
             let names = shared.store.profiles(&room.discovery_key).map_err(OpError::from)?;
+            let info = shared.node_info().await?;
+            let online: std::collections::HashMap<[u8; 32], String> = shared
+                .replicator
+                .room_peers(Some(&room.discovery_key))
+                .into_iter()
+                .filter_map(|p| Some((p.writer?, p.peer.to_string())))
+                .collect();
+            let presence = |feed: &[u8; 32]| -> Value {
+                let Some(peer) = online.get(feed) else { return json!({"online": false}) };
+                let conn = info.peers.iter().find(|p| &p.peer_id == peer);
+                json!({"online": true, "peer_id": peer, "connection": conn.map(|c| c.connection), "rtt_ms": conn.and_then(|c| c.rtt_ms)})
+            };
             let mut members = Vec::new();
             for (feed, meta) in shared.store.room_feeds(&room.discovery_key).map_err(OpError::from)? {
                 if meta.length() == 0 && feed != room.feed_key {
@@ -711,12 +749,26 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                     "verified": contact.verified,
                     "safety_number": keys::safety_number(&feed),
                     "messages": meta.length(),
+                    "presence": if feed == room.feed_key { json!({"online": true}) } else { presence(&feed) },
                 }));
+            }
+            // Online writers we hold nothing of yet.
+            for feed in online.keys() {
+                let author = hex::encode(feed);
+                if !members.iter().any(|m| m["author"] == author) {
+                    let contact = shared.store.contact(feed).map_err(OpError::from)?;
+                    members.push(json!({
+                        "author": author, "mine": false, "display_name": names.get(feed), "nickname": contact.nickname,
+                        "verified": contact.verified, "safety_number": keys::safety_number(feed), "messages": 0,
+                        "presence": presence(feed),
+                    }));
+                }
             }
             if !members.iter().any(|m| m["mine"] == true) {
                 members.push(json!({
                     "author": hex::encode(room.feed_key), "mine": true, "display_name": names.get(&room.feed_key),
                     "nickname": null, "verified": false, "safety_number": keys::safety_number(&room.feed_key), "messages": 0,
+                    "presence": {"online": true},
                 }));
             }
             Ok(json!({"members": members}))

@@ -97,6 +97,8 @@ struct Slot {
     outbound: bool,
     established: bool,
     cancel: CancellationToken,
+    /// The peer's feed key in the room, once its `Writer` proof verified.
+    writer: Option<Key32>,
 }
 
 struct Inner {
@@ -128,6 +130,8 @@ pub struct RoomPeer {
     pub peer: PeerId,
     /// The room.
     pub room: Key32,
+    /// The peer's feed key in the room (its writer), once proven.
+    pub writer: Option<Key32>,
 }
 
 impl Replicator {
@@ -253,13 +257,18 @@ impl Replicator {
         });
     }
 
+    /// The proven writer of `peer` in `room`.
+    fn writer_of(&self, peer: PeerId, room: Key32) -> Option<Key32> {
+        self.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).get(&(peer, room)).and_then(|s| s.writer)
+    }
+
     /// Peers with an authenticated session, optionally only in one room.
     pub fn room_peers(&self, room: Option<&Key32>) -> Vec<RoomPeer> {
         let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
             .iter()
             .filter(|((_, r), s)| s.established && room.is_none_or(|want| want == r))
-            .map(|((peer, r), _)| RoomPeer { peer: *peer, room: *r })
+            .map(|((peer, r), s)| RoomPeer { peer: *peer, room: *r, writer: s.writer })
             .collect()
     }
 
@@ -332,7 +341,7 @@ impl Replicator {
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let cancel = self.inner.cancel.child_token();
-        slots.insert((peer, room), Slot { id, outbound, established: false, cancel: cancel.clone() });
+        slots.insert((peer, room), Slot { id, outbound, established: false, cancel: cancel.clone(), writer: None });
         Some((id, cancel))
     }
 
@@ -343,6 +352,13 @@ impl Replicator {
             if was_established {
                 let _ = self.inner.rooms.events.send(DaemonEvent::PeerLeft { room, peer });
             }
+        }
+    }
+
+    fn set_writer(&self, peer: PeerId, room: Key32, id: u64, writer: Key32) {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get_mut(&(peer, room)).filter(|s| s.id == id) {
+            s.writer = Some(writer);
         }
     }
 
@@ -529,6 +545,8 @@ impl Replicator {
             session.batch_bytes = RELAYED_BATCH_BYTES;
         }
         session.outbox.push_back(self.peers_frame(&session.room.discovery_key, peer).await);
+        let signature = session.room.writer_proof(&self.inner.local);
+        session.outbox.push_front(Frame::Writer { feed_key: session.room.feed_key, signature });
         // Also when this future is dropped (the session was cancelled): what it was
         // fetching must go to other sessions, or it would never be fetched.
         let _returned = ReturnFetches(session.room.clone(), id);
@@ -838,6 +856,18 @@ impl Session {
                 self.room.chunk_lacking(self.id, &id);
                 Ok(())
             }
+            Frame::Writer { feed_key, signature } => {
+                let bytes = peerlog_proto::wire::writer_proof_bytes(&self.room.discovery_key, &self.peer.to_bytes());
+                let valid = ed25519_dalek::VerifyingKey::from_bytes(&feed_key).ok().is_some_and(|key| {
+                    <[u8; 64]>::try_from(signature.as_slice())
+                        .is_ok_and(|sig| key.verify_strict(&bytes, &ed25519_dalek::Signature::from_bytes(&sig)).is_ok())
+                });
+                if !valid {
+                    return Err(SessionError::Protocol("bad writer proof"));
+                }
+                self.r.set_writer(self.peer, self.room.discovery_key, self.id, feed_key);
+                Ok(())
+            }
             Frame::Refuse { reason } => Err(SessionError::Refused(reason)),
             Frame::Hello { .. } | Frame::Auth { .. } => Err(SessionError::Protocol("handshake frame after handshake")),
         }
@@ -866,6 +896,8 @@ impl Session {
         }
         *len = (*len).max(head.length());
         if feed == self.room.feed_key {
+            // The peer holds our entries up to here: they were seen.
+            self.room.saw_own_length(head.length());
             return Ok(());
         }
         self.room.saw_length(&feed, head.length());
@@ -938,6 +970,11 @@ impl Session {
     /// A head advanced locally: push the new entries, or announce the head.
     fn on_update(&mut self, update: HeadUpdate) -> Result<(), SessionError> {
         if update.origin == Some(self.id) {
+            // The peer sent these entries. If they are its own, tell it we hold them now
+            // (that is how a writer learns its message was seen); others it need not hear.
+            if self.r.writer_of(self.peer, self.room.discovery_key) == Some(update.head.feed_key) {
+                self.outbox.push_back(Frame::Have { heads: vec![update.head] });
+            }
             return Ok(());
         }
         let head = update.head;

@@ -70,6 +70,13 @@ pub enum DaemonEvent {
         /// Bytes of entries received and stored since the daemon started.
         bytes_done: u64,
     },
+    /// A room peer holds our feed up to `length`: our messages below were seen.
+    Seen {
+        /// The room.
+        room: Key32,
+        /// Entries of our feed some peer holds.
+        length: u64,
+    },
     /// A file is being read in (sending) or fetched (receiving).
     FileProgress {
         /// The room.
@@ -139,6 +146,8 @@ pub struct Room {
     fetches: Mutex<Fetches>,
     /// Feeds whose fetch claim was released: sessions that deferred them try again.
     released: broadcast::Sender<Key32>,
+    /// Entries of our feed that some peer is known to hold.
+    own_seen: AtomicU64,
     /// Writers' display names, loaded on first use.
     names: RwLock<Option<HashMap<Key32, String>>>,
     /// Chunks wanted from the room's peers.
@@ -235,6 +244,7 @@ impl Room {
             fetches: Mutex::new(Fetches::default()),
             released: broadcast::channel(UPDATE_CAPACITY).0,
             names: RwLock::new(None),
+            own_seen: AtomicU64::new(0),
             chunk_wants: Mutex::new(ChunkWants::default()),
             chunk_events: broadcast::channel(UPDATE_CAPACITY).0,
             cancel,
@@ -299,6 +309,27 @@ impl Room {
         let name = loaded.get(feed).cloned();
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
         name
+    }
+
+    /// Our proof that we write `feed_key` from `peer` in this room (`Frame::Writer`).
+    pub fn writer_proof(&self, peer: &PeerId) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        let bytes = peerlog_proto::wire::writer_proof_bytes(&self.discovery_key, &peer.to_bytes());
+        self.writer.sign(&bytes).to_bytes().to_vec()
+    }
+
+    /// Our feed's length that some room peer holds (from their `Have`s): our messages
+    /// below it were seen by at least one peer. Reported upward only.
+    pub fn saw_own_length(&self, length: u64) {
+        let before = self.own_seen.fetch_max(length, Ordering::AcqRel);
+        if length > before {
+            let _ = self.events.send(DaemonEvent::Seen { room: self.discovery_key, length });
+        }
+    }
+
+    /// How many of our entries some room peer is known to hold.
+    pub fn own_seen(&self) -> u64 {
+        self.own_seen.load(Ordering::Acquire)
     }
 
     /// The room's content key (None for a blind seeder).

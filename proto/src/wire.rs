@@ -18,6 +18,19 @@ pub const PROTOCOL: &str = "/peerlog/replicate/2";
 pub const AUTH_LABEL: &[u8] = b"peerlog/auth/v1";
 /// Domain separation label of a signed head.
 pub const HEAD_LABEL: &[u8] = b"peerlog/head/v1";
+/// Domain separation label of a writer proof (`Frame::Writer`).
+pub const WRITER_LABEL: &[u8] = b"peerlog/writer/v1";
+
+/// The bytes a writer signs to say that it writes from `peer_id` in the room of
+/// `discovery_key`: `WRITER_LABEL || discovery_key || len16(peer_id) || peer_id`.
+pub fn writer_proof_bytes(discovery_key: &Key32, peer_id: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(WRITER_LABEL.len() + 32 + 2 + peer_id.len());
+    m.extend_from_slice(WRITER_LABEL);
+    m.extend_from_slice(discovery_key);
+    m.extend_from_slice(&(peer_id.len() as u16).to_be_bytes());
+    m.extend_from_slice(peer_id);
+    m
+}
 
 /// A 32-byte key or hash.
 pub type Key32 = [u8; 32];
@@ -156,6 +169,15 @@ pub enum Frame {
     NoChunk {
         /// The chunk id.
         id: Key32,
+    },
+    /// Which writer (feed key) the sender is in this room, signed by that key over
+    /// [`writer_proof_bytes`] with the sender's PeerId: lets people see who is online.
+    Writer {
+        /// The sender's feed key in this room.
+        feed_key: Key32,
+        /// ed25519 signature by `feed_key`.
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
     },
 }
 

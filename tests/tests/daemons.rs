@@ -209,6 +209,22 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
     let seen = s.expect_closed().await?;
     ensure!(seen.contains(&Frame::Refuse { reason: Refusal::ProtocolViolation }), "forged head not refused: {seen:?}");
 
+    // 1b. A writer proof claiming someone else's key: refused the same way.
+    let mut s = raw
+        .open(addr.clone(), peer, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    let impostor = new_writer();
+    let proof = peerlog_proto::wire::writer_proof_bytes(&keys.discovery_key, &raw.node.peer_id().to_bytes());
+    use ed25519_dalek::Signer;
+    let signature = impostor.sign(&proof).to_bytes().to_vec();
+    s.send(&Frame::Writer { feed_key: feed, signature }).await?;
+    let seen = s.expect_closed().await?;
+    ensure!(
+        seen.contains(&Frame::Refuse { reason: Refusal::ProtocolViolation }),
+        "forged writer not refused: {seen:?}"
+    );
+
     // 2. A flipped ciphertext byte and 3. a broken chain are dropped; then the honest
     // batch is stored. Frames are handled in order, so once the honest one shows up the
     // tampered ones were already judged.
@@ -555,4 +571,65 @@ async fn a_forked_feed_is_reported_and_does_not_stop_other_feeds() -> Result<()>
 
 fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Each side proves which writer it is (a signed `Writer` frame), so people show as online
+/// with their connection; and a writer hears when a peer holds its message ("seen").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_show_online_and_messages_are_marked_seen() -> Result<()> {
+    let a = TestDaemon::start().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    ca.call("profile.set", json!({"display_name": "Ada"})).await?;
+    let room = join(&mut ca, "presence and seen marks for everyone").await?;
+    join(&mut cb, "presence and seen marks for everyone").await?;
+    ca.wait_event(WAIT, "a's session with b", |e| e.event == "peer.joined").await?;
+    let b_writer = cb.call("rooms.list", json!({})).await?["rooms"][0]["feed_key"].clone();
+
+    let id = send(&mut ca, &room, "did you get this?").await?;
+    let seq: u64 = id.rsplit(':').next().unwrap_or("").parse()?;
+    ca.wait_event(WAIT, "b to hold a's message (message.seen)", |e| {
+        e.event == "message.seen" && e.params["room"] == room && e.params["seen_below"].as_u64() > Some(seq)
+    })
+    .await?;
+    let page = ca.call("messages.history", json!({"room": room, "limit": 10})).await?;
+    let mine = page["messages"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id)).cloned();
+    ensure!(mine.as_ref().is_some_and(|m| m["seen"] == true), "history must mark the message seen: {mine:?}");
+
+    // b's page of a's people: b online, as its proven writer.
+    let members = within(WAIT, "b online in a's member list", async {
+        loop {
+            let m = ca.call("rooms.members", json!({"room": room})).await?;
+            let found = m["members"].as_array().into_iter().flatten().any(|m| {
+                m["author"] == b_writer && m["presence"]["online"] == true && m["presence"]["connection"] == "direct"
+            });
+            if found {
+                return anyhow::Ok(m);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await??;
+    let safety = members["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["author"] == b_writer)
+        .map(|m| m["safety_number"].clone());
+    let peers = ca.call("peers.list", json!({"room": room})).await?;
+    ensure!(peers["peers"][0]["author"] == b_writer, "peers.list must name b's writer: {peers}");
+    // b sees a under her display name, and the same safety number for its own key as a does.
+    let b_members = cb.call("rooms.members", json!({"room": room})).await?;
+    let b_self = b_members["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mine"] == true)
+        .map(|m| m["safety_number"].clone());
+    ensure!(safety.is_some() && safety == b_self, "safety numbers differ: a sees {safety:?}, b {b_self:?}");
+    ensure!(
+        b_members["members"].as_array().into_iter().flatten().any(|m| m["display_name"] == "Ada"),
+        "b must know a's display name: {b_members}"
+    );
+    Ok(())
 }

@@ -129,6 +129,13 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
         UI_WAIT,
     )
     .await?;
+    br.wait_for(
+        &pa,
+        "[...document.querySelectorAll('.msg.mine .meta')].some((m) => m.textContent.endsWith('seen'))",
+        "Ada's message marked seen once Bob holds it",
+        UI_WAIT,
+    )
+    .await?;
     let evil = "<script>window.pwned = 1</script><img src=x onerror=\"window.pwned = 2\"><b>bold?</b>";
     send_text(&mut br, &pb, evil).await?;
     br.wait_for(&pa, &bubble_with(evil), "Bob's <script> message, as text, on Ada's page", UI_WAIT).await?;
@@ -148,6 +155,13 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
     .await?;
     let safety = br.eval(&pb, "document.querySelector('#member-list .member:not(:first-child) .safety, #member-list .member .safety').textContent").await?;
     ensure!(safety.as_str().is_some_and(|s| s.len() == 14), "a safety number of 12 digits in groups: {safety}");
+    br.wait_for(
+        &pb,
+        "[...document.querySelectorAll('#member-list .member')].some((m) => m.textContent.includes('online · direct'))",
+        "Ada shown online, directly connected",
+        UI_WAIT,
+    )
+    .await?;
     br.eval(&pb, &click("#member-list .member .rename")).await?;
     br.eval(&pb, &fill("#member-list .member .nick-input", "Ada (work)")).await?;
     br.eval(&pb, &submit("#member-list .member .nick-form")).await?;
