@@ -682,8 +682,9 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             };
             let info = shared.node_info().await?;
             // Per peer: its rooms, and (asking for one room) who it is there.
-            let mut peers: std::collections::BTreeMap<String, (Vec<String>, Option<[u8; 32]>, Option<Arc<Room>>)> =
-                Default::default();
+            // (rooms, writer, room) per peer.
+            type PeerRow = (Vec<String>, Option<[u8; 32]>, Option<Arc<Room>>);
+            let mut peers: std::collections::BTreeMap<String, PeerRow> = Default::default();
             for rp in shared.replicator.room_peers(filter.as_ref()) {
                 if let Some(room) = shared.rooms.get(&rp.room) {
                     let e = peers.entry(rp.peer.to_string()).or_default();
