@@ -97,7 +97,10 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join("peerlog-screenshots"));
     std::fs::create_dir_all(&shots)?;
 
-    let a = TestDaemon::start().await?;
+    // Ada's daemon keeps its API port across a restart, as a system service does: her page
+    // must reconnect by itself.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut a = TestDaemon::start_with(|c| c.api_listen = ([127, 0, 0, 1], port).into()).await?;
     let bd = TestDaemon::start_bootstrapped(&a).await?;
     let mut br = Browser::launch().await?;
     let pa = br.open(&ui_url(&a)?).await?;
@@ -201,6 +204,18 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
     })
     .await?;
     ensure!(std::fs::read(&got)? == data, "the downloaded file differs from the one sent");
+
+    // An image shows as a thumbnail on the other side.
+    let png = a.data_dir().join("gradient.png");
+    std::fs::write(&png, include_bytes!("gradient.png"))?;
+    br.set_file(&pa, "#file-input", &png).await?;
+    br.wait_for(
+        &pb,
+        "[...document.querySelectorAll('.file-card img')].some((i) => i.complete && i.naturalWidth === 24)",
+        "the image's thumbnail on Bob's page",
+        UI_WAIT,
+    )
+    .await?;
     br.eval(&pa, NO_TOAST).await?;
     br.screenshot(&pa, &shots.join("conversation.png")).await?;
 
@@ -227,6 +242,25 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
         .await?;
     br.eval(&pb, NO_TOAST).await?;
     br.screenshot(&pb, &shots.join("phone.png")).await?;
+
+    // The daemon restarts; the page notices, reconnects by itself and shows the room again.
+    a.stop().await?;
+    br.wait_for(
+        &pa,
+        "document.getElementById('conn-dot').classList.contains('down')",
+        "Ada's page to notice the daemon is gone",
+        UI_WAIT,
+    )
+    .await?;
+    a.restart().await?;
+    br.wait_for(
+        &pa,
+        "document.getElementById('conn-dot').classList.contains('ok')",
+        "Ada's page to reconnect",
+        UI_WAIT,
+    )
+    .await?;
+    br.wait_for(&pa, &bubble_with("Hello Bob, this is Ada."), "the conversation after the reconnect", UI_WAIT).await?;
     br.close().await;
     println!("screenshots in {}", shots.display());
     Ok(())
