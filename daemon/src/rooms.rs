@@ -144,7 +144,7 @@ pub struct Room {
     pub served: AtomicU64,
     /// Which session fetches which piece, and entries held until they can be verified.
     fetches: Mutex<Fetches>,
-    /// Feeds whose fetch claim was released: sessions that deferred them try again.
+    /// Feeds whose pieces were released or stored: sessions look for more to fetch.
     released: broadcast::Sender<Key32>,
     /// Entries of our feed that some peer is known to hold.
     own_seen: AtomicU64,
