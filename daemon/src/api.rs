@@ -320,14 +320,14 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
         DaemonEvent::PeerJoined { room, peer, kind } => {
             ("peer.joined", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string(), "connection": kind}))
         }
-        DaemonEvent::SyncProgress { room, entries_done, entries_total, bytes_done } => (
+        DaemonEvent::SyncProgress { room, entries_done, entries_total, bytes_done, bytes_total } => (
             "sync.progress",
             json!({
                 "room": shared.rooms.get(&room)?.id,
                 "entries_done": entries_done,
                 "entries_total": entries_total,
                 "bytes_done": bytes_done,
-                "bytes_total": null,
+                "bytes_total": bytes_total,
             }),
         ),
         DaemonEvent::PeerConnection { peer, kind, rooms } => {

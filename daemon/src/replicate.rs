@@ -673,7 +673,7 @@ impl Session {
         let mut chunk_events = self.room.subscribe_chunks();
         self.schedule_chunks();
         let heads = self.store().room_heads(&self.room.discovery_key)?;
-        self.outbox.push_back(Frame::Have { heads });
+        self.outbox.push_back(self.have(heads));
         let room_cancel = self.room.cancel.clone();
         loop {
             let busy = !self.outbox.is_empty() || !self.serving.is_empty() || !self.chunks_serving.is_empty();
@@ -705,7 +705,7 @@ impl Session {
                     Ok(update) => self.on_update(update)?,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let heads = self.store().room_heads(&self.room.discovery_key)?;
-                        self.outbox.push_back(Frame::Have { heads });
+                        self.outbox.push_back(self.have(heads));
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
@@ -726,12 +726,12 @@ impl Session {
 
     fn handle(&mut self, frame: Frame) -> Result<(), SessionError> {
         match frame {
-            Frame::Have { heads } => {
-                if heads.len() > MAX_HAVE_FEEDS {
+            Frame::Have { heads, bytes } => {
+                if heads.len() > MAX_HAVE_FEEDS || bytes.len() > heads.len() {
                     return Err(SessionError::Protocol("Have lists too many feeds"));
                 }
-                for head in heads {
-                    self.learn_head(head)?;
+                for (i, head) in heads.into_iter().enumerate() {
+                    self.learn_head(head, bytes.get(i).copied())?;
                 }
                 self.schedule();
                 if !self.got_have {
@@ -768,7 +768,7 @@ impl Session {
                     if head.feed_key != feed_key || head.seq != top {
                         return Err(SessionError::Protocol("Data head does not match its entries"));
                     }
-                    self.learn_head(head)?;
+                    self.learn_head(head, None)?;
                 }
                 if feed_key == self.room.feed_key {
                     return Ok(()); // our own feed: we are its only writer
@@ -874,7 +874,7 @@ impl Session {
     }
 
     /// Records a head the peer has (verifying it) and asks for what we miss.
-    fn learn_head(&mut self, head: SignedHead) -> Result<(), SessionError> {
+    fn learn_head(&mut self, head: SignedHead, bytes: Option<u64>) -> Result<(), SessionError> {
         let feed = head.feed_key;
         if let Some(known) = self.anchors.get(&feed).and_then(|a| a.get(&head.seq)) {
             if *known == head {
@@ -900,7 +900,7 @@ impl Session {
             self.room.saw_own_length(head.length());
             return Ok(());
         }
-        self.room.saw_length(&feed, head.length());
+        self.room.saw_length(&feed, head.length(), bytes);
         let target = head.length();
         let meta = self.store().feed_meta(&feed)?.unwrap_or_default();
         let anchors = self.anchors.entry(feed).or_default();
@@ -945,6 +945,12 @@ impl Session {
         }
     }
 
+    /// A `Have` of `heads`, with the bytes we store of each feed.
+    fn have(&self, heads: Vec<SignedHead>) -> Frame {
+        let bytes = heads.iter().map(|h| self.store().feed_bytes(&h.feed_key).unwrap_or(0)).collect();
+        Frame::Have { heads, bytes }
+    }
+
     /// Asks the peer for wanted chunks, up to [`CHUNKS_PER_SESSION`] at a time.
     fn schedule_chunks(&mut self) {
         while let Some(id) = self.room.next_chunk_for(self.id, CHUNKS_PER_SESSION) {
@@ -973,14 +979,14 @@ impl Session {
             // The peer sent these entries. If they are its own, tell it we hold them now
             // (that is how a writer learns its message was seen); others it need not hear.
             if self.r.writer_of(self.peer, self.room.discovery_key) == Some(update.head.feed_key) {
-                self.outbox.push_back(Frame::Have { heads: vec![update.head] });
+                self.outbox.push_back(self.have(vec![update.head]));
             }
             return Ok(());
         }
         let head = update.head;
         if !self.got_have {
             // We do not know yet what the peer holds: announce, it will ask.
-            self.outbox.push_back(Frame::Have { heads: vec![head] });
+            self.outbox.push_back(self.have(vec![head]));
             return Ok(());
         }
         let feed = head.feed_key;
@@ -999,7 +1005,7 @@ impl Session {
                 return Ok(());
             }
         }
-        self.outbox.push_back(Frame::Have { heads: vec![head] });
+        self.outbox.push_back(self.have(vec![head]));
         Ok(())
     }
 

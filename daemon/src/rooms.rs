@@ -67,8 +67,10 @@ pub enum DaemonEvent {
         entries_done: u64,
         /// Entries known to exist (the longest head seen per feed).
         entries_total: u64,
-        /// Bytes of entries received and stored since the daemon started.
+        /// Bytes stored of the feeds being synced (as stored: the sum of their blocks).
         bytes_done: u64,
+        /// Bytes of those feeds, the largest size a peer reported for each (an estimate).
+        bytes_total: u64,
     },
     /// A room peer holds our feed up to `length`: our messages below were seen.
     Seen {
@@ -178,12 +180,20 @@ struct PendingAppend {
     reply: tokio::sync::oneshot::Sender<Result<Vec<StoredMessage>, Arc<StoreError>>>,
 }
 
-/// Per feed: the longest head seen, and how many entries are stored.
+/// Catch-up accounting of a room, per feed.
 #[derive(Default)]
 struct Progress {
-    feeds: HashMap<Key32, (u64, u64)>,
-    bytes_done: u64,
+    feeds: HashMap<Key32, FeedProgress>,
     last_emit: Option<std::time::Instant>,
+}
+
+/// One feed: the longest head and the largest size peers reported, and what is stored.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct FeedProgress {
+    entries_seen: u64,
+    entries_done: u64,
+    bytes_seen: u64,
+    bytes_done: u64,
 }
 
 /// Least time between two `sync.progress` events of a room (the last one always goes out).
@@ -536,44 +546,55 @@ impl Room {
         self.released.subscribe()
     }
 
-    /// Notes that a peer has a head of `feed` with `length` entries (for progress).
-    pub fn saw_length(&self, feed: &Key32, length: u64) {
-        self.record_progress(feed, Some(length), None);
+    /// Notes that a peer has a head of `feed` with `length` entries and (as it says)
+    /// `bytes` bytes of it (for progress).
+    pub fn saw_length(&self, feed: &Key32, length: u64, bytes: Option<u64>) {
+        self.record_progress(feed, Some((length, bytes.unwrap_or(0))), None);
     }
 
     /// Updates catch-up accounting and emits `SyncProgress` when something changed, at most
     /// every `PROGRESS_INTERVAL` unless sync just completed.
-    fn record_progress(&self, feed: &Key32, seen: Option<u64>, stored: Option<(u64, u64)>) {
+    fn record_progress(&self, feed: &Key32, seen: Option<(u64, u64)>, stored: Option<(u64, u64)>) {
         let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
         if !p.feeds.contains_key(feed) {
-            let have = self.store.feed_meta(feed).ok().flatten().map_or(0, |m| m.stored());
-            p.feeds.insert(*feed, (have, have));
+            let entries = self.store.feed_meta(feed).ok().flatten().map_or(0, |m| m.stored());
+            let bytes = self.store.feed_bytes(feed).unwrap_or(0);
+            p.feeds.insert(
+                *feed,
+                FeedProgress { entries_seen: entries, entries_done: entries, bytes_seen: bytes, bytes_done: bytes },
+            );
         }
-        let Some(entry) = p.feeds.get_mut(feed) else { return };
-        let before = *entry;
-        if let Some(len) = seen {
-            entry.0 = entry.0.max(len);
+        let Some(f) = p.feeds.get_mut(feed) else { return };
+        let before = *f;
+        if let Some((len, bytes)) = seen {
+            f.entries_seen = f.entries_seen.max(len);
+            f.bytes_seen = f.bytes_seen.max(bytes);
         }
-        if let Some((n, _)) = stored {
-            entry.1 += n;
-            entry.0 = entry.0.max(entry.1);
+        if let Some((n, bytes)) = stored {
+            f.entries_done += n;
+            f.bytes_done += bytes;
         }
-        if *entry == before {
+        f.entries_seen = f.entries_seen.max(f.entries_done);
+        f.bytes_seen = f.bytes_seen.max(f.bytes_done);
+        if *f == before {
             return;
         }
-        if let Some((_, bytes)) = stored {
-            p.bytes_done += bytes;
-        }
-        let (total, done) = p.feeds.values().fold((0, 0), |(t, d), (ft, fd)| (t + ft, d + fd));
+        let sum = p.feeds.values().fold(FeedProgress::default(), |a, f| FeedProgress {
+            entries_seen: a.entries_seen + f.entries_seen,
+            entries_done: a.entries_done + f.entries_done,
+            bytes_seen: a.bytes_seen + f.bytes_seen,
+            bytes_done: a.bytes_done + f.bytes_done,
+        });
         let now = std::time::Instant::now();
         let due = p.last_emit.is_none_or(|t| now.duration_since(t) >= PROGRESS_INTERVAL);
-        if total > 0 && (done >= total || due) {
+        if sum.entries_seen > 0 && (sum.entries_done >= sum.entries_seen || due) {
             p.last_emit = Some(now);
             let _ = self.events.send(DaemonEvent::SyncProgress {
                 room: self.discovery_key,
-                entries_done: done,
-                entries_total: total,
-                bytes_done: p.bytes_done,
+                entries_done: sum.entries_done,
+                entries_total: sum.entries_seen,
+                bytes_done: sum.bytes_done,
+                bytes_total: sum.bytes_seen,
             });
         }
     }
@@ -591,8 +612,7 @@ impl Room {
         // A blind seeder verifies chain and signatures, and stores the ciphertext as it is.
         let ingested = self.store.ingest(&self.discovery_key, cipher.as_ref(), feed, start, entries, anchor)?;
         if ingested.stored > 0 {
-            let bytes: usize = entries.iter().map(|e| e.ciphertext.len()).sum();
-            self.record_progress(feed, None, Some((ingested.stored, bytes as u64)));
+            self.record_progress(feed, None, Some((ingested.stored, ingested.bytes)));
         }
         self.observe(&ingested.messages);
         if let Some(head) = &ingested.new_head {

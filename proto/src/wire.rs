@@ -111,6 +111,9 @@ pub enum Frame {
     Have {
         /// One head per feed.
         heads: Vec<SignedHead>,
+        /// Bytes the sender stores of each feed (`bytes[i]` for `heads[i]`; may be shorter):
+        /// an unverified estimate, for progress only.
+        bytes: Vec<u64>,
     },
     /// Asks for entries `start..end` of a feed; the sender answers newest batch first.
     Want {

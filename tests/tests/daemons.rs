@@ -208,7 +208,7 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
         .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
     let mut forged = head.clone();
     forged.signature[10] ^= 0x40;
-    s.send(&Frame::Have { heads: vec![forged] }).await?;
+    s.send(&Frame::Have { heads: vec![forged], bytes: vec![] }).await?;
     let seen = s.expect_closed().await?;
     ensure!(seen.contains(&Frame::Refuse { reason: Refusal::ProtocolViolation }), "forged head not refused: {seen:?}");
 
@@ -235,7 +235,7 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
         .open(addr, peer, keys.discovery_key, keys.auth_key)
         .await?
         .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
-    s.send(&Frame::Have { heads: vec![head.clone()] }).await?;
+    s.send(&Frame::Have { heads: vec![head.clone()], bytes: vec![] }).await?;
     let want = s.recv_until("the daemon's Want for the new feed", |f| matches!(f, Frame::Want { .. })).await?;
     ensure!(want == Frame::Want { feed_key: feed, start: 0, end: 3 }, "unexpected want {want:?}");
     let mut flipped = entries.clone();

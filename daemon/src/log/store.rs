@@ -232,6 +232,8 @@ pub struct Ingested {
     pub messages: Vec<StoredMessage>,
     /// Entries newly stored.
     pub stored: u64,
+    /// Bytes of the blocks written for them.
+    pub bytes: u64,
     /// The feed's new head, if it advanced.
     pub new_head: Option<SignedHead>,
 }
@@ -505,17 +507,29 @@ impl Store {
         start: u64,
         entries: &[Entry],
         messages: Option<&[StoredMessage]>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
+        let mut bytes = 0;
         for (i, chunk) in entries.chunks(BLOCK_ENTRIES).enumerate() {
             let at = start + (i * BLOCK_ENTRIES) as u64;
             let ptr = self.blocks.write(feed, &encode(chunk))?;
+            bytes += u64::from(ptr.len);
             batch.insert(&block_key(feed, at)[..], encode(&ptr));
             if let Some(messages) = messages {
                 let m = &messages[i * BLOCK_ENTRIES..i * BLOCK_ENTRIES + chunk.len()];
                 batch.insert(&index_key(feed, at)[..], encode(&BlockIndex::new(m)));
             }
         }
-        Ok(())
+        Ok(bytes)
+    }
+
+    /// Bytes of a feed's stored blocks (what sync progress counts in bytes).
+    pub fn feed_bytes(&self, feed: &Key32) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for kv in self.log.scan_prefix(&block_key(feed, 0)[..33]) {
+            let (_, v) = kv?;
+            total += u64::from(decode::<BlockPtr>(&v, "block pointer")?.len);
+        }
+        Ok(total)
     }
 
     /// Opens (or creates) the database in `dir` with sled's default-sized page cache.
@@ -927,6 +941,7 @@ impl Store {
         // Store the runs we do not hold yet.
         let mut batch = sled::Batch::default();
         let mut stored = 0;
+        let mut bytes = 0;
         let mut i = 0;
         while i < entries.len() {
             if meta.has(start + i as u64) {
@@ -938,7 +953,7 @@ impl Store {
                 j += 1;
             }
             let run_messages = (cipher.is_some()).then(|| &messages[i..j]);
-            self.put_run(&mut batch, feed, start + i as u64, &entries[i..j], run_messages)?;
+            bytes += self.put_run(&mut batch, feed, start + i as u64, &entries[i..j], run_messages)?;
             stored += (j - i) as u64;
             i = j;
         }
@@ -951,7 +966,7 @@ impl Store {
         batch.insert(&room_feed_key(room, feed)[..], &[][..]);
         self.log.apply_batch(batch)?;
         self.touch();
-        Ok(Ingested { messages, stored, new_head })
+        Ok(Ingested { messages, stored, bytes, new_head })
     }
 
     /// Records two valid heads of `feed` for the same seq with different hashes: the proof
