@@ -354,7 +354,9 @@ function renderRoomMeta() {
   const forks = (r.forks || []).length;
   const forkNote = forks ? ` · ⚠ ${forks} writer${forks === 1 ? "" : "s"} signed conflicting histories (a copied data dir?)` : "";
   const s = state.sync.get(r.id);
-  const syncNote = s && s.entries_done < s.entries_total ? ` · catching up ${s.entries_done}/${s.entries_total}` : "";
+  const syncNote = s && s.entries_done < s.entries_total
+    ? ` · catching up ${s.entries_done}/${s.entries_total}${s.bytes_total ? ` (${sizeText(s.bytes_done)} of ${sizeText(s.bytes_total)})` : ""}`
+    : "";
   const seedNote = r.seeder ? " · seeding (cannot read)" : "";
   $("room-meta").textContent = `${r.peers} peer${r.peers === 1 ? "" : "s"} online · room ${r.id}${seedNote}${syncNote}${forkNote}`;
 }

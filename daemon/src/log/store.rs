@@ -257,6 +257,8 @@ pub struct Store {
     /// Serializes the check-then-write part of ingest (anchor checks read what earlier
     /// ingests wrote). Held only around synchronous sled calls, never across an await.
     ingest_lock: Arc<Mutex<()>>,
+    /// Bytes of each feed's blocks, counted once per feed and kept up to date by writes.
+    feed_bytes: Arc<Mutex<std::collections::HashMap<Key32, u64>>>,
 }
 
 /// The storage format this build reads and writes.
@@ -513,6 +515,9 @@ impl Store {
             let at = start + (i * BLOCK_ENTRIES) as u64;
             let ptr = self.blocks.write(feed, &encode(chunk))?;
             bytes += u64::from(ptr.len);
+            if let Some(n) = self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).get_mut(feed) {
+                *n += u64::from(ptr.len);
+            }
             batch.insert(&block_key(feed, at)[..], encode(&ptr));
             if let Some(messages) = messages {
                 let m = &messages[i * BLOCK_ENTRIES..i * BLOCK_ENTRIES + chunk.len()];
@@ -522,13 +527,20 @@ impl Store {
         Ok(bytes)
     }
 
-    /// Bytes of a feed's stored blocks (what sync progress counts in bytes).
+    /// Bytes of a feed's stored blocks (what sync progress counts in bytes). Counted from
+    /// the block pointers on first use, then kept in memory.
     pub fn feed_bytes(&self, feed: &Key32) -> Result<u64, StoreError> {
+        if let Some(n) = self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).get(feed) {
+            return Ok(*n);
+        }
+        // Under the ingest lock no block of the feed is being written while we count.
+        let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut total = 0;
         for kv in self.log.scan_prefix(&block_key(feed, 0)[..33]) {
             let (_, v) = kv?;
             total += u64::from(decode::<BlockPtr>(&v, "block pointer")?.len);
         }
+        self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).insert(*feed, total);
         Ok(total)
     }
 
@@ -567,7 +579,7 @@ impl Store {
             dirty: Mutex::new(Default::default()),
             unflushed: false.into(),
         });
-        Ok(Self { db, log, rooms, blocks, ingest_lock: Arc::new(Mutex::new(())) })
+        Ok(Self { db, log, rooms, blocks, ingest_lock: Arc::new(Mutex::new(())), feed_bytes: Default::default() })
     }
 
     /// Makes everything written so far durable.
@@ -643,6 +655,7 @@ impl Store {
             batch.remove(k);
             self.log.apply_batch(batch)?;
             self.blocks.remove(&feed);
+            self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(&feed);
         }
         Ok(())
     }
@@ -816,6 +829,8 @@ impl Store {
         }
         let Some(last) = messages.last() else { return Err(StoreError::Corrupt("empty append")) };
         let head = sign_head(writer, last.seq, prev);
+        // Held while blocks are written, like an ingest: `feed_bytes` counts under it.
+        let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
         self.put_run(&mut batch, &feed, first_seq, &entries, Some(&messages))?;
         meta.head = Some(head.clone());
@@ -1283,6 +1298,26 @@ mod tests {
         drop(s);
         let e = Store::open(&d.0).err().expect("format 1 must be refused");
         assert!(e.to_string().contains("format 1"), "{e}");
+    }
+
+    /// The byte count kept in memory matches a fresh count from the block pointers.
+    #[test]
+    fn feed_bytes_stay_right_across_writes_and_reopening() {
+        let room = [4u8; 32];
+        let (d, a) = tmp();
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(&[1; 32], &feed);
+        assert_eq!(a.feed_bytes(&feed).unwrap(), 0);
+        a.append(&room, &w, &c, 1, vec![text("one"), text("two")]).unwrap();
+        let first = a.feed_bytes(&feed).unwrap();
+        assert!(first > 0);
+        a.append(&room, &w, &c, 3, vec![text("three")]).unwrap();
+        let second = a.feed_bytes(&feed).unwrap();
+        assert!(second > first);
+        tokio::runtime::Runtime::new().unwrap().block_on(a.flush()).unwrap();
+        drop(a);
+        assert_eq!(Store::open(&d.0).unwrap().feed_bytes(&feed).unwrap(), second);
     }
 
     /// A writer whose clock goes backwards is refused (display order relies on it).
