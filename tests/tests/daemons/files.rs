@@ -215,3 +215,95 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
         b = &b[n + 2..];
     }
 }
+
+/// A peer that answers a chunk request with bytes that do not hash to the chunk's id: the
+/// daemon stores nothing of it, does not ask that session again, and takes the chunk from
+/// the next session that has it. The file then arrives intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> {
+    use peerlog::files::{Chunks, Encoder};
+    use peerlog::log::{new_writer, Body, FeedCipher};
+    use peerlog_proto::wire::Frame;
+
+    const PASS: &str = "corrupt chunks get no foothold here";
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let content_key = keys.content_key.context("member keys")?;
+
+    // A raw writer shares a 300,000-byte file (one chunk) the daemon has never seen.
+    let scratch = tempfile::tempdir()?;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let file_id = [9u8; 32];
+    let raw_chunks = Chunks::new(scratch.path());
+    let mut enc = Encoder::new(&content_key, &file_id, raw_chunks.clone(), 1 << 30);
+    enc.push(&data)?;
+    let (ids, size) = enc.finish()?;
+    let store = peerlog::log::store::Store::open(&scratch.path().join("db"))?;
+    let writer = new_writer();
+    let feed = writer.verifying_key().to_bytes();
+    let cipher = FeedCipher::new(&content_key, &feed);
+    let body = Body::File {
+        file_id,
+        name: "raw.bin".into(),
+        size,
+        mime: "application/octet-stream".into(),
+        chunks: ids.clone(),
+    };
+    let head = store.append(&keys.discovery_key, &writer, &cipher, 1, vec![body])?.head;
+    let entries = store.entries(&feed, 0, 1)?;
+
+    let raw = RawPeer::start().await?;
+    let (addr, peer) = (d.p2p_addr().await?, d.peer_id()?);
+    let mut s = raw
+        .open(addr.clone(), peer, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    s.send(&Frame::Have { heads: vec![head.clone()], bytes: vec![] }).await?;
+    s.recv_until("the daemon's Want for the raw feed", |f| matches!(f, Frame::Want { .. })).await?;
+    s.send(&Frame::Data { feed_key: feed, start: 0, entries, head: Some(head) }).await?;
+    let m = wait_file_message(&mut c, &room).await?;
+
+    let dest = d.data_dir().join("raw.bin");
+    let mut getter = d.client().await?;
+    let params = json!({"room": room, "file": m["id"], "path": dest});
+    let download = tokio::spawn(async move { getter.call("files.get", params).await });
+
+    let id = ids[0];
+    let want = s.recv_until("the daemon's WantChunk", |f| matches!(f, Frame::WantChunk { .. })).await?;
+    ensure!(want == Frame::WantChunk { id }, "asked for {want:?}");
+    s.send(&Frame::Chunk { id, bytes: vec![0xAB; 1000] }).await?;
+    // The session stays up (a bad chunk is refused, not a protocol break), and nothing of
+    // the bad bytes is stored.
+    // Frames are handled in order: once a probe is answered, the bad chunk was judged.
+    let probe = [0x77; 32];
+    s.send(&Frame::WantChunk { id: probe }).await?;
+    s.recv_until("the answer to the probe", |f| *f == Frame::NoChunk { id: probe }).await?;
+    let hex = hex_of(&id);
+    let stored = d.data_dir().join("chunks").join(&hex[..2]).join(&hex);
+    ensure!(!stored.exists(), "a chunk that does not match its id was stored");
+    drop(s);
+
+    // Another session (the same peer, reconnected) has the right bytes.
+    let mut s = within(WAIT, "a second raw session", async {
+        loop {
+            if let Ok(Ok(s)) = raw.open(addr.clone(), peer, keys.discovery_key, keys.auth_key).await {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await?;
+    s.recv_until("the WantChunk on the new session", |f| *f == Frame::WantChunk { id }).await?;
+    let good = raw_chunks.read(&id)?.context("raw chunk")?;
+    s.send(&Frame::Chunk { id, bytes: good }).await?;
+    let got = within(WAIT, "the download", download).await???;
+    ensure!(got["file"]["size"] == 300_000, "{got}");
+    ensure!(std::fs::read(&dest)? == data, "the file differs after the retry");
+    Ok(())
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
