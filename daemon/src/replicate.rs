@@ -957,6 +957,12 @@ impl Session {
 
     /// Asks the peer for wanted chunks, up to [`CHUNKS_PER_SESSION`] at a time.
     fn schedule_chunks(&mut self) {
+        // A 1 MiB chunk does not fit a relayed circuit (128 KiB by default): it would break
+        // the circuit, again and again. Chunks wait for a direct connection (DCUtR upgrades
+        // relayed ones, and the session moves to it) or come from other peers.
+        if self.batch_bytes == RELAYED_BATCH_BYTES {
+            return;
+        }
         while let Some(id) = self.room.next_chunk_for(self.id, CHUNKS_PER_SESSION) {
             self.outbox.push_back(Frame::WantChunk { id });
         }
