@@ -161,20 +161,31 @@ async fn ws_upgrade(
     })
 }
 
+/// A frame for a client: JSON text, or the bytes of a streamed file.
+enum Out {
+    Text(String),
+    Binary(bytes::Bytes),
+}
+
 /// One WebSocket client: requests run concurrently (bounded), replies and events share
 /// one outgoing queue.
 async fn client(socket: WebSocket, state: Arc<ApiState>) {
     let (mut ws_tx, mut ws_rx) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<String>(CLIENT_QUEUE);
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(CLIENT_QUEUE);
     let writer = tokio::spawn(async move {
-        while let Some(text) = out_rx.recv().await {
-            if ws_tx.send(WsMessage::Text(text.into())).await.is_err() {
+        while let Some(out) = out_rx.recv().await {
+            let msg = match out {
+                Out::Text(text) => WsMessage::Text(text.into()),
+                Out::Binary(bytes) => WsMessage::Binary(bytes),
+            };
+            if ws_tx.send(msg).await.is_err() {
                 return;
             }
         }
         let _ = ws_tx.send(WsMessage::Close(None)).await;
     });
     let filter = EventFilter::default();
+    let streaming = Arc::new(tokio::sync::Mutex::new(()));
     // The upload in progress on this connection (`files.send` with streamed bytes).
     let upload: Arc<std::sync::Mutex<Option<mpsc::Sender<bytes::Bytes>>>> = Default::default();
     let events_task = tokio::spawn(forward_events(
@@ -210,7 +221,7 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
                         codes::INVALID_REQUEST,
                         "binary frame without a files.send upload in progress",
                     );
-                    let _ = out_tx.send(to_json(&reply)).await;
+                    let _ = out_tx.send(Out::Text(to_json(&reply))).await;
                 }
                 continue;
             }
@@ -230,9 +241,20 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
         let shared = state.shared.clone();
         let out = out_tx.clone();
         let filter = filter.clone();
+        let streaming = streaming.clone();
         requests.spawn(async move {
-            let reply = handle_text(&shared, &filter, stream, text.as_str()).await;
-            let _ = out.send(to_json(&reply)).await;
+            let (reply, stream_back) = handle_text(&shared, &filter, stream, text.as_str()).await;
+            if let Some((room, file)) = stream_back {
+                // One file at a time per connection: its binary frames must not interleave
+                // with another's. The reply goes first, then the bytes.
+                let _turn = streaming.lock().await;
+                if out.send(Out::Text(to_json(&reply))).await.is_ok() {
+                    stream_file(&shared, &room, &file, &out).await;
+                }
+                drop(permit);
+                return;
+            }
+            let _ = out.send(Out::Text(to_json(&reply))).await;
             drop(permit);
         });
     }
@@ -291,7 +313,7 @@ fn event_name(event: &DaemonEvent) -> &'static str {
 async fn forward_events(
     shared: Arc<Shared>,
     mut events: broadcast::Receiver<DaemonEvent>,
-    out: mpsc::Sender<String>,
+    out: mpsc::Sender<Out>,
     filter: EventFilter,
 ) {
     loop {
@@ -305,7 +327,7 @@ async fn forward_events(
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(event) = event else { continue };
-        if out.send(to_json(&event)).await.is_err() {
+        if out.send(Out::Text(to_json(&event))).await.is_err() {
             return;
         }
     }
@@ -475,24 +497,72 @@ fn upload_request(text: &str) -> Option<u64> {
     v["params"].get("size")?.as_u64()
 }
 
-async fn handle_text(shared: &Arc<Shared>, filter: &EventFilter, upload: Option<Upload>, text: &str) -> RpcResponse {
+/// A file whose bytes follow a reply as binary frames (`files.get {stream: true}`).
+type StreamBack = Option<(Arc<Room>, FileInfo)>;
+
+async fn handle_text(
+    shared: &Arc<Shared>,
+    filter: &EventFilter,
+    upload: Option<Upload>,
+    text: &str,
+) -> (RpcResponse, StreamBack) {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return RpcResponse::err(Value::Null, codes::PARSE_ERROR, format!("invalid JSON: {e}")),
+        Err(e) => return (RpcResponse::err(Value::Null, codes::PARSE_ERROR, format!("invalid JSON: {e}")), None),
     };
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let request: RpcRequest = match serde_json::from_value(value) {
         Ok(r) => r,
-        Err(e) => return RpcResponse::err(id, codes::INVALID_REQUEST, format!("not a request object: {e}")),
+        Err(e) => return (RpcResponse::err(id, codes::INVALID_REQUEST, format!("not a request object: {e}")), None),
     };
+    let mut stream_back = None;
     let result = match request.method.as_str() {
         "subscribe" => subscribe(filter, request.params),
         "files.send" => send_file(shared, upload, request.params).await,
+        "files.get" => get_file(shared, request.params, &mut stream_back).await,
         method => call(shared, method, request.params).await,
     };
     match result {
-        Ok(result) => RpcResponse::ok(request.id, result),
-        Err(e) => RpcResponse::err(request.id, e.code, e.message),
+        Ok(result) => (RpcResponse::ok(request.id, result), stream_back),
+        Err(e) => (RpcResponse::err(request.id, e.code, e.message), None),
+    }
+}
+
+/// `files.get`: fetches the file, then saves it to `path`, or (with `stream`) has its bytes
+/// follow the reply as binary frames.
+async fn get_file(shared: &Arc<Shared>, params: Value, stream_back: &mut StreamBack) -> Result<Value, ApiError> {
+    let p: FileGetParams = parse(params)?;
+    let room = shared.room(&p.room)?;
+    let file = shared.file_info(&room, &p.file)?;
+    if p.stream && p.path.is_some() {
+        return Err(ApiError::params("give path or stream, not both"));
+    }
+    match &p.path {
+        Some(path) => shared.save_file(&room, &file, std::path::Path::new(path)).await?,
+        None => shared.fetch_file(&room, &file).await?,
+    }
+    let result = json!({"file": file_json(&room, &file), "saved_to": p.path_echo(), "streamed": p.stream});
+    if p.stream {
+        if room.content_key().is_none() {
+            return Err(OpError::Store(crate::log::store::StoreError::Blind).into());
+        }
+        *stream_back = Some((room, file));
+    }
+    Ok(result)
+}
+
+/// Sends a fetched file's bytes as binary frames (one per chunk, each verified and
+/// decrypted first). A chunk that went bad since the fetch ends the stream early (logged).
+async fn stream_file(shared: &Arc<Shared>, room: &Room, file: &FileInfo, out: &mpsc::Sender<Out>) {
+    let Some(content_key) = room.content_key().copied() else { return };
+    let (chunks, ids, file_id, out) = (shared.chunks.clone(), file.chunks.clone(), file.file_id, out.clone());
+    let streamed = tokio::task::spawn_blocking(move || {
+        let key = crate::files::FileKey::new(&content_key, &file_id);
+        crate::files::read_plain(&chunks, &key, &ids, |plain| out.blocking_send(Out::Binary(plain.into())).is_ok())
+    })
+    .await;
+    if let Ok(Err(e)) = streamed {
+        warn!(error = %e, "streaming a file to a client stopped");
     }
 }
 
@@ -795,19 +865,6 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 json!({"peer": p.peer, "nickname": contact.nickname, "verified": contact.verified, "safety_number": keys::safety_number(&feed)}),
             )
         }
-        "files.get" => {
-            let p: FileGetParams = parse(params)?;
-            let room = shared.room(&p.room)?;
-            let file = shared.file_info(&room, &p.file)?;
-            match &p.path {
-                Some(path) => shared.save_file(&room, &file, std::path::Path::new(path)).await?,
-                None => shared.fetch_file(&room, &file).await?,
-            }
-            Ok(json!({
-                "file": file_json(&room, &file),
-                "saved_to": p.path_echo(),
-            }))
-        }
         other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
     }
 }
@@ -849,6 +906,8 @@ struct FileGetParams {
     room: String,
     file: String,
     path: Option<String>,
+    #[serde(default)]
+    stream: bool,
 }
 
 impl FileGetParams {
@@ -937,16 +996,10 @@ async fn download(
     let (ids, file_id) = (file.chunks.clone(), file.file_id);
     tokio::task::spawn_blocking(move || {
         let key = crate::files::FileKey::new(&content_key, &file_id);
-        for (i, id) in ids.iter().enumerate() {
-            let plain = match chunks.read(id) {
-                Ok(Some(sealed)) => key.open(i, &sealed).map_err(|e| std::io::Error::other(e.to_string())),
-                Ok(None) => Err(std::io::Error::other(format!("chunk {i} went missing"))),
-                Err(e) => Err(e),
-            };
-            let failed = plain.is_err();
-            if tx.blocking_send(plain.map(bytes::Bytes::from)).is_err() || failed {
-                return;
-            }
+        let sent = crate::files::read_plain(&chunks, &key, &ids, |plain| tx.blocking_send(Ok(plain.into())).is_ok());
+        if let Err(e) = sent {
+            // The body ends with an error: the client sees a broken download, not a short file.
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });

@@ -45,6 +45,8 @@ pub struct Client {
     next_id: u64,
     /// Events received while waiting for a response.
     events: VecDeque<Event>,
+    /// Binary frames received while waiting for a response (a streamed file).
+    binary: VecDeque<Vec<u8>>,
 }
 
 enum Incoming {
@@ -62,7 +64,7 @@ impl Client {
         request.headers_mut().insert("authorization", value);
         // disable_nagle: request/reply traffic must not wait for delayed ACKs.
         let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true).await.map_err(Box::new)?;
-        Ok(Self { ws, next_id: 1, events: VecDeque::new() })
+        Ok(Self { ws, next_id: 1, events: VecDeque::new(), binary: VecDeque::new() })
     }
 
     async fn read(&mut self) -> Result<Incoming, ClientError> {
@@ -70,6 +72,10 @@ impl Client {
             let msg = self.ws.next().await.ok_or(ClientError::Closed)?.map_err(Box::new)?;
             let text = match msg {
                 Message::Text(t) => t,
+                Message::Binary(b) => {
+                    self.binary.push_back(b.to_vec());
+                    continue;
+                }
                 Message::Close(_) => return Err(ClientError::Closed),
                 _ => continue,
             };
@@ -81,6 +87,31 @@ impl Client {
             let response = serde_json::from_value(value).map_err(|_| ClientError::Unexpected(text.to_string()))?;
             return Ok(Incoming::Response(response));
         }
+    }
+
+    /// Reads binary frames (queueing events) until `size` bytes arrived: what a
+    /// `files.get {stream: true}` sends after its reply.
+    pub async fn read_binary(&mut self, size: u64) -> Result<Vec<u8>, ClientError> {
+        let mut out = Vec::with_capacity(size.min(1 << 30) as usize);
+        while (out.len() as u64) < size {
+            if let Some(b) = self.binary.pop_front() {
+                out.extend_from_slice(&b);
+                continue;
+            }
+            let msg = self.ws.next().await.ok_or(ClientError::Closed)?.map_err(Box::new)?;
+            match msg {
+                Message::Binary(b) => out.extend_from_slice(&b),
+                Message::Text(t) => {
+                    let value: Value = serde_json::from_str(&t).map_err(|_| ClientError::Unexpected(t.to_string()))?;
+                    if let Ok(event) = serde_json::from_value(value) {
+                        self.events.push_back(event);
+                    }
+                }
+                Message::Close(_) => return Err(ClientError::Closed),
+                _ => {}
+            }
+        }
+        Ok(out)
     }
 
     /// Closes the connection with a WebSocket close handshake.

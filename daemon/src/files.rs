@@ -215,6 +215,25 @@ impl Encoder {
     }
 }
 
+/// Reads, verifies and decrypts a file's chunks in order, handing each plaintext to `sink`
+/// until it returns false. A missing or damaged chunk is an error.
+pub fn read_plain(
+    chunks: &Chunks,
+    key: &FileKey,
+    ids: &[Key32],
+    mut sink: impl FnMut(Vec<u8>) -> bool,
+) -> Result<(), FileError> {
+    for (i, id) in ids.iter().enumerate() {
+        let sealed = chunks
+            .read(id)?
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("chunk {i} is missing")))?;
+        if !sink(key.open(i, &sealed)?) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// Writes a complete file to `dest`: every chunk read, verified and decrypted into a
 /// temporary file beside it, synced, then renamed. Nothing partial appears at `dest`.
 pub fn assemble(chunks: &Chunks, key: &FileKey, ids: &[Key32], size: u64, dest: &Path) -> Result<(), FileError> {
@@ -224,13 +243,14 @@ pub fn assemble(chunks: &Chunks, key: &FileKey, ids: &[Key32], size: u64, dest: 
     let result = (|| {
         let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
         let mut written = 0u64;
-        for (i, id) in ids.iter().enumerate() {
-            let sealed = chunks
-                .read(id)?
-                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("chunk {i} is missing")))?;
-            let plain = key.open(i, &sealed)?;
+        let mut write_error = None;
+        read_plain(chunks, key, ids, |plain| {
             written += plain.len() as u64;
-            out.write_all(&plain)?;
+            write_error = out.write_all(&plain).err();
+            write_error.is_none()
+        })?;
+        if let Some(e) = write_error {
+            return Err(e.into());
         }
         if written != size {
             return Err(FileError::Io(std::io::Error::other(format!("chunks hold {written} bytes, the file {size}"))));

@@ -152,6 +152,12 @@ async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
     cb.call("files.get", json!({"room": room, "file": m["id"], "path": dest})).await?;
     ensure!(std::fs::read(&dest)? == data, "streamed upload differs after the transfer");
 
+    // Streamed back over the WebSocket: the reply, then the bytes as binary frames.
+    let streamed = cb.call("files.get", json!({"room": room, "file": m["id"], "stream": true})).await?;
+    ensure!(streamed["streamed"] == true && streamed["file"]["size"] == data.len() as u64, "{streamed}");
+    let bytes = within(WAIT, "the streamed bytes", cb.read_binary(data.len() as u64)).await??;
+    ensure!(bytes == data, "streamed bytes differ");
+
     // The HTTP download streams the same bytes, and needs the token.
     let d = b.daemon.as_ref().context("b running")?;
     let url = format!("http://{}{}", d.api_addr(), m["file"]["url"].as_str().unwrap_or(""));
