@@ -140,20 +140,7 @@ impl Client {
 
     /// Calls a method and returns its result.
     pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let request = json!({"id": id, "method": method, "params": params});
-        self.ws.send(Message::Text(request.to_string().into())).await.map_err(Box::new)?;
-        loop {
-            let response = self.next_response().await?;
-            if response.id != json!(id) {
-                continue;
-            }
-            if let Some(e) = response.error {
-                return Err(ClientError::Rpc { code: e.code, message: e.message });
-            }
-            return Ok(response.result.unwrap_or(Value::Null));
-        }
+        self.call_with_upload(method, params, &[], 1).await
     }
 
     /// Calls a method whose request is followed by `data` as binary frames of at most

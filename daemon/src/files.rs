@@ -12,11 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use hkdf::Hkdf;
 use peerlog_proto::wire::Key32;
-use sha2::Sha256;
 
 /// Plaintext bytes per chunk (the last one may be shorter).
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -54,12 +52,7 @@ pub struct FileKey {
 impl FileKey {
     /// Derives the key of file `file_id` in a room with `content_key`.
     pub fn new(content_key: &Key32, file_id: &Key32) -> Self {
-        let hk = Hkdf::<Sha256>::new(None, content_key);
-        let mut info = b"peerlog/file/v1".to_vec();
-        info.extend_from_slice(file_id);
-        let mut key = [0u8; 32];
-        hk.expand(&info, &mut key).expect("32 bytes is a valid HKDF-SHA256 output length");
-        Self { file_id: *file_id, aead: Aes256Gcm::new_from_slice(&key).expect("AES-256 takes a 32-byte key") }
+        Self { file_id: *file_id, aead: crate::log::subkey_aead(content_key, b"peerlog/file/v1", file_id) }
     }
 
     /// The nonce is the chunk index: the key is unique per file (random id) and each index

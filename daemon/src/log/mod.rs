@@ -104,6 +104,17 @@ pub fn verify_head(head: &SignedHead) -> bool {
     key.verify(&SignedHead::signed_bytes(head.seq, &head.hash), &sig).is_ok()
 }
 
+/// AES-256-GCM under `HKDF-SHA256(content_key, info = label || id)`: the per-writer key of
+/// entries and the per-file key of chunks.
+pub fn subkey_aead(content_key: &Key32, label: &[u8], id: &Key32) -> Aes256Gcm {
+    let hk = Hkdf::<Sha256>::new(None, content_key);
+    let mut info = label.to_vec();
+    info.extend_from_slice(id);
+    let mut key = [0u8; 32];
+    hk.expand(&info, &mut key).expect("32 bytes is a valid HKDF-SHA256 output length");
+    Aes256Gcm::new_from_slice(&key).expect("AES-256 takes a 32-byte key")
+}
+
 /// The AEAD of one writer's entries in one room.
 #[derive(Clone)]
 pub struct FeedCipher {
@@ -119,13 +130,7 @@ pub struct DecryptError;
 impl FeedCipher {
     /// Derives the per-writer key `HKDF(content_key, "peerlog/entry/v1" || feed_key)`.
     pub fn new(content_key: &Key32, feed_key: &Key32) -> Self {
-        let hk = Hkdf::<Sha256>::new(None, content_key);
-        let mut info = b"peerlog/entry/v1".to_vec();
-        info.extend_from_slice(feed_key);
-        let mut key = [0u8; 32];
-        hk.expand(&info, &mut key).expect("32 bytes is a valid HKDF-SHA256 output length");
-        let aead = Aes256Gcm::new_from_slice(&key).expect("AES-256 takes a 32-byte key");
-        Self { feed_key: *feed_key, aead }
+        Self { feed_key: *feed_key, aead: subkey_aead(content_key, b"peerlog/entry/v1", feed_key) }
     }
 
     fn aad(&self, seq: u64) -> [u8; 40] {
