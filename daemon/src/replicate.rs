@@ -535,6 +535,7 @@ impl Replicator {
             lacks: HashMap::new(),
             serving: VecDeque::new(),
             chunks_serving: VecDeque::new(),
+            chunk_cache: None,
             chunk_turn: false,
             outbox: VecDeque::new(),
             got_have: false,
@@ -645,7 +646,9 @@ struct Session {
     /// Wants of the peer not yet fully served.
     serving: VecDeque<Serving>,
     /// Chunks the peer asked for, not yet sent.
-    chunks_serving: VecDeque<Key32>,
+    chunks_serving: VecDeque<(Key32, u32)>,
+    /// The chunk being sent in parts (over a relay), kept between its frames.
+    chunk_cache: Option<(Key32, Vec<u8>)>,
     /// Whether the next frame sent is a chunk rather than log data (they alternate).
     chunk_turn: bool,
     /// Control frames waiting for the writer.
@@ -821,25 +824,34 @@ impl Session {
                 }
                 Ok(())
             }
-            Frame::WantChunk { id } => {
+            Frame::WantChunk { id, offset } => {
                 if self.chunks_serving.len() >= MAX_CHUNKS_SERVING {
                     return Err(SessionError::Protocol("too many WantChunks queued"));
                 }
                 // Only chunks a file of this room names, to members of this room.
                 if self.store().room_has_chunk(&self.room.discovery_key, &id)? && self.r.inner.chunks.has(&id) {
-                    self.chunks_serving.push_back(id);
+                    self.chunks_serving.push_back((id, offset));
                 } else {
                     self.outbox.push_back(Frame::NoChunk { id });
                 }
                 Ok(())
             }
-            Frame::Chunk { id, bytes } => {
+            Frame::Chunk { id, offset, total, bytes } => {
                 if !self.room.chunk_asked(self.id, &id) {
                     // Not asked of this peer (any more): another peer sent it already.
                     return Ok(());
                 }
-                if bytes.len() > CHUNK_BYTES + TAG_BYTES || chunk_id(&bytes) != id {
+                if total as usize > CHUNK_BYTES + TAG_BYTES {
+                    warn!(peer = %self.peer, room = %self.room.id, total, "peer announced an oversized chunk; refused");
+                    self.room.chunk_lacking(self.id, &id);
+                    return Ok(());
+                }
+                let Some(bytes) = self.room.chunk_part(&id, offset, total, &bytes) else {
+                    return Ok(()); // more parts to come
+                };
+                if chunk_id(&bytes) != id {
                     warn!(peer = %self.peer, room = %self.room.id, chunk = %hex::encode(&id[..8]), len = bytes.len(), "peer sent a chunk that does not match its id; not stored");
+                    self.room.drop_chunk_part(&id);
                     self.room.chunk_lacking(self.id, &id);
                     return Ok(());
                 }
@@ -957,26 +969,45 @@ impl Session {
 
     /// Asks the peer for wanted chunks, up to [`CHUNKS_PER_SESSION`] at a time.
     fn schedule_chunks(&mut self) {
-        // A 1 MiB chunk does not fit a relayed circuit (128 KiB by default): it would break
-        // the circuit, again and again. Chunks wait for a direct connection (DCUtR upgrades
-        // relayed ones, and the session moves to it) or come from other peers.
-        if self.batch_bytes == RELAYED_BATCH_BYTES {
-            return;
+        // Over a relay one chunk at a time, in parts: a relayed circuit carries little
+        // (128 KiB by default) before it is closed, and the next one goes on from there.
+        let in_flight = if self.relayed() { 1 } else { CHUNKS_PER_SESSION };
+        while let Some(id) = self.room.next_chunk_for(self.id, in_flight) {
+            let offset = self.room.chunk_part_len(&id);
+            self.outbox.push_back(Frame::WantChunk { id, offset });
         }
-        while let Some(id) = self.room.next_chunk_for(self.id, CHUNKS_PER_SESSION) {
-            self.outbox.push_back(Frame::WantChunk { id });
-        }
+    }
+
+    fn relayed(&self) -> bool {
+        self.batch_bytes == RELAYED_BATCH_BYTES
     }
 
     /// The next frame of what the peer asked for: chunks and log data take turns.
     fn next_served(&mut self) -> Result<Option<Frame>, SessionError> {
         self.chunk_turn = !self.chunk_turn;
         if self.chunk_turn || self.serving.is_empty() {
-            if let Some(id) = self.chunks_serving.pop_front() {
-                let frame = match self.r.inner.chunks.read(&id)? {
-                    Some(bytes) => Frame::Chunk { id, bytes },
-                    None => Frame::NoChunk { id },
+            if let Some((id, offset)) = self.chunks_serving.front().copied() {
+                if self.chunk_cache.as_ref().is_none_or(|(cached, _)| *cached != id) {
+                    self.chunk_cache = self.r.inner.chunks.read(&id)?.map(|bytes| (id, bytes));
+                }
+                let Some((_, bytes)) = self.chunk_cache.as_ref() else {
+                    self.chunks_serving.pop_front();
+                    return Ok(Some(Frame::NoChunk { id }));
                 };
+                let start = (offset as usize).min(bytes.len());
+                let end = if self.relayed() { (start + self.batch_bytes).min(bytes.len()) } else { bytes.len() };
+                let frame = Frame::Chunk {
+                    id,
+                    offset: start as u32,
+                    total: bytes.len() as u32,
+                    bytes: bytes[start..end].to_vec(),
+                };
+                if end >= bytes.len() {
+                    self.chunks_serving.pop_front();
+                    self.chunk_cache = None;
+                } else if let Some(front) = self.chunks_serving.front_mut() {
+                    front.1 = end as u32;
+                }
                 return Ok(Some(frame));
             }
         }

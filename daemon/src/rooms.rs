@@ -19,6 +19,8 @@ use crate::keys::{room_id, RoomKeys, RoomSecret, SeedCapability};
 use crate::log::store::{Access, Appended, IngestError, Ingested, RoomRecord, StoreError, StoredMessage};
 use crate::log::{Body, FeedCipher, Store};
 
+/// Most chunks partly received at once per room (each at most about 1 MiB).
+const MAX_CHUNK_PARTS: usize = 16;
 /// Capacity of each room's head-update channel.
 const UPDATE_CAPACITY: usize = 1024;
 /// Capacity of the daemon event channel (slow API clients see `Lagged`).
@@ -156,6 +158,9 @@ pub struct Room {
     chunk_wants: Mutex<ChunkWants>,
     /// Chunk wants and arrivals, for sessions and downloads.
     chunk_events: broadcast::Sender<ChunkEvent>,
+    /// Chunks partly received over relayed sessions: kept across sessions, so a transfer
+    /// goes on over the next circuit where the last one closed.
+    chunk_parts: Mutex<HashMap<Key32, Vec<u8>>>,
     /// Cancelled when the room is left or the daemon stops.
     pub cancel: CancellationToken,
 }
@@ -257,6 +262,7 @@ impl Room {
             own_seen: AtomicU64::new(0),
             chunk_wants: Mutex::new(ChunkWants::default()),
             chunk_events: broadcast::channel(UPDATE_CAPACITY).0,
+            chunk_parts: Mutex::new(HashMap::new()),
             cancel,
         })
     }
@@ -383,6 +389,41 @@ impl Room {
     /// Whether `session` asked its peer for chunk `id`.
     pub fn chunk_asked(&self, session: u64, id: &Key32) -> bool {
         self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).asked(session, id)
+    }
+
+    /// Bytes of chunk `id` received so far (parts that came over relayed sessions).
+    pub fn chunk_part_len(&self, id: &Key32) -> u32 {
+        self.chunk_parts.lock().unwrap_or_else(|p| p.into_inner()).get(id).map_or(0, |b| b.len() as u32)
+    }
+
+    /// Adds bytes `offset..` of chunk `id` (of `total` bytes); returns the whole chunk once
+    /// complete. Parts must come in order; one that does not fit starts nothing.
+    pub fn chunk_part(&self, id: &Key32, offset: u32, total: u32, bytes: &[u8]) -> Option<Vec<u8>> {
+        let mut parts = self.chunk_parts.lock().unwrap_or_else(|p| p.into_inner());
+        if offset == 0 && bytes.len() as u64 == u64::from(total) {
+            parts.remove(id);
+            return Some(bytes.to_vec());
+        }
+        if !parts.contains_key(id) && parts.len() >= MAX_CHUNK_PARTS {
+            return None;
+        }
+        let buf = parts.entry(*id).or_default();
+        if offset == 0 {
+            buf.clear();
+        }
+        if buf.len() as u64 != u64::from(offset) || buf.len() + bytes.len() > total as usize {
+            return None;
+        }
+        buf.extend_from_slice(bytes);
+        if buf.len() == total as usize {
+            return parts.remove(id);
+        }
+        None
+    }
+
+    /// Forgets what arrived of chunk `id` (it was bad).
+    pub fn drop_chunk_part(&self, id: &Key32) {
+        self.chunk_parts.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     /// Chunk `id` is stored.

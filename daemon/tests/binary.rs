@@ -533,6 +533,22 @@ fn nat_symmetric_falls_back_to_the_relay() -> Result<()> {
     let sessions = log.lines().filter(|l| l.contains("room peer connected")).count();
     ensure!(sessions >= 2, "the transfer fit in one circuit ({sessions} session); the test proves nothing");
     println!("60 KB through 32 KiB relay circuits in {:?}, {sessions} sessions", t0.elapsed());
+
+    // A 100 KB file: its chunk comes in parts, over as many circuits as it takes, each
+    // going on where the last one closed. The CLI sends and fetches it.
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect();
+    let src = a.data.path().join("relayed.bin");
+    std::fs::write(&src, &data)?;
+    let t0 = Instant::now();
+    let id = a.cli(&["send-file", &room, src.to_str().context("utf-8 path")?])?.trim().to_string();
+    let dest = b.data.path().join("relayed-copy.bin");
+    b.wait_count(&room, "relayed.bin", 1, Duration::from_secs(30))?;
+    b.cli(&["get-file", &room, &id, dest.to_str().context("utf-8 path")?])?;
+    ensure!(std::fs::read(&dest)? == data, "the file differs after crossing the relay");
+    let log = std::fs::read_to_string(b.data.path().join("daemon.log"))?;
+    let after = log.lines().filter(|l| l.contains("room peer connected")).count();
+    ensure!(after > sessions, "the file fit in one circuit; the test proves nothing");
+    println!("100 KB file through 32 KiB relay circuits in {:?}, {} more sessions", t0.elapsed(), after - sessions);
     Ok(())
 }
 

@@ -155,16 +155,25 @@ pub enum Frame {
         peers: Vec<PeerAddrs>,
     },
     /// Asks for a file chunk by its id (BLAKE3 of its ciphertext), named in a `file`
-    /// message of this room. Answered by [`Frame::Chunk`] or [`Frame::NoChunk`].
+    /// message of this room, from byte `offset` on (a part may have arrived already).
+    /// Answered by [`Frame::Chunk`]s or [`Frame::NoChunk`].
     WantChunk {
         /// The chunk id.
         id: Key32,
+        /// First byte wanted.
+        offset: u32,
     },
-    /// A file chunk's ciphertext; the receiver checks that it hashes to `id`.
+    /// Bytes `offset..offset + bytes.len()` of a chunk's ciphertext of `total` bytes: the
+    /// whole chunk in one frame on a direct connection, small parts over a relay. The
+    /// receiver checks the assembled chunk against `id` before storing it.
     Chunk {
         /// The chunk id.
         id: Key32,
-        /// The ciphertext (at most the chunk size + 16 bytes of tag).
+        /// Where these bytes start in the chunk.
+        offset: u32,
+        /// The chunk's size (at most the chunk size + 16 bytes of tag).
+        total: u32,
+        /// The bytes.
         #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
     },

@@ -278,13 +278,13 @@ async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> 
 
     let id = ids[0];
     let want = s.recv_until("the daemon's WantChunk", |f| matches!(f, Frame::WantChunk { .. })).await?;
-    ensure!(want == Frame::WantChunk { id }, "asked for {want:?}");
-    s.send(&Frame::Chunk { id, bytes: vec![0xAB; 1000] }).await?;
+    ensure!(want == Frame::WantChunk { id, offset: 0 }, "asked for {want:?}");
+    s.send(&Frame::Chunk { id, offset: 0, total: 1000, bytes: vec![0xAB; 1000] }).await?;
     // The session stays up (a bad chunk is refused, not a protocol break), and nothing of
     // the bad bytes is stored.
     // Frames are handled in order: once a probe is answered, the bad chunk was judged.
     let probe = [0x77; 32];
-    s.send(&Frame::WantChunk { id: probe }).await?;
+    s.send(&Frame::WantChunk { id: probe, offset: 0 }).await?;
     s.recv_until("the answer to the probe", |f| *f == Frame::NoChunk { id: probe }).await?;
     let hex = hex_of(&id);
     let stored = d.data_dir().join("chunks").join(&hex[..2]).join(&hex);
@@ -301,9 +301,12 @@ async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> 
         }
     })
     .await?;
-    s.recv_until("the WantChunk on the new session", |f| *f == Frame::WantChunk { id }).await?;
+    s.recv_until("the WantChunk on the new session", |f| *f == Frame::WantChunk { id, offset: 0 }).await?;
     let good = raw_chunks.read(&id)?.context("raw chunk")?;
-    s.send(&Frame::Chunk { id, bytes: good }).await?;
+    // In two parts, as over a relay.
+    let total = good.len() as u32;
+    s.send(&Frame::Chunk { id, offset: 0, total, bytes: good[..1000].to_vec() }).await?;
+    s.send(&Frame::Chunk { id, offset: 1000, total, bytes: good[1000..].to_vec() }).await?;
     let got = within(WAIT, "the download", download).await???;
     ensure!(got["file"]["size"] == 300_000, "{got}");
     ensure!(std::fs::read(&dest)? == data, "the file differs after the retry");
