@@ -806,40 +806,34 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 let conn = info.peers.iter().find(|p| &p.peer_id == peer);
                 json!({"online": true, "peer_id": peer, "connection": conn.map(|c| c.connection), "rtt_ms": conn.and_then(|c| c.rtt_ms)})
             };
-            let mut members = Vec::new();
-            for (feed, meta) in shared.store.room_feeds(&room.discovery_key).map_err(OpError::from)? {
-                if meta.length() == 0 && feed != room.feed_key {
-                    continue;
+            // The writers we hold entries of, ourselves, and online writers we hold nothing
+            // of yet: with how many messages each wrote.
+            let mut writers: Vec<([u8; 32], u64)> = shared
+                .store
+                .room_feeds(&room.discovery_key)
+                .map_err(OpError::from)?
+                .into_iter()
+                .map(|(feed, meta)| (feed, meta.length()))
+                .filter(|(feed, n)| *n > 0 || *feed == room.feed_key)
+                .collect();
+            for feed in std::iter::once(&room.feed_key).chain(online.keys()) {
+                if !writers.iter().any(|(f, _)| f == feed) {
+                    writers.push((*feed, 0));
                 }
+            }
+            let mut members = Vec::with_capacity(writers.len());
+            for (feed, messages) in writers {
                 let contact = shared.store.contact(&feed).map_err(OpError::from)?;
+                let mine = feed == room.feed_key;
                 members.push(json!({
                     "author": hex::encode(feed),
-                    "mine": feed == room.feed_key,
+                    "mine": mine,
                     "display_name": names.get(&feed),
                     "nickname": contact.nickname,
                     "verified": contact.verified,
                     "safety_number": keys::safety_number(&feed),
-                    "messages": meta.length(),
-                    "presence": if feed == room.feed_key { json!({"online": true}) } else { presence(&feed) },
-                }));
-            }
-            // Online writers we hold nothing of yet.
-            for feed in online.keys() {
-                let author = hex::encode(feed);
-                if !members.iter().any(|m| m["author"] == author) {
-                    let contact = shared.store.contact(feed).map_err(OpError::from)?;
-                    members.push(json!({
-                        "author": author, "mine": false, "display_name": names.get(feed), "nickname": contact.nickname,
-                        "verified": contact.verified, "safety_number": keys::safety_number(feed), "messages": 0,
-                        "presence": presence(feed),
-                    }));
-                }
-            }
-            if !members.iter().any(|m| m["mine"] == true) {
-                members.push(json!({
-                    "author": hex::encode(room.feed_key), "mine": true, "display_name": names.get(&room.feed_key),
-                    "nickname": null, "verified": false, "safety_number": keys::safety_number(&room.feed_key), "messages": 0,
-                    "presence": {"online": true},
+                    "messages": messages,
+                    "presence": if mine { json!({"online": true}) } else { presence(&feed) },
                 }));
             }
             Ok(json!({"members": members}))

@@ -413,14 +413,12 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Value> 
 /// The figures for people.
 pub fn render(v: &Value) -> String {
     let f = |x: &Value| x.as_f64().map_or("-".into(), |x| format!("{x:.0}"));
-    let ms = |x: &Value| {
-        format!(
-            "{:.3} ms (range {:.3}–{:.3})",
-            x["median"].as_f64().unwrap_or(0.0),
-            x["min"].as_f64().unwrap_or(0.0),
-            x["max"].as_f64().unwrap_or(0.0)
-        )
+    // A median with its range, from `spread`.
+    let spread_text = |x: &Value, unit: &str, decimals: usize| {
+        let g = |k: &str| x[k].as_f64().unwrap_or(0.0);
+        format!("{:.d$} {unit} (range {:.d$}–{:.d$})", g("median"), g("min"), g("max"), d = decimals)
     };
+    let ms = |x: &Value| spread_text(x, "ms", 3);
     let mut s = String::new();
     s += &format!("cores: {}\n", v["machine"]["cores"]);
     s += &format!("idle RSS: {:.1} MiB\n", v["idle_rss_mib"].as_f64().unwrap_or(0.0));
@@ -433,14 +431,7 @@ pub fn render(v: &Value) -> String {
         f(&a["batch_1000_per_s"])
     );
     if let Some(files) = v.get("files").filter(|f| !f.is_null()) {
-        let r = |x: &Value| {
-            format!(
-                "{:.0} MiB/s (range {:.0}–{:.0})",
-                x["median"].as_f64().unwrap_or(0.0),
-                x["min"].as_f64().unwrap_or(0.0),
-                x["max"].as_f64().unwrap_or(0.0)
-            )
-        };
+        let r = |x: &Value| spread_text(x, "MiB/s", 0);
         s += &format!(
             "files, {} MiB: send {}; fetch {}\n",
             files["mib"],
