@@ -447,7 +447,9 @@ impl Shared {
             joined_ms: now_ms(),
         };
         self.store.put_room(&dk, &record)?;
-        self.store.flush().await?;
+        // Every flush goes through the group committer: sled 0.34 can deadlock when
+        // several flushes run at once (eight concurrent joins froze the store for good).
+        self.commit.durable().await?;
         let room = Room::new(&dk, &record, &self.store, self.rooms.events.clone(), self.net_cancel.child_token())?;
         let (room, created) = self.rooms.insert(room);
         if created {
@@ -472,7 +474,7 @@ impl Shared {
         let store = self.store.clone();
         let dk = room.discovery_key;
         tokio::task::spawn_blocking(move || store.remove_room(&dk)).await.map_err(|_| OpError::Shutdown)??;
-        self.store.flush().await?;
+        self.commit.durable().await?;
         info!(room = %room.id, "left room");
         Ok(())
     }
@@ -507,7 +509,8 @@ impl Shared {
     pub(crate) async fn append_durable(&self, room: &Room, bodies: Vec<Body>) -> Result<Vec<StoredMessage>, OpError> {
         let appended = room.append_grouped(bodies).await.map_err(OpError::Append)?;
         self.commit.durable().await?;
-        Ok(appended)
+        room.announce(&appended.head, &appended.messages);
+        Ok(appended.messages)
     }
 
     /// A page of history, oldest first: the newest `limit`, or those before message `before`.

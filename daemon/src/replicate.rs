@@ -675,7 +675,7 @@ impl Session {
         let mut released = self.room.subscribe_released();
         let mut chunk_events = self.room.subscribe_chunks();
         self.schedule_chunks();
-        let heads = self.store().room_heads(&self.room.discovery_key)?;
+        let heads = self.room.heads()?;
         self.outbox.push_back(self.have(heads));
         let room_cancel = self.room.cancel.clone();
         loop {
@@ -707,7 +707,7 @@ impl Session {
                 update = updates.recv() => match update {
                     Ok(update) => self.on_update(update)?,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let heads = self.store().room_heads(&self.room.discovery_key)?;
+                        let heads = self.room.heads()?;
                         self.outbox.push_back(self.have(heads));
                     }
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
@@ -754,7 +754,11 @@ impl Session {
                     return Err(SessionError::Protocol("too many Wants queued"));
                 }
                 let meta = self.store().feed_meta(&feed_key)?.filter(|m| m.room == self.room.discovery_key);
-                let end = end.min(meta.as_ref().map_or(0, |m| m.length()));
+                let mut end = end.min(meta.as_ref().map_or(0, |m| m.length()));
+                if feed_key == self.room.feed_key {
+                    // Only what is durable of our own feed leaves this daemon.
+                    end = end.min(self.room.own_durable_length());
+                }
                 if start >= end {
                     self.outbox.push_back(Frame::NoData { feed_key, below: start });
                 } else {
@@ -772,9 +776,6 @@ impl Session {
                         return Err(SessionError::Protocol("Data head does not match its entries"));
                     }
                     self.learn_head(head, None)?;
-                }
-                if feed_key == self.room.feed_key {
-                    return Ok(()); // our own feed: we are its only writer
                 }
                 let anchor = self.anchors.get(&feed_key).and_then(|a| a.get(&top)).cloned();
                 match self.room.receive(&feed_key, start, entries, anchor.as_ref(), self.id) {
@@ -912,9 +913,12 @@ impl Session {
         let len = self.peer_len.entry(feed).or_insert(0);
         *len = (*len).max(head.length());
         if feed == self.room.feed_key {
-            // The peer holds our entries up to here: they were seen.
+            // The peer holds our entries up to here: they were seen. If it holds more than
+            // we do, we fetch them back like any feed's (see `Room::saw_own_head`).
             self.room.saw_own_length(head.length());
-            return Ok(());
+            if !self.room.saw_own_head(head.length()) {
+                return Ok(());
+            }
         }
         self.room.saw_length(&feed, head.length(), bytes);
         let target = head.length();

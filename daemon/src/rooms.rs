@@ -17,7 +17,7 @@ use crate::fetch::{Candidate, Fetches, Held};
 use crate::files::ChunkWants;
 use crate::keys::{room_id, RoomKeys, RoomSecret, SeedCapability};
 use crate::log::store::{Access, Appended, IngestError, Ingested, RoomRecord, StoreError, StoredMessage};
-use crate::log::{Body, FeedCipher, Store};
+use crate::log::{new_writer, Body, FeedCipher, Store, LAMPORT_LEAD, LAMPORT_MAX};
 
 /// Most chunks partly received at once per room (each at most about 1 MiB).
 const MAX_CHUNK_PARTS: usize = 16;
@@ -152,6 +152,13 @@ pub struct Room {
     released: broadcast::Sender<Key32>,
     /// Entries of our feed that some peer is known to hold.
     own_seen: AtomicU64,
+    /// The newest head of our feed that is durable: the only one peers hear of. A head
+    /// pushed before its flush could outlive a crash that lost it here, and the seq would
+    /// be signed twice (a fork that makes peers refuse our feed for good).
+    own_durable: Mutex<Option<SignedHead>>,
+    /// The longest copy of our feed a peer showed us (a restored or copied data dir may
+    /// hold less than peers do): we fetch it before writing on.
+    own_ahead: AtomicU64,
     /// Writers' display names, loaded on first use.
     names: RwLock<Option<HashMap<Key32, String>>>,
     /// Chunks wanted from the room's peers.
@@ -179,10 +186,10 @@ pub enum ChunkEvent {
     },
 }
 
-/// An append waiting for its turn, and where its messages go.
+/// An append waiting for its turn, and where its messages (and the batch's head) go.
 struct PendingAppend {
     bodies: Vec<Body>,
-    reply: tokio::sync::oneshot::Sender<Result<Vec<StoredMessage>, Arc<StoreError>>>,
+    reply: tokio::sync::oneshot::Sender<Result<Appended, Arc<StoreError>>>,
 }
 
 /// Catch-up accounting of a room, per feed.
@@ -232,7 +239,16 @@ impl Room {
         if keys.discovery_key != *discovery_key {
             return Err(StoreError::Corrupt("room record of another room"));
         }
-        let writer = SigningKey::from_bytes(&record.writer);
+        let mut writer = SigningKey::from_bytes(&record.writer);
+        if keys.content_key.is_some() && !store.feed_clocks_valid(&writer.verifying_key().to_bytes())? {
+            // An older version let a hostile clock wrap ours: peers refuse our feed from
+            // there on, and a signed feed cannot be rewritten. Write on under a new key.
+            warn!(room = %room_id(&keys.discovery_key), "our feed's clocks do not rise (a hostile clock wrapped them); writing on under a new writer key");
+            writer = new_writer();
+            let mut record = record.clone();
+            record.writer = writer.to_bytes();
+            store.put_room(discovery_key, &record)?;
+        }
         let feed_key = writer.verifying_key().to_bytes();
         let lamport = store.max_lamport(&keys.discovery_key)?;
         let (updates, _) = broadcast::channel(UPDATE_CAPACITY);
@@ -260,6 +276,8 @@ impl Room {
             released: broadcast::channel(UPDATE_CAPACITY).0,
             names: RwLock::new(None),
             own_seen: AtomicU64::new(0),
+            own_durable: Mutex::new(store.feed_meta(&feed_key)?.and_then(|m| m.head)),
+            own_ahead: AtomicU64::new(0),
             chunk_wants: Mutex::new(ChunkWants::default()),
             chunk_events: broadcast::channel(UPDATE_CAPACITY).0,
             chunk_parts: Mutex::new(HashMap::new()),
@@ -446,9 +464,10 @@ impl Room {
 
     /// Appends like [`Room::append`], but concurrent callers share one append: whoever gets
     /// the turn appends everything queued so far as one batch with one signed head, and
-    /// each caller gets its own messages back. Group commit at the append level: under
-    /// concurrent senders one signature, block and metadata write serve them all.
-    pub async fn append_grouped(&self, bodies: Vec<Body>) -> Result<Vec<StoredMessage>, Arc<StoreError>> {
+    /// each caller gets its own messages back, with the batch's head. Group commit at the
+    /// append level: under concurrent senders one signature, block and metadata write serve
+    /// them all. Nothing is announced: the caller calls [`Room::announce`] once it is durable.
+    pub async fn append_grouped(&self, bodies: Vec<Body>) -> Result<Appended, Arc<StoreError>> {
         let (reply, result) = tokio::sync::oneshot::channel();
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(PendingAppend { bodies, reply });
         {
@@ -468,7 +487,8 @@ impl Room {
                     Ok(appended) => {
                         let mut messages = appended.messages.into_iter();
                         for (n, reply) in counts.into_iter().zip(replies) {
-                            let _ = reply.send(Ok(messages.by_ref().take(n).collect()));
+                            let mine = messages.by_ref().take(n).collect();
+                            let _ = reply.send(Ok(Appended { head: appended.head.clone(), messages: mine }));
                         }
                     }
                     Err(e) => {
@@ -483,21 +503,75 @@ impl Room {
         result.await.unwrap_or_else(|_| Err(Arc::new(StoreError::Corrupt("append queue"))))
     }
 
-    /// Appends to our feed (not yet durable: the caller flushes) and announces it.
+    /// Appends to our feed. Not durable and not announced: the caller flushes, then calls
+    /// [`Room::announce`].
     pub fn append(&self, bodies: Vec<Body>) -> Result<Appended, StoreError> {
         let n = bodies.len() as u64;
         let cipher = self.own_cipher.as_ref().ok_or(StoreError::Blind)?;
         let appended = {
             let _guard = self.append_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let first = self.lamport.fetch_add(n, Ordering::AcqRel) + 1;
+            let ahead = self.own_ahead.load(Ordering::Acquire);
+            if ahead > 0 && self.store.feed_meta(&self.feed_key)?.map_or(0, |m| m.length()) < ahead {
+                return Err(StoreError::OwnFeedBehind);
+            }
+            // Checked: the clock stays within LAMPORT_MAX (received clocks are bounded too).
+            let before = self
+                .lamport
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |l| l.checked_add(n).filter(|&v| v <= LAMPORT_MAX))
+                .map_err(|_| StoreError::ClockExhausted)?;
+            let first = before + 1;
             self.store.append(&self.discovery_key, &self.writer, cipher, first, bodies)?
         };
         self.observe(&appended.messages);
-        let _ = self.updates.send(HeadUpdate { head: appended.head.clone(), origin: None });
-        for m in &appended.messages {
+        Ok(appended)
+    }
+
+    /// Our appended `messages` under `head` are durable: peers may hear of them now, and
+    /// API clients see them.
+    pub fn announce(&self, head: &SignedHead, messages: &[StoredMessage]) {
+        let newer = {
+            let mut durable = self.own_durable.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = durable.as_ref().is_none_or(|d| d.seq < head.seq);
+            if newer {
+                *durable = Some(head.clone());
+            }
+            newer
+        };
+        if newer {
+            let _ = self.updates.send(HeadUpdate { head: head.clone(), origin: None });
+        }
+        for m in messages {
             let _ = self.events.send(DaemonEvent::Message { room: self.discovery_key, message: m.clone() });
         }
-        Ok(appended)
+    }
+
+    /// The heads of the room's feeds to tell peers about: as stored, but for our own feed
+    /// the durable head only (see `own_durable`).
+    pub fn heads(&self) -> Result<Vec<SignedHead>, StoreError> {
+        let mut heads = self.store.room_heads(&self.discovery_key)?;
+        let durable = self.own_durable.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        heads.retain(|h| h.feed_key != self.feed_key);
+        heads.extend(durable);
+        Ok(heads)
+    }
+
+    /// Entries of our feed that are durable (peers are served no more than that).
+    pub fn own_durable_length(&self) -> u64 {
+        self.own_durable.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map_or(0, SignedHead::length)
+    }
+
+    /// A peer holds our feed up to `length` entries; if that is more than we hold, we fetch
+    /// the rest before writing on (see `own_ahead`).
+    pub fn saw_own_head(&self, length: u64) -> bool {
+        let ours = self.store.feed_meta(&self.feed_key).ok().flatten().map_or(0, |m| m.length());
+        if length > ours {
+            let before = self.own_ahead.fetch_max(length, Ordering::AcqRel);
+            if before < length {
+                warn!(room = %self.id, ours, theirs = length, "a peer holds more of our feed than we do (restored or copied data dir?); fetching it before writing on");
+            }
+            return true;
+        }
+        false
     }
 
     /// Claims the next piece of a feed for `session` to fetch (see [`crate::fetch`]):
@@ -651,12 +725,28 @@ impl Room {
     ) -> Result<Ingested, IngestError> {
         let cipher = self.cipher(feed);
         // A blind seeder verifies chain and signatures, and stores the ciphertext as it is.
-        let ingested = self.store.ingest(&self.discovery_key, cipher.as_ref(), feed, start, entries, anchor)?;
+        let clock_limit = self.lamport.load(Ordering::Acquire).saturating_add(LAMPORT_LEAD).min(LAMPORT_MAX);
+        let ingested = self.store.ingest_bounded(
+            &self.discovery_key,
+            cipher.as_ref(),
+            feed,
+            start,
+            entries,
+            anchor,
+            clock_limit,
+        )?;
         if ingested.stored > 0 {
             self.record_progress(feed, None, Some((ingested.stored, ingested.bytes)));
         }
         self.observe(&ingested.messages);
         if let Some(head) = &ingested.new_head {
+            if *feed == self.feed_key {
+                // Our own entries, fetched back from a peer that holds them.
+                let mut durable = self.own_durable.lock().unwrap_or_else(|p| p.into_inner());
+                if durable.as_ref().is_none_or(|d| d.seq < head.seq) {
+                    *durable = Some(head.clone());
+                }
+            }
             let _ = self.updates.send(HeadUpdate { head: head.clone(), origin: Some(origin) });
         }
         for m in &ingested.messages {

@@ -15,6 +15,8 @@ use serde_json::json;
 mod browser;
 #[path = "daemons/files.rs"]
 mod files;
+#[path = "daemons/hostile.rs"]
+mod hostile;
 #[path = "daemons/offline.rs"]
 mod offline;
 

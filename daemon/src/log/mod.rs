@@ -21,6 +21,18 @@ use sha2::Sha256;
 
 pub use store::Store;
 
+/// The largest Lamport clock a message may carry: 2^53 - 1, so that clocks stay exact as
+/// JavaScript numbers (the web UI, JSON clients) and no sum of clocks can overflow.
+pub const LAMPORT_MAX: u64 = (1 << 53) - 1;
+
+/// How far above the largest clock a room holds here a received message's clock may be.
+/// An honest writer's clock exceeds the room's by at most the number of messages we have
+/// not seen yet (a joiner fetches newest first), so the margin is sized for rooms of
+/// billions of messages. It bounds what one hostile member can do to the room clock: with
+/// no bound, one message at `u64::MAX` made every other writer's next clock overflow.
+/// Walking the clock up to [`LAMPORT_MAX`] in steps of this size takes 2^21 messages.
+pub const LAMPORT_LEAD: u64 = 1 << 32;
+
 /// What a message says. New kinds are appended at the end (postcard encodes the variant
 /// index); a kind this version does not know decodes as `None` and is skipped in views.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -43,7 +43,7 @@ use peerlog_proto::wire::{Entry, Key32, SignedHead};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use super::{hash_entry, sign_head, verify_head, Body, FeedCipher, Message};
+use super::{hash_entry, sign_head, verify_head, Body, FeedCipher, Message, LAMPORT_MAX};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +67,13 @@ pub enum StoreError {
         /// The format found.
         found: u32,
     },
+    /// A peer holds more of our own feed than we do: we fetch it before appending, so as
+    /// not to sign a seq twice.
+    #[error("a peer holds a newer copy of our feed in this room (was this data dir restored or copied?); it is being fetched, try again shortly")]
+    OwnFeedBehind,
+    /// Our Lamport clock would pass [`LAMPORT_MAX`].
+    #[error("the room's Lamport clock is exhausted (it would pass 2^53 - 1)")]
+    ClockExhausted,
 }
 
 /// Why received entries were refused. Nothing of a refused batch is stored.
@@ -88,6 +95,10 @@ pub enum IngestError {
     /// The writer's Lamport clock does not increase at this seq.
     #[error("Lamport clock does not increase at seq {0}")]
     Order(u64),
+    /// The Lamport clock at this seq is further ahead of the room's than any honest writer's
+    /// can be (see [`LAMPORT_LEAD`]), or past [`LAMPORT_MAX`].
+    #[error("Lamport clock at seq {0} is too far ahead of the room's")]
+    ClockAhead(u64),
     /// The writer signed two different entries for one seq: recorded, not stored.
     #[error("fork detected at seq {0}")]
     Fork(u64),
@@ -821,7 +832,8 @@ impl Store {
         let mut messages = Vec::with_capacity(bodies.len());
         for (i, body) in bodies.into_iter().enumerate() {
             let seq = first_seq + i as u64;
-            let message = Message { lamport: first_lamport + i as u64, time_ms, body: Some(body) };
+            let lamport = first_lamport.checked_add(i as u64).filter(|&l| l <= LAMPORT_MAX);
+            let message = Message { lamport: lamport.ok_or(StoreError::ClockExhausted)?, time_ms, body: Some(body) };
             let entry = cipher.seal(seq, prev, &message.encode());
             prev = hash_entry(&feed, seq, &entry);
             entries.push(entry);
@@ -847,7 +859,7 @@ impl Store {
     /// newest entry), by our stored head, or by a stored successor whose `prev` is the
     /// newest entry's hash; the hash chain must hold inside the batch and link to a stored
     /// predecessor; with a `cipher` every entry must decrypt and the writer's Lamport clock
-    /// must increase. All or nothing.
+    /// must increase, up to [`LAMPORT_MAX`]. All or nothing.
     pub fn ingest(
         &self,
         room: &Key32,
@@ -856,6 +868,23 @@ impl Store {
         start: u64,
         entries: &[Entry],
         anchor: Option<&SignedHead>,
+    ) -> Result<Ingested, IngestError> {
+        self.ingest_bounded(room, cipher, feed, start, entries, anchor, LAMPORT_MAX)
+    }
+
+    /// [`Store::ingest`] with the largest Lamport clock accepted: a room passes its own
+    /// clock plus [`super::LAMPORT_LEAD`], capped at [`LAMPORT_MAX`]. (Tests pass
+    /// `u64::MAX` to store what versions without the bound stored.)
+    #[allow(clippy::too_many_arguments)]
+    pub fn ingest_bounded(
+        &self,
+        room: &Key32,
+        cipher: Option<&FeedCipher>,
+        feed: &Key32,
+        start: u64,
+        entries: &[Entry],
+        anchor: Option<&SignedHead>,
+        clock_limit: u64,
     ) -> Result<Ingested, IngestError> {
         let Some(last) = entries.len().checked_sub(1) else { return Ok(Ingested::default()) };
         let end = start.checked_add(entries.len() as u64).ok_or(IngestError::OutOfRange)?;
@@ -886,6 +915,9 @@ impl Store {
                 let message = Message::decode(&plain).ok_or(IngestError::Decrypt(seq))?;
                 if messages.last().is_some_and(|m: &StoredMessage| m.message.lamport >= message.lamport) {
                     return Err(IngestError::Order(seq));
+                }
+                if message.lamport > clock_limit {
+                    return Err(IngestError::ClockAhead(seq));
                 }
                 messages.push(StoredMessage { feed_key: *feed, seq, message });
             }
@@ -1013,17 +1045,40 @@ impl Store {
 
     // ----- reading messages -----
 
-    /// The largest Lamport clock of any stored message of the room.
+    /// The largest Lamport clock of any stored message of the room, ignoring clocks past
+    /// [`LAMPORT_MAX`] (stored by versions that did not bound them: one such message
+    /// would otherwise exhaust the room's clock).
     pub fn max_lamport(&self, room: &Key32) -> Result<u64, StoreError> {
         let mut max = 0;
         for (feed, _) in self.room_feeds(room)? {
-            if let Some(kv) = self.log.scan_prefix(&index_key(&feed, 0)[..33]).next_back() {
+            // Clocks rise with seq: the newest block with a valid clock holds the feed's largest.
+            for kv in self.log.scan_prefix(&index_key(&feed, 0)[..33]).rev() {
                 let (_, v) = kv?;
                 let index: BlockIndex = decode(&v, "block index")?;
-                max = max.max(index.clocks().last().map_or(0, |&(l, _)| l));
+                if let Some(&(l, _)) = index.clocks().iter().rev().find(|&&(l, _)| l <= LAMPORT_MAX) {
+                    max = max.max(l);
+                    break;
+                }
             }
         }
         Ok(max)
+    }
+
+    /// Whether the clocks of `feed` rise strictly with seq and stay within [`LAMPORT_MAX`]
+    /// (peers refuse a feed that breaks this; a version without bounds could write one).
+    pub fn feed_clocks_valid(&self, feed: &Key32) -> Result<bool, StoreError> {
+        let mut last: Option<u64> = None;
+        for kv in self.log.scan_prefix(&index_key(feed, 0)[..33]) {
+            let (_, v) = kv?;
+            let index: BlockIndex = decode(&v, "block index")?;
+            for (l, _) in index.clocks() {
+                if l > LAMPORT_MAX || last.is_some_and(|p| p >= l) {
+                    return Ok(false);
+                }
+                last = Some(l);
+            }
+        }
+        Ok(true)
     }
 
     /// The order key of a stored message, for paging.
@@ -1079,7 +1134,8 @@ impl Store {
                 let index: BlockIndex = decode(&v, "block index")?;
                 for (i, (lamport, time)) in index.clocks().into_iter().enumerate().rev() {
                     let seq = at + i as u64;
-                    if seq > top || taken == limit {
+                    // Clocks past the bound come only from versions that did not check them.
+                    if seq > top || taken == limit || lamport > LAMPORT_MAX {
                         continue;
                     }
                     keys.push((lamport, time, feed, seq));

@@ -328,3 +328,60 @@ async fn joiner_fetches_once_from_both(n_a: u64, n_c: u64) -> Result<()> {
     ensure!(served.0 > 0 && served.1 > 0, "one peer served everything: a {}, c {}", served.0, served.1);
     Ok(())
 }
+
+/// Copies a directory tree (a data dir backup).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A writer restored from an old backup holds less of its own feed than its peers do. It
+/// fetches its own newer entries back before writing on, instead of signing those seqs a
+/// second time (a fork that would make peers refuse its feed for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_restored_from_a_backup_fetches_its_own_feed_before_writing_on() -> Result<()> {
+    let peer = TestDaemon::start().await?;
+    let mut w = TestDaemon::start_bootstrapped(&peer).await?;
+    let (mut cp, mut cw) = (peer.client().await?, w.client().await?);
+    let room = join(&mut cp, super::PASS).await?;
+    join(&mut cw, super::PASS).await?;
+    send(&mut cw, &room, "one").await?;
+    wait_for_text(&mut cp, &room, "one", WAIT).await?;
+
+    drop(cw);
+    w.stop().await?;
+    let backup = tempfile::tempdir()?;
+    copy_tree(&w.data_dir(), backup.path())?;
+    w.restart().await?;
+    let mut cw = w.client().await?;
+    send(&mut cw, &room, "two").await?;
+    send(&mut cw, &room, "three").await?;
+    wait_for_text(&mut cp, &room, "three", WAIT).await?;
+
+    // Restore the backup (it holds "one" only) and start again.
+    drop(cw);
+    w.stop().await?;
+    std::fs::remove_dir_all(w.data_dir())?;
+    copy_tree(backup.path(), &w.data_dir())?;
+    w.restart().await?;
+    let mut cw = w.client().await?;
+    wait_stored(&mut cw, &room, 3, WAIT).await.context("the restored writer fetching its own entries back")?;
+    send(&mut cw, &room, "four").await?;
+    wait_for_text(&mut cp, &room, "four", WAIT).await?;
+
+    let rooms = cp.call("rooms.list", json!({})).await?;
+    ensure!(rooms["rooms"][0]["forks"] == json!([]), "the peer recorded a fork: {rooms}");
+    let at_peer = texts(&full_history(&mut cp, &room).await?);
+    ensure!(at_peer == ["one", "two", "three", "four"], "the peer holds {at_peer:?}");
+    ensure!(texts(&full_history(&mut cw, &room).await?) == at_peer, "the writer's history differs from the peer's");
+    Ok(())
+}

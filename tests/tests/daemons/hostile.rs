@@ -1,0 +1,132 @@
+//! A hostile room member: what it sends is refused or bounded, and nobody else is harmed.
+
+use anyhow::{ensure, Context, Result};
+use peerlog::log::store::Store;
+use peerlog::log::{hash_entry, new_writer, sign_head, Body, FeedCipher, Message, LAMPORT_MAX};
+use peerlog_proto::wire::{Entry, Frame, Key32, SignedHead};
+use peerlog_tests::*;
+
+use super::PASS;
+
+/// One entry `seq` of `writer`'s feed with a chosen Lamport clock, and its signed head.
+fn entry_with_clock(
+    writer: &ed25519_dalek::SigningKey,
+    content_key: &Key32,
+    seq: u64,
+    prev: Key32,
+    lamport: u64,
+    text: &str,
+) -> (Entry, SignedHead) {
+    let feed = writer.verifying_key().to_bytes();
+    let message = Message { lamport, time_ms: 1, body: Some(Body::Text { text: text.into() }) };
+    let entry = FeedCipher::new(content_key, &feed).seal(seq, prev, &message.encode());
+    let head = sign_head(writer, seq, hash_entry(&feed, seq, &entry));
+    (entry, head)
+}
+
+/// The Lamport clocks of the room's messages, by text.
+async fn clocks(c: &mut peerlog::client::Client, room: &str) -> Result<Vec<(String, u64)>> {
+    Ok(full_history(c, room)
+        .await?
+        .iter()
+        .map(|m| (m["text"].as_str().unwrap_or("").to_string(), m["lamport"].as_u64().unwrap_or(u64::MAX)))
+        .collect())
+}
+
+/// A member who writes a message with the Lamport clock at `u64::MAX` used to raise the
+/// room clock so that every other writer's next clock overflowed (peers then refused them
+/// for good). Such a message is refused; the others keep writing and keep being received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_lamport_clock_is_refused_and_others_keep_writing() -> Result<()> {
+    let a = TestDaemon::start().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, PASS).await?;
+    join(&mut cb, PASS).await?;
+    send(&mut ca, &room, "before").await?;
+    wait_for_text(&mut cb, &room, "before", WAIT).await?;
+
+    let keys = room_keys(PASS);
+    let content_key = keys.content_key.context("member keys")?;
+    let hostile = new_writer();
+    let hk = hostile.verifying_key().to_bytes();
+    let raw = RawPeer::start().await?;
+    let mut s = raw
+        .open(a.p2p_addr().await?, a.peer_id()?, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    // Past the hard bound, and far ahead of the room's clock though below it: refused.
+    let far = 10 + peerlog::log::LAMPORT_LEAD + 1_000;
+    for lamport in [u64::MAX, LAMPORT_MAX + 1, far] {
+        let (entry, head) = entry_with_clock(&hostile, &content_key, 0, [0; 32], lamport, "poison");
+        s.send(&Frame::Data { feed_key: hk, start: 0, entries: vec![entry], head: Some(head) }).await?;
+    }
+    // An honest writer's message on the same session: once it is stored, the frames before
+    // it were judged.
+    let honest = new_writer();
+    let (entry, head) = entry_with_clock(&honest, &content_key, 0, [0; 32], 2, "honest");
+    s.send(&Frame::Data {
+        feed_key: honest.verifying_key().to_bytes(),
+        start: 0,
+        entries: vec![entry],
+        head: Some(head),
+    })
+    .await?;
+    wait_for_text(&mut ca, &room, "honest", WAIT).await?;
+
+    let seen = clocks(&mut ca, &room).await?;
+    ensure!(seen.iter().all(|(t, _)| t != "poison"), "a hostile clock was stored: {seen:?}");
+    send(&mut ca, &room, "after").await.context("a sends after the hostile message")?;
+    send(&mut cb, &room, "b after").await.context("b sends after the hostile message")?;
+    wait_for_text(&mut cb, &room, "after", WAIT).await?;
+    wait_for_text(&mut ca, &room, "b after", WAIT).await?;
+    let seen = clocks(&mut ca, &room).await?;
+    ensure!(seen.iter().all(|&(_, l)| l < 1000), "clocks ran away: {seen:?}");
+    Ok(())
+}
+
+/// A room poisoned by a version without the bound (a stored message at `u64::MAX`, and
+/// our own feed's clock wrapped to 0 after it) recovers at restart: the poisoned clock is
+/// ignored, our feed goes on under a new writer key, and peers receive what we write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_poisoned_by_an_older_version_recovers_at_restart() -> Result<()> {
+    let mut a = TestDaemon::start().await?;
+    let mut ca = a.client().await?;
+    let room = join(&mut ca, PASS).await?;
+    send(&mut ca, &room, "before").await?;
+    drop(ca);
+    a.stop().await?;
+
+    // Poison the store as the unbounded version did.
+    let keys = room_keys(PASS);
+    let content_key = keys.content_key.context("member keys")?;
+    {
+        let store = Store::open(&a.data_dir().join("db"))?;
+        let hostile = new_writer();
+        let hk = hostile.verifying_key().to_bytes();
+        let (entry, head) = entry_with_clock(&hostile, &content_key, 0, [0; 32], u64::MAX, "poison");
+        let cipher = FeedCipher::new(&content_key, &hk);
+        store.ingest_bounded(&keys.discovery_key, Some(&cipher), &hk, 0, &[entry], Some(&head), u64::MAX)?;
+        let (_, record) = store.rooms()?.into_iter().next().context("the room record")?;
+        let ours = ed25519_dalek::SigningKey::from_bytes(&record.writer);
+        let oc = FeedCipher::new(&content_key, &ours.verifying_key().to_bytes());
+        // u64::MAX + 1 wrapped to 0 in release builds.
+        store.append(&keys.discovery_key, &ours, &oc, 0, vec![Body::Text { text: "wrapped".into() }])?;
+        store.flush().await?;
+    }
+
+    a.restart().await?;
+    let mut ca = a.client().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let mut cb = b.client().await?;
+    join(&mut cb, PASS).await?;
+    send(&mut ca, &room, "recovered").await.context("sending in a poisoned room")?;
+    wait_for_text(&mut cb, &room, "recovered", WAIT).await?;
+    let seen = clocks(&mut ca, &room).await?;
+    ensure!(seen.iter().all(|(t, _)| t != "poison"), "the poisoned message is still shown: {seen:?}");
+    let recovered = seen.iter().find(|(t, _)| t == "recovered").context("recovered in history")?;
+    ensure!(recovered.1 < 1000, "the poisoned clock was adopted: {seen:?}");
+    let at_b = clocks(&mut cb, &room).await?;
+    ensure!(at_b.iter().all(|(t, _)| t != "poison"), "b received the poisoned message: {at_b:?}");
+    Ok(())
+}
