@@ -430,9 +430,16 @@ function sizeText(n) {
   do { n /= 1024; i++; } while (n >= 1024 && i < units.length - 1);
   return `${n.toFixed(n < 10 ? 1 : 0)} ${units[i]}`;
 }
-function fileUrl(f, inline) {
-  const token = sessionStorage.getItem("peerlog-token") || "";
-  return `${f.url}?token=${encodeURIComponent(token)}${inline ? "&inline=1" : ""}`;
+// Download URLs carry a short-lived ticket for one file (files.url), never the token:
+// URLs end up in the browser's history. Cached until a minute before they expire.
+const fileUrls = new Map();
+async function fileUrl(m, inline) {
+  const key = `${m.room}/${m.id}/${inline ? 1 : 0}`;
+  const hit = fileUrls.get(key);
+  if (hit && hit.expires_ms - Date.now() > 60000) return hit.url;
+  const r = await call("files.url", { room: m.room, file: m.id, inline });
+  fileUrls.set(key, r);
+  return r.url;
 }
 // A shared file: name, size, progress while it moves, a download link, a preview for images.
 function fileCard(b, m) {
@@ -450,12 +457,23 @@ function fileCard(b, m) {
     const img = el("img");
     img.alt = f.name;
     img.loading = "lazy";
-    img.src = fileUrl(f, true);
+    fileUrl(m, true).then((u) => { img.src = u; }, () => {});
     card.append(img);
   }
   const a = el("a", "download", "Download");
-  a.href = fileUrl(f, false);
+  a.href = "#";
   a.download = f.name;
+  fileUrl(m, false).then((u) => { a.href = u; }, () => {});
+  // A click always gets a fresh link (the one shown may have expired).
+  a.addEventListener("click", async (ev) => {
+    ev.preventDefault();
+    try {
+      const go = el("a");
+      go.href = await fileUrl(m, false);
+      go.download = f.name;
+      go.click();
+    } catch (e) { toast(`Download failed: ${e.message}`); }
+  });
   card.append(a);
   b.append(card);
 }

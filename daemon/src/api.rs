@@ -117,9 +117,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What a client's credential lets it do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Grant {
+    /// The API token (`api-token`: the web UI and scripts): everything but paths on this
+    /// machine. It travels through browsers, so it may leak (history, a stolen page).
+    Api,
+    /// The CLI credential (`cli-token`, never shown to a browser, refused with an
+    /// `Origin`): also reads and writes files on this machine by path.
+    Local,
+}
+
 /// Checks Origin (403) and token (401) of a request that needs authorization.
-fn authorize(state: &ApiState, headers: &HeaderMap, token: Option<&str>) -> Result<(), (StatusCode, &'static str)> {
-    if let Some(origin) = headers.get(header::ORIGIN) {
+fn authorize(state: &ApiState, headers: &HeaderMap, token: Option<&str>) -> Result<Grant, (StatusCode, &'static str)> {
+    let origin = headers.get(header::ORIGIN);
+    if let Some(origin) = origin {
         let origin = origin.to_str().unwrap_or("");
         let ok = loopback_hosts(state.port).iter().any(|h| origin.eq_ignore_ascii_case(&format!("http://{h}")));
         if !ok {
@@ -133,10 +145,17 @@ fn authorize(state: &ApiState, headers: &HeaderMap, token: Option<&str>) -> Resu
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let given = bearer.or(token).unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), state.shared.token.as_bytes()) {
-        return Err((StatusCode::UNAUTHORIZED, "unauthorized: token required (Authorization: Bearer or ?token=)\n"));
+    if constant_time_eq(given.as_bytes(), state.shared.token.as_bytes()) {
+        return Ok(Grant::Api);
     }
-    Ok(())
+    if constant_time_eq(given.as_bytes(), state.shared.cli_token.as_bytes()) {
+        if origin.is_some() {
+            warn!("refused the CLI credential from a browser");
+            return Err((StatusCode::FORBIDDEN, "forbidden: the CLI credential is not for browsers\n"));
+        }
+        return Ok(Grant::Local);
+    }
+    Err((StatusCode::UNAUTHORIZED, "unauthorized: token required (Authorization: Bearer or ?token=)\n"))
 }
 
 /// Checks Origin (403) and token (401) before upgrading.
@@ -146,9 +165,10 @@ async fn ws_upgrade(
     axum::extract::Query(query): axum::extract::Query<TokenQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, &headers, query.token.as_deref()) {
-        return refused.into_response();
-    }
+    let grant = match authorize(&state, &headers, query.token.as_deref()) {
+        Ok(grant) => grant,
+        Err(refused) => return refused.into_response(),
+    };
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
@@ -157,7 +177,9 @@ async fn ws_upgrade(
     ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| {
         let client_id: u32 = rand::random();
         let clients = state.clients.clone();
-        clients.track_future(client(socket, state).instrument(tracing::debug_span!("api_client", client = client_id)))
+        clients.track_future(
+            client(socket, state, grant).instrument(tracing::debug_span!("api_client", client = client_id)),
+        )
     })
 }
 
@@ -169,7 +191,7 @@ enum Out {
 
 /// One WebSocket client: requests run concurrently (bounded), replies and events share
 /// one outgoing queue.
-async fn client(socket: WebSocket, state: Arc<ApiState>) {
+async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(CLIENT_QUEUE);
     let writer = tokio::spawn(async move {
@@ -243,7 +265,7 @@ async fn client(socket: WebSocket, state: Arc<ApiState>) {
         let filter = filter.clone();
         let streaming = streaming.clone();
         requests.spawn(async move {
-            let (reply, stream_back) = handle_text(&shared, &filter, stream, text.as_str()).await;
+            let (reply, stream_back) = handle_text(&shared, &filter, stream, text.as_str(), grant).await;
             if let Some((room, file)) = stream_back {
                 // One file at a time per connection: its binary frames must not interleave
                 // with another's. The reply goes first, then the bytes.
@@ -505,6 +527,7 @@ async fn handle_text(
     filter: &EventFilter,
     upload: Option<Upload>,
     text: &str,
+    grant: Grant,
 ) -> (RpcResponse, StreamBack) {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
@@ -518,8 +541,9 @@ async fn handle_text(
     let mut stream_back = None;
     let result = match request.method.as_str() {
         "subscribe" => subscribe(filter, request.params),
-        "files.send" => send_file(shared, upload, request.params).await,
-        "files.get" => get_file(shared, request.params, &mut stream_back).await,
+        "files.send" => send_file(shared, upload, request.params, grant).await,
+        "files.get" => get_file(shared, request.params, &mut stream_back, grant).await,
+        "files.url" => file_url(shared, request.params),
         method => call(shared, method, request.params).await,
     };
     match result {
@@ -530,8 +554,16 @@ async fn handle_text(
 
 /// `files.get`: fetches the file, then saves it to `path`, or (with `stream`) has its bytes
 /// follow the reply as binary frames.
-async fn get_file(shared: &Arc<Shared>, params: Value, stream_back: &mut StreamBack) -> Result<Value, ApiError> {
+async fn get_file(
+    shared: &Arc<Shared>,
+    params: Value,
+    stream_back: &mut StreamBack,
+    grant: Grant,
+) -> Result<Value, ApiError> {
     let p: FileGetParams = parse(params)?;
+    if p.path.is_some() {
+        local_only(grant)?;
+    }
     let room = shared.room(&p.room)?;
     let file = shared.file_info(&room, &p.file)?;
     if p.stream && p.path.is_some() {
@@ -923,8 +955,16 @@ fn file_json(room: &Room, file: &FileInfo) -> Value {
 }
 
 /// `files.send`: from a path on this machine, or from binary frames that follow.
-async fn send_file(shared: &Arc<Shared>, upload: Option<Upload>, params: Value) -> Result<Value, ApiError> {
+async fn send_file(
+    shared: &Arc<Shared>,
+    upload: Option<Upload>,
+    params: Value,
+    grant: Grant,
+) -> Result<Value, ApiError> {
     let p: FileSendParams = parse(params)?;
+    if p.path.is_some() {
+        local_only(grant)?;
+    }
     let room = shared.room(&p.room)?;
     let (name, source, _upload) = match (p.path, upload) {
         (Some(path), _) => {
@@ -950,9 +990,64 @@ async fn send_file(shared: &Arc<Shared>, upload: Option<Upload>, params: Value) 
     Ok(json!({"file": file_json(&room, &file), "message": message_json(&room, &file.message)}))
 }
 
+/// Paths on the daemon's machine: only with the CLI credential. With the API token (which
+/// browsers carry) a leaked token would read and write the user's files.
+fn local_only(grant: Grant) -> Result<(), ApiError> {
+    match grant {
+        Grant::Local => Ok(()),
+        Grant::Api => Err(ApiError {
+            code: codes::LOCAL_ONLY,
+            message: "paths on this machine need the CLI credential (<data>/cli-token); with the API token, stream the bytes instead".into(),
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+struct FileUrlParams {
+    room: String,
+    file: String,
+    #[serde(default)]
+    inline: bool,
+}
+
+/// `files.url`: a download URL for one file that works without the token, for
+/// [`TICKET_LIFETIME`] (the web UI's downloads and previews: URLs end up in browser
+/// history, tokens must not).
+fn file_url(shared: &Arc<Shared>, params: Value) -> Result<Value, ApiError> {
+    let p: FileUrlParams = parse(params)?;
+    let room = shared.room(&p.room)?;
+    let file = shared.file_info(&room, &p.file)?;
+    let expires = crate::log::store::now_ms() + TICKET_LIFETIME.as_millis() as u64;
+    let message = file.message.id();
+    let ticket = file_ticket(&shared.token, &room.id, &message, p.inline, expires);
+    let inline = if p.inline { "&inline=1" } else { "" };
+    Ok(json!({
+        "url": format!("/api/files/{}/{message}?ticket={ticket}&expires={expires}{inline}", room.id),
+        "expires_ms": expires,
+    }))
+}
+
+/// How long a `files.url` URL works.
+const TICKET_LIFETIME: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `HMAC-SHA256(api token, "peerlog/file-ticket/v1" | room | message | inline | expires)`:
+/// stateless, bound to one file and one disposition, void when the token changes.
+fn file_ticket(token: &str, room: &str, message: &str, inline: bool, expires_ms: u64) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).expect("HMAC takes any key length");
+    for part in [b"peerlog/file-ticket/v1".as_slice(), room.as_bytes(), message.as_bytes()] {
+        mac.update(&(part.len() as u32).to_be_bytes());
+        mac.update(part);
+    }
+    mac.update(&[u8::from(inline)]);
+    mac.update(&expires_ms.to_be_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
 #[derive(Deserialize)]
 struct DownloadQuery {
-    token: Option<String>,
+    ticket: Option<String>,
+    expires: Option<u64>,
     inline: Option<u8>,
 }
 
@@ -967,8 +1062,25 @@ async fn download(
     axum::extract::Path((room, file)): axum::extract::Path<(String, String)>,
     axum::extract::Query(query): axum::extract::Query<DownloadQuery>,
 ) -> Response {
-    if let Err(refused) = authorize(&state, &headers, query.token.as_deref()) {
-        return refused.into_response();
+    // A ticket from `files.url`, or the token in a header; never the token in the URL.
+    let ticketed = match (&query.ticket, query.expires) {
+        (Some(ticket), Some(expires)) => {
+            let expected = file_ticket(&state.shared.token, &room, &file, query.inline == Some(1), expires);
+            if expires < crate::log::store::now_ms() || !constant_time_eq(ticket.as_bytes(), expected.as_bytes()) {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized: this download link expired or is not valid; ask for a new one (files.url)\n",
+                )
+                    .into_response();
+            }
+            true
+        }
+        _ => false,
+    };
+    if !ticketed {
+        if let Err(refused) = authorize(&state, &headers, None) {
+            return refused.into_response();
+        }
     }
     let shared = state.shared.clone();
     let found = shared.room(&room).and_then(|room| {
@@ -1027,4 +1139,26 @@ async fn download(
         }
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::file_ticket;
+
+    #[test]
+    fn a_file_ticket_is_bound_to_its_file_disposition_expiry_and_token() {
+        let t = file_ticket("token", "room", "msg-1", false, 1000);
+        assert_eq!(t, file_ticket("token", "room", "msg-1", false, 1000));
+        for other in [
+            file_ticket("other", "room", "msg-1", false, 1000),
+            file_ticket("token", "room2", "msg-1", false, 1000),
+            file_ticket("token", "room", "msg-2", false, 1000),
+            file_ticket("token", "room", "msg-1", true, 1000),
+            file_ticket("token", "room", "msg-1", false, 1001),
+            // Length-prefixed parts: moving a byte between fields changes the ticket.
+            file_ticket("token", "roomm", "sg-1", false, 1000),
+        ] {
+            assert_ne!(t, other);
+        }
+    }
 }

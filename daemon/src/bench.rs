@@ -91,7 +91,8 @@ impl Proc {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let token = std::fs::read_to_string(dir.join("api-token"))?.trim().to_owned();
+        // The CLI credential: the bench names files by path.
+        let token = std::fs::read_to_string(dir.join("cli-token"))?.trim().to_owned();
         let api = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let mut proc = Self { exe, dir, bootstrap, child, api, token, addr: String::new() };
         let info = proc.client().await?.call("node.info", Value::Null).await?;

@@ -118,8 +118,11 @@ pub struct Shared {
     pub rooms: Arc<Rooms>,
     /// Replication sessions.
     pub replicator: Replicator,
-    /// The API token.
+    /// The API token (`<data>/api-token`): the web UI and scripts.
     pub(crate) token: String,
+    /// The CLI credential (`<data>/cli-token`): the API token's rights plus paths on this
+    /// machine (`files.send {path}`, `files.get {path}`). Never given to a browser.
+    pub(crate) cli_token: String,
     /// Peers found on the LAN (mDNS): offered a session for every room, at every discovery round.
     lan_peers: std::sync::Mutex<std::collections::HashSet<PeerId>>,
     /// Network-side tasks (sessions, discovery).
@@ -166,6 +169,7 @@ impl Daemon {
         prepare_data_dir(&data_dir)?;
         let keypair = keys::load_or_create_identity(&data_dir.join("identity.key"))?;
         let token = load_or_create_token(&data_dir.join("api-token"))?;
+        let cli_token = load_or_create_token(&data_dir.join("cli-token"))?;
         let db_path = data_dir.join("db");
         let cache_bytes = config.cache_mb.saturating_mul(1 << 20);
         let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&db_path, cache_bytes))
@@ -218,6 +222,7 @@ impl Daemon {
             rooms,
             replicator,
             token,
+            cli_token,
             lan_peers: Default::default(),
             tasks,
             net_cancel,
@@ -255,6 +260,11 @@ impl Daemon {
     /// The API token.
     pub fn token(&self) -> &str {
         &self.shared.token
+    }
+
+    /// The CLI credential (the API token's rights plus paths on this machine).
+    pub fn cli_token(&self) -> &str {
+        &self.shared.cli_token
     }
 
     /// Our PeerId.

@@ -232,9 +232,15 @@ pub fn read_plain(
 pub fn assemble(chunks: &Chunks, key: &FileKey, ids: &[Key32], size: u64, dest: &Path) -> Result<(), FileError> {
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.peerlog-part"));
+    // A fresh random name, created exclusively and never through a symlink: a link planted
+    // at a predictable name would have us write through it.
+    let tmp = dir.join(format!(".{name}.{}.peerlog-part", hex::encode(rand::random::<[u8; 8]>())));
+    let created = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).open(&tmp)
+    };
     let result = (|| {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        let mut out = std::io::BufWriter::new(created?);
         let mut written = 0u64;
         let mut write_error = None;
         read_plain(chunks, key, ids, |plain| {
@@ -250,13 +256,40 @@ pub fn assemble(chunks: &Chunks, key: &FileKey, ids: &[Key32], size: u64, dest: 
         }
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&tmp, dest)?;
+        rename_no_replace(&tmp, dest).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => {
+                FileError::Io(std::io::Error::new(e.kind(), format!("{} exists; not overwriting it", dest.display())))
+            }
+            _ => e.into(),
+        })?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
         Ok(())
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+    // The temporary goes in every case: on success `dest` is its other name.
+    let _ = std::fs::remove_file(&tmp);
     result
+}
+
+/// Renames `from` to `to` unless `to` exists (or appears meanwhile, or is a symlink): then
+/// `AlreadyExists`, and nothing is replaced. `renameat2(RENAME_NOREPLACE)`, or `link(2)`
+/// (which never replaces either) where the filesystem lacks it.
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths; AT_FDCWD resolves them like rename(2).
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) {
+        std::fs::hard_link(from, to)?;
+        return std::fs::remove_file(from);
+    }
+    Err(e)
 }
 
 /// Chunks a room wants from its peers, and which session fetches each.

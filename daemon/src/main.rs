@@ -26,7 +26,8 @@ struct Cli {
 enum Command {
     /// Run the daemon (node, storage, local API and web UI).
     Daemon(DaemonArgs),
-    /// Print the web UI address with its token, and try to open it in a browser.
+    /// Print the web UI address with its token, and try to open it in a browser (through a
+    /// 0600 redirect file, so the token is not in any command line).
     Open(ClientArgs),
     /// Join a room by passphrase (asked on standard input if not given) or invite.
     Join {
@@ -194,7 +195,8 @@ struct ClientArgs {
     /// API address of the daemon. Default: 127.0.0.1 and the port in <data>/api-port.
     #[arg(long, value_name = "HOST:PORT", global = true)]
     api: Option<SocketAddr>,
-    /// API token. Default: $PEERLOG_TOKEN, else <data>/api-token.
+    /// API token. Default: $PEERLOG_TOKEN, else <data>/cli-token (the CLI credential, which
+    /// may also name files on this machine), else <data>/api-token.
     #[arg(long, env = "PEERLOG_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 }
@@ -208,7 +210,19 @@ impl ClientArgs {
         Ok(config.resolved_data_dir()?)
     }
 
+    /// The API address and the CLI's credential: `--token`/`$PEERLOG_TOKEN`, else the CLI
+    /// credential, else the API token.
     fn endpoint(&self) -> Result<(SocketAddr, String)> {
+        if self.token.is_none() {
+            if let Ok(t) = std::fs::read_to_string(self.data_dir()?.join("cli-token")) {
+                return Ok((self.api_addr()?, t.trim().to_string()));
+            }
+        }
+        self.ui_endpoint()
+    }
+
+    /// The API address and the API token (what a browser gets).
+    fn ui_endpoint(&self) -> Result<(SocketAddr, String)> {
         let token = match &self.token {
             Some(t) => t.clone(),
             None => {
@@ -224,7 +238,11 @@ impl ClientArgs {
                     .to_string()
             }
         };
-        let addr = match self.api {
+        Ok((self.api_addr()?, token))
+    }
+
+    fn api_addr(&self) -> Result<SocketAddr> {
+        Ok(match self.api {
             Some(a) => a,
             None => {
                 let path = self.data_dir()?.join("api-port");
@@ -235,14 +253,26 @@ impl ClientArgs {
                     .context("api-port does not hold a port number")?;
                 SocketAddr::from(([127, 0, 0, 1], port))
             }
-        };
-        Ok((addr, token))
+        })
     }
 
     async fn connect(&self) -> Result<Client> {
         let (addr, token) = self.endpoint()?;
         Client::connect(addr, &token).await.with_context(|| format!("cannot reach the daemon's API at {addr}"))
     }
+}
+
+/// Writes (replacing) a 0600 HTML file that sends the browser to `url`.
+fn write_redirect(path: &std::path::Path, url: &str) -> Result<()> {
+    let html = format!(
+        "<!doctype html>\n<meta charset=\"utf-8\">\n<meta name=\"referrer\" content=\"no-referrer\">\n\
+         <meta http-equiv=\"refresh\" content=\"0;url={url}\">\n<title>peerlog</title>\n\
+         <p><a href=\"{url}\">Open peerlog</a></p>\n<script>location.replace({url:?});</script>\n"
+    );
+    let _ = std::fs::remove_file(path);
+    peerlog::keys::write_secret_file(path, html.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -265,12 +295,16 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Open(client) => {
-            let (addr, token) = client.endpoint()?;
+            let (addr, token) = client.ui_endpoint()?;
             let url = format!("http://{addr}/#token={token}");
             println!("{url}");
+            // The browser gets a 0600 file that redirects to the link (as Jupyter does): a
+            // command line is readable by every user in /proc/*/cmdline, a token in it leaks.
+            let redirect = client.data_dir()?.join("open.html");
+            write_redirect(&redirect, &url)?;
             if std::io::stdout().is_terminal() {
                 let _ = std::process::Command::new("xdg-open")
-                    .arg(&url)
+                    .arg(&redirect)
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::null())
                     .spawn();

@@ -251,7 +251,7 @@ impl Shared {
         if !dest.is_absolute() {
             return Err(OpError::Invalid(format!("{} is not an absolute path", dest.display())));
         }
-        if dest.exists() {
+        if dest.symlink_metadata().is_ok() {
             return Err(OpError::Invalid(format!("{} exists; not overwriting it", dest.display())));
         }
         self.fetch_file(room, file).await?;

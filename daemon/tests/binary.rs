@@ -92,6 +92,20 @@ fn the_binary_runs_a_daemon_and_its_cli_drives_it() -> Result<()> {
     ensure!(status.contains("peer id:") && status.contains("cli room"), "status printed {status:?}");
     let open = cli(&["open"], None)?;
     ensure!(open.starts_with("http://127.0.0.1:") && open.contains("#token="), "open printed {open:?}");
+    // The browser is sent through a 0600 redirect file: a token on xdg-open's command line
+    // would be readable by every user in /proc/*/cmdline.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let redirect = std::path::Path::new(&data).join("open.html");
+        let mode = std::fs::metadata(&redirect).context("peerlog open writes open.html")?.permissions().mode();
+        ensure!(mode & 0o077 == 0, "open.html is readable by others: {mode:o}");
+        ensure!(std::fs::read_to_string(&redirect)?.contains(open.trim()), "open.html does not lead to the link");
+        let cli_token = std::path::Path::new(&data).join("cli-token");
+        let mode = std::fs::metadata(&cli_token).context("the daemon writes cli-token")?.permissions().mode();
+        ensure!(mode & 0o077 == 0, "cli-token is readable by others: {mode:o}");
+        let token = std::fs::read_to_string(&cli_token)?;
+        ensure!(!open.contains(token.trim()), "peerlog open printed the CLI credential");
+    }
     stop(&mut child)?;
 
     let mut child = start()?;

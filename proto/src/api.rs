@@ -78,6 +78,8 @@ pub mod codes {
     pub const STORAGE: i32 = 1005;
     /// The room is seeded blindly here: no content key, so nothing to read or write.
     pub const SEEDER_ONLY: i32 = 1006;
+    /// Paths on the daemon's machine need the CLI credential, not the API token.
+    pub const LOCAL_ONLY: i32 = 1007;
 }
 
 impl Response {

@@ -83,10 +83,16 @@ impl TestDaemon {
         self.dir.path().to_path_buf()
     }
 
-    /// A new API client.
+    /// A new API client with the API token (what the web UI and scripts use).
     pub async fn client(&self) -> Result<Client> {
         let d = self.running()?;
         Ok(Client::connect(d.api_addr(), d.token()).await?)
+    }
+
+    /// A new API client with the CLI credential (may name files on this machine).
+    pub async fn cli_client(&self) -> Result<Client> {
+        let d = self.running()?;
+        Ok(Client::connect(d.api_addr(), d.cli_token()).await?)
     }
 
     /// Our PeerId.

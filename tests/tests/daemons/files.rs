@@ -45,7 +45,7 @@ fn hash_file(path: &Path) -> Result<blake3::Hash> {
 async fn pair() -> Result<(TestDaemon, TestDaemon, Client, Client, String)> {
     let a = TestDaemon::start().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
-    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let (mut ca, mut cb) = (a.cli_client().await?, b.cli_client().await?);
     let room = join(&mut ca, "files test room with a long passphrase").await?;
     join(&mut cb, "files test room with a long passphrase").await?;
     cb.wait_event(WAIT, "b's session with a", |e| e.event == "peer.joined").await?;
@@ -104,7 +104,7 @@ async fn a_file_transfer_resumes_after_the_connection_is_cut_halfway() -> Result
 
     // The download runs on its own connection; this one watches.
     let dest = b.data_dir().join("resumed.bin");
-    let mut getter = b.client().await?;
+    let mut getter = b.cli_client().await?;
     let params = json!({"room": room, "file": m["id"], "path": dest});
     let download = tokio::spawn(async move { getter.call("files.get", params).await });
 
@@ -158,12 +158,26 @@ async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
     let bytes = within(WAIT, "the streamed bytes", cb.read_binary(data.len() as u64)).await??;
     ensure!(bytes == data, "streamed bytes differ");
 
-    // The HTTP download streams the same bytes, and needs the token.
+    // The HTTP download: with a ticket from files.url (what the web UI uses) or the token in
+    // a header; never with the token in the URL, which would end up in browser history.
     let d = b.daemon.as_ref().context("b running")?;
-    let url = format!("http://{}{}", d.api_addr(), m["file"]["url"].as_str().unwrap_or(""));
-    let body = http_get(&format!("{url}?token={}", d.token())).await?;
+    let base = format!("http://{}", d.api_addr());
+    let plain = format!("{base}{}", m["file"]["url"].as_str().unwrap_or(""));
+    let ticketed = cb.call("files.url", json!({"room": room, "file": m["id"]})).await?;
+    let url = format!("{base}{}", ticketed["url"].as_str().context("files.url gives a url")?);
+    ensure!(!url.contains(d.token()) && !url.contains(d.cli_token()), "a download URL carries a credential: {url}");
+    let body = http_get(&url, None).await?;
     ensure!(body.0 == 200 && body.1 == data, "HTTP download: status {} with {} bytes", body.0, body.1.len());
-    ensure!(http_get(&url).await?.0 == 401, "a download without the token must be refused");
+    let bearer = format!("Bearer {}", d.token());
+    let body = http_get(&plain, Some(&bearer)).await?;
+    ensure!(body.0 == 200 && body.1 == data, "download with the token in a header: status {}", body.0);
+    ensure!(http_get(&plain, None).await?.0 == 401, "a download without a ticket or token must be refused");
+    let in_url = format!("{plain}?token={}", d.token());
+    ensure!(http_get(&in_url, None).await?.0 == 401, "the token in a download URL must not work");
+    // A later expiry, or an inline disposition the ticket was not made for.
+    for forged in [url.replace("expires=", "expires=9"), format!("{url}&inline=1")] {
+        ensure!(http_get(&forged, None).await?.0 == 401, "an altered ticket URL must be refused: {forged}");
+    }
 
     // Refused, and the daemon goes on: an existing destination, a relative path, a
     // message that is not a file, more bytes than announced, a file over the limit.
@@ -189,13 +203,14 @@ async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// A minimal HTTP/1.1 GET: (status, body).
-async fn http_get(url: &str) -> Result<(u16, Vec<u8>)> {
+/// A minimal HTTP/1.1 GET, with an `Authorization` header if given: (status, body).
+async fn http_get(url: &str, authorization: Option<&str>) -> Result<(u16, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("http URL")?;
     let (host, path) = rest.split_at(rest.find('/').context("path")?);
     let mut s = tokio::net::TcpStream::connect(host).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").context("end of headers")?;
@@ -233,7 +248,7 @@ async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> 
 
     const PASS: &str = "corrupt chunks get no foothold here";
     let d = TestDaemon::start().await?;
-    let mut c = d.client().await?;
+    let mut c = d.cli_client().await?;
     let room = join(&mut c, PASS).await?;
     let keys = room_keys(PASS);
     let content_key = keys.content_key.context("member keys")?;
@@ -272,7 +287,7 @@ async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> 
     let m = wait_file_message(&mut c, &room).await?;
 
     let dest = d.data_dir().join("raw.bin");
-    let mut getter = d.client().await?;
+    let mut getter = d.cli_client().await?;
     let params = json!({"room": room, "file": m["id"], "path": dest});
     let download = tokio::spawn(async move { getter.call("files.get", params).await });
 

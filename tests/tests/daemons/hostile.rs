@@ -130,3 +130,82 @@ async fn a_room_poisoned_by_an_older_version_recovers_at_restart() -> Result<()>
     ensure!(at_b.iter().all(|(t, _)| t != "poison"), "b received the poisoned message: {at_b:?}");
     Ok(())
 }
+
+/// The API token travels through browsers (the UI's link, its WebSocket), so it can leak.
+/// It used to read and write the user's files: `files.send {path}` published any file the
+/// daemon could read (its identity key among them), `files.get {path}` wrote anywhere,
+/// through a symlink planted at its predictable temporary name. Paths now need the CLI
+/// credential, which a browser never gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_token_cannot_name_files_and_saving_follows_no_symlink() -> Result<()> {
+    use peerlog::client::ClientError;
+    use peerlog_proto::api::codes;
+    let d = TestDaemon::start().await?;
+    let mut api = d.client().await?;
+    let room = join(&mut api, PASS).await?;
+    let dir = tempfile::tempdir()?;
+    let refused_code = |r: Result<serde_json::Value, ClientError>| match r {
+        Err(ClientError::Rpc { code, .. }) => Ok(code),
+        other => Err(anyhow::anyhow!("expected an error, got {other:?}")),
+    };
+
+    // With the API token: no path in either direction, and nothing is published.
+    let key = d.data_dir().join("identity.key");
+    let code = refused_code(api.call("files.send", serde_json::json!({"room": room, "path": key})).await)?;
+    ensure!(code == codes::LOCAL_ONLY, "files.send {{path}} with the API token answered {code}");
+    ensure!(full_history(&mut api, &room).await?.is_empty(), "a file was published with the API token");
+
+    // With the CLI credential (no Origin, as the CLI connects): allowed.
+    let mut cli = d.cli_client().await?;
+    let src = dir.path().join("note.txt");
+    std::fs::write(&src, b"shared on purpose")?;
+    let sent = cli.call("files.send", serde_json::json!({"room": room, "path": src})).await?;
+    let id = sent["message"]["id"].as_str().context("message id")?.to_string();
+    let out = dir.path().join("out.txt");
+    let code = refused_code(api.call("files.get", serde_json::json!({"room": room, "file": id, "path": out})).await)?;
+    ensure!(code == codes::LOCAL_ONLY && !out.exists(), "files.get {{path}} with the API token answered {code}");
+
+    // The CLI credential is refused from a browser (any Origin).
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let daemon = d.daemon.as_ref().context("running")?;
+        let addr = daemon.api_addr();
+        let mut r = format!("ws://{addr}/api/ws?token={}", daemon.cli_token()).into_client_request()?;
+        r.headers_mut().insert("origin", format!("http://127.0.0.1:{}", addr.port()).parse()?);
+        match tokio_tungstenite::connect_async(r).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                ensure!(resp.status() == 403, "CLI credential from a browser: {}", resp.status())
+            }
+            other => anyhow::bail!("the CLI credential was accepted with an Origin: {:?}", other.map(|_| ())),
+        }
+    }
+
+    // A symlink planted at the old temporary name is not written through.
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, b"victim")?;
+    let dest = dir.path().join("got.txt");
+    std::os::unix::fs::symlink(&victim, dir.path().join(".got.txt.peerlog-part"))?;
+    cli.call("files.get", serde_json::json!({"room": room, "file": id, "path": dest})).await?;
+    ensure!(std::fs::read(&victim)? == b"victim", "files.get wrote through a planted symlink");
+    ensure!(std::fs::read(&dest)? == b"shared on purpose", "the saved file differs");
+    // A symlink at the destination is not replaced, and its target is not created.
+    let linked = dir.path().join("linked.txt");
+    let elsewhere = dir.path().join("elsewhere.txt");
+    std::os::unix::fs::symlink(&elsewhere, &linked)?;
+    let code =
+        refused_code(cli.call("files.get", serde_json::json!({"room": room, "file": id, "path": linked})).await)?;
+    ensure!(code == codes::INVALID_PARAMS, "saving over a symlink answered {code}");
+    ensure!(
+        !elsewhere.exists() && linked.symlink_metadata()?.file_type().is_symlink(),
+        "the symlink was followed or replaced"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name().to_string_lossy().ends_with(".peerlog-part")
+                && !e.file_name().to_string_lossy().starts_with(".got.txt.peerlog")
+        })
+        .collect();
+    ensure!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    Ok(())
+}
