@@ -29,6 +29,10 @@ use crate::transfer::{FileInfo, FileSource};
 
 /// Frames queued for one client before it is considered too slow.
 const CLIENT_QUEUE: usize = 1024;
+/// Bytes of replies, events and file bytes queued for one client: past this, whoever
+/// produces them waits (a client that asks and never reads holds at most this much, plus
+/// the requests it may have running).
+const CLIENT_QUEUE_BYTES: usize = 16 << 20;
 /// Default and largest `messages.history` page.
 const HISTORY_DEFAULT: usize = 50;
 const HISTORY_MAX: usize = 1000;
@@ -189,13 +193,41 @@ enum Out {
     Binary(bytes::Bytes),
 }
 
+/// Where a client's frames go: a bounded queue, bounded in bytes too (each frame holds
+/// its share of [`CLIENT_QUEUE_BYTES`] until the writer has sent it).
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::Sender<(Out, tokio::sync::OwnedSemaphorePermit)>,
+    budget: Arc<Semaphore>,
+}
+
+impl Outbox {
+    /// Queues a frame, waiting for room; `Err` once the client is gone.
+    async fn send(&self, out: Out) -> Result<(), ()> {
+        let len = match &out {
+            Out::Text(t) => t.len(),
+            Out::Binary(b) => b.len(),
+        };
+        let permits = len.clamp(1, CLIENT_QUEUE_BYTES) as u32;
+        let permit = self.budget.clone().acquire_many_owned(permits).await.map_err(|_| ())?;
+        self.tx.send((out, permit)).await.map_err(|_| ())
+    }
+
+    /// [`Outbox::send`] from a blocking thread.
+    fn blocking_send(&self, out: Out) -> Result<(), ()> {
+        tokio::runtime::Handle::current().block_on(self.send(out))
+    }
+}
+
 /// One WebSocket client: requests run concurrently (bounded), replies and events share
 /// one outgoing queue.
 async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
     let (mut ws_tx, mut ws_rx) = socket.split();
-    let (out_tx, mut out_rx) = mpsc::channel::<Out>(CLIENT_QUEUE);
+    let (tx, mut out_rx) = mpsc::channel(CLIENT_QUEUE);
+    let out_tx = Outbox { tx, budget: Arc::new(Semaphore::new(CLIENT_QUEUE_BYTES)) };
     let writer = tokio::spawn(async move {
-        while let Some(out) = out_rx.recv().await {
+        // Each frame's permit is released once it is written.
+        while let Some((out, _permit)) = out_rx.recv().await {
             let msg = match out {
                 Out::Text(text) => WsMessage::Text(text.into()),
                 Out::Binary(bytes) => WsMessage::Binary(bytes),
@@ -335,7 +367,7 @@ fn event_name(event: &DaemonEvent) -> &'static str {
 async fn forward_events(
     shared: Arc<Shared>,
     mut events: broadcast::Receiver<DaemonEvent>,
-    out: mpsc::Sender<Out>,
+    out: Outbox,
     filter: EventFilter,
 ) {
     loop {
@@ -585,7 +617,7 @@ async fn get_file(
 
 /// Sends a fetched file's bytes as binary frames (one per chunk, each verified and
 /// decrypted first). A chunk that went bad since the fetch ends the stream early (logged).
-async fn stream_file(shared: &Arc<Shared>, room: &Room, file: &FileInfo, out: &mpsc::Sender<Out>) {
+async fn stream_file(shared: &Arc<Shared>, room: &Room, file: &FileInfo, out: &Outbox) {
     let Some(content_key) = room.content_key().copied() else { return };
     let (chunks, ids, file_id, out) = (shared.chunks.clone(), file.chunks.clone(), file.file_id, out.clone());
     let streamed = tokio::task::spawn_blocking(move || {

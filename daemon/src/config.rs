@@ -118,6 +118,9 @@ pub struct Limits {
     pub relay_circuit_bytes: u64,
     /// As a relay: seconds one relayed circuit may last.
     pub relay_circuit_secs: u64,
+    /// MiB that must stay free on the data dir's disk: below it, new messages, entries
+    /// and file chunks are refused (until space is freed) rather than filling the disk.
+    pub disk_reserve_mb: u64,
 }
 
 impl Default for Limits {
@@ -135,6 +138,7 @@ impl Default for Limits {
             pending_connections: 128,
             relay_circuit_bytes: 128 << 10,
             relay_circuit_secs: 120,
+            disk_reserve_mb: 64,
         }
     }
 }

@@ -24,6 +24,9 @@ use crate::node::{self, NodeConfig, NodeError, NodeHandle, NodeInfo};
 use crate::replicate::Replicator;
 use crate::rooms::{Room, Rooms};
 
+/// Passphrase derivations (Argon2id, 64 MiB each) running at once; others wait their turn.
+const KDF_SLOTS: usize = 2;
+
 /// How long shutdown waits for tasks before flushing anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -123,6 +126,8 @@ pub struct Shared {
     /// The CLI credential (`<data>/cli-token`): the API token's rights plus paths on this
     /// machine (`files.send {path}`, `files.get {path}`). Never given to a browser.
     pub(crate) cli_token: String,
+    /// Turns for passphrase derivations: 32 joins at once used to take 2 GiB.
+    kdf_slots: tokio::sync::Semaphore,
     /// Peers found on the LAN (mDNS): offered a session for every room, at every discovery round.
     lan_peers: std::sync::Mutex<std::collections::HashSet<PeerId>>,
     /// Network-side tasks (sessions, discovery).
@@ -172,7 +177,8 @@ impl Daemon {
         let cli_token = load_or_create_token(&data_dir.join("cli-token"))?;
         let db_path = data_dir.join("db");
         let cache_bytes = config.cache_mb.saturating_mul(1 << 20);
-        let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&db_path, cache_bytes))
+        let reserve = config.limits.disk_reserve_mb.saturating_mul(1 << 20);
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&db_path, cache_bytes, reserve))
             .await
             .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e.to_string()))))??;
 
@@ -198,7 +204,7 @@ impl Daemon {
         let node_task = tokio::spawn(event_loop.run(net_cancel.clone()));
         let tasks = TaskTracker::new();
         let rooms = Arc::new(Rooms::default());
-        let chunks = Chunks::new(&data_dir);
+        let chunks = Chunks::with_disk(&data_dir, store.disk());
         let replicator = Replicator::new(
             store.clone(),
             chunks.clone(),
@@ -223,6 +229,7 @@ impl Daemon {
             replicator,
             token,
             cli_token,
+            kdf_slots: tokio::sync::Semaphore::new(KDF_SLOTS),
             lan_peers: Default::default(),
             tasks,
             net_cancel,
@@ -260,6 +267,12 @@ impl Daemon {
     /// The API token.
     pub fn token(&self) -> &str {
         &self.shared.token
+    }
+
+    /// Resolves if storage failed for good (a failed fsync, sled's log unwritable): the
+    /// caller should shut down and exit non-zero, so that a restart recovers.
+    pub async fn storage_failed(&self) -> Arc<StoreError> {
+        self.shared.commit.fatal().await
     }
 
     /// The CLI credential (the API token's rights plus paths on this machine).
@@ -383,9 +396,11 @@ impl Shared {
         passphrase: String,
         name: Option<String>,
     ) -> Result<(Arc<Room>, bool), OpError> {
+        let turn = self.kdf_slots.acquire().await.map_err(|_| OpError::Shutdown)?;
         let secret = tokio::task::spawn_blocking(move || RoomSecret::from_passphrase(&passphrase))
             .await
             .map_err(|_| OpError::Shutdown)??;
+        drop(turn);
         self.join_secret(secret, name).await
     }
 

@@ -92,12 +92,18 @@ pub fn chunk_id(sealed: &[u8]) -> Key32 {
 #[derive(Clone, Debug)]
 pub struct Chunks {
     dir: PathBuf,
+    disk: Option<std::sync::Arc<crate::disk::DiskSpace>>,
 }
 
 impl Chunks {
     /// Chunks under `<data_dir>/chunks`.
     pub fn new(data_dir: &Path) -> Self {
-        Self { dir: data_dir.join("chunks") }
+        Self { dir: data_dir.join("chunks"), disk: None }
+    }
+
+    /// Chunks under `<data_dir>/chunks`, refused while `disk` says space is low.
+    pub fn with_disk(data_dir: &Path, disk: std::sync::Arc<crate::disk::DiskSpace>) -> Self {
+        Self { dir: data_dir.join("chunks"), disk: Some(disk) }
     }
 
     fn path(&self, id: &Key32) -> PathBuf {
@@ -131,6 +137,9 @@ impl Chunks {
         let path = self.path(id);
         if path.is_file() {
             return Ok(());
+        }
+        if let Some(disk) = &self.disk {
+            disk.check(sealed.len() as u64).map_err(|e| std::io::Error::new(std::io::ErrorKind::StorageFull, e))?;
         }
         let parent = path.parent().expect("chunk paths have a parent");
         std::fs::create_dir_all(parent)?;

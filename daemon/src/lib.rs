@@ -5,6 +5,7 @@ pub mod bench;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod disk;
 pub mod fetch;
 pub mod files;
 pub mod keys;

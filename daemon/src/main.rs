@@ -566,13 +566,20 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut failure = None;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
+        e = daemon.storage_failed() => failure = Some(e),
     }
     tracing::info!("shutting down");
-    tokio::time::timeout(Duration::from_secs(20), daemon.shutdown())
-        .await
-        .context("shutdown took longer than 20 s")??;
+    let stopped = tokio::time::timeout(Duration::from_secs(20), daemon.shutdown()).await;
+    if let Some(e) = failure {
+        eprintln!("peerlog: storage failed, stopping: {e}");
+        eprintln!("peerlog: free space or fix the disk, then start it again (a service manager restarts it)");
+        // EX_TEMPFAIL: systemd's Restart=on-failure starts it again.
+        std::process::exit(75);
+    }
+    stopped.context("shutdown took longer than 20 s")??;
     Ok(())
 }

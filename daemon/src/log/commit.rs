@@ -25,6 +25,16 @@ type Waiter = oneshot::Sender<Result<(), Arc<StoreError>>>;
 #[derive(Clone)]
 pub struct GroupCommit {
     tx: mpsc::Sender<Waiter>,
+    failed: tokio::sync::watch::Receiver<Option<Arc<StoreError>>>,
+}
+
+/// Whether a failed flush leaves the store unable to make anything durable again in this
+/// process: sled 0.34 keeps failing after an I/O error in its log, and after a failed
+/// fsync the kernel may have dropped the unsynced pages (a retry would lie). Like
+/// PostgreSQL after a failed fsync, the daemon then stops; its service manager restarts it
+/// and the store recovers from what is on disk.
+fn is_fatal(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sled(_) | StoreError::SyncFailed)
 }
 
 /// The flush failed, or the committer stopped.
@@ -43,6 +53,13 @@ impl GroupCommit {
     /// Starts the flushing task; it ends when `cancel` fires and the queue is drained.
     pub fn spawn(store: Store, cancel: CancellationToken) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Waiter>(QUEUE);
+        let (failed_tx, failed) = tokio::sync::watch::channel(None);
+        let fail = move |e: &Arc<StoreError>| {
+            if is_fatal(e) && failed_tx.borrow().is_none() {
+                tracing::error!(error = %e, "storage cannot make data durable any more; stopping (a restart recovers from what is on disk)");
+                let _ = failed_tx.send(Some(e.clone()));
+            }
+        };
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(BACKGROUND_FLUSH);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -53,6 +70,7 @@ impl GroupCommit {
                         if store.has_unflushed() {
                             if let Err(e) = store.flush().await {
                                 tracing::error!(error = %e, "background flush failed");
+                                fail(&Arc::new(e));
                             }
                         }
                         continue;
@@ -64,6 +82,9 @@ impl GroupCommit {
                     waiters.push(w);
                 }
                 let result = store.flush().await.map_err(Arc::new);
+                if let Err(e) = &result {
+                    fail(e);
+                }
                 for w in waiters {
                     let _ = w.send(result.clone());
                 }
@@ -81,7 +102,22 @@ impl GroupCommit {
                 }
             }
         });
-        (Self { tx }, task)
+        (Self { tx, failed }, task)
+    }
+
+    /// Resolves when a flush failed in a way this process cannot recover from (see
+    /// `is_fatal`), with that error; never otherwise.
+    pub async fn fatal(&self) -> Arc<StoreError> {
+        let mut failed = self.failed.clone();
+        loop {
+            if let Some(e) = failed.borrow_and_update().clone() {
+                return e;
+            }
+            if failed.changed().await.is_err() {
+                // The committer stopped (shutdown) without a fatal error.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Returns once everything appended before this call is on disk.

@@ -43,6 +43,8 @@ use peerlog_proto::wire::{Entry, Key32, SignedHead};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+use crate::disk::{DiskSpace, LowDisk};
+
 use super::{hash_entry, sign_head, verify_head, Body, FeedCipher, Message, LAMPORT_MAX};
 
 /// Errors of the storage layer.
@@ -67,6 +69,13 @@ pub enum StoreError {
         /// The format found.
         found: u32,
     },
+    /// Too little free disk space to take new data.
+    #[error(transparent)]
+    LowDisk(#[from] LowDisk),
+    /// An earlier fsync of the data files failed: what was written since may be lost, and
+    /// nothing is acknowledged as durable any more.
+    #[error("an earlier sync of the data files failed; restart the daemon (after freeing space or fixing the disk)")]
+    SyncFailed,
     /// A peer holds more of our own feed than we do: we fetch it before appending, so as
     /// not to sign a seq twice.
     #[error("a peer holds a newer copy of our feed in this room (was this data dir restored or copied?); it is being fetched, try again shortly")]
@@ -270,10 +279,15 @@ pub struct Store {
     ingest_lock: Arc<Mutex<()>>,
     /// Bytes of each feed's blocks, counted once per feed and kept up to date by writes.
     feed_bytes: Arc<Mutex<std::collections::HashMap<Key32, u64>>>,
+    /// Free space checked before new data is written (see [`crate::disk`]).
+    disk: Arc<DiskSpace>,
 }
 
 /// The storage format this build reads and writes.
 pub const FORMAT: u32 = 2;
+/// Ciphertext bytes after which a history page stops (the API sends pages whole: a client
+/// that asks for many pages of big messages and reads none must not cost gigabytes).
+pub const HISTORY_PAGE_BYTES: usize = 4 << 20;
 /// Most entries in one stored block.
 pub const BLOCK_ENTRIES: usize = 512;
 /// sled's page cache unless configured: sled's own default (1 GiB) would let a large room
@@ -385,6 +399,11 @@ struct DataFiles {
     dirty: Mutex<std::collections::HashSet<Key32>>,
     /// Anything (sled included) written since the last flush.
     unflushed: std::sync::atomic::AtomicBool,
+    /// A data file was created since the last sync: the directory needs one too.
+    created: std::sync::atomic::AtomicBool,
+    /// An fsync failed. The kernel may have dropped the unsynced pages and cleared the
+    /// error (a retry would "succeed"), so no later flush may claim durability.
+    sync_failed: std::sync::atomic::AtomicBool,
 }
 
 /// Data files kept open at most; past this the cache starts over.
@@ -406,6 +425,9 @@ impl DataFiles {
         let file =
             std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.path(feed))?;
         let len = file.metadata()?.len();
+        if len == 0 {
+            self.created.store(true, std::sync::atomic::Ordering::Release);
+        }
         let f = Arc::new(Mutex::new(DataFile { file, len }));
         open.insert(*feed, f.clone());
         Ok(f)
@@ -441,13 +463,29 @@ impl DataFiles {
         Ok(buf)
     }
 
-    /// Syncs every data file written since the last call.
+    /// Syncs every data file written since the last call (and the directory, if a file
+    /// was created). A failed sync fails every later one too: see `sync_failed`.
     fn sync(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.sync_failed.load(Ordering::Acquire) {
+            return Err(StoreError::SyncFailed);
+        }
         let dirty: Vec<Key32> = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        for feed in dirty {
-            let f = self.file(&feed)?;
-            let file = f.lock().unwrap_or_else(|p| p.into_inner()).file.try_clone()?;
-            file.sync_data()?;
+        let result = (|| {
+            for feed in &dirty {
+                let f = self.file(feed)?;
+                let file = f.lock().unwrap_or_else(|p| p.into_inner()).file.try_clone()?;
+                file.sync_data()?;
+            }
+            if self.created.swap(false, Ordering::AcqRel) {
+                std::fs::File::open(&self.dir)?.sync_all()?;
+            }
+            Ok::<_, StoreError>(())
+        })();
+        if let Err(e) = result {
+            self.sync_failed.store(true, Ordering::Release);
+            tracing::error!(error = %e, "syncing data files failed; nothing more is acknowledged as durable until the daemon restarts");
+            return Err(e);
         }
         Ok(())
     }
@@ -562,6 +600,12 @@ impl Store {
 
     /// Opens (or creates) the database in `dir`; sled caches up to `cache_bytes`.
     pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        Self::open_with(dir, cache_bytes, 0)
+    }
+
+    /// Opens (or creates) the database in `dir`; sled caches up to `cache_bytes`; new data
+    /// is refused while less than `reserve_bytes` are free on its filesystem.
+    pub fn open_with(dir: &Path, cache_bytes: u64, reserve_bytes: u64) -> Result<Self, StoreError> {
         // Format 1 kept sled's files directly in `dir`.
         if dir.join("conf").exists() && !dir.join("kv").exists() {
             return Err(StoreError::Format { found: 1 });
@@ -589,19 +633,40 @@ impl Store {
             open: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Default::default()),
             unflushed: false.into(),
+            created: false.into(),
+            sync_failed: false.into(),
         });
-        Ok(Self { db, log, rooms, blocks, ingest_lock: Arc::new(Mutex::new(())), feed_bytes: Default::default() })
+        Ok(Self {
+            db,
+            log,
+            rooms,
+            blocks,
+            ingest_lock: Arc::new(Mutex::new(())),
+            feed_bytes: Default::default(),
+            disk: Arc::new(DiskSpace::new(dir, reserve_bytes)),
+        })
     }
 
-    /// Makes everything written so far durable.
+    /// The free-space check, shared with whatever else writes to the data dir.
+    pub fn disk(&self) -> Arc<DiskSpace> {
+        self.disk.clone()
+    }
+
+    /// Makes everything written so far durable. Callers never run two at once (the group
+    /// committer is the only one while the daemon runs): and sled's own `flush_async`
+    /// deadlocks when several run concurrently (sled #1308), so this uses the blocking
+    /// flush on a blocking thread.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.blocks.unflushed.store(false, std::sync::atomic::Ordering::Release);
-        // Data files first: a durable pointer must never point at bytes that are not.
-        let blocks = self.blocks.clone();
-        tokio::task::spawn_blocking(move || blocks.sync())
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
-        self.db.flush_async().await?;
+        let (blocks, db) = (self.blocks.clone(), self.db.clone());
+        tokio::task::spawn_blocking(move || {
+            // Data files first: a durable pointer must never point at bytes that are not.
+            blocks.sync()?;
+            db.flush()?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
         Ok(())
     }
 
@@ -824,6 +889,7 @@ impl Store {
         bodies: Vec<Body>,
     ) -> Result<Appended, StoreError> {
         let feed = writer.verifying_key().to_bytes();
+        self.disk.check(bodies.len() as u64 * 1024)?;
         let mut meta = self.feed_meta(&feed)?.unwrap_or_else(|| FeedMeta { room: *room, ..FeedMeta::default() });
         let first_seq = meta.length();
         let mut prev = meta.head.as_ref().map_or(ZERO, |h| h.hash);
@@ -923,6 +989,8 @@ impl Store {
             }
         }
 
+        let incoming: usize = entries.iter().map(|e| e.ciphertext.len() + 64).sum();
+        self.disk.check(incoming as u64).map_err(StoreError::from)?;
         // A poisoned lock only means another ingest panicked; the data is in sled.
         let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut meta = self.feed_meta(feed)?.unwrap_or_else(|| FeedMeta { room: *room, ..FeedMeta::default() });
@@ -1111,7 +1179,9 @@ impl Store {
     }
 
     /// Up to `limit` messages of the room in display order, the newest page, or the page
-    /// right before `before`; returned oldest first.
+    /// right before `before`; returned oldest first. A page stops short of `limit` once it
+    /// holds [`HISTORY_PAGE_BYTES`] of ciphertext (at least one message): the caller pages
+    /// on with the oldest message as `before`.
     pub fn history(
         &self,
         room: &Key32,
@@ -1150,24 +1220,37 @@ impl Store {
         let keys = &keys[keys.len().saturating_sub(limit)..];
         let mut ciphers: HashMap<Key32, FeedCipher> = HashMap::new();
         let mut out = Vec::with_capacity(keys.len());
-        // Consecutive seqs of one feed come from one block read.
+        let mut bytes = 0;
+        // Newest first, so that a page cut by its byte budget keeps the newest messages.
+        // Consecutive seqs of one feed come from one read of the run that ends at `seq`.
         let mut cache: Option<(Key32, u64, Vec<Entry>)> = None;
-        for &(_, _, feed, seq) in keys {
+        for &(_, _, feed, seq) in keys.iter().rev() {
+            if bytes >= HISTORY_PAGE_BYTES {
+                break;
+            }
             let cached = cache.as_ref().filter(|(f, s, e)| *f == feed && *s <= seq && seq < s + e.len() as u64);
             let entry = match cached {
                 Some((_, s, e)) => e[(seq - s) as usize].clone(),
                 None => {
-                    let run = self.entries(&feed, seq, seq.saturating_add(BLOCK_ENTRIES as u64))?;
-                    let entry = run.first().cloned().ok_or(StoreError::Corrupt("block index"))?;
-                    cache = Some((feed, seq, run));
+                    // From at most a block below, within the stored run that holds `seq`.
+                    let run_start = self.feed_meta(&feed)?.and_then(|m| m.run_start(seq)).unwrap_or(seq);
+                    let from = seq.saturating_sub(BLOCK_ENTRIES as u64 - 1).max(run_start);
+                    let run = self.entries(&feed, from, seq + 1)?;
+                    if run.len() as u64 != seq + 1 - from {
+                        return Err(StoreError::Corrupt("block index"));
+                    }
+                    let entry = run.last().cloned().ok_or(StoreError::Corrupt("block index"))?;
+                    cache = Some((feed, from, run));
                     entry
                 }
             };
+            bytes += entry.ciphertext.len();
             let cipher = ciphers.entry(feed).or_insert_with(|| FeedCipher::new(content_key, &feed));
             let plain = cipher.open(seq, &entry).map_err(|_| StoreError::Corrupt("stored entry"))?;
             let message = Message::decode(&plain).ok_or(StoreError::Corrupt("stored message"))?;
             out.push(StoredMessage { feed_key: feed, seq, message });
         }
+        out.reverse();
         Ok(out)
     }
 }
@@ -1285,6 +1368,30 @@ mod tests {
 
     /// History merges the feeds of a room in (lamport, time, feed, seq) order, pages
     /// backwards across feeds and blocks, and survives a reopen.
+    #[test]
+    fn a_history_page_stops_at_its_byte_budget_and_paging_gets_the_rest() {
+        let room = [6u8; 32];
+        let content = [7u8; 32];
+        let d = tempdir::Dir::new();
+        let s = Store::open(&d.0).unwrap();
+        let w = new_writer();
+        let c = FeedCipher::new(&content, &w.verifying_key().to_bytes());
+        let big = "x".repeat(60_000);
+        s.append(&room, &w, &c, 1, (0..150).map(|i| text(&format!("{i} {big}"))).collect()).unwrap();
+        let page = s.history(&room, &content, None, 1000).unwrap();
+        let budget = HISTORY_PAGE_BYTES / 60_000;
+        assert!(page.len() >= budget && page.len() <= budget + 1, "{} messages in a page", page.len());
+        assert_eq!(page.last().unwrap().seq, 149, "the newest are kept");
+        let key = |m: &StoredMessage| (m.message.lamport, m.message.time_ms, m.feed_key, m.seq);
+        let (mut all, mut before) = (page.clone(), Some(key(&page[0])));
+        while let Some(b) = before {
+            let older = s.history(&room, &content, Some(&b), 1000).unwrap();
+            before = older.first().map(key);
+            all.splice(0..0, older);
+        }
+        assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), (0..150).collect::<Vec<_>>());
+    }
+
     #[test]
     fn history_merges_feeds_and_pages() {
         let room = [6u8; 32];
