@@ -157,6 +157,9 @@ pub struct Config {
     pub bootstrap: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
+    /// Announce private-network listen addresses (LAN, VPN; loopback when listening on
+    /// nothing else) in DHT records, so that peers on those networks can dial us.
+    pub announce_private_addrs: bool,
     /// DHT participation.
     pub dht_mode: DhtMode,
     /// Serving relay reservations.
@@ -185,6 +188,7 @@ impl Default for Config {
             ],
             bootstrap: Vec::new(),
             mdns: true,
+            announce_private_addrs: true,
             dht_mode: DhtMode::Auto,
             relay_server: RelayServerMode::Auto,
             external_addresses: Vec::new(),
@@ -244,6 +248,9 @@ impl Config {
         }
         if let Some(v) = get("PEERLOG_MDNS") {
             self.mdns = parse("PEERLOG_MDNS", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_ANNOUNCE_PRIVATE_ADDRS") {
+            self.announce_private_addrs = parse("PEERLOG_ANNOUNCE_PRIVATE_ADDRS", &v)?;
         }
         if let Some(v) = get("PEERLOG_DHT_MODE") {
             self.dht_mode = parse("PEERLOG_DHT_MODE", &v)?;

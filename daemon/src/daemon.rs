@@ -186,6 +186,7 @@ impl Daemon {
             listen: config.listen.clone(),
             bootstrap: config.bootstrap.clone(),
             mdns: config.mdns,
+            announce_private: config.announce_private_addrs,
             dht_mode: config.dht_mode,
             provider_ttl: Duration::from_secs(config.provider_ttl_secs.max(10)),
             relay_server: config.relay_server,

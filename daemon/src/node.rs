@@ -84,6 +84,8 @@ pub struct NodeConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// mDNS on the LAN.
     pub mdns: bool,
+    /// Announce private-network (and, alone, loopback) listen addresses.
+    pub announce_private: bool,
     /// Kademlia mode.
     pub dht_mode: DhtMode,
     /// Provider record lifetime.
@@ -351,6 +353,8 @@ pub struct EventLoop {
     address_book: HashMap<PeerId, Vec<Multiaddr>>,
     /// External addresses declared in the config (never expire).
     declared_external: Vec<Multiaddr>,
+    /// Whether private listen addresses are published (see `publish_listen_addrs`).
+    announce_private: bool,
     /// `connect` calls waiting for a connection to a peer.
     pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
 }
@@ -366,6 +370,7 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     // The relay serves (and advertises itself) only while it has a direct external address,
     // declared or confirmed by AutoNAT; `DirectOnly` hides our own relayed addresses from it.
     let relay_server_on = config.relay_server != RelayServerMode::Off;
+    let declared = config.external_addrs.clone();
     let limits = config.connection_limits;
     let relay_config = relay::Config {
         max_circuit_bytes: config.relay_circuit_bytes,
@@ -408,9 +413,10 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
                 dcutr: dcutr::Behaviour::new(peer_id),
                 autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
                 mdns: Toggle::from(mdns),
-                relay_server: Toggle::from(
-                    relay_server_on.then(|| DirectOnly(relay::Behaviour::new(peer_id, relay_config))),
-                ),
+                relay_server: Toggle::from(relay_server_on.then(|| DirectOnly {
+                    inner: relay::Behaviour::new(peer_id, relay_config),
+                    declared: declared.clone(),
+                })),
                 limits: connection_limits::Behaviour::new(
                     connection_limits::ConnectionLimits::default()
                         .with_max_established(Some(limits.max_established))
@@ -450,11 +456,15 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
         relay_candidates: HashMap::new(),
         address_book: HashMap::new(),
         declared_external: config.external_addrs.clone(),
+        announce_private: config.announce_private,
         pending_connects: HashMap::new(),
     };
     for addr in &config.external_addrs {
         event_loop.swarm.add_external_address(addr.clone());
     }
+    // A declared address makes the node a DHT server in auto mode (the public bootstrap
+    // node of the README declares one and sets nothing else).
+    event_loop.update_dht_mode();
     if config.relay_server == RelayServerMode::On && config.external_addrs.is_empty() {
         warn!("relay_server = on, but no external address is declared: the relay serves only once one is confirmed");
     }
@@ -477,6 +487,7 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
             }
         }
     }
+    event_loop.publish_listen_addrs();
     for addr in &config.bootstrap {
         event_loop.add_bootstrap(addr.clone());
     }
@@ -484,10 +495,77 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     Ok((handle, event_loop))
 }
 
-/// Wraps a behaviour so that it does not hear about our relayed (`/p2p-circuit`) external
-/// addresses. The relay server counts any confirmed external address as "reachable"; a node
-/// reachable only through someone else's relay must not offer itself as a relay.
-struct DirectOnly<B>(B);
+/// Where an address can be reached from, as far as publishing it goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reach {
+    /// A public IP, or a DNS name: the world.
+    Public,
+    /// A private network (RFC 1918, CGNAT/Tailscale 100.64/10, IPv6 ULA): a LAN or VPN.
+    Private,
+    /// Loopback: this machine.
+    Loopback,
+    /// Link-local, unspecified, multicast, documentation and the like: nobody. Never published.
+    Nowhere,
+}
+
+/// The reach of an address by its IP (relayed addresses: see [`is_relayed`]).
+fn reach(addr: &Multiaddr) -> Reach {
+    match addr.iter().next() {
+        Some(Protocol::Ip4(ip)) => {
+            let [a, b, ..] = ip.octets();
+            if ip.is_loopback() {
+                Reach::Loopback
+            } else if ip.is_private() || (a == 100 && (64..128).contains(&b)) {
+                Reach::Private
+            } else if ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || ip.is_broadcast()
+                || ip.is_documentation()
+                || a == 0
+                || a >= 240
+            {
+                Reach::Nowhere
+            } else {
+                Reach::Public
+            }
+        }
+        Some(Protocol::Ip6(ip)) => {
+            let first = ip.segments()[0];
+            if ip.is_loopback() {
+                Reach::Loopback
+            } else if first & 0xfe00 == 0xfc00 {
+                Reach::Private
+            } else if ip.is_unspecified()
+                || ip.is_multicast()
+                || first & 0xffc0 == 0xfe80
+                || first == 0x2001 && ip.segments()[1] == 0xdb8
+            {
+                Reach::Nowhere
+            } else {
+                Reach::Public
+            }
+        }
+        Some(Protocol::Dns(_) | Protocol::Dns4(_) | Protocol::Dns6(_) | Protocol::Dnsaddr(_)) => Reach::Public,
+        _ => Reach::Nowhere,
+    }
+}
+
+/// Wraps the relay server so that it hears only about our public external addresses
+/// (declared, or public and confirmed): not relayed ones (a node reachable only through
+/// someone else's relay must not offer itself as a relay), nor the private listen
+/// addresses we publish for LAN and VPN peers (the relay server counts any external
+/// address as "reachable").
+struct DirectOnly<B> {
+    inner: B,
+    declared: Vec<Multiaddr>,
+}
+
+impl<B> DirectOnly<B> {
+    fn hears(&self, addr: &Multiaddr) -> bool {
+        !is_relayed(addr) && (self.declared.contains(addr) || reach(addr) == Reach::Public)
+    }
+}
 
 impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
     type ConnectionHandler = B::ConnectionHandler;
@@ -499,7 +577,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
         local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), libp2p::swarm::ConnectionDenied> {
-        self.0.handle_pending_inbound_connection(id, local, remote)
+        self.inner.handle_pending_inbound_connection(id, local, remote)
     }
 
     fn handle_established_inbound_connection(
@@ -509,7 +587,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
         local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<libp2p::swarm::THandler<Self>, libp2p::swarm::ConnectionDenied> {
-        self.0.handle_established_inbound_connection(id, peer, local, remote)
+        self.inner.handle_established_inbound_connection(id, peer, local, remote)
     }
 
     fn handle_pending_outbound_connection(
@@ -519,7 +597,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
         addrs: &[Multiaddr],
         role: libp2p::core::Endpoint,
     ) -> Result<Vec<Multiaddr>, libp2p::swarm::ConnectionDenied> {
-        self.0.handle_pending_outbound_connection(id, peer, addrs, role)
+        self.inner.handle_pending_outbound_connection(id, peer, addrs, role)
     }
 
     fn handle_established_outbound_connection(
@@ -530,15 +608,15 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
         role: libp2p::core::Endpoint,
         port_use: libp2p::core::transport::PortUse,
     ) -> Result<libp2p::swarm::THandler<Self>, libp2p::swarm::ConnectionDenied> {
-        self.0.handle_established_outbound_connection(id, peer, addr, role, port_use)
+        self.inner.handle_established_outbound_connection(id, peer, addr, role, port_use)
     }
 
     fn on_swarm_event(&mut self, event: libp2p::swarm::FromSwarm) {
         use libp2p::swarm::FromSwarm;
         match &event {
-            FromSwarm::ExternalAddrConfirmed(e) if is_relayed(e.addr) => {}
-            FromSwarm::ExternalAddrExpired(e) if is_relayed(e.addr) => {}
-            _ => self.0.on_swarm_event(event),
+            FromSwarm::ExternalAddrConfirmed(e) if !self.hears(e.addr) => {}
+            FromSwarm::ExternalAddrExpired(e) if !self.hears(e.addr) => {}
+            _ => self.inner.on_swarm_event(event),
         }
     }
 
@@ -548,14 +626,14 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
         id: ConnectionId,
         event: libp2p::swarm::THandlerOutEvent<Self>,
     ) {
-        self.0.on_connection_handler_event(peer, id, event)
+        self.inner.on_connection_handler_event(peer, id, event)
     }
 
     fn poll(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<libp2p::swarm::ToSwarm<Self::ToSwarm, libp2p::swarm::THandlerInEvent<Self>>> {
-        self.0.poll(cx)
+        self.inner.poll(cx)
     }
 }
 
@@ -709,13 +787,47 @@ impl EventLoop {
     }
 
     /// Whether this node should hold relay reservations: it has no declared or confirmed
-    /// direct external address.
+    /// public external address.
     fn needs_relay(&self) -> bool {
-        self.declared_external.is_empty() && !self.has_direct_external()
+        self.declared_external.is_empty() && !self.has_public_external()
     }
 
-    fn has_direct_external(&self) -> bool {
-        self.swarm.external_addresses().any(|a| !is_relayed(a))
+    /// A declared external address, or a confirmed public one (not relayed). The private
+    /// listen addresses we publish for LAN and VPN peers do not count.
+    fn has_public_external(&self) -> bool {
+        self.swarm
+            .external_addresses()
+            .any(|a| !is_relayed(a) && (self.declared_external.contains(a) || reach(a) == Reach::Public))
+    }
+
+    /// Our listen addresses that peers on our networks can dial, published (in provider
+    /// records and identify) as external addresses: private-network ones always, loopback
+    /// ones only when we listen on nothing else (one machine: tests, a local setup).
+    /// AutoNAT confirms only public addresses, so without this a node on a LAN or VPN
+    /// announced rooms with no address anyone could dial. Link-local: never.
+    fn publish_listen_addrs(&mut self) {
+        let listen: Vec<Multiaddr> = self.swarm.listeners().filter(|a| !is_relayed(a)).cloned().collect();
+        let only_loopback = listen.iter().all(|a| reach(a) == Reach::Loopback);
+        let wanted: Vec<Multiaddr> = listen
+            .into_iter()
+            .filter(|a| reach(a) == Reach::Private || (only_loopback && reach(a) == Reach::Loopback))
+            .filter(|_| self.announce_private)
+            .collect();
+        let stale: Vec<Multiaddr> = self
+            .swarm
+            .external_addresses()
+            .filter(|a| matches!(reach(a), Reach::Private | Reach::Loopback) && !self.declared_external.contains(a))
+            .filter(|a| !wanted.contains(a))
+            .cloned()
+            .collect();
+        for addr in stale {
+            self.swarm.remove_external_address(&addr);
+        }
+        for addr in wanted {
+            if !self.swarm.external_addresses().any(|a| *a == addr) {
+                self.swarm.add_external_address(addr);
+            }
+        }
     }
 
     /// Reserves on relay candidates until `MAX_RESERVATIONS` are held.
@@ -744,12 +856,12 @@ impl EventLoop {
         }
     }
 
-    /// In auto mode: DHT server only with a direct (non-relayed) external address.
+    /// In auto mode: DHT server only with a declared or confirmed public external address.
     fn update_dht_mode(&mut self) {
         if self.dht_mode != DhtMode::Auto {
             return;
         }
-        let mode = if self.has_direct_external() { kad::Mode::Server } else { kad::Mode::Client };
+        let mode = if self.has_public_external() { kad::Mode::Server } else { kad::Mode::Client };
         self.swarm.behaviour_mut().kad.set_mode(Some(mode));
     }
 
@@ -803,10 +915,16 @@ impl EventLoop {
                 if is_relayed(&address) {
                     // Reachable through the relay: say so in provider records and identify.
                     self.swarm.add_external_address(address);
+                } else {
+                    self.publish_listen_addrs();
                 }
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } if is_relayed(&address) => {
-                self.swarm.remove_external_address(&address);
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                if is_relayed(&address) {
+                    self.swarm.remove_external_address(&address);
+                } else {
+                    self.publish_listen_addrs();
+                }
             }
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
                 if let Some(relay) = self.reservations.iter().find(|(_, id)| **id == listener_id).map(|(p, _)| *p) {
@@ -970,5 +1088,41 @@ impl EventLoop {
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{reach, Reach};
+
+    #[test]
+    fn addresses_are_published_by_reach() {
+        let r = |a: &str| reach(&a.parse().expect("multiaddr"));
+        assert_eq!(r("/ip4/8.8.8.8/tcp/4001"), Reach::Public);
+        assert_eq!(r("/dns4/boot.example.org/tcp/4001"), Reach::Public);
+        assert_eq!(r("/ip6/2a01:4f8::1/udp/4001/quic-v1"), Reach::Public);
+        for private in [
+            "/ip4/10.1.2.3/tcp/1",
+            "/ip4/172.16.0.1/tcp/1",
+            "/ip4/192.168.1.5/tcp/1",
+            "/ip4/100.101.102.103/tcp/1",
+            "/ip6/fd7a:115c:a1e0::1/tcp/1",
+        ] {
+            assert_eq!(r(private), Reach::Private, "{private}");
+        }
+        assert_eq!(r("/ip4/127.0.0.1/tcp/1"), Reach::Loopback);
+        assert_eq!(r("/ip6/::1/tcp/1"), Reach::Loopback);
+        for nowhere in [
+            "/ip4/169.254.3.4/tcp/1",
+            "/ip6/fe80::1/tcp/1",
+            "/ip4/0.0.0.0/tcp/1",
+            "/ip6/::/tcp/1",
+            "/ip4/224.0.0.251/udp/5353",
+        ] {
+            assert_eq!(r(nowhere), Reach::Nowhere, "{nowhere}");
+        }
+        // 100.64/10 is CGNAT (Tailscale); its neighbours are public.
+        assert_eq!(r("/ip4/100.63.255.255/tcp/1"), Reach::Public);
+        assert_eq!(r("/ip4/100.128.0.1/tcp/1"), Reach::Public);
     }
 }

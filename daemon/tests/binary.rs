@@ -229,6 +229,24 @@ impl NatLab {
         Ok(lab)
     }
 
+    /// One router and a subnet per host (10.9.`i`.2/24 behind 10.9.`i`.1), routed without
+    /// NAT: a private network that mDNS does not cross (a VPN, two office subnets).
+    fn routed(tag: &str, hosts: &[&str]) -> Result<Self> {
+        let mut lab = NatLab { prefix: format!("pl{}{tag}", std::process::id() % 100000), namespaces: Vec::new() };
+        let router = lab.ns("router")?;
+        sh(&format!("ip netns exec {router} sysctl -qw net.ipv4.ip_forward=1"))?;
+        for (i, host) in hosts.iter().enumerate() {
+            let ns = lab.ns(host)?;
+            sh(&format!(
+                "ip -n {router} link add to-{host} type veth peer name eth0 netns {ns} \
+                 && ip -n {router} addr add 10.9.{i}.1/24 dev to-{host} && ip -n {router} link set to-{host} up \
+                 && ip -n {ns} addr add 10.9.{i}.2/24 dev eth0 && ip -n {ns} link set eth0 up \
+                 && ip -n {ns} route add default via 10.9.{i}.1"
+            ))?;
+        }
+        Ok(lab)
+    }
+
     fn ns(&mut self, name: &str) -> Result<String> {
         let full = format!("{}-{name}", self.prefix);
         sh(&format!("ip netns add {full} && ip -n {full} link set lo up"))?;
@@ -411,20 +429,18 @@ impl Drop for NsDaemon {
     }
 }
 
+/// The README's public bootstrap node, verbatim but for its address: it declares its
+/// external address and sets nothing else (that alone makes it a DHT server and a relay).
 fn relay_args() -> Vec<&'static str> {
     vec![
         "--listen",
-        "/ip4/198.18.0.1/tcp/4001",
+        "/ip4/0.0.0.0/tcp/4001",
         "--listen",
-        "/ip4/198.18.0.1/udp/4001/quic-v1",
+        "/ip4/0.0.0.0/udp/4001/quic-v1",
         "--external-address",
         "/ip4/198.18.0.1/tcp/4001",
         "--external-address",
         "/ip4/198.18.0.1/udp/4001/quic-v1",
-        "--relay-server",
-        "auto",
-        "--dht-mode",
-        "server",
     ]
 }
 
@@ -606,7 +622,7 @@ fn a_partition_heals_and_every_peer_converges_on_one_history() -> Result<()> {
     let boot = "/ip4/10.0.8.1/tcp/4001";
     let h1 = NsDaemon::start(&lab.name("h1"), &["--listen", boot, "--dht-mode", "server"])?;
     let boot = format!("{boot}/p2p/{}", h1.peer_id);
-    let args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--dht-mode", "server", "--bootstrap", &boot];
+    let args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", &boot];
     let (h2, h3) = (NsDaemon::start(&lab.name("h2"), &args)?, NsDaemon::start(&lab.name("h3"), &args)?);
     let all = [&h1, &h2, &h3];
     let room = h1.join(PASS)?;
@@ -1094,5 +1110,38 @@ fn clients_cannot_make_the_daemon_hold_unbounded_memory() -> Result<()> {
     let peak = peak_rss_mib(pid)?;
     ensure!(peak < LIMIT_MIB, "the daemon's peak RSS was {peak} MiB (limit {LIMIT_MIB} MiB)");
     eprintln!("peak RSS {peak} MiB");
+    Ok(())
+}
+
+/// The README's private-network set-up: a bootstrap node with `--dht-mode server` at a
+/// private address (a home server, a VPN) and two daemons on their defaults, each on its
+/// own routed subnet (mDNS off). They used to never meet: in auto mode they are DHT clients
+/// with no confirmed external address, so their provider records carried no address anyone
+/// could dial. Now they announce their private listen addresses and chat.
+#[test]
+fn default_daemons_behind_a_private_bootstrap_on_routed_subnets_chat() -> Result<()> {
+    require_netns!();
+    let lab = NatLab::routed("v", &["boot", "a", "b"])?;
+    let boot = NsDaemon::start(&lab.name("boot"), &["--listen", "/ip4/0.0.0.0/tcp/4001", "--dht-mode", "server"])?;
+    let boot_addr = format!("/ip4/10.9.0.2/tcp/4001/p2p/{}", boot.peer_id);
+    let args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot_addr.as_str()];
+    let a = NsDaemon::start(&lab.name("a"), &args)?;
+    let b = NsDaemon::start(&lab.name("b"), &args)?;
+    let room = a.join(PASS)?;
+    ensure!(b.join(PASS)? == room);
+    a.cli(&["send", &room, "across subnets"])?;
+    b.wait_text(&room, "across subnets", Duration::from_secs(30))?;
+    b.cli(&["send", &room, "and back"])?;
+    a.wait_text(&room, "and back", Duration::from_secs(30))?;
+    // Directly, not through the bootstrap node, and never at a link-local address.
+    let (kind, addrs) =
+        a.wait_connection(&b.peer_id, Duration::from_secs(10), "a direct connection to b", |k, _| k == "direct")?;
+    ensure!(addrs.iter().any(|x| x.contains("10.9.2.2")), "a reaches b at {addrs:?} ({kind})");
+    let status = a.status()?;
+    let external = status["node"]["external_addrs"].to_string();
+    ensure!(
+        external.contains("10.9.1.2") && !external.contains("fe80") && !external.contains("169.254"),
+        "a announces {external}"
+    );
     Ok(())
 }

@@ -31,14 +31,16 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Futur
     tokio::time::timeout(limit, fut).await.map_err(|_| anyhow!("timed out after {limit:?} waiting for {what}"))
 }
 
-/// The config every test daemon starts from.
+/// The config every test daemon starts from: the shipped defaults, with only what a test on
+/// one machine must change (data dir, ports on loopback, no mDNS, quicker re-discovery).
+/// The DHT mode is the default (auto): a daemon on loopback is a DHT client, as a user's
+/// daemon behind a home router is. Tests that need a DHT server start a bootstrap node.
 pub fn test_config(data_dir: &Path) -> Config {
     Config {
         data_dir: Some(data_dir.to_path_buf()),
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("literal multiaddr")],
         mdns: false,
-        dht_mode: DhtMode::Server,
         discovery_interval_secs: 2,
         ..Config::default()
     }
@@ -68,7 +70,14 @@ impl TestDaemon {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts a daemon that bootstraps from `boot`.
+    /// Starts a bootstrap node the way the README's private-network recipe runs one
+    /// (`--dht-mode server` at an address without a public external address): a DHT server
+    /// that others bootstrap from. Also a daemon like any other (it can join rooms).
+    pub async fn start_bootstrap_node() -> Result<Self> {
+        Self::start_with(|c| c.dht_mode = DhtMode::Server).await
+    }
+
+    /// Starts a daemon that bootstraps from `boot` (see [`TestDaemon::start_bootstrap_node`]).
     pub async fn start_bootstrapped(boot: &TestDaemon) -> Result<Self> {
         let addr = boot.p2p_addr().await?;
         Self::start_with(|c| c.bootstrap = vec![addr]).await
@@ -189,6 +198,7 @@ impl RawPeer {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             bootstrap: vec![],
             mdns: false,
+            announce_private: false,
             dht_mode: DhtMode::Client,
             provider_ttl: Duration::from_secs(60),
             relay_server: peerlog::config::RelayServerMode::Off,

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
+use peerlog::config::DhtMode;
 use peerlog::log::store::Store;
 use peerlog::log::{new_writer, Body, FeedCipher};
 use peerlog_proto::api::codes;
@@ -24,7 +25,7 @@ const PASS: &str = "correct horse battery staple tangerine";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_find_each_other_through_a_bootstrap_node_and_chat() -> Result<()> {
-    let boot = TestDaemon::start().await?;
+    let boot = TestDaemon::start_bootstrap_node().await?;
     let a = TestDaemon::start_bootstrapped(&boot).await?;
     let b = TestDaemon::start_bootstrapped(&boot).await?;
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
@@ -103,7 +104,7 @@ async fn a_restarted_daemon_keeps_identity_rooms_and_history() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_receives_all_1000_messages_in_the_senders_order() -> Result<()> {
-    let a = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrap_node().await?;
     let mut ca = a.client().await?;
     let room = join(&mut ca, PASS).await?;
     for i in 0..1000 {
@@ -141,7 +142,7 @@ async fn a_late_joiner_receives_all_1000_messages_in_the_senders_order() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_passphrases_never_exchange_data() -> Result<()> {
-    let boot = TestDaemon::start().await?;
+    let boot = TestDaemon::start_bootstrap_node().await?;
     let a = TestDaemon::start_bootstrapped(&boot).await?;
     let mut ca = a.client().await?;
     let room = join(&mut ca, PASS).await?;
@@ -323,7 +324,7 @@ async fn api_refuses_strangers_and_survives_bad_frames() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invites_join_the_same_room_and_leave_forgets_it() -> Result<()> {
-    let a = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrap_node().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
     let created = ca.call("rooms.create", json!({"name": "team"})).await?;
@@ -341,7 +342,7 @@ async fn invites_join_the_same_room_and_leave_forgets_it() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_daemons_ten_rooms_every_pair_connects() -> Result<()> {
-    let mut nodes = vec![TestDaemon::start().await?];
+    let mut nodes = vec![TestDaemon::start_bootstrap_node().await?];
     for _ in 1..20 {
         nodes.push(TestDaemon::start_bootstrapped(&nodes[0]).await?);
     }
@@ -379,7 +380,7 @@ async fn twenty_daemons_ten_rooms_every_pair_connects() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_restarts_is_redialed_and_sync_resumes() -> Result<()> {
-    let a = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrap_node().await?;
     // B listens on a fixed port so that A can redial it at the same address.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let boot = a.p2p_addr().await?;
@@ -419,14 +420,15 @@ async fn a_peer_that_restarts_is_redialed_and_sync_resumes() -> Result<()> {
     Ok(())
 }
 
-/// Peer exchange: A and C are DHT clients, so their provider records carry no address and
-/// the DHT alone cannot connect them. C finds B (a DHT server) and B tells C where A is.
+/// Peer exchange: A and C announce no addresses (`announce_private_addrs = false`), so
+/// their provider records carry none and the DHT alone cannot connect them. C finds B (a
+/// DHT server) and B tells C where A is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_exchange_leads_a_newcomer_to_peers_the_dht_cannot() -> Result<()> {
-    let boot = TestDaemon::start().await?;
+    let boot = TestDaemon::start_bootstrap_node().await?;
     let boot_addr = boot.p2p_addr().await?;
     let a = TestDaemon::start_with(|c| {
-        c.dht_mode = peerlog::config::DhtMode::Client;
+        c.announce_private_addrs = false;
         c.bootstrap = vec![boot_addr.clone()];
     })
     .await?;
@@ -439,7 +441,7 @@ async fn peer_exchange_leads_a_newcomer_to_peers_the_dht_cannot() -> Result<()> 
 
     // C is a DHT client too: neither A nor C can learn the other's address from the DHT.
     let c = TestDaemon::start_with(|c| {
-        c.dht_mode = peerlog::config::DhtMode::Client;
+        c.announce_private_addrs = false;
         c.bootstrap = vec![boot_addr.clone()];
     })
     .await?;
@@ -458,7 +460,11 @@ async fn peer_exchange_leads_a_newcomer_to_peers_the_dht_cannot() -> Result<()> 
 /// answers and a real peer still connects and syncs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_dials_does_not_take_the_node_down() -> Result<()> {
-    let a = TestDaemon::start_with(|c| c.limits.pending_connections = 16).await?;
+    let a = TestDaemon::start_with(|c| {
+        c.limits.pending_connections = 16;
+        c.dht_mode = DhtMode::Server; // b bootstraps from it
+    })
+    .await?;
     let addr = a.p2p_addr().await?;
     let port = addr
         .iter()
@@ -491,7 +497,11 @@ async fn a_flood_of_dials_does_not_take_the_node_down() -> Result<()> {
 /// refused (or dropped at once), and the hub stays at three.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_is_enforced() -> Result<()> {
-    let hub = TestDaemon::start_with(|c| c.limits.connections = 3).await?;
+    let hub = TestDaemon::start_with(|c| {
+        c.limits.connections = 3;
+        c.dht_mode = DhtMode::Server; // the others bootstrap from it
+    })
+    .await?;
     let hub_id = hub.peer_id()?;
     let mut others = Vec::new();
     for _ in 0..3 {
@@ -582,7 +592,7 @@ fn hex_encode(bytes: &[u8]) -> String {
 /// with their connection; and a writer hears when a peer holds its message ("seen").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_show_online_and_messages_are_marked_seen() -> Result<()> {
-    let a = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrap_node().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
     ca.call("profile.set", json!({"display_name": "Ada"})).await?;

@@ -100,7 +100,11 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
     // Ada's daemon keeps its API port across a restart, as a system service does: her page
     // must reconnect by itself.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let mut a = TestDaemon::start_with(|c| c.api_listen = ([127, 0, 0, 1], port).into()).await?;
+    let mut a = TestDaemon::start_with(|c| {
+        c.api_listen = ([127, 0, 0, 1], port).into();
+        c.dht_mode = peerlog::config::DhtMode::Server; // Bob's daemon bootstraps from it
+    })
+    .await?;
     let bd = TestDaemon::start_bootstrapped(&a).await?;
     let mut br = Browser::launch().await?;
     let pa = br.open(&ui_url(&a)?).await?;

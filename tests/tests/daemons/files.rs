@@ -43,7 +43,7 @@ fn hash_file(path: &Path) -> Result<blake3::Hash> {
 
 /// Two daemons in one room (a bootstraps b), each with a client.
 async fn pair() -> Result<(TestDaemon, TestDaemon, Client, Client, String)> {
-    let a = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrap_node().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let (mut ca, mut cb) = (a.cli_client().await?, b.cli_client().await?);
     let room = join(&mut ca, "files test room with a long passphrase").await?;

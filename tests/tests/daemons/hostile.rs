@@ -38,7 +38,7 @@ async fn clocks(c: &mut peerlog::client::Client, room: &str) -> Result<Vec<(Stri
 /// for good). Such a message is refused; the others keep writing and keep being received.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_lamport_clock_is_refused_and_others_keep_writing() -> Result<()> {
-    let a = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrap_node().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
     let room = join(&mut ca, PASS).await?;
@@ -90,7 +90,7 @@ async fn a_hostile_lamport_clock_is_refused_and_others_keep_writing() -> Result<
 /// ignored, our feed goes on under a new writer key, and peers receive what we write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_poisoned_by_an_older_version_recovers_at_restart() -> Result<()> {
-    let mut a = TestDaemon::start().await?;
+    let mut a = TestDaemon::start_bootstrap_node().await?;
     let mut ca = a.client().await?;
     let room = join(&mut ca, PASS).await?;
     send(&mut ca, &room, "before").await?;

@@ -73,7 +73,7 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
 /// messages to B, which verifies them against A's signed head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_and_forward_a_member_serves_an_offline_writers_messages() -> Result<()> {
-    let boot = TestDaemon::start().await?;
+    let boot = TestDaemon::start_bootstrap_node().await?;
     let mut a = TestDaemon::start_bootstrapped(&boot).await?;
     let mut b = TestDaemon::start_bootstrapped(&boot).await?;
     let c = TestDaemon::start_bootstrapped(&boot).await?;
@@ -124,7 +124,7 @@ async fn store_and_forward_a_member_serves_an_offline_writers_messages() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blind_seeder_serves_a_room_it_cannot_read() -> Result<()> {
     const MARKER: &str = "plaintext-marker-7f3a9c";
-    let boot = TestDaemon::start().await?;
+    let boot = TestDaemon::start_bootstrap_node().await?;
     let mut a = TestDaemon::start_bootstrapped(&boot).await?;
     let mut seeder = TestDaemon::start_bootstrapped(&boot).await?;
     let mut ca = a.client().await?;
@@ -201,7 +201,7 @@ async fn a_blind_seeder_serves_a_room_it_cannot_read() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catch_up_interrupted_by_a_restart_resumes_from_what_is_stored() -> Result<()> {
     const N: u64 = 200_000;
-    let a = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrap_node().await?;
     let mut ca = a.client().await?;
     ca.call("subscribe", json!({"events": []})).await?;
     let r = ca.call("rooms.create", json!({})).await?;
@@ -279,7 +279,7 @@ async fn a_joiner_fetches_one_feeds_ranges_from_both_peers() -> Result<()> {
 /// as peers. b must receive every entry exactly once, and both a and c must serve some.
 async fn joiner_fetches_once_from_both(n_a: u64, n_c: u64) -> Result<()> {
     let total = n_a + n_c;
-    let a = TestDaemon::start().await?;
+    let a = TestDaemon::start_bootstrap_node().await?;
     let c = TestDaemon::start_bootstrapped(&a).await?;
     let (mut ca, mut cc) = (a.client().await?, c.client().await?);
     let r = ca.call("rooms.create", json!({})).await?;
@@ -349,7 +349,7 @@ fn copy_tree(from: &Path, to: &Path) -> Result<()> {
 /// second time (a fork that would make peers refuse its feed for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_restored_from_a_backup_fetches_its_own_feed_before_writing_on() -> Result<()> {
-    let peer = TestDaemon::start().await?;
+    let peer = TestDaemon::start_bootstrap_node().await?;
     let mut w = TestDaemon::start_bootstrapped(&peer).await?;
     let (mut cp, mut cw) = (peer.client().await?, w.client().await?);
     let room = join(&mut cp, super::PASS).await?;
