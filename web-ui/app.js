@@ -511,6 +511,9 @@ function renderNodePage() {
   row("Display name", n.display_name || "not set");
   row("PeerId", n.peer_id);
   row("NAT status", n.nat_status);
+  row("Reachable", { public: "from the internet", relayed: "through a relay", behind_nat: "behind NAT, no relay yet", lan_only: "on the LAN only", no_peers: "no peers at all" }[n.reachability] || n.reachability || "–");
+  row("DHT", `${n.dht_mode} mode, ${n.dht_peers} peer(s); ${n.bootstrap_connected} of ${n.bootstrap_peers} bootstrap node(s) connected`);
+  for (const w of n.warnings || []) row("Warning", w);
   row("Listening on", (n.listen_addrs || []).join("\n") || "–");
   row("External addresses", (n.external_addrs || []).join("\n") || "none known");
   row("Relays", (n.relays || []).join("\n") || "none");

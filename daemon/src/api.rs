@@ -709,6 +709,10 @@ struct HistoryParams {
 
 async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value, ApiError> {
     match method {
+        "node.doctor" => {
+            let checks = shared.doctor().await?;
+            Ok(json!({"ok": checks.iter().all(|c| c.ok), "checks": checks}))
+        }
         "node.info" => {
             let info = shared.node_info().await?;
             Ok(json!({
@@ -717,6 +721,12 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 "external_addrs": info.external_addrs,
                 "nat_status": info.nat_status,
                 "relays": info.relays,
+                "reachability": info.reachability,
+                "dht_mode": info.dht_mode,
+                "dht_peers": info.dht_peers,
+                "bootstrap_peers": info.bootstrap_peers,
+                "bootstrap_connected": info.bootstrap_connected,
+                "warnings": info.warnings,
                 "connected_peers": info.peers.len(),
                 "rooms": shared.rooms.list().len(),
                 "storage_bytes": shared.store.size_on_disk() + shared.chunks.bytes(),

@@ -101,6 +101,29 @@ pub enum OpError {
     Shutdown,
 }
 
+/// One connectivity check of [`Shared::doctor`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Check {
+    /// What was checked: `bootstrap`, `dht`, `reachability`, `relay`.
+    pub name: &'static str,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (empty when it passed).
+    pub advice: String,
+}
+
+impl Check {
+    fn ok(name: &'static str, detail: String) -> Self {
+        Self { name, ok: true, detail, advice: String::new() }
+    }
+
+    fn fail(name: &'static str, detail: String, advice: &str) -> Self {
+        Self { name, ok: false, detail, advice: advice.into() }
+    }
+}
+
 /// State shared by the API, the background tasks and the handle.
 pub struct Shared {
     /// Effective configuration.
@@ -560,6 +583,67 @@ impl Shared {
     /// Node snapshot.
     pub async fn node_info(&self) -> Result<NodeInfo, OpError> {
         self.node.info().await.map_err(|_| OpError::Shutdown)
+    }
+
+    /// Runs the connectivity checks of `peerlog doctor` (bounded: about 15 s at most):
+    /// bootstrap nodes, the DHT, NAT and relay. Each check says what to do if it failed.
+    pub async fn doctor(&self) -> Result<Vec<Check>, OpError> {
+        const WAIT: Duration = Duration::from_secs(10);
+        let mut checks = Vec::new();
+        let bootstrap: Vec<PeerId> = self
+            .config
+            .bootstrap
+            .iter()
+            .filter_map(|a| match a.iter().last() {
+                Some(libp2p::multiaddr::Protocol::P2p(p)) => Some(p),
+                _ => None,
+            })
+            .collect();
+        if bootstrap.is_empty() {
+            checks.push(Check::fail(
+                "bootstrap",
+                "no bootstrap node is configured".into(),
+                "this daemon finds room peers on its LAN only (mDNS): add a reachable peerlog node with --bootstrap, or `bootstrap` in the config",
+            ));
+        } else {
+            let tries = bootstrap.iter().map(|p| tokio::time::timeout(WAIT, self.node.connect(*p)));
+            let results = futures::future::join_all(tries).await;
+            let ok = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
+            let detail = format!("{ok} of {} bootstrap node(s) reachable", bootstrap.len());
+            checks.push(if ok > 0 {
+                Check::ok("bootstrap", detail)
+            } else {
+                Check::fail("bootstrap", detail, "check the bootstrap addresses (with /p2p/<PeerId>) and that this machine can reach them (firewall, network)")
+            });
+        }
+        let dht = tokio::time::timeout(WAIT, self.node.probe_dht()).await;
+        checks.push(match dht {
+            Ok(Ok(Ok(n))) => Check::ok("dht", format!("{n} DHT server(s) answered")),
+            Ok(Ok(Err(why))) => Check::fail("dht", format!("the DHT did not answer: {why}"), "rooms cannot be found beyond the LAN: a bootstrap node must be reachable and run as a DHT server (a declared external address, or --dht-mode server on a private network)"),
+            Ok(Err(_)) => return Err(OpError::Shutdown),
+            Err(_) => Check::fail("dht", "the DHT did not answer within 10 s".into(), "check the bootstrap nodes and this machine's network"),
+        });
+        let info = self.node_info().await?;
+        let nat = format!("AutoNAT says {}; reachability: {}", info.nat_status, info.reachability);
+        // Connected to a bootstrap node, and to nobody on the internet: a private network
+        // (a LAN or VPN with its own bootstrap node), where that is the point.
+        let private_network = info.reachability == "lan_only" && info.bootstrap_connected > 0;
+        checks.push(match info.reachability.as_str() {
+            "public" | "relayed" => Check::ok("reachability", nat),
+            _ if private_network => Check::ok("reachability", format!("{nat}: a private network, whose peers can reach this daemon")),
+            "behind_nat" => Check::fail("reachability", nat, "peers cannot reach this daemon: it needs a relay reservation (a bootstrap node with a declared public address serves as one)"),
+            _ => Check::fail("reachability", nat, "this daemon is connected to nobody beyond its LAN: see the bootstrap check"),
+        });
+        checks.push(if !info.relays.is_empty() {
+            Check::ok("relay", format!("reservation(s) on {} relay(s)", info.relays.len()))
+        } else if info.reachability == "public" {
+            Check::ok("relay", "not needed: this daemon has a public address".into())
+        } else if private_network {
+            Check::ok("relay", "not needed on a private network".into())
+        } else {
+            Check::fail("relay", "no relay reservation".into(), "peers behind other NATs cannot reach this daemon; a relay is found among peers that serve one (a bootstrap node with a declared public address does)")
+        });
+        Ok(checks)
     }
 
     /// Rooms each peer shares with us (authenticated sessions).

@@ -146,6 +146,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check connectivity (bootstrap nodes, DHT, NAT, relay), say what to do, and exit
+    /// non-zero if a check fails.
+    Doctor {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the node, its rooms and connected room peers.
     Status {
         #[command(flatten)]
@@ -433,6 +442,31 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&e)?);
             }
         }
+        Command::Doctor { client, json } => {
+            let mut c = client.connect().await?;
+            let r = c.call("node.doctor", json!({})).await?;
+            c.close().await.ok();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for check in r["checks"].as_array().into_iter().flatten() {
+                    let ok = check["ok"].as_bool().unwrap_or(false);
+                    println!(
+                        "{} {:<13} {}",
+                        if ok { "ok  " } else { "FAIL" },
+                        check["name"].as_str().unwrap_or(""),
+                        check["detail"].as_str().unwrap_or("")
+                    );
+                    if let Some(advice) = check["advice"].as_str().filter(|a| !a.is_empty()) {
+                        println!("     {:<13} → {advice}", "");
+                    }
+                }
+            }
+            if r["ok"] != true {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Status { client, json } => {
             let mut c = client.connect().await?;
             let node = c.call("node.info", json!({})).await?;
@@ -451,6 +485,17 @@ async fn run(cli: Cli) -> Result<()> {
             println!("peer id:    {}", node["peer_id"].as_str().unwrap_or(""));
             println!("version:    {}", node["version"].as_str().unwrap_or(""));
             println!("NAT status: {}", node["nat_status"].as_str().unwrap_or(""));
+            println!("reachable:  {}", node["reachability"].as_str().unwrap_or(""));
+            println!(
+                "DHT:        {} mode, {} peer(s); {} of {} bootstrap node(s) connected",
+                node["dht_mode"].as_str().unwrap_or(""),
+                node["dht_peers"],
+                node["bootstrap_connected"],
+                node["bootstrap_peers"]
+            );
+            for w in node["warnings"].as_array().into_iter().flatten() {
+                println!("warning:    {}", w.as_str().unwrap_or(""));
+            }
             for a in node["listen_addrs"].as_array().into_iter().flatten() {
                 println!("listening:  {}", a.as_str().unwrap_or(""));
             }
@@ -552,11 +597,15 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     if !config.api_listen.ip().is_loopback() {
         tracing::warn!(addr = %config.api_listen, "the API listens beyond loopback; only loopback Host names are accepted");
     }
+    let config_has_no_bootstrap = config.bootstrap.is_empty();
     let daemon = Daemon::start(config).await?;
     let info = daemon.shared().node_info().await?;
     println!("peer id: {}", info.peer_id);
     for a in &info.listen_addrs {
         println!("listening: {a}");
+    }
+    if config_has_no_bootstrap {
+        println!("warning: no bootstrap node is configured: this daemon finds room peers on its LAN only (mDNS); add one with --bootstrap (`peerlog doctor` checks connectivity)");
     }
     // Under systemd stdout goes to the journal: keep the token out of it.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
@@ -565,6 +614,16 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         println!("web UI: {}", daemon.ui_url());
     }
 
+    // Once the network had time to settle, say plainly what keeps peers away, if anything.
+    let shared = daemon.shared().clone();
+    let settle = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        if let Ok(info) = shared.node_info().await {
+            for w in &info.warnings {
+                tracing::warn!(reachability = %info.reachability, "{w}");
+            }
+        }
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut failure = None;
     tokio::select! {
@@ -572,6 +631,7 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         _ = term.recv() => {},
         e = daemon.storage_failed() => failure = Some(e),
     }
+    settle.abort();
     tracing::info!("shutting down");
     let stopped = tokio::time::timeout(Duration::from_secs(20), daemon.shutdown()).await;
     if let Some(e) = failure {

@@ -163,6 +163,21 @@ pub struct NodeInfo {
     pub relays: Vec<String>,
     /// Connected peers.
     pub peers: Vec<PeerInfo>,
+    /// How others can reach us: `public` (a declared or confirmed public address),
+    /// `relayed` (only through a relay reservation), `behind_nat` (we reach the internet,
+    /// nobody reaches us), `lan_only` (connected to nobody beyond private networks),
+    /// `no_peers`.
+    pub reachability: String,
+    /// Our DHT mode now: `server` or `client`.
+    pub dht_mode: String,
+    /// Peers in our DHT routing table.
+    pub dht_peers: usize,
+    /// Configured bootstrap nodes.
+    pub bootstrap_peers: usize,
+    /// Bootstrap nodes connected now.
+    pub bootstrap_connected: usize,
+    /// Plain sentences about what keeps peers from finding or reaching us, if anything.
+    pub warnings: Vec<String>,
 }
 
 /// Requests to the event loop.
@@ -177,6 +192,7 @@ enum Command {
     AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
     Addresses { peers: Vec<PeerId>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
     Info { reply: oneshot::Sender<NodeInfo> },
+    ProbeDht { reply: oneshot::Sender<Result<usize, String>> },
 }
 
 /// What the node tells its subscribers.
@@ -321,6 +337,13 @@ impl NodeHandle {
         self.send(Command::Info { reply }).await?;
         rx.await.map_err(|_| NodeError::Shutdown)
     }
+
+    /// Asks the DHT for the peers closest to us: how many answered, or why none did.
+    pub async fn probe_dht(&self) -> Result<Result<usize, String>, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Command::ProbeDht { reply }).await?;
+        rx.await.map_err(|_| NodeError::Shutdown)
+    }
 }
 
 struct Connection {
@@ -355,6 +378,12 @@ pub struct EventLoop {
     declared_external: Vec<Multiaddr>,
     /// Whether private listen addresses are published (see `publish_listen_addrs`).
     announce_private: bool,
+    /// Bootstrap nodes from the config.
+    bootstrap: Vec<PeerId>,
+    /// Relays that accepted our reservation.
+    accepted_relays: HashSet<PeerId>,
+    /// DHT probes (`ProbeDht`) waiting for their query.
+    dht_probes: HashMap<kad::QueryId, oneshot::Sender<Result<usize, String>>>,
     /// `connect` calls waiting for a connection to a peer.
     pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
 }
@@ -457,6 +486,16 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
         address_book: HashMap::new(),
         declared_external: config.external_addrs.clone(),
         announce_private: config.announce_private,
+        bootstrap: config
+            .bootstrap
+            .iter()
+            .filter_map(|a| match a.iter().last() {
+                Some(Protocol::P2p(peer)) => Some(peer),
+                _ => None,
+            })
+            .collect(),
+        accepted_relays: HashSet::new(),
+        dht_probes: HashMap::new(),
         pending_connects: HashMap::new(),
     };
     for addr in &config.external_addrs {
@@ -764,6 +803,11 @@ impl EventLoop {
             Command::Info { reply } => {
                 let _ = reply.send(self.info());
             }
+            Command::ProbeDht { reply } => {
+                let me = *self.swarm.local_peer_id();
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(me);
+                self.dht_probes.insert(id, reply);
+            }
         }
     }
 
@@ -869,7 +913,7 @@ impl EventLoop {
         self.connections.get(peer)?.values().map(|c| c.kind).min_by_key(|k| kind_rank(*k))
     }
 
-    fn info(&self) -> NodeInfo {
+    fn info(&mut self) -> NodeInfo {
         let local = *self.swarm.local_peer_id();
         let with_p2p = |a: &Multiaddr| a.clone().with_p2p(local).unwrap_or_else(|a| a).to_string();
         let mut peers: Vec<PeerInfo> = self
@@ -900,7 +944,65 @@ impl EventLoop {
             .into(),
             relays: self.reservations.keys().map(|p| p.to_string()).collect(),
             peers,
+            reachability: self.reachability().into(),
+            dht_mode: match self.swarm.behaviour().kad.mode() {
+                kad::Mode::Server => "server",
+                kad::Mode::Client => "client",
+            }
+            .into(),
+            dht_peers: self.dht_peers(),
+            bootstrap_peers: self.bootstrap.len(),
+            bootstrap_connected: self.bootstrap.iter().filter(|p| self.connections.contains_key(p)).count(),
+            warnings: self.warnings(),
         }
+    }
+
+    fn dht_peers(&mut self) -> usize {
+        self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum()
+    }
+
+    /// See [`NodeInfo::reachability`].
+    fn reachability(&self) -> &'static str {
+        if self.has_public_external() {
+            "public"
+        } else if !self.accepted_relays.is_empty() {
+            "relayed"
+        } else if self.connections.values().flat_map(|c| c.values()).any(|c| reach(&c.addr) == Reach::Public) {
+            "behind_nat"
+        } else if !self.connections.is_empty() {
+            "lan_only"
+        } else {
+            "no_peers"
+        }
+    }
+
+    /// What keeps peers from finding or reaching us, in plain words.
+    fn warnings(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let reachability = self.reachability();
+        let beyond_lan = !matches!(reachability, "lan_only" | "no_peers");
+        if self.bootstrap.is_empty() && !beyond_lan {
+            out.push(
+                "no bootstrap node is configured: this daemon finds room peers on its LAN only (mDNS); \
+                 add one with --bootstrap or `bootstrap` in the config to reach others"
+                    .to_string(),
+            );
+        } else if !self.bootstrap.is_empty()
+            && !self.bootstrap.iter().any(|p| self.connections.contains_key(p))
+            && self.dht_peers() == 0
+        {
+            out.push(format!(
+                "none of the {} bootstrap node(s) is reachable and the DHT has no peers: rooms cannot be found beyond the LAN; check the bootstrap addresses and this machine's network",
+                self.bootstrap.len()
+            ));
+        }
+        if reachability == "behind_nat" && self.needs_relay() {
+            out.push(
+                "behind NAT with no relay reservation: peers behind other NATs cannot reach this daemon until a relay is found"
+                    .to_string(),
+            );
+        }
+        out
     }
 
     fn emit(&self, event: NodeEvent) {
@@ -930,6 +1032,7 @@ impl EventLoop {
                 if let Some(relay) = self.reservations.iter().find(|(_, id)| **id == listener_id).map(|(p, _)| *p) {
                     warn!(%relay, ?reason, "relay reservation ended");
                     self.reservations.remove(&relay);
+                    self.accepted_relays.remove(&relay);
                     // Ask again only after identify says it is a relay again.
                     self.relay_candidates.remove(&relay);
                 }
@@ -1041,6 +1144,7 @@ impl EventLoop {
             },
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted { relay_peer_id, .. }) => {
                 info!(relay = %relay_peer_id, "relay reservation accepted");
+                self.accepted_relays.insert(relay_peer_id);
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => match result {
                 kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
@@ -1062,6 +1166,15 @@ impl EventLoop {
                     self.provider_queries.remove(&id);
                 }
                 kad::QueryResult::StartProviding(Err(e)) => debug!(error = ?e, "provider announcement incomplete"),
+                kad::QueryResult::GetClosestPeers(r) if step.last => {
+                    if let Some(reply) = self.dht_probes.remove(&id) {
+                        let _ = reply.send(match r {
+                            Ok(ok) if !ok.peers.is_empty() => Ok(ok.peers.len()),
+                            Ok(_) => Err("no DHT server answered".into()),
+                            Err(e) => Err(e.to_string()),
+                        });
+                    }
+                }
                 _ => {}
             },
             BehaviourEvent::Kad(kad::Event::ModeChanged { new_mode }) => info!(%new_mode, "DHT mode changed"),

@@ -90,7 +90,15 @@ pub enum SessionError {
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] crate::log::store::StoreError),
+    /// The peer does not speak the replication protocol (another libp2p application).
+    #[error("the peer does not speak {PROTOCOL}")]
+    NotPeerlog,
 }
+
+/// Peers remembered as not speaking the replication protocol (bounded), and for how long
+/// (a peerlog daemon that was still starting could have answered so).
+const NOT_PEERLOG_MAX: usize = 1024;
+const NOT_PEERLOG_FOR: Duration = Duration::from_secs(600);
 
 struct Slot {
     id: u64,
@@ -109,6 +117,9 @@ struct Inner {
     node: NodeHandle,
     /// Consecutive failed attempts per (peer, room), for redial backoff.
     redials: Mutex<HashMap<(PeerId, Key32), u32>>,
+    /// Peers that answered "protocol not supported", and when: not room peers (other
+    /// libp2p applications on the LAN or DHT), not asked again for [`NOT_PEERLOG_FOR`].
+    not_peerlog: Mutex<HashMap<PeerId, std::time::Instant>>,
     limits: Limits,
     slots: Mutex<HashMap<(PeerId, Key32), Slot>>,
     next_id: AtomicU64,
@@ -153,6 +164,7 @@ impl Replicator {
                 rooms,
                 node,
                 redials: Mutex::new(HashMap::new()),
+                not_peerlog: Default::default(),
                 limits,
                 slots: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
@@ -200,6 +212,16 @@ impl Replicator {
     pub fn ensure_session(&self, peer: PeerId, room: Key32) {
         if peer == self.inner.local {
             return;
+        }
+        {
+            let mut not = self.inner.not_peerlog.lock().unwrap_or_else(|p| p.into_inner());
+            match not.get(&peer) {
+                Some(at) if at.elapsed() < NOT_PEERLOG_FOR => return,
+                Some(_) => {
+                    not.remove(&peer);
+                }
+                None => {}
+            }
         }
         let Some((id, cancel)) = self.claim(peer, room, true) else { return };
         let this = self.clone();
@@ -396,7 +418,19 @@ impl Replicator {
             tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, StreamProtocol::new(PROTOCOL)))
                 .await
                 .map_err(|_| SessionError::Timeout("open"))?
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+                .map_err(|e| match e {
+                    libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+                        let mut not = self.inner.not_peerlog.lock().unwrap_or_else(|p| p.into_inner());
+                        if not.len() >= NOT_PEERLOG_MAX {
+                            not.retain(|_, at| at.elapsed() < NOT_PEERLOG_FOR);
+                        }
+                        if not.len() < NOT_PEERLOG_MAX {
+                            not.insert(peer, std::time::Instant::now());
+                        }
+                        SessionError::NotPeerlog
+                    }
+                    e => SessionError::Io(std::io::Error::other(e.to_string())),
+                })?;
         let mut io = self.framed(stream);
         let Some(room) = self.inner.rooms.get(&dk) else { return Ok(()) };
         let nonce: Key32 = rand::random();
@@ -434,11 +468,11 @@ impl Replicator {
             Ok(Err(e)) => return Err(e),
         };
         let Some(room) = self.inner.rooms.get(&dk) else {
-            let _ = send(&mut io, &Frame::Refuse { reason: Refusal::UnknownRoom }).await;
+            refuse(&mut io, Refusal::UnknownRoom).await;
             return Ok(());
         };
         let Some((id, cancel)) = self.claim(peer, dk, false) else {
-            let _ = send(&mut io, &Frame::Refuse { reason: Refusal::Duplicate }).await;
+            refuse(&mut io, Refusal::Duplicate).await;
             return Ok(());
         };
         let established = AtomicBool::new(false);
@@ -486,7 +520,7 @@ impl Replicator {
         let expected = auth_mac(key, initiator_nonce, responder_nonce, &peer, &self.inner.local);
         if !verify_auth_mac(&expected, &theirs) {
             warn!(%peer, room = %room.id, "peer failed the membership proof (wrong passphrase?)");
-            let _ = send(io, &Frame::Refuse { reason: Refusal::BadAuth }).await;
+            refuse(io, Refusal::BadAuth).await;
             return Err(SessionError::Refused(Refusal::BadAuth));
         }
         Ok(())
@@ -598,6 +632,17 @@ impl Replicator {
 }
 
 type Io = Framed<tokio_util::compat::Compat<Stream>, LengthDelimitedCodec>;
+
+/// Sends a refusal and closes our side of the stream (FIN). Dropping the stream instead
+/// resets it, and a peer may then lose the refusal (js-libp2p drops data on a reset).
+async fn refuse(io: &mut Io, reason: Refusal) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if send(io, &Frame::Refuse { reason }).await.is_ok() {
+            let _ = SinkExt::<Bytes>::close(io).await;
+        }
+    })
+    .await;
+}
 
 async fn send(io: &mut Io, frame: &Frame) -> Result<(), SessionError> {
     io.send(Bytes::from(frame.encode())).await?;

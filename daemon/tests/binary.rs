@@ -505,6 +505,12 @@ fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
         }
     };
     ensure!(holepunched_event["params"]["peer"] == b.peer_id.as_str(), "event names b: {holepunched_event}");
+    // `peerlog doctor` behind the NAT: the bootstrap node answers, so does the DHT, and a
+    // relay reservation makes the daemon reachable.
+    let doctor = a.command(&["doctor"]).output()?;
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    ensure!(doctor.status.success(), "doctor failed behind a cone NAT with a relay:\n{report}");
+    ensure!(report.contains("ok   relay") && report.contains("ok   dht"), "doctor report:\n{report}");
     let p = &holepunched_event["params"];
     ensure!(p["rooms"][0] == room.as_str() || p["room"] == room.as_str(), "event names the room: {holepunched_event}");
     let _ = events.kill();
@@ -1143,5 +1149,53 @@ fn default_daemons_behind_a_private_bootstrap_on_routed_subnets_chat() -> Result
         external.contains("10.9.1.2") && !external.contains("fe80") && !external.contains("169.254"),
         "a announces {external}"
     );
+    let doctor = a.command(&["doctor"]).output()?;
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    ensure!(doctor.status.success(), "doctor fails on a working private network:\n{report}");
+    Ok(())
+}
+
+/// A daemon with no bootstrap node and no LAN peers says so: at start, in `peerlog status`,
+/// and `peerlog doctor` fails naming the bootstrap check and what to do.
+#[test]
+fn a_daemon_with_no_bootstrap_warns_and_doctor_says_why() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
+    let mut child = Command::new(&exe)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.path())
+        .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().context("stdout")?;
+    let _child = Kill(child);
+    let mut warned = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        warned |= line.starts_with("warning: no bootstrap node");
+        if line.starts_with("web UI:") {
+            break;
+        }
+    }
+    ensure!(warned, "the daemon did not warn at start that it has no bootstrap node");
+    let cli = |args: &[&str]| Command::new(&exe).args(args).arg("--data-dir").arg(dir.path()).output();
+    let status = cli(&["status"])?;
+    let text = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        text.contains("reachable:  no_peers") && text.contains("warning:    no bootstrap node"),
+        "status does not say what is wrong: {text}"
+    );
+    let doctor = cli(&["doctor"])?;
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    ensure!(!doctor.status.success(), "doctor exited 0 with nothing reachable: {text}");
+    ensure!(text.contains("FAIL bootstrap") && text.contains("--bootstrap"), "doctor does not say why: {text}");
     Ok(())
 }

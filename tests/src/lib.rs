@@ -213,15 +213,8 @@ impl RawPeer {
         Ok(Self { node, cancel })
     }
 
-    /// Opens a stream to `peer` at `addr` and runs Hello + Auth with `auth_key` for the room
-    /// `discovery_key`. Returns the session, or the frame the daemon answered instead.
-    pub async fn open(
-        &self,
-        addr: Multiaddr,
-        peer: PeerId,
-        discovery_key: Key32,
-        auth_key: Key32,
-    ) -> Result<std::result::Result<RawSession, Frame>> {
+    /// Opens a replication stream to `peer` at `addr`, with no handshake.
+    pub async fn stream(&self, addr: Multiaddr, peer: PeerId) -> Result<RawSession> {
         if !self.node.info().await?.peers.iter().any(|p| p.peer_id == peer.to_string()) {
             let mut events = self.node.subscribe();
             self.node.dial(addr).await?;
@@ -242,7 +235,19 @@ impl RawPeer {
                 .await?
                 .map_err(|e| anyhow!("open stream: {e}"))?;
         let codec = LengthDelimitedCodec::builder().max_frame_length(4 << 20).new_codec();
-        let mut s = RawSession { io: Framed::new(stream.compat(), codec) };
+        Ok(RawSession { io: Framed::new(stream.compat(), codec) })
+    }
+
+    /// Opens a stream to `peer` at `addr` and runs Hello + Auth with `auth_key` for the room
+    /// `discovery_key`. Returns the session, or the frame the daemon answered instead.
+    pub async fn open(
+        &self,
+        addr: Multiaddr,
+        peer: PeerId,
+        discovery_key: Key32,
+        auth_key: Key32,
+    ) -> Result<std::result::Result<RawSession, Frame>> {
+        let mut s = self.stream(addr, peer).await?;
         let nonce: Key32 = [7; 32];
         s.send(&Frame::Hello { discovery_key, nonce }).await?;
         let their_nonce = match s.recv().await? {
@@ -286,6 +291,23 @@ impl RawSession {
             }
         })
         .await?
+    }
+
+    /// Reads until the stream ends: the frames, and whether it ended cleanly (the daemon
+    /// closed it, FIN) rather than by a reset or another error.
+    pub async fn read_to_end(&mut self) -> Result<(Vec<Frame>, bool)> {
+        let mut seen = Vec::new();
+        let clean = within(WAIT, "the daemon to end the stream", async {
+            loop {
+                match self.io.next().await {
+                    Some(Ok(b)) => seen.push(Frame::decode(&b)?),
+                    Some(Err(_)) => return Ok::<_, anyhow::Error>(false),
+                    None => return Ok(true),
+                }
+            }
+        })
+        .await??;
+        Ok((seen, clean))
     }
 
     /// Whether the daemon closed the stream (reads until EOF, skipping frames).
