@@ -534,6 +534,21 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     Ok((handle, event_loop))
 }
 
+/// The DHT key under which a room (by its discovery key) is announced: a sha2-256
+/// multihash (`0x12 0x20` + digest) of a domain-separated hash of the discovery key.
+/// Standard Kademlia servers (go-libp2p-kad-dht, js-libp2p's kad-dht) refuse provider
+/// records whose key is not a multihash/CID ("Invalid CID"); a bare sha2-256 multihash is
+/// both a valid multihash and a CIDv0. Nothing about the room but this hash is published.
+pub fn provider_key(discovery_key: &Key32) -> kad::RecordKey {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"peerlog/dht/room/v1");
+    h.update(discovery_key);
+    let mut key = vec![0x12, 0x20];
+    key.extend_from_slice(&h.finalize());
+    kad::RecordKey::new(&key)
+}
+
 /// Where an address can be reached from, as far as publishing it goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Reach {
@@ -744,16 +759,16 @@ impl EventLoop {
         match cmd {
             Command::Provide { key } => {
                 self.provided.insert(key);
-                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key)) {
+                if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(provider_key(&key)) {
                     warn!(error = %e, "cannot store provider record");
                 }
             }
             Command::StopProviding { key } => {
                 self.provided.remove(&key);
-                self.swarm.behaviour_mut().kad.stop_providing(&kad::RecordKey::new(&key));
+                self.swarm.behaviour_mut().kad.stop_providing(&provider_key(&key));
             }
             Command::FindProviders { key } => {
-                let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
+                let id = self.swarm.behaviour_mut().kad.get_providers(provider_key(&key));
                 self.provider_queries.insert(id, key);
             }
             Command::Dial { addr } => {
@@ -1207,6 +1222,16 @@ impl EventLoop {
 #[cfg(test)]
 mod tests {
     use super::{reach, Reach};
+
+    #[test]
+    fn a_room_is_announced_under_a_sha2_256_multihash() {
+        let dk = [7u8; 32];
+        let key = super::provider_key(&dk).to_vec();
+        assert_eq!(key.len(), 34);
+        assert_eq!(&key[..2], &[0x12, 0x20], "sha2-256 multihash prefix");
+        assert!(!key.windows(32).any(|w| w == dk), "the discovery key itself is not published");
+        assert_ne!(super::provider_key(&[8u8; 32]).to_vec(), key);
+    }
 
     #[test]
     fn addresses_are_published_by_reach() {
