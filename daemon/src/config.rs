@@ -118,6 +118,10 @@ pub struct Limits {
     pub relay_circuit_bytes: u64,
     /// As a relay: seconds one relayed circuit may last.
     pub relay_circuit_secs: u64,
+    /// As a relay: circuits relayed at once, in all.
+    pub relay_circuits: usize,
+    /// As a relay: circuits relayed at once for one peer.
+    pub relay_circuits_per_peer: usize,
     /// MiB that must stay free on the data dir's disk: below it, new messages, entries
     /// and file chunks are refused (until space is freed) rather than filling the disk.
     pub disk_reserve_mb: u64,
@@ -136,8 +140,10 @@ impl Default for Limits {
             connections: 512,
             connections_per_peer: 4,
             pending_connections: 128,
-            relay_circuit_bytes: 128 << 10,
-            relay_circuit_secs: 120,
+            relay_circuit_bytes: 64 << 20,
+            relay_circuit_secs: 600,
+            relay_circuits: 32,
+            relay_circuits_per_peer: 4,
             disk_reserve_mb: 64,
         }
     }

@@ -222,6 +222,8 @@ impl Daemon {
             },
             relay_circuit_bytes: config.limits.relay_circuit_bytes,
             relay_circuit_duration: Duration::from_secs(config.limits.relay_circuit_secs),
+            relay_circuits: config.limits.relay_circuits,
+            relay_circuits_per_peer: config.limits.relay_circuits_per_peer,
         };
         let (node, event_loop) = node::build(keypair, &node_config).await?;
         let net_cancel = CancellationToken::new();

@@ -100,6 +100,10 @@ pub struct NodeConfig {
     pub relay_circuit_bytes: u64,
     /// As a relay: duration one circuit may last.
     pub relay_circuit_duration: Duration,
+    /// As a relay: circuits at once in all.
+    pub relay_circuits: usize,
+    /// As a relay: circuits at once per peer.
+    pub relay_circuits_per_peer: usize,
 }
 
 /// Limits on connections, so that a flood of dials cannot take the node down.
@@ -146,6 +150,9 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     /// The peer's agent string (from identify).
     pub agent: Option<String>,
+    /// Over a relayed connection: the bytes its circuit may carry, as the relay said
+    /// (`u64::MAX`: no limit); `None` when not relayed or not known.
+    pub circuit_bytes: Option<u64>,
 }
 
 /// A snapshot of the node.
@@ -319,9 +326,14 @@ impl NodeHandle {
 
     /// The best connection kind to `peer`, if connected.
     pub async fn connection_kind(&self, peer: PeerId) -> Option<ConnectionKind> {
+        self.connection(peer).await.map(|p| p.connection)
+    }
+
+    /// How we are connected to `peer`, if we are.
+    pub async fn connection(&self, peer: PeerId) -> Option<PeerInfo> {
         let info = self.info().await.ok()?;
         let id = peer.to_string();
-        info.peers.into_iter().find(|p| p.peer_id == id).map(|p| p.connection)
+        info.peers.into_iter().find(|p| p.peer_id == id)
     }
 
     /// The addresses known for each of `peers`.
@@ -380,6 +392,10 @@ pub struct EventLoop {
     announce_private: bool,
     /// Bootstrap nodes from the config.
     bootstrap: Vec<PeerId>,
+    /// Data limits of circuits, as relays announce them: per relay (our circuits through it)
+    /// and per source peer (circuits to us).
+    relay_limits: HashMap<PeerId, u64>,
+    inbound_limits: HashMap<PeerId, u64>,
     /// Relays that accepted our reservation.
     accepted_relays: HashSet<PeerId>,
     /// DHT probes (`ProbeDht`) waiting for their query.
@@ -404,6 +420,8 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     let relay_config = relay::Config {
         max_circuit_bytes: config.relay_circuit_bytes,
         max_circuit_duration: config.relay_circuit_duration,
+        max_circuits: config.relay_circuits.max(1),
+        max_circuits_per_peer: config.relay_circuits_per_peer.max(1),
         ..relay::Config::default()
     };
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -495,6 +513,8 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
             })
             .collect(),
         accepted_relays: HashSet::new(),
+        relay_limits: HashMap::new(),
+        inbound_limits: HashMap::new(),
         dht_probes: HashMap::new(),
         pending_connects: HashMap::new(),
     };
@@ -698,6 +718,19 @@ fn kind_rank(kind: ConnectionKind) -> u8 {
         ConnectionKind::Direct => 1,
         ConnectionKind::Relayed => 2,
     }
+}
+
+/// The relay of a `/p2p/RELAY/p2p-circuit` address.
+fn relay_of(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2p(peer) => last = Some(peer),
+            Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    None
 }
 
 fn is_relayed(addr: &Multiaddr) -> bool {
@@ -937,12 +970,22 @@ impl EventLoop {
             .map(|(peer, conns)| {
                 let best =
                     conns.values().map(|c| c.kind).min_by_key(|k| kind_rank(*k)).unwrap_or(ConnectionKind::Direct);
+                let circuit_bytes = (best == ConnectionKind::Relayed)
+                    .then(|| {
+                        conns
+                            .values()
+                            .find_map(|c| relay_of(&c.addr).and_then(|r| self.relay_limits.get(&r)))
+                            .or_else(|| self.inbound_limits.get(peer))
+                            .copied()
+                    })
+                    .flatten();
                 PeerInfo {
                     peer_id: peer.to_string(),
                     addrs: conns.values().map(|c| c.addr.to_string()).collect(),
                     connection: best,
                     rtt_ms: self.rtt.get(peer).map(|d| d.as_secs_f64() * 1000.0),
                     agent: self.agents.get(peer).cloned(),
+                    circuit_bytes,
                 }
             })
             .collect();
@@ -1160,6 +1203,16 @@ impl EventLoop {
             BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted { relay_peer_id, .. }) => {
                 info!(relay = %relay_peer_id, "relay reservation accepted");
                 self.accepted_relays.insert(relay_peer_id);
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::OutboundCircuitEstablished { relay_peer_id, limit }) => {
+                let bytes = limit.and_then(|l| l.data_in_bytes()).unwrap_or(u64::MAX);
+                self.relay_limits.insert(relay_peer_id, bytes);
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::InboundCircuitEstablished { src_peer_id, limit }) => {
+                let bytes = limit.and_then(|l| l.data_in_bytes()).unwrap_or(u64::MAX);
+                if self.inbound_limits.len() < ADDRESS_BOOK_PEERS || self.inbound_limits.contains_key(&src_peer_id) {
+                    self.inbound_limits.insert(src_peer_id, bytes);
+                }
             }
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => match result {
                 kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {

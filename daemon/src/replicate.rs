@@ -63,6 +63,9 @@ const BATCH_BYTES: usize = 1 << 20;
 /// The same over a relayed connection: a relay closes a circuit after 128 KiB by default, so
 /// each circuit must be able to carry several whole frames (resume then goes on from there).
 const RELAYED_BATCH_BYTES: usize = 8 << 10;
+/// A circuit that may carry at least this much (a peerlog relay's, 64 MiB by default) is
+/// used like a direct connection: whole batches and chunks, several in flight.
+const ROOMY_CIRCUIT_BYTES: u64 = 8 << 20;
 /// Most peers in one `Peers` frame, and addresses per peer taken from it.
 const PEX_PEERS: usize = 32;
 const PEX_ADDRS: usize = 8;
@@ -533,7 +536,9 @@ impl Replicator {
         peer: PeerId,
         id: u64,
     ) -> Result<(), SessionError> {
-        let kind = self.inner.node.connection_kind(peer).await;
+        let connection = self.inner.node.connection(peer).await;
+        let kind = connection.as_ref().map(|c| c.connection);
+        let circuit_bytes = connection.and_then(|c| c.circuit_bytes);
         info!(%peer, room = %room.id, ?kind, "room peer connected");
         let _ = self.inner.rooms.events.send(DaemonEvent::PeerJoined { room: room.discovery_key, peer, kind });
         let (mut sink, mut source) = io.split();
@@ -576,9 +581,11 @@ impl Replicator {
             pex: Vec::new(),
             batch_bytes: BATCH_BYTES,
         };
-        if kind == Some(crate::node::ConnectionKind::Relayed) {
+        if kind == Some(crate::node::ConnectionKind::Relayed) && circuit_bytes.is_none_or(|b| b < ROOMY_CIRCUIT_BYTES) {
+            // A relay with small circuits (a public one): small frames, one chunk at a time.
             session.batch_bytes = RELAYED_BATCH_BYTES;
         }
+        debug!(%peer, ?kind, ?circuit_bytes, batch_bytes = session.batch_bytes, "session framing");
         session.outbox.push_back(self.peers_frame(&session.room.discovery_key, peer).await);
         let signature = session.room.writer_proof(&self.inner.local);
         session.outbox.push_front(Frame::Writer { feed_key: session.room.feed_key, signature });

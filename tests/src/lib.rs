@@ -206,6 +206,8 @@ impl RawPeer {
             connection_limits: node::ConnectionLimits::default(),
             relay_circuit_bytes: 128 << 10,
             relay_circuit_duration: Duration::from_secs(120),
+            relay_circuits: 16,
+            relay_circuits_per_peer: 4,
         };
         let (node, event_loop) = node::build(keypair, &config).await?;
         let cancel = CancellationToken::new();
