@@ -45,6 +45,21 @@ const INBOUND_FRAMES: usize = 8;
 const OUTBOUND_FRAMES: usize = 8;
 /// Most unauthenticated inbound sessions at once.
 const MAX_HANDSHAKES: usize = 64;
+/// …and per peer: one peer cannot take every slot with streams that never say Hello.
+const MAX_HANDSHAKES_PER_PEER: usize = 4;
+/// How long an inbound stream may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest frame before the peer proved membership (Hello and Auth are under 100 bytes):
+/// a non-member cannot make us buffer megabytes.
+const PRE_AUTH_FRAME_BYTES: usize = 1024;
+/// Frames queued for a peer that does not read: past this the session ends (what it asked
+/// for would otherwise pile up without bound).
+const MAX_OUTBOX: usize = 4096;
+/// New entries are pushed (rather than announced) only while fewer frames than this wait.
+const PUSH_OUTBOX: usize = 16;
+/// Feeds one session may tell us about: writer keys cost nothing to mint, and each feed
+/// costs memory (heads, lengths) until the session ends.
+const MAX_SESSION_FEEDS: usize = 20_000;
 /// Most `Want`s a peer may have queued with us.
 const MAX_SERVING: usize = 4096;
 /// Most `WantChunk`s a peer may have queued with us.
@@ -127,6 +142,8 @@ struct Inner {
     slots: Mutex<HashMap<(PeerId, Key32), Slot>>,
     next_id: AtomicU64,
     handshakes: Arc<tokio::sync::Semaphore>,
+    /// Inbound handshakes in progress per peer (see [`MAX_HANDSHAKES_PER_PEER`]).
+    handshaking: Mutex<HashMap<PeerId, usize>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -172,6 +189,7 @@ impl Replicator {
                 slots: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+                handshaking: Mutex::new(HashMap::new()),
                 tasks,
                 cancel,
             }),
@@ -193,7 +211,7 @@ impl Replicator {
                     next = incoming.next() => next,
                 };
                 let Some((peer, stream)) = next else { break };
-                let Ok(permit) = this.inner.handshakes.clone().try_acquire_owned() else {
+                let Some(permit) = HandshakeSlot::take(&this, peer) else {
                     debug!(%peer, "too many pending handshakes; dropping stream");
                     continue;
                 };
@@ -399,9 +417,16 @@ impl Replicator {
         }
     }
 
+    /// Frames a new stream, with the small pre-authentication frame limit (raised by
+    /// [`Replicator::authenticated`]).
     fn framed(&self, stream: Stream) -> Framed<tokio_util::compat::Compat<Stream>, LengthDelimitedCodec> {
-        let codec = LengthDelimitedCodec::builder().max_frame_length(self.inner.limits.frame_bytes).new_codec();
+        let codec = LengthDelimitedCodec::builder().max_frame_length(PRE_AUTH_FRAME_BYTES).new_codec();
         Framed::new(stream.compat(), codec)
+    }
+
+    /// The peer proved membership: frames up to the configured limit from now on.
+    fn authenticated(&self, io: &mut Io) {
+        io.codec_mut().set_max_frame_length(self.inner.limits.frame_bytes);
     }
 
     async fn run_outbound(
@@ -450,6 +475,7 @@ impl Replicator {
             self.authenticate(&mut io, &room, peer, &nonce, &their_nonce).await
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;
+        self.authenticated(&mut io);
         if !self.mark_established(peer, dk, id) {
             return Ok(());
         }
@@ -457,14 +483,9 @@ impl Replicator {
         self.run_established(io, room, peer, id).await
     }
 
-    async fn run_inbound(
-        &self,
-        peer: PeerId,
-        stream: Stream,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<(), SessionError> {
+    async fn run_inbound(&self, peer: PeerId, stream: Stream, permit: HandshakeSlot) -> Result<(), SessionError> {
         let mut io = self.framed(stream);
-        let (dk, their_nonce) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, recv(&mut io)).await {
+        let (dk, their_nonce) = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut io)).await {
             Err(_) => return Err(SessionError::Timeout("Hello")),
             Ok(Ok(Frame::Hello { discovery_key, nonce })) => (discovery_key, nonce),
             Ok(Ok(_)) => return Err(SessionError::Protocol("expected Hello")),
@@ -489,6 +510,7 @@ impl Replicator {
                 };
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;
                 drop(permit);
+                self.authenticated(&mut io);
                 if !self.mark_established(peer, dk, id) {
                     return Ok(());
                 }
@@ -597,8 +619,12 @@ impl Replicator {
         // sees the close first) is not refused as a duplicate.
         self.release(peer, session.room.discovery_key, id);
         reader.abort();
-        // The writer drains what was queued, then closes the stream.
-        let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+        // The writer drains what was queued, then closes the stream; a peer that does not
+        // read gets 2 s, then the stream is dropped (the writer would wait on it forever).
+        let mut writer = writer;
+        if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+            writer.abort();
+        }
         info!(%peer, room = %session.room.id, reason = ?result.as_ref().err(), "room peer disconnected");
         result
     }
@@ -661,6 +687,39 @@ async fn recv(io: &mut Io) -> Result<Frame, SessionError> {
         Some(Ok(bytes)) => Frame::decode(&bytes).map_err(|_| SessionError::Protocol("undecodable frame")),
         Some(Err(e)) => Err(e.into()),
         None => Err(SessionError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+    }
+}
+
+/// An inbound handshake's place: one of [`MAX_HANDSHAKES`], and one of its peer's
+/// [`MAX_HANDSHAKES_PER_PEER`]; given back on drop.
+struct HandshakeSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    replicator: Replicator,
+    peer: PeerId,
+}
+
+impl HandshakeSlot {
+    fn take(r: &Replicator, peer: PeerId) -> Option<Self> {
+        let mut per_peer = r.inner.handshaking.lock().unwrap_or_else(|p| p.into_inner());
+        let n = per_peer.entry(peer).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_PEER {
+            return None;
+        }
+        let permit = r.inner.handshakes.clone().try_acquire_owned().ok()?;
+        *n += 1;
+        Some(Self { _permit: permit, replicator: r.clone(), peer })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut per_peer = self.replicator.inner.handshaking.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -739,7 +798,7 @@ impl Session {
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e),
                     Some(Ok(frame)) => {
-                        if let Err(e) = self.handle(frame) {
+                        if let Err(e) = self.handle(frame).and_then(|()| self.check_outbox()) {
                             let _ = out.try_send(Frame::Refuse { reason: Refusal::ProtocolViolation });
                             return Err(e);
                         }
@@ -757,7 +816,10 @@ impl Session {
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
                 update = updates.recv() => match update {
-                    Ok(update) => self.on_update(update)?,
+                    Ok(update) => {
+                        self.on_update(update)?;
+                        self.check_outbox()?;
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         let heads = self.room.heads()?;
                         self.outbox.push_back(self.have(heads));
@@ -938,9 +1000,20 @@ impl Session {
         }
     }
 
+    /// Ends the session when the peer lets more than [`MAX_OUTBOX`] frames pile up.
+    fn check_outbox(&self) -> Result<(), SessionError> {
+        if self.outbox.len() > MAX_OUTBOX {
+            return Err(SessionError::Protocol("the peer does not read what it asks for"));
+        }
+        Ok(())
+    }
+
     /// Records a head the peer has (verifying it) and asks for what we miss.
     fn learn_head(&mut self, head: SignedHead, bytes: Option<u64>) -> Result<(), SessionError> {
         let feed = head.feed_key;
+        if !self.peer_len.contains_key(&feed) && self.peer_len.len() >= MAX_SESSION_FEEDS {
+            return Err(SessionError::Protocol("the peer announced too many feeds"));
+        }
         if let Some(known) = self.anchors.get(&feed).and_then(|a| a.get(&head.seq)) {
             if *known == head {
                 return Ok(());
@@ -1092,7 +1165,7 @@ impl Session {
         if target <= have {
             return Ok(());
         }
-        if target - have <= PUSH_MAX {
+        if target - have <= PUSH_MAX && self.outbox.len() < PUSH_OUTBOX {
             let entries = self.store().entries(&feed, have, target)?;
             let bytes: usize = entries.iter().map(|e| e.ciphertext.len() + 64).sum();
             if entries.len() as u64 == target - have && bytes <= self.batch_bytes {

@@ -208,6 +208,10 @@ struct FeedProgress {
     bytes_done: u64,
 }
 
+/// Feeds a room keeps catch-up accounting for; past this, new feeds are not counted (writer
+/// keys cost nothing to mint: a hostile member must not grow this without bound).
+const MAX_PROGRESS_FEEDS: usize = 100_000;
+
 /// Least time between two `sync.progress` events of a room (the last one always goes out).
 const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 
@@ -671,6 +675,9 @@ impl Room {
     /// every `PROGRESS_INTERVAL` unless sync just completed.
     fn record_progress(&self, feed: &Key32, seen: Option<(u64, u64)>, stored: Option<(u64, u64)>) {
         let mut p = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        if !p.feeds.contains_key(feed) && p.feeds.len() >= MAX_PROGRESS_FEEDS && stored.is_none() {
+            return;
+        }
         if !p.feeds.contains_key(feed) {
             let entries = self.store.feed_meta(feed).ok().flatten().map_or(0, |m| m.stored());
             let bytes = self.store.feed_bytes(feed).unwrap_or(0);

@@ -267,6 +267,21 @@ impl RawPeer {
 }
 
 impl RawSession {
+    /// Sends bytes as one frame, whatever they hold.
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) -> Result<()> {
+        self.io.send(Bytes::from(bytes)).await?;
+        Ok(())
+    }
+
+    /// Sends frames with one flush at the end.
+    pub async fn send_many(&mut self, frames: impl IntoIterator<Item = Frame>) -> Result<()> {
+        for f in frames {
+            self.io.feed(Bytes::from(f.encode())).await?;
+        }
+        SinkExt::<Bytes>::flush(&mut self.io).await?;
+        Ok(())
+    }
+
     /// Sends one frame.
     pub async fn send(&mut self, frame: &Frame) -> Result<()> {
         self.io.send(Bytes::from(frame.encode())).await?;

@@ -1,5 +1,7 @@
 //! A hostile room member: what it sends is refused or bounded, and nobody else is harmed.
 
+use std::time::Duration;
+
 use anyhow::{ensure, Context, Result};
 use peerlog::log::store::Store;
 use peerlog::log::{hash_entry, new_writer, sign_head, Body, FeedCipher, Message, LAMPORT_MAX};
@@ -238,4 +240,117 @@ async fn a_refusal_arrives_even_when_the_peer_does_not_wait() -> Result<()> {
     // must end with a FIN.
     ensure!(lost == 0 && reset == 0, "of 20 refusals {lost} were lost and {reset} streams were reset");
     Ok(())
+}
+
+/// An authenticated peer (a member, or a blind seeder) that asks and never reads: every
+/// `Want` for a feed we lack queued a `NoData` for it, without bound. Past the outbox bound
+/// the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_asks_and_never_reads_is_disconnected() -> Result<()> {
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let raw = RawPeer::start().await?;
+    let mut s = raw
+        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    let made_up = [0x42; 32];
+    let mut sent = 0;
+    for _ in 0..20 {
+        // The daemon stops reading once it ends the session: that is the point. (Our sends
+        // then wait for flow-control credit; stop and read what came.)
+        let wants = (0..1000).map(|_| Frame::Want { feed_key: made_up, start: 0, end: 1 });
+        if !matches!(tokio::time::timeout(Duration::from_secs(2), s.send_many(wants)).await, Ok(Ok(()))) {
+            break;
+        }
+        sent += 1000;
+    }
+    let (seen, _) = s.read_to_end().await?;
+    ensure!(
+        seen.len() < 8_000,
+        "the daemon queued {} replies to {sent} Wants for a peer that reads nothing",
+        seen.len()
+    );
+    // The daemon is fine, and so is its room.
+    let room = room_id(&mut c).await?;
+    send(&mut c, &room, "still here").await?;
+    Ok(())
+}
+
+/// Writer keys cost nothing to mint: a peer announcing ever more feeds (validly signed
+/// heads) made the session keep heads and lengths for each, without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_announces_endless_feeds_is_disconnected() -> Result<()> {
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let content_key = keys.content_key.context("member keys")?;
+    let raw = RawPeer::start().await?;
+    let mut s = raw
+        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    for _ in 0..3 {
+        let heads: Vec<SignedHead> =
+            (0..7_000).map(|_| entry_with_clock(&new_writer(), &content_key, 0, [0; 32], 1, "x").1).collect();
+        if s.send(&Frame::Have { heads, bytes: vec![] }).await.is_err() {
+            break;
+        }
+    }
+    let (seen, _) = s.read_to_end().await?;
+    ensure!(
+        seen.contains(&Frame::Refuse { reason: peerlog_proto::wire::Refusal::ProtocolViolation }),
+        "21,000 made-up feeds were accepted on one session"
+    );
+    Ok(())
+}
+
+/// Before a peer proves membership it gets little: 4 handshakes per peer (64 idle streams
+/// from one peer shut everyone out for 10 s), 2 s to say Hello, and frames of 1 KiB (a
+/// 4 MiB frame was buffered before anything was checked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_cannot_hold_handshake_slots_or_send_big_frames() -> Result<()> {
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let (addr, peer) = (d.p2p_addr().await?, d.peer_id()?);
+    let squatter = RawPeer::start().await?;
+    let mut idle = Vec::new();
+    for _ in 0..70 {
+        idle.push(squatter.stream(addr.clone(), peer).await?);
+    }
+    // Another peer still gets in at once.
+    let member = RawPeer::start().await?;
+    let opened = within(Duration::from_secs(5), "a member's handshake while a squatter holds streams", async {
+        member.open(addr.clone(), peer, keys.discovery_key, keys.auth_key).await
+    })
+    .await??;
+    ensure!(opened.is_ok(), "a member was refused while a squatter held idle streams: {:?}", opened.err());
+    // The squatter's streams end: over its share at once, the rest after the Hello timeout.
+    within(Duration::from_secs(5), "the squatter's idle streams to be closed", async {
+        for s in &mut idle {
+            s.read_to_end().await?;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+
+    // A Hello with 3 KiB behind it (postcard ignores trailing bytes): refused unread.
+    let mut s = member.stream(addr, peer).await?;
+    let mut big = Frame::Hello { discovery_key: keys.discovery_key, nonce: [3; 32] }.encode();
+    big.extend(std::iter::repeat_n(0u8, 3 << 10));
+    s.send_raw(big).await?;
+    let (seen, _) = s.read_to_end().await?;
+    ensure!(seen.is_empty(), "a 3 KiB frame before authentication was answered: {seen:?}");
+    Ok(())
+}
+
+/// The id of the first joined room.
+async fn room_id(c: &mut peerlog::client::Client) -> Result<String> {
+    let r = c.call("rooms.list", serde_json::json!({})).await?;
+    r["rooms"][0]["id"].as_str().map(String::from).context("a joined room")
 }
