@@ -312,6 +312,9 @@ async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
             drop(permit);
         });
     }
+    // An upload in progress gets no more bytes: end it (its request would wait for them,
+    // holding a blocking thread, while this function waits for the request).
+    *upload.lock().unwrap_or_else(|p| p.into_inner()) = None;
     // Requests in flight (appends included) finish and are answered before the close.
     requests.close();
     requests.wait().await;

@@ -15,6 +15,9 @@ use crate::log::store::{StoreError, StoredMessage};
 use crate::log::Body;
 use crate::rooms::{ChunkEvent, DaemonEvent, Room};
 
+/// A streamed upload that sends nothing for this long is abandoned (its blocking thread
+/// is freed).
+const UPLOAD_IDLE: Duration = Duration::from_secs(60);
 /// A fetch fails when no chunk arrived for this long (what arrived is kept).
 pub const STALL: Duration = Duration::from_secs(60);
 /// Longest file name kept (bytes).
@@ -112,6 +115,7 @@ impl Shared {
                 done: finished,
             });
         };
+        let runtime = tokio::runtime::Handle::current();
         let (chunks, size) = tokio::task::spawn_blocking(move || -> Result<(Vec<Key32>, u64), OpError> {
             match source {
                 FileSource::Path(path) => {
@@ -129,7 +133,15 @@ impl Shared {
                 }
                 FileSource::Stream { size, mut rx } => {
                     while encoder.size() < size {
-                        let Some(bytes) = rx.blocking_recv() else {
+                        let next = runtime.block_on(tokio::time::timeout(UPLOAD_IDLE, rx.recv()));
+                        let Ok(next) = next else {
+                            return Err(OpError::Invalid(format!(
+                                "no bytes for {} s after {} of {size}: upload abandoned",
+                                UPLOAD_IDLE.as_secs(),
+                                encoder.size()
+                            )));
+                        };
+                        let Some(bytes) = next else {
                             return Err(OpError::Invalid(format!(
                                 "the upload ended after {} of {size} bytes",
                                 encoder.size()

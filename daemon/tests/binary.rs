@@ -1230,3 +1230,54 @@ fn a_10_mib_file_crosses_a_peerlog_relay_between_symmetric_nats() -> Result<()> 
     ensure!(sessions == 1, "the file needed {sessions} circuits: the relay's circuits are not room-sized");
     Ok(())
 }
+
+/// Threads of a process, from `/proc/PID/status`.
+fn threads(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("Threads:")).context("Threads in /proc/PID/status")?;
+    Ok(line.split_whitespace().nth(1).context("thread count")?.parse()?)
+}
+
+/// A client that starts a streamed upload and goes away: the upload used to wait for bytes
+/// forever on a blocking thread (12 aborted uploads: 8 -> 20 threads, never back; at 512 the
+/// daemon's blocking pool is exhausted and every flush hangs). Now it ends with its
+/// connection, and its thread goes back to the pool (which lets idle threads go after 10 s).
+#[test]
+fn an_aborted_upload_frees_its_thread() -> Result<()> {
+    use futures::SinkExt;
+    let dir = tempfile::tempdir()?;
+    let d = LoopbackDaemon::start(dir.path(), &[])?;
+    let pid = d.child.as_ref().context("running")?.id();
+    d.cli(&["create", "--name", "up"], None)?;
+    let (port, token) = (
+        std::fs::read_to_string(dir.path().join("api-port"))?.trim().parse::<u16>()?,
+        std::fs::read_to_string(dir.path().join("api-token"))?.trim().to_string(),
+    );
+    // Idle blocking threads (the create's) leave after 10 s: count from there.
+    std::thread::sleep(Duration::from_secs(11));
+    let before = threads(pid)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        for id in 0..12 {
+            let url = format!("ws://127.0.0.1:{port}/api/ws?token={token}");
+            let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+            let req = serde_json::json!({"id": id, "method": "files.send", "params": {"room": "up", "name": "x.bin", "size": 1 << 20}});
+            ws.send(tokio_tungstenite::tungstenite::Message::Text(req.to_string().into())).await?;
+            ws.send(tokio_tungstenite::tungstenite::Message::Binary(vec![7u8; 1000].into())).await?;
+            // Gone without a word.
+            drop(ws);
+        }
+        anyhow::Ok(())
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(25);
+    loop {
+        let now = threads(pid)?;
+        if now <= before + 2 {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "12 aborted uploads left the daemon at {now} threads (was {before})");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    d.cli(&["send", "up", "still answering"], None)?;
+    Ok(())
+}
