@@ -54,6 +54,14 @@ pub enum StartError {
     /// libp2p.
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// Another daemon runs on this data dir.
+    #[error("the data dir {} is in use by another peerlog daemon{}; stop it first, or use another --data-dir", .path.display(), .pid.map(|p| format!(" (PID {p})")).unwrap_or_default())]
+    InUse {
+        /// The data dir.
+        path: PathBuf,
+        /// The PID written by the daemon holding it, if readable.
+        pid: Option<u32>,
+    },
     /// The API listener.
     #[error("cannot listen for the API on {addr}: {source}")]
     Api {
@@ -167,6 +175,36 @@ pub struct Daemon {
     api_task: tokio::task::JoinHandle<()>,
     node_task: tokio::task::JoinHandle<()>,
     commit_task: tokio::task::JoinHandle<()>,
+    /// `<data>/lock`, held (flock) while this daemon runs.
+    _lock: std::fs::File,
+}
+
+/// Takes `<data>/lock` (an exclusive `flock`, released when the process or the daemon
+/// ends) and writes our PID in it; a daemon already running there is named with its PID.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::io::AsRawFd;
+    let path = dir.join("lock");
+    let err = |source| StartError::DataDir { path: path.clone(), source };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(err)?;
+    // SAFETY: flock on a file descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        return Err(StartError::InUse { path: dir.to_path_buf(), pid: pid.trim().parse().ok() });
+    }
+    file.set_len(0).map_err(err)?;
+    file.rewind().map_err(err)?;
+    writeln!(file, "{}", std::process::id()).map_err(err)?;
+    Ok(file)
 }
 
 fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
@@ -195,6 +233,7 @@ impl Daemon {
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let data_dir = config.resolved_data_dir()?;
         prepare_data_dir(&data_dir)?;
+        let lock = lock_data_dir(&data_dir)?;
         let keypair = keys::load_or_create_identity(&data_dir.join("identity.key"))?;
         let token = load_or_create_token(&data_dir.join("api-token"))?;
         let cli_token = load_or_create_token(&data_dir.join("cli-token"))?;
@@ -277,7 +316,7 @@ impl Daemon {
         let api_cancel = CancellationToken::new();
         let api_task = tokio::spawn(crate::api::serve(listener, shared.clone(), api_cancel.clone()));
         info!(peer_id = %shared.node.peer_id(), api = %api_addr, data_dir = %data_dir.display(), "peerlog started");
-        Ok(Self { shared, api_addr, api_cancel, api_task, node_task, commit_task })
+        Ok(Self { shared, api_addr, api_cancel, api_task, node_task, commit_task, _lock: lock })
     }
 
     /// The facade.

@@ -551,7 +551,21 @@ fn print_message(m: &Value, as_json: bool) {
         ),
         _ => m["text"].as_str().unwrap_or("").to_string(),
     };
-    println!("{h:02}:{min:02}:{s:02} UTC  {who}: {body}");
+    println!("{h:02}:{min:02}:{s:02} UTC  {}: {}", printable(&who), printable(&body));
+}
+
+/// Text from peers as a terminal may show it: C0 and C1 controls (escape sequences can
+/// rewrite the screen, set the window title, or worse) and bidirectional overrides
+/// (which make text read differently than it is) are dropped; newlines and tabs stay.
+fn printable(s: &str) -> String {
+    s.chars()
+        .filter(|&c| {
+            let control = (c.is_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c);
+            let bidi =
+                matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            !control && !bidi
+        })
+        .collect()
 }
 
 async fn run_daemon(args: DaemonArgs) -> Result<()> {
@@ -642,4 +656,16 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     }
     stopped.context("shutdown took longer than 20 s")??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn peers_text_reaches_the_terminal_without_controls() {
+        assert_eq!(printable("\u{1b}]0;pwned\u{7}red \u{1b}[31mtext\u{9b}2J"), "]0;pwnedred [31mtext2J");
+        assert_eq!(printable("abc\u{202e}fdp.exe"), "abcfdp.exe");
+        assert_eq!(printable("two\nlines\tand tab, café"), "two\nlines\tand tab, café");
+    }
 }

@@ -570,8 +570,8 @@ pub fn provider_key(discovery_key: &Key32) -> kad::RecordKey {
 }
 
 /// Where an address can be reached from, as far as publishing it goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reach {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reach {
     /// A public IP, or a DNS name: the world.
     Public,
     /// A private network (RFC 1918, CGNAT/Tailscale 100.64/10, IPv6 ULA): a LAN or VPN.
@@ -583,7 +583,7 @@ enum Reach {
 }
 
 /// The reach of an address by its IP (relayed addresses: see [`is_relayed`]).
-fn reach(addr: &Multiaddr) -> Reach {
+pub fn reach(addr: &Multiaddr) -> Reach {
     match addr.iter().next() {
         Some(Protocol::Ip4(ip)) => {
             let [a, b, ..] = ip.octets();

@@ -268,8 +268,12 @@ impl Replicator {
     /// Redials a room peer whose session dropped, with exponential backoff, unless the
     /// session ended for a reason a retry would not fix.
     fn after_session(&self, peer: PeerId, room: Key32, established: bool, result: &Result<(), SessionError>) {
+        // Only a peer we had a session with is redialed (the session just ended, or a
+        // redial of it failed): one we never reached (an address from peer exchange, say)
+        // is not dialed again and again; the DHT rounds find real ones.
+        let redialing = self.inner.redials.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(peer, room));
         let retry = match result {
-            Err(SessionError::Io(_) | SessionError::Timeout(_)) => true,
+            Err(SessionError::Io(_) | SessionError::Timeout(_)) => established || redialing,
             Ok(()) => established,
             Err(_) => false,
         };
@@ -560,7 +564,14 @@ impl Replicator {
     ) -> Result<(), SessionError> {
         let connection = self.inner.node.connection(peer).await;
         let kind = connection.as_ref().map(|c| c.connection);
-        let circuit_bytes = connection.and_then(|c| c.circuit_bytes);
+        let circuit_bytes = connection.as_ref().and_then(|c| c.circuit_bytes);
+        // Relayed: the relay's address says how far away the peer is.
+        let pex_reach = connection
+            .as_ref()
+            .and_then(|c| {
+                c.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()).map(|a| crate::node::reach(&a)).max()
+            })
+            .unwrap_or(crate::node::Reach::Public);
         info!(%peer, room = %room.id, ?kind, "room peer connected");
         let _ = self.inner.rooms.events.send(DaemonEvent::PeerJoined { room: room.discovery_key, peer, kind });
         let (mut sink, mut source) = io.split();
@@ -600,6 +611,8 @@ impl Replicator {
             chunk_turn: false,
             outbox: VecDeque::new(),
             got_have: false,
+            got_peers: false,
+            pex_reach,
             pex: Vec::new(),
             batch_bytes: BATCH_BYTES,
         };
@@ -766,6 +779,12 @@ struct Session {
     outbox: VecDeque<Frame>,
     /// Whether the peer's first `Have` arrived.
     got_have: bool,
+    /// Whether the peer's `Peers` frame arrived (one per session).
+    got_peers: bool,
+    /// The most local addresses we take from the peer's `Peers` frame: as local as our
+    /// connection to it (a peer we reach over the internet cannot point us at our own LAN
+    /// or loopback: a connect reflector).
+    pex_reach: crate::node::Reach,
     /// Peers learned by peer exchange, not yet handed to the replicator.
     pex: Vec<(PeerId, Vec<Multiaddr>)>,
     /// Largest `Data` frame to send on this session (small over relayed connections).
@@ -925,6 +944,9 @@ impl Session {
                 if peers.len() > PEX_PEERS {
                     return Err(SessionError::Protocol("Peers lists too many peers"));
                 }
+                if std::mem::replace(&mut self.got_peers, true) {
+                    return Err(SessionError::Protocol("a second Peers frame"));
+                }
                 for p in peers {
                     let Ok(peer) = PeerId::from_bytes(&p.peer_id) else { continue };
                     let addrs: Vec<Multiaddr> = p
@@ -932,6 +954,10 @@ impl Session {
                         .into_iter()
                         .take(PEX_ADDRS)
                         .filter_map(|a| Multiaddr::try_from(a.into_vec()).ok())
+                        .filter(|a| {
+                            let r = crate::node::reach(a);
+                            r != crate::node::Reach::Nowhere && r <= self.pex_reach
+                        })
                         .collect();
                     if peer != self.peer {
                         self.pex.push((peer, addrs));

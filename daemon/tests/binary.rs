@@ -1281,3 +1281,24 @@ fn an_aborted_upload_frees_its_thread() -> Result<()> {
     d.cli(&["send", "up", "still answering"], None)?;
     Ok(())
 }
+
+/// A second daemon on a data dir in use stops at once with an error naming the dir and the
+/// PID of the daemon holding it (it was a raw sled `WouldBlock` error).
+#[test]
+fn a_second_daemon_on_the_same_data_dir_names_the_first() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let first = LoopbackDaemon::start(dir.path(), &[])?;
+    let pid = first.child.as_ref().context("running")?.id();
+    let second = Command::new(&first.exe)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.path())
+        .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .output()?;
+    let err = String::from_utf8_lossy(&second.stderr);
+    ensure!(!second.status.success(), "a second daemon started on a data dir in use");
+    ensure!(
+        err.contains(&format!("PID {pid}")) && err.contains(&dir.path().display().to_string()),
+        "the error does not name the data dir and PID {pid}: {err}"
+    );
+    Ok(())
+}

@@ -13,7 +13,7 @@ pub mod store;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
 use peerlog_proto::wire::{Entry, Key32, SignedHead};
 use serde::{Deserialize, Serialize};
@@ -108,12 +108,15 @@ pub fn sign_head(writer: &SigningKey, seq: u64, hash: Key32) -> SignedHead {
     SignedHead { feed_key: writer.verifying_key().to_bytes(), seq, hash, signature: sig.to_bytes().to_vec() }
 }
 
-/// Checks a head's signature against its feed key.
+/// Checks a head's signature against its feed key, strictly: weak (small-order) keys and
+/// non-canonical signatures are refused. With the lax check, the identity point as a key
+/// and a signature of (identity, 0) "verify" for any message: anyone could sign any head
+/// of such a feed.
 pub fn verify_head(head: &SignedHead) -> bool {
     let Ok(key) = VerifyingKey::from_bytes(&head.feed_key) else { return false };
     let Ok(sig_bytes) = <[u8; 64]>::try_from(head.signature.as_slice()) else { return false };
     let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
-    key.verify(&SignedHead::signed_bytes(head.seq, &head.hash), &sig).is_ok()
+    key.verify_strict(&SignedHead::signed_bytes(head.seq, &head.hash), &sig).is_ok()
 }
 
 /// AES-256-GCM under `HKDF-SHA256(content_key, info = label || id)`: the per-writer key of
@@ -203,5 +206,21 @@ mod tests {
         let mut bad = head.clone();
         bad.seq = 1;
         assert!(!verify_head(&bad));
+    }
+
+    #[test]
+    fn a_head_of_a_weak_key_does_not_verify() {
+        use ed25519_dalek::Verifier;
+        // The identity point as the key, (R = identity, s = 0) as the signature: the lax
+        // check accepts it for every message.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let mut signature = vec![0u8; 64];
+        signature[0] = 1;
+        let key = VerifyingKey::from_bytes(&identity).expect("the identity point decodes");
+        let sig = ed25519_dalek::Signature::from_bytes(&signature.clone().try_into().unwrap());
+        assert!(key.verify(b"anything", &sig).is_ok(), "the lax check accepts it (what this guards against)");
+        let forged = SignedHead { feed_key: identity, seq: 7, hash: [9; 32], signature };
+        assert!(!verify_head(&forged));
     }
 }

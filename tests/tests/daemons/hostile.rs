@@ -354,3 +354,26 @@ async fn room_id(c: &mut peerlog::client::Client) -> Result<String> {
     let r = c.call("rooms.list", serde_json::json!({})).await?;
     r["rooms"][0]["id"].as_str().map(String::from).context("a joined room")
 }
+
+/// Peer exchange is one `Peers` frame per session: a peer that sends more (each listed peer
+/// is dialed) is a connect reflector, and the session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_peers_frame_ends_the_session() -> Result<()> {
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let raw = RawPeer::start().await?;
+    let mut s = raw
+        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    s.send(&Frame::Peers { peers: vec![] }).await?;
+    s.send(&Frame::Peers { peers: vec![] }).await?;
+    let (seen, _) = s.read_to_end().await?;
+    ensure!(
+        seen.contains(&Frame::Refuse { reason: peerlog_proto::wire::Refusal::ProtocolViolation }),
+        "a second Peers frame was accepted: {seen:?}"
+    );
+    Ok(())
+}
