@@ -157,6 +157,8 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Address of the local API and web UI. Keep it on loopback.
     pub api_listen: SocketAddr,
+    /// Allow `api_listen` beyond loopback (refused at start otherwise).
+    pub insecure_remote_api: bool,
     /// libp2p listen addresses.
     pub listen: Vec<Multiaddr>,
     /// Bootstrap peers (`/ip4/../tcp/../p2p/PEERID`).
@@ -188,6 +190,7 @@ impl Default for Config {
         Self {
             data_dir: None,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            insecure_remote_api: false,
             listen: vec![
                 "/ip4/0.0.0.0/tcp/0".parse().expect("valid literal multiaddr"),
                 "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid literal multiaddr"),
@@ -245,6 +248,9 @@ impl Config {
         }
         if let Some(v) = get("PEERLOG_API_LISTEN") {
             self.api_listen = parse("PEERLOG_API_LISTEN", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_INSECURE_REMOTE_API") {
+            self.insecure_remote_api = parse("PEERLOG_INSECURE_REMOTE_API", &v)?;
         }
         if let Some(v) = get("PEERLOG_LISTEN") {
             self.listen = list("PEERLOG_LISTEN", &v)?;

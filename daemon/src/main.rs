@@ -185,6 +185,10 @@ struct DaemonArgs {
     /// Do not discover peers on the LAN with mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Allow --api-listen beyond loopback: whoever reaches it with the token reads every
+    /// room and writes as you, over plain HTTP.
+    #[arg(long)]
+    insecure_remote_api: bool,
     /// DHT mode: auto (server once publicly reachable), server or client.
     #[arg(long, value_name = "MODE")]
     dht_mode: Option<DhtMode>,
@@ -599,6 +603,9 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     if args.no_mdns {
         config.mdns = false;
     }
+    if args.insecure_remote_api {
+        config.insecure_remote_api = true;
+    }
     if let Some(m) = args.dht_mode {
         config.dht_mode = m;
     }
@@ -609,7 +616,14 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         config.external_addresses = args.external_address;
     }
     if !config.api_listen.ip().is_loopback() {
-        tracing::warn!(addr = %config.api_listen, "the API listens beyond loopback; only loopback Host names are accepted");
+        if !config.insecure_remote_api {
+            bail!(
+                "api_listen {} is beyond loopback: whoever reaches it with the API token reads every room and writes as you, over plain HTTP. \
+                 Keep it on 127.0.0.1 (use an SSH tunnel or a local reverse proxy), or pass --insecure-remote-api if you mean it",
+                config.api_listen
+            );
+        }
+        tracing::warn!(addr = %config.api_listen, "the API listens beyond loopback (--insecure-remote-api); only loopback Host names are accepted");
     }
     let config_has_no_bootstrap = config.bootstrap.is_empty();
     let daemon = Daemon::start(config).await?;

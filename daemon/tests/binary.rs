@@ -1302,3 +1302,31 @@ fn a_second_daemon_on_the_same_data_dir_names_the_first() -> Result<()> {
     );
     Ok(())
 }
+
+/// The API beyond loopback is refused unless asked for by name (it only warned).
+#[test]
+fn the_api_beyond_loopback_needs_insecure_remote_api() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
+    let out = Command::new(&exe)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.path())
+        .args(["--api-listen", "0.0.0.0:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "the daemon started with its API on 0.0.0.0");
+    ensure!(err.contains("--insecure-remote-api"), "the refusal does not say how to insist: {err}");
+    let mut child = Command::new(&exe)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.path())
+        .args(["--api-listen", "0.0.0.0:0", "--insecure-remote-api", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let started = std::io::BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.starts_with("web UI:"));
+    let _ = child.kill();
+    let _ = child.wait();
+    ensure!(started, "--insecure-remote-api did not let the daemon start");
+    Ok(())
+}
