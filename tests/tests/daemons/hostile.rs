@@ -247,15 +247,7 @@ async fn a_refusal_arrives_even_when_the_peer_does_not_wait() -> Result<()> {
 /// the session ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_asks_and_never_reads_is_disconnected() -> Result<()> {
-    let d = TestDaemon::start().await?;
-    let mut c = d.client().await?;
-    join(&mut c, PASS).await?;
-    let keys = room_keys(PASS);
-    let raw = RawPeer::start().await?;
-    let mut s = raw
-        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
-        .await?
-        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    let (_d, mut c, _keys, _raw, mut s) = member_session().await?;
     let made_up = [0x42; 32];
     let mut sent = 0;
     for _ in 0..20 {
@@ -283,16 +275,8 @@ async fn a_peer_that_asks_and_never_reads_is_disconnected() -> Result<()> {
 /// heads) made the session keep heads and lengths for each, without bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_announces_endless_feeds_is_disconnected() -> Result<()> {
-    let d = TestDaemon::start().await?;
-    let mut c = d.client().await?;
-    join(&mut c, PASS).await?;
-    let keys = room_keys(PASS);
+    let (_d, _c, keys, _raw, mut s) = member_session().await?;
     let content_key = keys.content_key.context("member keys")?;
-    let raw = RawPeer::start().await?;
-    let mut s = raw
-        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
-        .await?
-        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
     for _ in 0..3 {
         let heads: Vec<SignedHead> =
             (0..7_000).map(|_| entry_with_clock(&new_writer(), &content_key, 0, [0; 32], 1, "x").1).collect();
@@ -359,15 +343,7 @@ async fn room_id(c: &mut peerlog::client::Client) -> Result<String> {
 /// is dialed) is a connect reflector, and the session ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_peers_frame_ends_the_session() -> Result<()> {
-    let d = TestDaemon::start().await?;
-    let mut c = d.client().await?;
-    join(&mut c, PASS).await?;
-    let keys = room_keys(PASS);
-    let raw = RawPeer::start().await?;
-    let mut s = raw
-        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
-        .await?
-        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    let (_d, _c, _keys, _raw, mut s) = member_session().await?;
     s.send(&Frame::Peers { peers: vec![] }).await?;
     s.send(&Frame::Peers { peers: vec![] }).await?;
     let (seen, _) = s.read_to_end().await?;
@@ -376,4 +352,20 @@ async fn a_second_peers_frame_ends_the_session() -> Result<()> {
         "a second Peers frame was accepted: {seen:?}"
     );
     Ok(())
+}
+
+/// A daemon in a room, an API client, the room's keys, and a raw peer with an
+/// authenticated session to the daemon (a member, as far as the daemon can tell).
+async fn member_session() -> Result<(TestDaemon, peerlog::client::Client, peerlog::keys::RoomKeys, RawPeer, RawSession)>
+{
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let raw = RawPeer::start().await?;
+    let s = raw
+        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    Ok((d, c, keys, raw, s))
 }
