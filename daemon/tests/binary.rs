@@ -1056,7 +1056,9 @@ fn peak_rss_mib(pid: u32) -> Result<u64> {
 #[test]
 fn clients_cannot_make_the_daemon_hold_unbounded_memory() -> Result<()> {
     use futures::SinkExt;
-    const LIMIT_MIB: u64 = 500;
+    // About 400 MiB measured (debug build); the margin absorbs allocator noise, the old
+    // code peaked at 3.6 GiB.
+    const LIMIT_MIB: u64 = 640;
     let dir = tempfile::tempdir()?;
     let d = LoopbackDaemon::start(dir.path(), &[])?;
     let pid = d.child.as_ref().context("running")?.id();
