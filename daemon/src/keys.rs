@@ -10,7 +10,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
-use peerlog_proto::wire::{Key32, AUTH_LABEL};
+use peerlog_proto::wire::{Key32, AUTH_LABEL, HELLO_LABEL};
 use sha2::Sha256;
 use unicode_normalization::UnicodeNormalization;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -221,6 +221,22 @@ pub fn auth_mac(
     mac.finalize().into_bytes().into()
 }
 
+/// The room tag of a `Hello` from `sender` to `receiver` with `nonce` (the sender's own):
+/// `HMAC-SHA256(discovery_key, "peerlog/hello/v1" || nonce || len16(sender) || sender ||
+/// len16(receiver) || receiver)`. Only a peer that knows the discovery key can tell which
+/// room it names, and it names it for this pair of peers only (no replay to a third).
+pub fn room_tag(discovery_key: &Key32, nonce: &Key32, sender: &PeerId, receiver: &PeerId) -> Key32 {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(discovery_key).expect("HMAC takes any key length");
+    mac.update(HELLO_LABEL);
+    mac.update(nonce);
+    for peer in [sender, receiver] {
+        let bytes = peer.to_bytes();
+        mac.update(&(bytes.len() as u16).to_be_bytes());
+        mac.update(&bytes);
+    }
+    mac.finalize().into_bytes().into()
+}
+
 /// Checks a membership proof in constant time.
 pub fn verify_auth_mac(expected: &Key32, got: &Key32) -> bool {
     // No early exit: the time taken does not depend on where the MACs differ.
@@ -297,6 +313,18 @@ pub fn safety_number(feed_key: &[u8; 32]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_room_tag_hides_the_room_and_binds_the_pair() {
+        let dk = [4u8; 32];
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let tag = super::room_tag(&dk, &[1; 32], &a, &b);
+        assert_ne!(tag, dk);
+        assert_eq!(tag, super::room_tag(&dk, &[1; 32], &a, &b));
+        assert_ne!(tag, super::room_tag(&dk, &[2; 32], &a, &b), "fresh per nonce");
+        assert_ne!(tag, super::room_tag(&dk, &[1; 32], &b, &a), "bound to who sends to whom");
+        assert_ne!(tag, super::room_tag(&[5; 32], &[1; 32], &a, &b));
+    }
+
     use super::*;
 
     #[test]

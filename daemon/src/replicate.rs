@@ -467,13 +467,14 @@ impl Replicator {
         let Some(room) = self.inner.rooms.get(&dk) else { return Ok(()) };
         let nonce: Key32 = rand::random();
         let handshake = async {
-            send(&mut io, &Frame::Hello { discovery_key: dk, nonce }).await?;
-            let (their_dk, their_nonce) = match recv(&mut io).await? {
-                Frame::Hello { discovery_key, nonce } => (discovery_key, nonce),
+            let room_tag = crate::keys::room_tag(&dk, &nonce, &self.inner.local, &peer);
+            send(&mut io, &Frame::Hello { room_tag, nonce }).await?;
+            let (their_tag, their_nonce) = match recv(&mut io).await? {
+                Frame::Hello { room_tag, nonce } => (room_tag, nonce),
                 Frame::Refuse { reason } => return Err(SessionError::Refused(reason)),
                 _ => return Err(SessionError::Protocol("expected Hello")),
             };
-            if their_dk != dk {
+            if !verify_auth_mac(&crate::keys::room_tag(&dk, &their_nonce, &peer, &self.inner.local), &their_tag) {
                 return Err(SessionError::Protocol("Hello for another room"));
             }
             self.authenticate(&mut io, &room, peer, &nonce, &their_nonce).await
@@ -489,16 +490,22 @@ impl Replicator {
 
     async fn run_inbound(&self, peer: PeerId, stream: Stream, permit: HandshakeSlot) -> Result<(), SessionError> {
         let mut io = self.framed(stream);
-        let (dk, their_nonce) = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut io)).await {
+        let (their_tag, their_nonce) = match tokio::time::timeout(HELLO_TIMEOUT, recv(&mut io)).await {
             Err(_) => return Err(SessionError::Timeout("Hello")),
-            Ok(Ok(Frame::Hello { discovery_key, nonce })) => (discovery_key, nonce),
+            Ok(Ok(Frame::Hello { room_tag, nonce })) => (room_tag, nonce),
             Ok(Ok(_)) => return Err(SessionError::Protocol("expected Hello")),
             Ok(Err(e)) => return Err(e),
         };
-        let Some(room) = self.inner.rooms.get(&dk) else {
+        // Which of our rooms the tag names, if any (one HMAC per joined room).
+        let found = self.inner.rooms.list().into_iter().find(|r| {
+            let expected = crate::keys::room_tag(&r.discovery_key, &their_nonce, &peer, &self.inner.local);
+            verify_auth_mac(&expected, &their_tag)
+        });
+        let Some(room) = found else {
             refuse(&mut io, Refusal::UnknownRoom).await;
             return Ok(());
         };
+        let dk = room.discovery_key;
         let Some((id, cancel)) = self.claim(peer, dk, false) else {
             refuse(&mut io, Refusal::Duplicate).await;
             return Ok(());
@@ -509,7 +516,8 @@ impl Replicator {
             r = async {
                 let nonce: Key32 = rand::random();
                 let handshake = async {
-                    send(&mut io, &Frame::Hello { discovery_key: dk, nonce }).await?;
+                    let room_tag = crate::keys::room_tag(&dk, &nonce, &self.inner.local, &peer);
+                    send(&mut io, &Frame::Hello { room_tag, nonce }).await?;
                     self.authenticate(&mut io, &room, peer, &their_nonce, &nonce).await
                 };
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;

@@ -16,6 +16,8 @@ pub const PROTOCOL: &str = "/peerlog/replicate/2";
 
 /// Domain separation label of the membership proof (`Auth.mac`).
 pub const AUTH_LABEL: &[u8] = b"peerlog/auth/v1";
+/// Domain label of the room tag in `Hello`.
+pub const HELLO_LABEL: &[u8] = b"peerlog/hello/v1";
 /// Domain separation label of a signed head.
 pub const HEAD_LABEL: &[u8] = b"peerlog/head/v1";
 /// Domain separation label of a writer proof (`Frame::Writer`).
@@ -97,8 +99,10 @@ pub enum Refusal {
 pub enum Frame {
     /// Opens a session for one room.
     Hello {
-        /// The room's discovery key (public on the DHT; reveals nothing).
-        discovery_key: Key32,
+        /// The room, blinded: `HMAC-SHA256(discovery_key, "peerlog/hello/v1" || nonce ||
+        /// sender || receiver)` (see `docs/PROTOCOL.md`). A peer that is not in the room
+        /// (a LAN neighbour that mDNS found, say) cannot tell which room this is.
+        room_tag: Key32,
         /// Fresh random challenge for the peer's membership proof.
         nonce: Key32,
     },

@@ -251,7 +251,8 @@ impl RawPeer {
     ) -> Result<std::result::Result<RawSession, Frame>> {
         let mut s = self.stream(addr, peer).await?;
         let nonce: Key32 = [7; 32];
-        s.send(&Frame::Hello { discovery_key, nonce }).await?;
+        let room_tag = peerlog::keys::room_tag(&discovery_key, &nonce, &self.node.peer_id(), &peer);
+        s.send(&Frame::Hello { room_tag, nonce }).await?;
         let their_nonce = match s.recv().await? {
             Frame::Hello { nonce, .. } => nonce,
             other => return Ok(Err(other)),

@@ -230,7 +230,8 @@ async fn a_refusal_arrives_even_when_the_peer_does_not_wait() -> Result<()> {
         let (room, reason) =
             if i % 2 == 0 { (keys.discovery_key, Refusal::BadAuth) } else { ([9; 32], Refusal::UnknownRoom) };
         let mut s = raw.stream(addr.clone(), peer).await?;
-        s.send(&Frame::Hello { discovery_key: room, nonce: [1; 32] }).await?;
+        let room_tag = peerlog::keys::room_tag(&room, &[1; 32], &raw.node.peer_id(), &peer);
+        s.send(&Frame::Hello { room_tag, nonce: [1; 32] }).await?;
         s.send(&Frame::Auth { mac: [0; 32] }).await?;
         let (seen, clean) = s.read_to_end().await?;
         lost += usize::from(!seen.contains(&Frame::Refuse { reason }));
@@ -325,7 +326,8 @@ async fn a_non_member_cannot_hold_handshake_slots_or_send_big_frames() -> Result
 
     // A Hello with 3 KiB behind it (postcard ignores trailing bytes): refused unread.
     let mut s = member.stream(addr, peer).await?;
-    let mut big = Frame::Hello { discovery_key: keys.discovery_key, nonce: [3; 32] }.encode();
+    let room_tag = peerlog::keys::room_tag(&keys.discovery_key, &[3; 32], &member.node.peer_id(), &peer);
+    let mut big = Frame::Hello { room_tag, nonce: [3; 32] }.encode();
     big.extend(std::iter::repeat_n(0u8, 3 << 10));
     s.send_raw(big).await?;
     let (seen, _) = s.read_to_end().await?;
@@ -368,4 +370,38 @@ async fn member_session() -> Result<(TestDaemon, peerlog::client::Client, peerlo
         .await?
         .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
     Ok((d, c, keys, raw, s))
+}
+
+/// `Hello` names the room blinded to the pair of peers: a LAN neighbour that mDNS found
+/// (and every peer a daemon offers sessions to) used to read each room's discovery key in
+/// the clear. The daemon's own Hello carries no discovery key, and one in the clear does
+/// not name a room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_does_not_reveal_the_room() -> Result<()> {
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let raw = RawPeer::start().await?;
+    let (addr, peer) = (d.p2p_addr().await?, d.peer_id()?);
+    let me = raw.node.peer_id();
+
+    let mut s = raw.stream(addr.clone(), peer).await?;
+    s.send(&Frame::Hello { room_tag: keys.discovery_key, nonce: [5; 32] }).await?;
+    let (seen, _) = s.read_to_end().await?;
+    ensure!(
+        seen == vec![Frame::Refuse { reason: peerlog_proto::wire::Refusal::UnknownRoom }],
+        "a discovery key in the clear named a room: {seen:?}"
+    );
+
+    let mut s = raw.stream(addr, peer).await?;
+    let nonce = [6; 32];
+    s.send(&Frame::Hello { room_tag: peerlog::keys::room_tag(&keys.discovery_key, &nonce, &me, &peer), nonce }).await?;
+    let Frame::Hello { room_tag, nonce: theirs } = s.recv().await? else { anyhow::bail!("no Hello in reply") };
+    ensure!(room_tag != keys.discovery_key, "the daemon's Hello carries the discovery key in the clear");
+    ensure!(
+        room_tag == peerlog::keys::room_tag(&keys.discovery_key, &theirs, &peer, &me),
+        "the daemon's Hello does not name the room for this pair of peers"
+    );
+    Ok(())
 }
