@@ -1226,7 +1226,18 @@ impl Session {
         };
         let max_entries = self.r.inner.limits.batch_entries.max(1) as u64;
         let lo = job.start.max(run_start).max(job.end.saturating_sub(max_entries));
-        let mut entries = self.r.inner.store.entries(&feed, lo, job.end)?;
+        let mut entries = match self.r.inner.store.entries(&feed, lo, job.end) {
+            Ok(entries) => entries,
+            // A damaged block (its checksum caught it): say we lack it; the session goes on
+            // (it used to end every session that asked for it).
+            Err(crate::log::store::StoreError::Corrupt(what)) => {
+                warn!(peer = %self.peer, feed = %hex::encode(&feed[..8]), start = lo, what, "a stored block is damaged; not served");
+                let below = job.end;
+                self.serving.pop_front();
+                return Ok(Some(Frame::NoData { feed_key: feed, below }));
+            }
+            Err(e) => return Err(e.into()),
+        };
         // Keep the frame well under the limit: drop the oldest entries past the budget.
         let budget = self.batch_bytes.min(self.r.inner.limits.frame_bytes / 2);
         let mut bytes = 0;

@@ -1235,10 +1235,17 @@ impl Store {
                     // From at most a block below, within the stored run that holds `seq`.
                     let run_start = self.feed_meta(&feed)?.and_then(|m| m.run_start(seq)).unwrap_or(seq);
                     let from = seq.saturating_sub(BLOCK_ENTRIES as u64 - 1).max(run_start);
-                    let run = self.entries(&feed, from, seq + 1)?;
-                    if run.len() as u64 != seq + 1 - from {
-                        return Err(StoreError::Corrupt("block index"));
-                    }
+                    let run = match self.entries(&feed, from, seq + 1) {
+                        Ok(run) if run.len() as u64 == seq + 1 - from => run,
+                        // A damaged block (its checksum caught it) costs its own messages,
+                        // not the page: the others are still shown.
+                        Ok(_) | Err(StoreError::Corrupt(_)) => {
+                            tracing::warn!(feed = %hex::encode(&feed[..8]), seq, "a stored block is damaged; its messages are left out of history");
+                            cache = None;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     let entry = run.last().cloned().ok_or(StoreError::Corrupt("block index"))?;
                     cache = Some((feed, from, run));
                     entry
@@ -1246,8 +1253,10 @@ impl Store {
             };
             bytes += entry.ciphertext.len();
             let cipher = ciphers.entry(feed).or_insert_with(|| FeedCipher::new(content_key, &feed));
-            let plain = cipher.open(seq, &entry).map_err(|_| StoreError::Corrupt("stored entry"))?;
-            let message = Message::decode(&plain).ok_or(StoreError::Corrupt("stored message"))?;
+            let Some(message) = cipher.open(seq, &entry).ok().and_then(|p| Message::decode(&p)) else {
+                tracing::warn!(feed = %hex::encode(&feed[..8]), seq, "a stored entry does not decrypt; left out of history");
+                continue;
+            };
             out.push(StoredMessage { feed_key: feed, seq, message });
         }
         out.reverse();
@@ -1451,6 +1460,13 @@ mod tests {
         std::fs::write(&path, bytes).unwrap();
         let e = s.entries(&feed, 0, 2).expect_err("a flipped byte must be caught");
         assert!(e.to_string().contains("checksum"), "{e}");
+        // History leaves the damaged block's messages out and shows the rest.
+        let w2 = new_writer();
+        let c2 = FeedCipher::new(&[1; 32], &w2.verifying_key().to_bytes());
+        s.append(&room, &w2, &c2, 3, vec![text("intact")]).unwrap();
+        let page = s.history(&room, &[1; 32], None, 50).expect("a damaged block must not break history");
+        let texts: Vec<_> = page.iter().map(|m| m.message.body.clone()).collect();
+        assert_eq!(texts, vec![Some(text("intact"))]);
     }
 
     #[test]

@@ -405,3 +405,38 @@ async fn hello_does_not_reveal_the_room() -> Result<()> {
     );
     Ok(())
 }
+
+/// A damaged block on disk (its checksum catches it) is not served, and the session that
+/// asked for it goes on: it used to end every session that asked for the block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_block_is_not_served_and_the_session_goes_on() -> Result<()> {
+    let (d, mut c, _keys, _raw, mut s) = member_session().await?;
+    let room = room_id(&mut c).await?;
+    send(&mut c, &room, "soon damaged").await?;
+    let rooms = c.call("rooms.list", serde_json::json!({})).await?;
+    let feed_hex = rooms["rooms"][0]["feed_key"].as_str().context("our feed key")?.to_string();
+    let path = d.data_dir().join("db").join("blocks").join(&feed_hex);
+    let mut bytes = std::fs::read(&path)?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes)?;
+    let mut feed = [0u8; 32];
+    for (i, b) in feed.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&feed_hex[2 * i..2 * i + 2], 16)?;
+    }
+    for _ in 0..2 {
+        s.send(&Frame::Want { feed_key: feed, start: 0, end: 1 }).await?;
+        let f = s
+            .recv_until("the answer to a Want for a damaged block", |f| {
+                matches!(f, Frame::NoData { .. } | Frame::Data { .. })
+            })
+            .await?;
+        ensure!(
+            matches!(f, Frame::NoData { feed_key, .. } if feed_key == feed),
+            "a damaged block was answered with {f:?}"
+        );
+    }
+    // History still answers (the damaged message is left out).
+    ensure!(full_history(&mut c, &room).await?.is_empty(), "the damaged message was shown");
+    Ok(())
+}
