@@ -630,6 +630,8 @@ fn a_partition_heals_and_every_peer_converges_on_one_history() -> Result<()> {
     require_netns!();
     let lab = NatLab::lan("p", 8, &["h1", "h2", "h3"])?;
     let boot = "/ip4/10.0.8.1/tcp/4001";
+    // h1 is the LAN's bootstrap node, run as the README's private-network recipe says
+    // (`--dht-mode server`, no public address); h2 and h3 run on their defaults.
     let h1 = NsDaemon::start(&lab.name("h1"), &["--listen", boot, "--dht-mode", "server"])?;
     let boot = format!("{boot}/p2p/{}", h1.peer_id);
     let args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", &boot];

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use peerlog::config::DhtMode;
 use peerlog::log::store::Store;
 use peerlog::log::{new_writer, Body, FeedCipher};
 use peerlog_proto::api::codes;
@@ -460,9 +459,11 @@ async fn peer_exchange_leads_a_newcomer_to_peers_the_dht_cannot() -> Result<()> 
 /// answers and a real peer still connects and syncs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_dials_does_not_take_the_node_down() -> Result<()> {
+    let boot = TestDaemon::start_bootstrap_node().await?;
+    let boot_addr = boot.p2p_addr().await?;
     let a = TestDaemon::start_with(|c| {
         c.limits.pending_connections = 16;
-        c.dht_mode = DhtMode::Server; // b bootstraps from it
+        c.bootstrap = vec![boot_addr];
     })
     .await?;
     let addr = a.p2p_addr().await?;
@@ -484,7 +485,7 @@ async fn a_flood_of_dials_does_not_take_the_node_down() -> Result<()> {
     let mut ca = a.client().await?;
     let room = join(&mut ca, PASS).await?;
     ensure!(ca.call("node.info", json!({})).await?["peer_id"] == a.peer_id()?.to_string());
-    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let b = TestDaemon::start_bootstrapped(&boot).await?;
     let mut cb = b.client().await?;
     join(&mut cb, PASS).await?;
     send(&mut ca, &room, "still reachable").await?;
@@ -497,11 +498,8 @@ async fn a_flood_of_dials_does_not_take_the_node_down() -> Result<()> {
 /// refused (or dropped at once), and the hub stays at three.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_limit_is_enforced() -> Result<()> {
-    let hub = TestDaemon::start_with(|c| {
-        c.limits.connections = 3;
-        c.dht_mode = DhtMode::Server; // the others bootstrap from it
-    })
-    .await?;
+    // The others dial the hub as their bootstrap node; no DHT is involved.
+    let hub = TestDaemon::start_with(|c| c.limits.connections = 3).await?;
     let hub_id = hub.peer_id()?;
     let mut others = Vec::new();
     for _ in 0..3 {

@@ -100,12 +100,14 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
     // Ada's daemon keeps its API port across a restart, as a system service does: her page
     // must reconnect by itself.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let boot = TestDaemon::start_bootstrap_node().await?;
+    let boot_addr = boot.p2p_addr().await?;
     let mut a = TestDaemon::start_with(|c| {
         c.api_listen = ([127, 0, 0, 1], port).into();
-        c.dht_mode = peerlog::config::DhtMode::Server; // Bob's daemon bootstraps from it
+        c.bootstrap = vec![boot_addr];
     })
     .await?;
-    let bd = TestDaemon::start_bootstrapped(&a).await?;
+    let bd = TestDaemon::start_bootstrapped(&boot).await?;
     let mut br = Browser::launch().await?;
     let pa = br.open(&ui_url(&a)?).await?;
     let pb = br.open(&ui_url(&bd)?).await?;
