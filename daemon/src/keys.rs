@@ -209,16 +209,7 @@ pub fn auth_mac(
     sender: &PeerId,
     receiver: &PeerId,
 ) -> Key32 {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(auth_key).expect("HMAC takes any key length");
-    mac.update(AUTH_LABEL);
-    mac.update(initiator_nonce);
-    mac.update(responder_nonce);
-    for peer in [sender, receiver] {
-        let bytes = peer.to_bytes();
-        mac.update(&(bytes.len() as u16).to_be_bytes());
-        mac.update(&bytes);
-    }
-    mac.finalize().into_bytes().into()
+    mac_for_pair(auth_key, &[AUTH_LABEL, initiator_nonce, responder_nonce], sender, receiver)
 }
 
 /// The room tag of a `Hello` from `sender` to `receiver` with `nonce` (the sender's own):
@@ -226,9 +217,15 @@ pub fn auth_mac(
 /// len16(receiver) || receiver)`. Only a peer that knows the discovery key can tell which
 /// room it names, and it names it for this pair of peers only (no replay to a third).
 pub fn room_tag(discovery_key: &Key32, nonce: &Key32, sender: &PeerId, receiver: &PeerId) -> Key32 {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(discovery_key).expect("HMAC takes any key length");
-    mac.update(HELLO_LABEL);
-    mac.update(nonce);
+    mac_for_pair(discovery_key, &[HELLO_LABEL, nonce], sender, receiver)
+}
+
+/// `HMAC-SHA256(key, parts… || len16(sender) || sender || len16(receiver) || receiver)`.
+fn mac_for_pair(key: &Key32, parts: &[&[u8]], sender: &PeerId, receiver: &PeerId) -> Key32 {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    for part in parts {
+        mac.update(part);
+    }
     for peer in [sender, receiver] {
         let bytes = peer.to_bytes();
         mac.update(&(bytes.len() as u16).to_be_bytes());

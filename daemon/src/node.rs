@@ -902,8 +902,9 @@ impl EventLoop {
         let only_loopback = listen.iter().all(|a| reach(a) == Reach::Loopback);
         let wanted: Vec<Multiaddr> = listen
             .into_iter()
-            .filter(|a| reach(a) == Reach::Private || (only_loopback && reach(a) == Reach::Loopback))
-            .filter(|_| self.announce_private)
+            .filter(|a| {
+                self.announce_private && (reach(a) == Reach::Private || (only_loopback && reach(a) == Reach::Loopback))
+            })
             .collect();
         let stale: Vec<Multiaddr> = self
             .swarm
@@ -962,6 +963,9 @@ impl EventLoop {
     }
 
     fn info(&mut self) -> NodeInfo {
+        let reachability = self.reachability();
+        let dht_peers = self.dht_peers();
+        let bootstrap_connected = self.bootstrap.iter().filter(|p| self.connections.contains_key(p)).count();
         let local = *self.swarm.local_peer_id();
         let with_p2p = |a: &Multiaddr| a.clone().with_p2p(local).unwrap_or_else(|a| a).to_string();
         let mut peers: Vec<PeerInfo> = self
@@ -1002,16 +1006,16 @@ impl EventLoop {
             .into(),
             relays: self.reservations.keys().map(|p| p.to_string()).collect(),
             peers,
-            reachability: self.reachability().into(),
+            reachability: reachability.into(),
             dht_mode: match self.swarm.behaviour().kad.mode() {
                 kad::Mode::Server => "server",
                 kad::Mode::Client => "client",
             }
             .into(),
-            dht_peers: self.dht_peers(),
+            dht_peers,
             bootstrap_peers: self.bootstrap.len(),
-            bootstrap_connected: self.bootstrap.iter().filter(|p| self.connections.contains_key(p)).count(),
-            warnings: self.warnings(),
+            bootstrap_connected,
+            warnings: self.warnings(reachability, dht_peers, bootstrap_connected),
         }
     }
 
@@ -1035,9 +1039,8 @@ impl EventLoop {
     }
 
     /// What keeps peers from finding or reaching us, in plain words.
-    fn warnings(&mut self) -> Vec<String> {
+    fn warnings(&self, reachability: &str, dht_peers: usize, bootstrap_connected: usize) -> Vec<String> {
         let mut out = Vec::new();
-        let reachability = self.reachability();
         let beyond_lan = !matches!(reachability, "lan_only" | "no_peers");
         if self.bootstrap.is_empty() && !beyond_lan {
             out.push(
@@ -1045,10 +1048,7 @@ impl EventLoop {
                  add one with --bootstrap or `bootstrap` in the config to reach others"
                     .to_string(),
             );
-        } else if !self.bootstrap.is_empty()
-            && !self.bootstrap.iter().any(|p| self.connections.contains_key(p))
-            && self.dht_peers() == 0
-        {
+        } else if !self.bootstrap.is_empty() && bootstrap_connected == 0 && dht_peers == 0 {
             out.push(format!(
                 "none of the {} bootstrap node(s) is reachable and the DHT has no peers: rooms cannot be found beyond the LAN; check the bootstrap addresses and this machine's network",
                 self.bootstrap.len()

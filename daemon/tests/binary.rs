@@ -435,6 +435,18 @@ impl Drop for NsDaemon {
 
 /// The README's public bootstrap node, verbatim but for its address: it declares its
 /// external address and sets nothing else (that alone makes it a DHT server and a relay).
+/// Both join the room of `PASS`; `a` says `first`, `b` answers `reply`, each arriving on
+/// the other side. Returns the room id.
+fn join_and_chat(a: &NsDaemon, b: &NsDaemon, first: &str, reply: &str) -> Result<String> {
+    let room = a.join(PASS)?;
+    ensure!(b.join(PASS)? == room, "a and b joined different rooms");
+    a.cli(&["send", &room, first])?;
+    b.wait_text(&room, first, Duration::from_secs(30))?;
+    b.cli(&["send", &room, reply])?;
+    a.wait_text(&room, reply, Duration::from_secs(30))?;
+    Ok(room)
+}
+
 fn relay_args() -> Vec<&'static str> {
     vec![
         "--listen",
@@ -549,12 +561,7 @@ fn nat_symmetric_falls_back_to_the_relay() -> Result<()> {
     let peer_args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot.as_str()];
     let a = NsDaemon::start(&lab.name("a"), &peer_args)?;
     let b = NsDaemon::start(&lab.name("b"), &peer_args)?;
-    let room = a.join(PASS)?;
-    ensure!(b.join(PASS)? == room);
-    a.cli(&["send", &room, "via the relay"])?;
-    b.wait_text(&room, "via the relay", Duration::from_secs(30))?;
-    b.cli(&["send", &room, "relayed reply"])?;
-    a.wait_text(&room, "relayed reply", Duration::from_secs(15))?;
+    let room = join_and_chat(&a, &b, "via the relay", "relayed reply")?;
     let (kind, addrs) = a.connection_to(&b.peer_id)?.context("a is not connected to b")?;
     ensure!(
         kind == "relayed" && addrs.iter().all(|x| x.contains("p2p-circuit")),
@@ -1127,12 +1134,7 @@ fn default_daemons_behind_a_private_bootstrap_on_routed_subnets_chat() -> Result
     let args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot_addr.as_str()];
     let a = NsDaemon::start(&lab.name("a"), &args)?;
     let b = NsDaemon::start(&lab.name("b"), &args)?;
-    let room = a.join(PASS)?;
-    ensure!(b.join(PASS)? == room);
-    a.cli(&["send", &room, "across subnets"])?;
-    b.wait_text(&room, "across subnets", Duration::from_secs(30))?;
-    b.cli(&["send", &room, "and back"])?;
-    a.wait_text(&room, "and back", Duration::from_secs(30))?;
+    join_and_chat(&a, &b, "across subnets", "and back")?;
     // Directly, not through the bootstrap node, and never at a link-local address.
     let (kind, addrs) =
         a.wait_connection(&b.peer_id, Duration::from_secs(10), "a direct connection to b", |k, _| k == "direct")?;

@@ -218,10 +218,7 @@ async fn the_api_token_cannot_name_files_and_saving_follows_no_symlink() -> Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_arrives_even_when_the_peer_does_not_wait() -> Result<()> {
     use peerlog_proto::wire::Refusal;
-    let d = TestDaemon::start().await?;
-    let mut c = d.client().await?;
-    join(&mut c, PASS).await?;
-    let keys = room_keys(PASS);
+    let (d, _c, keys) = daemon_in_room().await?;
     let raw = RawPeer::start().await?;
     let (addr, peer) = (d.p2p_addr().await?, d.peer_id()?);
     let (mut lost, mut reset) = (0, 0);
@@ -298,10 +295,7 @@ async fn a_peer_that_announces_endless_feeds_is_disconnected() -> Result<()> {
 /// 4 MiB frame was buffered before anything was checked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_member_cannot_hold_handshake_slots_or_send_big_frames() -> Result<()> {
-    let d = TestDaemon::start().await?;
-    let mut c = d.client().await?;
-    join(&mut c, PASS).await?;
-    let keys = room_keys(PASS);
+    let (d, _c, keys) = daemon_in_room().await?;
     let (addr, peer) = (d.p2p_addr().await?, d.peer_id()?);
     let squatter = RawPeer::start().await?;
     let mut idle = Vec::new();
@@ -360,10 +354,7 @@ async fn a_second_peers_frame_ends_the_session() -> Result<()> {
 /// authenticated session to the daemon (a member, as far as the daemon can tell).
 async fn member_session() -> Result<(TestDaemon, peerlog::client::Client, peerlog::keys::RoomKeys, RawPeer, RawSession)>
 {
-    let d = TestDaemon::start().await?;
-    let mut c = d.client().await?;
-    join(&mut c, PASS).await?;
-    let keys = room_keys(PASS);
+    let (d, c, keys) = daemon_in_room().await?;
     let raw = RawPeer::start().await?;
     let s = raw
         .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
@@ -378,10 +369,7 @@ async fn member_session() -> Result<(TestDaemon, peerlog::client::Client, peerlo
 /// not name a room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_does_not_reveal_the_room() -> Result<()> {
-    let d = TestDaemon::start().await?;
-    let mut c = d.client().await?;
-    join(&mut c, PASS).await?;
-    let keys = room_keys(PASS);
+    let (d, _c, keys) = daemon_in_room().await?;
     let raw = RawPeer::start().await?;
     let (addr, peer) = (d.p2p_addr().await?, d.peer_id()?);
     let me = raw.node.peer_id();
@@ -439,4 +427,12 @@ async fn a_damaged_block_is_not_served_and_the_session_goes_on() -> Result<()> {
     // History still answers (the damaged message is left out).
     ensure!(full_history(&mut c, &room).await?.is_empty(), "the damaged message was shown");
     Ok(())
+}
+
+/// A daemon in the room of `PASS`, an API client, and the room's keys.
+async fn daemon_in_room() -> Result<(TestDaemon, peerlog::client::Client, peerlog::keys::RoomKeys)> {
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    join(&mut c, PASS).await?;
+    Ok((d, c, room_keys(PASS)))
 }
