@@ -74,6 +74,7 @@ impl Proc {
             .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(["--dht-mode", "server", "--relay-server", "off"])
             .env("RUST_LOG", "warn")
+            .env("PEERLOG_NETWORK", "private")
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(b) = &bootstrap {

@@ -65,6 +65,40 @@ impl std::str::FromStr for DhtMode {
     }
 }
 
+/// Which network the node takes part in beyond its configured bootstrap nodes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// Also join the public libp2p DHT (Amino, `/ipfs/kad/1.0.0`) as a client, through
+    /// `public_bootstrap`: rooms are found from anywhere with no configuration.
+    #[default]
+    Public,
+    /// Only the configured bootstrap nodes, mDNS and room peers: no packet to the public DHT.
+    Private,
+}
+
+impl std::str::FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "public" => Ok(Self::Public),
+            "private" => Ok(Self::Private),
+            other => Err(format!("expected public or private, got {other:?}")),
+        }
+    }
+}
+
+/// The well-known bootstrap peers of the public libp2p DHT (as kubo ships them): each
+/// `/dnsaddr` name resolves, through its `_dnsaddr` TXT records, to the peer's addresses.
+pub const PUBLIC_BOOTSTRAP: [&str; 6] = [
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmNnooDu7bfjPFoTZYxMNLWUQJyrVwtbZg5gBMjTezGAJN",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmQCU2EcMqAqQPR2i9bChDtGNJchTbq5TbXJJ16u19uLTa",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmbLHAnMoJPWSCR5Zhtx6BHJX9KiKNN6tpvbUcqanj75Nb",
+    "/dnsaddr/bootstrap.libp2p.io/p2p/QmcZf59bWwK5XFi76CZX8cbJ4BhTzzA3gU1ZjYZcYW3dwt",
+    "/dnsaddr/va1.bootstrap.libp2p.io/p2p/12D3KooWKnDdG3iXw9eTFijk3EWSunZcFi54Zka4wmtqtt6rPxc8",
+    "/ip4/104.131.131.82/tcp/4001/p2p/QmaCpDMGvV2BGHeYERUEnRQAwe3N8SzbUtfsmvsqQLuvuJ",
+];
+
 /// Whether the node serves circuit relay v2 reservations to NATed peers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -163,6 +197,10 @@ pub struct Config {
     pub listen: Vec<Multiaddr>,
     /// Bootstrap peers (`/ip4/../tcp/../p2p/PEERID`).
     pub bootstrap: Vec<Multiaddr>,
+    /// Public or private network (see [`Network`]).
+    pub network: Network,
+    /// Bootstrap peers of the public libp2p DHT, used with `network = "public"`.
+    pub public_bootstrap: Vec<Multiaddr>,
     /// Discover peers on the LAN with mDNS.
     pub mdns: bool,
     /// Announce private-network listen addresses (LAN, VPN; loopback when listening on
@@ -196,6 +234,8 @@ impl Default for Config {
                 "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid literal multiaddr"),
             ],
             bootstrap: Vec::new(),
+            network: Network::Public,
+            public_bootstrap: PUBLIC_BOOTSTRAP.iter().map(|a| a.parse().expect("valid literal multiaddr")).collect(),
             mdns: true,
             announce_private_addrs: true,
             dht_mode: DhtMode::Auto,
@@ -257,6 +297,12 @@ impl Config {
         }
         if let Some(v) = get("PEERLOG_BOOTSTRAP") {
             self.bootstrap = list("PEERLOG_BOOTSTRAP", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_NETWORK") {
+            self.network = parse("PEERLOG_NETWORK", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_PUBLIC_BOOTSTRAP") {
+            self.public_bootstrap = list("PEERLOG_PUBLIC_BOOTSTRAP", &v)?;
         }
         if let Some(v) = get("PEERLOG_MDNS") {
             self.mdns = parse("PEERLOG_MDNS", &v)?;
@@ -327,6 +373,9 @@ mod tests {
         assert_eq!(c.api_listen.port(), 9001);
         let bad = c.apply_env(|n| (n == "PEERLOG_DHT_MODE").then(|| "sometimes".into()));
         assert!(matches!(bad, Err(ConfigError::Env { name: "PEERLOG_DHT_MODE", .. })));
+        assert_eq!(c.network, Network::Public, "the public DHT is the default");
+        c.apply_env(|n| (n == "PEERLOG_NETWORK").then(|| "private".into())).unwrap();
+        assert_eq!(c.network, Network::Private);
         std::fs::write(&file, "no_such_option = 1\n").unwrap();
         assert!(matches!(Config::from_file(&file), Err(ConfigError::Parse { .. })));
         std::fs::remove_dir_all(&dir).unwrap();

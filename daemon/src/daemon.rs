@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Network};
 use crate::files::Chunks;
 use crate::keys::{self, KeyError, RoomSecret, SeedCapability};
 use crate::log::commit::{CommitError, GroupCommit};
 use crate::log::store::{now_ms, Access, OrderKey, RoomRecord, StoreError, StoredMessage};
 use crate::log::{new_writer, Body, Store};
-use crate::node::{self, NodeConfig, NodeError, NodeHandle, NodeInfo};
+use crate::node::{self, Dht, NodeConfig, NodeError, NodeHandle, NodeInfo};
 use crate::replicate::Replicator;
 use crate::rooms::{Room, Rooms};
 
@@ -247,6 +247,7 @@ impl Daemon {
         let node_config = NodeConfig {
             listen: config.listen.clone(),
             bootstrap: config.bootstrap.clone(),
+            public_dht: (config.network == Network::Public).then(|| config.public_bootstrap.clone()),
             mdns: config.mdns,
             announce_private: config.announce_private_addrs,
             dht_mode: config.dht_mode,
@@ -640,11 +641,14 @@ impl Shared {
                 _ => None,
             })
             .collect();
-        if bootstrap.is_empty() {
+        let public = self.config.network == Network::Public;
+        if bootstrap.is_empty() && public {
+            checks.push(Check::ok("bootstrap", "none configured: rooms are found on the public DHT".into()));
+        } else if bootstrap.is_empty() {
             checks.push(Check::fail(
                 "bootstrap",
                 "no bootstrap node is configured".into(),
-                "this daemon finds room peers on its LAN only (mDNS): add a reachable peerlog node with --bootstrap, or `bootstrap` in the config",
+                "with network = \"private\" this daemon finds room peers on its LAN only (mDNS): add a reachable peerlog node with --bootstrap, or `bootstrap` in the config",
             ));
         } else {
             let tries = bootstrap.iter().map(|p| tokio::time::timeout(WAIT, self.node.connect(*p)));
@@ -657,13 +661,27 @@ impl Shared {
                 Check::fail("bootstrap", detail, "check the bootstrap addresses (with /p2p/<PeerId>) and that this machine can reach them (firewall, network)")
             });
         }
-        let dht = tokio::time::timeout(WAIT, self.node.probe_dht()).await;
-        checks.push(match dht {
-            Ok(Ok(Ok(n))) => Check::ok("dht", format!("{n} DHT server(s) answered")),
-            Ok(Ok(Err(why))) => Check::fail("dht", format!("the DHT did not answer: {why}"), "rooms cannot be found beyond the LAN: a bootstrap node must be reachable and run as a DHT server (a declared external address, or --dht-mode server on a private network)"),
-            Ok(Err(_)) => return Err(OpError::Shutdown),
-            Err(_) => Check::fail("dht", "the DHT did not answer within 10 s".into(), "check the bootstrap nodes and this machine's network"),
-        });
+        let probes = futures::future::join(
+            tokio::time::timeout(WAIT, self.node.probe_dht(Dht::Peerlog)),
+            tokio::time::timeout(WAIT, self.node.probe_dht(Dht::Public)),
+        );
+        let (dht, public_dht) = probes.await;
+        if public {
+            checks.push(match public_dht {
+                Ok(Ok(Ok(n))) => Check::ok("public_dht", format!("{n} public DHT (Amino) server(s) answered")),
+                Ok(Ok(Err(why))) => Check::fail("public_dht", format!("the public DHT did not answer: {why}"), "check this machine's internet access and DNS (the public bootstrap nodes are /dnsaddr names); on a network of your own, set network = \"private\" and configure bootstrap nodes"),
+                Ok(Err(_)) => return Err(OpError::Shutdown),
+                Err(_) => Check::fail("public_dht", "the public DHT did not answer within 10 s".into(), "check this machine's internet access and DNS"),
+            });
+        }
+        if !(public && bootstrap.is_empty()) {
+            checks.push(match dht {
+                Ok(Ok(Ok(n))) => Check::ok("dht", format!("{n} DHT server(s) answered")),
+                Ok(Ok(Err(why))) => Check::fail("dht", format!("the DHT did not answer: {why}"), "rooms cannot be found beyond the LAN: a bootstrap node must be reachable and run as a DHT server (a declared external address, or --dht-mode server on a private network)"),
+                Ok(Err(_)) => return Err(OpError::Shutdown),
+                Err(_) => Check::fail("dht", "the DHT did not answer within 10 s".into(), "check the bootstrap nodes and this machine's network"),
+            });
+        }
         let info = self.node_info().await?;
         let nat = format!("AutoNAT says {}; reachability: {}", info.nat_status, info.reachability);
         // Connected to a bootstrap node, and to nobody on the internet: a private network

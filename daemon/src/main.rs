@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use libp2p::Multiaddr;
 use peerlog::client::Client;
-use peerlog::config::{Config, DhtMode, RelayServerMode};
+use peerlog::config::{Config, DhtMode, Network, RelayServerMode};
 use peerlog::Daemon;
 use serde_json::{json, Value};
 
@@ -182,6 +182,10 @@ struct DaemonArgs {
     /// Bootstrap peer with /p2p/PEERID; repeat for several.
     #[arg(long, value_name = "MULTIADDR")]
     bootstrap: Vec<Multiaddr>,
+    /// public: also join the public libp2p DHT (the default); private: never contact it,
+    /// use only the bootstrap nodes, mDNS and room peers.
+    #[arg(long, value_name = "NETWORK")]
+    network: Option<Network>,
     /// Do not discover peers on the LAN with mDNS.
     #[arg(long)]
     no_mdns: bool,
@@ -497,6 +501,13 @@ async fn run(cli: Cli) -> Result<()> {
                 node["bootstrap_connected"],
                 node["bootstrap_peers"]
             );
+            match node["public_dht_peers"].as_u64() {
+                Some(n) => println!("network:    public (public libp2p DHT: {n} peer(s), client mode)"),
+                None => println!("network:    private (no public DHT)"),
+            }
+            let relays = node["relays"].as_array().map_or(0, Vec::len);
+            let ours = node["peerlog_relays"].as_array().map_or(0, Vec::len);
+            println!("relays:     {relays} reservation(s), {ours} of them on peerlog relays");
             for w in node["warnings"].as_array().into_iter().flatten() {
                 println!("warning:    {}", w.as_str().unwrap_or(""));
             }
@@ -600,6 +611,9 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     if !args.bootstrap.is_empty() {
         config.bootstrap = args.bootstrap;
     }
+    if let Some(n) = args.network {
+        config.network = n;
+    }
     if args.no_mdns {
         config.mdns = false;
     }
@@ -625,15 +639,19 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         }
         tracing::warn!(addr = %config.api_listen, "the API listens beyond loopback (--insecure-remote-api); only loopback Host names are accepted");
     }
-    let config_has_no_bootstrap = config.bootstrap.is_empty();
+    let lan_only = config.bootstrap.is_empty() && config.network == Network::Private;
+    let public_bootstrap = (config.network == Network::Public).then_some(config.public_bootstrap.len());
     let daemon = Daemon::start(config).await?;
     let info = daemon.shared().node_info().await?;
     println!("peer id: {}", info.peer_id);
     for a in &info.listen_addrs {
         println!("listening: {a}");
     }
-    if config_has_no_bootstrap {
-        println!("warning: no bootstrap node is configured: this daemon finds room peers on its LAN only (mDNS); add one with --bootstrap (`peerlog doctor` checks connectivity)");
+    if lan_only {
+        println!("warning: no bootstrap node is configured and network = private: this daemon finds room peers on its LAN only (mDNS); add one with --bootstrap (`peerlog doctor` checks connectivity)");
+    }
+    if let Some(n) = public_bootstrap {
+        println!("network: public (joining the public libp2p DHT through {n} bootstrap node(s); --network private to stay off it)");
     }
     // Under systemd stdout goes to the journal: keep the token out of it.
     if std::env::var_os("JOURNAL_STREAM").is_some() {

@@ -3,12 +3,13 @@
 //! [`NodeEvent`]s on a broadcast channel. Pattern: rust-libp2p `examples/file-sharing`.
 //!
 //! Behaviours: Kademlia on `/peerlog/kad/1.0.0` (room discovery by provider records),
-//! identify (feeds peers' listen addresses into Kademlia), ping (keep-alive, RTT), relay
+//! a second Kademlia on `/ipfs/kad/1.0.0` (the public Amino DHT, always a client, only with
+//! `network = "public"`), identify (feeds peers' listen addresses into Kademlia), ping (keep-alive, RTT), relay
 //! client + DCUtR + AutoNAT (NAT traversal), mDNS (LAN, optional), and `libp2p-stream`
 //! (replication streams, see `replicate`).
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::transport::ListenerId;
@@ -31,6 +32,24 @@ use crate::config::{DhtMode, RelayServerMode};
 
 /// Kademlia protocol name: a DHT of peerlog nodes only.
 pub const KAD_PROTOCOL: &str = "/peerlog/kad/1.0.0";
+/// Kademlia protocol of the public libp2p DHT (Amino), which IPFS and many libp2p
+/// applications share.
+pub const AMINO_PROTOCOL: &str = "/ipfs/kad/1.0.0";
+/// Public provider keys of a room change every epoch (a day), so that a crawler of the
+/// public DHT cannot link a room's members across days.
+pub const PUBLIC_KEY_EPOCH_SECS: u64 = 86_400;
+/// Within this long of an epoch boundary, the neighbouring epoch's key is announced and
+/// looked up too (clocks are not exact).
+const PUBLIC_KEY_OVERLAP_SECS: u64 = 3_600;
+/// Provider records we publish ourselves are published again after this long (and at once
+/// after a publication that reached no server, e.g. before the DHT answered).
+const REANNOUNCE_AFTER: Duration = Duration::from_secs(6 * 3600);
+/// A DHT counts as answering if one of its servers identified itself this recently.
+const DHT_CONTACT_FRESH: Duration = Duration::from_secs(600);
+/// A node that needs a relay and holds no reservation on a peerlog relay looks for one on
+/// the DHTs after this long, then at doubling intervals up to `RELAY_LOOKUP_MAX`.
+const RELAY_LOOKUP_FIRST: Duration = Duration::from_secs(10);
+const RELAY_LOOKUP_MAX: Duration = Duration::from_secs(600);
 /// Identify protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/peerlog/id/1.0.0";
 /// Capacity of the command channel.
@@ -82,6 +101,9 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     /// Bootstrap peers, each with `/p2p/PEERID`.
     pub bootstrap: Vec<Multiaddr>,
+    /// Join the public libp2p DHT (Amino) as a client through these bootstrap peers;
+    /// `None`: never contact it (`network = "private"`).
+    pub public_dht: Option<Vec<Multiaddr>>,
     /// mDNS on the LAN.
     pub mdns: bool,
     /// Announce private-network (and, alone, loopback) listen addresses.
@@ -168,6 +190,8 @@ pub struct NodeInfo {
     pub nat_status: String,
     /// Relays we hold a reservation on.
     pub relays: Vec<String>,
+    /// Of those, the ones that are peerlog relays (room-sized circuit limits).
+    pub peerlog_relays: Vec<String>,
     /// Connected peers.
     pub peers: Vec<PeerInfo>,
     /// How others can reach us: `public` (a declared or confirmed public address),
@@ -179,6 +203,10 @@ pub struct NodeInfo {
     pub dht_mode: String,
     /// Peers in our DHT routing table.
     pub dht_peers: usize,
+    /// `public` (also on the public libp2p DHT) or `private`.
+    pub network: String,
+    /// Peers in our routing table of the public DHT (`None` on a private network).
+    pub public_dht_peers: Option<usize>,
     /// Configured bootstrap nodes.
     pub bootstrap_peers: usize,
     /// Bootstrap nodes connected now.
@@ -199,7 +227,25 @@ enum Command {
     AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
     Addresses { peers: Vec<PeerId>, reply: oneshot::Sender<Vec<(PeerId, Vec<Multiaddr>)>> },
     Info { reply: oneshot::Sender<NodeInfo> },
-    ProbeDht { reply: oneshot::Sender<Result<usize, String>> },
+    ProbeDht { dht: Dht, reply: oneshot::Sender<Result<usize, String>> },
+}
+
+/// One of the node's two DHTs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dht {
+    /// The peerlog DHT (`/peerlog/kad/1.0.0`).
+    Peerlog,
+    /// The public libp2p DHT (Amino, `/ipfs/kad/1.0.0`).
+    Public,
+}
+
+/// What a provider lookup looks for.
+#[derive(Clone, Copy, Debug)]
+enum Lookup {
+    /// The peers of a room, by its discovery key.
+    Room(Key32),
+    /// peerlog relays (see [`relay_provider_key`]).
+    Relays,
 }
 
 /// What the node tells its subscribers.
@@ -246,6 +292,7 @@ pub enum NodeEvent {
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     kad: kad::Behaviour<kad::store::MemoryStore>,
+    amino: Toggle<kad::Behaviour<kad::store::MemoryStore>>,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     relay_client: relay::client::Behaviour,
@@ -350,10 +397,10 @@ impl NodeHandle {
         rx.await.map_err(|_| NodeError::Shutdown)
     }
 
-    /// Asks the DHT for the peers closest to us: how many answered, or why none did.
-    pub async fn probe_dht(&self) -> Result<Result<usize, String>, NodeError> {
+    /// Asks a DHT for the peers closest to us: how many answered, or why none did.
+    pub async fn probe_dht(&self, dht: Dht) -> Result<Result<usize, String>, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::ProbeDht { reply }).await?;
+        self.send(Command::ProbeDht { dht, reply }).await?;
         rx.await.map_err(|_| NodeError::Shutdown)
     }
 }
@@ -361,6 +408,13 @@ impl NodeHandle {
 struct Connection {
     addr: Multiaddr,
     kind: ConnectionKind,
+}
+
+/// One provider record we publish: a query in flight, or when one last reached a server.
+#[derive(Default)]
+struct Announcement {
+    pending: Option<kad::QueryId>,
+    reached: Option<Instant>,
 }
 
 /// The task that owns the swarm.
@@ -374,10 +428,21 @@ pub struct EventLoop {
     rtt: HashMap<PeerId, Duration>,
     /// Agent strings from identify.
     agents: HashMap<PeerId, String>,
-    /// Provider lookups in flight.
-    provider_queries: HashMap<kad::QueryId, Key32>,
-    /// Keys we provide (re-announced on `Provide`).
-    provided: HashSet<Key32>,
+    /// Provider lookups in flight, per DHT (query ids are per behaviour).
+    lookups: HashMap<(Dht, kad::QueryId), Lookup>,
+    /// On the public DHT: the provider keys each room is announced under now.
+    public_provided: HashMap<Key32, Vec<kad::RecordKey>>,
+    /// Public DHT bootstrap peers.
+    public_bootstrap: Vec<PeerId>,
+    /// Whether we announce ourselves as a peerlog relay.
+    advertising_relay: bool,
+    /// Provider records we publish ourselves (rather than leave to Kademlia's republishing):
+    /// the public DHT's room keys and the relay key, with when each last reached a server.
+    announcements: HashMap<(Dht, kad::RecordKey), Announcement>,
+    /// When we next look for peerlog relays, and the wait after that (doubling).
+    relay_lookup: (Instant, Duration),
+    /// When a peer that speaks each DHT's protocol last identified itself to us.
+    dht_contact: HashMap<Dht, Instant>,
     nat_status: autonat::NatStatus,
     dht_mode: DhtMode,
     /// Relays that accepted (or are asked for) a reservation, with the listener.
@@ -399,7 +464,7 @@ pub struct EventLoop {
     /// Relays that accepted our reservation.
     accepted_relays: HashSet<PeerId>,
     /// DHT probes (`ProbeDht`) waiting for their query.
-    dht_probes: HashMap<kad::QueryId, oneshot::Sender<Result<usize, String>>>,
+    dht_probes: HashMap<(Dht, kad::QueryId), oneshot::Sender<Result<usize, String>>>,
     /// `connect` calls waiting for a connection to a peer.
     pending_connects: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>>,
 }
@@ -417,6 +482,7 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     let relay_server_on = config.relay_server != RelayServerMode::Off;
     let declared = config.external_addrs.clone();
     let limits = config.connection_limits;
+    let public_dht = config.public_dht.is_some();
     let relay_config = relay::Config {
         max_circuit_bytes: config.relay_circuit_bytes,
         max_circuit_duration: config.relay_circuit_duration,
@@ -445,6 +511,15 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
                 DhtMode::Server => kad::Mode::Server,
                 DhtMode::Auto | DhtMode::Client => kad::Mode::Client,
             }));
+            // The public DHT: a client only, ever. A server there would carry other
+            // people's load (and AutoNAT must not be able to promote it).
+            let amino = public_dht.then(|| {
+                let mut config = kad::Config::new(StreamProtocol::new(AMINO_PROTOCOL));
+                config.set_query_timeout(Duration::from_secs(60));
+                let mut amino = kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), config);
+                amino.set_mode(Some(kad::Mode::Client));
+                amino
+            });
             let identify = identify::Behaviour::new(
                 identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
                     .with_agent_version(format!("peerlog/{}", env!("CARGO_PKG_VERSION")))
@@ -454,6 +529,7 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
                 if mdns_on { Some(mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id)?) } else { None };
             Ok(Behaviour {
                 kad,
+                amino: Toggle::from(amino),
                 identify,
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15))),
                 relay_client,
@@ -495,8 +571,13 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
         connections: HashMap::new(),
         rtt: HashMap::new(),
         agents: HashMap::new(),
-        provider_queries: HashMap::new(),
-        provided: HashSet::new(),
+        lookups: HashMap::new(),
+        public_provided: HashMap::new(),
+        public_bootstrap: Vec::new(),
+        advertising_relay: false,
+        announcements: HashMap::new(),
+        relay_lookup: (Instant::now(), RELAY_LOOKUP_FIRST),
+        dht_contact: HashMap::new(),
         nat_status: autonat::NatStatus::Unknown,
         dht_mode,
         reservations: HashMap::new(),
@@ -504,14 +585,7 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
         address_book: HashMap::new(),
         declared_external: config.external_addrs.clone(),
         announce_private: config.announce_private,
-        bootstrap: config
-            .bootstrap
-            .iter()
-            .filter_map(|a| match a.iter().last() {
-                Some(Protocol::P2p(peer)) => Some(peer),
-                _ => None,
-            })
-            .collect(),
+        bootstrap: config.bootstrap.iter().filter_map(peer_of).collect(),
         accepted_relays: HashSet::new(),
         relay_limits: HashMap::new(),
         inbound_limits: HashMap::new(),
@@ -548,7 +622,10 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     }
     event_loop.publish_listen_addrs();
     for addr in &config.bootstrap {
-        event_loop.add_bootstrap(addr.clone());
+        event_loop.add_bootstrap(Dht::Peerlog, addr.clone());
+    }
+    for addr in config.public_dht.iter().flatten() {
+        event_loop.add_bootstrap(Dht::Public, addr.clone());
     }
     let handle = NodeHandle { commands: commands_tx, events, peer_id, streams };
     Ok((handle, event_loop))
@@ -560,13 +637,59 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
 /// records whose key is not a multihash/CID ("Invalid CID"); a bare sha2-256 multihash is
 /// both a valid multihash and a CIDv0. Nothing about the room but this hash is published.
 pub fn provider_key(discovery_key: &Key32) -> kad::RecordKey {
+    sha256_multihash(&[b"peerlog/dht/room/v1", discovery_key])
+}
+
+/// The key under which a room is announced on the public DHT in `epoch` (days since the
+/// Unix epoch): it changes every day, so a crawler that sees it cannot link the room's
+/// members across days. Shaped as [`provider_key`].
+pub fn public_provider_key(discovery_key: &Key32, epoch: u64) -> kad::RecordKey {
+    sha256_multihash(&[b"peerlog/amino/room/v1", discovery_key, &epoch.to_be_bytes()])
+}
+
+/// The public provider keys of a room at `unix_secs`: this epoch's, and near a boundary
+/// the neighbouring epoch's as well (members' clocks differ a little).
+pub fn public_provider_keys(discovery_key: &Key32, unix_secs: u64) -> Vec<kad::RecordKey> {
+    let epoch = unix_secs / PUBLIC_KEY_EPOCH_SECS;
+    let into = unix_secs % PUBLIC_KEY_EPOCH_SECS;
+    let mut keys = vec![public_provider_key(discovery_key, epoch)];
+    if into >= PUBLIC_KEY_EPOCH_SECS - PUBLIC_KEY_OVERLAP_SECS {
+        keys.push(public_provider_key(discovery_key, epoch + 1));
+    }
+    if into < PUBLIC_KEY_OVERLAP_SECS && epoch > 0 {
+        keys.push(public_provider_key(discovery_key, epoch - 1));
+    }
+    keys
+}
+
+/// The well-known key under which peerlog relays (room-sized circuit limits) announce
+/// themselves, on both DHTs.
+pub fn relay_provider_key() -> kad::RecordKey {
+    sha256_multihash(&[b"peerlog relays v1"])
+}
+
+/// A sha2-256 multihash (`0x12 0x20` + digest) of the concatenated parts.
+fn sha256_multihash(parts: &[&[u8]]) -> kad::RecordKey {
     use sha2::Digest;
     let mut h = sha2::Sha256::new();
-    h.update(b"peerlog/dht/room/v1");
-    h.update(discovery_key);
+    for part in parts {
+        h.update(part);
+    }
     let mut key = vec![0x12, 0x20];
     key.extend_from_slice(&h.finalize());
     kad::RecordKey::new(&key)
+}
+
+/// The PeerId at the end of an address (`/p2p/PEERID`).
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) => Some(peer),
+        _ => None,
+    }
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Where an address can be reached from, as far as publishing it goes.
@@ -765,7 +888,7 @@ impl EventLoop {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => break,
-                _ = maintenance.tick() => self.maintain_reservations(),
+                _ = maintenance.tick() => self.maintain(),
                 cmd = self.commands.recv() => match cmd {
                     Some(cmd) => self.handle_command(cmd),
                     None => break,
@@ -776,33 +899,131 @@ impl EventLoop {
         debug!("node event loop stopped");
     }
 
-    fn add_bootstrap(&mut self, addr: Multiaddr) {
-        let Some(Protocol::P2p(peer)) = addr.iter().last() else {
+    /// Adds a bootstrap peer to a DHT's routing table and dials it (a `/dnsaddr` name is
+    /// resolved by the DNS transport when dialed).
+    fn add_bootstrap(&mut self, dht: Dht, addr: Multiaddr) {
+        let Some(peer) = peer_of(&addr) else {
             warn!(%addr, "bootstrap address has no /p2p/PEERID suffix; ignored");
             return;
         };
         let transport: Multiaddr = addr.iter().filter(|p| !matches!(p, Protocol::P2p(_))).collect();
-        self.swarm.behaviour_mut().kad.add_address(&peer, transport);
+        let Some(kad) = self.dht(dht) else { return };
+        kad.add_address(&peer, transport);
+        match dht {
+            Dht::Peerlog => self.bootstrap_peers_dialed(peer),
+            Dht::Public => self.public_bootstrap.push(peer),
+        }
         if let Err(e) = self.swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
+        }
+    }
+
+    fn bootstrap_peers_dialed(&mut self, peer: PeerId) {
+        if !self.bootstrap.contains(&peer) {
+            self.bootstrap.push(peer);
+        }
+    }
+
+    /// The Kademlia behaviour of a DHT, if this node takes part in it.
+    fn dht(&mut self, dht: Dht) -> Option<&mut kad::Behaviour<kad::store::MemoryStore>> {
+        let b = self.swarm.behaviour_mut();
+        match dht {
+            Dht::Peerlog => Some(&mut b.kad),
+            Dht::Public => b.amino.as_mut(),
+        }
+    }
+
+    /// Starts a provider lookup on a DHT.
+    fn look_up(&mut self, dht: Dht, key: kad::RecordKey, what: Lookup) {
+        if let Some(kad) = self.dht(dht) {
+            let id = kad.get_providers(key);
+            self.lookups.insert((dht, id), what);
+        }
+    }
+
+    /// Publishes a provider record unless a publication is in flight or one reached a
+    /// server within `REANNOUNCE_AFTER`.
+    fn announce(&mut self, dht: Dht, key: kad::RecordKey) {
+        let entry = self.announcements.entry((dht, key.clone())).or_default();
+        if entry.pending.is_some() || entry.reached.is_some_and(|t| t.elapsed() < REANNOUNCE_AFTER) {
+            return;
+        }
+        let Some(kad) = (match dht {
+            Dht::Peerlog => Some(&mut self.swarm.behaviour_mut().kad),
+            Dht::Public => self.swarm.behaviour_mut().amino.as_mut(),
+        }) else {
+            return;
+        };
+        match kad.start_providing(key) {
+            Ok(id) => entry.pending = Some(id),
+            Err(e) => warn!(error = %e, "cannot store provider record"),
+        }
+    }
+
+    /// Stops publishing a provider record.
+    fn withdraw(&mut self, dht: Dht, key: &kad::RecordKey) {
+        self.announcements.remove(&(dht, key.clone()));
+        if let Some(kad) = self.dht(dht) {
+            kad.stop_providing(key);
+        }
+    }
+
+    /// Announces every room again on the public DHT, because the addresses that reach us
+    /// changed (a new relay): its servers keep what a provider record said until it is
+    /// published again. (The peerlog DHT's records are re-announced every discovery round.)
+    fn reprovide_publicly(&mut self) {
+        let keys: Vec<kad::RecordKey> = self.public_provided.values().flatten().cloned().collect();
+        for key in keys {
+            if let Some(a) = self.announcements.get_mut(&(Dht::Public, key.clone())) {
+                a.reached = None;
+            }
+            self.announce(Dht::Public, key);
+        }
+    }
+
+    /// Announces a room on the public DHT under its keys of the day (a new day brings a
+    /// new key, and the old one is dropped).
+    fn provide_publicly(&mut self, room: Key32) {
+        if !self.public_dht() {
+            return;
+        }
+        let keys = public_provider_keys(&room, unix_secs());
+        let old = self.public_provided.insert(room, keys.clone()).unwrap_or_default();
+        for key in old.iter().filter(|k| !keys.contains(k)) {
+            self.withdraw(Dht::Public, key);
+        }
+        for key in keys {
+            self.announce(Dht::Public, key);
         }
     }
 
     fn handle_command(&mut self, cmd: Command) {
         match cmd {
             Command::Provide { key } => {
-                self.provided.insert(key);
                 if let Err(e) = self.swarm.behaviour_mut().kad.start_providing(provider_key(&key)) {
                     warn!(error = %e, "cannot store provider record");
                 }
+                self.provide_publicly(key);
             }
             Command::StopProviding { key } => {
-                self.provided.remove(&key);
                 self.swarm.behaviour_mut().kad.stop_providing(&provider_key(&key));
+                for old in self.public_provided.remove(&key).unwrap_or_default() {
+                    self.withdraw(Dht::Public, &old);
+                }
             }
             Command::FindProviders { key } => {
-                let id = self.swarm.behaviour_mut().kad.get_providers(provider_key(&key));
-                self.provider_queries.insert(id, key);
+                self.look_up(Dht::Peerlog, provider_key(&key), Lookup::Room(key));
+                // On the public DHT one lookup at a time per room: each is a walk across
+                // strangers' nodes.
+                let busy = self
+                    .lookups
+                    .iter()
+                    .any(|((d, _), l)| *d == Dht::Public && matches!(l, Lookup::Room(k) if *k == key));
+                if !busy {
+                    for public_key in public_provider_keys(&key, unix_secs()) {
+                        self.look_up(Dht::Public, public_key, Lookup::Room(key));
+                    }
+                }
             }
             Command::Dial { addr } => {
                 if let Err(e) = self.swarm.dial(addr.clone()) {
@@ -851,10 +1072,18 @@ impl EventLoop {
             Command::Info { reply } => {
                 let _ = reply.send(self.info());
             }
-            Command::ProbeDht { reply } => {
+            Command::ProbeDht { dht, reply } => {
                 let me = *self.swarm.local_peer_id();
-                let id = self.swarm.behaviour_mut().kad.get_closest_peers(me);
-                self.dht_probes.insert(id, reply);
+                match self.dht(dht) {
+                    Some(kad) => {
+                        let id = kad.get_closest_peers(me);
+                        self.dht_probes.insert((dht, id), reply);
+                    }
+                    None => {
+                        let _ =
+                            reply.send(Err("this node does not take part in that DHT (network = \"private\")".into()));
+                    }
+                }
             }
         }
     }
@@ -923,17 +1152,88 @@ impl EventLoop {
         }
     }
 
-    /// Reserves on relay candidates until `MAX_RESERVATIONS` are held.
+    /// Periodic work: relay reservations, announcing ourselves as a relay, and looking
+    /// for peerlog relays.
+    fn maintain(&mut self) {
+        self.maintain_reservations();
+        self.advertise_relay();
+        let (due, wait) = self.relay_lookup;
+        let has_peerlog_relay = self.reservations.keys().any(|p| self.is_peerlog(p));
+        if self.needs_relay() && !has_peerlog_relay && Instant::now() >= due {
+            self.relay_lookup = (Instant::now() + wait, (wait * 2).min(RELAY_LOOKUP_MAX));
+            for dht in [Dht::Peerlog, Dht::Public] {
+                self.look_up(dht, relay_provider_key(), Lookup::Relays);
+            }
+        }
+    }
+
+    /// A peerlog relay serves while it has a public address: it then announces itself
+    /// under [`relay_provider_key`], so that peers find it and prefer it to public relays
+    /// (whose circuits carry 128 KiB for 2 minutes: enough for a hole punch, not a room).
+    fn advertise_relay(&mut self) {
+        let serving = self.swarm.behaviour().relay_server.is_enabled() && self.has_public_external();
+        if serving != self.advertising_relay {
+            self.advertising_relay = serving;
+            if serving {
+                info!("serving as a peerlog relay: announcing it on the DHT");
+            } else {
+                for dht in [Dht::Peerlog, Dht::Public] {
+                    self.withdraw(dht, &relay_provider_key());
+                }
+            }
+        }
+        if serving {
+            for dht in [Dht::Peerlog, Dht::Public] {
+                self.announce(dht, relay_provider_key());
+            }
+        }
+    }
+
+    /// Gives up reservations on relays that are not peerlog relays: once a peerlog relay
+    /// carries us, an address through a limited relay only lures dialers onto circuits
+    /// that close after 128 KiB.
+    fn leave_limited_relays(&mut self) {
+        let limited: Vec<(PeerId, ListenerId)> =
+            self.reservations.iter().filter(|(p, _)| !self.is_peerlog(p)).map(|(p, id)| (*p, *id)).collect();
+        for (relay, id) in limited {
+            info!(%relay, "leaving a limited relay: a peerlog relay carries us");
+            self.reservations.remove(&relay);
+            self.accepted_relays.remove(&relay);
+            self.swarm.remove_listener(id);
+        }
+    }
+
+    /// Whether a peer runs peerlog (by its identify agent string).
+    fn is_peerlog(&self, peer: &PeerId) -> bool {
+        self.agents.get(peer).is_some_and(|a| a.starts_with("peerlog/"))
+    }
+
+    /// Reserves on relay candidates until `MAX_RESERVATIONS` are held, peerlog relays
+    /// first; a reservation on another relay gives way to a peerlog relay.
     fn maintain_reservations(&mut self) {
         if !self.needs_relay() {
             return;
         }
-        let candidates: Vec<(PeerId, Multiaddr)> = self
+        let mut candidates: Vec<(PeerId, Multiaddr)> = self
             .relay_candidates
             .iter()
             .filter(|(p, _)| !self.reservations.contains_key(p))
             .map(|(p, a)| (*p, a.clone()))
             .collect();
+        // Where a peerlog relay is to be had, limited relays are not asked at all.
+        let peerlog_waiting = candidates.iter().any(|(p, _)| self.is_peerlog(p));
+        if peerlog_waiting || self.reservations.keys().any(|p| self.is_peerlog(p)) {
+            candidates.retain(|(p, _)| self.is_peerlog(p));
+        }
+        if peerlog_waiting && self.reservations.len() >= MAX_RESERVATIONS {
+            let limited = self.reservations.iter().find(|(p, _)| !self.is_peerlog(p)).map(|(p, id)| (*p, *id));
+            if let Some((relay, id)) = limited {
+                info!(%relay, "leaving a limited relay to make room for a peerlog relay");
+                self.reservations.remove(&relay);
+                self.accepted_relays.remove(&relay);
+                self.swarm.remove_listener(id);
+            }
+        }
         for (relay, addr) in candidates {
             if self.reservations.len() >= MAX_RESERVATIONS {
                 break;
@@ -949,8 +1249,10 @@ impl EventLoop {
         }
     }
 
-    /// In auto mode: DHT server only with a declared or confirmed public external address.
+    /// In auto mode: DHT server (on the peerlog DHT; never on the public one) only with a
+    /// declared or confirmed public external address.
     fn update_dht_mode(&mut self) {
+        self.advertise_relay();
         if self.dht_mode != DhtMode::Auto {
             return;
         }
@@ -965,6 +1267,7 @@ impl EventLoop {
     fn info(&mut self) -> NodeInfo {
         let reachability = self.reachability();
         let dht_peers = self.dht_peers();
+        let public_dht_peers = self.dht(Dht::Public).map(|k| k.kbuckets().map(|b| b.num_entries()).sum::<usize>());
         let bootstrap_connected = self.bootstrap.iter().filter(|p| self.connections.contains_key(p)).count();
         let local = *self.swarm.local_peer_id();
         let with_p2p = |a: &Multiaddr| a.clone().with_p2p(local).unwrap_or_else(|a| a).to_string();
@@ -1005,6 +1308,7 @@ impl EventLoop {
             }
             .into(),
             relays: self.reservations.keys().map(|p| p.to_string()).collect(),
+            peerlog_relays: self.reservations.keys().filter(|p| self.is_peerlog(p)).map(|p| p.to_string()).collect(),
             peers,
             reachability: reachability.into(),
             dht_mode: match self.swarm.behaviour().kad.mode() {
@@ -1013,14 +1317,20 @@ impl EventLoop {
             }
             .into(),
             dht_peers,
+            network: if public_dht_peers.is_some() { "public" } else { "private" }.into(),
+            public_dht_peers,
             bootstrap_peers: self.bootstrap.len(),
             bootstrap_connected,
-            warnings: self.warnings(reachability, dht_peers, bootstrap_connected),
+            warnings: self.warnings(reachability, dht_peers + public_dht_peers.unwrap_or(0), bootstrap_connected),
         }
     }
 
     fn dht_peers(&mut self) -> usize {
         self.swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum()
+    }
+
+    fn public_dht(&self) -> bool {
+        self.swarm.behaviour().amino.is_enabled()
     }
 
     /// See [`NodeInfo::reachability`].
@@ -1038,11 +1348,22 @@ impl EventLoop {
         }
     }
 
-    /// What keeps peers from finding or reaching us, in plain words.
+    /// What keeps peers from finding or reaching us, in plain words (`dht_peers`: in
+    /// both DHTs' routing tables).
     fn warnings(&self, reachability: &str, dht_peers: usize, bootstrap_connected: usize) -> Vec<String> {
         let mut out = Vec::new();
         let beyond_lan = !matches!(reachability, "lan_only" | "no_peers");
-        if self.bootstrap.is_empty() && !beyond_lan {
+        // Routing tables hold the bootstrap addresses whether they answer or not: what counts
+        // is a DHT server that identified itself, lately.
+        let answered = self.dht_contact.values().any(|t| t.elapsed() < DHT_CONTACT_FRESH);
+        if self.public_dht() && !beyond_lan && !answered && bootstrap_connected == 0 {
+            out.push(format!(
+                "none of the {} public DHT bootstrap node(s) answers, and no other DHT peer is known: rooms cannot be found beyond the LAN; check this machine's internet access and DNS, or add a reachable peerlog node with --bootstrap",
+                self.public_bootstrap.len()
+            ));
+        } else if self.public_dht() {
+            // Connected to the public DHT: no bootstrap node of our own is needed.
+        } else if self.bootstrap.is_empty() && !beyond_lan {
             out.push(
                 "no bootstrap node is configured: this daemon finds room peers on its LAN only (mDNS); \
                  add one with --bootstrap or `bootstrap` in the config to reach others"
@@ -1086,7 +1407,10 @@ impl EventLoop {
                     self.publish_listen_addrs();
                 }
             }
-            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+            SwarmEvent::ListenerClosed { listener_id, reason, addresses } => {
+                for addr in addresses.iter().filter(|a| is_relayed(a)) {
+                    self.swarm.remove_external_address(addr);
+                }
                 if let Some(relay) = self.reservations.iter().find(|(_, id)| **id == listener_id).map(|(p, _)| *p) {
                     warn!(%relay, ?reason, "relay reservation ended");
                     self.reservations.remove(&relay);
@@ -1150,14 +1474,26 @@ impl EventLoop {
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
                 self.agents.insert(peer_id, info.agent_version.clone());
-                let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
-                let speaks_kad = info.protocols.contains(&kad_protocol);
+                let speaks_kad = info.protocols.contains(&StreamProtocol::new(KAD_PROTOCOL));
+                let speaks_amino = info.protocols.contains(&StreamProtocol::new(AMINO_PROTOCOL));
+                for (dht, speaks) in [(Dht::Peerlog, speaks_kad), (Dht::Public, speaks_amino)] {
+                    if speaks {
+                        self.dht_contact.insert(dht, Instant::now());
+                    }
+                }
                 for addr in &info.listen_addrs {
                     if !addr.iter().any(|p| matches!(p, Protocol::Ip4(ip) if ip.is_unspecified())) {
                         self.remember(peer_id, addr.clone());
                     }
                     if speaks_kad && !is_relayed(addr) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    }
+                    // The public DHT's routing table holds public addresses only, as
+                    // kubo's does: a private one is someone else's LAN.
+                    if speaks_amino && !is_relayed(addr) && reach(addr) == Reach::Public {
+                        if let Some(amino) = self.dht(Dht::Public) {
+                            amino.add_address(&peer_id, addr.clone());
+                        }
                     }
                 }
                 if info.protocols.contains(&relay::HOP_PROTOCOL_NAME) {
@@ -1200,9 +1536,19 @@ impl EventLoop {
                     self.emit(NodeEvent::HolePunchFailed { peer: remote_peer_id });
                 }
             },
-            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted { relay_peer_id, .. }) => {
-                info!(relay = %relay_peer_id, "relay reservation accepted");
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                info!(relay = %relay_peer_id, renewal, "relay reservation accepted");
                 self.accepted_relays.insert(relay_peer_id);
+                if !renewal && self.is_peerlog(&relay_peer_id) {
+                    self.leave_limited_relays();
+                }
+                if !renewal {
+                    self.reprovide_publicly();
+                }
             }
             BehaviourEvent::RelayClient(relay::client::Event::OutboundCircuitEstablished { relay_peer_id, limit }) => {
                 let bytes = limit.and_then(|l| l.data_in_bytes()).unwrap_or(u64::MAX);
@@ -1214,38 +1560,8 @@ impl EventLoop {
                     self.inbound_limits.insert(src_peer_id, bytes);
                 }
             }
-            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. }) => match result {
-                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
-                    let Some(&key) = self.provider_queries.get(&id) else { return };
-                    let local = *self.swarm.local_peer_id();
-                    let peers: Vec<PeerId> = providers.into_iter().filter(|p| *p != local).collect();
-                    for peer in &peers {
-                        // Dial now: the providers' addresses live only inside this query.
-                        let opts = DialOpts::peer_id(*peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
-                        if let Err(e) = self.swarm.dial(opts) {
-                            debug!(%peer, error = %e, "cannot dial provider");
-                        }
-                    }
-                    if !peers.is_empty() {
-                        self.emit(NodeEvent::ProvidersFound { key, peers });
-                    }
-                }
-                kad::QueryResult::GetProviders(_) if step.last => {
-                    self.provider_queries.remove(&id);
-                }
-                kad::QueryResult::StartProviding(Err(e)) => debug!(error = ?e, "provider announcement incomplete"),
-                kad::QueryResult::GetClosestPeers(r) if step.last => {
-                    if let Some(reply) = self.dht_probes.remove(&id) {
-                        let _ = reply.send(match r {
-                            Ok(ok) if !ok.peers.is_empty() => Ok(ok.peers.len()),
-                            Ok(_) => Err("no DHT server answered".into()),
-                            Err(e) => Err(e.to_string()),
-                        });
-                    }
-                }
-                _ => {}
-            },
-            BehaviourEvent::Kad(kad::Event::ModeChanged { new_mode }) => info!(%new_mode, "DHT mode changed"),
+            BehaviourEvent::Kad(event) => self.handle_kad(Dht::Peerlog, event),
+            BehaviourEvent::Amino(event) => self.handle_kad(Dht::Public, event),
             BehaviourEvent::Ping(ping::Event { peer, result: Ok(rtt), .. }) => {
                 self.rtt.insert(peer, rtt);
             }
@@ -1267,6 +1583,65 @@ impl EventLoop {
                     }
                 }
             }
+            _ => {}
+        }
+    }
+
+    fn handle_kad(&mut self, dht: Dht, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed { id, result, step, stats } => match result {
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders { providers, .. })) => {
+                    let Some(&what) = self.lookups.get(&(dht, id)) else { return };
+                    let local = *self.swarm.local_peer_id();
+                    let peers: Vec<PeerId> = providers.into_iter().filter(|p| *p != local).collect();
+                    for peer in &peers {
+                        // Dial now: the providers' addresses live only inside this query.
+                        let opts = DialOpts::peer_id(*peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
+                        if let Err(e) = self.swarm.dial(opts) {
+                            debug!(%peer, error = %e, "cannot dial provider");
+                        }
+                    }
+                    if step.last {
+                        self.lookups.remove(&(dht, id));
+                    }
+                    match what {
+                        Lookup::Room(key) if !peers.is_empty() => self.emit(NodeEvent::ProvidersFound { key, peers }),
+                        // Relays: identify says they relay once connected, and they are
+                        // preferred as peerlog peers.
+                        _ => {}
+                    }
+                }
+                kad::QueryResult::GetProviders(_) if step.last => {
+                    self.lookups.remove(&(dht, id));
+                }
+                kad::QueryResult::StartProviding(r) => {
+                    let key = match &r {
+                        Ok(ok) => ok.key.clone(),
+                        Err(e) => e.key().clone(),
+                    };
+                    let reached = r.is_ok() && stats.num_successes() > 0;
+                    if let Some(a) = self.announcements.get_mut(&(dht, key)).filter(|a| a.pending == Some(id)) {
+                        a.pending = None;
+                        if reached {
+                            a.reached = Some(Instant::now());
+                        }
+                    }
+                    if !reached {
+                        debug!(?dht, result = ?r, "provider announcement reached no DHT server");
+                    }
+                }
+                kad::QueryResult::GetClosestPeers(r) if step.last => {
+                    if let Some(reply) = self.dht_probes.remove(&(dht, id)) {
+                        let _ = reply.send(match r {
+                            Ok(ok) if !ok.peers.is_empty() => Ok(ok.peers.len()),
+                            Ok(_) => Err("no DHT server answered".into()),
+                            Err(e) => Err(e.to_string()),
+                        });
+                    }
+                }
+                _ => {}
+            },
+            kad::Event::ModeChanged { new_mode } => info!(?dht, %new_mode, "DHT mode changed"),
             _ => {}
         }
     }

@@ -58,6 +58,7 @@ fn the_binary_runs_a_daemon_and_its_cli_drives_it() -> Result<()> {
                 "--listen",
                 "/ip4/127.0.0.1/tcp/0",
             ])
+            .env("PEERLOG_NETWORK", "private")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -185,6 +186,12 @@ struct NatLab {
 impl NatLab {
     /// `symmetric`: the routers randomize source ports (`--random-fully`), which defeats hole punching.
     fn build(tag: &str, symmetric: bool) -> Result<Self> {
+        Self::build_on(tag, symmetric, "198.18.0")
+    }
+
+    /// As [`NatLab::build`], with the "public" network on `wan`.0/24: the relay host at
+    /// `wan`.1, the NAT routers at `wan`.2 and `wan`.3.
+    fn build_on(tag: &str, symmetric: bool, wan_net: &str) -> Result<Self> {
         let prefix = format!("pl{}{tag}", std::process::id() % 100000);
         let mut lab = NatLab { prefix: prefix.clone(), namespaces: Vec::new() };
         let wan = lab.ns("wan")?;
@@ -193,7 +200,7 @@ impl NatLab {
         let relay = lab.ns("relay")?;
         sh(&format!(
             "ip -n {relay} link add wan0 type veth peer name relay netns {wan} && ip -n {wan} link set relay master br0 up \
-             && ip -n {relay} addr add 198.18.0.1/24 dev wan0 && ip -n {relay} link set wan0 up"
+             && ip -n {relay} addr add {wan_net}.1/24 dev wan0 && ip -n {relay} link set wan0 up"
         ))?;
         for (i, side) in ["a", "b"].iter().enumerate() {
             let router = lab.ns(&format!("nat{side}"))?;
@@ -201,7 +208,7 @@ impl NatLab {
             let masq = if symmetric { "MASQUERADE --random-fully" } else { "MASQUERADE" };
             sh(&format!(
                 "ip -n {router} link add wan0 type veth peer name nat{side} netns {wan} && ip -n {wan} link set nat{side} master br0 up \
-                 && ip -n {router} addr add 198.18.0.{pub_ip}/24 dev wan0 && ip -n {router} link set wan0 up \
+                 && ip -n {router} addr add {wan_net}.{pub_ip}/24 dev wan0 && ip -n {router} link set wan0 up \
                  && ip -n {router} link add lan0 type veth peer name eth0 netns {host} \
                  && ip -n {router} addr add 10.0.{net}.1/24 dev lan0 && ip -n {router} link set lan0 up \
                  && ip -n {host} addr add 10.0.{net}.2/24 dev eth0 && ip -n {host} link set eth0 up \
@@ -215,6 +222,17 @@ impl NatLab {
             ))?;
         }
         Ok(lab)
+    }
+
+    /// Another host on the public network of [`NatLab::build_on`], at `ip`.
+    fn public_host(&mut self, name: &str, ip: &str) -> Result<String> {
+        let wan = self.name("wan");
+        let ns = self.ns(name)?;
+        sh(&format!(
+            "ip -n {ns} link add wan0 type veth peer name {name} netns {wan} && ip -n {wan} link set {name} master br0 up \
+             && ip -n {ns} addr add {ip}/24 dev wan0 && ip -n {ns} link set wan0 up"
+        ))?;
+        Ok(ns)
     }
 
     /// One LAN: a bridge in namespace `lan`, and each host on it as 10.0.`net`.(i+1)/24.
@@ -288,9 +306,27 @@ impl NsDaemon {
     }
 
     fn start_raw(ns: &str, extra: &[&str]) -> Result<Self> {
+        Self::spawn(ns, extra, None)
+    }
+
+    /// A daemon on the public network (the default), whose config differs from the shipped
+    /// one in the public bootstrap list only: `public_bootstrap`, simulated nodes.
+    fn start_public(ns: &str, extra: &[&str], public_bootstrap: &str) -> Result<Self> {
+        let mut args = vec!["--no-mdns"];
+        args.extend_from_slice(extra);
+        Self::spawn(ns, &args, Some(public_bootstrap))
+    }
+
+    /// `public_bootstrap`: None, the private network (as every test but the public-DHT ones).
+    fn spawn(ns: &str, extra: &[&str], public_bootstrap: Option<&str>) -> Result<Self> {
         let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
         let data = tempfile::tempdir()?;
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        match public_bootstrap {
+            None => command.env("PEERLOG_NETWORK", "private"),
+            Some(list) => command.env_remove("PEERLOG_NETWORK").env("PEERLOG_PUBLIC_BOOTSTRAP", list),
+        };
+        let mut child = command
             .args(["netns", "exec", ns])
             .arg(&exe)
             .args(["daemon", "--data-dir"])
@@ -447,17 +483,28 @@ fn join_and_chat(a: &NsDaemon, b: &NsDaemon, first: &str, reply: &str) -> Result
     Ok(room)
 }
 
-fn relay_args() -> Vec<&'static str> {
-    vec![
+fn relay_args() -> Vec<String> {
+    relay_args_at("198.18.0.1")
+}
+
+/// The README's public bootstrap node at `ip`.
+fn relay_args_at(ip: &str) -> Vec<String> {
+    [
         "--listen",
         "/ip4/0.0.0.0/tcp/4001",
         "--listen",
         "/ip4/0.0.0.0/udp/4001/quic-v1",
         "--external-address",
-        "/ip4/198.18.0.1/tcp/4001",
+        &format!("/ip4/{ip}/tcp/4001"),
         "--external-address",
-        "/ip4/198.18.0.1/udp/4001/quic-v1",
+        &format!("/ip4/{ip}/udp/4001/quic-v1"),
     ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
 }
 
 /// Two daemons behind separate NATs that know only a public relay/bootstrap node: they
@@ -467,7 +514,7 @@ fn relay_args() -> Vec<&'static str> {
 fn nat_hole_punching_upgrades_a_relayed_connection() -> Result<()> {
     require_netns!();
     let lab = NatLab::build("h", false)?;
-    let relay = NsDaemon::start(&lab.name("relay"), &relay_args())?;
+    let relay = NsDaemon::start(&lab.name("relay"), &strs(&relay_args()))?;
     let boot = format!("/ip4/198.18.0.1/tcp/4001/p2p/{}", relay.peer_id);
     let peer_args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot.as_str()];
     let a = NsDaemon::start(&lab.name("a"), &peer_args)?;
@@ -555,7 +602,8 @@ fn nat_symmetric_falls_back_to_the_relay() -> Result<()> {
     std::fs::write(config.path(), "[limits]\nrelay_circuit_bytes = 32768\n")?;
     let config_path = config.path().to_str().context("utf-8 path")?.to_string();
     let mut args = relay_args();
-    args.extend(["--config", config_path.as_str()]);
+    args.extend(["--config".to_string(), config_path.clone()]);
+    let args = strs(&args);
     let relay = NsDaemon::start(&lab.name("relay"), &args)?;
     let boot = format!("/ip4/198.18.0.1/tcp/4001/p2p/{}", relay.peer_id);
     let peer_args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot.as_str()];
@@ -742,6 +790,7 @@ impl LoopbackDaemon {
     fn spawn(&mut self) -> Result<()> {
         let mut child = Command::new(&self.exe)
             .args(["daemon", "--data-dir"])
+            .env("PEERLOG_NETWORK", "private")
             .arg(&self.data)
             .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(&self.extra)
@@ -1159,20 +1208,14 @@ fn a_daemon_with_no_bootstrap_warns_and_doctor_says_why() -> Result<()> {
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
     let mut child = Command::new(&exe)
         .args(["daemon", "--data-dir"])
+        .env("PEERLOG_NETWORK", "private")
         .arg(dir.path())
         .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stdout = child.stdout.take().context("stdout")?;
-    let _child = Kill(child);
+    let _child = KillOnDrop(child);
     let mut warned = false;
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line?;
@@ -1196,6 +1239,60 @@ fn a_daemon_with_no_bootstrap_warns_and_doctor_says_why() -> Result<()> {
     Ok(())
 }
 
+/// On the public network (the default) a daemon whose public DHT bootstrap nodes do not
+/// answer (here: one address on loopback where nothing listens, standing in for a machine
+/// without internet access) says so in `status`, and `doctor` fails naming the public DHT.
+#[test]
+fn a_daemon_that_cannot_reach_the_public_dht_says_so() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let nobody = format!("/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWKnDdG3iXw9eTFijk3EWSunZcFi54Zka4wmtqtt6rPxc8");
+    let mut child = Command::new(&exe)
+        .args(["daemon", "--data-dir"])
+        .arg(dir.path())
+        .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env_remove("PEERLOG_NETWORK")
+        .env("PEERLOG_PUBLIC_BOOTSTRAP", &nobody)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let _child = KillOnDrop(child);
+    let mut public = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line?;
+        public |= line.starts_with("network: public");
+        ensure!(!line.starts_with("warning: no bootstrap node"), "a public daemon needs no bootstrap node: {line}");
+        if line.starts_with("web UI:") {
+            break;
+        }
+    }
+    ensure!(public, "the daemon did not say at start that it joins the public DHT");
+    let cli = |args: &[&str]| Command::new(&exe).args(args).arg("--data-dir").arg(dir.path()).output();
+    let status = cli(&["status"])?;
+    let text = String::from_utf8_lossy(&status.stdout);
+    ensure!(
+        text.contains("public DHT bootstrap node(s) answers"),
+        "status does not say the public DHT is unreachable: {text}"
+    );
+    let doctor = cli(&["doctor"])?;
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    ensure!(!doctor.status.success(), "doctor exited 0 with the public DHT unreachable: {text}");
+    ensure!(text.contains("FAIL public_dht") && text.contains("internet access"), "doctor does not say why: {text}");
+    Ok(())
+}
+
+/// Kills and reaps a child process when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Between two symmetric NATs no punch succeeds and the room lives on the relay. The
 /// README's bootstrap node, on its defaults, is a peerlog relay with room-sized circuits
 /// (64 MiB, 10 minutes), and peers that see such a limit use the circuit like a direct
@@ -1205,7 +1302,7 @@ fn a_daemon_with_no_bootstrap_warns_and_doctor_says_why() -> Result<()> {
 fn a_10_mib_file_crosses_a_peerlog_relay_between_symmetric_nats() -> Result<()> {
     require_netns!();
     let lab = NatLab::build("f", true)?;
-    let relay = NsDaemon::start(&lab.name("relay"), &relay_args())?;
+    let relay = NsDaemon::start(&lab.name("relay"), &strs(&relay_args()))?;
     let boot = format!("/ip4/198.18.0.1/tcp/4001/p2p/{}", relay.peer_id);
     let peer_args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot.as_str()];
     let a = NsDaemon::start(&lab.name("a"), &peer_args)?;
@@ -1297,6 +1394,7 @@ fn a_second_daemon_on_the_same_data_dir_names_the_first() -> Result<()> {
     let pid = first.child.as_ref().context("running")?.id();
     let second = Command::new(&first.exe)
         .args(["daemon", "--data-dir"])
+        .env("PEERLOG_NETWORK", "private")
         .arg(dir.path())
         .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .output()?;
@@ -1316,6 +1414,7 @@ fn the_api_beyond_loopback_needs_insecure_remote_api() -> Result<()> {
     let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
     let out = Command::new(&exe)
         .args(["daemon", "--data-dir"])
+        .env("PEERLOG_NETWORK", "private")
         .arg(dir.path())
         .args(["--api-listen", "0.0.0.0:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .output()?;
@@ -1324,6 +1423,7 @@ fn the_api_beyond_loopback_needs_insecure_remote_api() -> Result<()> {
     ensure!(err.contains("--insecure-remote-api"), "the refusal does not say how to insist: {err}");
     let mut child = Command::new(&exe)
         .args(["daemon", "--data-dir"])
+        .env("PEERLOG_NETWORK", "private")
         .arg(dir.path())
         .args(["--api-listen", "0.0.0.0:0", "--insecure-remote-api", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
         .stdout(Stdio::piped())
@@ -1334,5 +1434,233 @@ fn the_api_beyond_loopback_needs_insecure_remote_api() -> Result<()> {
     let _ = child.kill();
     let _ = child.wait();
     ensure!(started, "--insecure-remote-api did not let the daemon start");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// The public network, simulated: js-libp2p nodes (tests/amino/sim-node.mjs) serve the
+// Amino DHT and kubo-limited relays on the "public" side of a NatLab. The real public
+// bootstrap nodes are never contacted: the daemons' public bootstrap list names the
+// simulated nodes, and nothing in the namespaces routes anywhere else.
+// ---------------------------------------------------------------------------------------
+
+/// The simulated internet. js-libp2p (like kubo) treats 198.18/15 as non-public and drops
+/// such addresses from the DHT, so the simulated public side uses addresses that would be
+/// public: they exist only inside these namespaces, which have no route out.
+const PUBLIC_WAN: &str = "11.0.0";
+
+/// The simulation's npm packages, or why they cannot be used (`npm ci --prefix tests/amino`
+/// installs them; `.ci/run` does).
+fn sim_unavailable() -> Option<String> {
+    let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/amino"));
+    if !dir.join("node_modules/libp2p").exists() {
+        return Some("tests/amino/node_modules is missing: run `npm ci --prefix tests/amino`".into());
+    }
+    sh("command -v node").err().map(|_| "node is not installed".into())
+}
+
+macro_rules! require_sim {
+    () => {
+        require_netns!();
+        if let Some(why) = sim_unavailable() {
+            ensure!(std::env::var_os("CI").is_none(), "CI must run the public-DHT simulation, but: {why}");
+            eprintln!("\n!!! SKIPPED {}: {why}\n", module_path!());
+            return Ok(());
+        }
+    };
+}
+
+/// js-libp2p nodes on the public side, each an Amino DHT server and a kubo-limited relay.
+struct SimNet {
+    nodes: Vec<(String, KillOnDrop, std::path::PathBuf)>,
+    _logs: tempfile::TempDir,
+}
+
+impl SimNet {
+    /// `n` nodes at `PUBLIC_WAN`.11, .12, …, each bootstrapping from the ones before it.
+    fn start(lab: &mut NatLab, n: usize) -> Result<Self> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/amino/sim-node.mjs");
+        let logs = tempfile::tempdir()?;
+        let mut nodes: Vec<(String, KillOnDrop, std::path::PathBuf)> = Vec::new();
+        for i in 0..n {
+            let ip = format!("{PUBLIC_WAN}.{}", 11 + i);
+            let ns = lab.public_host(&format!("js{i}"), &ip)?;
+            let log = logs.path().join(format!("js{i}.log"));
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", &ns, "node", script, "--listen", &format!("/ip4/{ip}/tcp/4001")]);
+            for (addr, _, _) in &nodes {
+                cmd.args(["--bootstrap", addr]);
+            }
+            let mut child = cmd.stdout(Stdio::piped()).stderr(std::fs::File::create(&log)?).spawn()?;
+            let stdout = child.stdout.take().context("stdout")?;
+            let child = KillOnDrop(child);
+            let line =
+                std::io::BufReader::new(stdout).lines().next().context("sim node exited before it was ready")??;
+            let addr = line.strip_prefix("ready ").with_context(|| format!("sim node said {line:?}"))?.to_string();
+            nodes.push((addr, child, log));
+        }
+        Ok(Self { nodes, _logs: logs })
+    }
+
+    /// The nodes' addresses, comma-separated (for `PEERLOG_PUBLIC_BOOTSTRAP`).
+    fn bootstrap(&self) -> String {
+        self.nodes.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// Every node's log.
+    fn logs(&self) -> String {
+        self.nodes.iter().map(|(_, _, log)| std::fs::read_to_string(log).unwrap_or_default()).collect()
+    }
+}
+
+/// Counts the packets that the NAT routers (and the relay host) send towards the
+/// simulated public DHT nodes.
+fn count_packets_to_sim(lab: &NatLab, sims: &SimNet) -> Result<u64> {
+    let mut total = 0;
+    for (ns, chain) in [("nata", "FORWARD"), ("natb", "FORWARD"), ("relay", "OUTPUT")] {
+        let out = sh(&format!("ip netns exec {} iptables -L {chain} -v -x -n", lab.name(ns)))?;
+        for line in out.lines().filter(|l| l.contains(&format!("{PUBLIC_WAN}.1"))) {
+            let dst = line.split_whitespace().nth(7).unwrap_or("");
+            if sims.nodes.iter().any(|(a, _, _)| a.contains(&format!("/{dst}/"))) {
+                total += line.split_whitespace().next().unwrap_or("0").parse::<u64>()?;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Adds counting rules (no target: they only count) for packets towards the sim nodes.
+fn watch_packets_to_sim(lab: &NatLab, sims: &SimNet) -> Result<()> {
+    for (addr, _, _) in &sims.nodes {
+        let ip = addr.split('/').nth(2).context("sim node address")?;
+        for (ns, chain) in [("nata", "FORWARD"), ("natb", "FORWARD"), ("relay", "OUTPUT")] {
+            sh(&format!("ip netns exec {} iptables -I {chain} 1 -d {ip}", lab.name(ns)))?;
+        }
+    }
+    Ok(())
+}
+
+/// Issue 10's headline: two daemons behind home NATs, on the shipped defaults but for the
+/// public bootstrap list (simulated Amino nodes from js-libp2p, an independent
+/// implementation), no bootstrap node of peerlog's own: they announce the room on the
+/// public DHT (js-libp2p stores the records, so the keys are valid CIDs), find each other
+/// there, meet through a public (kubo-limited) relay, punch through, and chat.
+#[test]
+fn default_daemons_behind_nats_meet_through_a_simulated_public_dht() -> Result<()> {
+    require_sim!();
+    let mut lab = NatLab::build_on("p", false, PUBLIC_WAN)?;
+    let sims = SimNet::start(&mut lab, 3)?;
+    watch_packets_to_sim(&lab, &sims)?;
+    let listen = ["--listen", "/ip4/0.0.0.0/tcp/4001"];
+    let a = NsDaemon::start_public(&lab.name("a"), &listen, &sims.bootstrap())?;
+    let b = NsDaemon::start_public(&lab.name("b"), &listen, &sims.bootstrap())?;
+    let t0 = Instant::now();
+    let room = join_and_chat(&a, &b, "found on the public DHT", "and answered")
+        .with_context(|| format!("simulated DHT nodes said:\n{}", sims.logs()))?;
+    let first = t0.elapsed();
+    let (kind, _) =
+        a.wait_connection(&b.peer_id, Duration::from_secs(60), "a hole-punched connection", |k, _| k == "holepunched")?;
+    ensure!(kind == "holepunched");
+    let stored = sims.logs().lines().filter(|l| l.starts_with("provider added")).count();
+    ensure!(stored >= 2, "the simulated DHT stored {stored} provider record(s) of peerlog's");
+    let status = a.status()?;
+    ensure!(status["node"]["network"] == "public", "a is not on the public network: {}", status["node"]);
+    ensure!(status["node"]["dht_mode"] == "client", "a daemon behind NAT must stay a DHT client");
+    ensure!(count_packets_to_sim(&lab, &sims)? > 0, "the packet counter saw nothing: it would prove nothing below");
+    println!("join → first message across the simulated public DHT behind cone NATs: {:.1} s", first.as_secs_f64());
+    b.cli(&["send", &room, "on the direct path"])?;
+    a.wait_text(&room, "on the direct path", Duration::from_secs(30))?;
+    Ok(())
+}
+
+/// `network = "private"` sends not one packet to the public DHT: the same namespaces, the
+/// same simulated Amino nodes, daemons that chat through a peerlog bootstrap node of their
+/// own, and iptables counters on every path towards the simulated nodes stay at zero.
+#[test]
+fn a_private_network_never_sends_a_packet_to_the_public_dht() -> Result<()> {
+    require_sim!();
+    let mut lab = NatLab::build_on("q", false, PUBLIC_WAN)?;
+    let sims = SimNet::start(&mut lab, 2)?;
+    watch_packets_to_sim(&lab, &sims)?;
+    // The daemons' public bootstrap list names the simulated nodes: only `network` keeps
+    // them away.
+    let relay = NsDaemon::spawn(
+        &lab.name("relay"),
+        &strs(
+            &[
+                &["--no-mdns".to_string(), "--network".into(), "private".into()][..],
+                &relay_args_at(&format!("{PUBLIC_WAN}.1")),
+            ]
+            .concat(),
+        ),
+        Some(&sims.bootstrap()),
+    )?;
+    let boot = format!("/ip4/{PUBLIC_WAN}.1/tcp/4001/p2p/{}", relay.peer_id);
+    let args = ["--no-mdns", "--network", "private", "--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot.as_str()];
+    let a = NsDaemon::spawn(&lab.name("a"), &args, Some(&sims.bootstrap()))?;
+    let b = NsDaemon::spawn(&lab.name("b"), &args, Some(&sims.bootstrap()))?;
+    join_and_chat(&a, &b, "private hello", "private reply")?;
+    ensure!(a.status()?["node"]["network"] == "private");
+    let sent = count_packets_to_sim(&lab, &sims)?;
+    ensure!(sent == 0, "{sent} packet(s) went to the public DHT from a private network");
+    ensure!(!sims.logs().contains("peerlog/"), "a simulated public node identified a peerlog daemon:\n{}", sims.logs());
+    Ok(())
+}
+
+/// Between two symmetric NATs on the public network, with only public (kubo-limited: 128 KiB,
+/// 2 minutes) relays among the simulated nodes and one peerlog relay (the README's public
+/// node) that nobody is told about: the daemons find the peerlog relay on the public DHT
+/// (under "peerlog relays v1"), prefer it to the limited ones, find each other there, and a
+/// 10 MiB file crosses through it. Prints the throughput (BENCHMARKS.md has release figures).
+#[test]
+fn daemons_find_a_peerlog_relay_on_the_public_dht_and_a_10_mib_file_crosses_it() -> Result<()> {
+    require_sim!();
+    let mut lab = NatLab::build_on("r", true, PUBLIC_WAN)?;
+    let sims = SimNet::start(&mut lab, 3)?;
+    let relay_ip = format!("{PUBLIC_WAN}.1");
+    let relay = NsDaemon::start_public(&lab.name("relay"), &strs(&relay_args_at(&relay_ip)), &sims.bootstrap())?;
+    let listen = ["--listen", "/ip4/0.0.0.0/tcp/4001"];
+    let a = NsDaemon::start_public(&lab.name("a"), &listen, &sims.bootstrap())?;
+    let b = NsDaemon::start_public(&lab.name("b"), &listen, &sims.bootstrap())?;
+    for d in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let node = &d.status()?["node"];
+            if node["peerlog_relays"].as_array().is_some_and(|r| r.iter().any(|p| p == relay.peer_id.as_str())) {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{} holds no reservation on the peerlog relay after 60 s: {node}\n{}",
+                d.ns,
+                d.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let room = a.join(PASS)?;
+    ensure!(b.join(PASS)? == room);
+    a.cli(&["send", &room, "hello through the peerlog relay"])?;
+    b.wait_text(&room, "hello through the peerlog relay", Duration::from_secs(60))?;
+    let (kind, addrs) = a.connection_to(&b.peer_id)?.context("a is not connected to b")?;
+    ensure!(kind == "relayed", "expected a relayed connection between symmetric NATs, got {kind}");
+    ensure!(
+        addrs.iter().all(|x| x.contains(&relay.peer_id)),
+        "a reaches b through a relay other than the peerlog relay: {addrs:?}"
+    );
+    let data: Vec<u8> = (0..10u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let src = a.data.path().join("big.bin");
+    std::fs::write(&src, &data)?;
+    let id = a.cli(&["send-file", &room, src.to_str().context("utf-8 path")?])?.trim().to_string();
+    b.wait_count(&room, "big.bin", 1, Duration::from_secs(30))?;
+    let dest = b.data.path().join("big-copy.bin");
+    let t0 = Instant::now();
+    b.cli(&["get-file", &room, &id, dest.to_str().context("utf-8 path")?])?;
+    let secs = t0.elapsed().as_secs_f64();
+    ensure!(std::fs::read(&dest)? == data, "the file differs after crossing the relay");
+    println!(
+        "10 MiB through a peerlog relay found on the simulated public DHT in {secs:.2} s ({:.2} MiB/s)",
+        10.0 / secs
+    );
     Ok(())
 }

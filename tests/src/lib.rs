@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use peerlog::client::Client;
-use peerlog::config::{Config, DhtMode};
+use peerlog::config::{Config, DhtMode, Network};
 use peerlog::keys::{auth_mac, RoomKeys};
 use peerlog::node::{self, NodeConfig, NodeHandle};
 use peerlog::Daemon;
@@ -32,7 +32,8 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl std::future::Futur
 }
 
 /// The config every test daemon starts from: the shipped defaults, with only what a test on
-/// one machine must change (data dir, ports on loopback, no mDNS, quicker re-discovery).
+/// one machine must change (data dir, ports on loopback, no mDNS, quicker re-discovery, and
+/// the private network: no test sends a packet to the real public DHT).
 /// The DHT mode is the default (auto): a daemon on loopback is a DHT client, as a user's
 /// daemon behind a home router is. Tests that need a DHT server start a bootstrap node.
 pub fn test_config(data_dir: &Path) -> Config {
@@ -42,6 +43,9 @@ pub fn test_config(data_dir: &Path) -> Config {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("literal multiaddr")],
         mdns: false,
         discovery_interval_secs: 2,
+        // Never a packet to the real public DHT from a test (tests that are about the public
+        // DHT point `public_bootstrap` at simulated nodes and say so).
+        network: Network::Private,
         ..Config::default()
     }
 }
@@ -197,6 +201,7 @@ impl RawPeer {
         let config = NodeConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
             bootstrap: vec![],
+            public_dht: None,
             mdns: false,
             announce_private: false,
             dht_mode: DhtMode::Client,
