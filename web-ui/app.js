@@ -512,11 +512,13 @@ function renderNodePage() {
   row("PeerId", n.peer_id);
   row("NAT status", n.nat_status);
   row("Reachable", { public: "from the internet", relayed: "through a relay", behind_nat: "behind NAT, no relay yet", lan_only: "on the LAN only", no_peers: "no peers at all" }[n.reachability] || n.reachability || "–");
-  row("DHT", `${n.dht_mode} mode, ${n.dht_peers} peer(s); ${n.bootstrap_connected} of ${n.bootstrap_peers} bootstrap node(s) connected`);
+  row("Network", n.network === "public" ? `public: on the public libp2p DHT (client mode, ${n.public_dht_peers} peer(s))` : "private: no public DHT");
+  row("peerlog DHT", `${n.dht_mode} mode, ${n.dht_peers} peer(s); ${n.bootstrap_connected} of ${n.bootstrap_peers} bootstrap node(s) connected`);
   for (const w of n.warnings || []) row("Warning", w);
   row("Listening on", (n.listen_addrs || []).join("\n") || "–");
   row("External addresses", (n.external_addrs || []).join("\n") || "none known");
-  row("Relays", (n.relays || []).join("\n") || "none");
+  const ours = new Set(n.peerlog_relays || []);
+  row("Relays", (n.relays || []).map((r) => ours.has(r) ? `${r} (peerlog relay)` : `${r} (limited public relay)`).join("\n") || "none");
   row("Connected peers", String(n.connected_peers));
   row("Rooms", String(n.rooms));
   row("Storage used", sizeText(n.storage_bytes));

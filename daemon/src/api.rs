@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
+use crate::config::Network;
 use crate::daemon::{OpError, Shared};
 use crate::keys::{self, RoomSecret};
 use crate::log::store::StoredMessage;
@@ -763,8 +764,8 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             let mut result = json!({"room": room_json(shared, &room), "created": created});
             if let Some(bits) = bits {
                 result["strength_bits"] = json!(bits);
-                if bits < 60 {
-                    result["warning"] = json!("weak passphrase: anyone who sees the room's DHT key can guess it offline; use 4+ random words or an invite");
+                if let Some(w) = keys::passphrase_warning(bits, shared.config.network == Network::Public) {
+                    result["warning"] = json!(w);
                 }
             }
             Ok(result)

@@ -271,6 +271,26 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, KeyError> {
     }
 }
 
+/// What to tell someone joining a room by a passphrase of `bits` (see [`passphrase_bits`]),
+/// if anything. A room announced on the public DHT (`public`) shows its daily provider key to
+/// every crawler of that DHT, who can then test guesses offline (one Argon2id each): it asks
+/// for more, and says so loudly.
+pub fn passphrase_warning(bits: u32, public: bool) -> Option<String> {
+    if public && bits < 80 {
+        Some(format!(
+            "WEAK PASSPHRASE ({bits} bits) for a room announced on the public libp2p DHT: anyone crawling it sees the room's \
+             daily key and can test guesses offline until one opens the room. Use an invite (create the room with \
+             `peerlog create`), or 6+ random words"
+        ))
+    } else if bits < 60 {
+        Some(format!(
+            "weak passphrase ({bits} bits): anyone who sees the room's DHT key can guess it offline; use 4+ random words or an invite"
+        ))
+    } else {
+        None
+    }
+}
+
 /// Rough strength of a passphrase in bits, from its length and character classes. Shown
 /// to people as a warning; not a guarantee.
 pub fn passphrase_bits(passphrase: &str) -> u32 {
@@ -395,6 +415,17 @@ mod tests {
         let b = load_or_create_identity(&p).unwrap();
         assert_eq!(a.public().to_peer_id(), b.public().to_peer_id());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_publicly_announced_room_asks_more_of_its_passphrase_and_says_so_loudly() {
+        let words = passphrase_bits("Summer2024!");
+        assert!((60..80).contains(&words), "{words}");
+        assert_eq!(passphrase_warning(words, false), None);
+        let public = passphrase_warning(words, true).expect("warned on the public DHT");
+        assert!(public.starts_with("WEAK PASSPHRASE") && public.contains("public libp2p DHT"), "{public}");
+        assert!(passphrase_warning(passphrase_bits("hunter2"), false).is_some());
+        assert_eq!(passphrase_warning(passphrase_bits("sofa marble orbit glacier tuxedo lantern"), true), None);
     }
 
     #[test]

@@ -1662,6 +1662,32 @@ mod tests {
     }
 
     #[test]
+    fn public_provider_keys_change_every_day_and_overlap_at_the_boundary() {
+        use super::{public_provider_key, public_provider_keys, PUBLIC_KEY_EPOCH_SECS as DAY};
+        let dk = [7u8; 32];
+        let day = 20_000;
+        let noon = day * DAY + DAY / 2;
+        assert_eq!(public_provider_keys(&dk, noon), vec![public_provider_key(&dk, day)]);
+        assert_ne!(public_provider_key(&dk, day), public_provider_key(&dk, day + 1), "the key rotates daily");
+        assert_ne!(
+            public_provider_key(&dk, day).to_vec(),
+            super::provider_key(&dk).to_vec(),
+            "not the peerlog DHT's key"
+        );
+        let key = public_provider_key(&dk, day).to_vec();
+        assert_eq!((key.len(), &key[..2]), (34, &[0x12u8, 0x20][..]), "a sha2-256 multihash (CIDv0)");
+        // Half an hour before midnight: today's and tomorrow's; half an hour after: both again.
+        let late = public_provider_keys(&dk, (day + 1) * DAY - 1800);
+        assert_eq!(late, vec![public_provider_key(&dk, day), public_provider_key(&dk, day + 1)]);
+        let early = public_provider_keys(&dk, (day + 1) * DAY + 1800);
+        assert_eq!(early, vec![public_provider_key(&dk, day + 1), public_provider_key(&dk, day)]);
+        // Another room never shares a key.
+        assert!(!public_provider_keys(&[8u8; 32], noon).contains(&public_provider_key(&dk, day)));
+        let relay = super::relay_provider_key().to_vec();
+        assert_eq!((relay.len(), &relay[..2]), (34, &[0x12u8, 0x20][..]));
+    }
+
+    #[test]
     fn addresses_are_published_by_reach() {
         let r = |a: &str| reach(&a.parse().expect("multiaddr"));
         assert_eq!(r("/ip4/8.8.8.8/tcp/4001"), Reach::Public);
