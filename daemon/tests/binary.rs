@@ -1477,7 +1477,8 @@ struct SimNet {
 }
 
 impl SimNet {
-    /// `n` nodes at `PUBLIC_WAN`.11, .12, …, each bootstrapping from the ones before it.
+    /// `n` nodes at `PUBLIC_WAN`.11, .12, …, each bootstrapping from the ones before it. The
+    /// first has an RSA key (a `Qm…` PeerId), as the real public bootstrap nodes do.
     fn start(lab: &mut NatLab, n: usize) -> Result<Self> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/amino/sim-node.mjs");
         let logs = tempfile::tempdir()?;
@@ -1490,6 +1491,9 @@ impl SimNet {
             cmd.args(["netns", "exec", &ns, "node", script, "--listen", &format!("/ip4/{ip}/tcp/4001")]);
             for (addr, _, _) in &nodes {
                 cmd.args(["--bootstrap", addr]);
+            }
+            if i == 0 {
+                cmd.args(["--key", "rsa"]);
             }
             let mut child = cmd.stdout(Stdio::piped()).stderr(std::fs::File::create(&log)?).spawn()?;
             let stdout = child.stdout.take().context("stdout")?;
@@ -1505,6 +1509,11 @@ impl SimNet {
     /// The nodes' addresses, comma-separated (for `PEERLOG_PUBLIC_BOOTSTRAP`).
     fn bootstrap(&self) -> String {
         self.nodes.iter().map(|(a, _, _)| a.as_str()).collect::<Vec<_>>().join(",")
+    }
+
+    /// One node's log.
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].2).unwrap_or_default()
     }
 
     /// Every node's log.
@@ -1561,13 +1570,23 @@ fn default_daemons_behind_nats_meet_through_a_simulated_public_dht() -> Result<(
     let (kind, _) =
         a.wait_connection(&b.peer_id, Duration::from_secs(60), "a hole-punched connection", |k, _| k == "holepunched")?;
     ensure!(kind == "holepunched");
+    let punched = t0.elapsed();
+    ensure!(
+        sims.log(0).lines().any(|l| l.starts_with("identify") && l.contains("peerlog/")),
+        "the RSA-keyed simulated node (as the real bootstrap nodes are) never completed a handshake with a daemon:\n{}",
+        sims.log(0)
+    );
     let stored = sims.logs().lines().filter(|l| l.starts_with("provider added")).count();
     ensure!(stored >= 2, "the simulated DHT stored {stored} provider record(s) of peerlog's");
     let status = a.status()?;
     ensure!(status["node"]["network"] == "public", "a is not on the public network: {}", status["node"]);
     ensure!(status["node"]["dht_mode"] == "client", "a daemon behind NAT must stay a DHT client");
     ensure!(count_packets_to_sim(&lab, &sims)? > 0, "the packet counter saw nothing: it would prove nothing below");
-    println!("join → first message across the simulated public DHT behind cone NATs: {:.1} s", first.as_secs_f64());
+    println!(
+        "join → first message across the simulated public DHT behind cone NATs: {:.2} s; hole-punched by {:.2} s",
+        first.as_secs_f64(),
+        punched.as_secs_f64()
+    );
     b.cli(&["send", &room, "on the direct path"])?;
     a.wait_text(&room, "on the direct path", Duration::from_secs(30))?;
     Ok(())
@@ -1662,5 +1681,35 @@ fn daemons_find_a_peerlog_relay_on_the_public_dht_and_a_10_mib_file_crosses_it()
         "10 MiB through a peerlog relay found on the simulated public DHT in {secs:.2} s ({:.2} MiB/s)",
         10.0 / secs
     );
+    Ok(())
+}
+
+/// Benchmark (not run by default: `cargo test --release -p peerlog --test binary -- --ignored
+/// --nocapture throughput_through_a_limited_public_relay`): between two symmetric NATs with
+/// only public relays (kubo's limits: 128 KiB and 2 minutes per circuit), how fast a 256 KiB
+/// file crosses. The figure peerlog relays exist to beat (BENCHMARKS.md).
+#[test]
+#[ignore = "benchmark: minutes long"]
+fn throughput_through_a_limited_public_relay() -> Result<()> {
+    require_sim!();
+    let mut lab = NatLab::build_on("t", true, PUBLIC_WAN)?;
+    let sims = SimNet::start(&mut lab, 3)?;
+    let listen = ["--listen", "/ip4/0.0.0.0/tcp/4001"];
+    let a = NsDaemon::start_public(&lab.name("a"), &listen, &sims.bootstrap())?;
+    let b = NsDaemon::start_public(&lab.name("b"), &listen, &sims.bootstrap())?;
+    let room = join_and_chat(&a, &b, "over a limited relay", "still here")?;
+    let (kind, _) = a.connection_to(&b.peer_id)?.context("a is not connected to b")?;
+    ensure!(kind == "relayed", "expected a relayed connection between symmetric NATs, got {kind}");
+    let data: Vec<u8> = (0..256u32 << 10).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let src = a.data.path().join("mid.bin");
+    std::fs::write(&src, &data)?;
+    let id = a.cli(&["send-file", &room, src.to_str().context("utf-8 path")?])?.trim().to_string();
+    b.wait_count(&room, "mid.bin", 1, Duration::from_secs(120))?;
+    let dest = b.data.path().join("mid-copy.bin");
+    let t0 = Instant::now();
+    b.cli(&["get-file", &room, &id, dest.to_str().context("utf-8 path")?])?;
+    let secs = t0.elapsed().as_secs_f64();
+    ensure!(std::fs::read(&dest)? == data, "the file differs after crossing the relay");
+    println!("256 KiB through limited public relays between symmetric NATs in {secs:.1} s ({:.1} KiB/s)", 256.0 / secs);
     Ok(())
 }

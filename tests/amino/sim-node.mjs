@@ -4,7 +4,10 @@
 // it stores and tells, as on the real network), a circuit relay v2 with kubo's limits
 // (128 KiB and 2 minutes per circuit), identify, AutoNAT and ping.
 //
-//   node sim-node.mjs --listen /ip4/11.0.0.11/tcp/4001 [--bootstrap MULTIADDR]...
+//   node sim-node.mjs --listen /ip4/11.0.0.11/tcp/4001 [--bootstrap MULTIADDR]... [--key rsa]
+//
+// `--key rsa`: an RSA identity (a `Qm…` PeerId), as the real public bootstrap nodes have;
+// otherwise Ed25519.
 //
 // Prints one line `ready <multiaddr>/p2p/<peer id>` on stdout once it listens, then runs
 // until killed. Logs what it does for peerlog's records on stderr (`provider added`,
@@ -31,18 +34,22 @@ const { autoNAT } = await import('@libp2p/autonat')
 const { kadDHT, removePrivateAddressesMapper } = await import('@libp2p/kad-dht')
 const { circuitRelayServer } = await import('@libp2p/circuit-relay-v2')
 const { multiaddr } = await import('@multiformats/multiaddr')
+const { generateKeyPair } = await import('@libp2p/crypto/keys')
 
 const args = process.argv.slice(2)
 const listen = []
 const bootstrap = []
+let keyType = 'Ed25519'
 for (let i = 0; i < args.length; i += 2) {
   if (args[i] === '--listen') listen.push(args[i + 1])
   else if (args[i] === '--bootstrap') bootstrap.push(args[i + 1])
+  else if (args[i] === '--key' && args[i + 1] === 'rsa') keyType = 'RSA'
   else throw new Error(`unknown argument ${args[i]}`)
 }
 if (listen.length === 0) throw new Error('--listen is required')
 
 const node = await createLibp2p({
+  privateKey: await generateKeyPair(keyType, 2048),
   // Public listen addresses, announced as they are (the real public nodes know theirs).
   addresses: { listen, announce: listen },
   transports: [tcp()],
