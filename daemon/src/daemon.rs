@@ -174,6 +174,8 @@ pub struct Daemon {
     api_cancel: CancellationToken,
     api_task: tokio::task::JoinHandle<()>,
     node_task: tokio::task::JoinHandle<()>,
+    /// Cancelled if the node's event loop ended without being asked to (a panic in it).
+    node_failed: CancellationToken,
     commit_task: tokio::task::JoinHandle<()>,
     /// `<data>/lock`, held (flock) while this daemon runs.
     _lock: std::fs::File,
@@ -267,7 +269,23 @@ impl Daemon {
         };
         let (node, event_loop) = node::build(keypair, &node_config).await?;
         let net_cancel = CancellationToken::new();
-        let node_task = tokio::spawn(event_loop.run(net_cancel.clone()));
+        // A panic in the event loop (ours or a libp2p behaviour's) leaves a daemon that cannot
+        // reach anyone: say so, and let `main` exit so that the service manager restarts it.
+        let node_failed = CancellationToken::new();
+        let node_task = {
+            let event_loop = tokio::spawn(event_loop.run(net_cancel.clone()));
+            let (failed, asked) = (node_failed.clone(), net_cancel.clone());
+            tokio::spawn(async move {
+                match event_loop.await {
+                    Err(e) if e.is_panic() => {
+                        tracing::error!(error = %e, "the libp2p node panicked");
+                        failed.cancel();
+                    }
+                    _ if !asked.is_cancelled() => failed.cancel(),
+                    _ => {}
+                }
+            })
+        };
         let tasks = TaskTracker::new();
         let rooms = Arc::new(Rooms::default());
         let chunks = Chunks::with_disk(&data_dir, store.disk());
@@ -317,7 +335,7 @@ impl Daemon {
         let api_cancel = CancellationToken::new();
         let api_task = tokio::spawn(crate::api::serve(listener, shared.clone(), api_cancel.clone()));
         info!(peer_id = %shared.node.peer_id(), api = %api_addr, data_dir = %data_dir.display(), "peerlog started");
-        Ok(Self { shared, api_addr, api_cancel, api_task, node_task, commit_task, _lock: lock })
+        Ok(Self { shared, api_addr, api_cancel, api_task, node_task, node_failed, commit_task, _lock: lock })
     }
 
     /// The facade.
@@ -339,6 +357,12 @@ impl Daemon {
     /// caller should shut down and exit non-zero, so that a restart recovers.
     pub async fn storage_failed(&self) -> Arc<StoreError> {
         self.shared.commit.fatal().await
+    }
+
+    /// Resolves if the libp2p node stopped on its own (a panic): the caller should shut down
+    /// and exit non-zero, so that a restart brings the network back.
+    pub async fn node_failed(&self) {
+        self.node_failed.cancelled().await
     }
 
     /// The CLI credential (the API token's rights plus paths on this machine).

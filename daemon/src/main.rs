@@ -672,10 +672,12 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut failure = None;
+    let mut node_failed = false;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
         e = daemon.storage_failed() => failure = Some(e),
+        _ = daemon.node_failed() => node_failed = true,
     }
     settle.abort();
     tracing::info!("shutting down");
@@ -685,6 +687,11 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         eprintln!("peerlog: free space or fix the disk, then start it again (a service manager restarts it)");
         // EX_TEMPFAIL: systemd's Restart=on-failure starts it again.
         std::process::exit(75);
+    }
+    if node_failed {
+        eprintln!("peerlog: the network node stopped unexpectedly (a bug: the log above says where); stopping so that it restarts");
+        // EX_SOFTWARE: systemd's Restart=on-failure starts it again.
+        std::process::exit(70);
     }
     stopped.context("shutdown took longer than 20 s")??;
     Ok(())

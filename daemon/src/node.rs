@@ -1193,14 +1193,21 @@ impl EventLoop {
     /// carries us, an address through a limited relay only lures dialers onto circuits
     /// that close after 128 KiB.
     fn leave_limited_relays(&mut self) {
-        let limited: Vec<(PeerId, ListenerId)> =
-            self.reservations.iter().filter(|(p, _)| !self.is_peerlog(p)).map(|(p, id)| (*p, *id)).collect();
-        for (relay, id) in limited {
+        let limited: Vec<PeerId> = self.reservations.keys().filter(|p| !self.is_peerlog(p)).copied().collect();
+        for relay in limited {
             info!(%relay, "leaving a limited relay: a peerlog relay carries us");
-            self.reservations.remove(&relay);
-            self.accepted_relays.remove(&relay);
-            self.swarm.remove_listener(id);
+            self.drop_reservation(relay);
         }
+    }
+
+    /// Gives up our reservation on a relay by closing our connections to it (which ends
+    /// the reservation and its listener). Not `Swarm::remove_listener`: libp2p-relay 0.22
+    /// panics ("Relay connection exist") when a reservation answer arrives on a connection
+    /// whose listener was removed a moment before, and that panic takes the node down.
+    fn drop_reservation(&mut self, relay: PeerId) {
+        self.reservations.remove(&relay);
+        self.accepted_relays.remove(&relay);
+        let _ = self.swarm.disconnect_peer_id(relay);
     }
 
     /// Whether a peer runs peerlog (by its identify agent string).
@@ -1226,12 +1233,10 @@ impl EventLoop {
             candidates.retain(|(p, _)| self.is_peerlog(p));
         }
         if peerlog_waiting && self.reservations.len() >= MAX_RESERVATIONS {
-            let limited = self.reservations.iter().find(|(p, _)| !self.is_peerlog(p)).map(|(p, id)| (*p, *id));
-            if let Some((relay, id)) = limited {
+            let limited = self.reservations.keys().find(|p| !self.is_peerlog(p)).copied();
+            if let Some(relay) = limited {
                 info!(%relay, "leaving a limited relay to make room for a peerlog relay");
-                self.reservations.remove(&relay);
-                self.accepted_relays.remove(&relay);
-                self.swarm.remove_listener(id);
+                self.drop_reservation(relay);
             }
         }
         for (relay, addr) in candidates {

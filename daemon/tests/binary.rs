@@ -363,9 +363,10 @@ impl NsDaemon {
         let out = self.command(args).output()?;
         ensure!(
             out.status.success(),
-            "peerlog {args:?} in {} failed: {}",
+            "peerlog {args:?} in {} failed: {}\ndaemon log:\n{}",
             self.ns,
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
         );
         Ok(String::from_utf8(out.stdout)?)
     }
