@@ -731,6 +731,8 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 "network": info.network,
                 "public_dht_peers": info.public_dht_peers,
                 "peerlog_relays": info.peerlog_relays,
+                "holepunch_ok": info.holepunch_ok,
+                "holepunch_failed": info.holepunch_failed,
                 "bootstrap_peers": info.bootstrap_peers,
                 "bootstrap_connected": info.bootstrap_connected,
                 "warnings": info.warnings,

@@ -717,6 +717,17 @@ impl Shared {
             "behind_nat" => Check::fail("reachability", nat, "peers cannot reach this daemon: it needs a relay reservation (a bootstrap node with a declared public address serves as one)"),
             _ => Check::fail("reachability", nat, "this daemon is connected to nobody beyond its LAN: see the bootstrap check"),
         });
+        // Hole punching needs two peers behind NAT and a relay between them: the check
+        // reports what the punches tried so far did (the doctor cannot summon a peer).
+        checks.push(match (info.holepunch_ok, info.holepunch_failed) {
+            (0, 0) => Check::ok("holepunch", "not tried yet: no peer behind another NAT reached us through a relay".into()),
+            (ok, failed) if ok > 0 => Check::ok("holepunch", format!("{ok} hole punch(es) made direct connections, {failed} failed")),
+            (_, failed) => Check::fail(
+                "holepunch",
+                format!("all {failed} hole punch(es) failed: connections to peers behind NAT stay relayed"),
+                "this NAT (or the peers') defeats hole punching (symmetric NAT): rooms still work through relays; a peerlog relay (any peerlog node with a public address) carries them at full speed, or forward a port to this machine and declare it with --external-address",
+            ),
+        });
         checks.push(if !info.relays.is_empty() {
             Check::ok("relay", format!("reservation(s) on {} relay(s)", info.relays.len()))
         } else if info.reachability == "public" {

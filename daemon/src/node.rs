@@ -213,6 +213,10 @@ pub struct NodeInfo {
     pub bootstrap_connected: usize,
     /// Plain sentences about what keeps peers from finding or reaching us, if anything.
     pub warnings: Vec<String>,
+    /// Hole punches (DCUtR) since start: how many made a direct connection.
+    pub holepunch_ok: u64,
+    /// Hole punches since start that failed (the connection stayed relayed).
+    pub holepunch_failed: u64,
 }
 
 /// Requests to the event loop.
@@ -443,6 +447,8 @@ pub struct EventLoop {
     relay_lookup: (Instant, Duration),
     /// When a peer that speaks each DHT's protocol last identified itself to us.
     dht_contact: HashMap<Dht, Instant>,
+    /// Hole punches since start: succeeded, failed.
+    holepunches: (u64, u64),
     nat_status: autonat::NatStatus,
     dht_mode: DhtMode,
     /// Relays that accepted (or are asked for) a reservation, with the listener.
@@ -578,6 +584,7 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
         announcements: HashMap::new(),
         relay_lookup: (Instant::now(), RELAY_LOOKUP_FIRST),
         dht_contact: HashMap::new(),
+        holepunches: (0, 0),
         nat_status: autonat::NatStatus::Unknown,
         dht_mode,
         reservations: HashMap::new(),
@@ -1327,6 +1334,8 @@ impl EventLoop {
             bootstrap_peers: self.bootstrap.len(),
             bootstrap_connected,
             warnings: self.warnings(reachability, dht_peers + public_dht_peers.unwrap_or(0), bootstrap_connected),
+            holepunch_ok: self.holepunches.0,
+            holepunch_failed: self.holepunches.1,
         }
     }
 
@@ -1520,6 +1529,7 @@ impl EventLoop {
             BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
                 Ok(connection_id) => {
                     info!(peer = %remote_peer_id, "hole punch succeeded: direct connection");
+                    self.holepunches.0 += 1;
                     if let Some(c) = self.connections.get_mut(&remote_peer_id).and_then(|c| c.get_mut(&connection_id)) {
                         c.kind = ConnectionKind::Holepunched;
                     }
@@ -1538,6 +1548,7 @@ impl EventLoop {
                 }
                 Err(e) => {
                     info!(peer = %remote_peer_id, error = %e, "hole punch failed; staying on the relay");
+                    self.holepunches.1 += 1;
                     self.emit(NodeEvent::HolePunchFailed { peer: remote_peer_id });
                 }
             },

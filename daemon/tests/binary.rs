@@ -645,7 +645,29 @@ fn nat_symmetric_falls_back_to_the_relay() -> Result<()> {
     let after = log.lines().filter(|l| l.contains("room peer connected")).count();
     ensure!(after > sessions, "the file fit in one circuit; the test proves nothing");
     println!("100 KB file through 32 KiB relay circuits in {:?}, {} more sessions", t0.elapsed(), after - sessions);
+    // `peerlog doctor` says the NAT defeats hole punching, and what to do.
+    let doctor = wait_doctor_line(&[&a, &b], "holepunch", Duration::from_secs(60), |l| l.starts_with("FAIL"))?;
+    ensure!(doctor.contains("peerlog relay"), "doctor does not say what to do: {doctor}");
     Ok(())
+}
+
+/// Runs `peerlog doctor` on each daemon until the line of check `name` satisfies `pred` on
+/// one of them; returns that daemon's whole output.
+fn wait_doctor_line(daemons: &[&NsDaemon], name: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        for d in daemons {
+            let out = d.command(&["doctor"]).output()?;
+            last = String::from_utf8_lossy(&out.stdout).to_string();
+            let line = last.lines().find(|l| l.split_whitespace().nth(1) == Some(name)).unwrap_or("");
+            if pred(line) {
+                return Ok(last);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    anyhow::bail!("timed out after {limit:?} waiting for doctor's {name} check; last output:\n{last}")
 }
 
 /// Two hosts on one LAN (a bridge in a namespace) with mDNS on and no bootstrap node find
@@ -1590,6 +1612,9 @@ fn default_daemons_behind_nats_meet_through_a_simulated_public_dht() -> Result<(
     );
     b.cli(&["send", &room, "on the direct path"])?;
     a.wait_text(&room, "on the direct path", Duration::from_secs(30))?;
+    wait_doctor_line(&[&a, &b], "holepunch", Duration::from_secs(30), |l| {
+        l.starts_with("ok") && l.contains("made direct connections")
+    })?;
     Ok(())
 }
 
