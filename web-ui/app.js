@@ -78,7 +78,7 @@ function connect() {
     const p = state.pending.get(msg.id);
     if (!p) return;
     state.pending.delete(msg.id);
-    if (msg.error) p.reject(new Error(msg.error.message)); else p.resolve(msg.result);
+    if (msg.error) p.reject(Object.assign(new Error(msg.error.message), { code: msg.error.code })); else p.resolve(msg.result);
   };
   ws.onclose = () => {
     for (const p of state.pending.values()) p.reject(new Error("connection to the daemon lost"));
@@ -534,48 +534,59 @@ function toast(text) {
   toast.timer = setTimeout(() => { t.hidden = true; }, 4000);
 }
 
-// Rough passphrase strength, the same estimate the daemon reports.
-function strengthBits(s) {
-  const chars = [...s.normalize("NFC")];
-  let pool = 0;
-  if (chars.some((c) => /[a-z]/.test(c))) pool += 26;
-  if (chars.some((c) => /[A-Z]/.test(c))) pool += 26;
-  if (chars.some((c) => /[0-9]/.test(c))) pool += 10;
-  if (chars.some((c) => /[ !-\/:-@\[-`{-~]/.test(c))) pool += 33;
-  if (chars.some((c) => c.charCodeAt(0) > 127)) pool += 100;
-  const distinct = new Set(chars).size;
-  return Math.floor((distinct + (chars.length - distinct) / 4) * Math.log2(Math.max(pool, 1)));
-}
-
 // ----- wiring -----
 function wire() {
   const secret = $("join-secret");
   secret.addEventListener("input", () => {
     const v = secret.value.trim();
     const el = $("join-strength");
+    if ($("join-form").dataset.weakOk !== undefined && $("join-form").dataset.weakOk !== v) {
+      delete $("join-form").dataset.weakOk;
+      $("join-button").textContent = "Join";
+    }
     if (!v) { el.textContent = ""; el.className = "strength"; return; }
     if (v.startsWith("peerlog:")) { el.textContent = "Invite: joins the room it was made for"; el.className = "strength good"; return; }
-    const bits = strengthBits(v);
-    const [cls, word] = bits < 40 ? ["weak", "weak: easy to guess offline"] : bits < 60 ? ["fair", "fair: add another word"] : ["good", "strong"];
-    el.className = "strength " + cls;
-    el.textContent = `Strength ~${bits} bits · ${word}`;
+    // The daemon estimates (zxcvbn), so the UI and the API never disagree.
+    clearTimeout(secret.checkTimer);
+    secret.checkTimer = setTimeout(async () => {
+      let r;
+      try { r = await call("passphrase.check", { passphrase: v }); } catch { return; }
+      if (secret.value.trim() !== v) return;
+      const [cls, word] = r.confirm || r.bits < 45 ? ["weak", "weak: easy to guess offline"]
+        : r.bits < r.max_bits ? ["fair", r.public ? "fair, but this room is announced publicly: add a word" : "fair: add another word"]
+        : ["good", "strong"];
+      el.className = "strength " + cls;
+      el.textContent = `Strength ~${r.bits} bits · ${word}`;
+    }, 150);
   });
   $("join-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const v = secret.value.trim();
     const name = $("join-name").value.trim() || undefined;
+    // A second click on "Join anyway" after the weak-passphrase refusal confirms it.
+    const weakOk = $("join-form").dataset.weakOk === v;
     $("join-error").textContent = "";
     $("join-button").disabled = true;
     $("join-button").textContent = v.startsWith("peerlog:") ? "Joining…" : "Deriving key…";
     try {
-      const params = v.startsWith("peerlog:") ? { invite: v, name } : { passphrase: v, name };
+      const params = v.startsWith("peerlog:") ? { invite: v, name } : { passphrase: v, name, weak_ok: weakOk || undefined };
       const r = await call("rooms.join", params);
+      delete $("join-form").dataset.weakOk;
       if (r.warning) toast(r.warning);
       secret.value = ""; $("join-name").value = ""; $("join-strength").textContent = "";
       await refreshRooms();
       await openRoom(r.room.id);
-    } catch (e) { $("join-error").textContent = e.message; }
-    finally { $("join-button").disabled = false; $("join-button").textContent = "Join"; }
+    } catch (e) {
+      $("join-error").textContent = e.message;
+      if (e.code === 1008) {
+        $("join-form").dataset.weakOk = v;
+        $("join-error").textContent = `${e.message}. Press "Join anyway" to join with it all the same.`;
+        $("join-button").disabled = false;
+        $("join-button").textContent = "Join anyway";
+        return;
+      }
+    }
+    finally { if ($("join-button").textContent !== "Join anyway") { $("join-button").disabled = false; $("join-button").textContent = "Join"; } }
   });
   $("create-button").addEventListener("click", async () => {
     try {

@@ -644,6 +644,14 @@ struct JoinParams {
     passphrase: Option<String>,
     invite: Option<String>,
     name: Option<String>,
+    /// Join even though the passphrase is weak for a publicly announced room.
+    #[serde(default)]
+    weak_ok: bool,
+}
+
+#[derive(Deserialize)]
+struct PassphraseParam {
+    passphrase: String,
 }
 
 #[derive(Deserialize)]
@@ -750,9 +758,18 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         }
         "rooms.join" => {
             let p: JoinParams = parse(params)?;
+            let public = shared.config.network == Network::Public;
             let (room, created, bits) = match (p.passphrase, p.invite) {
                 (Some(pass), None) => {
                     let bits = keys::passphrase_bits(&pass);
+                    if public && bits < keys::PUBLIC_CONFIRM_BELOW && !p.weak_ok {
+                        return Err(ApiError {
+                            code: codes::WEAK_PASSPHRASE,
+                            message: format!(
+                                "this passphrase is weak ({bits} bits) and the room would be announced on the public DHT, where anyone can test guesses against it offline: use 4+ random words or an invite, or join with weak_ok (CLI: --i-know-it-is-weak)"
+                            ),
+                        });
+                    }
                     let (room, created) = shared.join_passphrase(pass, p.name).await?;
                     (room, created, Some(bits))
                 }
@@ -766,11 +783,23 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             let mut result = json!({"room": room_json(shared, &room), "created": created});
             if let Some(bits) = bits {
                 result["strength_bits"] = json!(bits);
-                if let Some(w) = keys::passphrase_warning(bits, shared.config.network == Network::Public) {
+                if let Some(w) = keys::passphrase_warning(bits, public) {
                     result["warning"] = json!(w);
                 }
             }
             Ok(result)
+        }
+        "passphrase.check" => {
+            let p: PassphraseParam = parse(params)?;
+            let public = shared.config.network == Network::Public;
+            let bits = keys::passphrase_bits(&p.passphrase);
+            Ok(json!({
+                "bits": bits,
+                "max_bits": keys::PASSPHRASE_BITS_MAX,
+                "public": public,
+                "confirm": public && bits < keys::PUBLIC_CONFIRM_BELOW,
+                "warning": keys::passphrase_warning(bits, public),
+            }))
         }
         "rooms.create" => {
             let p: CreateParams = parse(params)?;

@@ -271,18 +271,26 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, KeyError> {
     }
 }
 
+/// zxcvbn's scale ends at 64 bits (2^64 guesses): four random common words reach it.
+pub const PASSPHRASE_BITS_MAX: u32 = 64;
+/// Below this many bits, joining a room announced on the public DHT needs an explicit
+/// confirmation (`weak_ok`; `--i-know-it-is-weak`; the UI asks).
+pub const PUBLIC_CONFIRM_BELOW: u32 = 60;
+/// Below this many bits a private-network room gets a warning.
+const PRIVATE_WARN_BELOW: u32 = 45;
+
 /// What to tell someone joining a room by a passphrase of `bits` (see [`passphrase_bits`]),
 /// if anything. A room announced on the public DHT (`public`) shows its daily provider key to
 /// every crawler of that DHT, who can then test guesses offline (one Argon2id each): it asks
 /// for more, and says so loudly.
 pub fn passphrase_warning(bits: u32, public: bool) -> Option<String> {
-    if public && bits < 80 {
+    if public && bits < PASSPHRASE_BITS_MAX {
         Some(format!(
             "WEAK PASSPHRASE ({bits} bits) for a room announced on the public libp2p DHT: anyone crawling it sees the room's \
              daily key and can test guesses offline until one opens the room. Use an invite (create the room with \
-             `peerlog create`), or 6+ random words"
+             `peerlog create`), or 4+ random words"
         ))
-    } else if bits < 60 {
+    } else if bits < PRIVATE_WARN_BELOW {
         Some(format!(
             "weak passphrase ({bits} bits): anyone who sees the room's DHT key can guess it offline; use 4+ random words or an invite"
         ))
@@ -291,32 +299,17 @@ pub fn passphrase_warning(bits: u32, public: bool) -> Option<String> {
     }
 }
 
-/// Rough strength of a passphrase in bits, from its length and character classes. Shown
-/// to people as a warning; not a guarantee.
+/// Strength of a passphrase in bits: log2 of the guesses zxcvbn (Dropbox's estimator:
+/// dictionaries, keyboard patterns, dates, l33t, repeats) expects an attacker to need.
+/// Only the first 128 characters are looked at (the estimator's cost grows with length,
+/// and a passphrase whose first 128 characters are strong is strong).
 pub fn passphrase_bits(passphrase: &str) -> u32 {
-    let chars: Vec<char> = passphrase.nfc().collect();
-    let mut pool = 0u32;
-    if chars.iter().any(|c| c.is_ascii_lowercase()) {
-        pool += 26;
+    let normalized: String = passphrase.nfc().take(128).collect();
+    if normalized.is_empty() {
+        return 0;
     }
-    if chars.iter().any(|c| c.is_ascii_uppercase()) {
-        pool += 26;
-    }
-    if chars.iter().any(|c| c.is_ascii_digit()) {
-        pool += 10;
-    }
-    if chars.iter().any(|c| c.is_ascii_punctuation() || *c == ' ') {
-        pool += 33;
-    }
-    if chars.iter().any(|c| !c.is_ascii()) {
-        pool += 100;
-    }
-    let mut distinct = chars.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    // Repeated characters add little: count distinct ones fully and repeats at a quarter.
-    let effective = distinct.len() as f64 + (chars.len() - distinct.len()) as f64 / 4.0;
-    (effective * (pool.max(1) as f64).log2()) as u32
+    let entropy = zxcvbn::zxcvbn(&normalized, &["peerlog"]);
+    (entropy.guesses_log10() * std::f64::consts::LOG2_10) as u32
 }
 
 /// The safety number of a writer key: 12 digits that two people can compare out of band
@@ -419,18 +412,26 @@ mod tests {
 
     #[test]
     fn a_publicly_announced_room_asks_more_of_its_passphrase_and_says_so_loudly() {
-        let words = passphrase_bits("Summer2024!");
-        assert!((60..80).contains(&words), "{words}");
-        assert_eq!(passphrase_warning(words, false), None);
-        let public = passphrase_warning(words, true).expect("warned on the public DHT");
+        let three = passphrase_bits("sofa marble orbit");
+        assert!((PRIVATE_WARN_BELOW..PUBLIC_CONFIRM_BELOW).contains(&three), "{three}");
+        assert_eq!(passphrase_warning(three, false), None);
+        let public = passphrase_warning(three, true).expect("warned on the public DHT");
         assert!(public.starts_with("WEAK PASSPHRASE") && public.contains("public libp2p DHT"), "{public}");
-        assert!(passphrase_warning(passphrase_bits("hunter2"), false).is_some());
+        assert!(passphrase_warning(passphrase_bits("Summer2024!"), false).is_some());
         assert_eq!(passphrase_warning(passphrase_bits("sofa marble orbit glacier tuxedo lantern"), true), None);
     }
 
     #[test]
     fn strength_estimate_orders_sensibly() {
-        assert!(passphrase_bits("aaaa") < 20);
-        assert!(passphrase_bits("correct horse battery staple") > 60);
+        let bits = |p: &str| passphrase_bits(p);
+        assert!(bits("aaaa") < 20);
+        // What the character-class estimate rated strong, zxcvbn knows as patterns.
+        for weak in ["Password1!", "Summer2024!", "qwertyuiop12"] {
+            assert!(bits(weak) < 40, "{weak}: {}", bits(weak));
+        }
+        assert!(bits("sofa marble orbit") < bits("sofa marble orbit glacier"));
+        assert_eq!(bits("sofa marble orbit glacier tuxedo lantern"), PASSPHRASE_BITS_MAX);
+        assert_eq!(bits(""), 0);
+        assert_eq!(bits(&"x".repeat(1 << 20)), bits(&"x".repeat(128)), "long input is cut, not slow");
     }
 }

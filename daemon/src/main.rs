@@ -42,6 +42,10 @@ enum Command {
         /// A local name for the room.
         #[arg(long)]
         name: Option<String>,
+        /// Join even though the passphrase is weak and the room is announced on the public
+        /// DHT, where anyone can test guesses against it offline.
+        #[arg(long)]
+        i_know_it_is_weak: bool,
     },
     /// Create a new room with a random secret and print its invite.
     Create {
@@ -328,7 +332,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Join { client, passphrase, invite, name } => {
+        Command::Join { client, passphrase, invite, name, i_know_it_is_weak } => {
             let params = match (passphrase, invite) {
                 (_, Some(invite)) => json!({"invite": invite, "name": name}),
                 (Some(p), None) => json!({"passphrase": p, "name": name}),
@@ -345,6 +349,10 @@ async fn run(cli: Cli) -> Result<()> {
                     json!({"passphrase": p, "name": name})
                 }
             };
+            let mut params = params;
+            if i_know_it_is_weak {
+                params["weak_ok"] = json!(true);
+            }
             let mut c = client.connect().await?;
             let r = c.call("rooms.join", params).await?;
             if let Some(w) = r.get("warning").and_then(Value::as_str) {

@@ -80,6 +80,8 @@ pub mod codes {
     pub const SEEDER_ONLY: i32 = 1006;
     /// Paths on the daemon's machine need the CLI credential, not the API token.
     pub const LOCAL_ONLY: i32 = 1007;
+    /// A weak passphrase for a room announced on the public DHT, without `weak_ok`.
+    pub const WEAK_PASSPHRASE: i32 = 1008;
 }
 
 impl Response {

@@ -436,3 +436,44 @@ async fn daemon_in_room() -> Result<(TestDaemon, peerlog::client::Client, peerlo
     join(&mut c, PASS).await?;
     Ok((d, c, room_keys(PASS)))
 }
+
+/// A room announced on the public DHT shows its daily key to every crawler, who can test
+/// passphrase guesses offline: a weak passphrase (zxcvbn: `Summer2024!` is a pattern, not 11
+/// random characters) is refused there unless the person confirms, and warned loudly even
+/// then; `passphrase.check` tells the UI before it asks. On a private network it is joined,
+/// with a warning. (The public daemon here has an empty public bootstrap list: it is on the
+/// public network, and contacts nobody.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weak_passphrase_needs_confirmation_for_a_publicly_announced_room() -> Result<()> {
+    use peerlog::client::ClientError;
+    let public = TestDaemon::start_with(|c| {
+        c.network = peerlog::config::Network::Public;
+        c.public_bootstrap = vec![];
+    })
+    .await?;
+    let mut c = public.client().await?;
+    let check = c.call("passphrase.check", serde_json::json!({"passphrase": "Summer2024!"})).await?;
+    ensure!(check["confirm"] == true && check["public"] == true, "passphrase.check: {check}");
+    ensure!(check["bits"].as_u64().context("bits")? < 40, "zxcvbn rates Summer2024! weak: {check}");
+    let refused = c.call("rooms.join", serde_json::json!({"passphrase": "Summer2024!"})).await;
+    match refused {
+        Err(ClientError::Rpc { code, message }) => ensure!(
+            code == peerlog_proto::api::codes::WEAK_PASSPHRASE && message.contains("--i-know-it-is-weak"),
+            "refused with {code}: {message}"
+        ),
+        other => anyhow::bail!("a weak passphrase for a public room was not refused: {other:?}"),
+    }
+    ensure!(c.call("rooms.list", serde_json::json!({})).await?["rooms"].as_array().context("rooms")?.is_empty());
+    let joined = c.call("rooms.join", serde_json::json!({"passphrase": "Summer2024!", "weak_ok": true})).await?;
+    let warning = joined["warning"].as_str().context("no warning after a confirmed weak join")?;
+    ensure!(warning.starts_with("WEAK PASSPHRASE"), "{warning}");
+    let strong = c.call("rooms.join", serde_json::json!({"passphrase": PASS})).await?;
+    ensure!(strong.get("warning").is_none(), "a strong passphrase was warned about: {strong}");
+
+    let private = TestDaemon::start().await?;
+    let mut p = private.client().await?;
+    let joined = p.call("rooms.join", serde_json::json!({"passphrase": "Summer2024!"})).await?;
+    let warning = joined["warning"].as_str().context("no warning for a weak private room")?;
+    ensure!(warning.starts_with("weak passphrase"), "{warning}");
+    Ok(())
+}
