@@ -290,7 +290,17 @@ function renderMembers(list) {
       verify.addEventListener("click", async () => {
         try { await call("peers.verify", { peer: m.author, verified: !m.verified }); await refreshPeers(); } catch (e) { toast(e.message); }
       });
-      actions.append(rename, verify);
+      const block = el("button", "block", m.blocked ? "Unblock" : "Block");
+      block.type = "button";
+      block.title = m.blocked ? "Show this writer's messages again and take new ones" : "Stop storing, passing on and showing this writer's messages in this room";
+      block.addEventListener("click", async () => {
+        if (!m.blocked && block.dataset.confirm !== "1") { block.dataset.confirm = "1"; block.textContent = "Block: sure?"; return; }
+        try {
+          await call(m.blocked ? "peers.unblock" : "peers.block", { peer: m.author, room: state.current });
+          await refreshPeers(); await openRoom(state.current, true);
+        } catch (e) { toast(e.message); }
+      });
+      actions.append(rename, verify, block);
       li.append(actions, form);
     }
     ul.append(li);

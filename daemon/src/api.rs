@@ -353,6 +353,7 @@ const EVENT_NAMES: &[&str] = &[
     "peer.connection",
     "sync.progress",
     "file.progress",
+    "writer.quota",
     "lagged",
 ];
 
@@ -365,6 +366,7 @@ fn event_name(event: &DaemonEvent) -> &'static str {
         DaemonEvent::PeerConnection { .. } => "peer.connection",
         DaemonEvent::FileProgress { .. } => "file.progress",
         DaemonEvent::Seen { .. } => "message.seen",
+        DaemonEvent::WriterQuota { .. } => "writer.quota",
     }
 }
 
@@ -431,6 +433,10 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
         DaemonEvent::PeerLeft { room, peer } => {
             ("peer.left", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string()}))
         }
+        DaemonEvent::WriterQuota { room, writer, quota } => (
+            "writer.quota",
+            json!({"room": shared.rooms.get(&room)?.id, "author": hex::encode(writer), "quota": quota}),
+        ),
     };
     Some(Event { event: name.into(), params })
 }
@@ -943,6 +949,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                     "display_name": names.get(&feed),
                     "nickname": contact.nickname,
                     "verified": contact.verified,
+                    "blocked": shared.store.is_blocked(&room.discovery_key, &feed).map_err(OpError::from)?,
                     "safety_number": keys::safety_number(&feed),
                     "messages": messages,
                     "presence": if mine { json!({"online": true}) } else { presence(&feed) },
@@ -952,10 +959,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         }
         "peers.rename" | "peers.verify" => {
             let p: ContactParams = parse(params)?;
-            let feed: [u8; 32] = hex::decode(&p.peer)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| ApiError::params("peer must be a writer key: 64 hex digits (an author)"))?;
+            let feed = writer_key(&p.peer)?;
             let mut contact = shared.store.contact(&feed).map_err(OpError::from)?;
             if method == "peers.rename" {
                 let nick = p.nickname.map(|n| n.trim().chars().filter(|c| !c.is_control()).collect::<String>());
@@ -971,8 +975,31 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 json!({"peer": p.peer, "nickname": contact.nickname, "verified": contact.verified, "safety_number": keys::safety_number(&feed)}),
             )
         }
+        "peers.block" | "peers.unblock" => {
+            let p: BlockParams = parse(params)?;
+            let feed = writer_key(&p.peer)?;
+            let room = p.room.as_deref().map(|r| shared.room(r)).transpose()?;
+            let blocked = method == "peers.block";
+            shared.block_writer(room.as_deref(), &feed, blocked).await?;
+            Ok(json!({"peer": p.peer, "room": room.map(|r| r.id.clone()), "blocked": blocked}))
+        }
+        "peers.blocked" => {
+            let p: OptionalRoomParam = parse(params)?;
+            let room = p.room.as_deref().map(|r| shared.room(r)).transpose()?;
+            let writers =
+                shared.store.blocked_writers(&room.map_or([0; 32], |r| r.discovery_key)).map_err(OpError::from)?;
+            Ok(json!({"blocked": writers.iter().map(hex::encode).collect::<Vec<_>>()}))
+        }
         other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
     }
+}
+
+/// A writer key (an author) from its 64 hex digits.
+fn writer_key(hex_key: &str) -> Result<[u8; 32], ApiError> {
+    hex::decode(hex_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiError::params("peer must be a writer key: 64 hex digits (an author)"))
 }
 
 /// A QR code of `text` as an SVG document, made here (nothing leaves the machine).
@@ -990,6 +1017,17 @@ fn qr_svg(text: &str) -> Option<String> {
 #[derive(Deserialize)]
 struct ProfileParams {
     display_name: String,
+}
+
+#[derive(Deserialize)]
+struct BlockParams {
+    peer: String,
+    room: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OptionalRoomParam {
+    room: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -159,6 +159,12 @@ pub struct Limits {
     /// MiB that must stay free on the data dir's disk: below it, new messages, entries
     /// and file chunks are refused (until space is freed) rather than filling the disk.
     pub disk_reserve_mb: u64,
+    /// Most entries stored of one writer (other than us) in one room.
+    pub writer_entries: u64,
+    /// Most bytes stored of one writer (other than us) in one room.
+    pub writer_bytes: u64,
+    /// Most writers (feeds) stored in one room.
+    pub room_writers: usize,
 }
 
 impl Default for Limits {
@@ -179,6 +185,9 @@ impl Default for Limits {
             relay_circuits: 32,
             relay_circuits_per_peer: 4,
             disk_reserve_mb: 64,
+            writer_entries: 1_000_000,
+            writer_bytes: 256 << 20,
+            room_writers: 1024,
         }
     }
 }

@@ -18,7 +18,7 @@ use crate::config::{Config, ConfigError, Network};
 use crate::files::Chunks;
 use crate::keys::{self, KeyError, RoomSecret, SeedCapability};
 use crate::log::commit::{CommitError, GroupCommit};
-use crate::log::store::{now_ms, Access, OrderKey, RoomRecord, StoreError, StoredMessage};
+use crate::log::store::{now_ms, Access, OrderKey, RoomRecord, StoreError, StoredMessage, WriterQuota};
 use crate::log::{new_writer, Body, Store};
 use crate::node::{self, Dht, NodeConfig, NodeError, NodeHandle, NodeInfo};
 use crate::replicate::Replicator;
@@ -242,9 +242,16 @@ impl Daemon {
         let db_path = data_dir.join("db");
         let cache_bytes = config.cache_mb.saturating_mul(1 << 20);
         let reserve = config.limits.disk_reserve_mb.saturating_mul(1 << 20);
-        let store = tokio::task::spawn_blocking(move || Store::open_with(&db_path, cache_bytes, reserve))
-            .await
-            .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e.to_string()))))??;
+        let quota = WriterQuota {
+            entries: config.limits.writer_entries,
+            bytes: config.limits.writer_bytes,
+            writers: config.limits.room_writers.max(1),
+        };
+        let store = tokio::task::spawn_blocking(move || {
+            Store::open_with(&db_path, cache_bytes, reserve).map(|s| s.with_writer_quota(quota))
+        })
+        .await
+        .map_err(|e| StoreError::Sled(sled::Error::Io(std::io::Error::other(e.to_string()))))??;
 
         let node_config = NodeConfig {
             listen: config.listen.clone(),
@@ -644,6 +651,29 @@ impl Shared {
             }
         };
         Ok(self.store.history(&room.discovery_key, content_key, before_key.as_ref(), limit)?)
+    }
+
+    /// Blocks (or unblocks) a writer in `room`, or in every room: its entries are no longer
+    /// stored, served or shown, and sessions with peers that write as it end now (and are
+    /// refused when they come back).
+    pub async fn block_writer(&self, room: Option<&Room>, writer: &Key32, blocked: bool) -> Result<(), OpError> {
+        if self
+            .rooms
+            .list()
+            .iter()
+            .any(|r| r.feed_key == *writer && room.is_none_or(|x| x.discovery_key == r.discovery_key))
+        {
+            return Err(OpError::Invalid("that writer key is this daemon's own".into()));
+        }
+        self.store.set_blocked(&room.map_or([0; 32], |r| r.discovery_key), writer, blocked)?;
+        if blocked {
+            for p in self.replicator.room_peers(room.map(|r| &r.discovery_key)) {
+                if p.writer == Some(*writer) {
+                    let _ = self.node.disconnect(p.peer).await;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Node snapshot.

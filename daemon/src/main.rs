@@ -87,6 +87,20 @@ enum Command {
         /// The text.
         text: String,
     },
+    /// Block a writer (an author, as `peerlog status --json` members and the UI show it):
+    /// nothing of theirs is stored, passed on or shown any more, in ROOM or in every room.
+    Block {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The writer key (64 hex digits).
+        author: String,
+        /// Only in this room (default: every room).
+        #[arg(long)]
+        room: Option<String>,
+        /// Lift the block instead.
+        #[arg(long)]
+        unblock: bool,
+    },
     /// Share a file with a room (the daemon reads it; prints the file message's id).
     SendFile {
         #[command(flatten)]
@@ -386,6 +400,15 @@ async fn run(cli: Cli) -> Result<()> {
                 r["room"]["id"].as_str().unwrap_or(""),
                 r["room"]["name"].as_str().unwrap_or("")
             );
+            c.close().await.ok();
+            Ok(())
+        }
+        Command::Block { client, author, room, unblock } => {
+            let mut c = client.connect().await?;
+            let method = if unblock { "peers.unblock" } else { "peers.block" };
+            c.call(method, json!({"peer": author, "room": room})).await?;
+            let scope = room.map_or("every room".to_string(), |r| format!("room {r}"));
+            println!("{} {author} in {scope}", if unblock { "unblocked" } else { "blocked" });
             c.close().await.ok();
             Ok(())
         }

@@ -894,7 +894,8 @@ impl Session {
                 if self.serving.len() >= MAX_SERVING {
                     return Err(SessionError::Protocol("too many Wants queued"));
                 }
-                let meta = self.store().feed_meta(&feed_key)?.filter(|m| m.room == self.room.discovery_key);
+                let blocked = self.store().is_blocked(&self.room.discovery_key, &feed_key)?;
+                let meta = self.store().feed_meta(&feed_key)?.filter(|m| m.room == self.room.discovery_key && !blocked);
                 let mut end = end.min(meta.as_ref().map_or(0, |m| m.length()));
                 if feed_key == self.room.feed_key {
                     // Only what is durable of our own feed leaves this daemon.
@@ -930,6 +931,12 @@ impl Session {
                     Err(IngestError::Store(e)) => return Err(e.into()),
                     // Not verifiable (yet): nothing stored, nothing wrong with the peer.
                     Err(IngestError::NotAnchored) => {}
+                    // Blocked here, or over a quota: not the peer's fault, and nobody else's
+                    // copy is wanted either.
+                    Err(IngestError::Blocked | IngestError::Quota(_)) => {
+                        self.wanting.remove(&feed_key);
+                        self.room.fetch_failed(self.id, &feed_key, false);
+                    }
                     Err(e) => {
                         // Another peer may have a verifiable copy of this feed.
                         self.room.fetch_failed(self.id, &feed_key, true);
@@ -1026,6 +1033,10 @@ impl Session {
                 if !valid {
                     return Err(SessionError::Protocol("bad writer proof"));
                 }
+                if self.store().is_blocked(&self.room.discovery_key, &feed_key)? {
+                    info!(peer = %self.peer, room = %self.room.id, "the peer writes as a writer blocked here: session closed");
+                    return Err(SessionError::Protocol("the peer's writer is blocked here"));
+                }
                 self.r.set_writer(self.peer, self.room.discovery_key, self.id, feed_key);
                 Ok(())
             }
@@ -1047,6 +1058,9 @@ impl Session {
         let feed = head.feed_key;
         if !self.peer_len.contains_key(&feed) && self.peer_len.len() >= MAX_SESSION_FEEDS {
             return Err(SessionError::Protocol("the peer announced too many feeds"));
+        }
+        if feed != self.room.feed_key && self.room.refuses(&feed) {
+            return Ok(());
         }
         if let Some(known) = self.anchors.get(&feed).and_then(|a| a.get(&head.seq)) {
             if *known == head {

@@ -2,7 +2,7 @@
 //! clock and the channel that tells replication sessions about new heads. [`Rooms`] is the
 //! registry and the source of [`DaemonEvent`]s for API clients.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -16,7 +16,9 @@ use tracing::{debug, warn};
 use crate::fetch::{Candidate, Fetches, Held};
 use crate::files::ChunkWants;
 use crate::keys::{room_id, RoomKeys, RoomSecret, SeedCapability};
-use crate::log::store::{Access, Appended, IngestError, Ingested, RoomRecord, StoreError, StoredMessage};
+use crate::log::store::{
+    Access, Appended, IngestError, Ingested, QuotaKind, RoomRecord, StoreError, StoredMessage, WriterQuota,
+};
 use crate::log::{new_writer, Body, FeedCipher, Store, LAMPORT_LEAD, LAMPORT_MAX};
 
 /// Most chunks partly received at once per room (each at most about 1 MiB).
@@ -96,6 +98,16 @@ pub enum DaemonEvent {
         /// Finished (all chunks here and verified).
         done: bool,
     },
+    /// A writer reached one of the room's quotas: we store no more of it (and, for
+    /// `Writers`, no new writer) until the quota is raised.
+    WriterQuota {
+        /// The room.
+        room: Key32,
+        /// The writer's feed key.
+        writer: Key32,
+        /// Which quota.
+        quota: QuotaKind,
+    },
     /// The best connection to a room peer changed (e.g. relayed → holepunched).
     PeerConnection {
         /// The peer.
@@ -159,6 +171,8 @@ pub struct Room {
     /// The longest copy of our feed a peer showed us (a restored or copied data dir may
     /// hold less than peers do): we fetch it before writing on.
     own_ahead: AtomicU64,
+    /// Writers that reached a quota since start: their entries are not fetched.
+    over_quota: Mutex<HashSet<Key32>>,
     /// Writers' display names, loaded on first use.
     names: RwLock<Option<HashMap<Key32, String>>>,
     /// Chunks wanted from the room's peers.
@@ -282,6 +296,7 @@ impl Room {
             own_seen: AtomicU64::new(0),
             own_durable: Mutex::new(store.feed_meta(&feed_key)?.and_then(|m| m.head)),
             own_ahead: AtomicU64::new(0),
+            over_quota: Mutex::new(HashSet::new()),
             chunk_wants: Mutex::new(ChunkWants::default()),
             chunk_events: broadcast::channel(UPDATE_CAPACITY).0,
             chunk_parts: Mutex::new(HashMap::new()),
@@ -605,6 +620,22 @@ impl Room {
         }
     }
 
+    /// Records that a writer reached a quota: said once (a warning, an event), and its
+    /// entries are no longer asked for.
+    fn reached_quota(&self, feed: &Key32, quota: QuotaKind) {
+        if self.over_quota.lock().unwrap_or_else(|p| p.into_inner()).insert(*feed) {
+            warn!(room = %self.id, writer = %hex::encode(&feed[..8]), %quota, "a writer reached the room's quota: storing no more of it");
+            let _ = self.events.send(DaemonEvent::WriterQuota { room: self.discovery_key, writer: *feed, quota });
+        }
+    }
+
+    /// Whether this daemon takes no (more) entries of `feed`: the writer is blocked here, or
+    /// reached a quota.
+    pub fn refuses(&self, feed: &Key32) -> bool {
+        self.over_quota.lock().unwrap_or_else(|p| p.into_inner()).contains(feed)
+            || self.store.is_blocked(&self.discovery_key, feed).unwrap_or(false)
+    }
+
     /// Takes entries a session received: verifies and stores them, or, when they belong to
     /// a piece that cannot be verified before the one above it is stored, holds them in
     /// memory until it is. Returns what was stored (None: held).
@@ -733,15 +764,16 @@ impl Room {
         let cipher = self.cipher(feed);
         // A blind seeder verifies chain and signatures, and stores the ciphertext as it is.
         let clock_limit = self.lamport.load(Ordering::Acquire).saturating_add(LAMPORT_LEAD).min(LAMPORT_MAX);
-        let ingested = self.store.ingest_bounded(
-            &self.discovery_key,
-            cipher.as_ref(),
-            feed,
-            start,
-            entries,
-            anchor,
-            clock_limit,
-        )?;
+        // Our own feed, fetched back from a peer, is ours to hold whatever its size.
+        let quota = if *feed == self.feed_key { WriterQuota::NONE } else { self.store.writer_quota() };
+        let ingested = self
+            .store
+            .ingest_bounded(&self.discovery_key, cipher.as_ref(), feed, start, entries, anchor, clock_limit, &quota)
+            .inspect_err(|e| {
+                if let IngestError::Quota(kind) = e {
+                    self.reached_quota(feed, *kind);
+                }
+            })?;
         if ingested.stored > 0 {
             self.record_progress(feed, None, Some((ingested.stored, ingested.bytes)));
         }

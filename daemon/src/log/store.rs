@@ -117,6 +117,12 @@ pub enum IngestError {
     /// Sequence numbers overflow.
     #[error("sequence numbers out of range")]
     OutOfRange,
+    /// Storing this would take the writer (or the room's count of writers) past its quota.
+    #[error("over the {0} quota for one writer in this room")]
+    Quota(QuotaKind),
+    /// The writer is blocked here (`peers.block`).
+    #[error("the writer is blocked here")]
+    Blocked,
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -267,6 +273,46 @@ pub struct Appended {
     pub messages: Vec<StoredMessage>,
 }
 
+/// How much the store takes from one writer in one room, and how many writers a room may
+/// have: a member can mint writer keys and sign batches without limit, and must not be
+/// able to fill everyone's disk. Entries fetched back from our own feed are not counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriterQuota {
+    /// Most entries of one writer.
+    pub entries: u64,
+    /// Most bytes of one writer's stored blocks.
+    pub bytes: u64,
+    /// Most writers (feeds) in one room.
+    pub writers: usize,
+}
+
+impl WriterQuota {
+    /// No quota.
+    pub const NONE: Self = Self { entries: u64::MAX, bytes: u64::MAX, writers: usize::MAX };
+}
+
+/// Which quota a writer hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaKind {
+    /// [`WriterQuota::entries`].
+    Entries,
+    /// [`WriterQuota::bytes`].
+    Bytes,
+    /// [`WriterQuota::writers`].
+    Writers,
+}
+
+impl std::fmt::Display for QuotaKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Entries => "entries",
+            Self::Bytes => "bytes",
+            Self::Writers => "writers",
+        })
+    }
+}
+
 /// Handle to the database. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -281,6 +327,8 @@ pub struct Store {
     feed_bytes: Arc<Mutex<std::collections::HashMap<Key32, u64>>>,
     /// Free space checked before new data is written (see [`crate::disk`]).
     disk: Arc<DiskSpace>,
+    /// What one writer may make us store (see [`WriterQuota`]).
+    quota: WriterQuota,
 }
 
 /// The storage format this build reads and writes.
@@ -593,6 +641,45 @@ impl Store {
         Ok(total)
     }
 
+    /// Sets the writers' quota (before the store is cloned: clones keep theirs).
+    pub fn with_writer_quota(mut self, quota: WriterQuota) -> Self {
+        self.quota = quota;
+        self
+    }
+
+    /// The writers' quota.
+    pub fn writer_quota(&self) -> WriterQuota {
+        self.quota
+    }
+
+    /// Blocks (or unblocks) a writer in a room, or with `room` all zeros in every room:
+    /// their entries are no longer stored, served or shown. Kept across restarts.
+    pub fn set_blocked(&self, room: &Key32, writer: &Key32, blocked: bool) -> Result<(), StoreError> {
+        let key = room_person_key(b'x', room, writer);
+        if blocked {
+            self.log.insert(&key[..], &[][..])?;
+        } else {
+            self.log.remove(&key[..])?;
+        }
+        Ok(())
+    }
+
+    /// Whether a writer is blocked in `room` (or everywhere).
+    pub fn is_blocked(&self, room: &Key32, writer: &Key32) -> Result<bool, StoreError> {
+        Ok(self.log.contains_key(&room_person_key(b'x', room, writer)[..])?
+            || self.log.contains_key(&room_person_key(b'x', &ZERO, writer)[..])?)
+    }
+
+    /// Writers blocked in `room` (all zeros: those blocked everywhere).
+    pub fn blocked_writers(&self, room: &Key32) -> Result<Vec<Key32>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.log.scan_prefix(&room_person_key(b'x', room, &ZERO)[..33]) {
+            let (k, _) = kv?;
+            out.push(k.get(33..65).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("blocked key"))?);
+        }
+        Ok(out)
+    }
+
     /// Opens (or creates) the database in `dir` with sled's default-sized page cache.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
@@ -644,6 +731,7 @@ impl Store {
             ingest_lock: Arc::new(Mutex::new(())),
             feed_bytes: Default::default(),
             disk: Arc::new(DiskSpace::new(dir, reserve_bytes)),
+            quota: WriterQuota::NONE,
         })
     }
 
@@ -828,7 +916,14 @@ impl Store {
 
     /// The newest signed head of every feed of a room.
     pub fn room_heads(&self, room: &Key32) -> Result<Vec<SignedHead>, StoreError> {
-        Ok(self.room_feeds(room)?.into_iter().filter_map(|(_, m)| m.head).collect())
+        let mut heads = Vec::new();
+        for (feed, meta) in self.room_feeds(room)? {
+            // A blocked writer's feed is not announced (nor served, nor shown).
+            if !self.is_blocked(room, &feed)? {
+                heads.extend(meta.head);
+            }
+        }
+        Ok(heads)
     }
 
     /// Stored entries `start..end` of a feed (stops at the first missing one).
@@ -935,12 +1030,13 @@ impl Store {
         entries: &[Entry],
         anchor: Option<&SignedHead>,
     ) -> Result<Ingested, IngestError> {
-        self.ingest_bounded(room, cipher, feed, start, entries, anchor, LAMPORT_MAX)
+        self.ingest_bounded(room, cipher, feed, start, entries, anchor, LAMPORT_MAX, &WriterQuota::NONE)
     }
 
-    /// [`Store::ingest`] with the largest Lamport clock accepted: a room passes its own
-    /// clock plus [`super::LAMPORT_LEAD`], capped at [`LAMPORT_MAX`]. (Tests pass
-    /// `u64::MAX` to store what versions without the bound stored.)
+    /// [`Store::ingest`] with the largest Lamport clock accepted (a room passes its own
+    /// clock plus [`super::LAMPORT_LEAD`], capped at [`LAMPORT_MAX`]; tests pass `u64::MAX`
+    /// to store what versions without the bound stored) and the writer's quota. A blocked
+    /// writer's entries are refused whatever the quota.
     #[allow(clippy::too_many_arguments)]
     pub fn ingest_bounded(
         &self,
@@ -951,6 +1047,7 @@ impl Store {
         entries: &[Entry],
         anchor: Option<&SignedHead>,
         clock_limit: u64,
+        quota: &WriterQuota,
     ) -> Result<Ingested, IngestError> {
         let Some(last) = entries.len().checked_sub(1) else { return Ok(Ingested::default()) };
         let end = start.checked_add(entries.len() as u64).ok_or(IngestError::OutOfRange)?;
@@ -991,9 +1088,26 @@ impl Store {
 
         let incoming: usize = entries.iter().map(|e| e.ciphertext.len() + 64).sum();
         self.disk.check(incoming as u64).map_err(StoreError::from)?;
+        if self.is_blocked(room, feed)? {
+            return Err(IngestError::Blocked);
+        }
+        if end > quota.entries {
+            return Err(IngestError::Quota(QuotaKind::Entries));
+        }
+        // Counted before the lock (`feed_bytes` takes it); a race only lets one batch by.
+        if quota.bytes != u64::MAX && self.feed_bytes(feed)?.saturating_add(incoming as u64) > quota.bytes {
+            return Err(IngestError::Quota(QuotaKind::Bytes));
+        }
         // A poisoned lock only means another ingest panicked; the data is in sled.
         let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut meta = self.feed_meta(feed)?.unwrap_or_else(|| FeedMeta { room: *room, ..FeedMeta::default() });
+        let stored_meta = self.feed_meta(feed)?;
+        if stored_meta.is_none()
+            && quota.writers != usize::MAX
+            && self.log.scan_prefix(&room_feed_key(room, &ZERO)[..33]).count() >= quota.writers
+        {
+            return Err(IngestError::Quota(QuotaKind::Writers));
+        }
+        let mut meta = stored_meta.unwrap_or_else(|| FeedMeta { room: *room, ..FeedMeta::default() });
         if meta.room != *room {
             return Err(IngestError::WrongRoom);
         }
@@ -1192,6 +1306,9 @@ impl Store {
         // The newest `limit` keys of each feed below `before`, merged.
         let mut keys: Vec<OrderKey> = Vec::new();
         for (feed, meta) in self.room_feeds(room)? {
+            if self.is_blocked(room, &feed)? {
+                continue;
+            }
             let top = match before {
                 Some(b) => self.last_below(&feed, &meta, b)?,
                 None => meta.ranges.last().map(|&(_, e)| e - 1),
@@ -1399,6 +1516,68 @@ mod tests {
             all.splice(0..0, older);
         }
         assert_eq!(all.iter().map(|m| m.seq).collect::<Vec<_>>(), (0..150).collect::<Vec<_>>());
+    }
+
+    /// A writer's feed of `n` messages appended in `src`: its writer key, entries and head.
+    fn a_feed(src: &Store, room: &Key32, content: &Key32, n: u64) -> (Key32, Vec<Entry>, SignedHead) {
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(content, &feed);
+        let bodies = (0..n).map(|i| text(&format!("m{i}"))).collect();
+        let head = src.append(room, &w, &c, 1, bodies).unwrap().head;
+        (feed, src.entries(&feed, 0, n).unwrap(), head)
+    }
+
+    #[test]
+    fn quotas_bound_what_one_writer_and_one_room_can_store() {
+        let (room, content) = ([3u8; 32], [4u8; 32]);
+        let (_d1, src) = tmp();
+        let quota = WriterQuota { entries: 10, bytes: u64::MAX, writers: 2 };
+        let (_d2, dst) = tmp();
+        let dst = dst.with_writer_quota(quota);
+        let ingest = |feed: &Key32, entries: &[Entry], head: &SignedHead, quota: &WriterQuota| {
+            let c = FeedCipher::new(&content, feed);
+            dst.ingest_bounded(&room, Some(&c), feed, 0, entries, Some(head), LAMPORT_MAX, quota)
+        };
+        let (f1, e1, h1) = a_feed(&src, &room, &content, 11);
+        assert!(matches!(ingest(&f1, &e1, &h1, &quota), Err(IngestError::Quota(QuotaKind::Entries))));
+        let (f1, e1, h1) = a_feed(&src, &room, &content, 10);
+        ingest(&f1, &e1, &h1, &quota).expect("exactly the quota");
+        let (f2, e2, h2) = a_feed(&src, &room, &content, 1);
+        ingest(&f2, &e2, &h2, &quota).expect("the second writer");
+        let (f3, e3, h3) = a_feed(&src, &room, &content, 1);
+        assert!(matches!(ingest(&f3, &e3, &h3, &quota), Err(IngestError::Quota(QuotaKind::Writers))));
+        let small = WriterQuota { bytes: 100, ..WriterQuota::NONE };
+        let (f4, e4, h4) = a_feed(&src, &room, &content, 5);
+        assert!(matches!(ingest(&f4, &e4, &h4, &small), Err(IngestError::Quota(QuotaKind::Bytes))));
+        assert!(
+            dst.feed_meta(&f3).unwrap().is_none() && dst.feed_meta(&f4).unwrap().is_none(),
+            "nothing of a refused batch is stored"
+        );
+    }
+
+    #[test]
+    fn a_blocked_writer_is_refused_hidden_and_not_announced_until_unblocked() {
+        let (room, content) = ([3u8; 32], [4u8; 32]);
+        let (_d1, src) = tmp();
+        let (_d2, dst) = tmp();
+        let (f1, e1, h1) = a_feed(&src, &room, &content, 3);
+        let c1 = FeedCipher::new(&content, &f1);
+        dst.set_blocked(&room, &f1, true).unwrap();
+        assert!(matches!(dst.ingest(&room, Some(&c1), &f1, 0, &e1, Some(&h1)), Err(IngestError::Blocked)));
+        dst.set_blocked(&room, &f1, false).unwrap();
+        dst.ingest(&room, Some(&c1), &f1, 0, &e1, Some(&h1)).unwrap();
+        assert_eq!(dst.history(&room, &content, None, 10).unwrap().len(), 3);
+        // Blocked in every room (the all-zero room): hidden, not announced, refused.
+        dst.set_blocked(&ZERO, &f1, true).unwrap();
+        assert!(dst.is_blocked(&room, &f1).unwrap());
+        assert!(dst.history(&room, &content, None, 10).unwrap().is_empty());
+        assert!(dst.room_heads(&room).unwrap().is_empty());
+        assert_eq!(dst.blocked_writers(&ZERO).unwrap(), vec![f1]);
+        let (f2, e2, h2) = a_feed(&src, &room, &content, 1);
+        dst.ingest(&room, Some(&FeedCipher::new(&content, &f2)), &f2, 0, &e2, Some(&h2))
+            .expect("others are not blocked");
+        assert_eq!(dst.history(&room, &content, None, 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use peerlog::log::store::Store;
+use peerlog::log::store::{Store, WriterQuota};
 use peerlog::log::{hash_entry, new_writer, sign_head, Body, FeedCipher, Message, LAMPORT_MAX};
 use peerlog_proto::wire::{Entry, Frame, Key32, SignedHead};
 use peerlog_tests::*;
+use serde_json::json;
 
 use super::PASS;
 
@@ -108,7 +109,16 @@ async fn a_room_poisoned_by_an_older_version_recovers_at_restart() -> Result<()>
         let hk = hostile.verifying_key().to_bytes();
         let (entry, head) = entry_with_clock(&hostile, &content_key, 0, [0; 32], u64::MAX, "poison");
         let cipher = FeedCipher::new(&content_key, &hk);
-        store.ingest_bounded(&keys.discovery_key, Some(&cipher), &hk, 0, &[entry], Some(&head), u64::MAX)?;
+        store.ingest_bounded(
+            &keys.discovery_key,
+            Some(&cipher),
+            &hk,
+            0,
+            &[entry],
+            Some(&head),
+            u64::MAX,
+            &WriterQuota::NONE,
+        )?;
         let (_, record) = store.rooms()?.into_iter().next().context("the room record")?;
         let ours = ed25519_dalek::SigningKey::from_bytes(&record.writer);
         let oc = FeedCipher::new(&content_key, &ours.verifying_key().to_bytes());
@@ -475,5 +485,167 @@ async fn a_weak_passphrase_needs_confirmation_for_a_publicly_announced_room() ->
     let joined = p.call("rooms.join", serde_json::json!({"passphrase": "Summer2024!"})).await?;
     let warning = joined["warning"].as_str().context("no warning for a weak private room")?;
     ensure!(warning.starts_with("weak passphrase"), "{warning}");
+    Ok(())
+}
+
+/// Entries `0..n` of a new writer's feed, one signed head each (as a writer that sends one
+/// message at a time pushes them), with clocks from `lamport`.
+fn feed_of(
+    writer: &ed25519_dalek::SigningKey,
+    content_key: &Key32,
+    n: u64,
+    lamport: u64,
+    text: &str,
+) -> Vec<(Entry, SignedHead)> {
+    let feed = writer.verifying_key().to_bytes();
+    let mut prev = [0; 32];
+    (0..n)
+        .map(|seq| {
+            let (entry, head) =
+                entry_with_clock(writer, content_key, seq, prev, lamport + seq, &format!("{text} {seq}"));
+            prev = hash_entry(&feed, seq, &entry);
+            (entry, head)
+        })
+        .collect()
+}
+
+async fn push_feed(
+    s: &mut RawSession,
+    writer: &ed25519_dalek::SigningKey,
+    feed: Vec<(Entry, SignedHead)>,
+) -> Result<()> {
+    let feed_key = writer.verifying_key().to_bytes();
+    for (seq, (entry, head)) in feed.into_iter().enumerate() {
+        s.send(&Frame::Data { feed_key, start: seq as u64, entries: vec![entry], head: Some(head) }).await?;
+    }
+    Ok(())
+}
+
+/// One member cannot fill everyone's disk: past `limits.writer_entries` nothing more of a
+/// writer is stored, past `limits.room_writers` no new writer is, each said once with a
+/// `writer.quota` event, and the room goes on for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_over_its_quota_is_stored_no_further_and_said_so() -> Result<()> {
+    let d = TestDaemon::start_with(|c| {
+        c.limits.writer_entries = 5;
+        c.limits.room_writers = 3;
+    })
+    .await?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    send(&mut c, &room, "mine").await?;
+    let keys = room_keys(PASS);
+    let content_key = keys.content_key.context("member keys")?;
+    let raw = RawPeer::start().await?;
+    let mut s = raw
+        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    // A writer that sends 8 messages: 5 are stored.
+    let flood = new_writer();
+    push_feed(&mut s, &flood, feed_of(&flood, &content_key, 8, 10, "flood")).await?;
+    let event = c.wait_event(WAIT, "a writer.quota event for entries", |e| e.event == "writer.quota").await?;
+    ensure!(
+        event.params["quota"] == "entries" && event.params["author"] == hex::encode(flood.verifying_key().to_bytes()),
+        "{:?}",
+        event.params
+    );
+    // The third writer of the room is stored; a fourth is not.
+    let third = new_writer();
+    push_feed(&mut s, &third, feed_of(&third, &content_key, 1, 30, "third")).await?;
+    wait_for_text(&mut c, &room, "third 0", WAIT).await?;
+    let fourth = new_writer();
+    push_feed(&mut s, &fourth, feed_of(&fourth, &content_key, 1, 40, "fourth")).await?;
+    let event = c
+        .wait_event(WAIT, "a writer.quota event for writers", |e| {
+            e.event == "writer.quota" && e.params["quota"] == "writers"
+        })
+        .await?;
+    ensure!(event.params["author"] == hex::encode(fourth.verifying_key().to_bytes()), "{:?}", event.params);
+    let texts: Vec<String> =
+        full_history(&mut c, &room).await?.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect();
+    let flooded = texts.iter().filter(|t| t.starts_with("flood")).count();
+    ensure!(flooded == 5, "{flooded} of the flooding writer's 8 messages stored (quota 5): {texts:?}");
+    ensure!(!texts.iter().any(|t| t.starts_with("fourth")), "a writer past the room's quota was stored");
+    send(&mut c, &room, "still writing").await.context("our own writing is not limited")?;
+    Ok(())
+}
+
+/// `peers.block` stops a writer in a room for good: what it wrote disappears from history,
+/// nothing more of it is stored (not even through another member, who still holds it) or
+/// served, its peer's sessions end and are refused when it comes back, and all that holds
+/// across a restart; `peers.unblock` undoes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_writer_is_not_stored_served_or_shown_even_after_a_restart() -> Result<()> {
+    let boot = TestDaemon::start_bootstrap_node().await?;
+    let mut a = TestDaemon::start_bootstrapped(&boot).await?;
+    let b = TestDaemon::start_bootstrapped(&boot).await?;
+    let c = TestDaemon::start_bootstrapped(&boot).await?;
+    let (mut ca, mut cb, mut cc) = (a.client().await?, b.client().await?, c.client().await?);
+    let room = join(&mut ca, PASS).await?;
+    join(&mut cb, PASS).await?;
+    join(&mut cc, PASS).await?;
+    send(&mut cb, &room, "from b").await?;
+    let msg = wait_for_text(&mut ca, &room, "from b", WAIT).await?;
+    wait_for_text(&mut cc, &room, "from b", WAIT).await?;
+    let author = msg["author"].as_str().context("author")?.to_string();
+
+    let r = ca.call("peers.block", json!({"peer": author, "room": room})).await?;
+    ensure!(r["blocked"] == true, "{r}");
+    let texts = |h: Vec<serde_json::Value>| -> Vec<String> {
+        h.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect()
+    };
+    ensure!(
+        !texts(full_history(&mut ca, &room).await?).contains(&"from b".to_string()),
+        "a blocked writer is still shown"
+    );
+    let members = ca.call("rooms.members", json!({"room": room})).await?;
+    ensure!(
+        members["members"]
+            .as_array()
+            .context("members")?
+            .iter()
+            .any(|m| m["author"] == author.as_str() && m["blocked"] == true),
+        "rooms.members does not show the block: {members}"
+    );
+    // b writes on; c (not blocking anyone) receives it and writes after it. Once c's
+    // message reached a, so had the offer of b's: a must have refused it.
+    send(&mut cb, &room, "after the block").await?;
+    wait_for_text(&mut cc, &room, "after the block", WAIT).await?;
+    send(&mut cc, &room, "c after b").await?;
+    wait_for_text(&mut ca, &room, "c after b", WAIT).await?;
+    ensure!(
+        !texts(full_history(&mut ca, &room).await?).contains(&"after the block".to_string()),
+        "a blocked writer's new message was stored"
+    );
+    let blocked = ca.call("peers.blocked", json!({"room": room})).await?;
+    ensure!(blocked["blocked"].as_array().is_some_and(|l| l.iter().any(|x| x == author.as_str())), "{blocked}");
+
+    // Across a restart: still hidden, still refused.
+    drop(ca);
+    a.restart().await?;
+    let mut ca = a.client().await?;
+    ensure!(
+        !texts(full_history(&mut ca, &room).await?).iter().any(|t| t.contains("block") || t == "from b"),
+        "the block did not survive a restart"
+    );
+
+    // Unblocked: b's messages are shown again, and what a missed arrives.
+    ca.call("peers.unblock", json!({"peer": author, "room": room})).await?;
+    ensure!(
+        texts(full_history(&mut ca, &room).await?).contains(&"from b".to_string()),
+        "unblocking did not show b again"
+    );
+    send(&mut cb, &room, "after the unblock").await?;
+    wait_for_text(&mut ca, &room, "after the unblock", WAIT).await?;
+    ensure!(ca.call("peers.block", json!({"peer": "zz"})).await.is_err(), "a malformed writer key was accepted");
+    let mine = ca.call("rooms.members", json!({"room": room})).await?;
+    let own =
+        mine["members"].as_array().context("members")?.iter().find(|m| m["mine"] == true).context("own member")?
+            ["author"]
+            .as_str()
+            .context("own author")?
+            .to_string();
+    ensure!(ca.call("peers.block", json!({"peer": own, "room": room})).await.is_err(), "we could block ourselves");
     Ok(())
 }
