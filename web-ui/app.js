@@ -264,10 +264,14 @@ function renderMembers(list) {
       if (presence.rtt_ms != null) here.append(el("span", "pill", `${presence.rtt_ms.toFixed(1)} ms`));
     } else here.append(el("span", "pill", "offline"));
     li.append(here);
-    const safety = el("div", "m-sub");
-    safety.append("Safety number ", el("span", "safety", m.safety_number));
-    if (m.verified) safety.append(" ", el("span", "verified", "✓ verified"));
-    li.append(safety);
+    if (m.safety_number) {
+      // Ours and theirs together: they see the same 60 digits on their side.
+      const safety = el("div", "m-sub");
+      safety.append("Safety number ", el("span", "safety", m.safety_number));
+      if (m.verified) safety.append(" ", el("span", "verified", "✓ verified"));
+      else if (m.verified_before) safety.append(" ", el("span", "pill", "verified against an old, shorter number: compare again"));
+      li.append(safety);
+    }
     if (!m.mine) {
       const actions = el("div", "m-actions");
       const rename = el("button", "rename", "Nickname…");
@@ -288,7 +292,7 @@ function renderMembers(list) {
       const verify = el("button", "verify", m.verified ? "Unmark verified" : "Mark verified");
       verify.type = "button";
       verify.addEventListener("click", async () => {
-        try { await call("peers.verify", { peer: m.author, verified: !m.verified }); await refreshPeers(); } catch (e) { toast(e.message); }
+        try { await call("peers.verify", { peer: m.author, verified: !m.verified, room: state.current }); await refreshPeers(); } catch (e) { toast(e.message); }
       });
       const block = el("button", "block", m.blocked ? "Unblock" : "Block");
       block.type = "button";
@@ -300,8 +304,22 @@ function renderMembers(list) {
           await refreshPeers(); await openRoom(state.current, true);
         } catch (e) { toast(e.message); }
       });
-      actions.append(rename, verify, block);
-      li.append(actions, form);
+      const qrButton = el("button", "show-qr", "QR");
+      qrButton.type = "button";
+      qrButton.title = "Show the safety number as a QR code, for the other person to scan and compare";
+      const qr = el("img", "qr safety-qr");
+      qr.hidden = true;
+      qr.alt = `Safety number of you and ${m.display_name || short(m.author)} as a QR code`;
+      qrButton.addEventListener("click", async () => {
+        if (!qr.hidden) { qr.hidden = true; return; }
+        try {
+          const r = await call("peers.safety", { peer: m.author, room: state.current });
+          // Made by the daemon; shown as an image, never as markup.
+          if (r.qr_svg) { qr.src = "data:image/svg+xml;base64," + btoa(r.qr_svg); qr.hidden = false; }
+        } catch (e) { toast(e.message); }
+      });
+      actions.append(rename, verify, qrButton, block);
+      li.append(actions, form, qr);
     }
     ul.append(li);
   }

@@ -943,14 +943,16 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             for (feed, messages) in writers {
                 let contact = shared.store.contact(&feed).map_err(OpError::from)?;
                 let mine = feed == room.feed_key;
+                let verified = shared.store.verified(&feed).map_err(OpError::from)?;
                 members.push(json!({
                     "author": hex::encode(feed),
                     "mine": mine,
                     "display_name": names.get(&feed),
                     "nickname": contact.nickname,
-                    "verified": contact.verified,
+                    "verified": verified,
+                    "verified_before": contact.verified && !verified,
                     "blocked": shared.store.is_blocked(&room.discovery_key, &feed).map_err(OpError::from)?,
-                    "safety_number": keys::safety_number(&feed),
+                    "safety_number": (!mine).then(|| keys::safety_number(&room.feed_key, &feed)),
                     "messages": messages,
                     "presence": if mine { json!({"online": true}) } else { presence(&feed) },
                 }));
@@ -960,6 +962,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         "peers.rename" | "peers.verify" => {
             let p: ContactParams = parse(params)?;
             let feed = writer_key(&p.peer)?;
+            let room = p.room.as_deref().map(|r| shared.room(r)).transpose()?;
             let mut contact = shared.store.contact(&feed).map_err(OpError::from)?;
             if method == "peers.rename" {
                 let nick = p.nickname.map(|n| n.trim().chars().filter(|c| !c.is_control()).collect::<String>());
@@ -968,12 +971,19 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 }
                 contact.nickname = nick.filter(|n| !n.is_empty());
             } else {
-                contact.verified = p.verified.ok_or_else(|| ApiError::params("give verified: true or false"))?;
+                let verified = p.verified.ok_or_else(|| ApiError::params("give verified: true or false"))?;
+                shared.store.set_verified(&feed, verified).map_err(OpError::from)?;
+                // A mark against an old 12-digit number is replaced by this one.
+                contact.verified = false;
             }
             shared.store.put_contact(&feed, &contact).map_err(OpError::from)?;
-            Ok(
-                json!({"peer": p.peer, "nickname": contact.nickname, "verified": contact.verified, "safety_number": keys::safety_number(&feed)}),
-            )
+            let verified = shared.store.verified(&feed).map_err(OpError::from)?;
+            Ok(json!({
+                "peer": p.peer,
+                "nickname": contact.nickname,
+                "verified": verified,
+                "safety_number": room.map(|r| keys::safety_number(&r.feed_key, &feed)),
+            }))
         }
         "peers.block" | "peers.unblock" => {
             let p: BlockParams = parse(params)?;
@@ -982,6 +992,13 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             let blocked = method == "peers.block";
             shared.block_writer(room.as_deref(), &feed, blocked).await?;
             Ok(json!({"peer": p.peer, "room": room.map(|r| r.id.clone()), "blocked": blocked}))
+        }
+        "peers.safety" => {
+            let p: BlockParams = parse(params)?;
+            let feed = writer_key(&p.peer)?;
+            let room = shared.room(p.room.as_deref().ok_or_else(|| ApiError::params("give the room"))?)?;
+            let number = keys::safety_number(&room.feed_key, &feed);
+            Ok(json!({"peer": p.peer, "room": room.id, "safety_number": number, "qr_svg": qr_svg(&number)}))
         }
         "peers.blocked" => {
             let p: OptionalRoomParam = parse(params)?;
@@ -1033,6 +1050,7 @@ struct OptionalRoomParam {
 #[derive(Deserialize)]
 struct ContactParams {
     peer: String,
+    room: Option<String>,
     nickname: Option<String>,
     verified: Option<bool>,
 }

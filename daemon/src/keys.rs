@@ -2,9 +2,11 @@
 //! random for invites), the keys derived from them with HKDF, and the membership proof.
 //! The derivations are a contract (`docs/PROTOCOL.md`): changing one splits rooms.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::Mutex;
 
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
@@ -312,13 +314,47 @@ pub fn passphrase_bits(passphrase: &str) -> u32 {
     (entropy.guesses_log10() * std::f64::consts::LOG2_10) as u32
 }
 
-/// The safety number of a writer key: 12 digits that two people can compare out of band
-/// (read aloud, side by side) to check that the key they see is the other's.
-pub fn safety_number(feed_key: &[u8; 32]) -> String {
-    let h = blake3::derive_key("peerlog safety number v1", feed_key);
-    let n = u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) % 1_000_000_000_000;
-    let d = format!("{n:012}");
-    format!("{} {} {}", &d[..4], &d[4..8], &d[8..])
+/// Iterations of SHA-512 per side of a safety number (as Signal's): grinding a key whose
+/// half matches costs this many hashes per try, on top of 2^100 tries.
+const SAFETY_ITERATIONS: usize = 5200;
+
+/// One side of a safety number: 30 digits from a stretched hash of a writer key.
+fn safety_half(key: &Key32) -> String {
+    use sha2::{Digest, Sha512};
+    static CACHE: Mutex<Option<HashMap<Key32, String>>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    let cache = cache.get_or_insert_with(HashMap::new);
+    if let Some(half) = cache.get(key) {
+        return half.clone();
+    }
+    let mut h =
+        Sha512::new().chain_update(2u16.to_be_bytes()).chain_update(key).chain_update(b"peerlog writer").finalize();
+    for _ in 1..SAFETY_ITERATIONS {
+        h = Sha512::new().chain_update(h).chain_update(key).finalize();
+    }
+    // Six 5-digit groups, each from 5 bytes (Signal's encoding).
+    let half: String = h[..30]
+        .chunks(5)
+        .map(|c| {
+            let n = c.iter().fold(0u64, |n, b| n << 8 | u64::from(*b)) % 100_000;
+            format!("{n:05}")
+        })
+        .collect();
+    if cache.len() >= 10_000 {
+        cache.clear();
+    }
+    cache.insert(*key, half.clone());
+    half
+}
+
+/// The safety number of two writers (ours and theirs in a room): 60 digits in twelve
+/// groups of five, the same on both sides, that two people compare out of band (side by
+/// side, read aloud, or one scanning the other's QR code) to check that each sees the
+/// other's real key. Built as Signal's: each half is 5,200 rounds of SHA-512 over one key.
+pub fn safety_number(ours: &Key32, theirs: &Key32) -> String {
+    let (a, b) = (safety_half(ours), safety_half(theirs));
+    let digits = if a <= b { a + &b } else { b + &a };
+    digits.as_bytes().chunks(5).map(|c| std::str::from_utf8(c).unwrap_or("")).collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -419,6 +455,19 @@ mod tests {
         assert!(public.starts_with("WEAK PASSPHRASE") && public.contains("public libp2p DHT"), "{public}");
         assert!(passphrase_warning(passphrase_bits("Summer2024!"), false).is_some());
         assert_eq!(passphrase_warning(passphrase_bits("sofa marble orbit glacier tuxedo lantern"), true), None);
+    }
+
+    #[test]
+    fn safety_numbers_are_per_pair_symmetric_and_60_digits() {
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let ab = safety_number(&a, &b);
+        assert_eq!(ab, safety_number(&b, &a), "both sides see the same number");
+        assert_ne!(ab, safety_number(&a, &c));
+        assert_eq!(ab.len(), 60 + 11, "{ab}");
+        assert!(ab.split(' ').all(|g| g.len() == 5 && g.bytes().all(|d| d.is_ascii_digit())), "{ab}");
+        // One key's half is the same in every pair it is part of.
+        let (h, ac) = (super::safety_half(&a), safety_number(&a, &c).replace(' ', ""));
+        assert!(ab.replace(' ', "").contains(&h) && ac.contains(&h));
     }
 
     #[test]

@@ -631,18 +631,55 @@ async fn writers_show_online_and_messages_are_marked_seen() -> Result<()> {
         .map(|m| m["safety_number"].clone());
     let peers = ca.call("peers.list", json!({"room": room})).await?;
     ensure!(peers["peers"][0]["author"] == b_writer, "peers.list must name b's writer: {peers}");
-    // b sees a under her display name, and the same safety number for its own key as a does.
+    // b sees a under her display name, and the same safety number for the pair as a does.
     let b_members = cb.call("rooms.members", json!({"room": room})).await?;
-    let b_self = b_members["members"]
+    let b_sees = b_members["members"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|m| m["mine"] == true)
+        .find(|m| m["mine"] == false)
         .map(|m| m["safety_number"].clone());
-    ensure!(safety.is_some() && safety == b_self, "safety numbers differ: a sees {safety:?}, b {b_self:?}");
+    ensure!(
+        safety.as_ref().and_then(|s| s.as_str()).is_some_and(|s| s.len() == 71) && safety == b_sees,
+        "safety numbers differ: a sees {safety:?}, b {b_sees:?}"
+    );
     ensure!(
         b_members["members"].as_array().into_iter().flatten().any(|m| m["display_name"] == "Ada"),
         "b must know a's display name: {b_members}"
     );
+    Ok(())
+}
+
+/// A verified mark made against the 12-digit safety numbers of earlier versions no longer
+/// counts (the 60-digit number is a different one to compare): it shows as
+/// `verified_before`, and marking the new number replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mark_on_an_old_safety_number_asks_to_compare_again() -> Result<()> {
+    let mut a = TestDaemon::start_bootstrap_node().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, PASS).await?;
+    join(&mut cb, PASS).await?;
+    send(&mut cb, &room, "hi").await?;
+    let author = wait_for_text(&mut ca, &room, "hi", WAIT).await?["author"].as_str().context("author")?.to_string();
+    drop(ca);
+    a.stop().await?;
+    {
+        let store = Store::open(&a.data_dir().join("db"))?;
+        let feed: [u8; 32] = hex::decode(&author)?.try_into().map_err(|_| anyhow::anyhow!("key"))?;
+        store.put_contact(&feed, &peerlog::log::store::Contact { nickname: None, verified: true })?;
+        store.flush().await?;
+    }
+    a.restart().await?;
+    let mut ca = a.client().await?;
+    let member = |m: &serde_json::Value| -> Option<serde_json::Value> {
+        m["members"].as_array()?.iter().find(|x| x["author"] == author.as_str()).cloned()
+    };
+    let m = member(&ca.call("rooms.members", json!({"room": room})).await?).context("b among a's members")?;
+    ensure!(m["verified"] == false && m["verified_before"] == true, "an old mark still counts: {m}");
+    let r = ca.call("peers.verify", json!({"peer": author, "verified": true, "room": room})).await?;
+    ensure!(r["verified"] == true && r["safety_number"] == m["safety_number"], "{r}");
+    let m = member(&ca.call("rooms.members", json!({"room": room})).await?).context("b among a's members")?;
+    ensure!(m["verified"] == true && m["verified_before"] == false, "{m}");
     Ok(())
 }

@@ -401,6 +401,13 @@ fn contact_key(feed: &Key32) -> [u8; 33] {
     k
 }
 
+/// `v || feed`: the user compared this writer's 60-digit safety number.
+fn verified_key(feed: &Key32) -> [u8; 33] {
+    let mut k = contact_key(feed);
+    k[0] = b'v';
+    k
+}
+
 /// `c || room || chunk id`: a file of the room names the chunk.
 fn room_chunk_key(room: &Key32, chunk: &Key32) -> [u8; 65] {
     let mut k = [0u8; 65];
@@ -858,6 +865,24 @@ impl Store {
     /// Sets the local nickname and verified mark of a writer.
     pub fn put_contact(&self, feed: &Key32, contact: &Contact) -> Result<(), StoreError> {
         self.log.insert(contact_key(feed), encode(contact))?;
+        self.touch();
+        Ok(())
+    }
+
+    /// Whether the user compared this writer's safety number (the 60-digit one; a mark
+    /// made against the 12-digit numbers of earlier versions is `Contact::verified`, kept
+    /// but no longer counted).
+    pub fn verified(&self, feed: &Key32) -> Result<bool, StoreError> {
+        Ok(self.log.contains_key(verified_key(feed))?)
+    }
+
+    /// Sets or clears the mark of [`Store::verified`].
+    pub fn set_verified(&self, feed: &Key32, verified: bool) -> Result<(), StoreError> {
+        if verified {
+            self.log.insert(verified_key(feed), &[][..])?;
+        } else {
+            self.log.remove(verified_key(feed))?;
+        }
         self.touch();
         Ok(())
     }

@@ -162,8 +162,28 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
         UI_WAIT,
     )
     .await?;
-    let safety = br.eval(&pb, "document.querySelector('#member-list .member:not(:first-child) .safety, #member-list .member .safety').textContent").await?;
-    ensure!(safety.as_str().is_some_and(|s| s.len() == 14), "a safety number of 12 digits in groups: {safety}");
+    let safety = br.eval(&pb, "document.querySelector('#member-list .member .safety').textContent").await?;
+    let safety = safety.as_str().context("a safety number")?.to_string();
+    ensure!(safety.len() == 71, "a safety number of 60 digits in groups of five: {safety}");
+    // Ada's side shows the same number for the pair.
+    let mut ca = a.client().await?;
+    let rooms = ca.call("rooms.list", json!({})).await?;
+    let room = rooms["rooms"][0]["id"].as_str().context("Ada's room")?.to_string();
+    let members = ca.call("rooms.members", json!({"room": room})).await?;
+    let ada_sees = members["members"].as_array().context("members")?.iter().find(|m| m["mine"] == false);
+    ensure!(
+        ada_sees.is_some_and(|m| m["safety_number"] == safety.as_str()),
+        "Ada and Bob see different safety numbers: {safety} and {members}"
+    );
+    drop(ca);
+    br.eval(&pb, &click("#member-list .member .show-qr")).await?;
+    br.wait_for(
+        &pb,
+        "(() => { const q = document.querySelector('#member-list .safety-qr'); return !!q && !q.hidden && q.src.startsWith('data:image/svg+xml'); })()",
+        "the safety number's QR code",
+        UI_WAIT,
+    )
+    .await?;
     br.wait_for(
         &pb,
         "[...document.querySelectorAll('#member-list .member')].some((m) => m.textContent.includes('online · direct'))",
