@@ -179,7 +179,10 @@ async fn ws_upgrade(
         Err(rejection) => return rejection.into_response(),
     };
     let limit = state.shared.config.limits.ws_message_bytes;
-    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| {
+    // Frames may be up to twice the message limit, so that a message over it (one frame,
+    // as browsers send) is read whole and answered with close code 1009 rather than cut
+    // mid-frame; a frame over that ends the connection at once.
+    ws.max_message_size(limit).max_frame_size(limit.saturating_mul(2)).on_upgrade(move |socket| {
         let client_id: u32 = rand::random();
         let clients = state.clients.clone();
         clients.track_future(
@@ -188,10 +191,11 @@ async fn ws_upgrade(
     })
 }
 
-/// A frame for a client: JSON text, or the bytes of a streamed file.
+/// A frame for a client: JSON text, the bytes of a streamed file, or a close with a code.
 enum Out {
     Text(String),
     Binary(bytes::Bytes),
+    Close(u16, String),
 }
 
 /// Where a client's frames go: a bounded queue, bounded in bytes too (each frame holds
@@ -208,6 +212,7 @@ impl Outbox {
         let len = match &out {
             Out::Text(t) => t.len(),
             Out::Binary(b) => b.len(),
+            Out::Close(_, reason) => reason.len(),
         };
         let permits = len.clamp(1, CLIENT_QUEUE_BYTES) as u32;
         let permit = self.budget.clone().acquire_many_owned(permits).await.map_err(|_| ())?;
@@ -223,6 +228,7 @@ impl Outbox {
 /// One WebSocket client: requests run concurrently (bounded), replies and events share
 /// one outgoing queue.
 async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
+    let limit = state.shared.config.limits.ws_message_bytes;
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (tx, mut out_rx) = mpsc::channel(CLIENT_QUEUE);
     let out_tx = Outbox { tx, budget: Arc::new(Semaphore::new(CLIENT_QUEUE_BYTES)) };
@@ -232,6 +238,11 @@ async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
             let msg = match out {
                 Out::Text(text) => WsMessage::Text(text.into()),
                 Out::Binary(bytes) => WsMessage::Binary(bytes),
+                Out::Close(code, reason) => {
+                    let frame = axum::extract::ws::CloseFrame { code, reason: reason.into() };
+                    let _ = ws_tx.send(WsMessage::Close(Some(frame))).await;
+                    return;
+                }
             };
             if ws_tx.send(msg).await.is_err() {
                 return;
@@ -260,6 +271,21 @@ async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
             None | Some(Ok(WsMessage::Close(_))) => break,
             Some(Err(e)) => {
                 debug!(error = %e, "WebSocket error");
+                if is_too_long(&e) {
+                    // Say why (1009, as RFC 6455 asks), then read on until the client
+                    // answers the close: closing with its bytes unread would reset the TCP
+                    // connection, and the client would never see the reason.
+                    let reason = format!("message over the {} byte limit (limits.ws_message_bytes)", limit);
+                    let _ = out_tx.send(Out::Close(1009, reason)).await;
+                    let drain = async {
+                        while let Some(Ok(m)) = ws_rx.next().await {
+                            if matches!(m, WsMessage::Close(_)) {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(CLOSE_DRAIN, drain).await;
+                }
                 break;
             }
             Some(Ok(WsMessage::Text(t))) => t,
@@ -323,6 +349,22 @@ async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
     let _ = events_task.await;
     drop(out_tx);
     let _ = writer.await;
+}
+
+/// How long a client that sent a message over the limit has to answer our close.
+const CLOSE_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether a WebSocket error is a message or frame over the size limit.
+fn is_too_long(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source = e.source();
+    while let Some(s) = source {
+        if let Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) = s.downcast_ref() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {

@@ -34,6 +34,14 @@ pub enum ClientError {
     /// The connection closed.
     #[error("connection closed by the daemon")]
     Closed,
+    /// The daemon closed the connection with a WebSocket close code and reason.
+    #[error("connection closed by the daemon: {code} {reason}")]
+    ClosedWith {
+        /// The close code (1009: a message over the size limit).
+        code: u16,
+        /// Why.
+        reason: String,
+    },
     /// No answer in time.
     #[error("timed out waiting for {0}")]
     Timeout(String),
@@ -76,7 +84,10 @@ impl Client {
                     self.binary.push_back(b.to_vec());
                     continue;
                 }
-                Message::Close(_) => return Err(ClientError::Closed),
+                Message::Close(Some(frame)) => {
+                    return Err(ClientError::ClosedWith { code: frame.code.into(), reason: frame.reason.to_string() })
+                }
+                Message::Close(None) => return Err(ClientError::Closed),
                 _ => continue,
             };
             let value: Value = serde_json::from_str(&text).map_err(|_| ClientError::Unexpected(text.to_string()))?;

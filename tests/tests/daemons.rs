@@ -309,10 +309,18 @@ async fn api_refuses_strangers_and_survives_bad_frames() -> Result<()> {
     ensure!(matches!(err, peerlog::client::ClientError::Rpc { code: codes::BAD_INVITE, .. }), "{err}");
     // The same connection still works.
     send(&mut c, &room, "still here").await?;
-    // A frame over the WebSocket limit closes that connection only.
-    let mut big = d.client().await?;
-    big.send_raw(&"x".repeat(2 << 20)).await.ok();
-    ensure!(big.next_response().await.is_err(), "oversized frame must close the connection");
+    // A message over the WebSocket limit closes that connection only, with code 1009 and
+    // the reason (a message just over it, and one of twice the limit).
+    for size in [(1 << 20) + 1, 2 << 20] {
+        let mut big = d.client().await?;
+        big.send_raw(&"x".repeat(size)).await.ok();
+        match big.next_response().await {
+            Err(peerlog::client::ClientError::ClosedWith { code: 1009, reason }) => {
+                ensure!(reason.contains("limit"), "close reason: {reason}")
+            }
+            other => anyhow::bail!("a {size}-byte message must close with 1009, got {other:?}"),
+        }
+    }
     let mut c2 = d.client().await?;
     let info = c2.call("node.info", json!({})).await?;
     ensure!(
