@@ -1340,3 +1340,51 @@ mod tests {
         }
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/` (not part of the API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Methods left out of fuzzing because they take seconds by design: Argon2 joins,
+    /// connectivity checks, file transfers that wait for peers or bytes.
+    const SLOW: &[&str] = &["rooms.join", "node.doctor", "files.get", "files.send", "files.url"];
+
+    /// A real daemon (private network, loopback, a fresh temporary data dir) whose API
+    /// dispatch answers requests as a browser's credential would.
+    pub struct Harness {
+        rt: tokio::runtime::Runtime,
+        daemon: crate::Daemon,
+        filter: EventFilter,
+    }
+
+    impl Harness {
+        /// Starts the daemon.
+        pub fn start() -> anyhow::Result<Self> {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let dir = std::env::temp_dir().join(format!("peerlog-fuzz-api-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let config = crate::config::Config {
+                data_dir: Some(dir),
+                api_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+                listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
+                mdns: false,
+                network: crate::config::Network::Private,
+                ..crate::config::Config::default()
+            };
+            let daemon = rt.block_on(crate::Daemon::start(config))?;
+            Ok(Self { rt, daemon, filter: EventFilter::default() })
+        }
+
+        /// The reply to one WebSocket text frame.
+        pub fn request(&self, text: &str) -> String {
+            let method = serde_json::from_str::<Value>(text).ok().and_then(|v| v["method"].as_str().map(String::from));
+            if method.as_deref().is_some_and(|m| SLOW.contains(&m)) {
+                return to_json(&RpcResponse::err(Value::Null, codes::INTERNAL, "not fuzzed"));
+            }
+            let shared = self.daemon.shared().clone();
+            let (reply, _) = self.rt.block_on(handle_text(&shared, &self.filter, None, text, Grant::Api));
+            to_json(&reply)
+        }
+    }
+}
