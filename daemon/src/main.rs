@@ -133,6 +133,9 @@ enum Command {
         /// How many recent messages to print first.
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
+        /// Print the whole history (paged from the newest back), oldest first.
+        #[arg(long, conflicts_with = "lines")]
+        all: bool,
         /// Print one JSON object per message.
         #[arg(long)]
         json: bool,
@@ -440,7 +443,7 @@ async fn run(cli: Cli) -> Result<()> {
             c.close().await.ok();
             Ok(())
         }
-        Command::Tail { client, room, follow, lines, json } => {
+        Command::Tail { client, room, follow, lines, all, json } => {
             let mut c = client.connect().await?;
             let room_id = {
                 let r = c.call("rooms.list", json!({})).await?;
@@ -455,7 +458,22 @@ async fn run(cli: Cli) -> Result<()> {
                     .and_then(|x| x["id"].as_str().map(String::from))
                     .with_context(|| format!("no joined room matches {room:?}"))?
             };
-            if lines > 0 {
+            if all {
+                // Pages back from the newest until a page is empty, then prints oldest first.
+                let mut pages: Vec<Vec<Value>> = Vec::new();
+                let mut before: Option<String> = None;
+                loop {
+                    let r =
+                        c.call("messages.history", json!({"room": room_id, "limit": 1000, "before": before})).await?;
+                    let page = r["messages"].as_array().cloned().unwrap_or_default();
+                    let Some(first) = page.first() else { break };
+                    before = first["id"].as_str().map(String::from);
+                    pages.push(page);
+                }
+                for m in pages.iter().rev().flatten() {
+                    print_message(m, json);
+                }
+            } else if lines > 0 {
                 let r = c.call("messages.history", json!({"room": room_id, "limit": lines.min(1000)})).await?;
                 for m in r["messages"].as_array().into_iter().flatten() {
                     print_message(m, json);
