@@ -650,7 +650,12 @@ impl Shared {
                 )
             }
         };
-        Ok(self.store.history(&room.discovery_key, content_key, before_key.as_ref(), limit)?)
+        let page = self.store.history(&room.discovery_key, content_key, before_key.as_ref(), limit)?;
+        // Damaged blocks found on the way were forgotten: fetch them again from peers.
+        for feed in self.store.take_forgotten() {
+            room.refetch(&feed);
+        }
+        Ok(page)
     }
 
     /// Blocks (or unblocks) a writer in `room`, or in every room: its entries are no longer

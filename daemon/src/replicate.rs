@@ -835,7 +835,11 @@ impl Session {
                     }
                 },
                 feed = released.recv() => match feed {
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.schedule(),
+                    Ok(feed) => {
+                        self.rewant(&feed)?;
+                        self.schedule();
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.schedule(),
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
                 event = chunk_events.recv() => match event {
@@ -1112,6 +1116,20 @@ impl Session {
         Ok(())
     }
 
+    /// Wants `feed` again if the peer has entries of it that we lack (after damaged blocks
+    /// were forgotten, say).
+    fn rewant(&mut self, feed: &Key32) -> Result<(), SessionError> {
+        let Some(&theirs) = self.peer_len.get(feed) else { return Ok(()) };
+        if self.wanting.contains(feed) || self.room.refuses(feed) {
+            return Ok(());
+        }
+        let meta = self.store().feed_meta(feed)?.unwrap_or_default();
+        if !meta.missing(theirs).is_empty() {
+            self.wanting.insert(*feed);
+        }
+        Ok(())
+    }
+
     /// Claims pieces of what the peer has and we lack (see [`crate::fetch`]) up to
     /// [`PIECES_PER_SESSION`] at a time, and asks for them.
     fn schedule(&mut self) {
@@ -1246,6 +1264,10 @@ impl Session {
             // (it used to end every session that asked for it).
             Err(crate::log::store::StoreError::Corrupt(what)) => {
                 warn!(peer = %self.peer, feed = %hex::encode(&feed[..8]), start = lo, what, "a stored block is damaged; not served");
+                // Forget it, and have the room's sessions fetch it again from whoever holds it.
+                if !self.r.inner.store.forget_damaged(&feed)?.is_empty() {
+                    self.room.refetch(&feed);
+                }
                 let below = job.end;
                 self.serving.pop_front();
                 return Ok(Some(Frame::NoData { feed_key: feed, below }));

@@ -612,6 +612,12 @@ impl Room {
         let _ = self.released.send(*feed);
     }
 
+    /// Tells the room's sessions to look at `feed` again: entries of it went missing here
+    /// (damaged blocks forgotten) and are to be fetched from peers.
+    pub fn refetch(&self, feed: &Key32) {
+        let _ = self.released.send(*feed);
+    }
+
     /// Releases every claim of a session that ended, and drops what it sent that is held.
     pub fn release_fetches(&self, session: u64) {
         let feeds = self.fetches.lock().unwrap_or_else(|p| p.into_inner()).release_session(session);
@@ -766,14 +772,32 @@ impl Room {
         let clock_limit = self.lamport.load(Ordering::Acquire).saturating_add(LAMPORT_LEAD).min(LAMPORT_MAX);
         // Our own feed, fetched back from a peer, is ours to hold whatever its size.
         let quota = if *feed == self.feed_key { WriterQuota::NONE } else { self.store.writer_quota() };
-        let ingested = self
-            .store
-            .ingest_bounded(&self.discovery_key, cipher.as_ref(), feed, start, entries, anchor, clock_limit, &quota)
-            .inspect_err(|e| {
-                if let IngestError::Quota(kind) = e {
-                    self.reached_quota(feed, *kind);
-                }
-            })?;
+        let attempt = || {
+            self.store.ingest_bounded(
+                &self.discovery_key,
+                cipher.as_ref(),
+                feed,
+                start,
+                entries,
+                anchor,
+                clock_limit,
+                &quota,
+            )
+        };
+        let ingested = match attempt() {
+            // A damaged stored block next to the batch: forget it (it is fetched again) and
+            // take the batch on its own anchor, rather than refuse this writer for good.
+            Err(IngestError::Store(StoreError::Corrupt(_))) if !self.store.forget_damaged(feed)?.is_empty() => {
+                self.refetch(feed);
+                attempt()
+            }
+            other => other,
+        }
+        .inspect_err(|e| {
+            if let IngestError::Quota(kind) = e {
+                self.reached_quota(feed, *kind);
+            }
+        })?;
         if ingested.stored > 0 {
             self.record_progress(feed, None, Some((ingested.stored, ingested.bytes)));
         }

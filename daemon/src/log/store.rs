@@ -200,6 +200,24 @@ impl FeedMeta {
         self.ranges = merged;
     }
 
+    /// Marks `start..end` missing again.
+    pub fn remove_range(&mut self, start: u64, end: u64) {
+        let mut kept = Vec::with_capacity(self.ranges.len() + 1);
+        for &(s, e) in &self.ranges {
+            if e <= start || s >= end {
+                kept.push((s, e));
+                continue;
+            }
+            if s < start {
+                kept.push((s, start));
+            }
+            if e > end {
+                kept.push((end, e));
+            }
+        }
+        self.ranges = kept;
+    }
+
     /// The gaps in `0..end`, newest first.
     pub fn missing(&self, end: u64) -> Vec<(u64, u64)> {
         let mut gaps = Vec::new();
@@ -329,6 +347,9 @@ pub struct Store {
     disk: Arc<DiskSpace>,
     /// What one writer may make us store (see [`WriterQuota`]).
     quota: WriterQuota,
+    /// Feeds whose damaged blocks were forgotten, for the rooms to fetch again
+    /// ([`Store::take_forgotten`]).
+    forgotten: Arc<Mutex<Vec<Key32>>>,
 }
 
 /// The storage format this build reads and writes.
@@ -659,6 +680,50 @@ impl Store {
         self.quota
     }
 
+    /// Finds a feed's damaged blocks (their checksum fails: a torn write, a bad disk),
+    /// forgets them and marks their entries missing, so that catch-up fetches them again
+    /// from peers (the stored head, or the successor's `prev`, verifies what comes back).
+    /// Returns the ranges forgotten.
+    pub fn forget_damaged(&self, feed: &Key32) -> Result<Vec<(u64, u64)>, StoreError> {
+        let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut meta) = self.feed_meta(feed)? else { return Ok(Vec::new()) };
+        let mut blocks = Vec::new();
+        for kv in self.log.scan_prefix(&block_key(feed, 0)[..33]) {
+            let (k, v) = kv?;
+            blocks.push((key_seq(&k)?, decode::<BlockPtr>(&v, "block pointer")?));
+        }
+        let mut forgotten = Vec::new();
+        for (i, (at, ptr)) in blocks.iter().enumerate() {
+            if self.blocks.read(feed, ptr).is_ok() {
+                continue;
+            }
+            let run_end = meta.ranges.iter().find(|&&(s, e)| s <= *at && *at < e).map_or(*at, |&(_, e)| e);
+            let end = blocks.get(i + 1).map(|(next, _)| *next).filter(|n| *n <= run_end).unwrap_or(run_end);
+            forgotten.push((*at, end));
+        }
+        if forgotten.is_empty() {
+            return Ok(forgotten);
+        }
+        let mut batch = sled::Batch::default();
+        for &(at, end) in &forgotten {
+            batch.remove(&block_key(feed, at)[..]);
+            batch.remove(&index_key(feed, at)[..]);
+            meta.remove_range(at, end);
+        }
+        batch.insert(&meta_key(feed)[..], encode(&meta));
+        self.log.apply_batch(batch)?;
+        // Counted again on next use.
+        self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(feed);
+        self.forgotten.lock().unwrap_or_else(|p| p.into_inner()).push(*feed);
+        tracing::warn!(feed = %hex::encode(&feed[..8]), ?forgotten, "damaged blocks forgotten: they will be fetched again from peers");
+        Ok(forgotten)
+    }
+
+    /// Feeds whose damaged blocks were forgotten since the last call.
+    pub fn take_forgotten(&self) -> Vec<Key32> {
+        std::mem::take(&mut *self.forgotten.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     /// Blocks (or unblocks) a writer in a room, or with `room` all zeros in every room:
     /// their entries are no longer stored, served or shown. Kept across restarts.
     pub fn set_blocked(&self, room: &Key32, writer: &Key32, blocked: bool) -> Result<(), StoreError> {
@@ -739,6 +804,7 @@ impl Store {
             feed_bytes: Default::default(),
             disk: Arc::new(DiskSpace::new(dir, reserve_bytes)),
             quota: WriterQuota::NONE,
+            forgotten: Arc::default(),
         })
     }
 
@@ -1366,6 +1432,7 @@ impl Store {
         // Newest first, so that a page cut by its byte budget keeps the newest messages.
         // Consecutive seqs of one feed come from one read of the run that ends at `seq`.
         let mut cache: Option<(Key32, u64, Vec<Entry>)> = None;
+        let mut damaged: Vec<Key32> = Vec::new();
         for &(_, _, feed, seq) in keys.iter().rev() {
             if bytes >= HISTORY_PAGE_BYTES {
                 break;
@@ -1383,6 +1450,7 @@ impl Store {
                         // not the page: the others are still shown.
                         Ok(_) | Err(StoreError::Corrupt(_)) => {
                             tracing::warn!(feed = %hex::encode(&feed[..8]), seq, "a stored block is damaged; its messages are left out of history");
+                            damaged.push(feed);
                             cache = None;
                             continue;
                         }
@@ -1400,6 +1468,15 @@ impl Store {
                 continue;
             };
             out.push(StoredMessage { feed_key: feed, seq, message });
+        }
+        // Damaged blocks are forgotten, so that the next catch-up fetches them again (a
+        // short read without damage finds nothing to forget).
+        damaged.sort_unstable();
+        damaged.dedup();
+        for feed in damaged {
+            if let Err(e) = self.forget_damaged(&feed) {
+                tracing::warn!(feed = %hex::encode(&feed[..8]), error = %e, "cannot forget damaged blocks");
+            }
         }
         out.reverse();
         Ok(out)
@@ -1656,7 +1733,9 @@ mod tests {
         let feed = w.verifying_key().to_bytes();
         let c = FeedCipher::new(&[1; 32], &feed);
         s.append(&room, &w, &c, 1, vec![text("one"), text("two")]).unwrap();
-        assert_eq!(s.entries(&feed, 0, 2).unwrap().len(), 2);
+        // What a peer holds: a good copy.
+        let good = s.entries(&feed, 0, 2).unwrap();
+        assert_eq!(good.len(), 2);
         let path = d.0.join("blocks").join(hex::encode(feed));
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
@@ -1671,6 +1750,13 @@ mod tests {
         let page = s.history(&room, &[1; 32], None, 50).expect("a damaged block must not break history");
         let texts: Vec<_> = page.iter().map(|m| m.message.body.clone()).collect();
         assert_eq!(texts, vec![Some(text("intact"))]);
+        // The damaged block was forgotten: its entries are missing, to be fetched again,
+        // and a good copy (as a peer sends it) is taken back.
+        let meta = s.feed_meta(&feed).unwrap().unwrap();
+        assert_eq!(meta.missing(2), vec![(0, 2)], "the damaged entries are marked missing");
+        s.ingest(&room, Some(&c), &feed, 0, &good, None).expect("re-fetched entries anchor on the stored head");
+        let page = s.history(&room, &[1; 32], None, 50).unwrap();
+        assert_eq!(page.len(), 3, "the damaged messages are back");
     }
 
     #[test]

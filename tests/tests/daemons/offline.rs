@@ -385,3 +385,49 @@ async fn a_writer_restored_from_a_backup_fetches_its_own_feed_before_writing_on(
     ensure!(texts(&full_history(&mut cw, &room).await?) == at_peer, "the writer's history differs from the peer's");
     Ok(())
 }
+
+/// A block damaged on disk (a torn write, a bad sector) is found when it is read (here by
+/// the check of a new entry against its predecessor), forgotten, and fetched again from a
+/// peer that holds it: the messages come back, and the writer's new ones still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_block_is_fetched_again_from_a_peer() -> Result<()> {
+    let a = TestDaemon::start_bootstrap_node().await?;
+    let mut b = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, super::PASS).await?;
+    join(&mut cb, super::PASS).await?;
+    for t in ["one", "two", "three"] {
+        send(&mut ca, &room, t).await?;
+    }
+    let author = wait_for_text(&mut cb, &room, "three", WAIT).await?["author"].as_str().context("author")?.to_string();
+    drop(cb);
+    b.stop().await?;
+    // Flip the last byte of b's copy of a's feed.
+    let path = b.data_dir().join("db").join("blocks").join(&author);
+    let mut bytes = std::fs::read(&path).with_context(|| format!("b's copy of a's feed at {}", path.display()))?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&path, bytes)?;
+    b.restart().await?;
+    let mut cb = b.client().await?;
+    // The session with a is up and has exchanged heads before anything reads the damaged
+    // block: only the damage, once found, can make b fetch those entries again. a's next
+    // message links to the damaged entry, which b must check it against: b takes it
+    // anyway (used to end the session, for good) and fetches the damaged ones again.
+    send(&mut ca, &room, "four").await?;
+    cb.wait_event(WAIT, "a's fourth message at b", |e| e.event == "message" && e.params["text"] == "four").await?;
+    let texts =
+        |h: Vec<Value>| -> Vec<String> { h.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect() };
+    let back = within(WAIT, "the damaged messages to be fetched again from a", async {
+        loop {
+            let now = texts(full_history(&mut cb, &room).await?);
+            if ["one", "two", "three", "four"].iter().all(|t| now.contains(&t.to_string())) {
+                return anyhow::Ok(now);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    ensure!(back.len() == 4, "{back:?}");
+    Ok(())
+}
