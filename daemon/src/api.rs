@@ -1028,7 +1028,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             }))
         }
         "peers.block" | "peers.unblock" => {
-            let p: BlockParams = parse(params)?;
+            let p: PeerRoomParams = parse(params)?;
             let feed = writer_key(&p.peer)?;
             let room = p.room.as_deref().map(|r| shared.room(r)).transpose()?;
             let blocked = method == "peers.block";
@@ -1036,7 +1036,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             Ok(json!({"peer": p.peer, "room": room.map(|r| r.id.clone()), "blocked": blocked}))
         }
         "peers.safety" => {
-            let p: BlockParams = parse(params)?;
+            let p: PeerRoomParams = parse(params)?;
             let feed = writer_key(&p.peer)?;
             let room = shared.room(p.room.as_deref().ok_or_else(|| ApiError::params("give the room"))?)?;
             let number = keys::safety_number(&room.feed_key, &feed);
@@ -1079,7 +1079,7 @@ struct ProfileParams {
 }
 
 #[derive(Deserialize)]
-struct BlockParams {
+struct PeerRoomParams {
     peer: String,
     room: Option<String>,
 }

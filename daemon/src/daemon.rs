@@ -691,15 +691,7 @@ impl Shared {
     pub async fn doctor(&self) -> Result<Vec<Check>, OpError> {
         const WAIT: Duration = Duration::from_secs(10);
         let mut checks = Vec::new();
-        let bootstrap: Vec<PeerId> = self
-            .config
-            .bootstrap
-            .iter()
-            .filter_map(|a| match a.iter().last() {
-                Some(libp2p::multiaddr::Protocol::P2p(p)) => Some(p),
-                _ => None,
-            })
-            .collect();
+        let bootstrap: Vec<PeerId> = self.config.bootstrap.iter().filter_map(node::peer_of).collect();
         let public = self.config.network == Network::Public;
         if bootstrap.is_empty() && public {
             checks.push(Check::ok("bootstrap", "none configured: rooms are found on the public DHT".into()));

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
@@ -321,9 +321,8 @@ const SAFETY_ITERATIONS: usize = 5200;
 /// One side of a safety number: 30 digits from a stretched hash of a writer key.
 fn safety_half(key: &Key32) -> String {
     use sha2::{Digest, Sha512};
-    static CACHE: Mutex<Option<HashMap<Key32, String>>> = Mutex::new(None);
+    static CACHE: LazyLock<Mutex<HashMap<Key32, String>>> = LazyLock::new(Mutex::default);
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    let cache = cache.get_or_insert_with(HashMap::new);
     if let Some(half) = cache.get(key) {
         return half.clone();
     }

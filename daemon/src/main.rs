@@ -350,7 +350,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Join { client, passphrase, invite, name, i_know_it_is_weak } => {
-            let params = match (passphrase, invite) {
+            let mut params = match (passphrase, invite) {
                 (_, Some(invite)) => json!({"invite": invite, "name": name}),
                 (Some(p), None) => json!({"passphrase": p, "name": name}),
                 (None, None) => {
@@ -366,7 +366,6 @@ async fn run(cli: Cli) -> Result<()> {
                     json!({"passphrase": p, "name": name})
                 }
             };
-            let mut params = params;
             if i_know_it_is_weak {
                 params["weak_ok"] = json!(true);
             }

@@ -592,7 +592,7 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
         address_book: HashMap::new(),
         declared_external: config.external_addrs.clone(),
         announce_private: config.announce_private,
-        bootstrap: config.bootstrap.iter().filter_map(peer_of).collect(),
+        bootstrap: Vec::new(),
         accepted_relays: HashSet::new(),
         relay_limits: HashMap::new(),
         inbound_limits: HashMap::new(),
@@ -688,10 +688,18 @@ fn sha256_multihash(parts: &[&[u8]]) -> kad::RecordKey {
 }
 
 /// The PeerId at the end of an address (`/p2p/PEERID`).
-fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last() {
         Some(Protocol::P2p(peer)) => Some(peer),
         _ => None,
+    }
+}
+
+/// The Kademlia behaviour of a DHT, if this node takes part in it.
+fn kad_of(b: &mut Behaviour, dht: Dht) -> Option<&mut kad::Behaviour<kad::store::MemoryStore>> {
+    match dht {
+        Dht::Peerlog => Some(&mut b.kad),
+        Dht::Public => b.amino.as_mut(),
     }
 }
 
@@ -917,27 +925,18 @@ impl EventLoop {
         let Some(kad) = self.dht(dht) else { return };
         kad.add_address(&peer, transport);
         match dht {
-            Dht::Peerlog => self.bootstrap_peers_dialed(peer),
-            Dht::Public => self.public_bootstrap.push(peer),
+            Dht::Peerlog if !self.bootstrap.contains(&peer) => self.bootstrap.push(peer),
+            Dht::Public if !self.public_bootstrap.contains(&peer) => self.public_bootstrap.push(peer),
+            _ => {}
         }
         if let Err(e) = self.swarm.dial(addr.clone()) {
             warn!(%addr, error = %e, "cannot dial bootstrap peer");
         }
     }
 
-    fn bootstrap_peers_dialed(&mut self, peer: PeerId) {
-        if !self.bootstrap.contains(&peer) {
-            self.bootstrap.push(peer);
-        }
-    }
-
     /// The Kademlia behaviour of a DHT, if this node takes part in it.
     fn dht(&mut self, dht: Dht) -> Option<&mut kad::Behaviour<kad::store::MemoryStore>> {
-        let b = self.swarm.behaviour_mut();
-        match dht {
-            Dht::Peerlog => Some(&mut b.kad),
-            Dht::Public => b.amino.as_mut(),
-        }
+        kad_of(self.swarm.behaviour_mut(), dht)
     }
 
     /// Starts a provider lookup on a DHT.
@@ -955,12 +954,8 @@ impl EventLoop {
         if entry.pending.is_some() || entry.reached.is_some_and(|t| t.elapsed() < REANNOUNCE_AFTER) {
             return;
         }
-        let Some(kad) = (match dht {
-            Dht::Peerlog => Some(&mut self.swarm.behaviour_mut().kad),
-            Dht::Public => self.swarm.behaviour_mut().amino.as_mut(),
-        }) else {
-            return;
-        };
+        // Not `self.dht`: `entry` borrows `self.announcements` meanwhile.
+        let Some(kad) = kad_of(self.swarm.behaviour_mut(), dht) else { return };
         match kad.start_providing(key) {
             Ok(id) => entry.pending = Some(id),
             Err(e) => warn!(error = %e, "cannot store provider record"),

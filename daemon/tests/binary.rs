@@ -1797,6 +1797,8 @@ fn soak_kills_restarts_and_partitions_converge() -> Result<()> {
     let lab = NatLab::routed("k", &hosts)?;
     let router = lab.name("router");
     let listen = ["--listen", "/ip4/0.0.0.0/tcp/4001"];
+    // h0 is the network's bootstrap node, run as the README's private-network recipe says
+    // (`--dht-mode server`: no public address to declare); the others run on their defaults.
     let boot = NsDaemon::start(&lab.name("h0"), &[&listen[..], &["--dht-mode", "server"]].concat())?;
     let boot_addr = format!("/ip4/10.9.0.2/tcp/4001/p2p/{}", boot.peer_id);
     let mut daemons = vec![boot];

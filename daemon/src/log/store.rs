@@ -347,9 +347,12 @@ pub struct Store {
     disk: Arc<DiskSpace>,
     /// What one writer may make us store (see [`WriterQuota`]).
     quota: WriterQuota,
-    /// Feeds whose damaged blocks were forgotten, for the rooms to fetch again
-    /// ([`Store::take_forgotten`]).
+    /// Feeds whose damaged blocks [`Store::history`] found and forgot, for the room to
+    /// fetch again ([`Store::take_forgotten`]; the other finders tell the room themselves).
     forgotten: Arc<Mutex<Vec<Key32>>>,
+    /// Blocked writers as `(room, writer)` (room all zeros: everywhere), as stored under
+    /// `x || room || writer`; kept in memory because ingest, heads and history ask per feed.
+    blocked: Arc<std::sync::RwLock<std::collections::HashSet<(Key32, Key32)>>>,
 }
 
 /// The storage format this build reads and writes.
@@ -714,12 +717,11 @@ impl Store {
         self.log.apply_batch(batch)?;
         // Counted again on next use.
         self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(feed);
-        self.forgotten.lock().unwrap_or_else(|p| p.into_inner()).push(*feed);
         tracing::warn!(feed = %hex::encode(&feed[..8]), ?forgotten, "damaged blocks forgotten: they will be fetched again from peers");
         Ok(forgotten)
     }
 
-    /// Feeds whose damaged blocks were forgotten since the last call.
+    /// Feeds whose damaged blocks history found and forgot since the last call.
     pub fn take_forgotten(&self) -> Vec<Key32> {
         std::mem::take(&mut *self.forgotten.lock().unwrap_or_else(|p| p.into_inner()))
     }
@@ -728,27 +730,28 @@ impl Store {
     /// their entries are no longer stored, served or shown. Kept across restarts.
     pub fn set_blocked(&self, room: &Key32, writer: &Key32, blocked: bool) -> Result<(), StoreError> {
         let key = room_person_key(b'x', room, writer);
+        let mut set = self.blocked.write().unwrap_or_else(|p| p.into_inner());
         if blocked {
             self.log.insert(&key[..], &[][..])?;
+            set.insert((*room, *writer));
         } else {
             self.log.remove(&key[..])?;
+            set.remove(&(*room, *writer));
         }
         Ok(())
     }
 
     /// Whether a writer is blocked in `room` (or everywhere).
     pub fn is_blocked(&self, room: &Key32, writer: &Key32) -> Result<bool, StoreError> {
-        Ok(self.log.contains_key(&room_person_key(b'x', room, writer)[..])?
-            || self.log.contains_key(&room_person_key(b'x', &ZERO, writer)[..])?)
+        let set = self.blocked.read().unwrap_or_else(|p| p.into_inner());
+        Ok(set.contains(&(*room, *writer)) || set.contains(&(ZERO, *writer)))
     }
 
     /// Writers blocked in `room` (all zeros: those blocked everywhere).
     pub fn blocked_writers(&self, room: &Key32) -> Result<Vec<Key32>, StoreError> {
-        let mut out = Vec::new();
-        for kv in self.log.scan_prefix(&room_person_key(b'x', room, &ZERO)[..33]) {
-            let (k, _) = kv?;
-            out.push(k.get(33..65).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("blocked key"))?);
-        }
+        let set = self.blocked.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Key32> = set.iter().filter(|(r, _)| r == room).map(|(_, w)| *w).collect();
+        out.sort_unstable();
         Ok(out)
     }
 
@@ -795,6 +798,12 @@ impl Store {
             created: false.into(),
             sync_failed: false.into(),
         });
+        let mut blocked = std::collections::HashSet::new();
+        for kv in log.scan_prefix([b'x']) {
+            let (k, _) = kv?;
+            let key = |r: std::ops::Range<usize>| k.get(r).and_then(|b| <Key32>::try_from(b).ok());
+            blocked.insert(key(1..33).zip(key(33..65)).ok_or(StoreError::Corrupt("blocked key"))?);
+        }
         Ok(Self {
             db,
             log,
@@ -805,6 +814,7 @@ impl Store {
             disk: Arc::new(DiskSpace::new(dir, reserve_bytes)),
             quota: WriterQuota::NONE,
             forgotten: Arc::default(),
+            blocked: Arc::new(std::sync::RwLock::new(blocked)),
         })
     }
 
@@ -1474,8 +1484,12 @@ impl Store {
         damaged.sort_unstable();
         damaged.dedup();
         for feed in damaged {
-            if let Err(e) = self.forget_damaged(&feed) {
-                tracing::warn!(feed = %hex::encode(&feed[..8]), error = %e, "cannot forget damaged blocks");
+            match self.forget_damaged(&feed) {
+                Ok(ranges) if !ranges.is_empty() => {
+                    self.forgotten.lock().unwrap_or_else(|p| p.into_inner()).push(feed);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(feed = %hex::encode(&feed[..8]), error = %e, "cannot forget damaged blocks"),
             }
         }
         out.reverse();
