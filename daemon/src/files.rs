@@ -132,20 +132,49 @@ impl Chunks {
     }
 
     /// Stores a chunk whose id the caller checked: under a temporary name first, so a
-    /// chunk file is never partial.
+    /// chunk file is never partial. Not synced: a chunk fetched from a peer that a power
+    /// cut damages is found on read (its id is its hash) and fetched again.
     pub fn write(&self, id: &Key32, sealed: &[u8]) -> std::io::Result<()> {
+        self.write_with(id, sealed, false)
+    }
+
+    /// [`Chunks::write`], durably: synced, renamed, and the directories synced. For our own
+    /// uploads, which nobody else holds yet: the message that names them is acknowledged
+    /// only once they survive a power cut.
+    pub fn write_durable(&self, id: &Key32, sealed: &[u8]) -> std::io::Result<()> {
+        self.write_with(id, sealed, true)
+    }
+
+    fn write_with(&self, id: &Key32, sealed: &[u8], durable: bool) -> std::io::Result<()> {
         let path = self.path(id);
-        if path.is_file() {
+        if path.is_file() && !durable {
             return Ok(());
         }
         if let Some(disk) = &self.disk {
             disk.check(sealed.len() as u64).map_err(|e| std::io::Error::new(std::io::ErrorKind::StorageFull, e))?;
         }
         let parent = path.parent().expect("chunk paths have a parent");
+        let new_dirs = !parent.is_dir();
         std::fs::create_dir_all(parent)?;
         let tmp = parent.join(format!(".{}.{}", hex::encode(&id[..8]), rand::random::<u32>()));
-        std::fs::write(&tmp, sealed)?;
-        std::fs::rename(&tmp, &path)
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(sealed)?;
+        if durable {
+            file.sync_data()?;
+        }
+        drop(file);
+        std::fs::rename(&tmp, &path)?;
+        if durable {
+            // The chunk's name, and the names of directories made for it.
+            let mut dirs = vec![parent];
+            if new_dirs {
+                dirs.extend(parent.ancestors().skip(1).take(2));
+            }
+            for dir in dirs {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of all stored chunks.
@@ -197,7 +226,7 @@ impl Encoder {
     fn seal_chunk(&mut self) -> Result<(), FileError> {
         let sealed = self.key.seal(self.ids.len(), &self.buf);
         let id = chunk_id(&sealed);
-        self.chunks.write(&id, &sealed)?;
+        self.chunks.write_durable(&id, &sealed)?;
         self.ids.push(id);
         self.buf.clear();
         Ok(())

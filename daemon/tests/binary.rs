@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 
+mod cutfs;
+
 const PASS: &str = "correct horse battery staple tangerine";
 
 /// Runs `peerlog ARGS --data-dir DATA` with `stdin`, failing with its stderr; its stdout.
@@ -824,6 +826,8 @@ fn a_partition_heals_and_every_peer_converges_on_one_history() -> Result<()> {
 struct LoopbackDaemon {
     exe: std::path::PathBuf,
     data: std::path::PathBuf,
+    /// Its stderr, appended to across restarts.
+    log: std::path::PathBuf,
     extra: Vec<String>,
     child: Option<std::process::Child>,
     peer_id: String,
@@ -832,9 +836,15 @@ struct LoopbackDaemon {
 
 impl LoopbackDaemon {
     fn start(data: &std::path::Path, extra: &[&str]) -> Result<Self> {
+        Self::start_logged(data, &data.join("daemon.log"), extra)
+    }
+
+    /// With its log at `log` (not in the data dir).
+    fn start_logged(data: &std::path::Path, log: &std::path::Path, extra: &[&str]) -> Result<Self> {
         let mut d = Self {
             exe: std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog")),
             data: data.to_path_buf(),
+            log: log.to_path_buf(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             child: None,
             peer_id: String::new(),
@@ -852,12 +862,15 @@ impl LoopbackDaemon {
             .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
             .args(&self.extra)
             .stdout(Stdio::piped())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(self.data.join("daemon.log"))?)
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?)
             .spawn()?;
         let stdout = child.stdout.take().context("stdout")?;
         let mut lines = std::io::BufReader::new(stdout).lines();
         loop {
-            let line = lines.next().context("daemon exited during start")??;
+            let Some(line) = lines.next() else {
+                anyhow::bail!("the daemon exited during start:\n{}", self.log_tail(30));
+            };
+            let line = line?;
             if let Some(p) = line.strip_prefix("peer id: ") {
                 self.peer_id = p.to_string();
             }
@@ -885,6 +898,13 @@ impl LoopbackDaemon {
 
     fn cli(&self, args: &[&str], stdin: Option<&str>) -> Result<String> {
         run_cli(&self.exe, &self.data, args, stdin)
+    }
+
+    /// The last `n` lines of its log.
+    fn log_tail(&self, n: usize) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
     /// The texts of the room's whole history, oldest first, page by page.
@@ -932,78 +952,95 @@ impl Drop for LoopbackDaemon {
     }
 }
 
-/// A writer that sends one message at a time to a room with a peer attached is killed with
-/// SIGKILL at random moments and restarted, many times. Entries used to be pushed to the
-/// peer before they were durable: after a kill the peer held an entry the writer had lost,
-/// the writer signed that seq again, and the peer refused the writer's feed for good (a
-/// fork, in 10 of 50 kills). Now: no fork, every acknowledged message survives, and the
-/// peer holds exactly the writer's history.
-#[test]
-fn a_writer_killed_mid_send_never_forks_and_its_peer_gets_everything() -> Result<()> {
-    const KILLS: usize = 12;
-    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
+/// A writer and its peer in room "crash", the peer its bootstrap node on loopback.
+fn crash_pair(
+    writer_data: &std::path::Path,
+    writer_log: &std::path::Path,
+    peer_data: &std::path::Path,
+) -> Result<(LoopbackDaemon, LoopbackDaemon)> {
     // The peer is the writer's bootstrap node, so it must answer DHT queries: a DHT server
-    // (this test is about crashes, not discovery).
-    let peer = LoopbackDaemon::start(dirs.0.path(), &["--dht-mode", "server"])?;
+    // (these tests are about crashes, not discovery).
+    let peer = LoopbackDaemon::start(peer_data, &["--dht-mode", "server"])?;
     let room = peer.cli(&["join", "--name", "crash"], Some(&format!("{PASS}\n")))?;
     ensure!(room.contains("crash"), "join printed {room:?}");
     let boot = format!("{}/p2p/{}", peer.p2p_addr, peer.peer_id);
-    let mut writer = LoopbackDaemon::start(dirs.1.path(), &["--bootstrap", &boot])?;
+    let writer = LoopbackDaemon::start_logged(writer_data, writer_log, &["--bootstrap", &boot])?;
     writer.cli(&["join", "--name", "crash"], Some(&format!("{PASS}\n")))?;
+    Ok((writer, peer))
+}
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let mut acked: Vec<String> = Vec::new();
-    let mut rng_state = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id());
-    let mut random_ms = |lo: u64, hi: u64| {
-        rng_state ^= rng_state << 13;
-        rng_state ^= rng_state >> 7;
-        rng_state ^= rng_state << 17;
-        lo + rng_state % (hi - lo)
-    };
-    for round in 0..KILLS {
-        // Send one message at a time until the kill, recording what was acknowledged.
-        let run_for = Duration::from_millis(random_ms(300, 1500));
-        let sent: Vec<String> = rt.block_on(async {
-            let mut c = writer.client().await?;
-            let mut sent = Vec::new();
-            let deadline = tokio::time::Instant::now() + run_for;
-            let mut i = 0;
-            while tokio::time::Instant::now() < deadline {
-                let text = format!("r{round} m{i}");
-                c.call("messages.send", serde_json::json!({"room": "crash", "text": text})).await?;
-                sent.push(text);
-                i += 1;
-            }
-            anyhow::Ok(sent)
-        })?;
-        acked.extend(sent);
-        // Kill while the next sends are in flight.
-        let sender = {
-            let port: u16 = std::fs::read_to_string(writer.data.join("api-port"))?.trim().parse()?;
-            let token = std::fs::read_to_string(writer.data.join("api-token"))?.trim().to_string();
-            rt.spawn(async move {
-                let Ok(mut c) = peerlog::client::Client::connect(([127, 0, 0, 1], port).into(), &token).await else {
-                    return Vec::new();
-                };
-                let mut ok = Vec::new();
-                for i in 0.. {
-                    let text = format!("r{round} late{i}");
-                    if c.call("messages.send", serde_json::json!({"room": "crash", "text": text})).await.is_err() {
-                        break;
-                    }
-                    ok.push(text);
+/// A small xorshift generator, seeded from the process id unless `env` names a seed.
+fn test_rng(env: &str) -> (u64, impl FnMut(u64, u64) -> u64) {
+    let seed = std::env::var(env)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x9e37_79b9_7f4a_7c15u64 ^ u64::from(std::process::id()));
+    let mut state = seed | 1;
+    (seed, move |lo: u64, hi: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        lo + state % (hi - lo)
+    })
+}
+
+/// One crash round: sends one message at a time to "crash" for `run_for`, then keeps
+/// sending from another task while `crash` runs `wait_ms` later. Returns every message the
+/// writer acknowledged.
+fn send_then_crash(
+    rt: &tokio::runtime::Runtime,
+    writer: &mut LoopbackDaemon,
+    round: usize,
+    run_for: Duration,
+    wait_ms: u64,
+    crash: impl FnOnce(&mut LoopbackDaemon) -> Result<()>,
+) -> Result<Vec<String>> {
+    let mut acked: Vec<String> = rt.block_on(async {
+        let mut c = writer.client().await?;
+        let mut sent = Vec::new();
+        let deadline = tokio::time::Instant::now() + run_for;
+        let mut i = 0;
+        while tokio::time::Instant::now() < deadline {
+            let text = format!("r{round} m{i}");
+            c.call("messages.send", serde_json::json!({"room": "crash", "text": text})).await?;
+            sent.push(text);
+            i += 1;
+        }
+        anyhow::Ok(sent)
+    })?;
+    // Crash while the next sends are in flight.
+    let sender = {
+        let port: u16 = std::fs::read_to_string(writer.data.join("api-port"))?.trim().parse()?;
+        let token = std::fs::read_to_string(writer.data.join("api-token"))?.trim().to_string();
+        rt.spawn(async move {
+            let Ok(mut c) = peerlog::client::Client::connect(([127, 0, 0, 1], port).into(), &token).await else {
+                return Vec::new();
+            };
+            let mut ok = Vec::new();
+            for i in 0.. {
+                let text = format!("r{round} late{i}");
+                if c.call("messages.send", serde_json::json!({"room": "crash", "text": text})).await.is_err() {
+                    break;
                 }
-                ok
-            })
-        };
-        std::thread::sleep(Duration::from_millis(random_ms(5, 60)));
-        writer.kill9()?;
-        acked.extend(rt.block_on(sender)?);
-        writer.spawn()?;
-    }
+                ok.push(text);
+            }
+            ok
+        })
+    };
+    std::thread::sleep(Duration::from_millis(wait_ms));
+    crash(writer)?;
+    acked.extend(rt.block_on(sender)?);
+    Ok(acked)
+}
 
-    // After the last restart: one more message, then the peer must hold the writer's
-    // whole history, with no fork recorded.
+/// After the crashes: one more message, then the peer must hold the writer's whole
+/// history, every acknowledged message among it, with no fork recorded.
+fn converged_after_crashes(
+    rt: &tokio::runtime::Runtime,
+    writer: &LoopbackDaemon,
+    peer: &LoopbackDaemon,
+    acked: &[String],
+) -> Result<()> {
     writer.cli(&["send", "crash", "final"], None)?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -1011,8 +1048,8 @@ fn a_writer_killed_mid_send_never_forks_and_its_peer_gets_everything() -> Result
         let theirs = rt.block_on(peer.texts("crash"))?;
         if mine == theirs && theirs.last().is_some_and(|t| t == "final") {
             let held: std::collections::HashSet<&String> = mine.iter().collect();
-            for text in &acked {
-                ensure!(held.contains(text), "acknowledged message {text:?} lost after SIGKILL");
+            for text in acked {
+                ensure!(held.contains(text), "acknowledged message {text:?} lost");
             }
             break;
         }
@@ -1024,18 +1061,150 @@ fn a_writer_killed_mid_send_never_forks_and_its_peer_gets_everything() -> Result
             mine.len(),
             theirs.len(),
             theirs.last(),
-            std::fs::read_to_string(peer.data.join("daemon.log"))
-                .unwrap_or_default()
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .join("\n")
+            peer.log_tail(20)
         );
         std::thread::sleep(Duration::from_millis(200));
     }
     let forks = rt.block_on(peer.forks())?;
     ensure!(forks.is_empty(), "the peer recorded a fork of the writer's feed: {forks:?}");
+    Ok(())
+}
+
+/// A writer that sends one message at a time to a room with a peer attached is killed with
+/// SIGKILL at random moments and restarted, many times. Entries used to be pushed to the
+/// peer before they were durable: after a kill the peer held an entry the writer had lost,
+/// the writer signed that seq again, and the peer refused the writer's feed for good (a
+/// fork, in 10 of 50 kills). Now: no fork, every acknowledged message survives, and the
+/// peer holds exactly the writer's history.
+#[test]
+fn a_writer_killed_mid_send_never_forks_and_its_peer_gets_everything() -> Result<()> {
+    const KILLS: usize = 12;
+    let dirs = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (mut writer, peer) = crash_pair(dirs.1.path(), &dirs.1.path().join("daemon.log"), dirs.0.path())?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (_, mut random) = test_rng("PEERLOG_CRASH_SEED");
+    let mut acked: Vec<String> = Vec::new();
+    for round in 0..KILLS {
+        let run_for = Duration::from_millis(random(300, 1500));
+        acked.extend(send_then_crash(&rt, &mut writer, round, run_for, random(5, 60), |w| w.kill9())?);
+        writer.spawn()?;
+    }
+    converged_after_crashes(&rt, &writer, &peer, &acked)
+}
+
+// ---------------------------------------------------------------------------------------
+// Power cuts: the writer's data dir on CutFs (tests/cutfs), which keeps only what was synced.
+// ---------------------------------------------------------------------------------------
+
+/// Skips the test with a loud reason where FUSE cannot be mounted; in CI (root, with
+/// /dev/fuse) that is a failure, not a skip.
+macro_rules! require_fuse {
+    () => {
+        if let Some(why) = cutfs::unavailable() {
+            ensure!(std::env::var_os("CI").is_none(), "CI must run the power-cut tests, but: {why}");
+            eprintln!("\n!!! SKIPPED {}: needs root and /dev/fuse ({why}). CI runs it as root.\n", module_path!());
+            return Ok(());
+        }
+    };
+}
+
+/// The control for the power-cut test: CutFs keeps what was synced and nothing else, and a
+/// torn cut keeps some pages of an unsynced write and not others.
+#[test]
+fn cutfs_keeps_only_what_was_synced() -> Result<()> {
+    require_fuse!();
+    let dir = tempfile::tempdir()?;
+    let mut fs = cutfs::CutFs::mount(dir.path())?;
+    let path = |n: &str| dir.path().join(n);
+    let write_synced = |n: &str, bytes: &[u8]| -> Result<()> {
+        let mut f = std::fs::File::create(path(n))?;
+        std::io::Write::write_all(&mut f, bytes)?;
+        Ok(f.sync_all()?)
+    };
+    write_synced("a", b"synced")?;
+    write_synced("torn", b"")?;
+    std::fs::write(path("a"), b"overwritten, not synced")?;
+    write_synced("tmp", b"renamed")?;
+    std::fs::rename(path("tmp"), path("renamed"))?;
+    std::fs::create_dir(path("newdir"))?;
+    std::fs::write(path("torn"), vec![7u8; 64 * 1024])?;
+    let report = fs.power_cut(cutfs::Cut::Clean, || {
+        ensure!(std::fs::write(path("b"), b"x").is_err(), "a write succeeded after the power went");
+        Ok(())
+    })?;
+    ensure!(std::fs::read(path("a"))? == b"synced", "the unsynced overwrite survived: {report:?}");
+    ensure!(path("tmp").exists() && !path("renamed").exists(), "a rename with no later fsync survived");
+    ensure!(!path("newdir").exists(), "a mkdir with no later fsync survived");
+    ensure!(std::fs::read(path("torn"))?.is_empty(), "an unsynced write survived a clean cut");
+
+    std::fs::write(path("torn"), vec![7u8; 64 * 1024])?;
+    fs.power_cut(cutfs::Cut::Torn(42), || Ok(()))?;
+    let torn = std::fs::read(path("torn"))?;
+    let kept = torn.chunks(4096).filter(|p| p.iter().all(|&b| b == 7)).count();
+    ensure!(kept > 0 && kept < 16, "a torn cut kept {kept} of the 16 pages of an unsynced write, not some");
+    Ok(())
+}
+
+/// Power cuts, the way databases are tested (Jepsen's LazyFS): the writer's data dir is on
+/// CutFs; a peer is attached. The writer sends one message at a time; at a random moment
+/// the power goes (the filesystem keeps only what was synced, or in every other round a
+/// random subset of the unsynced pages as well) and the writer is killed; it restarts on
+/// what the disk kept. After many cuts: it started every time without manual repair, every
+/// acknowledged message is there, the peer holds the same history and recorded no fork
+/// (nothing half-written was served, nothing signed twice). `PEERLOG_POWER_CUTS` sets the
+/// number of cuts (the long run is a benchmark command in BENCHMARKS.md) and
+/// `PEERLOG_POWER_SEED` replays a run.
+#[test]
+fn power_cuts_lose_no_acknowledged_message_and_fork_nothing() -> Result<()> {
+    require_fuse!();
+    let cuts: usize = std::env::var("PEERLOG_POWER_CUTS").ok().and_then(|s| s.parse().ok()).unwrap_or(16);
+    let (seed, mut random) = test_rng("PEERLOG_POWER_SEED");
+    eprintln!("power cuts: {cuts}, seed {seed} (PEERLOG_POWER_SEED replays it)");
+    let (mnt, peer_dir, logs) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    let mut fs = cutfs::CutFs::mount(mnt.path())?;
+    let data = mnt.path().join("data");
+    let (mut writer, peer) = crash_pair(&data, &logs.path().join("writer.log"), peer_dir.path())?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let mut acked: Vec<String> = Vec::new();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let (mut dropped, mut kept) = (0usize, 0usize);
+    for round in 0..cuts {
+        let cut = if round % 2 == 0 { cutfs::Cut::Clean } else { cutfs::Cut::Torn(random(1, u64::MAX)) };
+        // A file too (one or two chunks), whose chunks only the writer holds.
+        if round % 4 == 0 {
+            let bytes: Vec<u8> = (0..random(100_000, 1_500_000)).map(|_| random(0, 256) as u8).collect();
+            let path = logs.path().join(format!("file{round}"));
+            std::fs::write(&path, &bytes)?;
+            let id = writer.cli(&["send-file", "crash", &path.to_string_lossy()], None)?.trim().to_string();
+            files.push((id, bytes));
+        }
+        let run_for = Duration::from_millis(random(200, 1000));
+        let wait_ms = random(1, 60);
+        let mut report = None;
+        acked.extend(send_then_crash(&rt, &mut writer, round, run_for, wait_ms, |w| {
+            report = Some(fs.power_cut(cut, || w.kill9())?);
+            Ok(())
+        })?);
+        let report = report.context("no cut")?;
+        dropped += report.pending;
+        kept += report.kept_pieces;
+        writer.spawn().with_context(|| format!("restart after power cut {round} ({cut:?}, {report:?})"))?;
+    }
+    let log = std::fs::read_to_string(&writer.log)?;
+    eprintln!(
+        "{} acknowledged messages, {cuts} cuts, {dropped} unsynced writes lost, {kept} pages of them kept; {:?}; \
+         repairs at start: own feed cut back {}, blocks forgotten {}",
+        acked.len(),
+        fs.counts(),
+        log.matches("our own feed lost entries").count(),
+        log.matches("damaged blocks forgotten").count()
+    );
+    converged_after_crashes(&rt, &writer, &peer, &acked)?;
+    for (id, bytes) in &files {
+        let out = logs.path().join(format!("got-{}", id.replace(':', "-")));
+        writer.cli(&["get-file", "crash", id, &out.to_string_lossy()], None)?;
+        ensure!(std::fs::read(&out)? == *bytes, "acknowledged file {id} came back different after the power cuts");
+    }
     Ok(())
 }
 

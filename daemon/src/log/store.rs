@@ -10,6 +10,7 @@
 //! | `f` feed_key                                          | postcard [`FeedMeta`] |
 //! | `r` discovery_key feed_key                            | (empty)             |
 //! | `k` feed_key seq                                      | postcard fork proof |
+//! | `s` feed_key                                          | u64: bytes of the feed's data file known synced |
 //!
 //! Integers are big-endian so that sled's byte order is numeric order. Nothing is stored
 //! before it verified: see [`Store::ingest`].
@@ -23,7 +24,13 @@
 //! sled keeps only the small pointers, checksummed with BLAKE3.
 //!
 //! Durability: [`Store::flush`] syncs the data files first and sled second, so a flushed
-//! pointer never points at unsynced bytes; sled's own timer flush is off and the group
+//! pointer never points at unsynced bytes (sled's log is then fdatasynced by us: sled's own
+//! flush ends in `sync_file_range`, which a power cut can undo). sled may still write its
+//! log between flushes, so after a power cut it can hold pointers to bytes that never
+//! reached the disk. The `s` keys bound where those can be: [`Store::open`] checks every
+//! block past its feed's synced length, re-signs our own feed back to its last intact entry
+//! (those entries were never acknowledged or announced) and forgets other writers' damaged
+//! blocks, which are fetched again; sled's own timer flush is off and the group
 //! committer flushes instead (on demand, and every 200 ms while there are writes). The `l` index holds what display order needs (Lamport clock, time)
 //! without decrypting; a blind seeder has no content key and keeps no `l` index.
 //!
@@ -388,6 +395,13 @@ fn fork_key(feed: &Key32, seq: u64) -> [u8; 41] {
     feed_seq_key(b'k', feed, seq)
 }
 
+/// `s || feed`: how many bytes of the feed's data file are known to be synced.
+fn synced_key(feed: &Key32) -> [u8; 33] {
+    let mut k = meta_key(feed);
+    k[0] = b's';
+    k
+}
+
 fn key_seq(k: &[u8]) -> Result<u64, StoreError> {
     Ok(u64::from_be_bytes(k.get(33..41).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("key"))?))
 }
@@ -473,6 +487,10 @@ struct DataFile {
 /// The feeds' data files, opened on first use.
 struct DataFiles {
     dir: std::path::PathBuf,
+    /// sled's log file. sled's own flush ends in `sync_file_range` on Linux, which writes
+    /// the pages but neither the file's size nor the drive's cache: a power cut could lose
+    /// what it "flushed". [`Store::flush`] fdatasyncs this after it.
+    sled_log: std::fs::File,
     open: Mutex<HashMap<Key32, Arc<Mutex<DataFile>>>>,
     /// Files written since the last sync.
     dirty: Mutex<std::collections::HashSet<Key32>>,
@@ -544,29 +562,44 @@ impl DataFiles {
 
     /// Syncs every data file written since the last call (and the directory, if a file
     /// was created). A failed sync fails every later one too: see `sync_failed`.
-    fn sync(&self) -> Result<(), StoreError> {
+    /// Returns each synced file's length as of its sync.
+    fn sync(&self) -> Result<Vec<(Key32, u64)>, StoreError> {
         use std::sync::atomic::Ordering;
         if self.sync_failed.load(Ordering::Acquire) {
             return Err(StoreError::SyncFailed);
         }
         let dirty: Vec<Key32> = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        let result = (|| {
+        let mut synced = Vec::with_capacity(dirty.len());
+        self.failing((|| {
             for feed in &dirty {
                 let f = self.file(feed)?;
-                let file = f.lock().unwrap_or_else(|p| p.into_inner()).file.try_clone()?;
+                let (file, len) = {
+                    let f = f.lock().unwrap_or_else(|p| p.into_inner());
+                    (f.file.try_clone()?, f.len)
+                };
                 file.sync_data()?;
+                synced.push((*feed, len));
             }
             if self.created.swap(false, Ordering::AcqRel) {
                 std::fs::File::open(&self.dir)?.sync_all()?;
             }
             Ok::<_, StoreError>(())
-        })();
-        if let Err(e) = result {
-            self.sync_failed.store(true, Ordering::Release);
-            tracing::error!(error = %e, "syncing data files failed; nothing more is acknowledged as durable until the daemon restarts");
-            return Err(e);
+        })())?;
+        Ok(synced)
+    }
+
+    /// Syncs sled's log after sled flushed it.
+    fn sync_sled(&self) -> Result<(), StoreError> {
+        self.failing(self.sled_log.sync_data().map_err(StoreError::from))
+    }
+
+    /// A failed sync fails every later one (see `sync_failed`).
+    fn failing(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        if let Err(e) = &result {
+            self.sync_failed.store(true, std::sync::atomic::Ordering::Release);
+            tracing::error!(error = %e, "syncing the store failed; nothing more is acknowledged as durable until the daemon restarts");
         }
-        Ok(())
+        result
     }
 
     fn remove(&self, feed: &Key32) {
@@ -688,16 +721,18 @@ impl Store {
     /// from peers (the stored head, or the successor's `prev`, verifies what comes back).
     /// Returns the ranges forgotten.
     pub fn forget_damaged(&self, feed: &Key32) -> Result<Vec<(u64, u64)>, StoreError> {
+        self.forget_damaged_from(feed, 0)
+    }
+
+    /// [`Store::forget_damaged`] for the blocks that lie (in the data file) at or past
+    /// byte `from`.
+    fn forget_damaged_from(&self, feed: &Key32, from: u64) -> Result<Vec<(u64, u64)>, StoreError> {
         let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
         let Some(mut meta) = self.feed_meta(feed)? else { return Ok(Vec::new()) };
-        let mut blocks = Vec::new();
-        for kv in self.log.scan_prefix(&block_key(feed, 0)[..33]) {
-            let (k, v) = kv?;
-            blocks.push((key_seq(&k)?, decode::<BlockPtr>(&v, "block pointer")?));
-        }
+        let blocks = self.block_ptrs(feed)?;
         let mut forgotten = Vec::new();
         for (i, (at, ptr)) in blocks.iter().enumerate() {
-            if self.blocks.read(feed, ptr).is_ok() {
+            if ptr.offset + u64::from(ptr.len) <= from || self.blocks.read(feed, ptr).is_ok() {
                 continue;
             }
             let run_end = meta.ranges.iter().find(|&&(s, e)| s <= *at && *at < e).map_or(*at, |&(_, e)| e);
@@ -719,6 +754,111 @@ impl Store {
         self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(feed);
         tracing::warn!(feed = %hex::encode(&feed[..8]), ?forgotten, "damaged blocks forgotten: they will be fetched again from peers");
         Ok(forgotten)
+    }
+
+    /// A feed's block pointers, in seq order.
+    fn block_ptrs(&self, feed: &Key32) -> Result<Vec<(u64, BlockPtr)>, StoreError> {
+        self.log
+            .scan_prefix(&block_key(feed, 0)[..33])
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((key_seq(&k)?, decode::<BlockPtr>(&v, "block pointer")?))
+            })
+            .collect()
+    }
+
+    /// After a crash: checks every block past its feed's synced length (the `s` keys).
+    /// Those were written after the last completed flush, so none of them was acknowledged
+    /// or announced; sled may have kept pointers to them while their bytes were lost. Our
+    /// own feed is cut back to its last intact entry and its head signed again there (a
+    /// hole in it would leave every peer wanting entries nobody has); other writers'
+    /// damaged blocks are forgotten, to be fetched again. Then every checked data file is
+    /// synced and its length recorded. Returns the feeds whose blocks were forgotten.
+    fn repair(&self) -> Result<Vec<Key32>, StoreError> {
+        let mut synced: HashMap<Key32, u64> = HashMap::new();
+        for kv in self.log.scan_prefix([b's']) {
+            let (k, v) = kv?;
+            let feed: Key32 = k.get(1..33).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("synced key"))?;
+            synced.insert(
+                feed,
+                u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("synced length"))?),
+            );
+        }
+        // Feeds with a block past what is known synced.
+        let mut unsure: HashMap<Key32, u64> = HashMap::new();
+        for kv in self.log.scan_prefix([b'b']) {
+            let (k, v) = kv?;
+            let feed: Key32 = k.get(1..33).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("block key"))?;
+            let ptr: BlockPtr = decode(&v, "block pointer")?;
+            let from = synced.get(&feed).copied().unwrap_or(0);
+            if ptr.offset + u64::from(ptr.len) > from {
+                unsure.insert(feed, from);
+            }
+        }
+        if unsure.is_empty() {
+            return Ok(Vec::new());
+        }
+        let own: HashMap<Key32, SigningKey> = self
+            .rooms()?
+            .into_iter()
+            .map(|(_, r)| {
+                let key = SigningKey::from_bytes(&r.writer);
+                (key.verifying_key().to_bytes(), key)
+            })
+            .collect();
+        let mut forgotten = Vec::new();
+        for (feed, from) in unsure {
+            match own.get(&feed) {
+                Some(writer) => self.cut_own_feed(&feed, writer, from)?,
+                None if !self.forget_damaged_from(&feed, from)?.is_empty() => forgotten.push(feed),
+                None => {}
+            }
+            let f = self.blocks.file(&feed)?;
+            let (file, len) = {
+                let f = f.lock().unwrap_or_else(|p| p.into_inner());
+                (f.file.try_clone()?, f.len)
+            };
+            file.sync_data()?;
+            self.log.insert(synced_key(&feed), &len.to_be_bytes())?;
+        }
+        std::fs::File::open(&self.blocks.dir)?.sync_all()?;
+        self.db.flush()?;
+        self.blocks.sync_sled()?;
+        Ok(forgotten)
+    }
+
+    /// Cuts our own feed back to before its first damaged block at or past byte `from` of
+    /// its data file, and signs its head again at the last entry kept.
+    fn cut_own_feed(&self, feed: &Key32, writer: &SigningKey, from: u64) -> Result<(), StoreError> {
+        let Some(mut meta) = self.feed_meta(feed)? else { return Ok(()) };
+        let blocks = self.block_ptrs(feed)?;
+        let Some(cut) = blocks
+            .iter()
+            .find(|(_, ptr)| ptr.offset + u64::from(ptr.len) > from && self.blocks.read(feed, ptr).is_err())
+            .map(|(at, _)| *at)
+        else {
+            return Ok(());
+        };
+        let mut batch = sled::Batch::default();
+        for (at, _) in blocks.iter().filter(|(at, _)| *at >= cut) {
+            batch.remove(&block_key(feed, *at)[..]);
+            batch.remove(&index_key(feed, *at)[..]);
+        }
+        let lost = meta.length().saturating_sub(cut);
+        meta.remove_range(cut, u64::MAX);
+        meta.head = match cut.checked_sub(1) {
+            None => None,
+            Some(last) => {
+                let entry =
+                    self.entries(feed, last, cut)?.pop().ok_or(StoreError::Corrupt("own feed before the cut"))?;
+                Some(sign_head(writer, last, hash_entry(feed, last, &entry)))
+            }
+        };
+        batch.insert(&meta_key(feed)[..], encode(&meta));
+        self.log.apply_batch(batch)?;
+        self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(feed);
+        tracing::warn!(feed = %hex::encode(&feed[..8]), seq = cut, lost, "our own feed lost entries that were never acknowledged (a crash or power cut before they were synced); it continues from there");
+        Ok(())
     }
 
     /// Feeds whose damaged blocks history found and forgot since the last call.
@@ -774,7 +914,8 @@ impl Store {
         }
         let blocks_dir = dir.join("blocks");
         std::fs::create_dir_all(&blocks_dir)?;
-        let db = sled::Config::new().path(dir.join("kv")).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
+        let kv = dir.join("kv");
+        let db = sled::Config::new().path(&kv).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
         let log = db.open_tree("log")?;
         let rooms = db.open_tree("rooms")?;
         match db.get("format")? {
@@ -790,8 +931,18 @@ impl Store {
                 db.insert("format", &FORMAT.to_be_bytes())?;
             }
         }
+        // sled writes its `conf` without a sync, and nobody syncs the directories it and we
+        // created: make all of it durable before anything is acknowledged.
+        db.flush()?;
+        let sled_log = std::fs::OpenOptions::new().read(true).write(true).open(kv.join("db"))?;
+        sled_log.sync_data()?;
+        std::fs::File::open(kv.join("conf"))?.sync_all()?;
+        for d in [&kv, &blocks_dir, dir, dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))] {
+            std::fs::File::open(d)?.sync_all()?;
+        }
         let blocks = Arc::new(DataFiles {
             dir: blocks_dir,
+            sled_log,
             open: Mutex::new(HashMap::new()),
             dirty: Mutex::new(Default::default()),
             unflushed: false.into(),
@@ -804,7 +955,7 @@ impl Store {
             let key = |r: std::ops::Range<usize>| k.get(r).and_then(|b| <Key32>::try_from(b).ok());
             blocked.insert(key(1..33).zip(key(33..65)).ok_or(StoreError::Corrupt("blocked key"))?);
         }
-        Ok(Self {
+        let store = Self {
             db,
             log,
             rooms,
@@ -815,7 +966,10 @@ impl Store {
             quota: WriterQuota::NONE,
             forgotten: Arc::default(),
             blocked: Arc::new(std::sync::RwLock::new(blocked)),
-        })
+        };
+        let forgotten = store.repair()?;
+        store.forgotten.lock().unwrap_or_else(|p| p.into_inner()).extend(forgotten);
+        Ok(store)
     }
 
     /// The free-space check, shared with whatever else writes to the data dir.
@@ -829,12 +983,14 @@ impl Store {
     /// flush on a blocking thread.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.blocks.unflushed.store(false, std::sync::atomic::Ordering::Release);
-        let (blocks, db) = (self.blocks.clone(), self.db.clone());
+        let (blocks, db, log) = (self.blocks.clone(), self.db.clone(), self.log.clone());
         tokio::task::spawn_blocking(move || {
             // Data files first: a durable pointer must never point at bytes that are not.
-            blocks.sync()?;
+            for (feed, len) in blocks.sync()? {
+                log.insert(synced_key(&feed), &len.to_be_bytes())?;
+            }
             db.flush()?;
-            Ok::<_, StoreError>(())
+            blocks.sync_sled()
         })
         .await
         .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
@@ -899,6 +1055,7 @@ impl Store {
                 }
             }
             batch.remove(&meta_key(&feed)[..]);
+            batch.remove(&synced_key(&feed)[..]);
             batch.remove(k);
             self.log.apply_batch(batch)?;
             self.blocks.remove(&feed);
@@ -1506,6 +1663,10 @@ mod tests {
         Body::Text { text: s.into() }
     }
 
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
     fn tmp() -> (tempdir::Dir, Store) {
         let d = tempdir::Dir::new();
         let s = Store::open(&d.0).unwrap();
@@ -1771,6 +1932,85 @@ mod tests {
         s.ingest(&room, Some(&c), &feed, 0, &good, None).expect("re-fetched entries anchor on the stored head");
         let page = s.history(&room, &[1; 32], None, 50).unwrap();
         assert_eq!(page.len(), 3, "the damaged messages are back");
+    }
+
+    /// What a power cut can leave: sled kept the pointers of the last appends (it writes
+    /// its log between flushes) while their bytes never reached the data file. Drops the
+    /// store, as the cut does, after cutting the feed's data file back to its synced length.
+    fn lose_unsynced_blocks(d: &tempdir::Dir, s: Store, feed: &Key32) {
+        s.db.flush().unwrap();
+        let synced = u64::from_be_bytes(
+            s.log.get(synced_key(feed)).unwrap().expect("synced length").as_ref().try_into().unwrap(),
+        );
+        drop(s);
+        let f = std::fs::OpenOptions::new().write(true).open(d.0.join("blocks").join(hex::encode(feed))).unwrap();
+        assert!(f.metadata().unwrap().len() > synced, "the test needs unsynced blocks");
+        f.set_len(synced).unwrap();
+    }
+
+    /// After a power cut that kept pointers to lost blocks of our own feed, the store opens
+    /// with the feed cut back to its last synced entry and its head signed again there, and
+    /// the next append continues the chain: a peer takes the whole feed, without a hole.
+    #[test]
+    fn a_power_cut_that_lost_our_own_unsynced_blocks_is_repaired_at_open() {
+        let room = [9u8; 32];
+        let d = tempdir::Dir::new();
+        let s = Store::open(&d.0).unwrap();
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let record =
+            RoomRecord { access: Access::Member([1; 32]), name: "r".into(), writer: w.to_bytes(), joined_ms: 0 };
+        s.put_room(&room, &record).unwrap();
+        let c = FeedCipher::new(&[1; 32], &feed);
+        s.append(&room, &w, &c, 1, vec![text("one"), text("two")]).unwrap();
+        block_on(s.flush()).unwrap();
+        s.append(&room, &w, &c, 3, vec![text("lost three")]).unwrap();
+        s.append(&room, &w, &c, 4, vec![text("lost four")]).unwrap();
+        lose_unsynced_blocks(&d, s, &feed);
+
+        let s = Store::open(&d.0).unwrap();
+        let meta = s.feed_meta(&feed).unwrap().unwrap();
+        assert_eq!((meta.length(), meta.stored()), (2, 2), "our feed is cut back to its synced entries");
+        let head = meta.head.clone().unwrap();
+        assert!(verify_head(&head) && head.feed_key == feed, "the new head is signed by us");
+        assert_eq!(head.hash, hash_entry(&feed, 1, &s.entries(&feed, 1, 2).unwrap()[0]));
+        s.append(&room, &w, &c, 3, vec![text("three")]).unwrap();
+        let entries = s.entries(&feed, 0, 3).unwrap();
+        let head = s.feed_meta(&feed).unwrap().unwrap().head.unwrap();
+        let (_d2, peer) = tmp();
+        let got =
+            peer.ingest(&room, Some(&c), &feed, 0, &entries, Some(&head)).expect("the chain holds across the cut");
+        assert_eq!(got.stored, 3);
+    }
+
+    /// Another writer's blocks that a power cut lost are forgotten at open and fetched
+    /// again (the stored head anchors them); its synced blocks stay.
+    #[test]
+    fn a_power_cut_that_lost_another_writers_unsynced_blocks_forgets_them_at_open() {
+        let room = [9u8; 32];
+        let (_dw, writer) = tmp();
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(&[1; 32], &feed);
+        writer.append(&room, &w, &c, 1, vec![text("one"), text("two")]).unwrap();
+        writer.append(&room, &w, &c, 3, vec![text("three")]).unwrap();
+        let entries = writer.entries(&feed, 0, 3).unwrap();
+        let head = writer.feed_meta(&feed).unwrap().unwrap().head.unwrap();
+
+        let d = tempdir::Dir::new();
+        let s = Store::open(&d.0).unwrap();
+        s.ingest(&room, Some(&c), &feed, 2, &entries[2..], Some(&head)).unwrap();
+        block_on(s.flush()).unwrap();
+        s.ingest(&room, Some(&c), &feed, 0, &entries[..2], None).unwrap();
+        lose_unsynced_blocks(&d, s, &feed);
+
+        let s = Store::open(&d.0).unwrap();
+        assert_eq!(s.take_forgotten(), vec![feed], "the feed is re-wanted");
+        let meta = s.feed_meta(&feed).unwrap().unwrap();
+        assert_eq!(meta.missing(3), vec![(0, 2)], "the lost blocks are missing again, the synced one kept");
+        assert_eq!(meta.length(), 3, "the head stays");
+        s.ingest(&room, Some(&c), &feed, 0, &entries[..2], None).expect("re-fetched blocks anchor on what is stored");
+        assert_eq!(s.history(&room, &[1; 32], None, 10).unwrap().len(), 3);
     }
 
     #[test]
