@@ -1089,17 +1089,18 @@ impl Session {
         }
         let len = self.peer_len.entry(feed).or_insert(0);
         *len = (*len).max(head.length());
+        let meta = self.store().feed_meta(&feed)?.unwrap_or_default();
         if feed == self.room.feed_key {
             // The peer holds our entries up to here: they were seen. If it holds more than
-            // we do, we fetch them back like any feed's (see `Room::saw_own_head`).
+            // we do (see `Room::saw_own_head`), or entries we lost (damaged blocks
+            // forgotten), we fetch them back like any feed's.
             self.room.saw_own_length(head.length());
-            if !self.room.saw_own_head(head.length()) {
+            if !self.room.saw_own_head(head.length()) && meta.missing(head.length()).is_empty() {
                 return Ok(());
             }
         }
         self.room.saw_length(&feed, head.length(), bytes);
         let target = head.length();
-        let meta = self.store().feed_meta(&feed)?.unwrap_or_default();
         let anchors = self.anchors.entry(feed).or_default();
         anchors.insert(head.seq, head);
         if anchors.len() > ANCHORS_PER_FEED {

@@ -431,3 +431,49 @@ async fn a_damaged_block_is_fetched_again_from_a_peer() -> Result<()> {
     ensure!(back.len() == 4, "{back:?}");
     Ok(())
 }
+
+/// A block of our *own* feed damaged on disk is found when history reads it, forgotten,
+/// and fetched back from a peer that holds it (peers' heads of our feed used to be ignored
+/// unless they were ahead of ours, so the hole stayed for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_block_of_our_own_feed_is_fetched_back_from_a_peer() -> Result<()> {
+    // b writes, a holds a copy; b restarts (a, the bootstrap node, keeps its address).
+    let a = TestDaemon::start_bootstrap_node().await?;
+    let mut b = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, super::PASS).await?;
+    join(&mut cb, super::PASS).await?;
+    for t in ["one", "two", "three"] {
+        send(&mut cb, &room, t).await?;
+    }
+    let author = wait_for_text(&mut ca, &room, "three", WAIT).await?["author"].as_str().context("author")?.to_string();
+    drop(cb);
+    b.stop().await?;
+    // Flip the last byte of b's own feed.
+    let path = b.data_dir().join("db").join("blocks").join(&author);
+    let mut bytes = std::fs::read(&path).with_context(|| format!("b's own feed at {}", path.display()))?;
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&path, bytes)?;
+    b.restart().await?;
+    let mut cb = b.client().await?;
+    let texts =
+        |h: Vec<Value>| -> Vec<String> { h.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect() };
+    let first = texts(full_history(&mut cb, &room).await?);
+    ensure!(!first.contains(&"three".to_string()), "the damaged block was read as intact: {first:?}");
+    let back = within(WAIT, "b's own damaged messages to be fetched back from a", async {
+        loop {
+            let now = texts(full_history(&mut cb, &room).await?);
+            if ["one", "two", "three"].iter().all(|t| now.contains(&t.to_string())) {
+                return anyhow::Ok(now);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    ensure!(back.len() == 3, "{back:?}");
+    // And b writes on, and a takes it.
+    send(&mut cb, &room, "four").await?;
+    wait_for_text(&mut ca, &room, "four", WAIT).await?;
+    Ok(())
+}
