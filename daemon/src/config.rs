@@ -165,6 +165,12 @@ pub struct Limits {
     pub writer_bytes: u64,
     /// Most writers (feeds) stored in one room.
     pub room_writers: usize,
+    /// Bytes of entries per second one peer may send us to verify and store, once it has
+    /// used [`Limits::peer_burst_bytes`]; past it we stop reading from the peer for a while
+    /// (nothing is dropped). 0: no limit.
+    pub peer_bytes_per_s: u64,
+    /// Bytes of entries one peer may send at full speed before `peer_bytes_per_s` applies.
+    pub peer_burst_bytes: u64,
 }
 
 impl Default for Limits {
@@ -188,6 +194,8 @@ impl Default for Limits {
             writer_entries: 1_000_000,
             writer_bytes: 256 << 20,
             room_writers: 1024,
+            peer_bytes_per_s: 32 << 20,
+            peer_burst_bytes: 512 << 20,
         }
     }
 }

@@ -139,6 +139,8 @@ struct Inner {
     /// libp2p applications on the LAN or DHT), not asked again for [`NOT_PEERLOG_FOR`].
     not_peerlog: Mutex<HashMap<PeerId, std::time::Instant>>,
     limits: Limits,
+    /// What each peer may still send us at full speed (see [`Inner::charge`]).
+    budgets: Mutex<HashMap<PeerId, Budget>>,
     slots: Mutex<HashMap<(PeerId, Key32), Slot>>,
     next_id: AtomicU64,
     handshakes: Arc<tokio::sync::Semaphore>,
@@ -146,6 +148,37 @@ struct Inner {
     handshaking: Mutex<HashMap<PeerId, usize>>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+}
+
+/// A token bucket: bytes of entries a peer may send at full speed.
+struct Budget {
+    bytes: f64,
+    at: std::time::Instant,
+}
+
+impl Inner {
+    /// Charges `bytes` of entries received from `peer` to its budget (shared by its
+    /// sessions in every room; refilled at `limits.peer_bytes_per_s` up to
+    /// `limits.peer_burst_bytes`). Returns how long to read nothing more from it.
+    fn charge(&self, peer: PeerId, bytes: u64) -> Duration {
+        let (rate, burst) = (self.limits.peer_bytes_per_s as f64, self.limits.peer_burst_bytes as f64);
+        if rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let now = std::time::Instant::now();
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        if budgets.len() > self.limits.sessions {
+            // Peers whose budget is full again need no entry.
+            budgets.retain(|_, b| b.bytes + rate * now.duration_since(b.at).as_secs_f64() < burst);
+        }
+        let b = budgets.entry(peer).or_insert(Budget { bytes: burst, at: now });
+        b.bytes = (b.bytes + rate * now.duration_since(b.at).as_secs_f64()).min(burst) - bytes as f64;
+        b.at = now;
+        if b.bytes >= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(-b.bytes / rate)
+    }
 }
 
 /// Runs replication sessions. Cheap to clone.
@@ -186,6 +219,7 @@ impl Replicator {
                 redials: Mutex::new(HashMap::new()),
                 not_peerlog: Default::default(),
                 limits,
+                budgets: Mutex::new(HashMap::new()),
                 slots: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
@@ -623,6 +657,7 @@ impl Replicator {
             pex_reach,
             pex: Vec::new(),
             batch_bytes: BATCH_BYTES,
+            paused_until: None,
         };
         if kind == Some(crate::node::ConnectionKind::Relayed) && circuit_bytes.is_none_or(|b| b < ROOMY_CIRCUIT_BYTES) {
             // A relay with small circuits (a public one): small frames, one chunk at a time.
@@ -797,6 +832,9 @@ struct Session {
     pex: Vec<(PeerId, Vec<Multiaddr>)>,
     /// Largest `Data` frame to send on this session (small over relayed connections).
     batch_bytes: usize,
+    /// Read nothing more from the peer until then: it sent entries faster than
+    /// `limits.peer_bytes_per_s` allows (see [`Inner::charge`]).
+    paused_until: Option<tokio::time::Instant>,
 }
 
 impl Session {
@@ -821,7 +859,10 @@ impl Session {
             tokio::select! {
                 biased;
                 _ = room_cancel.cancelled() => return Ok(()),
-                frame = inbound.recv() => match frame {
+                _ = tokio::time::sleep_until(self.paused_until.unwrap_or_else(tokio::time::Instant::now)), if self.paused_until.is_some() => {
+                    self.paused_until = None;
+                }
+                frame = inbound.recv(), if self.paused_until.is_none() => match frame {
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e),
                     Some(Ok(frame)) => {
@@ -915,6 +956,14 @@ impl Session {
             Frame::Data { feed_key, start, entries, head } => {
                 if entries.is_empty() {
                     return Ok(());
+                }
+                let bytes = entries.iter().map(|e| e.ciphertext.len() as u64 + 44).sum();
+                let pause = self.r.inner.charge(self.peer, bytes);
+                if !pause.is_zero() {
+                    if self.paused_until.is_none() {
+                        debug!(peer = %self.peer, room = %self.room.id, pause_ms = pause.as_millis() as u64, "peer sends entries faster than limits.peer_bytes_per_s; pausing reads");
+                    }
+                    self.paused_until = Some(tokio::time::Instant::now() + pause);
                 }
                 let top = start.checked_add(entries.len() as u64 - 1).ok_or(SessionError::Protocol("seq overflow"))?;
                 if let Some(head) = head {

@@ -649,3 +649,49 @@ async fn a_blocked_writer_is_not_stored_served_or_shown_even_after_a_restart() -
     ensure!(ca.call("peers.block", json!({"peer": own, "room": room})).await.is_err(), "we could block ourselves");
     Ok(())
 }
+
+/// A member that pushes entries as fast as it can is slowed to `limits.peer_bytes_per_s`
+/// once it has used `limits.peer_burst_bytes`: the daemon stops reading from it for a
+/// while, loses nothing, and keeps answering its clients meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_flooding_entries_is_slowed_to_its_rate_limit() -> Result<()> {
+    const RATE: u64 = 256 << 10;
+    const BURST: u64 = 512 << 10;
+    let d = TestDaemon::start_with(|c| {
+        c.limits.peer_bytes_per_s = RATE;
+        c.limits.peer_burst_bytes = BURST;
+    })
+    .await?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let content_key = keys.content_key.context("member keys")?;
+    let raw = RawPeer::start().await?;
+    let mut s = raw
+        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    // 40 entries of ~50 KB: about 2 MB, four times the burst.
+    let flood = new_writer();
+    let text = "x".repeat(50_000);
+    let entries = feed_of(&flood, &content_key, 40, 10, &text);
+    let bytes: u64 = entries.iter().map(|(e, _)| e.ciphertext.len() as u64).sum();
+    let started = std::time::Instant::now();
+    let pusher = tokio::spawn(async move {
+        push_feed(&mut s, &flood, entries).await?;
+        anyhow::Ok(s)
+    });
+    // The daemon answers its clients during the flood.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let asked = std::time::Instant::now();
+    c.call("rooms.list", json!({})).await?;
+    ensure!(asked.elapsed() < Duration::from_secs(2), "rooms.list took {:?} during the flood", asked.elapsed());
+    wait_for_text(&mut c, &room, &format!("{text} 39"), Duration::from_secs(60)).await?;
+    let took = started.elapsed();
+    let least = Duration::from_secs_f64((bytes - BURST) as f64 / RATE as f64 * 0.8);
+    ensure!(took >= least, "{bytes} bytes were taken in {took:?}: faster than the limit allows (at least {least:?})");
+    let stored = full_history(&mut c, &room).await?.len();
+    ensure!(stored == 40, "{stored} of the 40 flooded entries stored: a rate limit must slow, not drop");
+    drop(pusher);
+    Ok(())
+}
