@@ -1,5 +1,5 @@
 //! Replication: one session per (peer, room) over a libp2p stream speaking
-//! `/peerlog/replicate/2` (frames in `peerlog_proto::wire`, rules in `docs/PROTOCOL.md`).
+//! `/peerlog/replicate/3` (frames in `peerlog_proto::wire`, rules in `docs/PROTOCOL.md`).
 //!
 //! A session is three tasks: a reader (frames in), a writer (frames out) and the session
 //! loop, which never waits on the network: it queues control frames and serves data only
@@ -1120,7 +1120,7 @@ impl Session {
                 return Ok(());
             }
             // Another validly signed head for a seq we have a head for: the writer forked.
-            if !verify_head(&head) {
+            if !verify_head(&self.room.discovery_key, &head) {
                 return Err(SessionError::Protocol("bad head signature"));
             }
             if known.hash != head.hash {
@@ -1133,8 +1133,12 @@ impl Session {
         // on a live room: equal to what we signed, it needs no signature check.
         let ours = feed == self.room.feed_key
             && self.store().feed_meta(&feed)?.and_then(|m| m.head).is_some_and(|h| h == head);
-        if !ours && !verify_head(&head) {
+        if !ours && !verify_head(&self.room.discovery_key, &head) {
             return Err(SessionError::Protocol("bad head signature"));
+        }
+        // The head we store may still be a format-2 one: this is it, signed for the room.
+        if self.store().has_legacy_head(&feed) && self.store().upgrade_head(&feed, &head)? {
+            debug!(feed = %hex::encode(&feed[..8]), seq = head.seq, "stored head replaced by the same head bound to the room");
         }
         let len = self.peer_len.entry(feed).or_insert(0);
         *len = (*len).max(head.length());
@@ -1338,7 +1342,8 @@ impl Session {
         }
         entries.drain(..keep_from);
         let start = job.end - entries.len() as u64;
-        let head = meta.head.filter(|h| h.seq == top);
+        // A format-2 head would not verify at the peer (see `Store::has_legacy_head`).
+        let head = meta.head.filter(|h| h.seq == top && !self.r.inner.store.has_legacy_head(&feed));
         job.end = start;
         if job.end <= job.start || entries.is_empty() {
             self.serving.pop_front();

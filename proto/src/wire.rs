@@ -1,4 +1,4 @@
-//! Replication frames of `/peerlog/replicate/2`.
+//! Replication frames of `/peerlog/replicate/3`.
 //!
 //! Each frame travels as one length-delimited record (a 4-byte big-endian length, then
 //! the [postcard] encoding of [`Frame`]). The framing itself lives with the I/O in the
@@ -12,14 +12,14 @@
 use serde::{Deserialize, Serialize};
 
 /// The libp2p protocol name of this version of the replication protocol.
-pub const PROTOCOL: &str = "/peerlog/replicate/2";
+pub const PROTOCOL: &str = "/peerlog/replicate/3";
 
 /// Domain separation label of the membership proof (`Auth.mac`).
 pub const AUTH_LABEL: &[u8] = b"peerlog/auth/v1";
 /// Domain label of the room tag in `Hello`.
 pub const HELLO_LABEL: &[u8] = b"peerlog/hello/v1";
-/// Domain separation label of a signed head.
-pub const HEAD_LABEL: &[u8] = b"peerlog/head/v1";
+/// Domain separation label of a signed head (v2: the head binds the room).
+pub const HEAD_LABEL: &[u8] = b"peerlog/head/v2";
 /// Domain separation label of a writer proof (`Frame::Writer`).
 pub const WRITER_LABEL: &[u8] = b"peerlog/writer/v1";
 
@@ -60,16 +60,18 @@ pub struct SignedHead {
     pub seq: u64,
     /// Hash of entry `seq`.
     pub hash: Key32,
-    /// ed25519 signature by `feed_key` over `HEAD_LABEL || seq (BE) || hash`.
+    /// ed25519 signature by `feed_key` over `HEAD_LABEL || discovery_key || seq (BE) || hash`
+    /// ([`SignedHead::signed_bytes`]): valid in one room only.
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
 impl SignedHead {
-    /// The bytes a writer signs for this head.
-    pub fn signed_bytes(seq: u64, hash: &Key32) -> Vec<u8> {
-        let mut m = Vec::with_capacity(HEAD_LABEL.len() + 8 + 32);
+    /// The bytes a writer signs for a head of its feed in the room of `discovery_key`.
+    pub fn signed_bytes(discovery_key: &Key32, seq: u64, hash: &Key32) -> Vec<u8> {
+        let mut m = Vec::with_capacity(HEAD_LABEL.len() + 32 + 8 + 32);
         m.extend_from_slice(HEAD_LABEL);
+        m.extend_from_slice(discovery_key);
         m.extend_from_slice(&seq.to_be_bytes());
         m.extend_from_slice(hash);
         m

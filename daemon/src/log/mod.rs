@@ -102,21 +102,21 @@ pub fn hash_entry(feed_key: &Key32, seq: u64, entry: &Entry) -> Key32 {
     *h.finalize().as_bytes()
 }
 
-/// Signs the head of a feed at `seq`.
-pub fn sign_head(writer: &SigningKey, seq: u64, hash: Key32) -> SignedHead {
-    let sig = writer.sign(&SignedHead::signed_bytes(seq, &hash));
+/// Signs the head of a feed at `seq` in the room of `discovery_key`.
+pub fn sign_head(writer: &SigningKey, discovery_key: &Key32, seq: u64, hash: Key32) -> SignedHead {
+    let sig = writer.sign(&SignedHead::signed_bytes(discovery_key, seq, &hash));
     SignedHead { feed_key: writer.verifying_key().to_bytes(), seq, hash, signature: sig.to_bytes().to_vec() }
 }
 
 /// Checks a head's signature against its feed key, strictly: weak (small-order) keys and
 /// non-canonical signatures are refused. With the lax check, the identity point as a key
 /// and a signature of (identity, 0) "verify" for any message: anyone could sign any head
-/// of such a feed.
-pub fn verify_head(head: &SignedHead) -> bool {
+/// of such a feed. A head signed for another room does not verify.
+pub fn verify_head(discovery_key: &Key32, head: &SignedHead) -> bool {
     let Ok(key) = VerifyingKey::from_bytes(&head.feed_key) else { return false };
     let Ok(sig_bytes) = <[u8; 64]>::try_from(head.signature.as_slice()) else { return false };
     let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
-    key.verify_strict(&SignedHead::signed_bytes(head.seq, &head.hash), &sig).is_ok()
+    key.verify_strict(&SignedHead::signed_bytes(discovery_key, head.seq, &head.hash), &sig).is_ok()
 }
 
 /// AES-256-GCM under `HKDF-SHA256(content_key, info = label || id)`: the per-writer key of
@@ -201,11 +201,13 @@ mod tests {
         assert_eq!(c.open(0, &e).unwrap(), b"hello");
         assert!(c.open(1, &e).is_err(), "seq is bound as AAD");
         assert!(FeedCipher::new(&[2; 32], &fk).open(0, &e).is_err());
-        let head = sign_head(&w, 0, hash_entry(&fk, 0, &e));
-        assert!(verify_head(&head));
+        let room = [7; 32];
+        let head = sign_head(&w, &room, 0, hash_entry(&fk, 0, &e));
+        assert!(verify_head(&room, &head));
         let mut bad = head.clone();
         bad.seq = 1;
-        assert!(!verify_head(&bad));
+        assert!(!verify_head(&room, &bad));
+        assert!(!verify_head(&[8; 32], &head), "a head binds its room: it does not verify in another");
     }
 
     #[test]
@@ -221,6 +223,6 @@ mod tests {
         let sig = ed25519_dalek::Signature::from_bytes(&signature.clone().try_into().unwrap());
         assert!(key.verify(b"anything", &sig).is_ok(), "the lax check accepts it (what this guards against)");
         let forged = SignedHead { feed_key: identity, seq: 7, hash: [9; 32], signature };
-        assert!(!verify_head(&forged));
+        assert!(!verify_head(&[7; 32], &forged));
     }
 }

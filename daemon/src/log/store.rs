@@ -11,6 +11,7 @@
 //! | `r` discovery_key feed_key                            | (empty)             |
 //! | `k` feed_key seq                                      | postcard fork proof |
 //! | `s` feed_key                                          | u64: bytes of the feed's data file known synced |
+//! | `h` feed_key                                          | (empty): the stored head was signed before heads bound the room (format 2) |
 //!
 //! Integers are big-endian so that sled's byte order is numeric order. Nothing is stored
 //! before it verified: see [`Store::ingest`].
@@ -360,10 +361,14 @@ pub struct Store {
     /// Blocked writers as `(room, writer)` (room all zeros: everywhere), as stored under
     /// `x || room || writer`; kept in memory because ingest, heads and history ask per feed.
     blocked: Arc<std::sync::RwLock<std::collections::HashSet<(Key32, Key32)>>>,
+    /// Feeds whose stored head was signed before heads bound the room (`h` keys): still
+    /// good for checking what we store, never sent (peers check heads against the room).
+    legacy_heads: Arc<std::sync::RwLock<std::collections::HashSet<Key32>>>,
 }
 
-/// The storage format this build reads and writes.
-pub const FORMAT: u32 = 2;
+/// The storage format this build reads and writes. Format 2 (heads not bound to the room)
+/// is migrated when opened: see [`Store::open`].
+pub const FORMAT: u32 = 3;
 /// Ciphertext bytes after which a history page stops (the API sends pages whole: a client
 /// that asks for many pages of big messages and reads none must not cost gigabytes).
 pub const HISTORY_PAGE_BYTES: usize = 4 << 20;
@@ -399,6 +404,13 @@ fn fork_key(feed: &Key32, seq: u64) -> [u8; 41] {
 fn synced_key(feed: &Key32) -> [u8; 33] {
     let mut k = meta_key(feed);
     k[0] = b's';
+    k
+}
+
+/// `h || feed`: the feed's stored head is a format-2 head (see `Store::legacy_heads`).
+fn legacy_head_key(feed: &Key32) -> [u8; 33] {
+    let mut k = meta_key(feed);
+    k[0] = b'h';
     k
 }
 
@@ -607,6 +619,44 @@ impl DataFiles {
         self.dirty.lock().unwrap_or_else(|p| p.into_inner()).remove(feed);
         let _ = std::fs::remove_file(self.path(feed));
     }
+}
+
+/// Format 2 → 3: heads now bind the room. Our own feeds' heads are signed again; other
+/// writers' stay (verified when stored, so still good for checking what we store) and are
+/// marked with an `h` key: they are not sent until their writer (or a peer that has it)
+/// announces the same head signed for the room.
+fn migrate_heads(db: &sled::Db, log: &sled::Tree, rooms: &sled::Tree) -> Result<(), StoreError> {
+    let mut own: HashMap<Key32, SigningKey> = HashMap::new();
+    for kv in rooms.iter() {
+        let (_, v) = kv?;
+        let record: RoomRecord = decode(&v, "room")?;
+        let key = SigningKey::from_bytes(&record.writer);
+        own.insert(key.verifying_key().to_bytes(), key);
+    }
+    let mut batch = sled::Batch::default();
+    let (mut signed, mut marked) = (0usize, 0usize);
+    for kv in log.scan_prefix([b'f']) {
+        let (k, v) = kv?;
+        let feed: Key32 = k.get(1..33).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("feed key"))?;
+        let mut meta: FeedMeta = decode(&v, "feed meta")?;
+        let Some(head) = meta.head.take() else { continue };
+        match own.get(&feed) {
+            Some(writer) => {
+                meta.head = Some(sign_head(writer, &meta.room, head.seq, head.hash));
+                batch.insert(k, encode(&meta));
+                signed += 1;
+            }
+            None => {
+                batch.insert(&legacy_head_key(&feed)[..], &[][..]);
+                marked += 1;
+            }
+        }
+    }
+    log.apply_batch(batch)?;
+    db.insert("format", &FORMAT.to_be_bytes())?;
+    db.flush()?;
+    tracing::info!(signed, marked, "store migrated to format {FORMAT}: signed heads now bind the room");
+    Ok(())
 }
 
 /// Display-order key of a message: `(lamport, time_ms, feed_key, seq)`.
@@ -851,7 +901,7 @@ impl Store {
             Some(last) => {
                 let entry =
                     self.entries(feed, last, cut)?.pop().ok_or(StoreError::Corrupt("own feed before the cut"))?;
-                Some(sign_head(writer, last, hash_entry(feed, last, &entry)))
+                Some(sign_head(writer, &meta.room, last, hash_entry(feed, last, &entry)))
             }
         };
         batch.insert(&meta_key(feed)[..], encode(&meta));
@@ -879,6 +929,33 @@ impl Store {
             set.remove(&(*room, *writer));
         }
         Ok(())
+    }
+
+    /// Whether the feed's stored head was signed before heads bound the room (format 2):
+    /// it is not sent to peers until the same head, signed anew, replaces it.
+    pub fn has_legacy_head(&self, feed: &Key32) -> bool {
+        self.legacy_heads.read().unwrap_or_else(|p| p.into_inner()).contains(feed)
+    }
+
+    /// Replaces a format-2 stored head by `head`, the same seq and hash signed for the
+    /// room (which the caller verified). Returns whether it did.
+    pub fn upgrade_head(&self, feed: &Key32, head: &SignedHead) -> Result<bool, StoreError> {
+        let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.has_legacy_head(feed) {
+            return Ok(false);
+        }
+        let Some(mut meta) = self.feed_meta(feed)? else { return Ok(false) };
+        if !meta.head.as_ref().is_some_and(|h| h.seq == head.seq && h.hash == head.hash) {
+            return Ok(false);
+        }
+        meta.head = Some(head.clone());
+        let mut batch = sled::Batch::default();
+        batch.insert(&meta_key(feed)[..], encode(&meta));
+        batch.remove(&legacy_head_key(feed)[..]);
+        self.log.apply_batch(batch)?;
+        self.legacy_heads.write().unwrap_or_else(|p| p.into_inner()).remove(feed);
+        self.touch();
+        Ok(true)
     }
 
     /// Whether a writer is blocked in `room` (or everywhere).
@@ -921,8 +998,10 @@ impl Store {
         match db.get("format")? {
             Some(v) => {
                 let found = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("format"))?);
-                if found != FORMAT {
-                    return Err(StoreError::Format { found });
+                match found {
+                    FORMAT => {}
+                    2 => migrate_heads(&db, &log, &rooms)?,
+                    found => return Err(StoreError::Format { found }),
                 }
             }
             // Format 1 had no tag.
@@ -949,6 +1028,11 @@ impl Store {
             created: false.into(),
             sync_failed: false.into(),
         });
+        let mut legacy_heads = std::collections::HashSet::new();
+        for kv in log.scan_prefix([b'h']) {
+            let (k, _) = kv?;
+            legacy_heads.insert(<Key32>::try_from(&k[1..]).map_err(|_| StoreError::Corrupt("legacy head key"))?);
+        }
         let mut blocked = std::collections::HashSet::new();
         for kv in log.scan_prefix([b'x']) {
             let (k, _) = kv?;
@@ -966,6 +1050,7 @@ impl Store {
             quota: WriterQuota::NONE,
             forgotten: Arc::default(),
             blocked: Arc::new(std::sync::RwLock::new(blocked)),
+            legacy_heads: Arc::new(std::sync::RwLock::new(legacy_heads)),
         };
         let forgotten = store.repair()?;
         store.forgotten.lock().unwrap_or_else(|p| p.into_inner()).extend(forgotten);
@@ -1056,6 +1141,7 @@ impl Store {
             }
             batch.remove(&meta_key(&feed)[..]);
             batch.remove(&synced_key(&feed)[..]);
+            batch.remove(&legacy_head_key(&feed)[..]);
             batch.remove(k);
             self.log.apply_batch(batch)?;
             self.blocks.remove(&feed);
@@ -1176,8 +1262,9 @@ impl Store {
     pub fn room_heads(&self, room: &Key32) -> Result<Vec<SignedHead>, StoreError> {
         let mut heads = Vec::new();
         for (feed, meta) in self.room_feeds(room)? {
-            // A blocked writer's feed is not announced (nor served, nor shown).
-            if !self.is_blocked(room, &feed)? {
+            // A blocked writer's feed is not announced (nor served, nor shown); a format-2
+            // head would not verify at a peer.
+            if !self.is_blocked(room, &feed)? && !self.has_legacy_head(&feed) {
                 heads.extend(meta.head);
             }
         }
@@ -1259,7 +1346,7 @@ impl Store {
             messages.push(StoredMessage { feed_key: feed, seq, message });
         }
         let Some(last) = messages.last() else { return Err(StoreError::Corrupt("empty append")) };
-        let head = sign_head(writer, last.seq, prev);
+        let head = sign_head(writer, room, last.seq, prev);
         // Held while blocks are written, like an ingest: `feed_bytes` counts under it.
         let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = sled::Batch::default();
@@ -1323,7 +1410,7 @@ impl Store {
         }
         let anchor = anchor.filter(|h| h.feed_key == *feed && h.seq == top);
         if let Some(h) = anchor {
-            if !verify_head(h) {
+            if !verify_head(room, h) {
                 return Err(IngestError::BadHead);
             }
         }
@@ -1448,10 +1535,14 @@ impl Store {
         meta.add_range(start, end);
         if let Some(h) = &new_head {
             meta.head = Some(h.clone());
+            batch.remove(&legacy_head_key(feed)[..]);
         }
         batch.insert(&meta_key(feed)[..], encode(&meta));
         batch.insert(&room_feed_key(room, feed)[..], &[][..]);
         self.log.apply_batch(batch)?;
+        if new_head.is_some() {
+            self.legacy_heads.write().unwrap_or_else(|p| p.into_inner()).remove(feed);
+        }
         self.touch();
         Ok(Ingested { messages, stored, bytes, new_head })
     }
@@ -1972,7 +2063,7 @@ mod tests {
         let meta = s.feed_meta(&feed).unwrap().unwrap();
         assert_eq!((meta.length(), meta.stored()), (2, 2), "our feed is cut back to its synced entries");
         let head = meta.head.clone().unwrap();
-        assert!(verify_head(&head) && head.feed_key == feed, "the new head is signed by us");
+        assert!(verify_head(&room, &head) && head.feed_key == feed, "the new head is signed by us");
         assert_eq!(head.hash, hash_entry(&feed, 1, &s.entries(&feed, 1, 2).unwrap()[0]));
         s.append(&room, &w, &c, 3, vec![text("three")]).unwrap();
         let entries = s.entries(&feed, 0, 3).unwrap();
@@ -2011,6 +2102,93 @@ mod tests {
         assert_eq!(meta.length(), 3, "the head stays");
         s.ingest(&room, Some(&c), &feed, 0, &entries[..2], None).expect("re-fetched blocks anchor on what is stored");
         assert_eq!(s.history(&room, &[1; 32], None, 10).unwrap().len(), 3);
+    }
+
+    /// A head as format 2 signed it: not bound to the room.
+    fn sign_head_v1(writer: &SigningKey, seq: u64, hash: Key32) -> SignedHead {
+        use ed25519_dalek::Signer;
+        let mut m = b"peerlog/head/v1".to_vec();
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(&hash);
+        let signature = writer.sign(&m).to_bytes().to_vec();
+        SignedHead { feed_key: writer.verifying_key().to_bytes(), seq, hash, signature }
+    }
+
+    /// A head signed for another room is refused: a feed cannot be carried from one room
+    /// into another.
+    #[test]
+    fn a_head_signed_for_another_room_anchors_nothing() {
+        let (room, other) = ([9u8; 32], [10u8; 32]);
+        let (_dw, writer) = tmp();
+        let w = new_writer();
+        let feed = w.verifying_key().to_bytes();
+        let c = FeedCipher::new(&[1; 32], &feed);
+        writer.append(&other, &w, &c, 1, vec![text("elsewhere")]).unwrap();
+        let entries = writer.entries(&feed, 0, 1).unwrap();
+        let head = writer.feed_meta(&feed).unwrap().unwrap().head.unwrap();
+        let (_d, s) = tmp();
+        let e = s.ingest(&room, Some(&c), &feed, 0, &entries, Some(&head)).expect_err("another room's head");
+        assert!(matches!(e, IngestError::BadHead), "{e}");
+        s.ingest(&other, Some(&c), &feed, 0, &entries, Some(&head)).expect("the head's own room");
+    }
+
+    /// Opening a format-2 store (heads not bound to the room): our own heads are signed
+    /// again for their room; another writer's head stays for local checks but is not
+    /// announced until the same head, bound to the room, replaces it.
+    #[test]
+    fn a_format_2_store_is_migrated() {
+        let room = [9u8; 32];
+        let d = tempdir::Dir::new();
+        let s = Store::open(&d.0).unwrap();
+        let me = new_writer();
+        let mine = me.verifying_key().to_bytes();
+        let record =
+            RoomRecord { access: Access::Member([1; 32]), name: "r".into(), writer: me.to_bytes(), joined_ms: 0 };
+        s.put_room(&room, &record).unwrap();
+        let cm = FeedCipher::new(&[1; 32], &mine);
+        s.append(&room, &me, &cm, 1, vec![text("mine")]).unwrap();
+        let them = new_writer();
+        let theirs = them.verifying_key().to_bytes();
+        let ct = FeedCipher::new(&[1; 32], &theirs);
+        let (_dw, writer) = tmp();
+        writer.append(&room, &them, &ct, 2, vec![text("one"), text("two")]).unwrap();
+        writer.append(&room, &them, &ct, 4, vec![text("three")]).unwrap();
+        let entries = writer.entries(&theirs, 0, 3).unwrap();
+        let v3 = writer.feed_meta(&theirs).unwrap().unwrap().head.unwrap();
+        let v1 = sign_head_v1(&them, v3.seq, v3.hash);
+        s.ingest(&room, Some(&ct), &theirs, 2, &entries[2..], Some(&v3)).unwrap();
+        // Make it what format 2 wrote: old heads, format 2.
+        for (feed, key) in [(mine, &me), (theirs, &them)] {
+            let mut meta = s.feed_meta(&feed).unwrap().unwrap();
+            let h = meta.head.take().unwrap();
+            meta.head = Some(sign_head_v1(key, h.seq, h.hash));
+            s.log.insert(meta_key(&feed), encode(&meta)).unwrap();
+        }
+        s.db.insert("format", &2u32.to_be_bytes()).unwrap();
+        block_on(s.flush()).unwrap();
+        drop(s);
+
+        let s = Store::open(&d.0).unwrap();
+        let own = s.feed_meta(&mine).unwrap().unwrap().head.unwrap();
+        assert!(verify_head(&room, &own), "our own head is signed again for its room");
+        assert!(!s.has_legacy_head(&mine));
+        assert!(s.has_legacy_head(&theirs), "another writer's old head is marked");
+        assert_eq!(s.feed_meta(&theirs).unwrap().unwrap().head, Some(v1.clone()), "and kept");
+        let announced: Vec<Key32> = s.room_heads(&room).unwrap().iter().map(|h| h.feed_key).collect();
+        assert_eq!(announced, vec![mine], "an old head is not announced");
+        // It still anchors what we fetch of that feed.
+        s.ingest(&room, Some(&ct), &theirs, 0, &entries[..2], None).expect("the old head checks the rest locally");
+        // The same head bound to the room replaces it.
+        assert!(
+            !s.upgrade_head(&theirs, &sign_head(&them, &room, 1, v3.hash)).unwrap(),
+            "another seq is not the same head"
+        );
+        assert!(s.upgrade_head(&theirs, &v3).unwrap());
+        assert!(!s.has_legacy_head(&theirs));
+        assert_eq!(s.room_heads(&room).unwrap().len(), 2);
+        drop(s);
+        let s = Store::open(&d.0).unwrap();
+        assert!(!s.has_legacy_head(&theirs), "the replacement is stored");
     }
 
     #[test]

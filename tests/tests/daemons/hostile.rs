@@ -14,7 +14,7 @@ use super::PASS;
 /// One entry `seq` of `writer`'s feed with a chosen Lamport clock, and its signed head.
 fn entry_with_clock(
     writer: &ed25519_dalek::SigningKey,
-    content_key: &Key32,
+    keys: &peerlog::keys::RoomKeys,
     seq: u64,
     prev: Key32,
     lamport: u64,
@@ -22,8 +22,9 @@ fn entry_with_clock(
 ) -> (Entry, SignedHead) {
     let feed = writer.verifying_key().to_bytes();
     let message = Message { lamport, time_ms: 1, body: Some(Body::Text { text: text.into() }) };
-    let entry = FeedCipher::new(content_key, &feed).seal(seq, prev, &message.encode());
-    let head = sign_head(writer, seq, hash_entry(&feed, seq, &entry));
+    let content_key = keys.content_key.expect("member keys");
+    let entry = FeedCipher::new(&content_key, &feed).seal(seq, prev, &message.encode());
+    let head = sign_head(writer, &keys.discovery_key, seq, hash_entry(&feed, seq, &entry));
     (entry, head)
 }
 
@@ -50,7 +51,6 @@ async fn a_hostile_lamport_clock_is_refused_and_others_keep_writing() -> Result<
     wait_for_text(&mut cb, &room, "before", WAIT).await?;
 
     let keys = room_keys(PASS);
-    let content_key = keys.content_key.context("member keys")?;
     let hostile = new_writer();
     let hk = hostile.verifying_key().to_bytes();
     let raw = RawPeer::start().await?;
@@ -61,13 +61,13 @@ async fn a_hostile_lamport_clock_is_refused_and_others_keep_writing() -> Result<
     // Past the hard bound, and far ahead of the room's clock though below it: refused.
     let far = 10 + peerlog::log::LAMPORT_LEAD + 1_000;
     for lamport in [u64::MAX, LAMPORT_MAX + 1, far] {
-        let (entry, head) = entry_with_clock(&hostile, &content_key, 0, [0; 32], lamport, "poison");
+        let (entry, head) = entry_with_clock(&hostile, &keys, 0, [0; 32], lamport, "poison");
         s.send(&Frame::Data { feed_key: hk, start: 0, entries: vec![entry], head: Some(head) }).await?;
     }
     // An honest writer's message on the same session: once it is stored, the frames before
     // it were judged.
     let honest = new_writer();
-    let (entry, head) = entry_with_clock(&honest, &content_key, 0, [0; 32], 2, "honest");
+    let (entry, head) = entry_with_clock(&honest, &keys, 0, [0; 32], 2, "honest");
     s.send(&Frame::Data {
         feed_key: honest.verifying_key().to_bytes(),
         start: 0,
@@ -107,7 +107,7 @@ async fn a_room_poisoned_by_an_older_version_recovers_at_restart() -> Result<()>
         let store = Store::open(&a.data_dir().join("db"))?;
         let hostile = new_writer();
         let hk = hostile.verifying_key().to_bytes();
-        let (entry, head) = entry_with_clock(&hostile, &content_key, 0, [0; 32], u64::MAX, "poison");
+        let (entry, head) = entry_with_clock(&hostile, &keys, 0, [0; 32], u64::MAX, "poison");
         let cipher = FeedCipher::new(&content_key, &hk);
         store.ingest_bounded(
             &keys.discovery_key,
@@ -284,10 +284,9 @@ async fn a_peer_that_asks_and_never_reads_is_disconnected() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_announces_endless_feeds_is_disconnected() -> Result<()> {
     let (_d, _c, keys, _raw, mut s) = member_session().await?;
-    let content_key = keys.content_key.context("member keys")?;
     for _ in 0..3 {
         let heads: Vec<SignedHead> =
-            (0..7_000).map(|_| entry_with_clock(&new_writer(), &content_key, 0, [0; 32], 1, "x").1).collect();
+            (0..7_000).map(|_| entry_with_clock(&new_writer(), &keys, 0, [0; 32], 1, "x").1).collect();
         if s.send(&Frame::Have { heads, bytes: vec![] }).await.is_err() {
             break;
         }
@@ -492,7 +491,7 @@ async fn a_weak_passphrase_needs_confirmation_for_a_publicly_announced_room() ->
 /// message at a time pushes them), with clocks from `lamport`.
 fn feed_of(
     writer: &ed25519_dalek::SigningKey,
-    content_key: &Key32,
+    keys: &peerlog::keys::RoomKeys,
     n: u64,
     lamport: u64,
     text: &str,
@@ -501,8 +500,7 @@ fn feed_of(
     let mut prev = [0; 32];
     (0..n)
         .map(|seq| {
-            let (entry, head) =
-                entry_with_clock(writer, content_key, seq, prev, lamport + seq, &format!("{text} {seq}"));
+            let (entry, head) = entry_with_clock(writer, keys, seq, prev, lamport + seq, &format!("{text} {seq}"));
             prev = hash_entry(&feed, seq, &entry);
             (entry, head)
         })
@@ -535,7 +533,6 @@ async fn a_writer_over_its_quota_is_stored_no_further_and_said_so() -> Result<()
     let room = join(&mut c, PASS).await?;
     send(&mut c, &room, "mine").await?;
     let keys = room_keys(PASS);
-    let content_key = keys.content_key.context("member keys")?;
     let raw = RawPeer::start().await?;
     let mut s = raw
         .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
@@ -543,7 +540,7 @@ async fn a_writer_over_its_quota_is_stored_no_further_and_said_so() -> Result<()
         .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
     // A writer that sends 8 messages: 5 are stored.
     let flood = new_writer();
-    push_feed(&mut s, &flood, feed_of(&flood, &content_key, 8, 10, "flood")).await?;
+    push_feed(&mut s, &flood, feed_of(&flood, &keys, 8, 10, "flood")).await?;
     let event = c.wait_event(WAIT, "a writer.quota event for entries", |e| e.event == "writer.quota").await?;
     ensure!(
         event.params["quota"] == "entries" && event.params["author"] == hex::encode(flood.verifying_key().to_bytes()),
@@ -552,10 +549,10 @@ async fn a_writer_over_its_quota_is_stored_no_further_and_said_so() -> Result<()
     );
     // The third writer of the room is stored; a fourth is not.
     let third = new_writer();
-    push_feed(&mut s, &third, feed_of(&third, &content_key, 1, 30, "third")).await?;
+    push_feed(&mut s, &third, feed_of(&third, &keys, 1, 30, "third")).await?;
     wait_for_text(&mut c, &room, "third 0", WAIT).await?;
     let fourth = new_writer();
-    push_feed(&mut s, &fourth, feed_of(&fourth, &content_key, 1, 40, "fourth")).await?;
+    push_feed(&mut s, &fourth, feed_of(&fourth, &keys, 1, 40, "fourth")).await?;
     let event = c
         .wait_event(WAIT, "a writer.quota event for writers", |e| {
             e.event == "writer.quota" && e.params["quota"] == "writers"
@@ -665,7 +662,6 @@ async fn a_peer_flooding_entries_is_slowed_to_its_rate_limit() -> Result<()> {
     let mut c = d.client().await?;
     let room = join(&mut c, PASS).await?;
     let keys = room_keys(PASS);
-    let content_key = keys.content_key.context("member keys")?;
     let raw = RawPeer::start().await?;
     let mut s = raw
         .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
@@ -674,7 +670,7 @@ async fn a_peer_flooding_entries_is_slowed_to_its_rate_limit() -> Result<()> {
     // 40 entries of ~50 KB: about 2 MB, four times the burst.
     let flood = new_writer();
     let text = "x".repeat(50_000);
-    let entries = feed_of(&flood, &content_key, 40, 10, &text);
+    let entries = feed_of(&flood, &keys, 40, 10, &text);
     let bytes: u64 = entries.iter().map(|(e, _)| e.ciphertext.len() as u64).sum();
     let started = std::time::Instant::now();
     let pusher = tokio::spawn(async move {
@@ -693,5 +689,27 @@ async fn a_peer_flooding_entries_is_slowed_to_its_rate_limit() -> Result<()> {
     let stored = full_history(&mut c, &room).await?.len();
     ensure!(stored == 40, "{stored} of the 40 flooded entries stored: a rate limit must slow, not drop");
     drop(pusher);
+    Ok(())
+}
+
+/// Signed heads bind their room: a member that carries a feed (entries and signed heads)
+/// over from another room has it refused, and its session ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_carried_over_from_another_room_is_refused() -> Result<()> {
+    let (_d, mut c, keys, _raw, mut s) = member_session().await?;
+    let room = room_id(&mut c).await?;
+    // Same content key (so the entries decrypt), another room's discovery key in the heads.
+    let mut elsewhere = keys.clone();
+    elsewhere.discovery_key = [0x42; 32];
+    let carried = new_writer();
+    push_feed(&mut s, &carried, feed_of(&carried, &elsewhere, 1, 10, "carried")).await?;
+    let (seen, _) = s.read_to_end().await?;
+    ensure!(
+        seen.contains(&Frame::Refuse { reason: peerlog_proto::wire::Refusal::ProtocolViolation }),
+        "a head signed for another room was accepted: {seen:?}"
+    );
+    let texts: Vec<String> =
+        full_history(&mut c, &room).await?.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect();
+    ensure!(!texts.iter().any(|t| t.starts_with("carried")), "the carried-over feed was stored: {texts:?}");
     Ok(())
 }
