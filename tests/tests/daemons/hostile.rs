@@ -363,7 +363,17 @@ async fn a_second_peers_frame_ends_the_session() -> Result<()> {
 /// authenticated session to the daemon (a member, as far as the daemon can tell).
 async fn member_session() -> Result<(TestDaemon, peerlog::client::Client, peerlog::keys::RoomKeys, RawPeer, RawSession)>
 {
-    let (d, c, keys) = daemon_in_room().await?;
+    member_session_with(|_| {}).await
+}
+
+/// [`member_session`] with a daemon whose config `tweak` changed.
+async fn member_session_with(
+    tweak: impl FnOnce(&mut peerlog::config::Config),
+) -> Result<(TestDaemon, peerlog::client::Client, peerlog::keys::RoomKeys, RawPeer, RawSession)> {
+    let d = TestDaemon::start_with(tweak).await?;
+    let mut c = d.client().await?;
+    join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
     let raw = RawPeer::start().await?;
     let s = raw
         .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
@@ -524,20 +534,13 @@ async fn push_feed(
 /// `writer.quota` event, and the room goes on for everyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_over_its_quota_is_stored_no_further_and_said_so() -> Result<()> {
-    let d = TestDaemon::start_with(|c| {
+    let (_d, mut c, keys, _raw, mut s) = member_session_with(|c| {
         c.limits.writer_entries = 5;
         c.limits.room_writers = 3;
     })
     .await?;
-    let mut c = d.client().await?;
-    let room = join(&mut c, PASS).await?;
+    let room = room_id(&mut c).await?;
     send(&mut c, &room, "mine").await?;
-    let keys = room_keys(PASS);
-    let raw = RawPeer::start().await?;
-    let mut s = raw
-        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
-        .await?
-        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
     // A writer that sends 8 messages: 5 are stored.
     let flood = new_writer();
     push_feed(&mut s, &flood, feed_of(&flood, &keys, 8, 10, "flood")).await?;
@@ -654,19 +657,12 @@ async fn a_blocked_writer_is_not_stored_served_or_shown_even_after_a_restart() -
 async fn a_peer_flooding_entries_is_slowed_to_its_rate_limit() -> Result<()> {
     const RATE: u64 = 256 << 10;
     const BURST: u64 = 512 << 10;
-    let d = TestDaemon::start_with(|c| {
+    let (_d, mut c, keys, _raw, mut s) = member_session_with(|c| {
         c.limits.peer_bytes_per_s = RATE;
         c.limits.peer_burst_bytes = BURST;
     })
     .await?;
-    let mut c = d.client().await?;
-    let room = join(&mut c, PASS).await?;
-    let keys = room_keys(PASS);
-    let raw = RawPeer::start().await?;
-    let mut s = raw
-        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
-        .await?
-        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    let room = room_id(&mut c).await?;
     // 40 entries of ~50 KB: about 2 MB, four times the burst.
     let flood = new_writer();
     let text = "x".repeat(50_000);

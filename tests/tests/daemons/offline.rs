@@ -386,48 +386,65 @@ async fn a_writer_restored_from_a_backup_fetches_its_own_feed_before_writing_on(
     Ok(())
 }
 
-/// A block damaged on disk (a torn write, a bad sector) is found when it is read (here by
-/// the check of a new entry against its predecessor), forgotten, and fetched again from a
-/// peer that holds it: the messages come back, and the writer's new ones still arrive.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_block_is_fetched_again_from_a_peer() -> Result<()> {
+/// a (a bootstrap node) and b in one room; "one", "two", "three" written by b if
+/// `b_writes`, else by a; then b stops, the last byte of its copy of that feed is flipped (a
+/// torn write, a bad sector), and b starts again. Returns a, b and the room.
+async fn damage_at_b(b_writes: bool) -> Result<(TestDaemon, TestDaemon, String)> {
     let a = TestDaemon::start_bootstrap_node().await?;
     let mut b = TestDaemon::start_bootstrapped(&a).await?;
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
     let room = join(&mut ca, super::PASS).await?;
     join(&mut cb, super::PASS).await?;
+    let (writer, reader) = if b_writes { (&mut cb, &mut ca) } else { (&mut ca, &mut cb) };
     for t in ["one", "two", "three"] {
-        send(&mut ca, &room, t).await?;
+        send(writer, &room, t).await?;
     }
-    let author = wait_for_text(&mut cb, &room, "three", WAIT).await?["author"].as_str().context("author")?.to_string();
+    let author = wait_for_text(reader, &room, "three", WAIT).await?["author"].as_str().context("author")?.to_string();
     drop(cb);
     b.stop().await?;
-    // Flip the last byte of b's copy of a's feed.
     let path = b.data_dir().join("db").join("blocks").join(&author);
-    let mut bytes = std::fs::read(&path).with_context(|| format!("b's copy of a's feed at {}", path.display()))?;
+    let mut bytes = std::fs::read(&path).with_context(|| format!("b's copy of the feed at {}", path.display()))?;
     let last = bytes.len() - 1;
     bytes[last] ^= 0x55;
     std::fs::write(&path, bytes)?;
     b.restart().await?;
-    let mut cb = b.client().await?;
+    Ok((a, b, room))
+}
+
+/// Waits until `room`'s history at `c` holds every one of `want`; returns its texts.
+async fn history_with(c: &mut Client, room: &str, want: &[&str], what: &str) -> Result<Vec<String>> {
+    within(WAIT, what, async {
+        loop {
+            let now = texts(&full_history(c, room).await?);
+            if want.iter().all(|t| now.contains(&t.to_string())) {
+                return anyhow::Ok(now);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await?
+}
+
+/// A block damaged on disk is found when it is read (here by the check of a new entry
+/// against its predecessor), forgotten, and fetched again from a peer that holds it: the
+/// messages come back, and the writer's new ones still arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_block_is_fetched_again_from_a_peer() -> Result<()> {
+    let (a, b, room) = damage_at_b(false).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
     // The session with a is up and has exchanged heads before anything reads the damaged
     // block: only the damage, once found, can make b fetch those entries again. a's next
     // message links to the damaged entry, which b must check it against: b takes it
     // anyway (used to end the session, for good) and fetches the damaged ones again.
     send(&mut ca, &room, "four").await?;
     cb.wait_event(WAIT, "a's fourth message at b", |e| e.event == "message" && e.params["text"] == "four").await?;
-    let texts =
-        |h: Vec<Value>| -> Vec<String> { h.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect() };
-    let back = within(WAIT, "the damaged messages to be fetched again from a", async {
-        loop {
-            let now = texts(full_history(&mut cb, &room).await?);
-            if ["one", "two", "three", "four"].iter().all(|t| now.contains(&t.to_string())) {
-                return anyhow::Ok(now);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await??;
+    let back = history_with(
+        &mut cb,
+        &room,
+        &["one", "two", "three", "four"],
+        "the damaged messages to be fetched again from a",
+    )
+    .await?;
     ensure!(back.len() == 4, "{back:?}");
     Ok(())
 }
@@ -438,39 +455,13 @@ async fn a_damaged_block_is_fetched_again_from_a_peer() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_block_of_our_own_feed_is_fetched_back_from_a_peer() -> Result<()> {
     // b writes, a holds a copy; b restarts (a, the bootstrap node, keeps its address).
-    let a = TestDaemon::start_bootstrap_node().await?;
-    let mut b = TestDaemon::start_bootstrapped(&a).await?;
+    let (a, b, room) = damage_at_b(true).await?;
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
-    let room = join(&mut ca, super::PASS).await?;
-    join(&mut cb, super::PASS).await?;
-    for t in ["one", "two", "three"] {
-        send(&mut cb, &room, t).await?;
-    }
-    let author = wait_for_text(&mut ca, &room, "three", WAIT).await?["author"].as_str().context("author")?.to_string();
-    drop(cb);
-    b.stop().await?;
-    // Flip the last byte of b's own feed.
-    let path = b.data_dir().join("db").join("blocks").join(&author);
-    let mut bytes = std::fs::read(&path).with_context(|| format!("b's own feed at {}", path.display()))?;
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x55;
-    std::fs::write(&path, bytes)?;
-    b.restart().await?;
-    let mut cb = b.client().await?;
-    let texts =
-        |h: Vec<Value>| -> Vec<String> { h.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect() };
-    let first = texts(full_history(&mut cb, &room).await?);
+    let first = texts(&full_history(&mut cb, &room).await?);
     ensure!(!first.contains(&"three".to_string()), "the damaged block was read as intact: {first:?}");
-    let back = within(WAIT, "b's own damaged messages to be fetched back from a", async {
-        loop {
-            let now = texts(full_history(&mut cb, &room).await?);
-            if ["one", "two", "three"].iter().all(|t| now.contains(&t.to_string())) {
-                return anyhow::Ok(now);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await??;
+    let back =
+        history_with(&mut cb, &room, &["one", "two", "three"], "b's own damaged messages to be fetched back from a")
+            .await?;
     ensure!(back.len() == 3, "{back:?}");
     // And b writes on, and a takes it.
     send(&mut cb, &room, "four").await?;
