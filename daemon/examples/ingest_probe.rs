@@ -2,7 +2,8 @@
 //! `cargo run --release -p peerlog --example ingest_probe [-- MESSAGES]`.
 //! Also times reading them back (the serving side's part), and reports the bytes on disk
 //! per message and the process's peak RSS.
-use peerlog::bench::{dir_bytes, status_kib};
+use peerlog::bench::status_kib;
+use peerlog::disk::dir_bytes;
 use peerlog::log::store::Store;
 use peerlog::log::{new_writer, Body, FeedCipher};
 

@@ -12,7 +12,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use peerlog_proto::api::{codes, Event, Request as RpcRequest, Response as RpcResponse, API_VERSION};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -21,12 +21,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use crate::config::Network;
-use crate::daemon::{OpError, Shared};
 use crate::keys::{self, RoomSecret};
 use crate::log::store::StoredMessage;
 use crate::log::Body;
 use crate::rooms::{DaemonEvent, Room};
-use crate::transfer::{FileInfo, FileSource};
+use crate::service::{FileInfo, FileSource};
+use crate::service::{Service, ServiceError};
 
 /// Frames queued for one client before it is considered too slow.
 const CLIENT_QUEUE: usize = 1024;
@@ -39,7 +39,7 @@ const HISTORY_DEFAULT: usize = 50;
 const HISTORY_MAX: usize = 1000;
 
 struct ApiState {
-    shared: Arc<Shared>,
+    service: Arc<Service>,
     port: u16,
     cancel: CancellationToken,
     /// Upgraded WebSocket connections: axum's graceful shutdown does not track them.
@@ -47,10 +47,10 @@ struct ApiState {
 }
 
 /// Serves the API on `listener` until `cancel` fires; open WebSockets are closed then.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
+pub async fn serve(listener: tokio::net::TcpListener, service: Arc<Service>, cancel: CancellationToken) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let clients = tokio_util::task::TaskTracker::new();
-    let state = Arc::new(ApiState { shared, port, cancel: cancel.clone(), clients: clients.clone() });
+    let state = Arc::new(ApiState { service, port, cancel: cancel.clone(), clients: clients.clone() });
     let app = Router::new()
         .route("/", get(|| async { static_file("index.html") }))
         .route("/app.js", get(|| async { static_file("app.js") }))
@@ -150,10 +150,10 @@ fn authorize(state: &ApiState, headers: &HeaderMap, token: Option<&str>) -> Resu
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let given = bearer.or(token).unwrap_or("");
-    if constant_time_eq(given.as_bytes(), state.shared.token.as_bytes()) {
+    if constant_time_eq(given.as_bytes(), state.service.token.as_bytes()) {
         return Ok(Grant::Api);
     }
-    if constant_time_eq(given.as_bytes(), state.shared.cli_token.as_bytes()) {
+    if constant_time_eq(given.as_bytes(), state.service.cli_token.as_bytes()) {
         if origin.is_some() {
             warn!("refused the CLI credential from a browser");
             return Err((StatusCode::FORBIDDEN, "forbidden: the CLI credential is not for browsers\n"));
@@ -178,16 +178,15 @@ async fn ws_upgrade(
         Ok(ws) => ws,
         Err(rejection) => return rejection.into_response(),
     };
-    let limit = state.shared.config.limits.ws_message_bytes;
+    let limit = state.service.config.limits.ws_message_bytes;
     // Frames may be up to twice the message limit, so that a message over it (one frame,
     // as browsers send) is read whole and answered with close code 1009 rather than cut
     // mid-frame; a frame over that ends the connection at once.
     ws.max_message_size(limit).max_frame_size(limit.saturating_mul(2)).on_upgrade(move |socket| {
         let client_id: u32 = rand::random();
         let clients = state.clients.clone();
-        clients.track_future(
-            client(socket, state, grant).instrument(tracing::debug_span!("api_client", client = client_id)),
-        )
+        let watched = state.service.tasks.watch("api client", client(socket, state.clone(), grant)).map(|_| ());
+        clients.track_future(watched.instrument(tracing::debug_span!("api_client", client = client_id)))
     })
 }
 
@@ -228,7 +227,7 @@ impl Outbox {
 /// One WebSocket client: requests run concurrently (bounded), replies and events share
 /// one outgoing queue.
 async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
-    let limit = state.shared.config.limits.ws_message_bytes;
+    let limit = state.service.config.limits.ws_message_bytes;
     let (mut ws_tx, mut ws_rx) = socket.split();
     let (tx, mut out_rx) = mpsc::channel(CLIENT_QUEUE);
     let out_tx = Outbox { tx, budget: Arc::new(Semaphore::new(CLIENT_QUEUE_BYTES)) };
@@ -255,12 +254,12 @@ async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
     // The upload in progress on this connection (`files.send` with streamed bytes).
     let upload: Arc<std::sync::Mutex<Option<mpsc::Sender<bytes::Bytes>>>> = Default::default();
     let events_task = tokio::spawn(forward_events(
-        state.shared.clone(),
-        state.shared.rooms.events.subscribe(),
+        state.service.clone(),
+        state.service.rooms.events.subscribe(),
         out_tx.clone(),
         filter.clone(),
     ));
-    let slots = Arc::new(Semaphore::new(state.shared.config.limits.requests_per_client.max(1)));
+    let slots = Arc::new(Semaphore::new(state.service.config.limits.requests_per_client.max(1)));
     let requests = tokio_util::task::TaskTracker::new();
     loop {
         let msg = tokio::select! {
@@ -319,25 +318,26 @@ async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
             Upload { rx: (!busy).then_some(rx), size, slot: upload.clone(), holds_slot: !busy }
         });
         let Ok(permit) = slots.clone().acquire_owned().await else { break };
-        let shared = state.shared.clone();
+        let service = state.service.clone();
         let out = out_tx.clone();
         let filter = filter.clone();
         let streaming = streaming.clone();
-        requests.spawn(async move {
-            let (reply, stream_back) = handle_text(&shared, &filter, stream, text.as_str(), grant).await;
+        let watch = service.tasks.clone();
+        requests.spawn(watch.watch("api request", async move {
+            let (reply, stream_back) = handle_text(&service, &filter, stream, text.as_str(), grant).await;
             if let Some((room, file)) = stream_back {
                 // One file at a time per connection: its binary frames must not interleave
                 // with another's. The reply goes first, then the bytes.
                 let _turn = streaming.lock().await;
                 if out.send(Out::Text(to_json(&reply))).await.is_ok() {
-                    stream_file(&shared, &room, &file, &out).await;
+                    stream_file(&service, &room, &file, &out).await;
                 }
                 drop(permit);
                 return;
             }
             let _ = out.send(Out::Text(to_json(&reply))).await;
             drop(permit);
-        });
+        }));
     }
     // An upload in progress gets no more bytes: end it (its request would wait for them,
     // holding a blocking thread, while this function waits for the request).
@@ -413,7 +413,7 @@ fn event_name(event: &DaemonEvent) -> &'static str {
 }
 
 async fn forward_events(
-    shared: Arc<Shared>,
+    service: Arc<Service>,
     mut events: broadcast::Receiver<DaemonEvent>,
     out: Outbox,
     filter: EventFilter,
@@ -421,7 +421,7 @@ async fn forward_events(
     loop {
         let event = match events.recv().await {
             Ok(e) if !filter.wants(event_name(&e)) => continue,
-            Ok(e) => render_event(&shared, e),
+            Ok(e) => render_event(&service, e),
             // The client missed events: it should reload what it shows.
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 Some(Event { event: "lagged".into(), params: json!({"missed": n}) })
@@ -435,19 +435,19 @@ async fn forward_events(
     }
 }
 
-fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
+fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
     let (name, params) = match event {
         DaemonEvent::Message { room, message } => {
-            let room = shared.rooms.get(&room)?;
+            let room = service.rooms.get(&room)?;
             ("message", message_json(&room, &message)?)
         }
         DaemonEvent::PeerJoined { room, peer, kind } => {
-            ("peer.joined", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string(), "connection": kind}))
+            ("peer.joined", json!({"room": service.rooms.get(&room)?.id, "peer": peer.to_string(), "connection": kind}))
         }
         DaemonEvent::SyncProgress { room, entries_done, entries_total, bytes_done, bytes_total } => (
             "sync.progress",
             json!({
-                "room": shared.rooms.get(&room)?.id,
+                "room": service.rooms.get(&room)?.id,
                 "entries_done": entries_done,
                 "entries_total": entries_total,
                 "bytes_done": bytes_done,
@@ -455,13 +455,13 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
             }),
         ),
         DaemonEvent::PeerConnection { peer, kind, rooms } => {
-            let rooms: Vec<String> = rooms.iter().filter_map(|r| shared.rooms.get(r)).map(|r| r.id.clone()).collect();
+            let rooms: Vec<String> = rooms.iter().filter_map(|r| service.rooms.get(r)).map(|r| r.id.clone()).collect();
             ("peer.connection", json!({"peer": peer.to_string(), "connection": kind, "rooms": rooms}))
         }
         DaemonEvent::FileProgress { room, file_id, receiving, bytes_done, bytes_total, done } => (
             "file.progress",
             json!({
-                "room": shared.rooms.get(&room)?.id,
+                "room": service.rooms.get(&room)?.id,
                 "file_id": hex::encode(file_id),
                 "direction": if receiving { "receive" } else { "send" },
                 "bytes_done": bytes_done,
@@ -470,14 +470,14 @@ fn render_event(shared: &Shared, event: DaemonEvent) -> Option<Event> {
             }),
         ),
         DaemonEvent::Seen { room, length } => {
-            ("message.seen", json!({"room": shared.rooms.get(&room)?.id, "seen_below": length}))
+            ("message.seen", json!({"room": service.rooms.get(&room)?.id, "seen_below": length}))
         }
         DaemonEvent::PeerLeft { room, peer } => {
-            ("peer.left", json!({"room": shared.rooms.get(&room)?.id, "peer": peer.to_string()}))
+            ("peer.left", json!({"room": service.rooms.get(&room)?.id, "peer": peer.to_string()}))
         }
         DaemonEvent::WriterQuota { room, writer, quota } => (
             "writer.quota",
-            json!({"room": shared.rooms.get(&room)?.id, "author": hex::encode(writer), "quota": quota}),
+            json!({"room": service.rooms.get(&room)?.id, "author": hex::encode(writer), "quota": quota}),
         ),
     };
     Some(Event { event: name.into(), params })
@@ -517,11 +517,11 @@ fn message_json(room: &Room, m: &StoredMessage) -> Option<Value> {
     Some(v)
 }
 
-fn room_json(shared: &Shared, room: &Room) -> Value {
-    let peers = shared.room_peers(Some(&room.discovery_key)).len();
+fn room_json(service: &Service, room: &Room) -> Value {
+    let peers = service.room_peers(Some(&room.discovery_key)).len();
     // Writers that signed two different entries for one seq (e.g. a data dir copied to a
     // second machine): their conflicting data is refused; people should know.
-    let forks: Vec<Value> = shared
+    let forks: Vec<Value> = service
         .store
         .forks(&room.discovery_key)
         .unwrap_or_default()
@@ -536,7 +536,7 @@ fn room_json(shared: &Shared, room: &Room) -> Value {
         "forks": forks,
         "seeder": room.is_seeder(),
         "seen_below": room.own_seen(),
-        "entries_stored": shared.store.room_feeds(&room.discovery_key).map_or(0, |f| f.iter().map(|(_, m)| m.stored()).sum::<u64>()),
+        "entries_stored": service.store.room_feeds(&room.discovery_key).map_or(0, |f| f.iter().map(|(_, m)| m.stored()).sum::<u64>()),
         "entries_received": room.received.load(std::sync::atomic::Ordering::Relaxed),
         "entries_served": room.served.load(std::sync::atomic::Ordering::Relaxed),
     })
@@ -554,23 +554,27 @@ impl ApiError {
     }
 }
 
-impl From<OpError> for ApiError {
-    fn from(e: OpError) -> Self {
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
         let code = match &e {
-            OpError::RoomNotFound(_) => codes::ROOM_NOT_FOUND,
-            OpError::TooLarge { .. } => codes::TOO_LARGE,
-            OpError::Invalid(_) => codes::INVALID_PARAMS,
-            OpError::Key(keys::KeyError::BadInvite | keys::KeyError::BadSeed | keys::KeyError::SeedNotInvite) => {
+            ServiceError::RoomNotFound(_) => codes::ROOM_NOT_FOUND,
+            ServiceError::TooLarge { .. } => codes::TOO_LARGE,
+            ServiceError::Invalid(_) => codes::INVALID_PARAMS,
+            ServiceError::NotFound(_) => codes::NOT_FOUND,
+            ServiceError::LocalFile { .. } => codes::LOCAL_FILE,
+            ServiceError::UploadIncomplete(_) => codes::UPLOAD_INCOMPLETE,
+            ServiceError::Unavailable(_) => codes::UNAVAILABLE,
+            ServiceError::Key(keys::KeyError::BadInvite | keys::KeyError::BadSeed | keys::KeyError::SeedNotInvite) => {
                 codes::BAD_INVITE
             }
-            OpError::Key(keys::KeyError::EmptyPassphrase) => codes::INVALID_PARAMS,
-            OpError::Key(_) => codes::INTERNAL,
-            OpError::Store(crate::log::store::StoreError::Blind) => codes::SEEDER_ONLY,
-            OpError::Append(e) if matches!(**e, crate::log::store::StoreError::Blind) => codes::SEEDER_ONLY,
-            OpError::Store(_) | OpError::Append(_) => codes::STORAGE,
-            OpError::Commit(crate::log::commit::CommitError::Shutdown) => codes::SHUTTING_DOWN,
-            OpError::Commit(_) => codes::STORAGE,
-            OpError::Shutdown => codes::SHUTTING_DOWN,
+            ServiceError::Key(keys::KeyError::EmptyPassphrase) => codes::INVALID_PARAMS,
+            ServiceError::Key(_) => codes::INTERNAL,
+            ServiceError::Store(crate::log::store::StoreError::Blind) => codes::SEEDER_ONLY,
+            ServiceError::Append(e) if matches!(**e, crate::log::store::StoreError::Blind) => codes::SEEDER_ONLY,
+            ServiceError::Store(_) | ServiceError::Append(_) => codes::STORAGE,
+            ServiceError::Commit(crate::log::commit::CommitError::Shutdown) => codes::SHUTTING_DOWN,
+            ServiceError::Commit(_) => codes::STORAGE,
+            ServiceError::Shutdown => codes::SHUTTING_DOWN,
         };
         Self { code, message: e.to_string() }
     }
@@ -607,7 +611,7 @@ fn upload_request(text: &str) -> Option<u64> {
 type StreamBack = Option<(Arc<Room>, FileInfo)>;
 
 async fn handle_text(
-    shared: &Arc<Shared>,
+    service: &Arc<Service>,
     filter: &EventFilter,
     upload: Option<Upload>,
     text: &str,
@@ -625,10 +629,10 @@ async fn handle_text(
     let mut stream_back = None;
     let result = match request.method.as_str() {
         "subscribe" => subscribe(filter, request.params),
-        "files.send" => send_file(shared, upload, request.params, grant).await,
-        "files.get" => get_file(shared, request.params, &mut stream_back, grant).await,
-        "files.url" => file_url(shared, request.params),
-        method => call(shared, method, request.params).await,
+        "files.send" => send_file(service, upload, request.params, grant).await,
+        "files.get" => get_file(service, request.params, &mut stream_back, grant).await,
+        "files.url" => file_url(service, request.params),
+        method => call(service, method, request.params).await,
     };
     match result {
         Ok(result) => (RpcResponse::ok(request.id, result), stream_back),
@@ -639,7 +643,7 @@ async fn handle_text(
 /// `files.get`: fetches the file, then saves it to `path`, or (with `stream`) has its bytes
 /// follow the reply as binary frames.
 async fn get_file(
-    shared: &Arc<Shared>,
+    service: &Arc<Service>,
     params: Value,
     stream_back: &mut StreamBack,
     grant: Grant,
@@ -648,19 +652,19 @@ async fn get_file(
     if p.path.is_some() {
         local_only(grant)?;
     }
-    let room = shared.room(&p.room)?;
-    let file = shared.file_info(&room, &p.file)?;
+    let room = service.room(&p.room)?;
+    let file = service.file_info(&room, &p.file)?;
     if p.stream && p.path.is_some() {
         return Err(ApiError::params("give path or stream, not both"));
     }
     match &p.path {
-        Some(path) => shared.save_file(&room, &file, std::path::Path::new(path)).await?,
-        None => shared.fetch_file(&room, &file).await?,
+        Some(path) => service.save_file(&room, &file, std::path::Path::new(path)).await?,
+        None => service.fetch_file(&room, &file).await?,
     }
     let result = json!({"file": file_json(&room, &file), "saved_to": p.path_echo(), "streamed": p.stream});
     if p.stream {
         if room.content_key().is_none() {
-            return Err(OpError::Store(crate::log::store::StoreError::Blind).into());
+            return Err(ServiceError::Store(crate::log::store::StoreError::Blind).into());
         }
         *stream_back = Some((room, file));
     }
@@ -669,9 +673,9 @@ async fn get_file(
 
 /// Sends a fetched file's bytes as binary frames (one per chunk, each verified and
 /// decrypted first). A chunk that went bad since the fetch ends the stream early (logged).
-async fn stream_file(shared: &Arc<Shared>, room: &Room, file: &FileInfo, out: &Outbox) {
+async fn stream_file(service: &Arc<Service>, room: &Room, file: &FileInfo, out: &Outbox) {
     let Some(content_key) = room.content_key().copied() else { return };
-    let (chunks, ids, file_id, out) = (shared.chunks.clone(), file.chunks.clone(), file.file_id, out.clone());
+    let (chunks, ids, file_id, out) = (service.chunks.clone(), file.chunks.clone(), file.file_id, out.clone());
     let streamed = tokio::task::spawn_blocking(move || {
         let key = crate::files::FileKey::new(&content_key, &file_id);
         crate::files::read_plain(&chunks, &key, &ids, |plain| out.blocking_send(Out::Binary(plain.into())).is_ok())
@@ -767,14 +771,14 @@ struct HistoryParams {
     limit: Option<usize>,
 }
 
-async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value, ApiError> {
+async fn call(service: &Arc<Service>, method: &str, params: Value) -> Result<Value, ApiError> {
     match method {
         "node.doctor" => {
-            let checks = shared.doctor().await?;
+            let checks = service.doctor().await?;
             Ok(json!({"ok": checks.iter().all(|c| c.ok), "checks": checks}))
         }
         "node.info" => {
-            let info = shared.node_info().await?;
+            let info = service.node_info().await?;
             Ok(json!({
                 "peer_id": info.peer_id,
                 "listen_addrs": info.listen_addrs,
@@ -793,20 +797,20 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 "bootstrap_connected": info.bootstrap_connected,
                 "warnings": info.warnings,
                 "connected_peers": info.peers.len(),
-                "rooms": shared.rooms.list().len(),
-                "storage_bytes": shared.store.size_on_disk() + shared.chunks.bytes(),
-                "display_name": shared.store.display_name().ok().flatten(),
+                "rooms": service.rooms.list().len(),
+                "storage_bytes": service.store.size_on_disk() + service.chunks.bytes(),
+                "display_name": service.store.display_name().ok().flatten(),
                 "version": env!("CARGO_PKG_VERSION"),
                 "api_version": API_VERSION,
             }))
         }
         "rooms.list" => {
-            let rooms: Vec<Value> = shared.rooms.list().iter().map(|r| room_json(shared, r)).collect();
+            let rooms: Vec<Value> = service.rooms.list().iter().map(|r| room_json(service, r)).collect();
             Ok(json!({ "rooms": rooms }))
         }
         "rooms.join" => {
             let p: JoinParams = parse(params)?;
-            let public = shared.config.network == Network::Public;
+            let public = service.config.network == Network::Public;
             let (room, created, bits) = match (p.passphrase, p.invite) {
                 (Some(pass), None) => {
                     let bits = keys::passphrase_bits(&pass);
@@ -818,17 +822,17 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                             ),
                         });
                     }
-                    let (room, created) = shared.join_passphrase(pass, p.name).await?;
+                    let (room, created) = service.join_passphrase(pass, p.name).await?;
                     (room, created, Some(bits))
                 }
                 (None, Some(invite)) => {
-                    let secret = RoomSecret::from_invite(&invite).map_err(OpError::from)?;
-                    let (room, created) = shared.join_secret(secret, p.name).await?;
+                    let secret = RoomSecret::from_invite(&invite).map_err(ServiceError::from)?;
+                    let (room, created) = service.join_secret(secret, p.name).await?;
                     (room, created, None)
                 }
                 _ => return Err(ApiError::params("give exactly one of passphrase or invite")),
             };
-            let mut result = json!({"room": room_json(shared, &room), "created": created});
+            let mut result = json!({"room": room_json(service, &room), "created": created});
             if let Some(bits) = bits {
                 result["strength_bits"] = json!(bits);
                 if let Some(w) = keys::passphrase_warning(bits, public) {
@@ -839,7 +843,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         }
         "passphrase.check" => {
             let p: PassphraseParam = parse(params)?;
-            let public = shared.config.network == Network::Public;
+            let public = service.config.network == Network::Public;
             let bits = keys::passphrase_bits(&p.passphrase);
             Ok(json!({
                 "bits": bits,
@@ -851,20 +855,20 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         }
         "rooms.create" => {
             let p: CreateParams = parse(params)?;
-            let (room, _) = shared.join_secret(RoomSecret::random(), p.name).await?;
-            Ok(json!({"room": room_json(shared, &room), "invite": room.invite()}))
+            let (room, _) = service.join_secret(RoomSecret::random(), p.name).await?;
+            Ok(json!({"room": room_json(service, &room), "invite": room.invite()}))
         }
         "rooms.leave" => {
             let p: RoomParam = parse(params)?;
-            shared.leave(&p.room).await?;
+            service.leave(&p.room).await?;
             Ok(json!({"left": true}))
         }
         "rooms.invite" => {
             let p: InviteParams = parse(params)?;
-            let room = shared.room(&p.room)?;
+            let room = service.room(&p.room)?;
             match p.kind.as_deref().unwrap_or("member") {
                 "member" => {
-                    let invite = room.invite().ok_or(OpError::Store(crate::log::store::StoreError::Blind))?;
+                    let invite = room.invite().ok_or(ServiceError::Store(crate::log::store::StoreError::Blind))?;
                     Ok(json!({"room": room.id, "kind": "member", "invite": invite, "qr_svg": qr_svg(&invite)}))
                 }
                 "seed" => Ok(json!({"room": room.id, "kind": "seed", "invite": room.seed_capability()})),
@@ -873,14 +877,14 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         }
         "rooms.seed" => {
             let p: SeedParams = parse(params)?;
-            let cap = keys::SeedCapability::parse(&p.capability).map_err(OpError::from)?;
-            let (room, created) = shared.seed(cap, p.name).await?;
-            Ok(json!({"room": room_json(shared, &room), "created": created}))
+            let cap = keys::SeedCapability::parse(&p.capability).map_err(ServiceError::from)?;
+            let (room, created) = service.seed(cap, p.name).await?;
+            Ok(json!({"room": room_json(service, &room), "created": created}))
         }
         "messages.send" => {
             let p: SendParams = parse(params)?;
-            let room = shared.room(&p.room)?;
-            let m = shared.send_text(&room, p.text).await?;
+            let room = service.room(&p.room)?;
+            let m = service.send_text(&room, p.text).await?;
             Ok(json!({"message": message_json(&room, &m)}))
         }
         "messages.send_batch" => {
@@ -888,35 +892,35 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             if p.texts.is_empty() || p.texts.len() > SEND_BATCH_MAX {
                 return Err(ApiError::params(format!("texts must hold 1..={SEND_BATCH_MAX} messages")));
             }
-            let room = shared.room(&p.room)?;
+            let room = service.room(&p.room)?;
             let count = p.texts.len();
-            let (first, last) = shared.send_texts(&room, p.texts).await?;
+            let (first, last) = service.send_texts(&room, p.texts).await?;
             Ok(json!({"count": count, "first": first.id(), "last": last.id()}))
         }
         "messages.history" => {
             let p: HistoryParams = parse(params)?;
-            let room = shared.room(&p.room)?;
+            let room = service.room(&p.room)?;
             let limit = p.limit.unwrap_or(HISTORY_DEFAULT);
             if limit == 0 || limit > HISTORY_MAX {
                 return Err(ApiError::params(format!("limit must be 1..={HISTORY_MAX}")));
             }
-            let msgs = shared.history(&room, p.before.as_deref(), limit)?;
+            let msgs = service.history(&room, p.before.as_deref(), limit)?;
             let messages: Vec<Value> = msgs.iter().filter_map(|m| message_json(&room, m)).collect();
             Ok(json!({"messages": messages}))
         }
         "peers.list" => {
             let p: OptRoomParam = parse(params)?;
             let filter = match &p.room {
-                Some(q) => Some(shared.room(q)?.discovery_key),
+                Some(q) => Some(service.room(q)?.discovery_key),
                 None => None,
             };
-            let info = shared.node_info().await?;
+            let info = service.node_info().await?;
             // Per peer: its rooms, and (asking for one room) who it is there.
             // (rooms, writer, room) per peer.
             type PeerRow = (Vec<String>, Option<[u8; 32]>, Option<Arc<Room>>);
             let mut peers: std::collections::BTreeMap<String, PeerRow> = Default::default();
-            for rp in shared.replicator.room_peers(filter.as_ref()) {
-                if let Some(room) = shared.rooms.get(&rp.room) {
+            for rp in service.replicator.room_peers(filter.as_ref()) {
+                if let Some(room) = service.rooms.get(&rp.room) {
                     let e = peers.entry(rp.peer.to_string()).or_default();
                     e.0.push(room.id.clone());
                     e.1 = rp.writer;
@@ -938,7 +942,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                     if let (true, Some(w), Some(room)) = (one_room, writer, room) {
                         v["author"] = json!(hex::encode(w));
                         v["display_name"] = json!(room.display_name(&w));
-                        v["nickname"] = json!(shared.store.contact(&w).ok().and_then(|c| c.nickname));
+                        v["nickname"] = json!(service.store.contact(&w).ok().and_then(|c| c.nickname));
                     }
                     v
                 })
@@ -947,15 +951,15 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         }
         "profile.set" => {
             let p: ProfileParams = parse(params)?;
-            let (name, rooms) = shared.set_display_name(&p.display_name).await?;
+            let (name, rooms) = service.set_display_name(&p.display_name).await?;
             Ok(json!({"display_name": name, "rooms": rooms}))
         }
         "rooms.members" => {
             let p: RoomParam = parse(params)?;
-            let room = shared.room(&p.room)?;
-            let names = shared.store.profiles(&room.discovery_key).map_err(OpError::from)?;
-            let info = shared.node_info().await?;
-            let online: std::collections::HashMap<[u8; 32], String> = shared
+            let room = service.room(&p.room)?;
+            let names = service.store.profiles(&room.discovery_key).map_err(ServiceError::from)?;
+            let info = service.node_info().await?;
+            let online: std::collections::HashMap<[u8; 32], String> = service
                 .replicator
                 .room_peers(Some(&room.discovery_key))
                 .into_iter()
@@ -968,10 +972,10 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             };
             // The writers we hold entries of, ourselves, and online writers we hold nothing
             // of yet: with how many messages each wrote.
-            let mut writers: Vec<([u8; 32], u64)> = shared
+            let mut writers: Vec<([u8; 32], u64)> = service
                 .store
                 .room_feeds(&room.discovery_key)
-                .map_err(OpError::from)?
+                .map_err(ServiceError::from)?
                 .into_iter()
                 .map(|(feed, meta)| (feed, meta.length()))
                 .filter(|(feed, n)| *n > 0 || *feed == room.feed_key)
@@ -983,9 +987,9 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
             }
             let mut members = Vec::with_capacity(writers.len());
             for (feed, messages) in writers {
-                let contact = shared.store.contact(&feed).map_err(OpError::from)?;
+                let contact = service.store.contact(&feed).map_err(ServiceError::from)?;
                 let mine = feed == room.feed_key;
-                let verified = shared.store.verified(&feed).map_err(OpError::from)?;
+                let verified = service.store.verified(&feed).map_err(ServiceError::from)?;
                 members.push(json!({
                     "author": hex::encode(feed),
                     "mine": mine,
@@ -993,7 +997,7 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                     "nickname": contact.nickname,
                     "verified": verified,
                     "verified_before": contact.verified && !verified,
-                    "blocked": shared.store.is_blocked(&room.discovery_key, &feed).map_err(OpError::from)?,
+                    "blocked": service.store.is_blocked(&room.discovery_key, &feed).map_err(ServiceError::from)?,
                     "safety_number": (!mine).then(|| keys::safety_number(&room.feed_key, &feed)),
                     "messages": messages,
                     "presence": if mine { json!({"online": true}) } else { presence(&feed) },
@@ -1004,8 +1008,8 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         "peers.rename" | "peers.verify" => {
             let p: ContactParams = parse(params)?;
             let feed = writer_key(&p.peer)?;
-            let room = p.room.as_deref().map(|r| shared.room(r)).transpose()?;
-            let mut contact = shared.store.contact(&feed).map_err(OpError::from)?;
+            let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
+            let mut contact = service.store.contact(&feed).map_err(ServiceError::from)?;
             if method == "peers.rename" {
                 let nick = p.nickname.map(|n| n.trim().chars().filter(|c| !c.is_control()).collect::<String>());
                 if nick.as_ref().is_some_and(|n| n.len() > 64) {
@@ -1014,12 +1018,12 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
                 contact.nickname = nick.filter(|n| !n.is_empty());
             } else {
                 let verified = p.verified.ok_or_else(|| ApiError::params("give verified: true or false"))?;
-                shared.store.set_verified(&feed, verified).map_err(OpError::from)?;
+                service.store.set_verified(&feed, verified).map_err(ServiceError::from)?;
                 // A mark against an old 12-digit number is replaced by this one.
                 contact.verified = false;
             }
-            shared.store.put_contact(&feed, &contact).map_err(OpError::from)?;
-            let verified = shared.store.verified(&feed).map_err(OpError::from)?;
+            service.store.put_contact(&feed, &contact).map_err(ServiceError::from)?;
+            let verified = service.store.verified(&feed).map_err(ServiceError::from)?;
             Ok(json!({
                 "peer": p.peer,
                 "nickname": contact.nickname,
@@ -1030,23 +1034,25 @@ async fn call(shared: &Arc<Shared>, method: &str, params: Value) -> Result<Value
         "peers.block" | "peers.unblock" => {
             let p: PeerRoomParams = parse(params)?;
             let feed = writer_key(&p.peer)?;
-            let room = p.room.as_deref().map(|r| shared.room(r)).transpose()?;
+            let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
             let blocked = method == "peers.block";
-            shared.block_writer(room.as_deref(), &feed, blocked).await?;
+            service.block_writer(room.as_deref(), &feed, blocked).await?;
             Ok(json!({"peer": p.peer, "room": room.map(|r| r.id.clone()), "blocked": blocked}))
         }
         "peers.safety" => {
             let p: PeerRoomParams = parse(params)?;
             let feed = writer_key(&p.peer)?;
-            let room = shared.room(p.room.as_deref().ok_or_else(|| ApiError::params("give the room"))?)?;
+            let room = service.room(p.room.as_deref().ok_or_else(|| ApiError::params("give the room"))?)?;
             let number = keys::safety_number(&room.feed_key, &feed);
             Ok(json!({"peer": p.peer, "room": room.id, "safety_number": number, "qr_svg": qr_svg(&number)}))
         }
         "peers.blocked" => {
             let p: OptionalRoomParam = parse(params)?;
-            let room = p.room.as_deref().map(|r| shared.room(r)).transpose()?;
-            let writers =
-                shared.store.blocked_writers(&room.map_or([0; 32], |r| r.discovery_key)).map_err(OpError::from)?;
+            let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
+            let writers = service
+                .store
+                .blocked_writers(&room.map_or([0; 32], |r| r.discovery_key))
+                .map_err(ServiceError::from)?;
             Ok(json!({"blocked": writers.iter().map(hex::encode).collect::<Vec<_>>()}))
         }
         other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
@@ -1065,7 +1071,7 @@ fn writer_key(hex_key: &str) -> Result<[u8; 32], ApiError> {
 fn qr_svg(text: &str) -> Option<String> {
     let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).ok()?;
     Some(
-        code.render::<qrcode::render::svg::Color>()
+        code.render::<qrcode::render::svg::Color<'_>>()
             .min_dimensions(200, 200)
             .dark_color(qrcode::render::svg::Color("#000000"))
             .light_color(qrcode::render::svg::Color("#ffffff"))
@@ -1134,7 +1140,7 @@ fn file_json(room: &Room, file: &FileInfo) -> Value {
 
 /// `files.send`: from a path on this machine, or from binary frames that follow.
 async fn send_file(
-    shared: &Arc<Shared>,
+    service: &Arc<Service>,
     upload: Option<Upload>,
     params: Value,
     grant: Grant,
@@ -1143,7 +1149,7 @@ async fn send_file(
     if p.path.is_some() {
         local_only(grant)?;
     }
-    let room = shared.room(&p.room)?;
+    let room = service.room(&p.room)?;
     let (name, source, _upload) = match (p.path, upload) {
         (Some(path), _) => {
             let path = std::path::PathBuf::from(path);
@@ -1164,7 +1170,7 @@ async fn send_file(
             return Err(ApiError::params("give path, or name and size and send the bytes as binary frames"))
         }
     };
-    let file = shared.send_file(&room, &name, p.mime, source).await?;
+    let file = service.send_file(&room, &name, p.mime, source).await?;
     Ok(json!({"file": file_json(&room, &file), "message": message_json(&room, &file.message)}))
 }
 
@@ -1191,13 +1197,13 @@ struct FileUrlParams {
 /// `files.url`: a download URL for one file that works without the token, for
 /// [`TICKET_LIFETIME`] (the web UI's downloads and previews: URLs end up in browser
 /// history, tokens must not).
-fn file_url(shared: &Arc<Shared>, params: Value) -> Result<Value, ApiError> {
+fn file_url(service: &Arc<Service>, params: Value) -> Result<Value, ApiError> {
     let p: FileUrlParams = parse(params)?;
-    let room = shared.room(&p.room)?;
-    let file = shared.file_info(&room, &p.file)?;
+    let room = service.room(&p.room)?;
+    let file = service.file_info(&room, &p.file)?;
     let expires = crate::log::store::now_ms() + TICKET_LIFETIME.as_millis() as u64;
     let message = file.message.id();
-    let ticket = file_ticket(&shared.token, &room.id, &message, p.inline, expires);
+    let ticket = file_ticket(&service.token, &room.id, &message, p.inline, expires);
     let inline = if p.inline { "&inline=1" } else { "" };
     Ok(json!({
         "url": format!("/api/files/{}/{message}?ticket={ticket}&expires={expires}{inline}", room.id),
@@ -1243,7 +1249,7 @@ async fn download(
     // A ticket from `files.url`, or the token in a header; never the token in the URL.
     let ticketed = match (&query.ticket, query.expires) {
         (Some(ticket), Some(expires)) => {
-            let expected = file_ticket(&state.shared.token, &room, &file, query.inline == Some(1), expires);
+            let expected = file_ticket(&state.service.token, &room, &file, query.inline == Some(1), expires);
             if expires < crate::log::store::now_ms() || !constant_time_eq(ticket.as_bytes(), expected.as_bytes()) {
                 return (
                     StatusCode::UNAUTHORIZED,
@@ -1260,23 +1266,23 @@ async fn download(
             return refused.into_response();
         }
     }
-    let shared = state.shared.clone();
-    let found = shared.room(&room).and_then(|room| {
-        let file = shared.file_info(&room, &file)?;
+    let service = state.service.clone();
+    let found = service.room(&room).and_then(|room| {
+        let file = service.file_info(&room, &file)?;
         Ok((room, file))
     });
     let (room, file) = match found {
         Ok(x) => x,
         Err(e) => return (StatusCode::NOT_FOUND, format!("{e}\n")).into_response(),
     };
-    if let Err(e) = shared.fetch_file(&room, &file).await {
+    if let Err(e) = service.fetch_file(&room, &file).await {
         return (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response();
     }
     let Some(content_key) = room.content_key().copied() else {
         return (StatusCode::FORBIDDEN, "a blind seeder cannot read files\n").into_response();
     };
     let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(2);
-    let chunks = shared.chunks.clone();
+    let chunks = service.chunks.clone();
     let (ids, file_id) = (file.chunks.clone(), file.file_id);
     tokio::task::spawn_blocking(move || {
         let key = crate::files::FileKey::new(&content_key, &file_id);
@@ -1369,7 +1375,7 @@ pub mod fuzzing {
                 api_listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
                 listen: vec!["/ip4/127.0.0.1/tcp/0".parse()?],
                 mdns: false,
-                network: crate::config::Network::Private,
+                network: Network::Private,
                 ..crate::config::Config::default()
             };
             let daemon = rt.block_on(crate::Daemon::start(config))?;
@@ -1382,8 +1388,8 @@ pub mod fuzzing {
             if method.as_deref().is_some_and(|m| SLOW.contains(&m)) {
                 return to_json(&RpcResponse::err(Value::Null, codes::INTERNAL, "not fuzzed"));
             }
-            let shared = self.daemon.shared().clone();
-            let (reply, _) = self.rt.block_on(handle_text(&shared, &self.filter, None, text, Grant::Api));
+            let service = self.daemon.service().clone();
+            let (reply, _) = self.rt.block_on(handle_text(&service, &self.filter, None, text, Grant::Api));
             to_json(&reply)
         }
     }

@@ -1,6 +1,6 @@
-//! The daemon: [`Daemon::start`] wires config, keys, store, node, replication and API
-//! together and returns a handle with the bound addresses and an async
-//! [`Daemon::shutdown`]. [`Shared`] is the facade the API (and tests) drive.
+//! The composition root: [`Daemon::start`] builds the store, the node, the replicator and
+//! the [`Service`] on them, serves the API over it, and returns a handle with the bound
+//! addresses; [`Daemon::shutdown`] stops them in order. Nothing below imports this module.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -9,23 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use peerlog_proto::wire::Key32;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, Network};
 use crate::files::Chunks;
-use crate::keys::{self, KeyError, RoomSecret, SeedCapability};
-use crate::log::commit::{CommitError, GroupCommit};
-use crate::log::store::{now_ms, Access, OrderKey, RoomRecord, StoreError, StoredMessage, WriterQuota};
-use crate::log::{new_writer, Body, Store};
-use crate::node::{self, Dht, NodeConfig, NodeError, NodeHandle, NodeInfo};
+use crate::keys::{self, KeyError};
+use crate::log::commit::GroupCommit;
+use crate::log::store::{StoreError, WriterQuota};
+use crate::log::Store;
+use crate::node::{self, NodeConfig, NodeError};
 use crate::replicate::Replicator;
-use crate::rooms::{Room, Rooms};
-
-/// Passphrase derivations (Argon2id, 64 MiB each) running at once; others wait their turn.
-const KDF_SLOTS: usize = 2;
+use crate::rooms::Rooms;
+use crate::service::{Service, KDF_SLOTS};
+use crate::tasks::Tasks;
 
 /// How long shutdown waits for tasks before flushing anyway.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -72,110 +69,15 @@ pub enum StartError {
     },
 }
 
-/// Errors of room and message operations (mapped to stable API codes).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpError {
-    /// No such room joined.
-    #[error("no joined room matches {0:?}")]
-    RoomNotFound(String),
-    /// Input over a limit.
-    #[error("{what} is {size} bytes; the limit is {limit}")]
-    TooLarge {
-        /// What.
-        what: &'static str,
-        /// Its size.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// Bad input.
-    #[error("{0}")]
-    Invalid(String),
-    /// Bad invite.
-    #[error(transparent)]
-    Key(#[from] KeyError),
-    /// Storage.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// An append failed (shared by every caller of a grouped append).
-    #[error("storage: {0}")]
-    Append(Arc<StoreError>),
-    /// Making an append durable failed.
-    #[error(transparent)]
-    Commit(#[from] CommitError),
-    /// Shutting down.
-    #[error("the daemon is shutting down")]
-    Shutdown,
-}
-
-/// One connectivity check of [`Shared::doctor`].
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Check {
-    /// What was checked: `bootstrap`, `dht`, `reachability`, `relay`.
-    pub name: &'static str,
-    /// Whether it passed.
-    pub ok: bool,
-    /// What was found.
-    pub detail: String,
-    /// What to do about it (empty when it passed).
-    pub advice: String,
-}
-
-impl Check {
-    fn ok(name: &'static str, detail: String) -> Self {
-        Self { name, ok: true, detail, advice: String::new() }
-    }
-
-    fn fail(name: &'static str, detail: String, advice: &str) -> Self {
-        Self { name, ok: false, detail, advice: advice.into() }
-    }
-}
-
-/// State shared by the API, the background tasks and the handle.
-pub struct Shared {
-    /// Effective configuration.
-    pub config: Config,
-    /// Resolved data directory.
-    pub data_dir: PathBuf,
-    /// The database.
-    pub store: Store,
-    /// File chunks.
-    pub chunks: Chunks,
-    /// Group commit of local appends.
-    commit: GroupCommit,
-    /// Stops the committer, after the API is closed.
-    commit_cancel: CancellationToken,
-    /// The libp2p node.
-    pub node: NodeHandle,
-    /// Joined rooms.
-    pub rooms: Arc<Rooms>,
-    /// Replication sessions.
-    pub replicator: Replicator,
-    /// The API token (`<data>/api-token`): the web UI and scripts.
-    pub(crate) token: String,
-    /// The CLI credential (`<data>/cli-token`): the API token's rights plus paths on this
-    /// machine (`files.send {path}`, `files.get {path}`). Never given to a browser.
-    pub(crate) cli_token: String,
-    /// Turns for passphrase derivations: 32 joins at once used to take 2 GiB.
-    kdf_slots: tokio::sync::Semaphore,
-    /// Peers found on the LAN (mDNS): offered a session for every room, at every discovery round.
-    lan_peers: std::sync::Mutex<std::collections::HashSet<PeerId>>,
-    /// Network-side tasks (sessions, discovery).
-    tasks: TaskTracker,
-    /// Cancels the network side.
-    net_cancel: CancellationToken,
-}
-
 /// A running daemon.
 pub struct Daemon {
-    shared: Arc<Shared>,
+    service: Arc<Service>,
     api_addr: SocketAddr,
     api_cancel: CancellationToken,
-    api_task: tokio::task::JoinHandle<()>,
+    api_task: tokio::task::JoinHandle<Option<()>>,
     node_task: tokio::task::JoinHandle<()>,
-    /// Cancelled if the node's event loop ended without being asked to (a panic in it).
-    node_failed: CancellationToken,
+    /// The root of the shutdown tree (see [`Daemon::start`]); cancelled on drop.
+    _root: tokio_util::sync::DropGuard,
     commit_task: tokio::task::JoinHandle<()>,
     /// `<data>/lock`, held (flock) while this daemon runs.
     _lock: std::fs::File,
@@ -275,25 +177,23 @@ impl Daemon {
             relay_circuits_per_peer: config.limits.relay_circuits_per_peer,
         };
         let (node, event_loop) = node::build(keypair, &node_config).await?;
-        let net_cancel = CancellationToken::new();
-        // A panic in the event loop (ours or a libp2p behaviour's) leaves a daemon that cannot
-        // reach anyone: say so, and let `main` exit so that the service manager restarts it.
-        let node_failed = CancellationToken::new();
+        // The shutdown tree: `shutdown` cancels the branches in order (API, commits,
+        // network); dropping the daemon cancels them all.
+        let root = CancellationToken::new();
+        let net_cancel = root.child_token();
+        let tasks = Tasks::new();
+        // The event loop ending on its own (a panic, ours or a libp2p behaviour's) leaves a
+        // daemon that cannot reach anyone: the daemon fails, and `main` exits so that the
+        // service manager restarts it.
         let node_task = {
-            let event_loop = tokio::spawn(event_loop.run(net_cancel.clone()));
-            let (failed, asked) = (node_failed.clone(), net_cancel.clone());
+            let event_loop = tasks.spawn("libp2p node", event_loop.run(net_cancel.clone()));
+            let (tasks, asked) = (tasks.clone(), net_cancel.clone());
             tokio::spawn(async move {
-                match event_loop.await {
-                    Err(e) if e.is_panic() => {
-                        tracing::error!(error = %e, "the libp2p node panicked");
-                        failed.cancel();
-                    }
-                    _ if !asked.is_cancelled() => failed.cancel(),
-                    _ => {}
+                if matches!(event_loop.await, Ok(Some(()))) && !asked.is_cancelled() {
+                    tasks.fail("the libp2p node stopped on its own".into());
                 }
             })
         };
-        let tasks = TaskTracker::new();
         let rooms = Arc::new(Rooms::default());
         let chunks = Chunks::with_disk(&data_dir, store.disk());
         let replicator = Replicator::new(
@@ -306,9 +206,9 @@ impl Daemon {
             net_cancel.clone(),
         );
         replicator.spawn_acceptor().map_err(|_| NodeError::Build("replication protocol registered twice".into()))?;
-        let commit_cancel = CancellationToken::new();
+        let commit_cancel = root.child_token();
         let (commit, commit_task) = GroupCommit::spawn(store.clone(), commit_cancel.clone());
-        let shared = Arc::new(Shared {
+        let service = Arc::new(Service {
             config: config.clone(),
             data_dir: data_dir.clone(),
             commit,
@@ -325,13 +225,7 @@ impl Daemon {
             tasks,
             net_cancel,
         });
-        for (dk, record) in shared.store.rooms()? {
-            let room =
-                Room::new(&dk, &record, &shared.store, shared.rooms.events.clone(), shared.net_cancel.child_token())?;
-            let (room, _) = shared.rooms.insert(room);
-            shared.start_discovery(&room);
-        }
-        shared.spawn_peer_finder();
+        service.resume()?;
 
         let listener = tokio::net::TcpListener::bind(config.api_listen)
             .await
@@ -339,15 +233,25 @@ impl Daemon {
         let api_addr = listener.local_addr().map_err(|source| StartError::Api { addr: config.api_listen, source })?;
         std::fs::write(data_dir.join("api-port"), format!("{}\n", api_addr.port()))
             .map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
-        let api_cancel = CancellationToken::new();
-        let api_task = tokio::spawn(crate::api::serve(listener, shared.clone(), api_cancel.clone()));
-        info!(peer_id = %shared.node.peer_id(), api = %api_addr, data_dir = %data_dir.display(), "peerlog started");
-        Ok(Self { shared, api_addr, api_cancel, api_task, node_task, node_failed, commit_task, _lock: lock })
+        let api_cancel = root.child_token();
+        let api_task =
+            tokio::spawn(service.tasks.watch("api", crate::api::serve(listener, service.clone(), api_cancel.clone())));
+        info!(peer_id = %service.node.peer_id(), api = %api_addr, data_dir = %data_dir.display(), "peerlog started");
+        Ok(Self {
+            service,
+            api_addr,
+            api_cancel,
+            api_task,
+            node_task,
+            commit_task,
+            _root: root.drop_guard(),
+            _lock: lock,
+        })
     }
 
-    /// The facade.
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The service the API drives.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
     }
 
     /// Where the API listens.
@@ -357,34 +261,35 @@ impl Daemon {
 
     /// The API token.
     pub fn token(&self) -> &str {
-        &self.shared.token
+        &self.service.token
     }
 
     /// Resolves if storage failed for good (a failed fsync, sled's log unwritable): the
     /// caller should shut down and exit non-zero, so that a restart recovers.
     pub async fn storage_failed(&self) -> Arc<StoreError> {
-        self.shared.commit.fatal().await
+        self.service.commit.fatal().await
     }
 
-    /// Resolves if the libp2p node stopped on its own (a panic): the caller should shut down
-    /// and exit non-zero, so that a restart brings the network back.
-    pub async fn node_failed(&self) {
-        self.node_failed.cancelled().await
+    /// Resolves, with the reason, if a task of the daemon panicked or the libp2p node
+    /// stopped on its own: a bug. The caller should shut down and exit non-zero, so that a
+    /// restart brings the daemon back whole.
+    pub async fn failed(&self) -> String {
+        self.service.tasks.failed().await
     }
 
     /// The CLI credential (the API token's rights plus paths on this machine).
     pub fn cli_token(&self) -> &str {
-        &self.shared.cli_token
+        &self.service.cli_token
     }
 
     /// Our PeerId.
     pub fn peer_id(&self) -> PeerId {
-        self.shared.node.peer_id()
+        self.service.node.peer_id()
     }
 
     /// The web UI URL with the token in the fragment.
     pub fn ui_url(&self) -> String {
-        format!("http://{}/#token={}", self.api_addr, self.shared.token)
+        format!("http://{}/#token={}", self.api_addr, self.service.token)
     }
 
     /// Stops accepting API requests (finishing those in flight, appends included), stops
@@ -395,380 +300,20 @@ impl Daemon {
         if tokio::time::timeout(SHUTDOWN_GRACE, self.api_task).await.is_err() {
             warn!("API clients did not close in time");
         }
-        self.shared.commit_cancel.cancel();
+        self.service.commit_cancel.cancel();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.commit_task).await;
-        self.shared.net_cancel.cancel();
-        self.shared.tasks.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait()).await.is_err() {
+        self.service.net_cancel.cancel();
+        self.service.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.service.tasks.wait()).await.is_err() {
             warn!("some sessions did not stop in time");
         }
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.node_task).await;
-        self.shared.store.flush().await?;
-        let holders = Arc::strong_count(&self.shared) - 1;
+        self.service.store.flush().await?;
+        let holders = Arc::strong_count(&self.service) - 1;
         if holders > 0 {
             warn!(holders, "daemon state still referenced after shutdown; the database stays open until they drop");
         }
         info!("peerlog stopped");
         Ok(())
-    }
-}
-
-impl Shared {
-    /// Announces and looks up a room on the DHT, quickly at first, then every
-    /// `discovery_interval_secs`.
-    fn start_discovery(self: &Arc<Self>, room: &Arc<Room>) {
-        let this = self.clone();
-        let node = self.node.clone();
-        let dk = room.discovery_key;
-        let cancel = room.cancel.clone();
-        let max = Duration::from_secs(self.config.discovery_interval_secs.max(1));
-        self.tasks.spawn(async move {
-            let mut delay = Duration::from_millis(250);
-            loop {
-                if node.provide(dk).await.is_err() || node.find_providers(dk).await.is_err() {
-                    break;
-                }
-                let lan: Vec<PeerId> =
-                    this.lan_peers.lock().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
-                for peer in lan {
-                    this.replicator.ensure_session(peer, dk);
-                }
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(max);
-            }
-        });
-    }
-
-    /// Opens sessions with room peers as the node finds them.
-    fn spawn_peer_finder(self: &Arc<Self>) {
-        let mut events = self.node.subscribe();
-        let this = self.clone();
-        let cancel = self.net_cancel.clone();
-        self.tasks.spawn(async move {
-            loop {
-                let event = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    e = events.recv() => e,
-                };
-                match event {
-                    Ok(node::NodeEvent::ProvidersFound { key, peers }) => {
-                        if this.rooms.get(&key).is_some() {
-                            for peer in peers {
-                                this.replicator.ensure_session(peer, key);
-                            }
-                        }
-                    }
-                    Ok(node::NodeEvent::ConnectionChanged { peer, kind }) => {
-                        let rooms: Vec<Key32> =
-                            this.room_peers(None).into_iter().filter(|(p, _)| *p == peer).map(|(_, r)| r).collect();
-                        if !rooms.is_empty() {
-                            let _ =
-                                this.rooms.events.send(crate::rooms::DaemonEvent::PeerConnection { peer, kind, rooms });
-                        }
-                        if kind == node::ConnectionKind::Holepunched {
-                            this.replicator.restart_peer(peer);
-                        }
-                    }
-                    Ok(node::NodeEvent::Disconnected { peer }) => this.replicator.peer_disconnected(peer),
-                    Ok(node::NodeEvent::LanPeer { peer }) => {
-                        this.lan_peers.lock().unwrap_or_else(|p| p.into_inner()).insert(peer);
-                        for room in this.rooms.list() {
-                            this.replicator.ensure_session(peer, room.discovery_key);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => warn!(missed = n, "peer finder lagged"),
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-    }
-
-    /// Joins the room of a passphrase (Argon2id runs on a blocking thread).
-    pub async fn join_passphrase(
-        self: &Arc<Self>,
-        passphrase: String,
-        name: Option<String>,
-    ) -> Result<(Arc<Room>, bool), OpError> {
-        let turn = self.kdf_slots.acquire().await.map_err(|_| OpError::Shutdown)?;
-        let secret = tokio::task::spawn_blocking(move || RoomSecret::from_passphrase(&passphrase))
-            .await
-            .map_err(|_| OpError::Shutdown)??;
-        drop(turn);
-        self.join_secret(secret, name).await
-    }
-
-    /// Joins the room of a secret; returns the room and whether it is new here.
-    pub async fn join_secret(
-        self: &Arc<Self>,
-        secret: RoomSecret,
-        name: Option<String>,
-    ) -> Result<(Arc<Room>, bool), OpError> {
-        let dk = secret.keys().discovery_key;
-        if self.rooms.get(&dk).is_some_and(|r| r.is_seeder()) {
-            return Err(OpError::Invalid(
-                "this daemon seeds that room blindly; leave it (rooms.leave) before joining it as a member".into(),
-            ));
-        }
-        let (room, created) = self.add_room(dk, Access::Member(secret.0), name).await?;
-        if created {
-            if let Some(display_name) = self.store.display_name()? {
-                self.append_durable(&room, vec![Body::Profile { display_name }]).await?;
-            }
-        }
-        Ok((room, created))
-    }
-
-    /// Sets the display name: remembered for rooms joined later, and announced in every
-    /// room we are a member of (a `Profile` message: it is part of the log, like any).
-    pub async fn set_display_name(&self, name: &str) -> Result<(String, usize), OpError> {
-        let name: String = name.trim().chars().filter(|c| !c.is_control()).collect();
-        if name.is_empty() || name.len() > 64 {
-            return Err(OpError::Invalid("a display name is 1 to 64 bytes".into()));
-        }
-        self.store.put_display_name(&name)?;
-        let mut announced = 0;
-        for room in self.rooms.list().into_iter().filter(|r| !r.is_seeder()) {
-            self.append_durable(&room, vec![Body::Profile { display_name: name.clone() }]).await?;
-            announced += 1;
-        }
-        Ok((name, announced))
-    }
-
-    /// Seeds a room blindly: finds its peers, authenticates, stores and serves its
-    /// ciphertext, and cannot read or write it. Seeding a room we are a member of returns it
-    /// as it is (a member already stores and serves everything).
-    pub async fn seed(
-        self: &Arc<Self>,
-        cap: SeedCapability,
-        name: Option<String>,
-    ) -> Result<(Arc<Room>, bool), OpError> {
-        self.add_room(cap.discovery_key, Access::Seeder(cap.auth_key), name).await
-    }
-
-    async fn add_room(
-        self: &Arc<Self>,
-        dk: Key32,
-        access: Access,
-        name: Option<String>,
-    ) -> Result<(Arc<Room>, bool), OpError> {
-        if let Some(room) = self.rooms.get(&dk) {
-            return Ok((room, false));
-        }
-        let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
-        if name.as_ref().is_some_and(|n| n.len() > 100) {
-            return Err(OpError::Invalid("room name longer than 100 bytes".into()));
-        }
-        let record = RoomRecord {
-            access,
-            name: name.unwrap_or_else(|| format!("room {}", &keys::room_id(&dk)[..6])),
-            writer: new_writer().to_bytes(),
-            joined_ms: now_ms(),
-        };
-        self.store.put_room(&dk, &record)?;
-        // Every flush goes through the group committer: sled 0.34 can deadlock when
-        // several flushes run at once (eight concurrent joins froze the store for good).
-        self.commit.durable().await?;
-        let room = Room::new(&dk, &record, &self.store, self.rooms.events.clone(), self.net_cancel.child_token())?;
-        let (room, created) = self.rooms.insert(room);
-        if created {
-            info!(room = %room.id, "joined room");
-            self.start_discovery(&room);
-        }
-        Ok((room, created))
-    }
-
-    /// Finds a joined room by id, id prefix or name.
-    pub fn room(&self, query: &str) -> Result<Arc<Room>, OpError> {
-        self.rooms.find(query).ok_or_else(|| OpError::RoomNotFound(query.to_string()))
-    }
-
-    /// Leaves a room: stops its sessions and discovery and deletes its data here.
-    pub async fn leave(&self, query: &str) -> Result<(), OpError> {
-        let room = self.room(query)?;
-        self.rooms.remove(&room.discovery_key);
-        room.cancel.cancel();
-        self.replicator.close_room(&room.discovery_key);
-        let _ = self.node.stop_providing(room.discovery_key).await;
-        let store = self.store.clone();
-        let dk = room.discovery_key;
-        tokio::task::spawn_blocking(move || store.remove_room(&dk)).await.map_err(|_| OpError::Shutdown)??;
-        self.commit.durable().await?;
-        info!(room = %room.id, "left room");
-        Ok(())
-    }
-
-    /// Sends a text message; returns once it is durable.
-    pub async fn send_text(&self, room: &Room, text: String) -> Result<StoredMessage, OpError> {
-        let (first, _) = self.send_texts(room, vec![text]).await?;
-        Ok(first)
-    }
-
-    /// Appends several text messages as one batch with one signed head; returns the first
-    /// and last once all are durable. Every text is checked before anything is written.
-    pub async fn send_texts(&self, room: &Room, texts: Vec<String>) -> Result<(StoredMessage, StoredMessage), OpError> {
-        let limit = self.config.limits.message_bytes;
-        for text in &texts {
-            if text.len() > limit {
-                return Err(OpError::TooLarge { what: "message", size: text.len(), limit });
-            }
-            if text.trim().is_empty() {
-                return Err(OpError::Invalid("message text is empty".into()));
-            }
-        }
-        let appended = self.append_durable(room, texts.into_iter().map(|text| Body::Text { text }).collect()).await?;
-        let mut messages = appended.into_iter();
-        let first = messages.next().ok_or(OpError::Invalid("nothing appended".into()))?;
-        let last = messages.next_back().unwrap_or_else(|| first.clone());
-        Ok((first, last))
-    }
-
-    /// Appends `bodies` (sharing the append with concurrent callers) and returns once
-    /// they are durable.
-    pub(crate) async fn append_durable(&self, room: &Room, bodies: Vec<Body>) -> Result<Vec<StoredMessage>, OpError> {
-        let appended = room.append_grouped(bodies).await.map_err(OpError::Append)?;
-        self.commit.durable().await?;
-        room.announce(&appended.head, &appended.messages);
-        Ok(appended.messages)
-    }
-
-    /// A page of history, oldest first: the newest `limit`, or those before message `before`.
-    pub fn history(&self, room: &Room, before: Option<&str>, limit: usize) -> Result<Vec<StoredMessage>, OpError> {
-        let content_key = room.keys.content_key.as_ref().ok_or(StoreError::Blind)?;
-        let before_key: Option<OrderKey> = match before {
-            None => None,
-            Some(id) => {
-                let (feed, seq) =
-                    StoredMessage::parse_id(id).ok_or_else(|| OpError::Invalid(format!("bad message id {id:?}")))?;
-                Some(
-                    self.store
-                        .order_key_of(&feed, seq)?
-                        .ok_or_else(|| OpError::Invalid(format!("no message {id:?} in this room")))?,
-                )
-            }
-        };
-        let page = self.store.history(&room.discovery_key, content_key, before_key.as_ref(), limit)?;
-        // Damaged blocks found on the way were forgotten: fetch them again from peers.
-        for feed in self.store.take_forgotten() {
-            room.refetch(&feed);
-        }
-        Ok(page)
-    }
-
-    /// Blocks (or unblocks) a writer in `room`, or in every room: its entries are no longer
-    /// stored, served or shown, and sessions with peers that write as it end now (and are
-    /// refused when they come back).
-    pub async fn block_writer(&self, room: Option<&Room>, writer: &Key32, blocked: bool) -> Result<(), OpError> {
-        if self
-            .rooms
-            .list()
-            .iter()
-            .any(|r| r.feed_key == *writer && room.is_none_or(|x| x.discovery_key == r.discovery_key))
-        {
-            return Err(OpError::Invalid("that writer key is this daemon's own".into()));
-        }
-        self.store.set_blocked(&room.map_or([0; 32], |r| r.discovery_key), writer, blocked)?;
-        if blocked {
-            for p in self.replicator.room_peers(room.map(|r| &r.discovery_key)) {
-                if p.writer == Some(*writer) {
-                    let _ = self.node.disconnect(p.peer).await;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Node snapshot.
-    pub async fn node_info(&self) -> Result<NodeInfo, OpError> {
-        self.node.info().await.map_err(|_| OpError::Shutdown)
-    }
-
-    /// Runs the connectivity checks of `peerlog doctor` (bounded: about 15 s at most):
-    /// bootstrap nodes, the DHT, NAT and relay. Each check says what to do if it failed.
-    pub async fn doctor(&self) -> Result<Vec<Check>, OpError> {
-        const WAIT: Duration = Duration::from_secs(10);
-        let mut checks = Vec::new();
-        let bootstrap: Vec<PeerId> = self.config.bootstrap.iter().filter_map(node::peer_of).collect();
-        let public = self.config.network == Network::Public;
-        if bootstrap.is_empty() && public {
-            checks.push(Check::ok("bootstrap", "none configured: rooms are found on the public DHT".into()));
-        } else if bootstrap.is_empty() {
-            checks.push(Check::fail(
-                "bootstrap",
-                "no bootstrap node is configured".into(),
-                "with network = \"private\" this daemon finds room peers on its LAN only (mDNS): add a reachable peerlog node with --bootstrap, or `bootstrap` in the config",
-            ));
-        } else {
-            let tries = bootstrap.iter().map(|p| tokio::time::timeout(WAIT, self.node.connect(*p)));
-            let results = futures::future::join_all(tries).await;
-            let ok = results.iter().filter(|r| matches!(r, Ok(Ok(())))).count();
-            let detail = format!("{ok} of {} bootstrap node(s) reachable", bootstrap.len());
-            checks.push(if ok > 0 {
-                Check::ok("bootstrap", detail)
-            } else {
-                Check::fail("bootstrap", detail, "check the bootstrap addresses (with /p2p/<PeerId>) and that this machine can reach them (firewall, network)")
-            });
-        }
-        let probes = futures::future::join(
-            tokio::time::timeout(WAIT, self.node.probe_dht(Dht::Peerlog)),
-            tokio::time::timeout(WAIT, self.node.probe_dht(Dht::Public)),
-        );
-        let (dht, public_dht) = probes.await;
-        if public {
-            checks.push(match public_dht {
-                Ok(Ok(Ok(n))) => Check::ok("public_dht", format!("{n} public DHT (Amino) server(s) answered")),
-                Ok(Ok(Err(why))) => Check::fail("public_dht", format!("the public DHT did not answer: {why}"), "check this machine's internet access and DNS (the public bootstrap nodes are /dnsaddr names); on a network of your own, set network = \"private\" and configure bootstrap nodes"),
-                Ok(Err(_)) => return Err(OpError::Shutdown),
-                Err(_) => Check::fail("public_dht", "the public DHT did not answer within 10 s".into(), "check this machine's internet access and DNS"),
-            });
-        }
-        if !(public && bootstrap.is_empty()) {
-            checks.push(match dht {
-                Ok(Ok(Ok(n))) => Check::ok("dht", format!("{n} DHT server(s) answered")),
-                Ok(Ok(Err(why))) => Check::fail("dht", format!("the DHT did not answer: {why}"), "rooms cannot be found beyond the LAN: a bootstrap node must be reachable and run as a DHT server (a declared external address, or --dht-mode server on a private network)"),
-                Ok(Err(_)) => return Err(OpError::Shutdown),
-                Err(_) => Check::fail("dht", "the DHT did not answer within 10 s".into(), "check the bootstrap nodes and this machine's network"),
-            });
-        }
-        let info = self.node_info().await?;
-        let nat = format!("AutoNAT says {}; reachability: {}", info.nat_status, info.reachability);
-        // Connected to a bootstrap node, and to nobody on the internet: a private network
-        // (a LAN or VPN with its own bootstrap node), where that is the point.
-        let private_network = info.reachability == "lan_only" && info.bootstrap_connected > 0;
-        checks.push(match info.reachability.as_str() {
-            "public" | "relayed" => Check::ok("reachability", nat),
-            _ if private_network => Check::ok("reachability", format!("{nat}: a private network, whose peers can reach this daemon")),
-            "behind_nat" => Check::fail("reachability", nat, "peers cannot reach this daemon: it needs a relay reservation (a bootstrap node with a declared public address serves as one)"),
-            _ => Check::fail("reachability", nat, "this daemon is connected to nobody beyond its LAN: see the bootstrap check"),
-        });
-        // Hole punching needs two peers behind NAT and a relay between them: the check
-        // reports what the punches tried so far did (the doctor cannot summon a peer).
-        checks.push(match (info.holepunch_ok, info.holepunch_failed) {
-            (0, 0) => Check::ok("holepunch", "not tried yet: no peer behind another NAT reached us through a relay".into()),
-            (ok, failed) if ok > 0 => Check::ok("holepunch", format!("{ok} hole punch(es) made direct connections, {failed} failed")),
-            (_, failed) => Check::fail(
-                "holepunch",
-                format!("all {failed} hole punch(es) failed: connections to peers behind NAT stay relayed"),
-                "this NAT (or the peers') defeats hole punching (symmetric NAT): rooms still work through relays; a peerlog relay (any peerlog node with a public address) carries them at full speed, or forward a port to this machine and declare it with --external-address",
-            ),
-        });
-        checks.push(if !info.relays.is_empty() {
-            Check::ok("relay", format!("reservation(s) on {} relay(s)", info.relays.len()))
-        } else if info.reachability == "public" {
-            Check::ok("relay", "not needed: this daemon has a public address".into())
-        } else if private_network {
-            Check::ok("relay", "not needed on a private network".into())
-        } else {
-            Check::fail("relay", "no relay reservation".into(), "peers behind other NATs cannot reach this daemon; a relay is found among peers that serve one (a bootstrap node with a declared public address does)")
-        });
-        Ok(checks)
-    }
-
-    /// Rooms each peer shares with us (authenticated sessions).
-    pub fn room_peers(&self, room: Option<&Key32>) -> Vec<(PeerId, Key32)> {
-        self.replicator.room_peers(room).into_iter().map(|p| (p.peer, p.room)).collect()
     }
 }

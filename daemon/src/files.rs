@@ -41,6 +41,9 @@ pub enum FileError {
     /// A chunk did not decrypt (wrong key or tampered).
     #[error("chunk {0} does not decrypt")]
     Decrypt(usize),
+    /// A chunk is not stored here (any more: a damaged one is deleted when read).
+    #[error("chunk {0} of the file is not here (ask for the file again to fetch it)")]
+    MissingChunk(usize),
 }
 
 /// The key of one file's chunks: `HKDF(content_key, "peerlog/file/v1" || file_id)`.
@@ -179,7 +182,7 @@ impl Chunks {
 
     /// Bytes of all stored chunks.
     pub fn bytes(&self) -> u64 {
-        crate::bench::dir_bytes(&self.dir)
+        crate::disk::dir_bytes(&self.dir)
     }
 }
 
@@ -255,9 +258,7 @@ pub fn read_plain(
     mut sink: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<(), FileError> {
     for (i, id) in ids.iter().enumerate() {
-        let sealed = chunks
-            .read(id)?
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("chunk {i} is missing")))?;
+        let sealed = chunks.read(id)?.ok_or(FileError::MissingChunk(i))?;
         if !sink(key.open(i, &sealed)?) {
             break;
         }

@@ -360,14 +360,14 @@ pub fn safety_number(ours: &Key32, theirs: &Key32) -> String {
 mod tests {
     #[test]
     fn a_room_tag_hides_the_room_and_binds_the_pair() {
-        let dk = [4u8; 32];
+        let discovery_key = [4u8; 32];
         let (a, b) = (PeerId::random(), PeerId::random());
-        let tag = super::room_tag(&dk, &[1; 32], &a, &b);
-        assert_ne!(tag, dk);
-        assert_eq!(tag, super::room_tag(&dk, &[1; 32], &a, &b));
-        assert_ne!(tag, super::room_tag(&dk, &[2; 32], &a, &b), "fresh per nonce");
-        assert_ne!(tag, super::room_tag(&dk, &[1; 32], &b, &a), "bound to who sends to whom");
-        assert_ne!(tag, super::room_tag(&[5; 32], &[1; 32], &a, &b));
+        let tag = room_tag(&discovery_key, &[1; 32], &a, &b);
+        assert_ne!(tag, discovery_key);
+        assert_eq!(tag, room_tag(&discovery_key, &[1; 32], &a, &b));
+        assert_ne!(tag, room_tag(&discovery_key, &[2; 32], &a, &b), "fresh per nonce");
+        assert_ne!(tag, room_tag(&discovery_key, &[1; 32], &b, &a), "bound to who sends to whom");
+        assert_ne!(tag, room_tag(&[5; 32], &[1; 32], &a, &b));
     }
 
     use super::*;
@@ -465,7 +465,7 @@ mod tests {
         assert_eq!(ab.len(), 60 + 11, "{ab}");
         assert!(ab.split(' ').all(|g| g.len() == 5 && g.bytes().all(|d| d.is_ascii_digit())), "{ab}");
         // One key's half is the same in every pair it is part of.
-        let (h, ac) = (super::safety_half(&a), safety_number(&a, &c).replace(' ', ""));
+        let (h, ac) = (safety_half(&a), safety_number(&a, &c).replace(' ', ""));
         assert!(ab.replace(' ', "").contains(&h) && ac.contains(&h));
     }
 

@@ -13,7 +13,9 @@ pub mod log;
 pub mod node;
 pub mod replicate;
 pub mod rooms;
-pub mod transfer;
+pub mod service;
+pub mod tasks;
 
 pub use config::Config;
-pub use daemon::{Daemon, Shared};
+pub use daemon::Daemon;
+pub use service::Service;

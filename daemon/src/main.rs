@@ -108,7 +108,7 @@ enum Command {
         /// The room.
         room: String,
         /// The file.
-        path: std::path::PathBuf,
+        path: PathBuf,
     },
     /// Fetch a shared file (by its message id, as `tail` prints it) and save it to PATH.
     GetFile {
@@ -119,7 +119,7 @@ enum Command {
         /// The file message's id.
         message: String,
         /// Where to save it (must not exist).
-        path: std::path::PathBuf,
+        path: PathBuf,
     },
     /// Print a room's recent messages; with --follow, keep printing new ones.
     Tail {
@@ -690,7 +690,7 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     let lan_only = config.bootstrap.is_empty() && config.network == Network::Private;
     let public_bootstrap = (config.network == Network::Public).then_some(config.public_bootstrap.len());
     let daemon = Daemon::start(config).await?;
-    let info = daemon.shared().node_info().await?;
+    let info = daemon.service().node_info().await?;
     println!("peer id: {}", info.peer_id);
     for a in &info.listen_addrs {
         println!("listening: {a}");
@@ -709,10 +709,10 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     }
 
     // Once the network had time to settle, say plainly what keeps peers away, if anything.
-    let shared = daemon.shared().clone();
+    let service = daemon.service().clone();
     let settle = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(30)).await;
-        if let Ok(info) = shared.node_info().await {
+        if let Ok(info) = service.node_info().await {
             for w in &info.warnings {
                 tracing::warn!(reachability = %info.reachability, "{w}");
             }
@@ -720,12 +720,12 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
     });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut failure = None;
-    let mut node_failed = false;
+    let mut bug = None;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
         e = daemon.storage_failed() => failure = Some(e),
-        _ = daemon.node_failed() => node_failed = true,
+        why = daemon.failed() => bug = Some(why),
     }
     settle.abort();
     tracing::info!("shutting down");
@@ -736,8 +736,8 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         // EX_TEMPFAIL: systemd's Restart=on-failure starts it again.
         std::process::exit(75);
     }
-    if node_failed {
-        eprintln!("peerlog: the network node stopped unexpectedly (a bug: the log above says where); stopping so that it restarts");
+    if let Some(why) = bug {
+        eprintln!("peerlog: {why} (a bug: the log above says where); stopping so that it restarts");
         // EX_SOFTWARE: systemd's Restart=on-failure starts it again.
         std::process::exit(70);
     }

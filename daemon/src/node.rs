@@ -823,7 +823,7 @@ impl<B: NetworkBehaviour> NetworkBehaviour for DirectOnly<B> {
         self.inner.handle_established_outbound_connection(id, peer, addr, role, port_use)
     }
 
-    fn on_swarm_event(&mut self, event: libp2p::swarm::FromSwarm) {
+    fn on_swarm_event(&mut self, event: libp2p::swarm::FromSwarm<'_>) {
         use libp2p::swarm::FromSwarm;
         match &event {
             FromSwarm::ExternalAddrConfirmed(e) if !self.hears(e.addr) => {}
@@ -1664,36 +1664,40 @@ mod tests {
 
     #[test]
     fn a_room_is_announced_under_a_sha2_256_multihash() {
-        let dk = [7u8; 32];
-        let key = super::provider_key(&dk).to_vec();
+        let discovery_key = [7u8; 32];
+        let key = super::provider_key(&discovery_key).to_vec();
         assert_eq!(key.len(), 34);
         assert_eq!(&key[..2], &[0x12, 0x20], "sha2-256 multihash prefix");
-        assert!(!key.windows(32).any(|w| w == dk), "the discovery key itself is not published");
+        assert!(!key.windows(32).any(|w| w == discovery_key), "the discovery key itself is not published");
         assert_ne!(super::provider_key(&[8u8; 32]).to_vec(), key);
     }
 
     #[test]
     fn public_provider_keys_change_every_day_and_overlap_at_the_boundary() {
         use super::{public_provider_key, public_provider_keys, PUBLIC_KEY_EPOCH_SECS as DAY};
-        let dk = [7u8; 32];
+        let discovery_key = [7u8; 32];
         let day = 20_000;
         let noon = day * DAY + DAY / 2;
-        assert_eq!(public_provider_keys(&dk, noon), vec![public_provider_key(&dk, day)]);
-        assert_ne!(public_provider_key(&dk, day), public_provider_key(&dk, day + 1), "the key rotates daily");
+        assert_eq!(public_provider_keys(&discovery_key, noon), vec![public_provider_key(&discovery_key, day)]);
         assert_ne!(
-            public_provider_key(&dk, day).to_vec(),
-            super::provider_key(&dk).to_vec(),
+            public_provider_key(&discovery_key, day),
+            public_provider_key(&discovery_key, day + 1),
+            "the key rotates daily"
+        );
+        assert_ne!(
+            public_provider_key(&discovery_key, day).to_vec(),
+            super::provider_key(&discovery_key).to_vec(),
             "not the peerlog DHT's key"
         );
-        let key = public_provider_key(&dk, day).to_vec();
+        let key = public_provider_key(&discovery_key, day).to_vec();
         assert_eq!((key.len(), &key[..2]), (34, &[0x12u8, 0x20][..]), "a sha2-256 multihash (CIDv0)");
         // Half an hour before midnight: today's and tomorrow's; half an hour after: both again.
-        let late = public_provider_keys(&dk, (day + 1) * DAY - 1800);
-        assert_eq!(late, vec![public_provider_key(&dk, day), public_provider_key(&dk, day + 1)]);
-        let early = public_provider_keys(&dk, (day + 1) * DAY + 1800);
-        assert_eq!(early, vec![public_provider_key(&dk, day + 1), public_provider_key(&dk, day)]);
+        let late = public_provider_keys(&discovery_key, (day + 1) * DAY - 1800);
+        assert_eq!(late, vec![public_provider_key(&discovery_key, day), public_provider_key(&discovery_key, day + 1)]);
+        let early = public_provider_keys(&discovery_key, (day + 1) * DAY + 1800);
+        assert_eq!(early, vec![public_provider_key(&discovery_key, day + 1), public_provider_key(&discovery_key, day)]);
         // Another room never shares a key.
-        assert!(!public_provider_keys(&[8u8; 32], noon).contains(&public_provider_key(&dk, day)));
+        assert!(!public_provider_keys(&[8u8; 32], noon).contains(&public_provider_key(&discovery_key, day)));
         let relay = super::relay_provider_key().to_vec();
         assert_eq!((relay.len(), &relay[..2]), (34, &[0x12u8, 0x20][..]));
     }

@@ -22,7 +22,6 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::config::Limits;
@@ -34,6 +33,7 @@ use crate::log::{verify_head, Store};
 use crate::node::NodeHandle;
 use crate::rooms::ChunkEvent;
 use crate::rooms::{DaemonEvent, HeadUpdate, Room, Rooms};
+use crate::tasks::Tasks;
 
 /// Time allowed for Hello + Auth.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -146,7 +146,7 @@ struct Inner {
     handshakes: Arc<tokio::sync::Semaphore>,
     /// Inbound handshakes in progress per peer (see [`MAX_HANDSHAKES_PER_PEER`]).
     handshaking: Mutex<HashMap<PeerId, usize>>,
-    tasks: TaskTracker,
+    tasks: Tasks,
     cancel: CancellationToken,
 }
 
@@ -206,7 +206,7 @@ impl Replicator {
         rooms: Arc<Rooms>,
         node: NodeHandle,
         limits: Limits,
-        tasks: TaskTracker,
+        tasks: Tasks,
         cancel: CancellationToken,
     ) -> Self {
         Self {
@@ -238,7 +238,7 @@ impl Replicator {
     pub fn spawn_acceptor(&self) -> Result<(), libp2p_stream::AlreadyRegistered> {
         let mut incoming = self.control().accept(StreamProtocol::new(PROTOCOL))?;
         let this = self.clone();
-        self.inner.tasks.spawn(async move {
+        self.inner.tasks.spawn("replication acceptor", async move {
             loop {
                 let next = tokio::select! {
                     _ = this.inner.cancel.cancelled() => break,
@@ -251,6 +251,7 @@ impl Replicator {
                 };
                 let this2 = this.clone();
                 this.inner.tasks.spawn(
+                    "inbound session",
                     async move {
                         if let Err(e) = this2.run_inbound(peer, stream, permit).await {
                             debug!(error = %e, "inbound session ended");
@@ -281,6 +282,7 @@ impl Replicator {
         let Some((id, cancel)) = self.claim(peer, room, true) else { return };
         let this = self.clone();
         self.inner.tasks.spawn(
+            "outbound session",
             async move {
                 let established = Arc::new(AtomicBool::new(false));
                 let result = tokio::select! {
@@ -327,7 +329,7 @@ impl Replicator {
         let delay = REDIAL_FIRST.saturating_mul(1 << (attempt - 1).min(16)).min(REDIAL_MAX);
         let this = self.clone();
         let cancel = self.inner.cancel.clone();
-        self.inner.tasks.spawn(async move {
+        self.inner.tasks.spawn("redial", async move {
             tokio::select! {
                 _ = cancel.cancelled() => {}
                 _ = tokio::time::sleep(delay) => {
@@ -470,7 +472,7 @@ impl Replicator {
     async fn run_outbound(
         &self,
         peer: PeerId,
-        dk: Key32,
+        discovery_key: Key32,
         id: u64,
         established: Arc<AtomicBool>,
     ) -> Result<(), SessionError> {
@@ -498,24 +500,27 @@ impl Replicator {
                     e => SessionError::Io(std::io::Error::other(e.to_string())),
                 })?;
         let mut io = self.framed(stream);
-        let Some(room) = self.inner.rooms.get(&dk) else { return Ok(()) };
+        let Some(room) = self.inner.rooms.get(&discovery_key) else { return Ok(()) };
         let nonce: Key32 = rand::random();
         let handshake = async {
-            let room_tag = crate::keys::room_tag(&dk, &nonce, &self.inner.local, &peer);
+            let room_tag = crate::keys::room_tag(&discovery_key, &nonce, &self.inner.local, &peer);
             send(&mut io, &Frame::Hello { room_tag, nonce }).await?;
             let (their_tag, their_nonce) = match recv(&mut io).await? {
                 Frame::Hello { room_tag, nonce } => (room_tag, nonce),
                 Frame::Refuse { reason } => return Err(SessionError::Refused(reason)),
                 _ => return Err(SessionError::Protocol("expected Hello")),
             };
-            if !verify_auth_mac(&crate::keys::room_tag(&dk, &their_nonce, &peer, &self.inner.local), &their_tag) {
+            if !verify_auth_mac(
+                &crate::keys::room_tag(&discovery_key, &their_nonce, &peer, &self.inner.local),
+                &their_tag,
+            ) {
                 return Err(SessionError::Protocol("Hello for another room"));
             }
             self.authenticate(&mut io, &room, peer, &nonce, &their_nonce).await
         };
         tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;
         self.authenticated(&mut io);
-        if !self.mark_established(peer, dk, id) {
+        if !self.mark_established(peer, discovery_key, id) {
             return Ok(());
         }
         established.store(true, Ordering::Relaxed);
@@ -539,8 +544,8 @@ impl Replicator {
             refuse(&mut io, Refusal::UnknownRoom).await;
             return Ok(());
         };
-        let dk = room.discovery_key;
-        let Some((id, cancel)) = self.claim(peer, dk, false) else {
+        let discovery_key = room.discovery_key;
+        let Some((id, cancel)) = self.claim(peer, discovery_key, false) else {
             refuse(&mut io, Refusal::Duplicate).await;
             return Ok(());
         };
@@ -550,23 +555,23 @@ impl Replicator {
             r = async {
                 let nonce: Key32 = rand::random();
                 let handshake = async {
-                    let room_tag = crate::keys::room_tag(&dk, &nonce, &self.inner.local, &peer);
+                    let room_tag = crate::keys::room_tag(&discovery_key, &nonce, &self.inner.local, &peer);
                     send(&mut io, &Frame::Hello { room_tag, nonce }).await?;
                     self.authenticate(&mut io, &room, peer, &their_nonce, &nonce).await
                 };
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;
                 drop(permit);
                 self.authenticated(&mut io);
-                if !self.mark_established(peer, dk, id) {
+                if !self.mark_established(peer, discovery_key, id) {
                     return Ok(());
                 }
                 established.store(true, Ordering::Relaxed);
                 self.run_established(io, room, peer, id).await
             } => r,
         };
-        self.release(peer, dk, id);
+        self.release(peer, discovery_key, id);
         if !cancel.is_cancelled() {
-            self.after_session(peer, dk, established.load(Ordering::Relaxed), &result);
+            self.after_session(peer, discovery_key, established.load(Ordering::Relaxed), &result);
         }
         result
     }
@@ -619,7 +624,7 @@ impl Replicator {
         let (mut sink, mut source) = io.split();
         let (in_tx, in_rx) = mpsc::channel::<Result<Frame, SessionError>>(INBOUND_FRAMES);
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES);
-        let reader = tokio::spawn(async move {
+        let reader = self.inner.tasks.spawn("session reader", async move {
             while let Some(item) = source.next().await {
                 let frame = item
                     .map_err(SessionError::from)
@@ -630,7 +635,7 @@ impl Replicator {
                 }
             }
         });
-        let writer = tokio::spawn(async move {
+        let writer = self.inner.tasks.spawn("session writer", async move {
             while let Some(frame) = out_rx.recv().await {
                 if sink.send(Bytes::from(frame.encode())).await.is_err() {
                     return;
@@ -639,7 +644,7 @@ impl Replicator {
             let _ = sink.close().await;
         });
         let mut session = Session {
-            r: self.clone(),
+            replicator: self.clone(),
             room,
             peer,
             id,
@@ -706,7 +711,7 @@ impl Replicator {
     /// Learns peers from a `Peers` frame and opens sessions with them.
     fn learn_peers(&self, room: Key32, peers: Vec<(PeerId, Vec<Multiaddr>)>) {
         let this = self.clone();
-        self.inner.tasks.spawn(async move {
+        self.inner.tasks.spawn("peer exchange", async move {
             for (peer, addrs) in peers {
                 if peer == this.inner.local {
                     continue;
@@ -798,7 +803,7 @@ struct Serving {
 
 /// State of an authenticated session.
 struct Session {
-    r: Replicator,
+    replicator: Replicator,
     room: Arc<Room>,
     peer: PeerId,
     id: u64,
@@ -839,7 +844,7 @@ struct Session {
 
 impl Session {
     fn store(&self) -> &Store {
-        &self.r.inner.store
+        &self.replicator.inner.store
     }
 
     async fn run(
@@ -871,7 +876,7 @@ impl Session {
                             return Err(e);
                         }
                         if !self.pex.is_empty() {
-                            self.r.learn_peers(self.room.discovery_key, std::mem::take(&mut self.pex));
+                            self.replicator.learn_peers(self.room.discovery_key, std::mem::take(&mut self.pex));
                         }
                     }
                 },
@@ -958,7 +963,7 @@ impl Session {
                     return Ok(());
                 }
                 let bytes = entries.iter().map(|e| e.ciphertext.len() as u64 + 44).sum();
-                let pause = self.r.inner.charge(self.peer, bytes);
+                let pause = self.replicator.inner.charge(self.peer, bytes);
                 if !pause.is_zero() {
                     if self.paused_until.is_none() {
                         debug!(peer = %self.peer, room = %self.room.id, pause_ms = pause.as_millis() as u64, "peer sends entries faster than limits.peer_bytes_per_s; pausing reads");
@@ -1038,7 +1043,8 @@ impl Session {
                     return Err(SessionError::Protocol("too many WantChunks queued"));
                 }
                 // Only chunks a file of this room names, to members of this room.
-                if self.store().room_has_chunk(&self.room.discovery_key, &id)? && self.r.inner.chunks.has(&id) {
+                if self.store().room_has_chunk(&self.room.discovery_key, &id)? && self.replicator.inner.chunks.has(&id)
+                {
                     self.chunks_serving.push_back((id, offset));
                 } else {
                     self.outbox.push_back(Frame::NoChunk { id });
@@ -1064,7 +1070,7 @@ impl Session {
                     self.room.chunk_lacking(self.id, &id);
                     return Ok(());
                 }
-                if let Err(e) = self.r.inner.chunks.write(&id, &bytes) {
+                if let Err(e) = self.replicator.inner.chunks.write(&id, &bytes) {
                     warn!(error = %e, "cannot store a chunk");
                     self.room.chunk_lacking(self.id, &id);
                     return Ok(());
@@ -1090,7 +1096,7 @@ impl Session {
                     info!(peer = %self.peer, room = %self.room.id, "the peer writes as a writer blocked here: session closed");
                     return Err(SessionError::Protocol("the peer's writer is blocked here"));
                 }
-                self.r.set_writer(self.peer, self.room.discovery_key, self.id, feed_key);
+                self.replicator.set_writer(self.peer, self.room.discovery_key, self.id, feed_key);
                 Ok(())
             }
             Frame::Refuse { reason } => Err(SessionError::Refused(reason)),
@@ -1125,7 +1131,7 @@ impl Session {
             }
             if known.hash != head.hash {
                 warn!(peer = %self.peer, room = %self.room.id, feed = %hex::encode(&feed[..8]), seq = head.seq, "writer signed two heads for one seq");
-                self.r.inner.store.record_fork(&feed, known, &head)?;
+                self.replicator.inner.store.record_fork(&feed, known, &head)?;
             }
             return Ok(());
         }
@@ -1201,7 +1207,7 @@ impl Session {
                 // Forget the feeds we now hold in full.
                 self.wanting.retain(|feed| {
                     let target = self.peer_len.get(feed).copied().unwrap_or(0);
-                    let meta = self.r.inner.store.feed_meta(feed).ok().flatten().unwrap_or_default();
+                    let meta = self.replicator.inner.store.feed_meta(feed).ok().flatten().unwrap_or_default();
                     !meta.missing(target).is_empty()
                 });
                 return;
@@ -1237,7 +1243,7 @@ impl Session {
         if self.chunk_turn || self.serving.is_empty() {
             if let Some((id, offset)) = self.chunks_serving.front().copied() {
                 if self.chunk_cache.as_ref().is_none_or(|(cached, _)| *cached != id) {
-                    self.chunk_cache = self.r.inner.chunks.read(&id)?.map(|bytes| (id, bytes));
+                    self.chunk_cache = self.replicator.inner.chunks.read(&id)?.map(|bytes| (id, bytes));
                 }
                 let Some((_, bytes)) = self.chunk_cache.as_ref() else {
                     self.chunks_serving.pop_front();
@@ -1268,7 +1274,7 @@ impl Session {
         if update.origin == Some(self.id) {
             // The peer sent these entries. If they are its own, tell it we hold them now
             // (that is how a writer learns its message was seen); others it need not hear.
-            if self.r.writer_of(self.peer, self.room.discovery_key) == Some(update.head.feed_key) {
+            if self.replicator.writer_of(self.peer, self.room.discovery_key) == Some(update.head.feed_key) {
                 self.outbox.push_back(self.have(vec![update.head]));
             }
             return Ok(());
@@ -1303,23 +1309,23 @@ impl Session {
     fn next_batch(&mut self) -> Result<Option<Frame>, SessionError> {
         let Some(job) = self.serving.front_mut() else { return Ok(None) };
         let feed = job.feed;
-        let meta = self.r.inner.store.feed_meta(&feed)?.unwrap_or_default();
+        let meta = self.replicator.inner.store.feed_meta(&feed)?.unwrap_or_default();
         let top = job.end - 1;
         let Some(run_start) = meta.run_start(top) else {
             let below = job.end;
             self.serving.pop_front();
             return Ok(Some(Frame::NoData { feed_key: feed, below }));
         };
-        let max_entries = self.r.inner.limits.batch_entries.max(1) as u64;
+        let max_entries = self.replicator.inner.limits.batch_entries.max(1) as u64;
         let lo = job.start.max(run_start).max(job.end.saturating_sub(max_entries));
-        let mut entries = match self.r.inner.store.entries(&feed, lo, job.end) {
+        let mut entries = match self.replicator.inner.store.entries(&feed, lo, job.end) {
             Ok(entries) => entries,
             // A damaged block (its checksum caught it): say we lack it; the session goes on
             // (it used to end every session that asked for it).
             Err(crate::log::store::StoreError::Corrupt(what)) => {
                 warn!(peer = %self.peer, feed = %hex::encode(&feed[..8]), start = lo, what, "a stored block is damaged; not served");
                 // Forget it, and have the room's sessions fetch it again from whoever holds it.
-                if !self.r.inner.store.forget_damaged(&feed)?.is_empty() {
+                if !self.replicator.inner.store.forget_damaged(&feed)?.is_empty() {
                     self.room.refetch(&feed);
                 }
                 let below = job.end;
@@ -1329,7 +1335,7 @@ impl Session {
             Err(e) => return Err(e.into()),
         };
         // Keep the frame well under the limit: drop the oldest entries past the budget.
-        let budget = self.batch_bytes.min(self.r.inner.limits.frame_bytes / 2);
+        let budget = self.batch_bytes.min(self.replicator.inner.limits.frame_bytes / 2);
         let mut bytes = 0;
         let mut keep_from = entries.len();
         while keep_from > 0 {
@@ -1343,7 +1349,7 @@ impl Session {
         entries.drain(..keep_from);
         let start = job.end - entries.len() as u64;
         // A format-2 head would not verify at the peer (see `Store::has_legacy_head`).
-        let head = meta.head.filter(|h| h.seq == top && !self.r.inner.store.has_legacy_head(&feed));
+        let head = meta.head.filter(|h| h.seq == top && !self.replicator.inner.store.has_legacy_head(&feed));
         job.end = start;
         if job.end <= job.start || entries.is_empty() {
             self.serving.pop_front();

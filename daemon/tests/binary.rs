@@ -10,6 +10,12 @@ use anyhow::{ensure, Context, Result};
 
 mod cutfs;
 
+/// Whether the tests run as root (namespaces, FUSE and the full-disk test need it).
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 const PASS: &str = "correct horse battery staple tangerine";
 
 /// Runs `peerlog ARGS --data-dir DATA` with `stdin`, failing with its stderr; its stdout.
@@ -144,7 +150,7 @@ fn netns_unavailable() -> Option<String> {
     static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     PROBE
         .get_or_init(|| {
-            if unsafe { libc::geteuid() } != 0 {
+            if !is_root() {
                 return Some("not root".into());
             }
             for tool in ["ip", "iptables"] {
@@ -1275,7 +1281,7 @@ fn concurrent_joins_do_not_freeze_storage() -> Result<()> {
 /// small tmpfs of its own (root); the reserve is lowered to fit it.
 #[test]
 fn a_full_disk_refuses_writes_and_they_resume_once_space_is_freed() -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         ensure!(std::env::var_os("CI").is_none(), "CI runs as root and must run the full-disk test");
         eprintln!("\n!!! SKIPPED: mounting a small tmpfs needs root. CI runs it as root.\n");
         return Ok(());

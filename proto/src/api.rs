@@ -82,6 +82,15 @@ pub mod codes {
     pub const LOCAL_ONLY: i32 = 1007;
     /// A weak passphrase for a room announced on the public DHT, without `weak_ok`.
     pub const WEAK_PASSPHRASE: i32 = 1008;
+    /// The named message (or file) is not in this room here.
+    pub const NOT_FOUND: i32 = 1009;
+    /// No room peer sent what was asked for in time; what arrived is kept, ask again.
+    pub const UNAVAILABLE: i32 = 1010;
+    /// A file on the daemon's machine cannot be read or written (missing, unreadable, or
+    /// already there: files are never overwritten).
+    pub const LOCAL_FILE: i32 = 1011;
+    /// A streamed upload ended early or stalled; nothing was sent to the room.
+    pub const UPLOAD_INCOMPLETE: i32 = 1012;
 }
 
 impl Response {

@@ -115,7 +115,7 @@ impl TestDaemon {
 
     /// The daemon's first listen address with `/p2p/PEERID`.
     pub async fn p2p_addr(&self) -> Result<Multiaddr> {
-        let info = self.running()?.shared().node_info().await?;
+        let info = self.running()?.service().node_info().await?;
         let a = info.listen_addrs.first().context("daemon has no listen address")?;
         Ok(a.parse()?)
     }

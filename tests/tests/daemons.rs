@@ -101,6 +101,33 @@ async fn a_restarted_daemon_keeps_identity_rooms_and_history() -> Result<()> {
     Ok(())
 }
 
+/// A panic in one of the daemon's tasks is a bug: it is logged with the task's name and
+/// the daemon reports itself failed (`main` then exits 70 for the service manager to
+/// restart it) instead of running on with a part missing. It still shuts down cleanly, and
+/// starts again on its data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_task_fails_the_daemon_which_stops_cleanly_and_starts_again() -> Result<()> {
+    let mut d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    send(&mut c, &room, "before the bug").await?;
+    let daemon = d.daemon.as_ref().context("running")?;
+    daemon.service().tasks().spawn("a buggy task", async {
+        if true {
+            panic!("index out of bounds");
+        }
+    });
+    let why = within(WAIT, "the daemon to report the panic", daemon.failed()).await?;
+    ensure!(why.contains("a buggy task") && why.contains("index out of bounds"), "{why}");
+    drop(c);
+    d.restart().await.context("a failed daemon must still shut down cleanly")?;
+    let mut c = d.client().await?;
+    let texts: Vec<String> =
+        full_history(&mut c, &room).await?.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect();
+    ensure!(texts == ["before the bug"], "{texts:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_receives_all_1000_messages_in_the_senders_order() -> Result<()> {
     let a = TestDaemon::start_bootstrap_node().await?;
@@ -522,7 +549,7 @@ async fn the_connection_limit_is_enforced() -> Result<()> {
     })
     .await??;
     let fourth = TestDaemon::start().await?;
-    let node = fourth.daemon.as_ref().context("running")?.shared().node.clone();
+    let node = fourth.daemon.as_ref().context("running")?.service().node.clone();
     let mut events = node.subscribe();
     node.add_addresses(hub_id, vec![hub.p2p_addr().await?]).await?;
     match node.connect(hub_id).await {

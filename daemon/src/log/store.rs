@@ -350,7 +350,7 @@ pub struct Store {
     /// ingests wrote). Held only around synchronous sled calls, never across an await.
     ingest_lock: Arc<Mutex<()>>,
     /// Bytes of each feed's blocks, counted once per feed and kept up to date by writes.
-    feed_bytes: Arc<Mutex<std::collections::HashMap<Key32, u64>>>,
+    feed_bytes: Arc<Mutex<HashMap<Key32, u64>>>,
     /// Free space checked before new data is written (see [`crate::disk`]).
     disk: Arc<DiskSpace>,
     /// What one writer may make us store (see [`WriterQuota`]).
@@ -1111,8 +1111,8 @@ impl Store {
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                let dk: Key32 = k.as_ref().try_into().map_err(|_| StoreError::Corrupt("room key"))?;
-                Ok((dk, decode(&v, "room")?))
+                let discovery_key: Key32 = k.as_ref().try_into().map_err(|_| StoreError::Corrupt("room key"))?;
+                Ok((discovery_key, decode(&v, "room")?))
             })
             .collect()
     }
@@ -1166,8 +1166,8 @@ impl Store {
     }
 
     /// Display names of a room's writers (from their newest `Profile` message).
-    pub fn profiles(&self, room: &Key32) -> Result<std::collections::HashMap<Key32, String>, StoreError> {
-        let mut out = std::collections::HashMap::new();
+    pub fn profiles(&self, room: &Key32) -> Result<HashMap<Key32, String>, StoreError> {
+        let mut out = HashMap::new();
         for kv in self.log.scan_prefix(&room_person_key(b'p', room, &[0; 32])[..33]) {
             let (k, v) = kv?;
             let feed: Key32 = k[33..].try_into().map_err(|_| StoreError::Corrupt("profile key"))?;

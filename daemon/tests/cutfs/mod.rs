@@ -122,7 +122,9 @@ impl State {
             kind: if i.dir { FileType::Directory } else { FileType::RegularFile },
             perm: i.perm,
             nlink: if i.dir { 2 } else { 1 },
+            // SAFETY: geteuid and getegid have no preconditions and cannot fail.
             uid: unsafe { libc::geteuid() },
+            // SAFETY: as above.
             gid: unsafe { libc::getegid() },
             rdev: 0,
             blksize: PAGE as u32,
@@ -600,7 +602,7 @@ pub fn unavailable() -> Option<String> {
     static PROBE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
     PROBE
         .get_or_init(|| {
-            if unsafe { libc::geteuid() } != 0 {
+            if !crate::is_root() {
                 return Some("not root".into());
             }
             if !Path::new("/dev/fuse").exists() {

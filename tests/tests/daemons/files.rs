@@ -118,7 +118,7 @@ async fn a_file_transfer_resumes_after_the_connection_is_cut_halfway() -> Result
         .as_u64()
         .unwrap_or(0);
     let a_id = a.peer_id()?;
-    b.daemon.as_ref().context("b running")?.shared().node.disconnect(a_id).await?;
+    b.daemon.as_ref().context("b running")?.service().node.disconnect(a_id).await?;
     cb.wait_event(WAIT, "b to drop its session with a", |e| e.event == "peer.left").await?;
     cb.wait_event(WAIT, "b to reconnect to a", |e| e.event == "peer.joined").await?;
     let after = cb.wait_event(WAIT, "progress after the reconnect", |e| e.event == "file.progress").await?.params
@@ -186,9 +186,14 @@ async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
         other => Err(anyhow::anyhow!("expected an error, got {other:?}")),
     };
     let (code, msg) = refused(cb.call("files.get", json!({"room": room, "file": m["id"], "path": dest})).await)?;
-    ensure!(code == codes::INVALID_PARAMS && msg.contains("exists"), "{code} {msg}");
+    ensure!(code == codes::LOCAL_FILE && msg.contains("exists"), "{code} {msg}");
     let (code, _) = refused(cb.call("files.get", json!({"room": room, "file": m["id"], "path": "x.bin"})).await)?;
     ensure!(code == codes::INVALID_PARAMS, "relative path: {code}");
+    let nowhere = format!("{}:0", "ab".repeat(32));
+    let (code, msg) = refused(ca.call("files.get", json!({"room": room, "file": nowhere})).await)?;
+    ensure!(code == codes::NOT_FOUND, "a message that is not in the room: {code} {msg}");
+    let (code, msg) = refused(ca.call("messages.history", json!({"room": room, "before": nowhere})).await)?;
+    ensure!(code == codes::NOT_FOUND, "history before a message that is not in the room: {code} {msg}");
     let text = send(&mut ca, &room, "not a file").await?;
     let (code, msg) = refused(ca.call("files.get", json!({"room": room, "file": text})).await)?;
     ensure!(code == codes::INVALID_PARAMS && msg.contains("not a file"), "{code} {msg}");

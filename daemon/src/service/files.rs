@@ -1,4 +1,4 @@
-//! Sending and fetching files (the daemon side of `files.send` / `files.get`); the chunk
+//! Sending and fetching files (the service side of `files.send` / `files.get`); the chunk
 //! format is in [`crate::files`].
 
 use std::collections::HashSet;
@@ -9,7 +9,7 @@ use bytes::Bytes;
 use peerlog_proto::wire::Key32;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::daemon::{OpError, Shared};
+use super::{Service, ServiceError};
 use crate::files::{assemble, mime_from_name, Encoder, FileError, FileKey, CHUNK_BYTES};
 use crate::log::store::{StoreError, StoredMessage};
 use crate::log::Body;
@@ -53,14 +53,15 @@ pub struct FileInfo {
     pub chunks: Vec<Key32>,
 }
 
-impl From<FileError> for OpError {
+impl From<FileError> for ServiceError {
     fn from(e: FileError) -> Self {
         match e {
             FileError::TooLarge { size, limit } => {
-                OpError::TooLarge { what: "file", size: size as usize, limit: limit as usize }
+                ServiceError::TooLarge { what: "file", size: size as usize, limit: limit as usize }
             }
-            FileError::Io(e) => OpError::Store(StoreError::Io(e)),
-            e @ FileError::Decrypt(_) => OpError::Invalid(e.to_string()),
+            FileError::Io(e) => ServiceError::Store(StoreError::Io(e)),
+            e @ FileError::Decrypt(_) => ServiceError::Invalid(e.to_string()),
+            e @ FileError::MissingChunk(_) => ServiceError::Unavailable(e.to_string()),
         }
     }
 }
@@ -78,7 +79,7 @@ pub fn clean_name(name: &str) -> Option<String> {
     Some(base[..end].chars().filter(|c| !c.is_control()).collect())
 }
 
-impl Shared {
+impl Service {
     /// Reads a file in as encrypted chunks and appends its `file` message; returns once the
     /// message is durable. Progress goes out as `file.progress` (sending).
     pub async fn send_file(
@@ -87,14 +88,14 @@ impl Shared {
         name: &str,
         mime: Option<String>,
         source: FileSource,
-    ) -> Result<FileInfo, OpError> {
+    ) -> Result<FileInfo, ServiceError> {
         let content_key = *room.content_key().ok_or(StoreError::Blind)?;
-        let name = clean_name(name).ok_or_else(|| OpError::Invalid("a file needs a name".into()))?;
+        let name = clean_name(name).ok_or_else(|| ServiceError::Invalid("a file needs a name".into()))?;
         let mime = mime.filter(|m| !m.is_empty() && m.len() <= 100).unwrap_or_else(|| mime_from_name(&name).into());
         let limit = self.config.limits.file_bytes;
         let total = match &source {
             FileSource::Path(p) => {
-                std::fs::metadata(p).map_err(|e| OpError::Invalid(format!("{}: {e}", p.display())))?.len()
+                std::fs::metadata(p).map_err(|source| ServiceError::LocalFile { path: p.clone(), source })?.len()
             }
             FileSource::Stream { size, .. } => *size,
         };
@@ -104,10 +105,10 @@ impl Shared {
         let file_id: Key32 = rand::random();
         let mut encoder = Encoder::new(&content_key, &file_id, self.chunks.clone(), limit);
         let events = self.rooms.events.clone();
-        let dk = room.discovery_key;
+        let discovery_key = room.discovery_key;
         let progress = move |done: u64, finished: bool| {
             let _ = events.send(DaemonEvent::FileProgress {
-                room: dk,
+                room: discovery_key,
                 file_id,
                 receiving: false,
                 bytes_done: done,
@@ -116,14 +117,15 @@ impl Shared {
             });
         };
         let runtime = tokio::runtime::Handle::current();
-        let (chunks, size) = tokio::task::spawn_blocking(move || -> Result<(Vec<Key32>, u64), OpError> {
+        let (chunks, size) = tokio::task::spawn_blocking(move || -> Result<(Vec<Key32>, u64), ServiceError> {
             match source {
                 FileSource::Path(path) => {
                     use std::io::Read;
-                    let mut f = std::fs::File::open(&path).map_err(FileError::from)?;
+                    let local = |source| ServiceError::LocalFile { path: path.clone(), source };
+                    let mut f = std::fs::File::open(&path).map_err(local)?;
                     let mut buf = vec![0u8; CHUNK_BYTES];
                     loop {
-                        let n = f.read(&mut buf).map_err(FileError::from)?;
+                        let n = f.read(&mut buf).map_err(local)?;
                         if n == 0 {
                             break;
                         }
@@ -135,20 +137,22 @@ impl Shared {
                     while encoder.size() < size {
                         let next = runtime.block_on(tokio::time::timeout(UPLOAD_IDLE, rx.recv()));
                         let Ok(next) = next else {
-                            return Err(OpError::Invalid(format!(
+                            return Err(ServiceError::UploadIncomplete(format!(
                                 "no bytes for {} s after {} of {size}: upload abandoned",
                                 UPLOAD_IDLE.as_secs(),
                                 encoder.size()
                             )));
                         };
                         let Some(bytes) = next else {
-                            return Err(OpError::Invalid(format!(
+                            return Err(ServiceError::UploadIncomplete(format!(
                                 "the upload ended after {} of {size} bytes",
                                 encoder.size()
                             )));
                         };
                         if encoder.size() + bytes.len() as u64 > size {
-                            return Err(OpError::Invalid(format!("more than the announced {size} bytes were sent")));
+                            return Err(ServiceError::Invalid(format!(
+                                "more than the announced {size} bytes were sent"
+                            )));
                         }
                         encoder.push(&bytes)?;
                         progress(encoder.size(), false);
@@ -160,24 +164,28 @@ impl Shared {
             Ok(done)
         })
         .await
-        .map_err(|_| OpError::Shutdown)??;
+        .map_err(|_| ServiceError::Shutdown)??;
         let body = Body::File { file_id, name: name.clone(), size, mime: mime.clone(), chunks: chunks.clone() };
-        let message =
-            self.append_durable(room, vec![body]).await?.pop().ok_or(OpError::Invalid("nothing appended".into()))?;
+        let message = self
+            .append_durable(room, vec![body])
+            .await?
+            .pop()
+            .ok_or(ServiceError::Invalid("nothing appended".into()))?;
         Ok(FileInfo { message, file_id, name, size, mime, chunks })
     }
 
     /// The `file` message `id` (`<feed hex>:<seq>`) of a room.
-    pub fn file_info(&self, room: &Room, id: &str) -> Result<FileInfo, OpError> {
+    pub fn file_info(&self, room: &Room, id: &str) -> Result<FileInfo, ServiceError> {
         let (feed, seq) =
-            StoredMessage::parse_id(id).ok_or_else(|| OpError::Invalid(format!("bad message id {id:?}")))?;
-        let message =
-            room.message(&feed, seq)?.ok_or_else(|| OpError::Invalid(format!("no message {id:?} in this room")))?;
+            StoredMessage::parse_id(id).ok_or_else(|| ServiceError::Invalid(format!("bad message id {id:?}")))?;
+        let message = room
+            .message(&feed, seq)?
+            .ok_or_else(|| ServiceError::NotFound(format!("no message {id:?} in this room")))?;
         match message.message.body.clone() {
             Some(Body::File { file_id, name, size, mime, chunks }) => {
                 Ok(FileInfo { message, file_id, name, size, mime, chunks })
             }
-            _ => Err(OpError::Invalid(format!("message {id:?} is not a file"))),
+            _ => Err(ServiceError::Invalid(format!("message {id:?} is not a file"))),
         }
     }
 
@@ -185,7 +193,7 @@ impl Shared {
     /// peers (any that has them, several at once). Chunks already here are not fetched
     /// again, so asking again after a failure resumes. Fails after [`STALL`] without any
     /// chunk arriving.
-    pub async fn fetch_file(&self, room: &Room, file: &FileInfo) -> Result<(), OpError> {
+    pub async fn fetch_file(&self, room: &Room, file: &FileInfo) -> Result<(), ServiceError> {
         if file.size > self.config.limits.file_bytes {
             return Err(FileError::TooLarge { size: file.size, limit: self.config.limits.file_bytes }.into());
         }
@@ -225,7 +233,7 @@ impl Shared {
             let event = tokio::time::timeout(STALL, events.recv()).await;
             match event {
                 Err(_) => {
-                    return Err(OpError::Invalid(format!(
+                    return Err(ServiceError::Unavailable(format!(
                     "no room peer sent a chunk of {:?} for {} s: {} of {} chunks are here (kept; ask again to resume)",
                     file.name,
                     STALL.as_secs(),
@@ -247,7 +255,7 @@ impl Shared {
                         }
                     }
                 }
-                Ok(Err(broadcast::error::RecvError::Closed)) => return Err(OpError::Shutdown),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return Err(ServiceError::Shutdown),
             }
             let finished = remaining.is_empty();
             progress(done, finished);
@@ -257,24 +265,30 @@ impl Shared {
         }
     }
 
-    /// Fetches a file (see [`Shared::fetch_file`]) and writes it to `dest`, which must not
+    /// Fetches a file (see [`Service::fetch_file`]) and writes it to `dest`, which must not
     /// exist: it appears only complete and verified.
-    pub async fn save_file(&self, room: &Room, file: &FileInfo, dest: &Path) -> Result<(), OpError> {
+    pub async fn save_file(&self, room: &Room, file: &FileInfo, dest: &Path) -> Result<(), ServiceError> {
         if !dest.is_absolute() {
-            return Err(OpError::Invalid(format!("{} is not an absolute path", dest.display())));
+            return Err(ServiceError::Invalid(format!("{} is not an absolute path", dest.display())));
         }
         if dest.symlink_metadata().is_ok() {
-            return Err(OpError::Invalid(format!("{} exists; not overwriting it", dest.display())));
+            let source = std::io::Error::new(std::io::ErrorKind::AlreadyExists, "exists; not overwriting it");
+            return Err(ServiceError::LocalFile { path: dest.to_path_buf(), source });
         }
         self.fetch_file(room, file).await?;
         let content_key = *room.content_key().ok_or(StoreError::Blind)?;
         let (chunks, file, dest) = (self.chunks.clone(), file.clone(), dest.to_path_buf());
-        tokio::task::spawn_blocking(move || {
+        let path = dest.clone();
+        let saved = tokio::task::spawn_blocking(move || {
             assemble(&chunks, &FileKey::new(&content_key, &file.file_id), &file.chunks, file.size, &dest)
         })
         .await
-        .map_err(|_| OpError::Shutdown)??;
-        Ok(())
+        .map_err(|_| ServiceError::Shutdown)?;
+        match saved {
+            // Writing the destination (its directory, the temporary, the rename) failed.
+            Err(FileError::Io(source)) => Err(ServiceError::LocalFile { path, source }),
+            other => Ok(other?),
+        }
     }
 }
 
