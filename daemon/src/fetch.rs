@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use peerlog_proto::wire::{Entry, Key32};
 
+use crate::ids::SessionId;
 use crate::log::store::FeedMeta;
 
 /// Most entries in one piece (one `Want`).
@@ -30,7 +31,7 @@ struct Claim {
     feed: Key32,
     start: u64,
     end: u64,
-    session: u64,
+    session: SessionId,
     /// Everything from here to `end` arrived (newest first).
     arrived: u64,
 }
@@ -45,7 +46,7 @@ pub struct Held {
     /// The entries.
     pub entries: Vec<Entry>,
     /// The session they came from.
-    pub session: u64,
+    pub session: SessionId,
 }
 
 impl Held {
@@ -76,17 +77,17 @@ pub struct Fetches {
     held: BTreeMap<(Key32, u64), Held>,
     held_bytes: usize,
     /// (session, feed) pairs whose data failed verification: not asked again.
-    refused: HashSet<(u64, Key32)>,
+    refused: HashSet<(SessionId, Key32)>,
 }
 
 impl Fetches {
     /// How many pieces `session` still waits for (claimed, not all of it arrived).
-    pub fn awaited_by(&self, session: u64) -> usize {
+    pub fn awaited_by(&self, session: SessionId) -> usize {
         self.claims.iter().filter(|c| c.session == session && c.arrived > c.start).count()
     }
 
     /// Notes that `start..end` of `feed` arrived from `session`.
-    pub fn arrived(&mut self, session: u64, feed: &Key32, start: u64, end: u64) {
+    pub fn arrived(&mut self, session: SessionId, feed: &Key32, start: u64, end: u64) {
         for c in &mut self.claims {
             if c.session == session
                 && c.feed == *feed
@@ -100,13 +101,13 @@ impl Fetches {
     }
 
     /// Whether `start..end` of `feed` lies inside a piece `session` claimed.
-    pub fn is_claimed_by(&self, session: u64, feed: &Key32, start: u64, end: u64) -> bool {
+    pub fn is_claimed_by(&self, session: SessionId, feed: &Key32, start: u64, end: u64) -> bool {
         self.claims.iter().any(|c| c.session == session && c.feed == *feed && c.start <= start && end <= c.end)
     }
 
     /// The topmost piece of `c.feed` nobody fetches, that the candidate's peer has and we
     /// lack: `(start, end)`. `meta` is what we hold of the feed.
-    fn free_piece(&self, session: u64, c: &Candidate, meta: &FeedMeta) -> Option<(u64, u64)> {
+    fn free_piece(&self, session: SessionId, c: &Candidate, meta: &FeedMeta) -> Option<(u64, u64)> {
         if self.refused.contains(&(session, c.feed)) {
             return None;
         }
@@ -136,7 +137,7 @@ impl Fetches {
     /// its feed, so the newest page of every feed comes first. `meta` looks a feed up.
     pub fn claim(
         &mut self,
-        session: u64,
+        session: SessionId,
         candidates: &[Candidate],
         mut meta: impl FnMut(&Key32) -> FeedMeta,
     ) -> Option<(Key32, u64, u64)> {
@@ -193,7 +194,7 @@ impl Fetches {
 
     /// Ends `session`'s claims on `feed` and drops what it sent of it that is still held;
     /// with `refuse`, the session will not be given the feed again.
-    pub fn release_feed(&mut self, session: u64, feed: &Key32, refuse: bool) {
+    pub fn release_feed(&mut self, session: SessionId, feed: &Key32, refuse: bool) {
         self.claims.retain(|c| c.session != session || c.feed != *feed);
         self.drop_held(|h| h.session == session && h.feed == *feed);
         if refuse {
@@ -202,7 +203,7 @@ impl Fetches {
     }
 
     /// Ends everything of a session that ended; returns the feeds it had claimed.
-    pub fn release_session(&mut self, session: u64) -> Vec<Key32> {
+    pub fn release_session(&mut self, session: SessionId) -> Vec<Key32> {
         let mut feeds: Vec<Key32> = self.claims.iter().filter(|c| c.session == session).map(|c| c.feed).collect();
         feeds.dedup();
         self.claims.retain(|c| c.session != session);
@@ -240,7 +241,7 @@ mod tests {
         FeedMeta { ranges: ranges.to_vec(), ..FeedMeta::default() }
     }
 
-    fn held(start: u64, n: usize, session: u64) -> Held {
+    fn held(start: u64, n: usize, session: SessionId) -> Held {
         let e = Entry { prev: [0; 32], nonce: [0; 12], ciphertext: vec![0; 100] };
         Held { feed: F, start, entries: vec![e; n], session }
     }
@@ -250,22 +251,22 @@ mod tests {
         let mut f = Fetches::default();
         let n = 3 * PIECE_ENTRIES + 100;
         let meta = stored(&[]);
-        let a = f.claim(1, &[cand(n)], |_| meta.clone()).unwrap();
-        let b = f.claim(2, &[cand(n)], |_| meta.clone()).unwrap();
-        let c = f.claim(1, &[cand(n)], |_| meta.clone()).unwrap();
-        let d = f.claim(2, &[cand(n)], |_| meta.clone()).unwrap();
+        let a = f.claim(SessionId(1), &[cand(n)], |_| meta.clone()).unwrap();
+        let b = f.claim(SessionId(2), &[cand(n)], |_| meta.clone()).unwrap();
+        let c = f.claim(SessionId(1), &[cand(n)], |_| meta.clone()).unwrap();
+        let d = f.claim(SessionId(2), &[cand(n)], |_| meta.clone()).unwrap();
         assert_eq!((a.1, a.2), (n - PIECE_ENTRIES, n));
         assert_eq!((b.1, b.2), (n - 2 * PIECE_ENTRIES, n - PIECE_ENTRIES));
         assert_eq!((c.1, c.2), (n - 3 * PIECE_ENTRIES, n - 2 * PIECE_ENTRIES));
         assert_eq!((d.1, d.2), (0, 100));
-        assert!(f.claim(3, &[cand(n)], |_| meta.clone()).is_none(), "everything is claimed");
-        assert_eq!(f.awaited_by(1), 2);
+        assert!(f.claim(SessionId(3), &[cand(n)], |_| meta.clone()).is_none(), "everything is claimed");
+        assert_eq!(f.awaited_by(SessionId(1)), 2);
         // The top half of a piece arriving is not enough; all of it is.
-        f.arrived(1, &F, a.1 + 100, a.2);
-        assert_eq!(f.awaited_by(1), 2);
-        f.arrived(1, &F, a.1, a.1 + 100);
-        assert_eq!(f.awaited_by(1), 1, "a piece that arrived is no longer awaited");
-        assert!(f.is_claimed_by(2, &F, 0, 100) && !f.is_claimed_by(1, &F, 0, 100));
+        f.arrived(SessionId(1), &F, a.1 + 100, a.2);
+        assert_eq!(f.awaited_by(SessionId(1)), 2);
+        f.arrived(SessionId(1), &F, a.1, a.1 + 100);
+        assert_eq!(f.awaited_by(SessionId(1)), 1, "a piece that arrived is no longer awaited");
+        assert!(f.is_claimed_by(SessionId(2), &F, 0, 100) && !f.is_claimed_by(SessionId(1), &F, 0, 100));
     }
 
     #[test]
@@ -273,24 +274,24 @@ mod tests {
         let mut f = Fetches::default();
         // Stored 500..1000; session 9 holds 300..400 unverified.
         let meta = stored(&[(500, 1000)]);
-        assert!(f.hold(held(300, 100, 9)));
-        let p = f.claim(1, &[cand(1000)], |_| meta.clone()).unwrap();
+        assert!(f.hold(held(300, 100, SessionId(9))));
+        let p = f.claim(SessionId(1), &[cand(1000)], |_| meta.clone()).unwrap();
         assert_eq!((p.1, p.2), (400, 500));
-        let p = f.claim(1, &[cand(1000)], |_| meta.clone()).unwrap();
+        let p = f.claim(SessionId(1), &[cand(1000)], |_| meta.clone()).unwrap();
         assert_eq!((p.1, p.2), (0, 300));
         // A peer that lacks everything below 450 gets nothing here.
         let mut g = Fetches::default();
         let c = Candidate { feed: F, target: 1000, lacks_below: 450 };
-        assert_eq!(g.claim(1, &[c], |_| meta.clone()).map(|p| (p.1, p.2)), Some((450, 500)));
+        assert_eq!(g.claim(SessionId(1), &[c], |_| meta.clone()).map(|p| (p.1, p.2)), Some((450, 500)));
     }
 
     #[test]
     fn held_batches_come_out_once_the_entry_above_is_stored_and_claims_settle() {
         let mut f = Fetches::default();
         let meta = stored(&[]);
-        let top = f.claim(1, &[cand(2000)], |_| meta.clone()).unwrap();
+        let top = f.claim(SessionId(1), &[cand(2000)], |_| meta.clone()).unwrap();
         assert_eq!((top.1, top.2), (0, 2000));
-        assert!(f.hold(held(1000, 500, 1)));
+        assert!(f.hold(held(1000, 500, SessionId(1))));
         assert!(f.take_ready(&F, &stored(&[])).is_none());
         let meta = stored(&[(1500, 2000)]);
         let h = f.take_ready(&F, &meta).expect("ready once 1500 is stored");
@@ -298,26 +299,26 @@ mod tests {
         assert_eq!(f.held_bytes(), 0);
         assert!(!f.settle(&F, &meta), "0..1000 still missing");
         assert!(f.settle(&F, &stored(&[(0, 2000)])));
-        assert_eq!(f.awaited_by(1), 0);
+        assert_eq!(f.awaited_by(SessionId(1)), 0);
     }
 
     #[test]
     fn refused_sessions_get_nothing_and_a_full_hold_only_allows_verifiable_pieces() {
         let mut f = Fetches::default();
         let meta = stored(&[]);
-        f.claim(1, &[cand(100)], |_| meta.clone()).unwrap();
-        f.release_feed(1, &F, true);
-        assert!(f.claim(1, &[cand(100)], |_| meta.clone()).is_none());
-        assert!(f.claim(2, &[cand(100)], |_| meta.clone()).is_some());
+        f.claim(SessionId(1), &[cand(100)], |_| meta.clone()).unwrap();
+        f.release_feed(SessionId(1), &F, true);
+        assert!(f.claim(SessionId(1), &[cand(100)], |_| meta.clone()).is_none());
+        assert!(f.claim(SessionId(2), &[cand(100)], |_| meta.clone()).is_some());
 
         let mut g = Fetches::default();
         let big = Entry { prev: [0; 32], nonce: [0; 12], ciphertext: vec![0; HOLD_BYTES / 2] };
-        assert!(g.hold(Held { feed: [2; 32], start: 0, entries: vec![big], session: 5 }));
+        assert!(g.hold(Held { feed: [2; 32], start: 0, entries: vec![big], session: SessionId(5) }));
         let n = 3 * PIECE_ENTRIES;
-        let first = g.claim(1, &[cand(n)], |_| meta.clone()).unwrap();
+        let first = g.claim(SessionId(1), &[cand(n)], |_| meta.clone()).unwrap();
         assert_eq!(first.2, n, "the top piece verifies against the head");
-        assert!(g.claim(2, &[cand(n)], |_| meta.clone()).is_none(), "a detached piece would be held");
-        assert_eq!(g.release_session(5), Vec::<Key32>::new());
-        assert!(g.claim(2, &[cand(n)], |_| meta.clone()).is_some());
+        assert!(g.claim(SessionId(2), &[cand(n)], |_| meta.clone()).is_none(), "a detached piece would be held");
+        assert_eq!(g.release_session(SessionId(5)), Vec::<Key32>::new());
+        assert!(g.claim(SessionId(2), &[cand(n)], |_| meta.clone()).is_some());
     }
 }

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::ids::SessionId;
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use peerlog_proto::wire::Key32;
@@ -340,9 +341,9 @@ pub struct ChunkWants {
 #[derive(Debug, Default)]
 struct Want {
     /// The session it was asked of.
-    session: Option<u64>,
+    session: Option<SessionId>,
     /// Sessions whose peer said it does not have it.
-    lacking: HashSet<u64>,
+    lacking: HashSet<SessionId>,
     /// Downloads waiting for it.
     waiters: usize,
 }
@@ -368,19 +369,19 @@ impl ChunkWants {
     }
 
     /// Chunks `session` is fetching.
-    pub fn in_flight(&self, session: u64) -> usize {
+    pub fn in_flight(&self, session: SessionId) -> usize {
         self.wants.values().filter(|w| w.session == Some(session)).count()
     }
 
     /// Assigns a wanted chunk nobody fetches, whose lack `session`'s peer has not reported.
-    pub fn next_for(&mut self, session: u64) -> Option<Key32> {
+    pub fn next_for(&mut self, session: SessionId) -> Option<Key32> {
         let (id, w) = self.wants.iter_mut().find(|(_, w)| w.session.is_none() && !w.lacking.contains(&session))?;
         w.session = Some(session);
         Some(*id)
     }
 
     /// Whether `session` was asked for `id`.
-    pub fn asked(&self, session: u64, id: &Key32) -> bool {
+    pub fn asked(&self, session: SessionId, id: &Key32) -> bool {
         self.wants.get(id).is_some_and(|w| w.session == Some(session))
     }
 
@@ -390,7 +391,7 @@ impl ChunkWants {
     }
 
     /// `session`'s peer lacks `id` (or sent a bad copy): another may have it.
-    pub fn lacking(&mut self, session: u64, id: &Key32) {
+    pub fn lacking(&mut self, session: SessionId, id: &Key32) {
         if let Some(w) = self.wants.get_mut(id) {
             w.lacking.insert(session);
             if w.session == Some(session) {
@@ -400,7 +401,7 @@ impl ChunkWants {
     }
 
     /// A session ended: what it was fetching goes back to the queue.
-    pub fn session_ended(&mut self, session: u64) {
+    pub fn session_ended(&mut self, session: SessionId) {
         for w in self.wants.values_mut() {
             w.lacking.remove(&session);
             if w.session == Some(session) {
@@ -461,18 +462,18 @@ mod tests {
     fn chunk_wants_go_to_one_session_at_a_time_and_back_when_it_ends() {
         let mut w = ChunkWants::default();
         w.want([[1; 32], [2; 32]]);
-        let a = w.next_for(10).unwrap();
-        let b = w.next_for(10).unwrap();
+        let a = w.next_for(SessionId(10)).unwrap();
+        let b = w.next_for(SessionId(10)).unwrap();
         assert_ne!(a, b);
-        assert!(w.next_for(11).is_none(), "both are being fetched");
-        w.lacking(10, &a);
-        assert!(w.next_for(10).is_none(), "10's peer lacks a");
-        assert_eq!(w.next_for(11), Some(a));
-        w.session_ended(10);
-        assert_eq!(w.next_for(12), Some(b));
+        assert!(w.next_for(SessionId(11)).is_none(), "both are being fetched");
+        w.lacking(SessionId(10), &a);
+        assert!(w.next_for(SessionId(10)).is_none(), "10's peer lacks a");
+        assert_eq!(w.next_for(SessionId(11)), Some(a));
+        w.session_ended(SessionId(10));
+        assert_eq!(w.next_for(SessionId(12)), Some(b));
         w.done(&b);
-        assert_eq!(w.in_flight(12), 0);
-        assert!(w.asked(11, &a));
+        assert_eq!(w.in_flight(SessionId(12)), 0);
+        assert!(w.asked(SessionId(11), &a));
     }
 
     fn tempfile_dir() -> PathBuf {

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod disk;
 pub mod fetch;
 pub mod files;
+pub mod ids;
 pub mod keys;
 pub mod log;
 pub mod node;

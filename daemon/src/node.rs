@@ -72,21 +72,22 @@ const ADDRESS_BOOK_PEERS: usize = 4096;
 pub enum NodeError {
     /// The swarm could not be built (transport set-up failed).
     #[error("cannot build the libp2p swarm: {0}")]
-    Build(String),
+    Build(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A listen address was refused.
-    #[error("cannot listen on {addr}: {message}")]
+    #[error("cannot listen on {addr}: {source}")]
     Listen {
         /// The address.
         addr: Multiaddr,
         /// Why.
-        message: String,
+        source: libp2p::TransportError<std::io::Error>,
     },
     /// A peer could not be reached.
     #[error("cannot connect to {peer}: {message}")]
     Dial {
         /// The peer.
         peer: PeerId,
-        /// Why.
+        /// Why: libp2p's `DialError`, rendered once for every caller waiting on the same
+        /// dial (it cannot be cloned).
         message: String,
     },
     /// The event loop has stopped.
@@ -499,12 +500,12 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
-        .map_err(|e| NodeError::Build(e.to_string()))?
+        .map_err(|e| NodeError::Build(e.into()))?
         .with_quic()
         .with_dns()
-        .map_err(|e| NodeError::Build(e.to_string()))?
+        .map_err(|e| NodeError::Build(e.into()))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
-        .map_err(|e| NodeError::Build(e.to_string()))?
+        .map_err(|e| NodeError::Build(e.into()))?
         .with_behaviour(|key, relay_client| {
             let mut kad_config = kad::Config::new(kad_protocol);
             kad_config
@@ -556,15 +557,13 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
                 stream: libp2p_stream::Behaviour::new(),
             })
         })
-        .map_err(|e| NodeError::Build(e.to_string()))?
+        .map_err(|e| NodeError::Build(e.into()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
         .build();
 
     let mut listeners = HashSet::new();
     for addr in &config.listen {
-        let id = swarm
-            .listen_on(addr.clone())
-            .map_err(|e| NodeError::Listen { addr: addr.clone(), message: e.to_string() })?;
+        let id = swarm.listen_on(addr.clone()).map_err(|source| NodeError::Listen { addr: addr.clone(), source })?;
         listeners.insert(id);
     }
     let streams = swarm.behaviour().stream.new_control();

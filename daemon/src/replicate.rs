@@ -27,6 +27,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::config::Limits;
 use crate::fetch::{Candidate, PIECES_PER_SESSION};
 use crate::files::{chunk_id, Chunks, CHUNKS_PER_SESSION, CHUNK_BYTES, TAG_BYTES};
+use crate::ids::SessionId;
 use crate::keys::{auth_mac, verify_auth_mac};
 use crate::log::store::IngestError;
 use crate::log::{verify_head, Store};
@@ -96,6 +97,12 @@ pub enum SessionError {
     /// The stream failed or closed.
     #[error("stream: {0}")]
     Io(#[from] std::io::Error),
+    /// The peer could not be reached: no connection came up.
+    #[error(transparent)]
+    Unreachable(#[from] crate::node::NodeError),
+    /// A connection is up but a stream on it could not be opened.
+    #[error("cannot open a stream: {0}")]
+    OpenStream(#[source] libp2p_stream::OpenStreamError),
     /// The peer broke the protocol.
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
@@ -119,7 +126,7 @@ const NOT_PEERLOG_MAX: usize = 1024;
 const NOT_PEERLOG_FOR: Duration = Duration::from_secs(600);
 
 struct Slot {
-    id: u64,
+    id: SessionId,
     outbound: bool,
     established: bool,
     cancel: CancellationToken,
@@ -309,7 +316,13 @@ impl Replicator {
         // is not dialed again and again; the DHT rounds find real ones.
         let redialing = self.inner.redials.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(peer, room));
         let retry = match result {
-            Err(SessionError::Io(_) | SessionError::Timeout(_)) => established || redialing,
+            // What a later attempt may get past: the network, not the peer's answer.
+            Err(
+                SessionError::Io(_)
+                | SessionError::Timeout(_)
+                | SessionError::Unreachable(_)
+                | SessionError::OpenStream(_),
+            ) => established || redialing,
             Ok(()) => established,
             Err(_) => false,
         };
@@ -405,7 +418,7 @@ impl Replicator {
     }
 
     /// Reserves the (peer, room) slot; see the module docs for the duplicate rule.
-    fn claim(&self, peer: PeerId, room: Key32, outbound: bool) -> Option<(u64, CancellationToken)> {
+    fn claim(&self, peer: PeerId, room: Key32, outbound: bool) -> Option<(SessionId, CancellationToken)> {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = slots.get(&(peer, room)) {
             let ours_wins = self.inner.local < peer;
@@ -422,13 +435,13 @@ impl Replicator {
             warn!(limit = self.inner.limits.sessions, "session limit reached");
             return None;
         }
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let cancel = self.inner.cancel.child_token();
         slots.insert((peer, room), Slot { id, outbound, established: false, cancel: cancel.clone(), writer: None });
         Some((id, cancel))
     }
 
-    fn release(&self, peer: PeerId, room: Key32, id: u64) {
+    fn release(&self, peer: PeerId, room: Key32, id: SessionId) {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.get(&(peer, room)).is_some_and(|s| s.id == id) {
             let was_established = slots.remove(&(peer, room)).is_some_and(|s| s.established);
@@ -438,14 +451,14 @@ impl Replicator {
         }
     }
 
-    fn set_writer(&self, peer: PeerId, room: Key32, id: u64, writer: Key32) {
+    fn set_writer(&self, peer: PeerId, room: Key32, id: SessionId, writer: Key32) {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = slots.get_mut(&(peer, room)).filter(|s| s.id == id) {
             s.writer = Some(writer);
         }
     }
 
-    fn mark_established(&self, peer: PeerId, room: Key32, id: u64) -> bool {
+    fn mark_established(&self, peer: PeerId, room: Key32, id: SessionId) -> bool {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         match slots.get_mut(&(peer, room)) {
             Some(s) if s.id == id => {
@@ -473,15 +486,14 @@ impl Replicator {
         &self,
         peer: PeerId,
         discovery_key: Key32,
-        id: u64,
+        id: SessionId,
         established: Arc<AtomicBool>,
     ) -> Result<(), SessionError> {
         // Connect first with every address we know (the stream control alone would dial
         // with Kademlia's addresses only).
         tokio::time::timeout(OPEN_TIMEOUT, self.inner.node.connect(peer))
             .await
-            .map_err(|_| SessionError::Timeout("connect"))?
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::NotConnected, e.to_string()))?;
+            .map_err(|_| SessionError::Timeout("connect"))??;
         let stream =
             tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, StreamProtocol::new(PROTOCOL)))
                 .await
@@ -497,7 +509,7 @@ impl Replicator {
                         }
                         SessionError::NotPeerlog
                     }
-                    e => SessionError::Io(std::io::Error::other(e.to_string())),
+                    e => SessionError::OpenStream(e),
                 })?;
         let mut io = self.framed(stream);
         let Some(room) = self.inner.rooms.get(&discovery_key) else { return Ok(()) };
@@ -607,7 +619,7 @@ impl Replicator {
         io: Framed<tokio_util::compat::Compat<Stream>, LengthDelimitedCodec>,
         room: Arc<Room>,
         peer: PeerId,
-        id: u64,
+        id: SessionId,
     ) -> Result<(), SessionError> {
         let connection = self.inner.node.connection(peer).await;
         let kind = connection.as_ref().map(|c| c.connection);
@@ -785,7 +797,7 @@ impl Drop for HandshakeSlot {
 }
 
 /// Hands a session's log pieces and chunk requests back to the room when it ends.
-struct ReturnFetches(Arc<Room>, u64);
+struct ReturnFetches(Arc<Room>, SessionId);
 
 impl Drop for ReturnFetches {
     fn drop(&mut self) {
@@ -806,7 +818,7 @@ struct Session {
     replicator: Replicator,
     room: Arc<Room>,
     peer: PeerId,
-    id: u64,
+    id: SessionId,
     /// Verified heads the peer announced, by feed and seq: anchors for its batches.
     anchors: HashMap<Key32, BTreeMap<u64, SignedHead>>,
     /// How many entries of each feed the peer has (or has been sent).

@@ -15,6 +15,7 @@ use tracing::{debug, warn};
 
 use crate::fetch::{Candidate, Fetches, Held};
 use crate::files::ChunkWants;
+use crate::ids::SessionId;
 use crate::keys::{room_id, RoomKeys, RoomSecret, SeedCapability};
 use crate::log::store::{
     Access, Appended, IngestError, Ingested, QuotaKind, RoomRecord, StoreError, StoredMessage, WriterQuota,
@@ -34,7 +35,7 @@ pub struct HeadUpdate {
     /// The new head.
     pub head: SignedHead,
     /// The session the entries came from (it need not hear about them), if any.
-    pub origin: Option<u64>,
+    pub origin: Option<SessionId>,
 }
 
 /// Something API clients hear about.
@@ -415,7 +416,7 @@ impl Room {
     }
 
     /// The next chunk `session` should ask its peer for, if it may ask for more.
-    pub fn next_chunk_for(&self, session: u64, in_flight_max: usize) -> Option<Key32> {
+    pub fn next_chunk_for(&self, session: SessionId, in_flight_max: usize) -> Option<Key32> {
         let mut wants = self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner());
         if wants.in_flight(session) >= in_flight_max {
             return None;
@@ -424,7 +425,7 @@ impl Room {
     }
 
     /// Whether `session` asked its peer for chunk `id`.
-    pub fn chunk_asked(&self, session: u64, id: &Key32) -> bool {
+    pub fn chunk_asked(&self, session: SessionId, id: &Key32) -> bool {
         self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).asked(session, id)
     }
 
@@ -470,13 +471,13 @@ impl Room {
     }
 
     /// `session`'s peer lacks chunk `id` or sent a bad copy: another session may fetch it.
-    pub fn chunk_lacking(&self, session: u64, id: &Key32) {
+    pub fn chunk_lacking(&self, session: SessionId, id: &Key32) {
         self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).lacking(session, id);
         let _ = self.chunk_events.send(ChunkEvent::Wanted);
     }
 
     /// A session ended: the chunks it was fetching go to others.
-    pub fn chunk_session_ended(&self, session: u64) {
+    pub fn chunk_session_ended(&self, session: SessionId) {
         self.chunk_wants.lock().unwrap_or_else(|p| p.into_inner()).session_ended(session);
         let _ = self.chunk_events.send(ChunkEvent::Wanted);
     }
@@ -595,19 +596,19 @@ impl Room {
 
     /// Claims the next piece of a feed for `session` to fetch (see [`crate::fetch`]):
     /// `(feed, start, end)`, or None when the candidates offer nothing unclaimed.
-    pub fn claim_piece(&self, session: u64, candidates: &[Candidate]) -> Option<(Key32, u64, u64)> {
+    pub fn claim_piece(&self, session: SessionId, candidates: &[Candidate]) -> Option<(Key32, u64, u64)> {
         let mut fetches = self.fetches.lock().unwrap_or_else(|p| p.into_inner());
         fetches.claim(session, candidates, |feed| self.store.feed_meta(feed).ok().flatten().unwrap_or_default())
     }
 
     /// How many pieces `session` still waits for.
-    pub fn pieces_awaited(&self, session: u64) -> usize {
+    pub fn pieces_awaited(&self, session: SessionId) -> usize {
         self.fetches.lock().unwrap_or_else(|p| p.into_inner()).awaited_by(session)
     }
 
     /// `session` will not bring (more of) `feed`: its peer lacks it, or sent entries that
     /// failed verification (then, with `refuse`, it is not asked for the feed again).
-    pub fn fetch_failed(&self, session: u64, feed: &Key32, refuse: bool) {
+    pub fn fetch_failed(&self, session: SessionId, feed: &Key32, refuse: bool) {
         self.fetches.lock().unwrap_or_else(|p| p.into_inner()).release_feed(session, feed, refuse);
         let _ = self.released.send(*feed);
     }
@@ -619,7 +620,7 @@ impl Room {
     }
 
     /// Releases every claim of a session that ended, and drops what it sent that is held.
-    pub fn release_fetches(&self, session: u64) {
+    pub fn release_fetches(&self, session: SessionId) {
         let feeds = self.fetches.lock().unwrap_or_else(|p| p.into_inner()).release_session(session);
         for feed in feeds {
             let _ = self.released.send(feed);
@@ -651,7 +652,7 @@ impl Room {
         start: u64,
         entries: Vec<Entry>,
         anchor: Option<&SignedHead>,
-        session: u64,
+        session: SessionId,
     ) -> Result<Option<Ingested>, IngestError> {
         self.received.fetch_add(entries.len() as u64, Ordering::Relaxed);
         let end = start + entries.len() as u64;
@@ -765,7 +766,7 @@ impl Room {
         start: u64,
         entries: &[Entry],
         anchor: Option<&SignedHead>,
-        origin: u64,
+        origin: SessionId,
     ) -> Result<Ingested, IngestError> {
         let cipher = self.cipher(feed);
         // A blind seeder verifies chain and signatures, and stores the ciphertext as it is.
