@@ -149,6 +149,17 @@ impl Client {
         }
     }
 
+    /// Calls a typed method (see [`peerlog_proto::api::Method`]): its params and result as
+    /// the structs the daemon itself uses.
+    pub async fn request<M: peerlog_proto::api::Method>(
+        &mut self,
+        params: &M::Params,
+    ) -> Result<M::Result, ClientError> {
+        let params = serde_json::to_value(params).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let result = self.call(M::NAME, params).await?;
+        serde_json::from_value(result).map_err(|e| ClientError::Unexpected(format!("{} result: {e}", M::NAME)))
+    }
+
     /// Calls a method and returns its result.
     pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, ClientError> {
         self.call_with_upload(method, params, &[], 1).await

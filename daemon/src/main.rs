@@ -12,6 +12,7 @@ use libp2p::Multiaddr;
 use peerlog::client::Client;
 use peerlog::config::{Config, DhtMode, Network, RelayServerMode};
 use peerlog::Daemon;
+use peerlog_proto::api::{messages, rooms};
 use serde_json::{json, Value};
 
 /// peerlog: rooms for chat and files between peers, with no server in the middle.
@@ -350,9 +351,10 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Join { client, passphrase, invite, name, i_know_it_is_weak } => {
-            let mut params = match (passphrase, invite) {
-                (_, Some(invite)) => json!({"invite": invite, "name": name}),
-                (Some(p), None) => json!({"passphrase": p, "name": name}),
+            let mut params = rooms::JoinParams { name, weak_ok: i_know_it_is_weak, ..Default::default() };
+            match (passphrase, invite) {
+                (_, Some(invite)) => params.invite = Some(invite),
+                (Some(p), None) => params.passphrase = Some(p),
                 (None, None) => {
                     if std::io::stdin().is_terminal() {
                         eprint!("passphrase: ");
@@ -363,45 +365,38 @@ async fn run(cli: Cli) -> Result<()> {
                     if p.is_empty() {
                         bail!("no passphrase given");
                     }
-                    json!({"passphrase": p, "name": name})
+                    params.passphrase = Some(p);
                 }
-            };
-            if i_know_it_is_weak {
-                params["weak_ok"] = json!(true);
             }
             let mut c = client.connect().await?;
-            let r = c.call("rooms.join", params).await?;
-            if let Some(w) = r.get("warning").and_then(Value::as_str) {
+            let r = c.request::<rooms::Join>(&params).await?;
+            if let Some(w) = r.warning {
                 eprintln!("warning: {w}");
             }
-            println!("{}\t{}", r["room"]["id"].as_str().unwrap_or(""), r["room"]["name"].as_str().unwrap_or(""));
+            println!("{}\t{}", r.room.id, r.room.name);
             c.close().await.ok();
             Ok(())
         }
         Command::Create { client, name } => {
             let mut c = client.connect().await?;
-            let r = c.call("rooms.create", json!({"name": name})).await?;
-            println!("{}\t{}", r["room"]["id"].as_str().unwrap_or(""), r["room"]["name"].as_str().unwrap_or(""));
-            println!("invite: {}", r["invite"].as_str().unwrap_or(""));
+            let r = c.request::<rooms::Create>(&rooms::CreateParams { name }).await?;
+            println!("{}\t{}", r.room.id, r.room.name);
+            println!("invite: {}", r.invite.unwrap_or_default());
             c.close().await.ok();
             Ok(())
         }
         Command::Invite { client, room, seed } => {
             let mut c = client.connect().await?;
             let kind = if seed { "seed" } else { "member" };
-            let r = c.call("rooms.invite", json!({"room": room, "kind": kind})).await?;
-            println!("{}", r["invite"].as_str().unwrap_or(""));
+            let r = c.request::<rooms::Invite>(&rooms::InviteParams { room, kind: Some(kind.into()) }).await?;
+            println!("{}", r.invite);
             c.close().await.ok();
             Ok(())
         }
         Command::Seed { client, capability, name } => {
             let mut c = client.connect().await?;
-            let r = c.call("rooms.seed", json!({"capability": capability, "name": name})).await?;
-            println!(
-                "{}\t{}\tseeding",
-                r["room"]["id"].as_str().unwrap_or(""),
-                r["room"]["name"].as_str().unwrap_or("")
-            );
+            let r = c.request::<rooms::Seed>(&rooms::SeedParams { capability, name }).await?;
+            println!("{}\t{}\tseeding", r.room.id, r.room.name);
             c.close().await.ok();
             Ok(())
         }
@@ -416,8 +411,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Send { client, room, text } => {
             let mut c = client.connect().await?;
-            let r = c.call("messages.send", json!({"room": room, "text": text})).await?;
-            println!("{}", r["message"]["id"].as_str().unwrap_or(""));
+            let r = c.request::<messages::Send>(&messages::SendParams { room, text }).await?;
+            println!("{}", r.message.map(|m| m.id).unwrap_or_default());
             c.close().await.ok();
             Ok(())
         }

@@ -17,8 +17,9 @@ use peerlog::config::{Config, DhtMode, Network};
 use peerlog::keys::{auth_mac, RoomKeys};
 use peerlog::node::{self, NodeConfig, NodeHandle};
 use peerlog::Daemon;
+use peerlog_proto::api::{messages, rooms};
 use peerlog_proto::wire::{Frame, Key32, PROTOCOL};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
@@ -138,32 +139,30 @@ impl TestDaemon {
 
 /// Joins a room by passphrase; returns the room id.
 pub async fn join(c: &mut Client, passphrase: &str) -> Result<String> {
-    let r = c.call("rooms.join", json!({"passphrase": passphrase})).await?;
-    r["room"]["id"].as_str().map(String::from).context("rooms.join returned no room id")
+    let params = rooms::JoinParams { passphrase: Some(passphrase.into()), ..Default::default() };
+    Ok(c.request::<rooms::Join>(&params).await?.room.id)
 }
 
 /// Sends a message; returns its id.
 pub async fn send(c: &mut Client, room: &str, text: &str) -> Result<String> {
-    let r = c.call("messages.send", json!({"room": room, "text": text})).await?;
-    r["message"]["id"].as_str().map(String::from).context("messages.send returned no id")
+    let params = messages::SendParams { room: room.into(), text: text.into() };
+    Ok(c.request::<messages::Send>(&params).await?.message.context("messages.send returned no message")?.id)
 }
 
-/// The whole history of a room, oldest first, fetched page by page.
+/// The whole history of a room, oldest first, fetched page by page (typed, so a change of
+/// shape fails here; as JSON for the tests to look into).
 pub async fn full_history(c: &mut Client, room: &str) -> Result<Vec<Value>> {
-    let mut all: Vec<Value> = Vec::new();
+    let mut all: Vec<messages::MessageInfo> = Vec::new();
     let mut before: Option<String> = None;
     loop {
-        let r = c.call("messages.history", json!({"room": room, "before": before, "limit": 500})).await?;
-        let page = r["messages"].as_array().cloned().unwrap_or_default();
-        if page.is_empty() {
-            break;
-        }
-        before = page[0]["id"].as_str().map(String::from);
-        let mut page = page;
+        let params = messages::HistoryParams { room: room.into(), before: before.clone(), limit: Some(500) };
+        let mut page = c.request::<messages::History>(&params).await?.messages;
+        let Some(first) = page.first() else { break };
+        before = Some(first.id.clone());
         page.append(&mut all);
         all = page;
     }
-    Ok(all)
+    Ok(all.iter().map(serde_json::to_value).collect::<Result<_, _>>()?)
 }
 
 /// Waits until `c` has seen `text` arrive as a `message` event in `room`.

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{FutureExt, SinkExt, StreamExt};
-use peerlog_proto::api::{codes, Event, Request as RpcRequest, Response as RpcResponse, API_VERSION};
+use peerlog_proto::api::{codes, Event, Request as RpcRequest, Response as RpcResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, Semaphore};
@@ -21,12 +21,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use crate::config::Network;
-use crate::keys::{self, RoomSecret};
-use crate::log::store::StoredMessage;
-use crate::log::Body;
+use crate::keys::{self};
 use crate::rooms::{DaemonEvent, Room};
 use crate::service::{FileInfo, FileSource};
 use crate::service::{Service, ServiceError};
+
+mod methods;
+
+use methods::{message_info, parse};
 
 /// Frames queued for one client before it is considered too slow.
 const CLIENT_QUEUE: usize = 1024;
@@ -34,9 +36,6 @@ const CLIENT_QUEUE: usize = 1024;
 /// produces them waits (a client that asks and never reads holds at most this much, plus
 /// the requests it may have running).
 const CLIENT_QUEUE_BYTES: usize = 16 << 20;
-/// Default and largest `messages.history` page.
-const HISTORY_DEFAULT: usize = 50;
-const HISTORY_MAX: usize = 1000;
 
 struct ApiState {
     service: Arc<Service>,
@@ -77,9 +76,9 @@ pub async fn serve(listener: tokio::net::TcpListener, service: Arc<Service>, can
 
 fn static_file(name: &str) -> Response {
     let (body, mime): (&'static str, &str) = match name {
-        "index.html" => (include_str!("../../web-ui/index.html"), "text/html; charset=utf-8"),
-        "app.js" => (include_str!("../../web-ui/app.js"), "text/javascript; charset=utf-8"),
-        "style.css" => (include_str!("../../web-ui/style.css"), "text/css; charset=utf-8"),
+        "index.html" => (include_str!("../../../web-ui/index.html"), "text/html; charset=utf-8"),
+        "app.js" => (include_str!("../../../web-ui/app.js"), "text/javascript; charset=utf-8"),
+        "style.css" => (include_str!("../../../web-ui/style.css"), "text/css; charset=utf-8"),
         _ => return StatusCode::NOT_FOUND.into_response(),
     };
     (
@@ -439,7 +438,7 @@ fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
     let (name, params) = match event {
         DaemonEvent::Message { room, message } => {
             let room = service.rooms.get(&room)?;
-            ("message", message_json(&room, &message)?)
+            ("message", serde_json::to_value(message_info(&room, &message)?).ok()?)
         }
         DaemonEvent::PeerJoined { room, peer, kind } => {
             ("peer.joined", json!({"room": service.rooms.get(&room)?.id, "peer": peer.to_string(), "connection": kind}))
@@ -481,65 +480,6 @@ fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
         ),
     };
     Some(Event { event: name.into(), params })
-}
-
-/// The API shape of a message; `None` for kinds that are not shown as messages.
-fn message_json(room: &Room, m: &StoredMessage) -> Option<Value> {
-    let mut v = json!({
-        "id": m.id(),
-        "room": room.id,
-        "author": hex::encode(m.feed_key),
-        "author_name": room.display_name(&m.feed_key),
-        "mine": m.feed_key == room.feed_key,
-        "seen": m.feed_key == room.feed_key && m.seq < room.own_seen(),
-        "seq": m.seq,
-        "lamport": m.message.lamport,
-        "time": m.message.time_ms,
-    });
-    match m.message.body.as_ref()? {
-        Body::Text { text } => {
-            v["kind"] = json!("text");
-            v["text"] = json!(text);
-        }
-        Body::File { file_id, name, size, mime, chunks } => {
-            v["kind"] = json!("file");
-            v["file"] = json!({
-                "id": hex::encode(file_id),
-                "name": name,
-                "size": size,
-                "mime": mime,
-                "chunks": chunks.len(),
-                "url": format!("/api/files/{}/{}", room.id, m.id()),
-            });
-        }
-        Body::Profile { .. } => return None,
-    }
-    Some(v)
-}
-
-fn room_json(service: &Service, room: &Room) -> Value {
-    let peers = service.room_peers(Some(&room.discovery_key)).len();
-    // Writers that signed two different entries for one seq (e.g. a data dir copied to a
-    // second machine): their conflicting data is refused; people should know.
-    let forks: Vec<Value> = service
-        .store
-        .forks(&room.discovery_key)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(feed, seq)| json!({"author": hex::encode(feed), "seq": seq}))
-        .collect();
-    json!({
-        "id": room.id,
-        "name": room.name,
-        "feed_key": hex::encode(room.feed_key),
-        "peers": peers,
-        "forks": forks,
-        "seeder": room.is_seeder(),
-        "seen_below": room.own_seen(),
-        "entries_stored": service.store.room_feeds(&room.discovery_key).map_or(0, |f| f.iter().map(|(_, m)| m.stored()).sum::<u64>()),
-        "entries_received": room.received.load(std::sync::atomic::Ordering::Relaxed),
-        "entries_served": room.served.load(std::sync::atomic::Ordering::Relaxed),
-    })
 }
 
 /// An API error with a stable code.
@@ -632,7 +572,7 @@ async fn handle_text(
         "files.send" => send_file(service, upload, request.params, grant).await,
         "files.get" => get_file(service, request.params, &mut stream_back, grant).await,
         "files.url" => file_url(service, request.params),
-        method => call(service, method, request.params).await,
+        method => methods::call(service, method, request.params).await,
     };
     match result {
         Ok(result) => (RpcResponse::ok(request.id, result), stream_back),
@@ -686,72 +626,10 @@ async fn stream_file(service: &Arc<Service>, room: &Room, file: &FileInfo, out: 
     }
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, ApiError> {
-    let params = if params.is_null() { json!({}) } else { params };
-    serde_json::from_value(params).map_err(|e| ApiError::params(format!("invalid params: {e}")))
-}
-
-#[derive(Deserialize)]
-struct JoinParams {
-    passphrase: Option<String>,
-    invite: Option<String>,
-    name: Option<String>,
-    /// Join even though the passphrase is weak for a publicly announced room.
-    #[serde(default)]
-    weak_ok: bool,
-}
-
-#[derive(Deserialize)]
-struct PassphraseParam {
-    passphrase: String,
-}
-
-#[derive(Deserialize)]
-struct RoomParam {
-    room: String,
-}
-
-#[derive(Deserialize)]
-struct OptRoomParam {
-    room: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct CreateParams {
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SendParams {
-    room: String,
-    text: String,
-}
-
-#[derive(Deserialize)]
-struct InviteParams {
-    room: String,
-    kind: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SeedParams {
-    capability: String,
-    name: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct SendBatchParams {
-    room: String,
-    texts: Vec<String>,
-}
-
 #[derive(Deserialize)]
 struct SubscribeParams {
     events: Option<Vec<String>>,
 }
-
-/// Most messages in one `messages.send_batch`.
-const SEND_BATCH_MAX: usize = 10_000;
 
 fn subscribe(filter: &EventFilter, params: Value) -> Result<Value, ApiError> {
     let p: SubscribeParams = parse(params)?;
@@ -762,345 +640,6 @@ fn subscribe(filter: &EventFilter, params: Value) -> Result<Value, ApiError> {
     Ok(
         json!({"subscribed": true, "events": p.events.unwrap_or_else(|| EVENT_NAMES.iter().map(|n| n.to_string()).collect())}),
     )
-}
-
-#[derive(Deserialize)]
-struct HistoryParams {
-    room: String,
-    before: Option<String>,
-    limit: Option<usize>,
-}
-
-async fn call(service: &Arc<Service>, method: &str, params: Value) -> Result<Value, ApiError> {
-    match method {
-        "node.doctor" => {
-            let checks = service.doctor().await?;
-            Ok(json!({"ok": checks.iter().all(|c| c.ok), "checks": checks}))
-        }
-        "node.info" => {
-            let info = service.node_info().await?;
-            Ok(json!({
-                "peer_id": info.peer_id,
-                "listen_addrs": info.listen_addrs,
-                "external_addrs": info.external_addrs,
-                "nat_status": info.nat_status,
-                "relays": info.relays,
-                "reachability": info.reachability,
-                "dht_mode": info.dht_mode,
-                "dht_peers": info.dht_peers,
-                "network": info.network,
-                "public_dht_peers": info.public_dht_peers,
-                "peerlog_relays": info.peerlog_relays,
-                "holepunch_ok": info.holepunch_ok,
-                "holepunch_failed": info.holepunch_failed,
-                "bootstrap_peers": info.bootstrap_peers,
-                "bootstrap_connected": info.bootstrap_connected,
-                "warnings": info.warnings,
-                "connected_peers": info.peers.len(),
-                "rooms": service.rooms.list().len(),
-                "storage_bytes": service.store.size_on_disk() + service.chunks.bytes(),
-                "display_name": service.store.display_name().ok().flatten(),
-                "version": env!("CARGO_PKG_VERSION"),
-                "api_version": API_VERSION,
-            }))
-        }
-        "rooms.list" => {
-            let rooms: Vec<Value> = service.rooms.list().iter().map(|r| room_json(service, r)).collect();
-            Ok(json!({ "rooms": rooms }))
-        }
-        "rooms.join" => {
-            let p: JoinParams = parse(params)?;
-            let public = service.config.network == Network::Public;
-            let (room, created, bits) = match (p.passphrase, p.invite) {
-                (Some(pass), None) => {
-                    let bits = keys::passphrase_bits(&pass);
-                    if public && bits < keys::PUBLIC_CONFIRM_BELOW && !p.weak_ok {
-                        return Err(ApiError {
-                            code: codes::WEAK_PASSPHRASE,
-                            message: format!(
-                                "this passphrase is weak ({bits} bits) and the room would be announced on the public DHT, where anyone can test guesses against it offline: use 4+ random words or an invite, or join with weak_ok (CLI: --i-know-it-is-weak)"
-                            ),
-                        });
-                    }
-                    let (room, created) = service.join_passphrase(pass, p.name).await?;
-                    (room, created, Some(bits))
-                }
-                (None, Some(invite)) => {
-                    let secret = RoomSecret::from_invite(&invite).map_err(ServiceError::from)?;
-                    let (room, created) = service.join_secret(secret, p.name).await?;
-                    (room, created, None)
-                }
-                _ => return Err(ApiError::params("give exactly one of passphrase or invite")),
-            };
-            let mut result = json!({"room": room_json(service, &room), "created": created});
-            if let Some(bits) = bits {
-                result["strength_bits"] = json!(bits);
-                if let Some(w) = keys::passphrase_warning(bits, public) {
-                    result["warning"] = json!(w);
-                }
-            }
-            Ok(result)
-        }
-        "passphrase.check" => {
-            let p: PassphraseParam = parse(params)?;
-            let public = service.config.network == Network::Public;
-            let bits = keys::passphrase_bits(&p.passphrase);
-            Ok(json!({
-                "bits": bits,
-                "max_bits": keys::PASSPHRASE_BITS_MAX,
-                "public": public,
-                "confirm": public && bits < keys::PUBLIC_CONFIRM_BELOW,
-                "warning": keys::passphrase_warning(bits, public),
-            }))
-        }
-        "rooms.create" => {
-            let p: CreateParams = parse(params)?;
-            let (room, _) = service.join_secret(RoomSecret::random(), p.name).await?;
-            Ok(json!({"room": room_json(service, &room), "invite": room.invite()}))
-        }
-        "rooms.leave" => {
-            let p: RoomParam = parse(params)?;
-            service.leave(&p.room).await?;
-            Ok(json!({"left": true}))
-        }
-        "rooms.invite" => {
-            let p: InviteParams = parse(params)?;
-            let room = service.room(&p.room)?;
-            match p.kind.as_deref().unwrap_or("member") {
-                "member" => {
-                    let invite = room.invite().ok_or(ServiceError::Store(crate::log::store::StoreError::Blind))?;
-                    Ok(json!({"room": room.id, "kind": "member", "invite": invite, "qr_svg": qr_svg(&invite)}))
-                }
-                "seed" => Ok(json!({"room": room.id, "kind": "seed", "invite": room.seed_capability()})),
-                other => Err(ApiError::params(format!("kind must be \"member\" or \"seed\", not {other:?}"))),
-            }
-        }
-        "rooms.seed" => {
-            let p: SeedParams = parse(params)?;
-            let cap = keys::SeedCapability::parse(&p.capability).map_err(ServiceError::from)?;
-            let (room, created) = service.seed(cap, p.name).await?;
-            Ok(json!({"room": room_json(service, &room), "created": created}))
-        }
-        "messages.send" => {
-            let p: SendParams = parse(params)?;
-            let room = service.room(&p.room)?;
-            let m = service.send_text(&room, p.text).await?;
-            Ok(json!({"message": message_json(&room, &m)}))
-        }
-        "messages.send_batch" => {
-            let p: SendBatchParams = parse(params)?;
-            if p.texts.is_empty() || p.texts.len() > SEND_BATCH_MAX {
-                return Err(ApiError::params(format!("texts must hold 1..={SEND_BATCH_MAX} messages")));
-            }
-            let room = service.room(&p.room)?;
-            let count = p.texts.len();
-            let (first, last) = service.send_texts(&room, p.texts).await?;
-            Ok(json!({"count": count, "first": first.id(), "last": last.id()}))
-        }
-        "messages.history" => {
-            let p: HistoryParams = parse(params)?;
-            let room = service.room(&p.room)?;
-            let limit = p.limit.unwrap_or(HISTORY_DEFAULT);
-            if limit == 0 || limit > HISTORY_MAX {
-                return Err(ApiError::params(format!("limit must be 1..={HISTORY_MAX}")));
-            }
-            let msgs = service.history(&room, p.before.as_deref(), limit)?;
-            let messages: Vec<Value> = msgs.iter().filter_map(|m| message_json(&room, m)).collect();
-            Ok(json!({"messages": messages}))
-        }
-        "peers.list" => {
-            let p: OptRoomParam = parse(params)?;
-            let filter = match &p.room {
-                Some(q) => Some(service.room(q)?.discovery_key),
-                None => None,
-            };
-            let info = service.node_info().await?;
-            // Per peer: its rooms, and (asking for one room) who it is there.
-            // (rooms, writer, room) per peer.
-            type PeerRow = (Vec<String>, Option<[u8; 32]>, Option<Arc<Room>>);
-            let mut peers: std::collections::BTreeMap<String, PeerRow> = Default::default();
-            for rp in service.replicator.room_peers(filter.as_ref()) {
-                if let Some(room) = service.rooms.get(&rp.room) {
-                    let e = peers.entry(rp.peer.to_string()).or_default();
-                    e.0.push(room.id.clone());
-                    e.1 = rp.writer;
-                    e.2 = Some(room);
-                }
-            }
-            let one_room = filter.is_some();
-            let list: Vec<Value> = peers
-                .into_iter()
-                .map(|(peer, (rooms, writer, room))| {
-                    let conn = info.peers.iter().find(|p| p.peer_id == peer);
-                    let mut v = json!({
-                        "peer_id": peer,
-                        "rooms": rooms,
-                        "connection": conn.map(|c| c.connection),
-                        "addrs": conn.map(|c| c.addrs.clone()).unwrap_or_default(),
-                        "rtt_ms": conn.and_then(|c| c.rtt_ms),
-                    });
-                    if let (true, Some(w), Some(room)) = (one_room, writer, room) {
-                        v["author"] = json!(hex::encode(w));
-                        v["display_name"] = json!(room.display_name(&w));
-                        v["nickname"] = json!(service.store.contact(&w).ok().and_then(|c| c.nickname));
-                    }
-                    v
-                })
-                .collect();
-            Ok(json!({"peers": list}))
-        }
-        "profile.set" => {
-            let p: ProfileParams = parse(params)?;
-            let (name, rooms) = service.set_display_name(&p.display_name).await?;
-            Ok(json!({"display_name": name, "rooms": rooms}))
-        }
-        "rooms.members" => {
-            let p: RoomParam = parse(params)?;
-            let room = service.room(&p.room)?;
-            let names = service.store.profiles(&room.discovery_key).map_err(ServiceError::from)?;
-            let info = service.node_info().await?;
-            let online: std::collections::HashMap<[u8; 32], String> = service
-                .replicator
-                .room_peers(Some(&room.discovery_key))
-                .into_iter()
-                .filter_map(|p| Some((p.writer?, p.peer.to_string())))
-                .collect();
-            let presence = |feed: &[u8; 32]| -> Value {
-                let Some(peer) = online.get(feed) else { return json!({"online": false}) };
-                let conn = info.peers.iter().find(|p| &p.peer_id == peer);
-                json!({"online": true, "peer_id": peer, "connection": conn.map(|c| c.connection), "rtt_ms": conn.and_then(|c| c.rtt_ms)})
-            };
-            // The writers we hold entries of, ourselves, and online writers we hold nothing
-            // of yet: with how many messages each wrote.
-            let mut writers: Vec<([u8; 32], u64)> = service
-                .store
-                .room_feeds(&room.discovery_key)
-                .map_err(ServiceError::from)?
-                .into_iter()
-                .map(|(feed, meta)| (feed, meta.length()))
-                .filter(|(feed, n)| *n > 0 || *feed == room.feed_key)
-                .collect();
-            for feed in std::iter::once(&room.feed_key).chain(online.keys()) {
-                if !writers.iter().any(|(f, _)| f == feed) {
-                    writers.push((*feed, 0));
-                }
-            }
-            let mut members = Vec::with_capacity(writers.len());
-            for (feed, messages) in writers {
-                let contact = service.store.contact(&feed).map_err(ServiceError::from)?;
-                let mine = feed == room.feed_key;
-                let verified = service.store.verified(&feed).map_err(ServiceError::from)?;
-                members.push(json!({
-                    "author": hex::encode(feed),
-                    "mine": mine,
-                    "display_name": names.get(&feed),
-                    "nickname": contact.nickname,
-                    "verified": verified,
-                    "verified_before": contact.verified && !verified,
-                    "blocked": service.store.is_blocked(&room.discovery_key, &feed).map_err(ServiceError::from)?,
-                    "safety_number": (!mine).then(|| keys::safety_number(&room.feed_key, &feed)),
-                    "messages": messages,
-                    "presence": if mine { json!({"online": true}) } else { presence(&feed) },
-                }));
-            }
-            Ok(json!({"members": members}))
-        }
-        "peers.rename" | "peers.verify" => {
-            let p: ContactParams = parse(params)?;
-            let feed = writer_key(&p.peer)?;
-            let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
-            let mut contact = service.store.contact(&feed).map_err(ServiceError::from)?;
-            if method == "peers.rename" {
-                let nick = p.nickname.map(|n| n.trim().chars().filter(|c| !c.is_control()).collect::<String>());
-                if nick.as_ref().is_some_and(|n| n.len() > 64) {
-                    return Err(ApiError::params("a nickname is at most 64 bytes"));
-                }
-                contact.nickname = nick.filter(|n| !n.is_empty());
-            } else {
-                let verified = p.verified.ok_or_else(|| ApiError::params("give verified: true or false"))?;
-                service.store.set_verified(&feed, verified).map_err(ServiceError::from)?;
-                // A mark against an old 12-digit number is replaced by this one.
-                contact.verified = false;
-            }
-            service.store.put_contact(&feed, &contact).map_err(ServiceError::from)?;
-            let verified = service.store.verified(&feed).map_err(ServiceError::from)?;
-            Ok(json!({
-                "peer": p.peer,
-                "nickname": contact.nickname,
-                "verified": verified,
-                "safety_number": room.map(|r| keys::safety_number(&r.feed_key, &feed)),
-            }))
-        }
-        "peers.block" | "peers.unblock" => {
-            let p: PeerRoomParams = parse(params)?;
-            let feed = writer_key(&p.peer)?;
-            let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
-            let blocked = method == "peers.block";
-            service.block_writer(room.as_deref(), &feed, blocked).await?;
-            Ok(json!({"peer": p.peer, "room": room.map(|r| r.id.clone()), "blocked": blocked}))
-        }
-        "peers.safety" => {
-            let p: PeerRoomParams = parse(params)?;
-            let feed = writer_key(&p.peer)?;
-            let room = service.room(p.room.as_deref().ok_or_else(|| ApiError::params("give the room"))?)?;
-            let number = keys::safety_number(&room.feed_key, &feed);
-            Ok(json!({"peer": p.peer, "room": room.id, "safety_number": number, "qr_svg": qr_svg(&number)}))
-        }
-        "peers.blocked" => {
-            let p: OptionalRoomParam = parse(params)?;
-            let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
-            let writers = service
-                .store
-                .blocked_writers(&room.map_or([0; 32], |r| r.discovery_key))
-                .map_err(ServiceError::from)?;
-            Ok(json!({"blocked": writers.iter().map(hex::encode).collect::<Vec<_>>()}))
-        }
-        other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
-    }
-}
-
-/// A writer key (an author) from its 64 hex digits.
-fn writer_key(hex_key: &str) -> Result<[u8; 32], ApiError> {
-    hex::decode(hex_key)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ApiError::params("peer must be a writer key: 64 hex digits (an author)"))
-}
-
-/// A QR code of `text` as an SVG document, made here (nothing leaves the machine).
-fn qr_svg(text: &str) -> Option<String> {
-    let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).ok()?;
-    Some(
-        code.render::<qrcode::render::svg::Color<'_>>()
-            .min_dimensions(200, 200)
-            .dark_color(qrcode::render::svg::Color("#000000"))
-            .light_color(qrcode::render::svg::Color("#ffffff"))
-            .build(),
-    )
-}
-
-#[derive(Deserialize)]
-struct ProfileParams {
-    display_name: String,
-}
-
-#[derive(Deserialize)]
-struct PeerRoomParams {
-    peer: String,
-    room: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct OptionalRoomParam {
-    room: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ContactParams {
-    peer: String,
-    room: Option<String>,
-    nickname: Option<String>,
-    verified: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -1171,7 +710,7 @@ async fn send_file(
         }
     };
     let file = service.send_file(&room, &name, p.mime, source).await?;
-    Ok(json!({"file": file_json(&room, &file), "message": message_json(&room, &file.message)}))
+    Ok(json!({"file": file_json(&room, &file), "message": message_info(&room, &file.message)}))
 }
 
 /// Paths on the daemon's machine: only with the CLI credential. With the API token (which

@@ -4,8 +4,40 @@
 //! that carried an `id`) and [`Event`] (pushed). Method names and error codes are a
 //! contract: see `docs/API.md`.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub mod messages;
+pub mod rooms;
+
+/// One API method: its name and the types of its params and result, which the daemon, the
+/// CLI and the tests share (the JSON on the wire is their serde form). Each method is a
+/// unit struct implementing this; [`rooms`] and [`messages`] hold them by group.
+pub trait Method {
+    /// The method's name on the wire, e.g. `rooms.join`.
+    const NAME: &'static str;
+    /// Its params.
+    type Params: Serialize + DeserializeOwned + Send;
+    /// Its result.
+    type Result: Serialize + DeserializeOwned + Send;
+}
+
+/// Declares a method: `method!(Join, "rooms.join", JoinParams => JoinResult)`.
+macro_rules! method {
+    ($(#[$doc:meta])* $name:ident, $wire:literal, $params:ty => $result:ty) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name;
+
+        impl $crate::api::Method for $name {
+            const NAME: &'static str = $wire;
+            type Params = $params;
+            type Result = $result;
+        }
+    };
+}
+pub(crate) use method;
 
 /// Version of this API, reported by `node.info`. Grows only.
 pub const API_VERSION: u32 = 1;

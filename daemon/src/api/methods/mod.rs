@@ -1,0 +1,89 @@
+//! The API's methods, one file per group. Each typed method is a function from its params
+//! to its result, the types of [`peerlog_proto::api`] that the CLI and the tests use too;
+//! [`call`] parses the params, calls it, and maps errors to codes (once, in
+//! [`super::ApiError`]). `files.*` and `subscribe` need the connection and live in
+//! [`super`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use peerlog_proto::api::{self as proto, codes, Method};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::ApiError;
+use crate::service::Service;
+
+mod messages;
+mod node;
+mod peers;
+mod rooms;
+
+pub(super) use messages::message_info;
+
+/// Params as `T`; absent params are an empty object.
+pub(super) fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, ApiError> {
+    let params = if params.is_null() { json!({}) } else { params };
+    serde_json::from_value(params).map_err(|e| ApiError::params(format!("invalid params: {e}")))
+}
+
+/// Runs a typed method: its params parsed, its result serialized.
+async fn typed<M: Method, Fut>(params: Value, handler: impl FnOnce(M::Params) -> Fut) -> Result<Value, ApiError>
+where
+    Fut: Future<Output = Result<M::Result, ApiError>>,
+{
+    let result = handler(parse::<M::Params>(params)?).await?;
+    serde_json::to_value(result).map_err(|e| ApiError { code: codes::INTERNAL, message: e.to_string() })
+}
+
+/// Calls `method`.
+pub(super) async fn call(service: &Arc<Service>, method: &str, params: Value) -> Result<Value, ApiError> {
+    use proto::messages::{History, Send, SendBatch};
+    use proto::rooms::{CheckPassphrase, Create, Invite, Join, Leave, List, Seed};
+    match method {
+        List::NAME => typed::<List, _>(params, |_| async { Ok(rooms::list(service)) }).await,
+        Join::NAME => typed::<Join, _>(params, |p| rooms::join(service, p)).await,
+        CheckPassphrase::NAME => {
+            typed::<CheckPassphrase, _>(params, |p| async { Ok(rooms::check_passphrase(service, p)) }).await
+        }
+        Create::NAME => typed::<Create, _>(params, |p| rooms::create(service, p)).await,
+        Leave::NAME => typed::<Leave, _>(params, |p| rooms::leave(service, p)).await,
+        Invite::NAME => typed::<Invite, _>(params, |p| async { rooms::invite(service, p) }).await,
+        Seed::NAME => typed::<Seed, _>(params, |p| rooms::seed(service, p)).await,
+        "rooms.members" => rooms::members(service, parse(params)?).await,
+        Send::NAME => typed::<Send, _>(params, |p| messages::send(service, p)).await,
+        SendBatch::NAME => typed::<SendBatch, _>(params, |p| messages::send_batch(service, p)).await,
+        History::NAME => typed::<History, _>(params, |p| async { messages::history(service, p) }).await,
+        "node.doctor" => node::doctor(service).await,
+        "node.info" => node::info(service).await,
+        "peers.list" => peers::list(service, parse(params)?).await,
+        "profile.set" => peers::set_profile(service, parse(params)?).await,
+        "peers.rename" => peers::contact(service, parse(params)?, false),
+        "peers.verify" => peers::contact(service, parse(params)?, true),
+        "peers.block" => peers::block(service, parse(params)?, true).await,
+        "peers.unblock" => peers::block(service, parse(params)?, false).await,
+        "peers.safety" => peers::safety(service, parse(params)?),
+        "peers.blocked" => peers::blocked(service, parse(params)?),
+        other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
+    }
+}
+
+/// A writer key (an author) from its 64 hex digits.
+fn writer_key(hex_key: &str) -> Result<[u8; 32], ApiError> {
+    hex::decode(hex_key)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| ApiError::params("peer must be a writer key: 64 hex digits (an author)"))
+}
+
+/// A QR code of `text` as an SVG document, made here (nothing leaves the machine).
+fn qr_svg(text: &str) -> Option<String> {
+    let code = qrcode::QrCode::with_error_correction_level(text.as_bytes(), qrcode::EcLevel::M).ok()?;
+    Some(
+        code.render::<qrcode::render::svg::Color<'_>>()
+            .min_dimensions(200, 200)
+            .dark_color(qrcode::render::svg::Color("#000000"))
+            .light_color(qrcode::render::svg::Color("#ffffff"))
+            .build(),
+    )
+}

@@ -1,0 +1,180 @@
+//! `rooms.*` and `passphrase.check`.
+
+use std::sync::Arc;
+
+use peerlog_proto::api::codes;
+use peerlog_proto::api::rooms::{
+    CreateParams, CreateResult, Fork, InviteParams, InviteResult, JoinParams, JoinResult, LeaveResult, PassphraseCheck,
+    PassphraseParams, RoomInfo, RoomList, RoomParam, SeedParams, SeedResult,
+};
+use serde_json::{json, Value};
+
+use super::super::ApiError;
+use super::qr_svg;
+use crate::config::Network;
+use crate::keys::{self, RoomSecret, SeedCapability};
+use crate::log::store::StoreError;
+use crate::rooms::Room;
+use crate::service::{Service, ServiceError};
+
+/// A room as the API shows it.
+pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
+    // Writers that signed two different entries for one seq (e.g. a data dir copied to a
+    // second machine): their conflicting data is refused; people should know.
+    let forks = service
+        .store
+        .forks(&room.discovery_key)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(feed, seq)| Fork { author: hex::encode(feed), seq })
+        .collect();
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    RoomInfo {
+        id: room.id.clone(),
+        name: room.name.clone(),
+        feed_key: hex::encode(room.feed_key),
+        peers: service.room_peers(Some(&room.discovery_key)).len(),
+        forks,
+        seeder: room.is_seeder(),
+        seen_below: room.own_seen(),
+        entries_stored: service
+            .store
+            .room_feeds(&room.discovery_key)
+            .map_or(0, |f| f.iter().map(|(_, m)| m.stored()).sum::<u64>()),
+        entries_received: room.received.load(relaxed),
+        entries_served: room.served.load(relaxed),
+    }
+}
+
+pub(super) fn list(service: &Service) -> RoomList {
+    RoomList { rooms: service.rooms.list().iter().map(|r| room_info(service, r)).collect() }
+}
+
+pub(super) async fn join(service: &Arc<Service>, p: JoinParams) -> Result<JoinResult, ApiError> {
+    let public = service.config.network == Network::Public;
+    let (room, created, bits) = match (p.passphrase, p.invite) {
+        (Some(pass), None) => {
+            let bits = keys::passphrase_bits(&pass);
+            if public && bits < keys::PUBLIC_CONFIRM_BELOW && !p.weak_ok {
+                return Err(ApiError {
+                    code: codes::WEAK_PASSPHRASE,
+                    message: format!(
+                        "this passphrase is weak ({bits} bits) and the room would be announced on the public DHT, where anyone can test guesses against it offline: use 4+ random words or an invite, or join with weak_ok (CLI: --i-know-it-is-weak)"
+                    ),
+                });
+            }
+            let (room, created) = service.join_passphrase(pass, p.name).await?;
+            (room, created, Some(bits))
+        }
+        (None, Some(invite)) => {
+            let secret = RoomSecret::from_invite(&invite).map_err(ServiceError::from)?;
+            let (room, created) = service.join_secret(secret, p.name).await?;
+            (room, created, None)
+        }
+        _ => return Err(ApiError::params("give exactly one of passphrase or invite")),
+    };
+    Ok(JoinResult {
+        room: room_info(service, &room),
+        created,
+        strength_bits: bits,
+        warning: bits.and_then(|bits| keys::passphrase_warning(bits, public)),
+    })
+}
+
+pub(super) fn check_passphrase(service: &Service, p: PassphraseParams) -> PassphraseCheck {
+    let public = service.config.network == Network::Public;
+    let bits = keys::passphrase_bits(&p.passphrase);
+    PassphraseCheck {
+        bits,
+        max_bits: keys::PASSPHRASE_BITS_MAX,
+        public,
+        confirm: public && bits < keys::PUBLIC_CONFIRM_BELOW,
+        warning: keys::passphrase_warning(bits, public),
+    }
+}
+
+pub(super) async fn create(service: &Arc<Service>, p: CreateParams) -> Result<CreateResult, ApiError> {
+    let (room, _) = service.join_secret(RoomSecret::random(), p.name).await?;
+    Ok(CreateResult { room: room_info(service, &room), invite: room.invite() })
+}
+
+pub(super) async fn leave(service: &Arc<Service>, p: RoomParam) -> Result<LeaveResult, ApiError> {
+    service.leave(&p.room).await?;
+    Ok(LeaveResult { left: true })
+}
+
+pub(super) fn invite(service: &Service, p: InviteParams) -> Result<InviteResult, ApiError> {
+    let room = service.room(&p.room)?;
+    match p.kind.as_deref().unwrap_or("member") {
+        "member" => {
+            let invite = room.invite().ok_or(ServiceError::Store(StoreError::Blind))?;
+            let qr_svg = qr_svg(&invite);
+            Ok(InviteResult { room: room.id.clone(), kind: "member".into(), invite, qr_svg })
+        }
+        "seed" => Ok(InviteResult {
+            room: room.id.clone(),
+            kind: "seed".into(),
+            invite: room.seed_capability(),
+            qr_svg: None,
+        }),
+        other => Err(ApiError::params(format!("kind must be \"member\" or \"seed\", not {other:?}"))),
+    }
+}
+
+pub(super) async fn seed(service: &Arc<Service>, p: SeedParams) -> Result<SeedResult, ApiError> {
+    let cap = SeedCapability::parse(&p.capability).map_err(ServiceError::from)?;
+    let (room, created) = service.seed(cap, p.name).await?;
+    Ok(SeedResult { room: room_info(service, &room), created })
+}
+
+/// `rooms.members` (result still `json!`: typed next).
+pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<Value, ApiError> {
+    let room = service.room(&p.room)?;
+    let names = service.store.profiles(&room.discovery_key).map_err(ServiceError::from)?;
+    let info = service.node_info().await?;
+    let online: std::collections::HashMap<[u8; 32], String> = service
+        .replicator
+        .room_peers(Some(&room.discovery_key))
+        .into_iter()
+        .filter_map(|p| Some((p.writer?, p.peer.to_string())))
+        .collect();
+    let presence = |feed: &[u8; 32]| -> Value {
+        let Some(peer) = online.get(feed) else { return json!({"online": false}) };
+        let conn = info.peers.iter().find(|p| &p.peer_id == peer);
+        json!({"online": true, "peer_id": peer, "connection": conn.map(|c| c.connection), "rtt_ms": conn.and_then(|c| c.rtt_ms)})
+    };
+    // The writers we hold entries of, ourselves, and online writers we hold nothing
+    // of yet: with how many messages each wrote.
+    let mut writers: Vec<([u8; 32], u64)> = service
+        .store
+        .room_feeds(&room.discovery_key)
+        .map_err(ServiceError::from)?
+        .into_iter()
+        .map(|(feed, meta)| (feed, meta.length()))
+        .filter(|(feed, n)| *n > 0 || *feed == room.feed_key)
+        .collect();
+    for feed in std::iter::once(&room.feed_key).chain(online.keys()) {
+        if !writers.iter().any(|(f, _)| f == feed) {
+            writers.push((*feed, 0));
+        }
+    }
+    let mut members = Vec::with_capacity(writers.len());
+    for (feed, messages) in writers {
+        let contact = service.store.contact(&feed).map_err(ServiceError::from)?;
+        let mine = feed == room.feed_key;
+        let verified = service.store.verified(&feed).map_err(ServiceError::from)?;
+        members.push(json!({
+            "author": hex::encode(feed),
+            "mine": mine,
+            "display_name": names.get(&feed),
+            "nickname": contact.nickname,
+            "verified": verified,
+            "verified_before": contact.verified && !verified,
+            "blocked": service.store.is_blocked(&room.discovery_key, &feed).map_err(ServiceError::from)?,
+            "safety_number": (!mine).then(|| keys::safety_number(&room.feed_key, &feed)),
+            "messages": messages,
+            "presence": if mine { json!({"online": true}) } else { presence(&feed) },
+        }));
+    }
+    Ok(json!({"members": members}))
+}

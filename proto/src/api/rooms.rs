@@ -1,0 +1,213 @@
+//! `rooms.*` and `passphrase.check`: joining, creating, leaving and inviting to rooms.
+
+use serde::{Deserialize, Serialize};
+
+use super::method;
+
+/// A joined room, as every `rooms.*` result shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// The room's short id (hex of the first 8 bytes of its discovery key).
+    pub id: String,
+    /// Its local name.
+    pub name: String,
+    /// Our writer key in it (hex).
+    pub feed_key: String,
+    /// Room peers with a session now.
+    pub peers: usize,
+    /// Writers that signed two histories (their conflicting entries are refused).
+    pub forks: Vec<Fork>,
+    /// Seeded blindly: no content key, nothing to read or write.
+    pub seeder: bool,
+    /// Our messages below this seq were seen by a peer.
+    pub seen_below: u64,
+    /// Entries stored, of every writer.
+    pub entries_stored: u64,
+    /// Entries received from peers since the daemon started.
+    pub entries_received: u64,
+    /// Entries served to peers since the daemon started.
+    pub entries_served: u64,
+}
+
+/// A writer that signed two different entries for one seq.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fork {
+    /// The writer (hex).
+    pub author: String,
+    /// Where its histories part.
+    pub seq: u64,
+}
+
+/// Params naming one room (by id or name).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomParam {
+    /// Room id or name.
+    pub room: String,
+}
+
+/// No params.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NoParams {}
+
+/// The joined rooms.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RoomList {
+    /// Every joined (or seeded) room.
+    pub rooms: Vec<RoomInfo>,
+}
+
+method!(
+    /// `rooms.list`: the joined rooms.
+    List, "rooms.list", NoParams => RoomList
+);
+
+/// `rooms.join` params: exactly one of `passphrase` and `invite`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JoinParams {
+    /// The room's passphrase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<String>,
+    /// A member invite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
+    /// A local name for the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Join even though the passphrase is weak for a room announced on the public DHT.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub weak_ok: bool,
+}
+
+/// `rooms.join` result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinResult {
+    /// The room.
+    pub room: RoomInfo,
+    /// Whether it was joined just now (false: it was joined already).
+    pub created: bool,
+    /// The passphrase's estimated strength (passphrase joins only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strength_bits: Option<u32>,
+    /// Why the passphrase is risky, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+method!(
+    /// `rooms.join`: joins a room by passphrase or invite.
+    Join, "rooms.join", JoinParams => JoinResult
+);
+
+/// `passphrase.check` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PassphraseParams {
+    /// The passphrase to estimate (never stored).
+    pub passphrase: String,
+}
+
+/// `passphrase.check` result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PassphraseCheck {
+    /// Estimated strength in bits (zxcvbn).
+    pub bits: u32,
+    /// The most the estimator gives.
+    pub max_bits: u32,
+    /// Whether this daemon announces rooms on the public DHT.
+    pub public: bool,
+    /// Whether joining needs `weak_ok`.
+    pub confirm: bool,
+    /// Why it is risky, if it is (`null` otherwise).
+    pub warning: Option<String>,
+}
+
+method!(
+    /// `passphrase.check`: how strong a passphrase is, for this daemon's network.
+    CheckPassphrase, "passphrase.check", PassphraseParams => PassphraseCheck
+);
+
+/// `rooms.create` params.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CreateParams {
+    /// A local name for the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `rooms.create` result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CreateResult {
+    /// The new room.
+    pub room: RoomInfo,
+    /// Its member invite.
+    pub invite: Option<String>,
+}
+
+method!(
+    /// `rooms.create`: a new room with a random secret.
+    Create, "rooms.create", CreateParams => CreateResult
+);
+
+/// `rooms.leave` result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LeaveResult {
+    /// Always true.
+    pub left: bool,
+}
+
+method!(
+    /// `rooms.leave`: leaves a room and deletes its data here.
+    Leave, "rooms.leave", RoomParam => LeaveResult
+);
+
+/// `rooms.invite` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteParams {
+    /// Room id or name.
+    pub room: String,
+    /// `member` (default) or `seed` (a blind seeder's capability).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// `rooms.invite` result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteResult {
+    /// The room's id.
+    pub room: String,
+    /// `member` or `seed`.
+    pub kind: String,
+    /// The invite (or seed capability).
+    pub invite: String,
+    /// A QR code of a member invite, as SVG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr_svg: Option<String>,
+}
+
+method!(
+    /// `rooms.invite`: a member invite or a seed capability.
+    Invite, "rooms.invite", InviteParams => InviteResult
+);
+
+/// `rooms.seed` params.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SeedParams {
+    /// A seed capability (`rooms.invite` with `kind: seed`).
+    pub capability: String,
+    /// A local name for the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `rooms.seed` result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SeedResult {
+    /// The seeded room.
+    pub room: RoomInfo,
+    /// Whether it was added just now.
+    pub created: bool,
+}
+
+method!(
+    /// `rooms.seed`: seeds a room blindly (stores and serves ciphertext).
+    Seed, "rooms.seed", SeedParams => SeedResult
+);
