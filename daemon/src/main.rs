@@ -12,7 +12,7 @@ use libp2p::Multiaddr;
 use peerlog::client::Client;
 use peerlog::config::{Config, DhtMode, Network, RelayServerMode};
 use peerlog::Daemon;
-use peerlog_proto::api::{messages, rooms};
+use peerlog_proto::api::{messages, node, peers, rooms, NoParams};
 use serde_json::{json, Value};
 
 /// peerlog: rooms for chat and files between peers, with no server in the middle.
@@ -495,93 +495,75 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Doctor { client, json } => {
             let mut c = client.connect().await?;
-            let r = c.call("node.doctor", json!({})).await?;
+            let r = c.request::<node::Doctor>(&NoParams {}).await?;
             c.close().await.ok();
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
-                for check in r["checks"].as_array().into_iter().flatten() {
-                    let ok = check["ok"].as_bool().unwrap_or(false);
-                    println!(
-                        "{} {:<13} {}",
-                        if ok { "ok  " } else { "FAIL" },
-                        check["name"].as_str().unwrap_or(""),
-                        check["detail"].as_str().unwrap_or("")
-                    );
-                    if let Some(advice) = check["advice"].as_str().filter(|a| !a.is_empty()) {
-                        println!("     {:<13} → {advice}", "");
+                for check in &r.checks {
+                    println!("{} {:<13} {}", if check.ok { "ok  " } else { "FAIL" }, check.name, check.detail);
+                    if !check.advice.is_empty() {
+                        println!("     {:<13} → {}", "", check.advice);
                     }
                 }
             }
-            if r["ok"] != true {
+            if !r.ok {
                 std::process::exit(1);
             }
             Ok(())
         }
         Command::Status { client, json } => {
             let mut c = client.connect().await?;
-            let node = c.call("node.info", json!({})).await?;
-            let rooms = c.call("rooms.list", json!({})).await?;
-            let peers = c.call("peers.list", json!({})).await?;
+            let node = c.request::<node::Info>(&NoParams {}).await?;
+            let rooms = c.request::<rooms::List>(&NoParams {}).await?.rooms;
+            let peers = c.request::<peers::List>(&peers::OptRoomParam::default()).await?.peers;
+            c.close().await.ok();
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(
-                        &json!({"node": node, "rooms": rooms["rooms"], "peers": peers["peers"]})
-                    )?
-                );
-                c.close().await.ok();
+                println!("{}", serde_json::to_string_pretty(&json!({"node": node, "rooms": rooms, "peers": peers}))?);
                 return Ok(());
             }
-            println!("peer id:    {}", node["peer_id"].as_str().unwrap_or(""));
-            println!("version:    {}", node["version"].as_str().unwrap_or(""));
-            println!("NAT status: {}", node["nat_status"].as_str().unwrap_or(""));
-            println!("reachable:  {}", node["reachability"].as_str().unwrap_or(""));
+            println!("peer id:    {}", node.peer_id);
+            println!("version:    {}", node.version);
+            println!("NAT status: {}", node.nat_status);
+            println!("reachable:  {}", node.reachability);
             println!(
                 "DHT:        {} mode, {} peer(s); {} of {} bootstrap node(s) connected",
-                node["dht_mode"].as_str().unwrap_or(""),
-                node["dht_peers"],
-                node["bootstrap_connected"],
-                node["bootstrap_peers"]
+                node.dht_mode, node.dht_peers, node.bootstrap_connected, node.bootstrap_peers
             );
-            match node["public_dht_peers"].as_u64() {
+            match node.public_dht_peers {
                 Some(n) => println!("network:    public (public libp2p DHT: {n} peer(s), client mode)"),
                 None => println!("network:    private (no public DHT)"),
             }
-            let relays = node["relays"].as_array().map_or(0, Vec::len);
-            let ours = node["peerlog_relays"].as_array().map_or(0, Vec::len);
-            println!("relays:     {relays} reservation(s), {ours} of them on peerlog relays");
-            for w in node["warnings"].as_array().into_iter().flatten() {
-                println!("warning:    {}", w.as_str().unwrap_or(""));
+            println!(
+                "relays:     {} reservation(s), {} of them on peerlog relays",
+                node.relays.len(),
+                node.peerlog_relays.len()
+            );
+            for w in &node.warnings {
+                println!("warning:    {w}");
             }
-            for a in node["listen_addrs"].as_array().into_iter().flatten() {
-                println!("listening:  {}", a.as_str().unwrap_or(""));
+            for a in &node.listen_addrs {
+                println!("listening:  {a}");
             }
-            for a in node["external_addrs"].as_array().into_iter().flatten() {
-                println!("external:   {}", a.as_str().unwrap_or(""));
+            for a in &node.external_addrs {
+                println!("external:   {a}");
             }
-            println!("connected:  {} peer(s)", node["connected_peers"]);
+            println!("connected:  {} peer(s)", node.connected_peers);
             println!("rooms:");
-            for r in rooms["rooms"].as_array().into_iter().flatten() {
-                println!(
-                    "  {}  {}  ({} peer(s))",
-                    r["id"].as_str().unwrap_or(""),
-                    r["name"].as_str().unwrap_or(""),
-                    r["peers"]
-                );
+            for r in &rooms {
+                println!("  {}  {}  ({} peer(s))", r.id, r.name, r.peers);
             }
             println!("room peers:");
-            for p in peers["peers"].as_array().into_iter().flatten() {
-                let rtt = p["rtt_ms"].as_f64().map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into());
-                println!(
-                    "  {}  {}  rtt {}  rooms {}",
-                    p["peer_id"].as_str().unwrap_or(""),
-                    p["connection"].as_str().unwrap_or("?"),
-                    rtt,
-                    p["rooms"]
-                );
+            for p in &peers {
+                let rtt = p.rtt_ms.map(|r| format!("{r:.1} ms")).unwrap_or_else(|| "-".into());
+                let connection = match p.connection {
+                    Some(node::ConnectionKind::Direct) => "direct",
+                    Some(node::ConnectionKind::Holepunched) => "holepunched",
+                    Some(node::ConnectionKind::Relayed) => "relayed",
+                    None => "?",
+                };
+                println!("  {}  {}  rtt {}  rooms {}", p.peer_id, connection, rtt, serde_json::to_string(&p.rooms)?);
             }
-            c.close().await.ok();
             Ok(())
         }
     }

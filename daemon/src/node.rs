@@ -148,17 +148,8 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// How a connection reaches the peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConnectionKind {
-    /// Plain connection, one side dialed the other.
-    Direct,
-    /// Direct connection made by DCUtR hole punching.
-    Holepunched,
-    /// Through a circuit relay.
-    Relayed,
-}
+/// How a connection reaches the peer (part of the API).
+pub use peerlog_proto::api::node::ConnectionKind;
 
 /// A connected peer as the API shows it.
 #[derive(Clone, Debug, Serialize)]

@@ -621,6 +621,24 @@ impl DataFiles {
     }
 }
 
+/// Opens sled. Its file lock can outlive a dropped `Db` for a moment (its I/O threads
+/// finish first), so reopening in the same process (a daemon restarted in-process, a test)
+/// can find it still taken: retried for up to 5 s. Another daemon on the same data dir is
+/// refused before this, by the data dir's own lock.
+fn open_sled(kv: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(kv).cache_capacity(cache_bytes).flush_every_ms(None).open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Format 2 → 3: heads now bind the room. Our own feeds' heads are signed again; other
 /// writers' stay (verified when stored, so still good for checking what we store) and are
 /// marked with an `h` key: they are not sent until their writer (or a peer that has it)
@@ -992,7 +1010,7 @@ impl Store {
         let blocks_dir = dir.join("blocks");
         std::fs::create_dir_all(&blocks_dir)?;
         let kv = dir.join("kv");
-        let db = sled::Config::new().path(&kv).cache_capacity(cache_bytes).flush_every_ms(None).open()?;
+        let db = open_sled(&kv, cache_bytes)?;
         let log = db.open_tree("log")?;
         let rooms = db.open_tree("rooms")?;
         match db.get("format")? {

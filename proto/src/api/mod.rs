@@ -9,11 +9,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub mod messages;
+pub mod node;
+pub mod peers;
 pub mod rooms;
+
+/// No params.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NoParams {}
 
 /// One API method: its name and the types of its params and result, which the daemon, the
 /// CLI and the tests share (the JSON on the wire is their serde form). Each method is a
-/// unit struct implementing this; [`rooms`] and [`messages`] hold them by group.
+/// unit struct implementing this; the modules hold them by group.
 pub trait Method {
     /// The method's name on the wire, e.g. `rooms.join`.
     const NAME: &'static str;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::method;
+use super::{method, NoParams};
 
 /// A joined room, as every `rooms.*` result shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -44,10 +44,6 @@ pub struct RoomParam {
     /// Room id or name.
     pub room: String,
 }
-
-/// No params.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct NoParams {}
 
 /// The joined rooms.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -50,20 +50,32 @@ pub(super) async fn call(service: &Arc<Service>, method: &str, params: Value) ->
         Leave::NAME => typed::<Leave, _>(params, |p| rooms::leave(service, p)).await,
         Invite::NAME => typed::<Invite, _>(params, |p| async { rooms::invite(service, p) }).await,
         Seed::NAME => typed::<Seed, _>(params, |p| rooms::seed(service, p)).await,
-        "rooms.members" => rooms::members(service, parse(params)?).await,
         Send::NAME => typed::<Send, _>(params, |p| messages::send(service, p)).await,
         SendBatch::NAME => typed::<SendBatch, _>(params, |p| messages::send_batch(service, p)).await,
         History::NAME => typed::<History, _>(params, |p| async { messages::history(service, p) }).await,
-        "node.doctor" => node::doctor(service).await,
-        "node.info" => node::info(service).await,
-        "peers.list" => peers::list(service, parse(params)?).await,
-        "profile.set" => peers::set_profile(service, parse(params)?).await,
-        "peers.rename" => peers::contact(service, parse(params)?, false),
-        "peers.verify" => peers::contact(service, parse(params)?, true),
-        "peers.block" => peers::block(service, parse(params)?, true).await,
-        "peers.unblock" => peers::block(service, parse(params)?, false).await,
-        "peers.safety" => peers::safety(service, parse(params)?),
-        "peers.blocked" => peers::blocked(service, parse(params)?),
+        proto::node::Doctor::NAME => typed::<proto::node::Doctor, _>(params, |_| node::doctor(service)).await,
+        proto::node::Info::NAME => typed::<proto::node::Info, _>(params, |_| node::info(service)).await,
+        proto::peers::List::NAME => typed::<proto::peers::List, _>(params, |p| peers::list(service, p)).await,
+        proto::peers::Members::NAME => typed::<proto::peers::Members, _>(params, |p| peers::members(service, p)).await,
+        proto::peers::SetProfile::NAME => {
+            typed::<proto::peers::SetProfile, _>(params, |p| peers::set_profile(service, p)).await
+        }
+        proto::peers::Rename::NAME => {
+            typed::<proto::peers::Rename, _>(params, |p| async { peers::contact(service, p, false) }).await
+        }
+        proto::peers::Verify::NAME => {
+            typed::<proto::peers::Verify, _>(params, |p| async { peers::contact(service, p, true) }).await
+        }
+        proto::peers::Block::NAME => typed::<proto::peers::Block, _>(params, |p| peers::block(service, p, true)).await,
+        proto::peers::Unblock::NAME => {
+            typed::<proto::peers::Unblock, _>(params, |p| peers::block(service, p, false)).await
+        }
+        proto::peers::Safety::NAME => {
+            typed::<proto::peers::Safety, _>(params, |p| async { peers::safety(service, p) }).await
+        }
+        proto::peers::Blocked::NAME => {
+            typed::<proto::peers::Blocked, _>(params, |p| async { peers::blocked(service, p) }).await
+        }
         other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
     }
 }

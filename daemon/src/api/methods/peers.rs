@@ -1,10 +1,14 @@
-//! `peers.*` and `profile.set`: who is in a room, names, safety numbers and blocks.
-//! (Results still `json!`: typed next.)
+//! `peers.*`, `rooms.members` and `profile.set`: who is in a room, names, safety numbers
+//! and blocks.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use peerlog_proto::api::peers::{
+    BlockResult, BlockedResult, ContactParams, ContactResult, Member, MemberList, OptRoomParam, PeerList,
+    PeerRoomParams, Presence, ProfileParams, ProfileResult, RoomPeer, SafetyResult,
+};
+use peerlog_proto::api::rooms::RoomParam;
 
 use super::super::ApiError;
 use super::{qr_svg, writer_key};
@@ -12,45 +16,15 @@ use crate::keys;
 use crate::rooms::Room;
 use crate::service::{Service, ServiceError};
 
-#[derive(Deserialize)]
-pub(super) struct OptRoomParam {
-    room: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct ProfileParams {
-    display_name: String,
-}
-
-#[derive(Deserialize)]
-pub(super) struct PeerRoomParams {
-    peer: String,
-    room: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct OptionalRoomParam {
-    room: Option<String>,
-}
-
-#[derive(Deserialize)]
-pub(super) struct ContactParams {
-    peer: String,
-    room: Option<String>,
-    nickname: Option<String>,
-    verified: Option<bool>,
-}
-
-pub(super) async fn list(service: &Arc<Service>, p: OptRoomParam) -> Result<Value, ApiError> {
+pub(super) async fn list(service: &Arc<Service>, p: OptRoomParam) -> Result<PeerList, ApiError> {
     let filter = match &p.room {
         Some(q) => Some(service.room(q)?.discovery_key),
         None => None,
     };
     let info = service.node_info().await?;
     // Per peer: its rooms, and (asking for one room) who it is there.
-    // (rooms, writer, room) per peer.
     type PeerRow = (Vec<String>, Option<[u8; 32]>, Option<Arc<Room>>);
-    let mut peers: std::collections::BTreeMap<String, PeerRow> = Default::default();
+    let mut peers: BTreeMap<String, PeerRow> = BTreeMap::new();
     for rp in service.replicator.room_peers(filter.as_ref()) {
         if let Some(room) = service.rooms.get(&rp.room) {
             let e = peers.entry(rp.peer.to_string()).or_default();
@@ -60,35 +34,100 @@ pub(super) async fn list(service: &Arc<Service>, p: OptRoomParam) -> Result<Valu
         }
     }
     let one_room = filter.is_some();
-    let list: Vec<Value> = peers
+    let peers = peers
         .into_iter()
-        .map(|(peer, (rooms, writer, room))| {
-            let conn = info.peers.iter().find(|p| p.peer_id == peer);
-            let mut v = json!({
-                "peer_id": peer,
-                "rooms": rooms,
-                "connection": conn.map(|c| c.connection),
-                "addrs": conn.map(|c| c.addrs.clone()).unwrap_or_default(),
-                "rtt_ms": conn.and_then(|c| c.rtt_ms),
-            });
+        .map(|(peer_id, (rooms, writer, room))| {
+            let conn = info.peers.iter().find(|p| p.peer_id == peer_id);
+            let mut row = RoomPeer {
+                connection: conn.map(|c| c.connection),
+                addrs: conn.map(|c| c.addrs.clone()).unwrap_or_default(),
+                rtt_ms: conn.and_then(|c| c.rtt_ms),
+                peer_id,
+                rooms,
+                author: None,
+                display_name: None,
+                nickname: None,
+            };
             if let (true, Some(w), Some(room)) = (one_room, writer, room) {
-                v["author"] = json!(hex::encode(w));
-                v["display_name"] = json!(room.display_name(&w));
-                v["nickname"] = json!(service.store.contact(&w).ok().and_then(|c| c.nickname));
+                row.author = Some(hex::encode(w));
+                row.display_name = room.display_name(&w);
+                row.nickname = service.store.contact(&w).ok().and_then(|c| c.nickname);
             }
-            v
+            row
         })
         .collect();
-    Ok(json!({"peers": list}))
+    Ok(PeerList { peers })
 }
 
-pub(super) async fn set_profile(service: &Arc<Service>, p: ProfileParams) -> Result<Value, ApiError> {
-    let (name, rooms) = service.set_display_name(&p.display_name).await?;
-    Ok(json!({"display_name": name, "rooms": rooms}))
+pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<MemberList, ApiError> {
+    let room = service.room(&p.room)?;
+    let names = service.store.profiles(&room.discovery_key).map_err(ServiceError::from)?;
+    let info = service.node_info().await?;
+    let online: HashMap<[u8; 32], String> = service
+        .replicator
+        .room_peers(Some(&room.discovery_key))
+        .into_iter()
+        .filter_map(|p| Some((p.writer?, p.peer.to_string())))
+        .collect();
+    let presence = |feed: &[u8; 32]| -> Presence {
+        let Some(peer) = online.get(feed) else {
+            return Presence { online: false, peer_id: None, connection: None, rtt_ms: None };
+        };
+        let conn = info.peers.iter().find(|p| &p.peer_id == peer);
+        Presence {
+            online: true,
+            peer_id: Some(peer.clone()),
+            connection: conn.map(|c| c.connection),
+            rtt_ms: conn.and_then(|c| c.rtt_ms),
+        }
+    };
+    // The writers we hold entries of, ourselves, and online writers we hold nothing
+    // of yet: with how many messages each wrote.
+    let mut writers: Vec<([u8; 32], u64)> = service
+        .store
+        .room_feeds(&room.discovery_key)
+        .map_err(ServiceError::from)?
+        .into_iter()
+        .map(|(feed, meta)| (feed, meta.length()))
+        .filter(|(feed, n)| *n > 0 || *feed == room.feed_key)
+        .collect();
+    for feed in std::iter::once(&room.feed_key).chain(online.keys()) {
+        if !writers.iter().any(|(f, _)| f == feed) {
+            writers.push((*feed, 0));
+        }
+    }
+    let mut members = Vec::with_capacity(writers.len());
+    for (feed, messages) in writers {
+        let contact = service.store.contact(&feed).map_err(ServiceError::from)?;
+        let mine = feed == room.feed_key;
+        let verified = service.store.verified(&feed).map_err(ServiceError::from)?;
+        members.push(Member {
+            author: hex::encode(feed),
+            mine,
+            display_name: names.get(&feed).cloned(),
+            nickname: contact.nickname,
+            verified,
+            verified_before: contact.verified && !verified,
+            blocked: service.store.is_blocked(&room.discovery_key, &feed).map_err(ServiceError::from)?,
+            safety_number: (!mine).then(|| keys::safety_number(&room.feed_key, &feed)),
+            messages,
+            presence: if mine {
+                Presence { online: true, peer_id: None, connection: None, rtt_ms: None }
+            } else {
+                presence(&feed)
+            },
+        });
+    }
+    Ok(MemberList { members })
+}
+
+pub(super) async fn set_profile(service: &Arc<Service>, p: ProfileParams) -> Result<ProfileResult, ApiError> {
+    let (display_name, rooms) = service.set_display_name(&p.display_name).await?;
+    Ok(ProfileResult { display_name, rooms })
 }
 
 /// `peers.rename`, or with `verify` `peers.verify`.
-pub(super) fn contact(service: &Service, p: ContactParams, verify: bool) -> Result<Value, ApiError> {
+pub(super) fn contact(service: &Service, p: ContactParams, verify: bool) -> Result<ContactResult, ApiError> {
     let feed = writer_key(&p.peer)?;
     let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
     let mut contact = service.store.contact(&feed).map_err(ServiceError::from)?;
@@ -105,33 +144,32 @@ pub(super) fn contact(service: &Service, p: ContactParams, verify: bool) -> Resu
         contact.verified = false;
     }
     service.store.put_contact(&feed, &contact).map_err(ServiceError::from)?;
-    let verified = service.store.verified(&feed).map_err(ServiceError::from)?;
-    Ok(json!({
-        "peer": p.peer,
-        "nickname": contact.nickname,
-        "verified": verified,
-        "safety_number": room.map(|r| keys::safety_number(&r.feed_key, &feed)),
-    }))
+    Ok(ContactResult {
+        peer: p.peer,
+        nickname: contact.nickname,
+        verified: service.store.verified(&feed).map_err(ServiceError::from)?,
+        safety_number: room.map(|r| keys::safety_number(&r.feed_key, &feed)),
+    })
 }
 
 /// `peers.block`, or unless `blocked` `peers.unblock`.
-pub(super) async fn block(service: &Arc<Service>, p: PeerRoomParams, blocked: bool) -> Result<Value, ApiError> {
+pub(super) async fn block(service: &Arc<Service>, p: PeerRoomParams, blocked: bool) -> Result<BlockResult, ApiError> {
     let feed = writer_key(&p.peer)?;
     let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
     service.block_writer(room.as_deref(), &feed, blocked).await?;
-    Ok(json!({"peer": p.peer, "room": room.map(|r| r.id.clone()), "blocked": blocked}))
+    Ok(BlockResult { peer: p.peer, room: room.map(|r| r.id.clone()), blocked })
 }
 
-pub(super) fn safety(service: &Service, p: PeerRoomParams) -> Result<Value, ApiError> {
+pub(super) fn safety(service: &Service, p: PeerRoomParams) -> Result<SafetyResult, ApiError> {
     let feed = writer_key(&p.peer)?;
     let room = service.room(p.room.as_deref().ok_or_else(|| ApiError::params("give the room"))?)?;
-    let number = keys::safety_number(&room.feed_key, &feed);
-    Ok(json!({"peer": p.peer, "room": room.id, "safety_number": number, "qr_svg": qr_svg(&number)}))
+    let safety_number = keys::safety_number(&room.feed_key, &feed);
+    Ok(SafetyResult { peer: p.peer, room: room.id.clone(), qr_svg: qr_svg(&safety_number), safety_number })
 }
 
-pub(super) fn blocked(service: &Service, p: OptionalRoomParam) -> Result<Value, ApiError> {
+pub(super) fn blocked(service: &Service, p: OptRoomParam) -> Result<BlockedResult, ApiError> {
     let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
     let writers =
         service.store.blocked_writers(&room.map_or([0; 32], |r| r.discovery_key)).map_err(ServiceError::from)?;
-    Ok(json!({"blocked": writers.iter().map(hex::encode).collect::<Vec<_>>()}))
+    Ok(BlockedResult { blocked: writers.iter().map(hex::encode).collect() })
 }

@@ -7,7 +7,6 @@ use peerlog_proto::api::rooms::{
     CreateParams, CreateResult, Fork, InviteParams, InviteResult, JoinParams, JoinResult, LeaveResult, PassphraseCheck,
     PassphraseParams, RoomInfo, RoomList, RoomParam, SeedParams, SeedResult,
 };
-use serde_json::{json, Value};
 
 use super::super::ApiError;
 use super::qr_svg;
@@ -125,56 +124,4 @@ pub(super) async fn seed(service: &Arc<Service>, p: SeedParams) -> Result<SeedRe
     let cap = SeedCapability::parse(&p.capability).map_err(ServiceError::from)?;
     let (room, created) = service.seed(cap, p.name).await?;
     Ok(SeedResult { room: room_info(service, &room), created })
-}
-
-/// `rooms.members` (result still `json!`: typed next).
-pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<Value, ApiError> {
-    let room = service.room(&p.room)?;
-    let names = service.store.profiles(&room.discovery_key).map_err(ServiceError::from)?;
-    let info = service.node_info().await?;
-    let online: std::collections::HashMap<[u8; 32], String> = service
-        .replicator
-        .room_peers(Some(&room.discovery_key))
-        .into_iter()
-        .filter_map(|p| Some((p.writer?, p.peer.to_string())))
-        .collect();
-    let presence = |feed: &[u8; 32]| -> Value {
-        let Some(peer) = online.get(feed) else { return json!({"online": false}) };
-        let conn = info.peers.iter().find(|p| &p.peer_id == peer);
-        json!({"online": true, "peer_id": peer, "connection": conn.map(|c| c.connection), "rtt_ms": conn.and_then(|c| c.rtt_ms)})
-    };
-    // The writers we hold entries of, ourselves, and online writers we hold nothing
-    // of yet: with how many messages each wrote.
-    let mut writers: Vec<([u8; 32], u64)> = service
-        .store
-        .room_feeds(&room.discovery_key)
-        .map_err(ServiceError::from)?
-        .into_iter()
-        .map(|(feed, meta)| (feed, meta.length()))
-        .filter(|(feed, n)| *n > 0 || *feed == room.feed_key)
-        .collect();
-    for feed in std::iter::once(&room.feed_key).chain(online.keys()) {
-        if !writers.iter().any(|(f, _)| f == feed) {
-            writers.push((*feed, 0));
-        }
-    }
-    let mut members = Vec::with_capacity(writers.len());
-    for (feed, messages) in writers {
-        let contact = service.store.contact(&feed).map_err(ServiceError::from)?;
-        let mine = feed == room.feed_key;
-        let verified = service.store.verified(&feed).map_err(ServiceError::from)?;
-        members.push(json!({
-            "author": hex::encode(feed),
-            "mine": mine,
-            "display_name": names.get(&feed),
-            "nickname": contact.nickname,
-            "verified": verified,
-            "verified_before": contact.verified && !verified,
-            "blocked": service.store.is_blocked(&room.discovery_key, &feed).map_err(ServiceError::from)?,
-            "safety_number": (!mine).then(|| keys::safety_number(&room.feed_key, &feed)),
-            "messages": messages,
-            "presence": if mine { json!({"online": true}) } else { presence(&feed) },
-        }));
-    }
-    Ok(json!({"members": members}))
 }
