@@ -12,7 +12,7 @@ use libp2p::Multiaddr;
 use peerlog::client::Client;
 use peerlog::config::{Config, DhtMode, Network, RelayServerMode};
 use peerlog::Daemon;
-use peerlog_proto::api::{messages, node, peers, rooms, NoParams};
+use peerlog_proto::api::{files, messages, node, peers, rooms, NoParams};
 use serde_json::{json, Value};
 
 /// peerlog: rooms for chat and files between peers, with no server in the middle.
@@ -419,21 +419,24 @@ async fn run(cli: Cli) -> Result<()> {
         Command::SendFile { client, room, path } => {
             let path = std::path::absolute(&path)?;
             let mut c = client.connect().await?;
-            let r = c.call("files.send", json!({"room": room, "path": path})).await?;
-            println!("{}", r["message"]["id"].as_str().unwrap_or(""));
+            let params =
+                files::SendFileParams { room, path: Some(path.to_string_lossy().into_owned()), ..Default::default() };
+            let r = c.request::<files::SendFile>(&params).await?;
+            println!("{}", r.file.message);
             c.close().await.ok();
             Ok(())
         }
         Command::GetFile { client, room, message, path } => {
             let path = std::path::absolute(&path)?;
             let mut c = client.connect().await?;
-            let r = c.call("files.get", json!({"room": room, "file": message, "path": path})).await?;
-            println!(
-                "saved {} ({} bytes) to {}",
-                r["file"]["name"].as_str().unwrap_or(""),
-                r["file"]["size"],
-                path.display()
-            );
+            let params = files::GetFileParams {
+                room,
+                file: message,
+                path: Some(path.to_string_lossy().into_owned()),
+                stream: false,
+            };
+            let r = c.request::<files::GetFile>(&params).await?;
+            println!("saved {} ({} bytes) to {}", r.file.name, r.file.size, path.display());
             c.close().await.ok();
             Ok(())
         }

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{FutureExt, SinkExt, StreamExt};
-use peerlog_proto::api::{codes, Event, Request as RpcRequest, Response as RpcResponse};
+use peerlog_proto::api::{codes, files, Event, Method, Request as RpcRequest, Response as RpcResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, Semaphore};
@@ -568,10 +568,10 @@ async fn handle_text(
     };
     let mut stream_back = None;
     let result = match request.method.as_str() {
-        "subscribe" => subscribe(filter, request.params),
-        "files.send" => send_file(service, upload, request.params, grant).await,
-        "files.get" => get_file(service, request.params, &mut stream_back, grant).await,
-        "files.url" => file_url(service, request.params),
+        files::Subscribe::NAME => subscribe(filter, request.params),
+        files::SendFile::NAME => send_file(service, upload, request.params, grant).await,
+        files::GetFile::NAME => get_file(service, request.params, &mut stream_back, grant).await,
+        files::Url::NAME => file_url(service, request.params),
         method => methods::call(service, method, request.params).await,
     };
     match result {
@@ -588,7 +588,7 @@ async fn get_file(
     stream_back: &mut StreamBack,
     grant: Grant,
 ) -> Result<Value, ApiError> {
-    let p: FileGetParams = parse(params)?;
+    let p: files::GetFileParams = parse(params)?;
     if p.path.is_some() {
         local_only(grant)?;
     }
@@ -601,14 +601,14 @@ async fn get_file(
         Some(path) => service.save_file(&room, &file, std::path::Path::new(path)).await?,
         None => service.fetch_file(&room, &file).await?,
     }
-    let result = json!({"file": file_json(&room, &file), "saved_to": p.path_echo(), "streamed": p.stream});
+    let result = files::GetFileResult { file: shared_file(&room, &file), saved_to: p.path.clone(), streamed: p.stream };
     if p.stream {
         if room.content_key().is_none() {
             return Err(ServiceError::Store(crate::log::store::StoreError::Blind).into());
         }
         *stream_back = Some((room, file));
     }
-    Ok(result)
+    to_result(result)
 }
 
 /// Sends a fetched file's bytes as binary frames (one per chunk, each verified and
@@ -626,55 +626,31 @@ async fn stream_file(service: &Arc<Service>, room: &Room, file: &FileInfo, out: 
     }
 }
 
-#[derive(Deserialize)]
-struct SubscribeParams {
-    events: Option<Vec<String>>,
-}
-
 fn subscribe(filter: &EventFilter, params: Value) -> Result<Value, ApiError> {
-    let p: SubscribeParams = parse(params)?;
+    let p: files::SubscribeParams = parse(params)?;
     if let Some(unknown) = p.events.iter().flatten().find(|n| !EVENT_NAMES.contains(&n.as_str())) {
         return Err(ApiError::params(format!("unknown event {unknown:?}; known: {}", EVENT_NAMES.join(", "))));
     }
     filter.set(p.events.clone());
-    Ok(
-        json!({"subscribed": true, "events": p.events.unwrap_or_else(|| EVENT_NAMES.iter().map(|n| n.to_string()).collect())}),
-    )
+    let events = p.events.unwrap_or_else(|| EVENT_NAMES.iter().map(|n| n.to_string()).collect());
+    to_result(files::Subscribed { subscribed: true, events })
 }
 
-#[derive(Deserialize)]
-struct FileSendParams {
-    room: String,
-    path: Option<String>,
-    name: Option<String>,
-    mime: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct FileGetParams {
-    room: String,
-    file: String,
-    path: Option<String>,
-    #[serde(default)]
-    stream: bool,
-}
-
-impl FileGetParams {
-    fn path_echo(&self) -> Value {
-        self.path.as_ref().map_or(Value::Null, |p| json!(p))
+fn shared_file(room: &Room, file: &FileInfo) -> files::SharedFile {
+    files::SharedFile {
+        id: hex::encode(file.file_id),
+        message: file.message.id(),
+        name: file.name.clone(),
+        size: file.size,
+        mime: file.mime.clone(),
+        chunks: file.chunks.len(),
+        url: format!("/api/files/{}/{}", room.id, file.message.id()),
     }
 }
 
-fn file_json(room: &Room, file: &FileInfo) -> Value {
-    json!({
-        "id": hex::encode(file.file_id),
-        "message": file.message.id(),
-        "name": file.name,
-        "size": file.size,
-        "mime": file.mime,
-        "chunks": file.chunks.len(),
-        "url": format!("/api/files/{}/{}", room.id, file.message.id()),
-    })
+/// A typed result as the JSON of the reply.
+fn to_result(result: impl serde::Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(result).map_err(|e| ApiError { code: codes::INTERNAL, message: e.to_string() })
 }
 
 /// `files.send`: from a path on this machine, or from binary frames that follow.
@@ -684,7 +660,7 @@ async fn send_file(
     params: Value,
     grant: Grant,
 ) -> Result<Value, ApiError> {
-    let p: FileSendParams = parse(params)?;
+    let p: files::SendFileParams = parse(params)?;
     if p.path.is_some() {
         local_only(grant)?;
     }
@@ -710,7 +686,7 @@ async fn send_file(
         }
     };
     let file = service.send_file(&room, &name, p.mime, source).await?;
-    Ok(json!({"file": file_json(&room, &file), "message": message_info(&room, &file.message)}))
+    to_result(files::SendFileResult { file: shared_file(&room, &file), message: message_info(&room, &file.message) })
 }
 
 /// Paths on the daemon's machine: only with the CLI credential. With the API token (which
@@ -725,29 +701,21 @@ fn local_only(grant: Grant) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize)]
-struct FileUrlParams {
-    room: String,
-    file: String,
-    #[serde(default)]
-    inline: bool,
-}
-
 /// `files.url`: a download URL for one file that works without the token, for
 /// [`TICKET_LIFETIME`] (the web UI's downloads and previews: URLs end up in browser
 /// history, tokens must not).
 fn file_url(service: &Arc<Service>, params: Value) -> Result<Value, ApiError> {
-    let p: FileUrlParams = parse(params)?;
+    let p: files::FileUrlParams = parse(params)?;
     let room = service.room(&p.room)?;
     let file = service.file_info(&room, &p.file)?;
     let expires = crate::log::store::now_ms() + TICKET_LIFETIME.as_millis() as u64;
     let message = file.message.id();
     let ticket = file_ticket(&service.token, &room.id, &message, p.inline, expires);
     let inline = if p.inline { "&inline=1" } else { "" };
-    Ok(json!({
-        "url": format!("/api/files/{}/{message}?ticket={ticket}&expires={expires}{inline}", room.id),
-        "expires_ms": expires,
-    }))
+    to_result(files::FileUrl {
+        url: format!("/api/files/{}/{message}?ticket={ticket}&expires={expires}{inline}", room.id),
+        expires_ms: expires,
+    })
 }
 
 /// How long a `files.url` URL works.
