@@ -172,6 +172,9 @@ pub async fn wait_for_text(c: &mut Client, room: &str, text: &str, limit: Durati
             e.event == "message" && e.params["room"] == room && e.params["text"] == text
         })
         .await?;
+    // The event's shape is the typed one.
+    serde_json::from_value::<peerlog_proto::api::events::Message>(e.params.clone())
+        .context("a message event that does not decode as MessageInfo")?;
     Ok(e.params)
 }
 

@@ -385,29 +385,20 @@ impl EventFilter {
     }
 }
 
-/// Event names, as clients see them.
-const EVENT_NAMES: &[&str] = &[
-    "message",
-    "message.seen",
-    "peer.joined",
-    "peer.left",
-    "peer.connection",
-    "sync.progress",
-    "file.progress",
-    "writer.quota",
-    "lagged",
-];
+// Event names, as clients see them.
+use peerlog_proto::api::events::NAMES as EVENT_NAMES;
 
 fn event_name(event: &DaemonEvent) -> &'static str {
+    use peerlog_proto::api::events::{self, EventParams};
     match event {
-        DaemonEvent::Message { .. } => "message",
-        DaemonEvent::PeerJoined { .. } => "peer.joined",
-        DaemonEvent::PeerLeft { .. } => "peer.left",
-        DaemonEvent::SyncProgress { .. } => "sync.progress",
-        DaemonEvent::PeerConnection { .. } => "peer.connection",
-        DaemonEvent::FileProgress { .. } => "file.progress",
-        DaemonEvent::Seen { .. } => "message.seen",
-        DaemonEvent::WriterQuota { .. } => "writer.quota",
+        DaemonEvent::Message { .. } => events::Message::NAME,
+        DaemonEvent::PeerJoined { .. } => events::PeerJoined::NAME,
+        DaemonEvent::PeerLeft { .. } => events::PeerLeft::NAME,
+        DaemonEvent::SyncProgress { .. } => events::SyncProgress::NAME,
+        DaemonEvent::PeerConnection { .. } => events::PeerConnection::NAME,
+        DaemonEvent::FileProgress { .. } => events::FileProgress::NAME,
+        DaemonEvent::Seen { .. } => events::Seen::NAME,
+        DaemonEvent::WriterQuota { .. } => events::WriterQuota::NAME,
     }
 }
 
@@ -435,51 +426,42 @@ async fn forward_events(
 }
 
 fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
-    let (name, params) = match event {
-        DaemonEvent::Message { room, message } => {
-            let room = service.rooms.get(&room)?;
-            ("message", serde_json::to_value(message_info(&room, &message)?).ok()?)
-        }
+    use peerlog_proto::api::events::{self, EventParams};
+    fn emit<P: EventParams>(params: P) -> Option<Event> {
+        Some(Event { event: P::NAME.into(), params: serde_json::to_value(params).ok()? })
+    }
+    let room_id = |room: &[u8; 32]| service.rooms.get(room).map(|r| r.id.clone());
+    match event {
+        DaemonEvent::Message { room, message } => emit(message_info(&*service.rooms.get(&room)?, &message)?),
         DaemonEvent::PeerJoined { room, peer, kind } => {
-            ("peer.joined", json!({"room": service.rooms.get(&room)?.id, "peer": peer.to_string(), "connection": kind}))
+            emit(events::PeerJoined { room: room_id(&room)?, peer: peer.to_string(), connection: kind })
         }
-        DaemonEvent::SyncProgress { room, entries_done, entries_total, bytes_done, bytes_total } => (
-            "sync.progress",
-            json!({
-                "room": service.rooms.get(&room)?.id,
-                "entries_done": entries_done,
-                "entries_total": entries_total,
-                "bytes_done": bytes_done,
-                "bytes_total": bytes_total,
-            }),
-        ),
-        DaemonEvent::PeerConnection { peer, kind, rooms } => {
-            let rooms: Vec<String> = rooms.iter().filter_map(|r| service.rooms.get(r)).map(|r| r.id.clone()).collect();
-            ("peer.connection", json!({"peer": peer.to_string(), "connection": kind, "rooms": rooms}))
+        DaemonEvent::SyncProgress { room, entries_done, entries_total, bytes_done, bytes_total } => {
+            emit(events::SyncProgress { room: room_id(&room)?, entries_done, entries_total, bytes_done, bytes_total })
         }
-        DaemonEvent::FileProgress { room, file_id, receiving, bytes_done, bytes_total, done } => (
-            "file.progress",
-            json!({
-                "room": service.rooms.get(&room)?.id,
-                "file_id": hex::encode(file_id),
-                "direction": if receiving { "receive" } else { "send" },
-                "bytes_done": bytes_done,
-                "bytes_total": bytes_total,
-                "done": done,
-            }),
-        ),
-        DaemonEvent::Seen { room, length } => {
-            ("message.seen", json!({"room": service.rooms.get(&room)?.id, "seen_below": length}))
+        DaemonEvent::PeerConnection { peer, kind, rooms } => emit(events::PeerConnection {
+            peer: peer.to_string(),
+            connection: kind,
+            rooms: rooms.iter().filter_map(room_id).collect(),
+        }),
+        DaemonEvent::FileProgress { room, file_id, receiving, bytes_done, bytes_total, done } => {
+            emit(events::FileProgress {
+                room: room_id(&room)?,
+                file_id: hex::encode(file_id),
+                direction: if receiving { "receive" } else { "send" }.into(),
+                bytes_done,
+                bytes_total,
+                done,
+            })
         }
+        DaemonEvent::Seen { room, length } => emit(events::Seen { room: room_id(&room)?, seen_below: length }),
         DaemonEvent::PeerLeft { room, peer } => {
-            ("peer.left", json!({"room": service.rooms.get(&room)?.id, "peer": peer.to_string()}))
+            emit(events::PeerLeft { room: room_id(&room)?, peer: peer.to_string() })
         }
-        DaemonEvent::WriterQuota { room, writer, quota } => (
-            "writer.quota",
-            json!({"room": service.rooms.get(&room)?.id, "author": hex::encode(writer), "quota": quota}),
-        ),
-    };
-    Some(Event { event: name.into(), params })
+        DaemonEvent::WriterQuota { room, writer, quota } => {
+            emit(events::WriterQuota { room: room_id(&room)?, author: hex::encode(writer), quota: quota.to_string() })
+        }
+    }
 }
 
 /// An API error with a stable code.
