@@ -1410,6 +1410,9 @@ fn clients_cannot_make_the_daemon_hold_unbounded_memory() -> Result<()> {
 fn default_daemons_behind_a_private_bootstrap_on_routed_subnets_chat() -> Result<()> {
     require_netns!();
     let lab = NatLab::routed("v", &["boot", "a", "b"])?;
+    // The private bootstrap node, run as the README's private-network recipe says
+    // (`--dht-mode server`, no public address): the set-up this test is about. a and b run
+    // on their defaults.
     let boot = NsDaemon::start(&lab.name("boot"), &["--listen", "/ip4/0.0.0.0/tcp/4001", "--dht-mode", "server"])?;
     let boot_addr = format!("/ip4/10.9.0.2/tcp/4001/p2p/{}", boot.peer_id);
     let args = ["--listen", "/ip4/0.0.0.0/tcp/4001", "--bootstrap", boot_addr.as_str()];

@@ -584,13 +584,7 @@ impl DataFiles {
         let mut synced = Vec::with_capacity(dirty.len());
         self.failing((|| {
             for feed in &dirty {
-                let f = self.file(feed)?;
-                let (file, len) = {
-                    let f = f.lock().unwrap_or_else(|p| p.into_inner());
-                    (f.file.try_clone()?, f.len)
-                };
-                file.sync_data()?;
-                synced.push((*feed, len));
+                synced.push((*feed, self.sync_file(feed)?));
             }
             if self.created.swap(false, Ordering::AcqRel) {
                 std::fs::File::open(&self.dir)?.sync_all()?;
@@ -598,6 +592,17 @@ impl DataFiles {
             Ok::<_, StoreError>(())
         })())?;
         Ok(synced)
+    }
+
+    /// Syncs one feed's data file; returns its length as of the sync.
+    fn sync_file(&self, feed: &Key32) -> Result<u64, StoreError> {
+        let f = self.file(feed)?;
+        let (file, len) = {
+            let f = f.lock().unwrap_or_else(|p| p.into_inner());
+            (f.file.try_clone()?, f.len)
+        };
+        file.sync_data()?;
+        Ok(len)
     }
 
     /// Syncs sled's log after sled flushed it.
@@ -881,12 +886,7 @@ impl Store {
                 None if !self.forget_damaged_from(&feed, from)?.is_empty() => forgotten.push(feed),
                 None => {}
             }
-            let f = self.blocks.file(&feed)?;
-            let (file, len) = {
-                let f = f.lock().unwrap_or_else(|p| p.into_inner());
-                (f.file.try_clone()?, f.len)
-            };
-            file.sync_data()?;
+            let len = self.blocks.sync_file(&feed)?;
             self.log.insert(synced_key(&feed), &len.to_be_bytes())?;
         }
         std::fs::File::open(&self.blocks.dir)?.sync_all()?;

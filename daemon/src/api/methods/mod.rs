@@ -32,8 +32,7 @@ async fn typed<M: Method, Fut>(params: Value, handler: impl FnOnce(M::Params) ->
 where
     Fut: Future<Output = Result<M::Result, ApiError>>,
 {
-    let result = handler(parse::<M::Params>(params)?).await?;
-    serde_json::to_value(result).map_err(|e| ApiError { code: codes::INTERNAL, message: e.to_string() })
+    super::to_result(handler(parse::<M::Params>(params)?).await?)
 }
 
 /// Calls `method`.
