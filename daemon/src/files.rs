@@ -8,7 +8,7 @@
 //! once complete, so a chunk file is never partial; a chunk whose bytes no longer hash to
 //! its name (a crash, a bad disk) is deleted when read and fetched again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -335,7 +335,8 @@ fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Chunks a room wants from its peers, and which session fetches each.
 #[derive(Debug, Default)]
 pub struct ChunkWants {
-    wants: HashMap<Key32, Want>,
+    /// Ordered: chunks are asked for in a deterministic order (the simulation replays).
+    wants: BTreeMap<Key32, Want>,
 }
 
 #[derive(Debug, Default)]
@@ -343,7 +344,7 @@ struct Want {
     /// The session it was asked of.
     session: Option<SessionId>,
     /// Sessions whose peer said it does not have it.
-    lacking: HashSet<SessionId>,
+    lacking: BTreeSet<SessionId>,
     /// Downloads waiting for it.
     waiters: usize,
 }

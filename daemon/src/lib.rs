@@ -6,7 +6,6 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod disk;
-pub mod fetch;
 pub mod files;
 pub mod ids;
 pub mod keys;

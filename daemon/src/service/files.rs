@@ -246,7 +246,6 @@ impl Service {
                         done += size_of(i);
                     }
                 }
-                Ok(Ok(ChunkEvent::Wanted)) => continue,
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
                     let arrived: HashSet<Key32> = remaining.keys().filter(|id| self.chunks.has(id)).copied().collect();
                     for id in arrived {

@@ -159,6 +159,7 @@ impl Service {
                 self.net_cancel.child_token(),
             )?;
             let (room, _) = self.rooms.insert(room);
+            self.replicator.start_room(room.clone())?;
             self.start_discovery(&room);
         }
         self.spawn_peer_finder();
@@ -328,6 +329,7 @@ impl Service {
         let (room, created) = self.rooms.insert(room);
         if created {
             info!(room = %room.id, "joined room");
+            self.replicator.start_room(room.clone())?;
             self.start_discovery(&room);
         }
         Ok((room, created))

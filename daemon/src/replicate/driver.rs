@@ -1,0 +1,250 @@
+//! One task per room drives its [`RoomState`]: it feeds it the frames of the room's sessions,
+//! our appends and the downloads' wants, performs what it outputs (storage writes on
+//! blocking threads, answered before any other input), and hands each session's writer
+//! the next frame whenever that writer has room.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use libp2p::PeerId;
+use peerlog_proto::wire::{Frame, Refusal};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Input, Output, RoomState, SessionUp};
+use super::storage::{perform, Local, Performed};
+use super::{Replicator, SessionError};
+use crate::ids::SessionId;
+use crate::rooms::{self, DaemonEvent, Room};
+
+/// Frames of a room's sessions waiting for its task (all sessions share it; each reader
+/// waits when it is full, so a peer cannot make us buffer more).
+pub(super) const ROOM_FRAMES: usize = 64;
+
+/// From a session's reader to its room's task.
+#[derive(Debug)]
+pub(super) enum FromPeer {
+    /// A frame arrived.
+    Frame(Frame),
+    /// The stream ended: closed (Ok) or failed.
+    End(Result<(), SessionError>),
+}
+
+/// Sessions coming and going, to a room's task.
+pub(super) enum Control {
+    /// A session authenticated: its frames come on the room's frame channel, the task sends
+    /// its frames to `out`, and says on `done` when and why it ended.
+    Up {
+        /// The session.
+        session: SessionId,
+        /// What the rules need to know of it.
+        up: SessionUp,
+        /// To its writer.
+        out: mpsc::Sender<Frame>,
+        /// Its end.
+        done: oneshot::Sender<Result<(), SessionError>>,
+    },
+    /// The session's task ended first (it was cancelled).
+    Gone(SessionId),
+}
+
+/// How sessions reach a room's task.
+#[derive(Clone)]
+pub(super) struct RoomLink {
+    pub control: mpsc::UnboundedSender<Control>,
+    pub frames: mpsc::Sender<(SessionId, FromPeer)>,
+}
+
+struct Link {
+    peer: PeerId,
+    out: mpsc::Sender<Frame>,
+    done: Option<oneshot::Sender<Result<(), SessionError>>>,
+}
+
+impl Link {
+    fn end(mut self, result: Result<(), SessionError>) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(result);
+        }
+    }
+}
+
+type Writable = BoxFuture<'static, (SessionId, Result<mpsc::OwnedPermit<Frame>, mpsc::error::SendError<()>>)>;
+
+/// A room's task.
+pub(super) struct Driver {
+    room: Arc<Room>,
+    local: Local,
+    state: RoomState,
+    replicator: Replicator,
+    links: HashMap<SessionId, Link>,
+    /// Sessions whose writer is full, waiting for room.
+    writable: FuturesUnordered<Writable>,
+    waiting: HashSet<SessionId>,
+}
+
+impl Driver {
+    pub(super) fn new(room: Arc<Room>, local: Local, state: RoomState, replicator: Replicator) -> Self {
+        Self {
+            room,
+            local,
+            state,
+            replicator,
+            links: HashMap::new(),
+            writable: FuturesUnordered::new(),
+            waiting: HashSet::new(),
+        }
+    }
+
+    /// Runs until the room is left or the daemon stops.
+    pub(super) async fn run(
+        mut self,
+        mut control: mpsc::UnboundedReceiver<Control>,
+        mut frames: mpsc::Receiver<(SessionId, FromPeer)>,
+        mut local: mpsc::UnboundedReceiver<rooms::Local>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let input = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(c) = control.recv() => match c {
+                    Control::Up { session, up, out, done } => {
+                        self.links.insert(session, Link { peer: up.peer, out, done: Some(done) });
+                        Some(Input::SessionUp(session, up))
+                    }
+                    Control::Gone(session) => self.links.remove(&session).map(|_| Input::SessionDown(session)),
+                },
+                Some(l) = local.recv() => Some(match l {
+                    rooms::Local::Appended(head) => Input::Appended(head),
+                    rooms::Local::WantChunks(ids) => Input::WantChunks(ids),
+                    rooms::Local::UnwantChunks(ids) => Input::UnwantChunks(ids),
+                    rooms::Local::Refetch(feed) => Input::Refetch(feed),
+                }),
+                Some((session, from)) = frames.recv() => match from {
+                    FromPeer::Frame(frame) => self.links.contains_key(&session).then_some(Input::Frame(session, frame)),
+                    FromPeer::End(result) => {
+                        self.links.remove(&session).map(|link| {
+                            link.end(result);
+                            Input::SessionDown(session)
+                        })
+                    }
+                },
+                Some((session, permit)) = self.writable.next(), if !self.writable.is_empty() => {
+                    self.waiting.remove(&session);
+                    if let Ok(permit) = permit {
+                        if let Some(frame) = self.state.poll_transmit(session, &self.local) {
+                            permit.send(frame);
+                        }
+                    }
+                    None
+                }
+                else => break,
+            };
+            if let Some(input) = input {
+                self.state.handle(input, Instant::now(), &self.local);
+            }
+            self.settle().await;
+        }
+        for (_, link) in self.links.drain() {
+            link.end(Ok(()));
+        }
+    }
+
+    /// Performs every output, and fills the writers that have room, until neither leaves
+    /// anything to do.
+    async fn settle(&mut self) {
+        loop {
+            while let Some(output) = self.state.poll_output() {
+                self.perform(output).await;
+            }
+            self.pump();
+            if !self.state.has_outputs() {
+                break;
+            }
+        }
+        let (received, served) = self.state.counters();
+        self.room.received.store(received, std::sync::atomic::Ordering::Relaxed);
+        self.room.served.store(served, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    async fn perform(&mut self, output: Output) {
+        let performed = if matches!(output, Output::Ingest(_) | Output::StoreChunk { .. }) {
+            let (room, local) = (self.room.clone(), self.local.clone());
+            match tokio::task::spawn_blocking(move || perform(&room, &local, output)).await {
+                Ok(performed) => performed,
+                // A panic in storage code fails the room's task, and with it the daemon.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        } else {
+            perform(&self.room, &self.local, output)
+        };
+        match performed {
+            Performed::Answer(input) => self.state.handle(input, Instant::now(), &self.local),
+            Performed::Done => {}
+            Performed::Other(output) => self.act(output),
+        }
+    }
+
+    fn act(&mut self, output: Output) {
+        let room = self.room.discovery_key;
+        match output {
+            Output::Close(session, error) => {
+                if let Some(link) = self.links.remove(&session) {
+                    if matches!(error, SessionError::Protocol(_)) {
+                        let _ = link.out.try_send(Frame::Refuse { reason: Refusal::ProtocolViolation });
+                    }
+                    link.end(Err(error));
+                }
+            }
+            Output::WriterProven(session, feed) => {
+                if let Some(link) = self.links.get(&session) {
+                    self.replicator.set_writer(link.peer, room, session, feed);
+                }
+            }
+            Output::LearnPeers(peers) => self.replicator.learn_peers(room, peers),
+            Output::OwnFeedAhead(length) => self.room.note_own_ahead(length),
+            Output::Event(event) => {
+                if let DaemonEvent::Seen { length, .. } = &event {
+                    self.room.set_own_seen(*length);
+                }
+                self.room.emit(event);
+            }
+            Output::Chunk(event) => self.room.chunk_event(event),
+            // Storage outputs were performed by `perform`.
+            Output::Ingest(_)
+            | Output::StoreChunk { .. }
+            | Output::RecordFork(..)
+            | Output::UpgradeHead(_)
+            | Output::ForgetDamaged(_) => {}
+        }
+    }
+
+    /// Hands every session's writer frames while it has room; a full writer is waited on.
+    fn pump(&mut self) {
+        for (&session, link) in &self.links {
+            if self.waiting.contains(&session) {
+                continue;
+            }
+            while self.state.has_outgoing(session) {
+                match link.out.try_reserve() {
+                    Ok(permit) => match self.state.poll_transmit(session, &self.local) {
+                        Some(frame) => permit.send(frame),
+                        None => break,
+                    },
+                    Err(mpsc::error::TrySendError::Full(())) => {
+                        self.waiting.insert(session);
+                        let out = link.out.clone();
+                        self.writable.push(Box::pin(async move { (session, out.reserve_owned().await) }));
+                        break;
+                    }
+                    Err(mpsc::error::TrySendError::Closed(())) => break,
+                }
+            }
+        }
+    }
+}

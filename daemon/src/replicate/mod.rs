@@ -1,0 +1,497 @@
+//! Replication: one session per (peer, room) over a libp2p stream speaking
+//! `/peerlog/replicate/3` (frames in `peerlog_proto::wire`, rules in `docs/PROTOCOL.md`).
+//!
+//! - `state.rs`: the rules of one room, a state machine without I/O ([`RoomState`]);
+//! - `fetch.rs`: which session fetches which piece of which feed (part of the rules);
+//! - `driver.rs`: one task per room runs its state, performs its outputs and feeds the
+//!   session writers when they have room, so two peers sending bulk data to each other
+//!   cannot deadlock;
+//! - `session.rs`: a session's I/O (open, accept, handshake, framing, reader and writer);
+//! - `storage.rs`: the rules' view of the store, and the outputs that write to it;
+//! - this file: [`Replicator`], which sessions exist (one per peer and room), redials.
+//!
+//! Duplicate sessions (both peers dialing at once) resolve deterministically: the session
+//! opened by the peer with the smaller PeerId wins, on both sides. An inbound session
+//! replaces an established one: the peer would not open it unless it lost the old one.
+
+mod driver;
+pub mod fetch;
+mod session;
+#[cfg(test)]
+mod sim;
+pub mod state;
+pub mod storage;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use peerlog_proto::wire::{Key32, Refusal, PROTOCOL};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn, Instrument};
+
+use self::driver::{Driver, RoomLink, ROOM_FRAMES};
+use self::session::{HandshakeSlot, MAX_HANDSHAKES};
+use self::state::{RoomState, RuleLimits};
+use self::storage::Local;
+use crate::config::Limits;
+use crate::files::Chunks;
+use crate::ids::SessionId;
+use crate::log::store::StoreError;
+use crate::log::Store;
+use crate::node::NodeHandle;
+use crate::rooms::{DaemonEvent, Room, Rooms};
+use crate::tasks::Tasks;
+
+/// Redials of a room peer whose session dropped: first delay, cap, and attempts.
+const REDIAL_FIRST: Duration = Duration::from_millis(500);
+const REDIAL_MAX: Duration = Duration::from_secs(60);
+const REDIAL_ATTEMPTS: u32 = 10;
+
+/// Errors that end a session.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The stream failed or closed.
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer could not be reached: no connection came up.
+    #[error(transparent)]
+    Unreachable(#[from] crate::node::NodeError),
+    /// A connection is up but a stream on it could not be opened.
+    #[error("cannot open a stream: {0}")]
+    OpenStream(#[source] libp2p_stream::OpenStreamError),
+    /// The peer broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// The peer refused the session.
+    #[error("refused by peer: {0:?}")]
+    Refused(Refusal),
+    /// Timed out.
+    #[error("timed out during {0}")]
+    Timeout(&'static str),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The peer does not speak the replication protocol (another libp2p application).
+    #[error("the peer does not speak {PROTOCOL}")]
+    NotPeerlog,
+}
+/// Peers remembered as not speaking the replication protocol (bounded), and for how long
+/// (a peerlog daemon that was still starting could have answered so).
+pub(super) const NOT_PEERLOG_MAX: usize = 1024;
+pub(super) const NOT_PEERLOG_FOR: Duration = Duration::from_secs(600);
+
+struct Slot {
+    id: SessionId,
+    outbound: bool,
+    established: bool,
+    cancel: CancellationToken,
+    /// The peer's feed key in the room, once its `Writer` proof verified.
+    writer: Option<Key32>,
+}
+
+struct Inner {
+    local: PeerId,
+    store: Store,
+    chunks: Chunks,
+    rooms: Arc<Rooms>,
+    node: NodeHandle,
+    /// Consecutive failed attempts per (peer, room), for redial backoff.
+    redials: Mutex<HashMap<(PeerId, Key32), u32>>,
+    /// Peers that answered "protocol not supported", and when: not room peers (other
+    /// libp2p applications on the LAN or DHT), not asked again for [`NOT_PEERLOG_FOR`].
+    not_peerlog: Mutex<HashMap<PeerId, std::time::Instant>>,
+    limits: Limits,
+    /// What each peer may still send us at full speed.
+    budgets: Arc<PeerBudgets>,
+    slots: Mutex<HashMap<(PeerId, Key32), Slot>>,
+    next_id: AtomicU64,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    /// Each joined room's task (see [`Replicator::start_room`]).
+    rooms_running: Mutex<HashMap<Key32, RoomLink>>,
+    /// Inbound handshakes in progress per peer (see [`MAX_HANDSHAKES_PER_PEER`]).
+    handshaking: Mutex<HashMap<PeerId, usize>>,
+    tasks: Tasks,
+    cancel: CancellationToken,
+}
+
+/// A token bucket: bytes of entries a peer may send at full speed.
+struct Budget {
+    bytes: f64,
+    at: std::time::Instant,
+}
+
+/// What each peer may still send us at full speed: `limits.peer_burst_bytes`, refilled at
+/// `limits.peer_bytes_per_s`, shared by its sessions in every room.
+pub(super) struct PeerBudgets {
+    rate: f64,
+    burst: f64,
+    /// Past this many peers, those whose budget is full again are forgotten.
+    peers: usize,
+    budgets: Mutex<HashMap<PeerId, Budget>>,
+}
+
+impl PeerBudgets {
+    fn new(limits: &Limits) -> Self {
+        Self {
+            rate: limits.peer_bytes_per_s as f64,
+            burst: limits.peer_burst_bytes as f64,
+            peers: limits.sessions,
+            budgets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Charges `bytes` of entries received from `peer` to its budget. Returns how long to
+    /// read nothing more from it.
+    pub(super) fn charge(&self, peer: PeerId, bytes: u64) -> Duration {
+        let (rate, burst) = (self.rate, self.burst);
+        if rate <= 0.0 {
+            return Duration::ZERO;
+        }
+        let now = std::time::Instant::now();
+        let mut budgets = self.budgets.lock().unwrap_or_else(|p| p.into_inner());
+        if budgets.len() > self.peers {
+            budgets.retain(|_, b| b.bytes + rate * now.duration_since(b.at).as_secs_f64() < burst);
+        }
+        let b = budgets.entry(peer).or_insert(Budget { bytes: burst, at: now });
+        b.bytes = (b.bytes + rate * now.duration_since(b.at).as_secs_f64()).min(burst) - bytes as f64;
+        b.at = now;
+        if b.bytes >= 0.0 {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64(-b.bytes / rate)
+    }
+}
+
+/// Runs replication sessions. Cheap to clone.
+#[derive(Clone)]
+pub struct Replicator {
+    inner: Arc<Inner>,
+}
+
+/// A peer with an authenticated session in a room.
+#[derive(Clone, Debug)]
+pub struct RoomPeer {
+    /// The peer.
+    pub peer: PeerId,
+    /// The room.
+    pub room: Key32,
+    /// The peer's feed key in the room (its writer), once proven.
+    pub writer: Option<Key32>,
+}
+
+impl Replicator {
+    /// Creates the replicator; call [`Replicator::spawn_acceptor`] to take inbound sessions.
+    pub fn new(
+        store: Store,
+        chunks: Chunks,
+        rooms: Arc<Rooms>,
+        node: NodeHandle,
+        limits: Limits,
+        tasks: Tasks,
+        cancel: CancellationToken,
+    ) -> Self {
+        let budgets = Arc::new(PeerBudgets::new(&limits));
+        Self {
+            inner: Arc::new(Inner {
+                local: node.peer_id(),
+                store,
+                chunks,
+                rooms,
+                node,
+                redials: Mutex::new(HashMap::new()),
+                not_peerlog: Default::default(),
+                limits,
+                budgets,
+                slots: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
+                rooms_running: Mutex::new(HashMap::new()),
+                handshaking: Mutex::new(HashMap::new()),
+                tasks,
+                cancel,
+            }),
+        }
+    }
+
+    fn control(&self) -> libp2p_stream::Control {
+        self.inner.node.streams()
+    }
+
+    /// Accepts inbound replication streams until cancelled.
+    pub fn spawn_acceptor(&self) -> Result<(), libp2p_stream::AlreadyRegistered> {
+        let mut incoming = self.control().accept(StreamProtocol::new(PROTOCOL))?;
+        let this = self.clone();
+        self.inner.tasks.spawn("replication acceptor", async move {
+            loop {
+                let next = tokio::select! {
+                    _ = this.inner.cancel.cancelled() => break,
+                    next = incoming.next() => next,
+                };
+                let Some((peer, stream)) = next else { break };
+                let Some(permit) = HandshakeSlot::take(&this, peer) else {
+                    debug!(%peer, "too many pending handshakes; dropping stream");
+                    continue;
+                };
+                let this2 = this.clone();
+                this.inner.tasks.spawn(
+                    "inbound session",
+                    async move {
+                        if let Err(e) = this2.run_inbound(peer, stream, permit).await {
+                            debug!(error = %e, "inbound session ended");
+                        }
+                    }
+                    .instrument(tracing::debug_span!("session", %peer, dir = "in")),
+                );
+            }
+        });
+        Ok(())
+    }
+
+    /// Opens a session with `peer` for `room` unless one exists or is being opened.
+    pub fn ensure_session(&self, peer: PeerId, room: Key32) {
+        if peer == self.inner.local {
+            return;
+        }
+        {
+            let mut not = self.inner.not_peerlog.lock().unwrap_or_else(|p| p.into_inner());
+            match not.get(&peer) {
+                Some(at) if at.elapsed() < NOT_PEERLOG_FOR => return,
+                Some(_) => {
+                    not.remove(&peer);
+                }
+                None => {}
+            }
+        }
+        let Some((id, cancel)) = self.claim(peer, room, true) else { return };
+        let this = self.clone();
+        self.inner.tasks.spawn(
+            "outbound session",
+            async move {
+                let established = Arc::new(AtomicBool::new(false));
+                let result = tokio::select! {
+                    _ = cancel.cancelled() => Ok(()),
+                    r = this.run_outbound(peer, room, id, established.clone()) => r,
+                };
+                if let Err(e) = &result {
+                    debug!(error = %e, "outbound session ended");
+                }
+                this.release(peer, room, id);
+                if !cancel.is_cancelled() {
+                    this.after_session(peer, room, established.load(Ordering::Relaxed), &result);
+                }
+            }
+            .instrument(tracing::debug_span!("session", %peer, dir = "out")),
+        );
+    }
+
+    /// Redials a room peer whose session dropped, with exponential backoff, unless the
+    /// session ended for a reason a retry would not fix.
+    fn after_session(&self, peer: PeerId, room: Key32, established: bool, result: &Result<(), SessionError>) {
+        // Only a peer we had a session with is redialed (the session just ended, or a
+        // redial of it failed): one we never reached (an address from peer exchange, say)
+        // is not dialed again and again; the DHT rounds find real ones.
+        let redialing = self.inner.redials.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&(peer, room));
+        let retry = match result {
+            // What a later attempt may get past: the network, not the peer's answer.
+            Err(
+                SessionError::Io(_)
+                | SessionError::Timeout(_)
+                | SessionError::Unreachable(_)
+                | SessionError::OpenStream(_),
+            ) => established || redialing,
+            Ok(()) => established,
+            Err(_) => false,
+        };
+        if !retry || self.inner.cancel.is_cancelled() || self.inner.rooms.get(&room).is_none() {
+            return;
+        }
+        let attempt = {
+            let mut redials = self.inner.redials.lock().unwrap_or_else(|p| p.into_inner());
+            let n = redials.entry((peer, room)).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if attempt > REDIAL_ATTEMPTS {
+            debug!(%peer, "giving up redialing; the DHT may find it again");
+            return;
+        }
+        let delay = REDIAL_FIRST.saturating_mul(1 << (attempt - 1).min(16)).min(REDIAL_MAX);
+        let this = self.clone();
+        let cancel = self.inner.cancel.clone();
+        self.inner.tasks.spawn("redial", async move {
+            tokio::select! {
+                _ = cancel.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {
+                    debug!(%peer, attempt, "redialing room peer");
+                    this.ensure_session(peer, room);
+                }
+            }
+        });
+    }
+
+    /// Peers with an authenticated session, optionally only in one room.
+    pub fn room_peers(&self, room: Option<&Key32>) -> Vec<RoomPeer> {
+        let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .filter(|((_, r), s)| s.established && room.is_none_or(|want| want == r))
+            .map(|((peer, r), s)| RoomPeer { peer: *peer, room: *r, writer: s.writer })
+            .collect()
+    }
+
+    /// Drops every session with `peer` and opens them again: after hole punching closed the
+    /// relayed connection they ran on, they continue on the direct one. (A stream whose
+    /// connection we closed is not guaranteed to report EOF, so do not wait for one.)
+    pub fn restart_peer(&self, peer: PeerId) {
+        for room in self.end_sessions(peer, false) {
+            debug!(%peer, "moving session to the new connection");
+            self.ensure_session(peer, room);
+        }
+    }
+
+    /// The last connection to `peer` closed: its established sessions are dead (a stream
+    /// on a closed connection does not reliably report EOF, and the peer would stay listed
+    /// as connected). End them and redial with backoff, as after any lost session.
+    pub fn peer_disconnected(&self, peer: PeerId) {
+        for room in self.end_sessions(peer, true) {
+            debug!(%peer, "connection lost; ending its session");
+            let _ = self.inner.rooms.events.send(DaemonEvent::PeerLeft { room, peer });
+            let lost = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            self.after_session(peer, room, true, &Err(SessionError::Io(lost)));
+        }
+    }
+
+    /// Cancels and forgets the sessions with `peer` (only established ones if asked);
+    /// returns their rooms. The cancelled tasks neither release nor redial.
+    fn end_sessions(&self, peer: PeerId, established_only: bool) -> Vec<Key32> {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: Vec<(PeerId, Key32)> = slots
+            .iter()
+            .filter(|((p, _), s)| *p == peer && (s.established || !established_only))
+            .map(|(k, _)| *k)
+            .collect();
+        keys.into_iter()
+            .filter_map(|k| {
+                slots.remove(&k)?.cancel.cancel();
+                Some(k.1)
+            })
+            .collect()
+    }
+
+    /// Ends every session of a room.
+    pub fn close_room(&self, room: &Key32) {
+        let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        for ((_, r), s) in slots.iter() {
+            if r == room {
+                s.cancel.cancel();
+            }
+        }
+    }
+
+    /// Reserves the (peer, room) slot; see the module docs for the duplicate rule.
+    fn claim(&self, peer: PeerId, room: Key32, outbound: bool) -> Option<(SessionId, CancellationToken)> {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = slots.get(&(peer, room)) {
+            let ours_wins = self.inner.local < peer;
+            // A peer opens a session only when it has none: an inbound session replaces an
+            // established one (ours is stale: its connection died and we have not noticed
+            // yet, e.g. a relayed connection closed after hole punching). Two sessions being
+            // set up at once resolve by PeerId.
+            let replace = !outbound && (existing.established || (existing.outbound && !ours_wins));
+            if !replace {
+                return None;
+            }
+            existing.cancel.cancel();
+        } else if slots.len() >= self.inner.limits.sessions {
+            warn!(limit = self.inner.limits.sessions, "session limit reached");
+            return None;
+        }
+        let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
+        let cancel = self.inner.cancel.child_token();
+        slots.insert((peer, room), Slot { id, outbound, established: false, cancel: cancel.clone(), writer: None });
+        Some((id, cancel))
+    }
+
+    fn release(&self, peer: PeerId, room: Key32, id: SessionId) {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.get(&(peer, room)).is_some_and(|s| s.id == id) {
+            let was_established = slots.remove(&(peer, room)).is_some_and(|s| s.established);
+            if was_established {
+                let _ = self.inner.rooms.events.send(DaemonEvent::PeerLeft { room, peer });
+            }
+        }
+    }
+
+    pub(super) fn set_writer(&self, peer: PeerId, room: Key32, id: SessionId, writer: Key32) {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get_mut(&(peer, room)).filter(|s| s.id == id) {
+            s.writer = Some(writer);
+        }
+    }
+
+    fn mark_established(&self, peer: PeerId, room: Key32, id: SessionId) -> bool {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        match slots.get_mut(&(peer, room)) {
+            Some(s) if s.id == id => {
+                s.established = true;
+                self.inner.redials.lock().unwrap_or_else(|p| p.into_inner()).remove(&(peer, room));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Learns peers from a `Peers` frame and opens sessions with them.
+    pub(super) fn learn_peers(&self, room: Key32, peers: Vec<(PeerId, Vec<Multiaddr>)>) {
+        let this = self.clone();
+        self.inner.tasks.spawn("peer exchange", async move {
+            for (peer, addrs) in peers {
+                if peer == this.inner.local {
+                    continue;
+                }
+                if this.inner.node.add_addresses(peer, addrs).await.is_err() {
+                    return;
+                }
+                this.ensure_session(peer, room);
+            }
+        });
+    }
+
+    /// Starts the task that replicates `room` (see `driver.rs`); sessions of the room are
+    /// handed to it. It ends when the room is left or the daemon stops.
+    pub fn start_room(&self, room: Arc<Room>) -> Result<(), StoreError> {
+        let local = Local { store: self.inner.store.clone(), chunks: self.inner.chunks.clone() };
+        let state = RoomState::new(room.discovery_key, room.feed_key, RuleLimits::from(&self.inner.limits), &local)?;
+        let Some(local_events) = room.take_local() else { return Ok(()) }; // running already
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (frames, frames_rx) = mpsc::channel(ROOM_FRAMES);
+        let discovery_key = room.discovery_key;
+        self.inner
+            .rooms_running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(discovery_key, RoomLink { control: control.clone(), frames });
+        let cancel = room.cancel.clone();
+        let driver = Driver::new(room, local, state, self.clone());
+        let this = self.clone();
+        self.inner.tasks.spawn("room replication", async move {
+            driver.run(control_rx, frames_rx, local_events, cancel).await;
+            let mut running = this.inner.rooms_running.lock().unwrap_or_else(|p| p.into_inner());
+            if running.get(&discovery_key).is_some_and(|link| link.control.same_channel(&control)) {
+                running.remove(&discovery_key);
+            }
+        });
+        Ok(())
+    }
+
+    /// How sessions reach the task of `room`, while it runs.
+    fn room_link(&self, room: &Key32) -> Option<RoomLink> {
+        self.inner.rooms_running.lock().unwrap_or_else(|p| p.into_inner()).get(room).cloned()
+    }
+}

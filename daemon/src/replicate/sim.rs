@@ -1,0 +1,859 @@
+//! A seeded, deterministic simulation of a room: many [`RoomState`]s, each over a real
+//! [`Room`] and [`Store`] (sled in a temporary directory), exchanging frames over an
+//! in-memory network with per-link latency, loss (a lost packet delays its stream by a
+//! retransmission timeout, as on TCP or QUIC) and partitions. Time is simulated: a run of
+//! minutes takes milliseconds, and a seed replays it exactly.
+//!
+//! Each direction of a connection carries at most [`WINDOW`] frames at once, like a
+//! session's writer channel: a node is asked for its next frame only when there is room.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use peerlog_proto::wire::{Frame, Key32};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::state::{Input, Output, RoomState, RuleLimits, SessionUp};
+use super::storage::{perform, Local, Performed};
+use crate::config::Limits;
+use crate::files::{chunk_id, Chunks};
+use crate::ids::SessionId;
+use crate::keys::RoomSecret;
+use crate::log::store::{Access, RoomRecord, WriterQuota};
+use crate::log::{Body, Store};
+use crate::node::Reach;
+use crate::rooms::{self, DaemonEvent, Room};
+
+/// Frames in flight per direction of a connection (the writer channel's capacity).
+pub const WINDOW: usize = 8;
+/// Delay a lost packet adds to its stream.
+const RTO: Duration = Duration::from_millis(200);
+
+/// How a link behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkSpec {
+    /// One-way latency.
+    pub latency: Duration,
+    /// Up to this much more, at random per frame (order is kept).
+    pub jitter: Duration,
+    /// Chance that a frame's packet is lost once (it arrives [`RTO`] later).
+    pub loss: f64,
+}
+
+impl Default for LinkSpec {
+    fn default() -> Self {
+        Self { latency: Duration::from_millis(10), jitter: Duration::from_millis(5), loss: 0.0 }
+    }
+}
+
+/// How a node is set up.
+#[derive(Clone, Debug, Default)]
+pub struct NodeOpts {
+    /// Shares another node's writer key (a copied data dir: the two will fork).
+    pub writer_of: Option<usize>,
+    /// The writers' quota of its store.
+    pub quota: Option<WriterQuota>,
+    /// Sends its sessions small batches and chunk parts (a relay's limited circuit).
+    pub small_circuit: bool,
+    /// Flips a byte in every entry batch it serves (a hostile member).
+    pub tamper: bool,
+    /// A blind seeder: stores and serves the room's ciphertext, cannot read it.
+    pub seeder: bool,
+}
+
+/// A frame sent, as the trace records it.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    /// From node, to node.
+    pub from: usize,
+    pub to: usize,
+    /// The frame.
+    pub frame: Frame,
+}
+
+/// A simulated daemon in the room.
+pub struct Node {
+    /// Its libp2p identity.
+    pub peer: PeerId,
+    /// Its room (keys, writer, appends) over its store.
+    pub room: Arc<Room>,
+    /// Its store and chunks.
+    pub local: Local,
+    /// The rules.
+    pub state: RoomState,
+    local_rx: mpsc::UnboundedReceiver<rooms::Local>,
+    opts: NodeOpts,
+    /// Events it emitted.
+    pub events: Vec<DaemonEvent>,
+    /// Sessions it closed, and why.
+    pub closed: Vec<String>,
+    /// Reads nothing any more (frames to it stay on the wire, filling its peers' windows).
+    pub deaf: bool,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    /// Entries it stores of every feed of the room.
+    pub fn stored(&self) -> u64 {
+        let store = &self.local.store;
+        store.room_feeds(&self.room.discovery_key).unwrap().iter().map(|(_, m)| m.stored()).sum()
+    }
+
+    /// Entries it stores of `feed`.
+    pub fn stored_of(&self, feed: &Key32) -> u64 {
+        self.local.store.feed_meta(feed).unwrap().map_or(0, |m| m.stored())
+    }
+}
+
+/// One direction of a connection.
+#[derive(Default)]
+struct Direction {
+    /// Frames on the wire, with their arrival times (nondecreasing).
+    wire: VecDeque<(Duration, Frame)>,
+    /// When the last frame arrives.
+    last: Duration,
+}
+
+struct Conn {
+    nodes: [usize; 2],
+    sessions: [SessionId; 2],
+    /// `dirs[0]`: from `nodes[0]` to `nodes[1]`.
+    dirs: [Direction; 2],
+}
+
+/// The simulation.
+pub struct Sim {
+    rng: StdRng,
+    start: Instant,
+    /// Simulated time since the start.
+    pub now: Duration,
+    /// The nodes.
+    pub nodes: Vec<Node>,
+    secret: RoomSecret,
+    /// Each node's writer key.
+    writers: Vec<[u8; 32]>,
+    limits: RuleLimits,
+    next_id: u64,
+    conns: BTreeMap<u64, Conn>,
+    /// Which connection and side a session is.
+    sessions: BTreeMap<SessionId, (u64, usize)>,
+    /// Arrivals: (time, order, connection, direction).
+    arrivals: BinaryHeap<Reverse<(Duration, u64, u64, usize)>>,
+    order: u64,
+    specs: BTreeMap<(usize, usize), LinkSpec>,
+    /// The default link.
+    pub spec: LinkSpec,
+    /// Each node's side of the partition (all 0: none).
+    side: Vec<u8>,
+    /// Frames sent, when tracing.
+    pub trace: Option<Vec<Sent>>,
+    /// Frames delivered.
+    pub delivered: u64,
+}
+
+impl Sim {
+    /// A room with no nodes yet; `seed` decides everything random.
+    pub fn new(seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let secret = RoomSecret(rng.gen());
+        Self {
+            rng,
+            start: Instant::now(),
+            now: Duration::ZERO,
+            nodes: Vec::new(),
+            secret,
+            writers: Vec::new(),
+            limits: RuleLimits::from(&Limits::default()),
+            next_id: 1,
+            conns: BTreeMap::new(),
+            sessions: BTreeMap::new(),
+            arrivals: BinaryHeap::new(),
+            order: 0,
+            specs: BTreeMap::new(),
+            spec: LinkSpec::default(),
+            side: Vec::new(),
+            trace: None,
+            delivered: 0,
+        }
+    }
+
+    /// The room's discovery key.
+    pub fn discovery_key(&self) -> Key32 {
+        self.secret.keys().discovery_key
+    }
+
+    /// Adds `n` nodes with default options; returns the first one's index.
+    pub fn add_nodes(&mut self, n: usize) -> usize {
+        let first = self.nodes.len();
+        for _ in 0..n {
+            self.add_node(NodeOpts::default());
+        }
+        first
+    }
+
+    /// Adds a node; returns its index.
+    pub fn add_node(&mut self, opts: NodeOpts) -> usize {
+        let base = std::path::Path::new("/dev/shm");
+        let dir = if base.is_dir() { tempfile::tempdir_in(base) } else { tempfile::tempdir() }.unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        if let Some(quota) = opts.quota {
+            store = store.with_writer_quota(quota);
+        }
+        let chunks = Chunks::new(dir.path());
+        let discovery_key = self.discovery_key();
+        let writer = match opts.writer_of {
+            Some(i) => self.writers[i],
+            None => self.rng.gen(),
+        };
+        self.writers.push(writer);
+        let access =
+            if opts.seeder { Access::Seeder(self.secret.keys().auth_key) } else { Access::Member(self.secret.0) };
+        let record = RoomRecord { access, name: "sim".into(), writer, joined_ms: 0 };
+        store.put_room(&discovery_key, &record).unwrap();
+        let room =
+            Room::new(&discovery_key, &record, &store, broadcast::channel(1).0, CancellationToken::new()).unwrap();
+        let room = Arc::new(room);
+        let local_rx = room.take_local().unwrap();
+        let local = Local { store, chunks };
+        let state = RoomState::new(discovery_key, room.feed_key, self.limits, &local).unwrap();
+        let key: [u8; 32] = self.rng.gen();
+        let peer = libp2p::identity::Keypair::ed25519_from_bytes(key).unwrap().public().to_peer_id();
+        self.side.push(0);
+        self.nodes.push(Node {
+            peer,
+            room,
+            local,
+            state,
+            local_rx,
+            opts,
+            events: Vec::new(),
+            closed: Vec::new(),
+            deaf: false,
+            _dir: dir,
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Sets the link between two nodes (both directions).
+    pub fn set_link(&mut self, a: usize, b: usize, spec: LinkSpec) {
+        self.specs.insert((a.min(b), a.max(b)), spec);
+    }
+
+    fn link(&self, a: usize, b: usize) -> LinkSpec {
+        self.specs.get(&(a.min(b), a.max(b))).copied().unwrap_or(self.spec)
+    }
+
+    fn instant(&self) -> Instant {
+        self.start + self.now
+    }
+
+    /// Node `i` appends `n` text messages as one batch and announces them.
+    pub fn send(&mut self, i: usize, n: usize) {
+        let bodies = (0..n).map(|k| Body::Text { text: format!("message {k} from node {i}") }).collect();
+        let appended = self.nodes[i].room.append(bodies).unwrap();
+        self.nodes[i].room.announce(&appended.head, &appended.messages);
+        self.settle(i);
+    }
+
+    /// Connects two nodes (one session each side), unless they are connected, partitioned
+    /// apart, or the same node.
+    pub fn connect(&mut self, a: usize, b: usize) -> bool {
+        if a == b || self.side[a] != self.side[b] || self.connected(a, b) {
+            return false;
+        }
+        let conn = self.next_id;
+        let sessions = [SessionId(self.next_id), SessionId(self.next_id + 1)];
+        self.next_id += 2;
+        self.conns.insert(conn, Conn { nodes: [a, b], sessions, dirs: Default::default() });
+        for (side, (me, other)) in [(a, b), (b, a)].into_iter().enumerate() {
+            self.sessions.insert(sessions[side], (conn, side));
+            let peer = self.nodes[other].peer;
+            let node = &self.nodes[me];
+            let small = node.opts.small_circuit || self.nodes[other].opts.small_circuit;
+            let up = SessionUp {
+                peer,
+                batch_bytes: if small { 8 << 10 } else { 1 << 20 },
+                small_circuit: small,
+                pex_reach: Reach::Loopback,
+                greeting: vec![Frame::Writer {
+                    feed_key: node.room.feed_key,
+                    signature: node.room.writer_proof(&node.peer),
+                }],
+            };
+            self.input(me, Input::SessionUp(sessions[side], up));
+        }
+        self.settle(a);
+        self.settle(b);
+        true
+    }
+
+    /// Whether two nodes have a connection.
+    pub fn connected(&self, a: usize, b: usize) -> bool {
+        self.conns.values().any(|c| c.nodes == [a, b] || c.nodes == [b, a])
+    }
+
+    /// Connections of node `i`.
+    pub fn degree(&self, i: usize) -> usize {
+        self.conns.values().filter(|c| c.nodes.contains(&i)).count()
+    }
+
+    /// Drops the connection between two nodes (both sides see their session end).
+    pub fn disconnect(&mut self, a: usize, b: usize) {
+        let ids: Vec<u64> =
+            self.conns.iter().filter(|(_, c)| c.nodes == [a, b] || c.nodes == [b, a]).map(|(id, _)| *id).collect();
+        for id in ids {
+            self.drop_conn(id, None);
+        }
+    }
+
+    /// Splits the nodes in two: `side_b` on one side, the rest on the other. Connections
+    /// across drop.
+    pub fn partition(&mut self, side_b: &[usize]) {
+        for &i in side_b {
+            self.side[i] = 1;
+        }
+        let across: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| self.side[c.nodes[0]] != self.side[c.nodes[1]])
+            .map(|(id, _)| *id)
+            .collect();
+        for id in across {
+            self.drop_conn(id, None);
+        }
+    }
+
+    /// Ends the partition.
+    pub fn heal(&mut self) {
+        self.side.iter_mut().for_each(|s| *s = 0);
+    }
+
+    /// Ends a connection: both nodes hear that its sessions ended, except the one that
+    /// closed it (`closer`, already told by its rules).
+    fn drop_conn(&mut self, id: u64, closer: Option<SessionId>) {
+        let Some(conn) = self.conns.remove(&id) else { return };
+        for side in 0..2 {
+            self.sessions.remove(&conn.sessions[side]);
+            if Some(conn.sessions[side]) != closer {
+                self.input(conn.nodes[side], Input::SessionDown(conn.sessions[side]));
+            }
+        }
+        self.settle(conn.nodes[0]);
+        self.settle(conn.nodes[1]);
+    }
+
+    /// Node `i` takes an input (its outputs wait for [`Sim::settle`]).
+    fn input(&mut self, i: usize, input: Input) {
+        let now = self.instant();
+        let node = &mut self.nodes[i];
+        node.state.handle(input, now, &node.local);
+    }
+
+    /// Performs node `i`'s outputs and local events, then sends what its sessions have.
+    fn settle(&mut self, i: usize) {
+        loop {
+            let mut busy = false;
+            while let Ok(local) = self.nodes[i].local_rx.try_recv() {
+                busy = true;
+                let input = match local {
+                    rooms::Local::Appended(head) => Input::Appended(head),
+                    rooms::Local::WantChunks(ids) => Input::WantChunks(ids),
+                    rooms::Local::UnwantChunks(ids) => Input::UnwantChunks(ids),
+                    rooms::Local::Refetch(feed) => Input::Refetch(feed),
+                };
+                self.input(i, input);
+            }
+            while let Some(output) = self.nodes[i].state.poll_output() {
+                busy = true;
+                let node = &mut self.nodes[i];
+                match perform(&node.room, &node.local, output) {
+                    Performed::Answer(input) => self.input(i, input),
+                    Performed::Done => {}
+                    Performed::Other(Output::Close(session, error)) => {
+                        self.nodes[i].closed.push(error.to_string());
+                        if let Some(&(conn, _)) = self.sessions.get(&session) {
+                            self.drop_conn(conn, Some(session));
+                        }
+                    }
+                    Performed::Other(Output::Event(event)) => node.events.push(event),
+                    Performed::Other(Output::OwnFeedAhead(length)) => node.room.note_own_ahead(length),
+                    Performed::Other(_) => {}
+                }
+            }
+            self.transmit(i);
+            if !busy {
+                return;
+            }
+        }
+    }
+
+    /// Puts node `i`'s next frames on the wire, while its connections have room.
+    fn transmit(&mut self, i: usize) {
+        let mine: Vec<(u64, usize)> = self
+            .conns
+            .iter()
+            .filter_map(|(id, c)| c.nodes.iter().position(|n| *n == i).map(|side| (*id, side)))
+            .collect();
+        for (id, side) in mine {
+            while let Some(conn) = self.conns.get(&id) {
+                if conn.dirs[side].wire.len() >= WINDOW {
+                    break;
+                }
+                let (session, to) = (conn.sessions[side], conn.nodes[1 - side]);
+                let node = &mut self.nodes[i];
+                let Some(mut frame) = node.state.poll_transmit(session, &node.local) else { break };
+                if node.opts.tamper {
+                    if let Frame::Data { entries, .. } = &mut frame {
+                        if let Some(last) = entries.last_mut().and_then(|e| e.ciphertext.last_mut()) {
+                            *last ^= 1;
+                        }
+                    }
+                }
+                let spec = self.link(i, to);
+                let mut delay = spec.latency + spec.jitter.mul_f64(self.rng.gen::<f64>());
+                if self.rng.gen::<f64>() < spec.loss {
+                    delay += RTO;
+                }
+                if let Some(trace) = self.trace.as_mut() {
+                    trace.push(Sent { from: i, to, frame: frame.clone() });
+                }
+                let conn = self.conns.get_mut(&id).unwrap();
+                let dir = &mut conn.dirs[side];
+                let at = (self.now + delay).max(dir.last);
+                dir.last = at;
+                dir.wire.push_back((at, frame));
+                self.order += 1;
+                self.arrivals.push(Reverse((at, self.order, id, side)));
+            }
+        }
+    }
+
+    /// Delivers the next frame; false when nothing is in flight.
+    pub fn step(&mut self) -> bool {
+        while let Some(Reverse((at, _, id, side))) = self.arrivals.pop() {
+            let Some(conn) = self.conns.get_mut(&id) else { continue };
+            if self.nodes[conn.nodes[1 - side]].deaf {
+                continue;
+            }
+            let Some((_, frame)) = conn.dirs[side].wire.pop_front() else { continue };
+            let (from, to, session) = (conn.nodes[side], conn.nodes[1 - side], conn.sessions[1 - side]);
+            self.now = self.now.max(at);
+            self.delivered += 1;
+            self.input(to, Input::Frame(session, frame));
+            self.settle(to);
+            // The frame left the sender's window.
+            self.transmit(from);
+            return true;
+        }
+        false
+    }
+
+    /// Runs until nothing is in flight (or `limit` of simulated time passed: then panics,
+    /// saying what was still going on).
+    pub fn run(&mut self, limit: Duration) {
+        while self.step() {
+            assert!(
+                self.now <= limit,
+                "the simulation still had frames in flight after {limit:?} ({} delivered)",
+                self.delivered
+            );
+        }
+    }
+
+    /// Runs until `done` holds, failing with `what` if it does not within `limit` of
+    /// simulated time or the network falls quiet first.
+    pub fn run_until(&mut self, limit: Duration, what: &str, mut done: impl FnMut(&Sim) -> bool) {
+        while !done(self) {
+            assert!(self.now <= limit, "{what}: not after {limit:?} of simulated time");
+            assert!(self.step(), "{what}: not, and the network is quiet ({:?} in)", self.now);
+        }
+    }
+
+    /// Whether every node stores `n` entries in all.
+    pub fn all_hold(&self, n: u64) -> bool {
+        self.nodes.iter().all(|node| node.stored() == n)
+    }
+}
+
+impl Sim {
+    /// Puts `frame` on the wire from node `from` to node `to` as if `from`'s rules sent it
+    /// (a hostile member writes what it likes).
+    pub fn inject(&mut self, from: usize, to: usize, frame: Frame) {
+        let (id, side) = self
+            .conns
+            .iter()
+            .find_map(|(id, c)| {
+                (c.nodes == [from, to]).then_some((*id, 0)).or((c.nodes == [to, from]).then_some((*id, 1)))
+            })
+            .expect("inject: the nodes are not connected");
+        let conn = self.conns.get_mut(&id).unwrap();
+        let dir = &mut conn.dirs[side];
+        let at = (self.now + self.spec.latency).max(dir.last);
+        dir.last = at;
+        dir.wire.push_back((at, frame));
+        self.order += 1;
+        self.arrivals.push(Reverse((at, self.order, id, side)));
+    }
+
+    /// Frames sent from `from` to `to` so far (tracing must be on).
+    pub fn sent(&self, from: usize, to: usize) -> impl Iterator<Item = &Frame> {
+        self.trace.iter().flatten().filter(move |s| s.from == from && s.to == to).map(|s| &s.frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::store::QuotaKind;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn wants(frames: Vec<&Frame>) -> Vec<(u64, u64)> {
+        frames
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Want { start, end, .. } => Some((*start, *end)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_joiner_fetches_the_newest_entries_first() {
+        let mut sim = Sim::new(1);
+        let (a, b) = (sim.add_nodes(2), 1);
+        sim.send(a, 20_000);
+        sim.trace = Some(Vec::new());
+        sim.connect(a, b);
+        sim.run_until(MINUTE, "b holds a's 20,000 entries", |s| s.nodes[b].stored() == 20_000);
+        let wants = wants(sim.sent(b, a).collect());
+        assert!(wants.len() >= 3, "20,000 entries come in pieces of at most 8,192: {wants:?}");
+        assert_eq!(wants[0].1, 20_000, "the first piece asked for is the newest: {wants:?}");
+        assert!(wants.windows(2).all(|w| w[1].1 <= w[0].0), "each piece lies below the one before: {wants:?}");
+        let data: Vec<(u64, u64)> = sim
+            .sent(a, b)
+            .filter_map(|f| match f {
+                Frame::Data { start, entries, .. } => Some((*start, *start + entries.len() as u64)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(data[0].1, 20_000, "the first batch served holds the newest entries");
+        let first_piece: Vec<_> = data.iter().filter(|(_, end)| *end > wants[0].0).collect();
+        assert!(first_piece.windows(2).all(|w| w[1].1 == w[0].0), "a piece is served top down: {first_piece:?}");
+        assert_eq!(sim.nodes[b].state.counters().0, 20_000, "nothing was sent twice");
+    }
+
+    #[test]
+    fn one_feed_is_fetched_from_two_peers_without_duplicates() {
+        let mut sim = Sim::new(2);
+        let (w, b, c, d) = (sim.add_nodes(4), 1, 2, 3);
+        sim.send(w, 30_000);
+        sim.connect(w, b);
+        sim.connect(w, c);
+        sim.run_until(MINUTE, "b and c hold w's feed", |s| {
+            s.nodes[b].stored() == 30_000 && s.nodes[c].stored() == 30_000
+        });
+        sim.disconnect(w, b);
+        sim.disconnect(w, c);
+        let served = |sim: &Sim, i: usize| sim.nodes[i].state.counters().1;
+        let before = (served(&sim, b), served(&sim, c));
+        sim.connect(d, b);
+        sim.connect(d, c);
+        sim.run_until(MINUTE, "d holds w's feed", |s| s.nodes[d].stored() == 30_000);
+        assert_eq!(sim.nodes[d].state.counters().0, 30_000, "d was sent entries twice");
+        let (from_b, from_c) = (served(&sim, b) - before.0, served(&sim, c) - before.1);
+        assert!(from_b > 0 && from_c > 0, "both peers served pieces: {from_b} from b, {from_c} from c");
+        assert_eq!(from_b + from_c, 30_000);
+    }
+
+    #[test]
+    fn a_tampered_batch_is_fetched_again_from_another_peer() {
+        let mut sim = Sim::new(3);
+        let w = sim.add_node(NodeOpts::default());
+        let t = sim.add_node(NodeOpts { tamper: true, ..NodeOpts::default() });
+        let (b, d) = (sim.add_nodes(2), 3);
+        sim.send(w, 5_000);
+        sim.connect(w, t);
+        sim.connect(w, b);
+        sim.run_until(MINUTE, "t and b hold w's feed", |s| {
+            s.nodes[t].stored() == 5_000 && s.nodes[b].stored() == 5_000
+        });
+        sim.disconnect(w, t);
+        sim.disconnect(w, b);
+        // d asks the hostile peer alone first: what it sends verifies nowhere (a batch
+        // anchored by a head it does not match is "not anchored").
+        sim.connect(d, t);
+        sim.run(MINUTE);
+        assert_eq!(sim.nodes[d].stored(), 0, "tampered entries were stored");
+        sim.connect(d, b);
+        sim.run_until(MINUTE, "d holds w's feed, from b", |s| s.nodes[d].stored() == 5_000);
+        // A blind seeder cannot decrypt, so the tampered batch fails later: the newest one
+        // does not match the signed head that anchors it ("not anchored"). It is asked of
+        // another peer all the same.
+        let seeder = sim.add_node(NodeOpts { seeder: true, ..NodeOpts::default() });
+        sim.connect(seeder, t);
+        sim.run(MINUTE);
+        assert_eq!(sim.nodes[seeder].stored(), 0, "tampered entries were stored");
+        sim.connect(seeder, b);
+        sim.run_until(MINUTE, "the seeder holds w's feed, from b", |s| s.nodes[seeder].stored() == 5_000);
+    }
+
+    #[test]
+    fn a_fork_is_recorded_and_the_second_history_is_not_stored() {
+        let mut sim = Sim::new(4);
+        let (w, b) = (sim.add_nodes(2), 1);
+        let copy = sim.add_node(NodeOpts { writer_of: Some(w), ..NodeOpts::default() });
+        sim.send(w, 10);
+        sim.connect(w, b);
+        sim.run_until(MINUTE, "b holds w's 10 entries", |s| s.nodes[b].stored() == 10);
+        sim.disconnect(w, b);
+        // A copy of w's data dir that wrote on its own: the same writer signs another history.
+        sim.send(copy, 11);
+        sim.connect(copy, b);
+        sim.run(MINUTE);
+        let forks = sim.nodes[b].local.store.forks(&sim.discovery_key()).unwrap();
+        assert_eq!(forks.len(), 1, "the fork is recorded once: {forks:?}");
+        assert_eq!(forks[0].0, sim.nodes[w].room.feed_key);
+        assert_eq!(sim.nodes[b].stored(), 10, "nothing of the second history is stored");
+    }
+
+    #[test]
+    fn relay_sized_batches_and_chunk_parts_fit_a_small_circuit() {
+        let mut sim = Sim::new(5);
+        let a = sim.add_node(NodeOpts { small_circuit: true, ..NodeOpts::default() });
+        let b = sim.add_nodes(1);
+        sim.send(a, 2_000);
+        let chunk: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+        let id = chunk_id(&chunk);
+        sim.nodes[a].local.chunks.write(&id, &chunk).unwrap();
+        sim.nodes[a].local.store.note_chunks(&sim.discovery_key(), &[id]).unwrap();
+        sim.trace = Some(Vec::new());
+        sim.connect(a, b);
+        sim.input(b, Input::WantChunks(vec![id]));
+        sim.settle(b);
+        sim.run_until(MINUTE, "b holds a's entries and chunk", |s| {
+            s.nodes[b].stored() == 2_000 && s.nodes[b].local.chunks.has(&id)
+        });
+        let mut batches = 0;
+        let mut parts = 0;
+        for frame in sim.sent(a, b) {
+            match frame {
+                Frame::Data { entries, .. } => {
+                    let bytes: usize = entries.iter().map(|e| e.ciphertext.len() + 64).sum();
+                    assert!(bytes <= 8 << 10, "a batch of {bytes} bytes on a small circuit");
+                    batches += 1;
+                }
+                Frame::Chunk { bytes, .. } => {
+                    assert!(bytes.len() <= 8 << 10, "a chunk part of {} bytes on a small circuit", bytes.len());
+                    parts += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(batches > 10 && parts >= 13, "{batches} batches, {parts} chunk parts");
+        assert_eq!(sim.nodes[b].local.chunks.read(&id).unwrap().unwrap(), chunk);
+    }
+
+    #[test]
+    fn two_peers_pushing_bulk_at_once_do_not_deadlock() {
+        let mut sim = Sim::new(6);
+        let (a, b) = (sim.add_nodes(2), 1);
+        sim.send(a, 20_000);
+        sim.send(b, 20_000);
+        sim.connect(a, b);
+        sim.run_until(MINUTE, "both hold both feeds", |s| s.all_hold(40_000));
+    }
+
+    fn heads(sim: &Sim, i: usize) -> Vec<(Key32, u64, Key32)> {
+        let mut heads: Vec<_> = sim.nodes[i]
+            .local
+            .store
+            .room_heads(&sim.discovery_key())
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.feed_key, h.seq, h.hash))
+            .collect();
+        heads.sort();
+        heads
+    }
+
+    #[test]
+    fn a_partition_heals_into_one_history() {
+        let mut sim = Sim::new(7);
+        sim.spec.loss = 0.02;
+        let n = 6;
+        sim.add_nodes(n);
+        // One member far away, over a lossy link.
+        sim.set_link(
+            0,
+            5,
+            LinkSpec { latency: Duration::from_millis(300), jitter: Duration::from_millis(100), loss: 0.2 },
+        );
+        for a in 0..n {
+            for b in a + 1..n {
+                sim.connect(a, b);
+            }
+        }
+        sim.partition(&[3, 4, 5]);
+        for round in 0..3 {
+            for i in 0..n {
+                sim.send(i, 5 + round);
+            }
+            sim.run(MINUTE);
+        }
+        assert!(sim.nodes[0].stored() == 3 * 18 && sim.nodes[3].stored() == 3 * 18, "each side holds its own half");
+        sim.heal();
+        for a in 0..n {
+            for b in a + 1..n {
+                sim.connect(a, b);
+            }
+        }
+        sim.run_until(MINUTE, "every node holds every entry", |s| s.all_hold(6 * 18));
+        let first = heads(&sim, 0);
+        assert_eq!(first.len(), n);
+        for i in 1..n {
+            assert_eq!(heads(&sim, i), first, "node {i} holds another history");
+        }
+    }
+
+    #[test]
+    fn two_hundred_peers_in_one_room_all_hold_every_message() {
+        let mut sim = Sim::new(8);
+        sim.spec = LinkSpec { latency: Duration::from_millis(20), jitter: Duration::from_millis(30), loss: 0.01 };
+        let n = 210;
+        sim.add_nodes(n);
+        // A ring (connected) plus random chords: about 6 connections each.
+        for i in 0..n {
+            sim.connect(i, (i + 1) % n);
+            for _ in 0..2 {
+                let j = sim.rng.gen_range(0..n);
+                sim.connect(i, j);
+            }
+        }
+        let writers: Vec<usize> = (0..10).map(|k| k * 21).collect();
+        for &w in &writers {
+            sim.send(w, 3);
+        }
+        sim.run_until(MINUTE, "every node holds the 30 messages", |s| s.all_hold(30));
+        // Pushes cross (issue 14 bounds them), but no session brings an entry twice.
+        for (i, node) in sim.nodes.iter().enumerate() {
+            let received = node.state.counters().0;
+            assert!(
+                received <= 30 * sim.degree(i) as u64,
+                "node {i} received {received} entries from {} peers",
+                sim.degree(i)
+            );
+        }
+    }
+
+    #[test]
+    fn a_writer_over_its_quota_is_no_longer_fetched() {
+        let mut sim = Sim::new(9);
+        let a = sim.add_nodes(1);
+        let quota = WriterQuota { entries: 1_000, ..WriterQuota::NONE };
+        let b = sim.add_node(NodeOpts { quota: Some(quota), ..NodeOpts::default() });
+        sim.send(a, 3_000);
+        sim.trace = Some(Vec::new());
+        sim.connect(a, b);
+        sim.run(MINUTE);
+        let feed = sim.nodes[a].room.feed_key;
+        assert_eq!(sim.nodes[b].stored_of(&feed), 0);
+        assert!(
+            sim.nodes[b].events.iter().any(
+                |e| matches!(e, DaemonEvent::WriterQuota { quota: QuotaKind::Entries, writer, .. } if *writer == feed)
+            ),
+            "b said the writer reached its quota"
+        );
+        let asked = wants(sim.sent(b, a).collect()).len();
+        assert!(asked <= 2, "b kept asking for a writer over its quota ({asked} Wants)");
+        // More from the writer is not asked for either.
+        sim.send(a, 10);
+        sim.run(MINUTE);
+        assert_eq!(sim.nodes[b].stored_of(&feed), 0);
+    }
+
+    #[test]
+    fn a_blocked_writer_is_not_fetched_and_its_sessions_end() {
+        let mut sim = Sim::new(10);
+        let (a, b, c) = (sim.add_nodes(3), 1, 2);
+        let feed = sim.nodes[a].room.feed_key;
+        let dk = sim.discovery_key();
+        sim.nodes[b].local.store.set_blocked(&dk, &feed, true).unwrap();
+        sim.send(a, 10);
+        sim.send(c, 5);
+        sim.connect(a, c);
+        sim.run_until(MINUTE, "c holds a's entries", |s| s.nodes[c].stored() == 15);
+        // c would serve a's entries to b: b takes c's only.
+        sim.connect(b, c);
+        sim.run(MINUTE);
+        assert_eq!(sim.nodes[b].stored_of(&feed), 0, "b fetched a blocked writer's entries");
+        assert_eq!(sim.nodes[b].stored(), 5);
+        // a itself: b ends the session when a proves it writes as the blocked writer.
+        sim.connect(a, b);
+        sim.run(MINUTE);
+        assert!(!sim.connected(a, b));
+        assert!(sim.nodes[b].closed.iter().any(|e| e.contains("blocked")), "{:?}", sim.nodes[b].closed);
+    }
+
+    #[test]
+    fn frames_past_the_bounds_end_the_session_and_nothing_else() {
+        let mut sim = Sim::new(11);
+        let a = sim.add_nodes(1);
+        sim.send(a, 10);
+        let feed = sim.nodes[a].room.feed_key;
+        let chunk = vec![7u8; 1000];
+        let id = chunk_id(&chunk);
+        sim.nodes[a].local.chunks.write(&id, &chunk).unwrap();
+        sim.nodes[a].local.store.note_chunks(&sim.discovery_key(), &[id]).unwrap();
+        // (frames, whether the hostile peer reads what it asked for, why the session ends)
+        let cases: Vec<(Vec<Frame>, bool, &str)> = vec![
+            (vec![Frame::Want { feed_key: feed, start: 5, end: 5 }], true, "empty Want"),
+            (vec![Frame::Have { heads: Vec::new(), bytes: vec![0; 3] }], true, "Have lists too many feeds"),
+            (vec![Frame::Auth { mac: [0; 32] }], true, "handshake frame after handshake"),
+            // A peer that asks and does not read: what it asked for would pile up.
+            ((0..4_200).map(|_| Frame::Want { feed_key: feed, start: 0, end: 10 }).collect(), false, "too many Wants"),
+            (vec![Frame::WantChunk { id, offset: 0 }; 80], false, "too many WantChunks"),
+        ];
+        for (frames, reads, why) in cases {
+            let h = sim.add_nodes(1);
+            sim.connect(a, h);
+            sim.run(MINUTE);
+            sim.nodes[h].deaf = !reads;
+            for frame in frames {
+                sim.inject(h, a, frame);
+            }
+            sim.run(MINUTE);
+            assert!(!sim.connected(a, h), "{why}: the session is still up");
+            assert!(sim.nodes[a].closed.last().is_some_and(|e| e.contains(why)), "{why}: {:?}", sim.nodes[a].closed);
+        }
+        // a still serves honest peers.
+        let b = sim.add_nodes(1);
+        sim.connect(a, b);
+        sim.run_until(MINUTE, "b holds a's entries", |s| s.nodes[b].stored() == 10);
+    }
+
+    #[test]
+    fn the_same_seed_replays_the_same_run() {
+        let run = || {
+            let mut sim = Sim::new(12);
+            sim.spec.loss = 0.05;
+            sim.add_nodes(8);
+            for i in 0..8 {
+                sim.connect(i, (i + 1) % 8);
+                sim.connect(i, (i + 3) % 8);
+            }
+            for i in 0..8 {
+                sim.send(i, 100 * (i + 1));
+            }
+            sim.run_until(MINUTE, "all hold all", |s| s.all_hold(3_600));
+            (sim.now, sim.delivered)
+        };
+        assert_eq!(run(), run());
+    }
+}
