@@ -85,6 +85,8 @@ pub(super) struct Driver {
     /// Sessions whose writer is full, waiting for room.
     writable: FuturesUnordered<Writable>,
     waiting: HashSet<SessionId>,
+    /// Whether the runtime has several workers (`block_in_place` needs one).
+    multi_thread: bool,
 }
 
 impl Driver {
@@ -97,6 +99,8 @@ impl Driver {
             links: HashMap::new(),
             writable: FuturesUnordered::new(),
             waiting: HashSet::new(),
+            multi_thread: tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread,
         }
     }
 
@@ -174,11 +178,17 @@ impl Driver {
 
     async fn perform(&mut self, output: Output) {
         let performed = if matches!(output, Output::Ingest(_) | Output::StoreChunk { .. }) {
-            let (room, local) = (self.room.clone(), self.local.clone());
-            match tokio::task::spawn_blocking(move || perform(&room, &local, output)).await {
-                Ok(performed) => performed,
-                // A panic in storage code fails the room's task, and with it the daemon.
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            if self.multi_thread {
+                // Off the async threads without a hand-over per batch: this worker becomes
+                // a blocking thread for the call, and the others take its tasks.
+                tokio::task::block_in_place(|| perform(&self.room, &self.local, output))
+            } else {
+                let (room, local) = (self.room.clone(), self.local.clone());
+                match tokio::task::spawn_blocking(move || perform(&room, &local, output)).await {
+                    Ok(performed) => performed,
+                    // A panic in storage code fails the room's task, and with it the daemon.
+                    Err(e) => std::panic::resume_unwind(e.into_panic()),
+                }
             }
         } else {
             perform(&self.room, &self.local, output)
@@ -213,6 +223,11 @@ impl Driver {
                     self.room.set_own_seen(*length);
                 }
                 self.room.emit(event);
+            }
+            Output::Messages(messages) => {
+                for message in messages {
+                    self.room.emit(DaemonEvent::Message { room, message });
+                }
             }
             Output::Chunk(event) => self.room.chunk_event(event),
             // Storage outputs were performed by `perform`.

@@ -232,6 +232,8 @@ pub enum Output {
     OwnFeedAhead(u64),
     /// For API clients.
     Event(DaemonEvent),
+    /// New messages stored, for API clients (one output per batch: there are many).
+    Messages(Vec<StoredMessage>),
     /// For downloads.
     Chunk(ChunkEvent),
 }
@@ -988,8 +990,8 @@ impl Shared {
                 if stored > 0 {
                     self.record_progress(&feed, None, Some((stored, bytes)), now, storage);
                 }
-                for message in messages {
-                    self.emit(DaemonEvent::Message { room: self.discovery_key, message });
+                if !messages.is_empty() {
+                    self.outputs.push_back(Output::Messages(messages));
                 }
                 if let Some(head) = new_head {
                     if feed == self.own_feed && self.own_durable.as_ref().is_none_or(|d| d.seq < head.seq) {
