@@ -6,6 +6,7 @@ use peerlog::bench::status_kib;
 use peerlog::disk::dir_bytes;
 use peerlog::log::store::Store;
 use peerlog::log::{new_writer, Body, FeedCipher};
+use peerlog_proto::wire::{DiscoveryKey, FeedKey};
 
 fn main() {
     let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
@@ -17,10 +18,10 @@ fn main() {
         None => Store::open(&base.join(dir)).unwrap(),
     };
     let (src, dst) = (open("src"), open("dst"));
-    let room = [1u8; 32];
+    let room = DiscoveryKey([1u8; 32]);
     let content = [2u8; 32];
     let w = new_writer();
-    let feed = w.verifying_key().to_bytes();
+    let feed = FeedKey(w.verifying_key().to_bytes());
     let cipher = FeedCipher::new(&content, &feed);
     let text = "x".repeat(200);
     let mut head = None;

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::ids::SessionId;
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
-use peerlog_proto::wire::Key32;
+use peerlog_proto::wire::{ChunkId, Key32};
 
 /// Plaintext bytes per chunk (the last one may be shorter).
 pub const CHUNK_BYTES: usize = 1 << 20;
@@ -88,8 +88,8 @@ impl FileKey {
 }
 
 /// The id of a chunk: BLAKE3 of its ciphertext.
-pub fn chunk_id(sealed: &[u8]) -> Key32 {
-    *blake3::hash(sealed).as_bytes()
+pub fn chunk_id(sealed: &[u8]) -> ChunkId {
+    ChunkId(*blake3::hash(sealed).as_bytes())
 }
 
 /// Content-addressed chunk files.
@@ -110,18 +110,18 @@ impl Chunks {
         Self { dir: data_dir.join("chunks"), disk: Some(disk) }
     }
 
-    fn path(&self, id: &Key32) -> PathBuf {
+    fn path(&self, id: &ChunkId) -> PathBuf {
         let name = hex::encode(id);
         self.dir.join(&name[..2]).join(name)
     }
 
     /// Whether chunk `id` is stored.
-    pub fn has(&self, id: &Key32) -> bool {
+    pub fn has(&self, id: &ChunkId) -> bool {
         self.path(id).is_file()
     }
 
     /// Chunk `id`'s ciphertext, if stored and intact (a damaged one is deleted).
-    pub fn read(&self, id: &Key32) -> std::io::Result<Option<Vec<u8>>> {
+    pub fn read(&self, id: &ChunkId) -> std::io::Result<Option<Vec<u8>>> {
         let path = self.path(id);
         match std::fs::read(&path) {
             Ok(bytes) if chunk_id(&bytes) == *id => Ok(Some(bytes)),
@@ -138,18 +138,18 @@ impl Chunks {
     /// Stores a chunk whose id the caller checked: under a temporary name first, so a
     /// chunk file is never partial. Not synced: a chunk fetched from a peer that a power
     /// cut damages is found on read (its id is its hash) and fetched again.
-    pub fn write(&self, id: &Key32, sealed: &[u8]) -> std::io::Result<()> {
+    pub fn write(&self, id: &ChunkId, sealed: &[u8]) -> std::io::Result<()> {
         self.write_with(id, sealed, false)
     }
 
     /// [`Chunks::write`], durably: synced, renamed, and the directories synced. For our own
     /// uploads, which nobody else holds yet: the message that names them is acknowledged
     /// only once they survive a power cut.
-    pub fn write_durable(&self, id: &Key32, sealed: &[u8]) -> std::io::Result<()> {
+    pub fn write_durable(&self, id: &ChunkId, sealed: &[u8]) -> std::io::Result<()> {
         self.write_with(id, sealed, true)
     }
 
-    fn write_with(&self, id: &Key32, sealed: &[u8], durable: bool) -> std::io::Result<()> {
+    fn write_with(&self, id: &ChunkId, sealed: &[u8], durable: bool) -> std::io::Result<()> {
         let path = self.path(id);
         if path.is_file() && !durable {
             return Ok(());
@@ -192,7 +192,7 @@ pub struct Encoder {
     key: FileKey,
     chunks: Chunks,
     buf: Vec<u8>,
-    ids: Vec<Key32>,
+    ids: Vec<ChunkId>,
     size: u64,
     limit: u64,
 }
@@ -242,7 +242,7 @@ impl Encoder {
     }
 
     /// Seals the last chunk; returns the chunk ids and the size.
-    pub fn finish(mut self) -> Result<(Vec<Key32>, u64), FileError> {
+    pub fn finish(mut self) -> Result<(Vec<ChunkId>, u64), FileError> {
         if !self.buf.is_empty() || self.ids.is_empty() {
             self.seal_chunk()?;
         }
@@ -255,7 +255,7 @@ impl Encoder {
 pub fn read_plain(
     chunks: &Chunks,
     key: &FileKey,
-    ids: &[Key32],
+    ids: &[ChunkId],
     mut sink: impl FnMut(Vec<u8>) -> bool,
 ) -> Result<(), FileError> {
     for (i, id) in ids.iter().enumerate() {
@@ -269,7 +269,7 @@ pub fn read_plain(
 
 /// Writes a complete file to `dest`: every chunk read, verified and decrypted into a
 /// temporary file beside it, synced, then renamed. Nothing partial appears at `dest`.
-pub fn assemble(chunks: &Chunks, key: &FileKey, ids: &[Key32], size: u64, dest: &Path) -> Result<(), FileError> {
+pub fn assemble(chunks: &Chunks, key: &FileKey, ids: &[ChunkId], size: u64, dest: &Path) -> Result<(), FileError> {
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     // A fresh random name, created exclusively and never through a symlink: a link planted
@@ -336,7 +336,7 @@ fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
 #[derive(Debug, Default)]
 pub struct ChunkWants {
     /// Ordered: chunks are asked for in a deterministic order (the simulation replays).
-    wants: BTreeMap<Key32, Want>,
+    wants: BTreeMap<ChunkId, Want>,
 }
 
 #[derive(Debug, Default)]
@@ -351,14 +351,14 @@ struct Want {
 
 impl ChunkWants {
     /// Wants `ids` (one more waiter each).
-    pub fn want(&mut self, ids: impl IntoIterator<Item = Key32>) {
+    pub fn want(&mut self, ids: impl IntoIterator<Item = ChunkId>) {
         for id in ids {
             self.wants.entry(id).or_default().waiters += 1;
         }
     }
 
     /// A download gave up on `ids`.
-    pub fn unwant(&mut self, ids: &[Key32]) {
+    pub fn unwant(&mut self, ids: &[ChunkId]) {
         for id in ids {
             if let Some(w) = self.wants.get_mut(id) {
                 w.waiters = w.waiters.saturating_sub(1);
@@ -375,24 +375,24 @@ impl ChunkWants {
     }
 
     /// Assigns a wanted chunk nobody fetches, whose lack `session`'s peer has not reported.
-    pub fn next_for(&mut self, session: SessionId) -> Option<Key32> {
+    pub fn next_for(&mut self, session: SessionId) -> Option<ChunkId> {
         let (id, w) = self.wants.iter_mut().find(|(_, w)| w.session.is_none() && !w.lacking.contains(&session))?;
         w.session = Some(session);
         Some(*id)
     }
 
     /// Whether `session` was asked for `id`.
-    pub fn asked(&self, session: SessionId, id: &Key32) -> bool {
+    pub fn asked(&self, session: SessionId, id: &ChunkId) -> bool {
         self.wants.get(id).is_some_and(|w| w.session == Some(session))
     }
 
     /// Chunk `id` arrived and is stored.
-    pub fn done(&mut self, id: &Key32) {
+    pub fn done(&mut self, id: &ChunkId) {
         self.wants.remove(id);
     }
 
     /// `session`'s peer lacks `id` (or sent a bad copy): another may have it.
-    pub fn lacking(&mut self, session: SessionId, id: &Key32) {
+    pub fn lacking(&mut self, session: SessionId, id: &ChunkId) {
         if let Some(w) = self.wants.get_mut(id) {
             w.lacking.insert(session);
             if w.session == Some(session) {
@@ -462,7 +462,7 @@ mod tests {
     #[test]
     fn chunk_wants_go_to_one_session_at_a_time_and_back_when_it_ends() {
         let mut w = ChunkWants::default();
-        w.want([[1; 32], [2; 32]]);
+        w.want([ChunkId([1; 32]), ChunkId([2; 32])]);
         let a = w.next_for(SessionId(10)).unwrap();
         let b = w.next_for(SessionId(10)).unwrap();
         assert_ne!(a, b);

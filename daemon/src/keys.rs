@@ -12,7 +12,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
-use peerlog_proto::wire::{Key32, AUTH_LABEL, HELLO_LABEL};
+use peerlog_proto::wire::{DiscoveryKey, Key32, AUTH_LABEL, HELLO_LABEL};
 use sha2::Sha256;
 use unicode_normalization::UnicodeNormalization;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -119,7 +119,7 @@ impl RoomSecret {
             k
         };
         RoomKeys {
-            discovery_key: expand(b"peerlog/discovery/v1"),
+            discovery_key: DiscoveryKey(expand(b"peerlog/discovery/v1")),
             auth_key: expand(b"peerlog/auth/v1"),
             content_key: Some(expand(b"peerlog/content/v1")),
         }
@@ -130,8 +130,9 @@ impl RoomSecret {
 /// proof, and nothing to decrypt or write with.
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
 pub struct SeedCapability {
-    /// The room's discovery key.
-    pub discovery_key: Key32,
+    /// The room's discovery key (public: nothing to wipe).
+    #[zeroize(skip)]
+    pub discovery_key: DiscoveryKey,
     /// The room's membership key.
     pub auth_key: Key32,
 }
@@ -151,7 +152,7 @@ impl SeedCapability {
     /// `peerlog-seed:<base32 of discovery key and auth key>`, lower case.
     pub fn to_text(&self) -> String {
         let mut bytes = [0u8; 64];
-        bytes[..32].copy_from_slice(&self.discovery_key);
+        bytes[..32].copy_from_slice(&self.discovery_key.0);
         bytes[32..].copy_from_slice(&self.auth_key);
         let text = format!("{SEED_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase());
         bytes.zeroize();
@@ -167,8 +168,8 @@ impl SeedCapability {
             bytes.zeroize();
             return Err(KeyError::BadSeed);
         }
-        let mut cap = Self { discovery_key: [0; 32], auth_key: [0; 32] };
-        cap.discovery_key.copy_from_slice(&bytes[..32]);
+        let mut cap = Self { discovery_key: DiscoveryKey::default(), auth_key: [0; 32] };
+        cap.discovery_key.0.copy_from_slice(&bytes[..32]);
         cap.auth_key.copy_from_slice(&bytes[32..]);
         bytes.zeroize();
         Ok(cap)
@@ -183,8 +184,9 @@ impl SeedCapability {
 /// The keys of one room.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct RoomKeys {
-    /// Public: the DHT key and the room's name on the wire.
-    pub discovery_key: Key32,
+    /// Public: the DHT key and the room's name on the wire (nothing to wipe).
+    #[zeroize(skip)]
+    pub discovery_key: DiscoveryKey,
     /// Proves membership in the replication handshake.
     pub auth_key: Key32,
     /// Encrypts entries (through a per-writer subkey). None for a blind seeder.
@@ -198,7 +200,7 @@ impl std::fmt::Debug for RoomKeys {
 }
 
 /// A room's short public id: the first 8 bytes of its discovery key, in hex.
-pub fn room_id(discovery_key: &Key32) -> String {
+pub fn room_id(discovery_key: &DiscoveryKey) -> String {
     hex::encode(&discovery_key[..8])
 }
 
@@ -218,8 +220,8 @@ pub fn auth_mac(
 /// `HMAC-SHA256(discovery_key, "peerlog/hello/v1" || nonce || len16(sender) || sender ||
 /// len16(receiver) || receiver)`. Only a peer that knows the discovery key can tell which
 /// room it names, and it names it for this pair of peers only (no replay to a third).
-pub fn room_tag(discovery_key: &Key32, nonce: &Key32, sender: &PeerId, receiver: &PeerId) -> Key32 {
-    mac_for_pair(discovery_key, &[HELLO_LABEL, nonce], sender, receiver)
+pub fn room_tag(discovery_key: &DiscoveryKey, nonce: &Key32, sender: &PeerId, receiver: &PeerId) -> Key32 {
+    mac_for_pair(&discovery_key.0, &[HELLO_LABEL, nonce], sender, receiver)
 }
 
 /// `HMAC-SHA256(key, parts… || len16(sender) || sender || len16(receiver) || receiver)`.
@@ -360,14 +362,14 @@ pub fn safety_number(ours: &Key32, theirs: &Key32) -> String {
 mod tests {
     #[test]
     fn a_room_tag_hides_the_room_and_binds_the_pair() {
-        let discovery_key = [4u8; 32];
+        let discovery_key = DiscoveryKey([4u8; 32]);
         let (a, b) = (PeerId::random(), PeerId::random());
         let tag = room_tag(&discovery_key, &[1; 32], &a, &b);
-        assert_ne!(tag, discovery_key);
+        assert_ne!(tag, discovery_key.0);
         assert_eq!(tag, room_tag(&discovery_key, &[1; 32], &a, &b));
         assert_ne!(tag, room_tag(&discovery_key, &[2; 32], &a, &b), "fresh per nonce");
         assert_ne!(tag, room_tag(&discovery_key, &[1; 32], &b, &a), "bound to who sends to whom");
-        assert_ne!(tag, room_tag(&[5; 32], &[1; 32], &a, &b));
+        assert_ne!(tag, room_tag(&DiscoveryKey([5; 32]), &[1; 32], &a, &b));
     }
 
     use super::*;
@@ -380,7 +382,7 @@ mod tests {
         let c = RoomSecret::from_passphrase("cafe correct horse").unwrap();
         assert_ne!(a, c);
         let k = a.keys();
-        assert_ne!(k.discovery_key, k.auth_key);
+        assert_ne!(k.discovery_key.0, k.auth_key);
         assert_ne!(Some(k.auth_key), k.content_key);
         assert!(matches!(RoomSecret::from_passphrase("  "), Err(KeyError::EmptyPassphrase)));
     }

@@ -22,7 +22,7 @@ use libp2p::{
     autonat, connection_limits, dcutr, identify, identity::Keypair, kad, mdns, noise, ping, relay, tcp, yamux,
 };
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm};
-use peerlog_proto::wire::Key32;
+use peerlog_proto::wire::DiscoveryKey;
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -214,9 +214,9 @@ pub struct NodeInfo {
 /// Requests to the event loop.
 #[derive(Debug)]
 enum Command {
-    Provide { key: Key32 },
-    StopProviding { key: Key32 },
-    FindProviders { key: Key32 },
+    Provide { key: DiscoveryKey },
+    StopProviding { key: DiscoveryKey },
+    FindProviders { key: DiscoveryKey },
     Dial { addr: Multiaddr },
     Disconnect { peer: PeerId },
     Connect { peer: PeerId, reply: oneshot::Sender<Result<(), String>> },
@@ -239,7 +239,7 @@ pub enum Dht {
 #[derive(Clone, Copy, Debug)]
 enum Lookup {
     /// The peers of a room, by its discovery key.
-    Room(Key32),
+    Room(DiscoveryKey),
     /// peerlog relays (see [`relay_provider_key`]).
     Relays,
 }
@@ -250,7 +250,7 @@ pub enum NodeEvent {
     /// Providers of a DHT key were found (ourselves excluded); the node dials them.
     ProvidersFound {
         /// The key (a room's discovery key).
-        key: Key32,
+        key: DiscoveryKey,
         /// The providers.
         peers: Vec<PeerId>,
     },
@@ -330,17 +330,17 @@ impl NodeHandle {
     }
 
     /// Announces that we provide `key` on the DHT.
-    pub async fn provide(&self, key: Key32) -> Result<(), NodeError> {
+    pub async fn provide(&self, key: DiscoveryKey) -> Result<(), NodeError> {
         self.send(Command::Provide { key }).await
     }
 
     /// Stops announcing `key`.
-    pub async fn stop_providing(&self, key: Key32) -> Result<(), NodeError> {
+    pub async fn stop_providing(&self, key: DiscoveryKey) -> Result<(), NodeError> {
         self.send(Command::StopProviding { key }).await
     }
 
     /// Looks up the providers of `key`; results arrive as [`NodeEvent::ProvidersFound`].
-    pub async fn find_providers(&self, key: Key32) -> Result<(), NodeError> {
+    pub async fn find_providers(&self, key: DiscoveryKey) -> Result<(), NodeError> {
         self.send(Command::FindProviders { key }).await
     }
 
@@ -427,7 +427,7 @@ pub struct EventLoop {
     /// Provider lookups in flight, per DHT (query ids are per behaviour).
     lookups: HashMap<(Dht, kad::QueryId), Lookup>,
     /// On the public DHT: the provider keys each room is announced under now.
-    public_provided: HashMap<Key32, Vec<kad::RecordKey>>,
+    public_provided: HashMap<DiscoveryKey, Vec<kad::RecordKey>>,
     /// Public DHT bootstrap peers.
     public_bootstrap: Vec<PeerId>,
     /// Whether we announce ourselves as a peerlog relay.
@@ -633,20 +633,20 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
 /// Standard Kademlia servers (go-libp2p-kad-dht, js-libp2p's kad-dht) refuse provider
 /// records whose key is not a multihash/CID ("Invalid CID"); a bare sha2-256 multihash is
 /// both a valid multihash and a CIDv0. Nothing about the room but this hash is published.
-pub fn provider_key(discovery_key: &Key32) -> kad::RecordKey {
-    sha256_multihash(&[b"peerlog/dht/room/v1", discovery_key])
+pub fn provider_key(discovery_key: &DiscoveryKey) -> kad::RecordKey {
+    sha256_multihash(&[b"peerlog/dht/room/v1", &discovery_key.0])
 }
 
 /// The key under which a room is announced on the public DHT in `epoch` (days since the
 /// Unix epoch): it changes every day, so a crawler that sees it cannot link the room's
 /// members across days. Shaped as [`provider_key`].
-pub fn public_provider_key(discovery_key: &Key32, epoch: u64) -> kad::RecordKey {
-    sha256_multihash(&[b"peerlog/amino/room/v1", discovery_key, &epoch.to_be_bytes()])
+pub fn public_provider_key(discovery_key: &DiscoveryKey, epoch: u64) -> kad::RecordKey {
+    sha256_multihash(&[b"peerlog/amino/room/v1", &discovery_key.0, &epoch.to_be_bytes()])
 }
 
 /// The public provider keys of a room at `unix_secs`: this epoch's, and near a boundary
 /// the neighbouring epoch's as well (members' clocks differ a little).
-pub fn public_provider_keys(discovery_key: &Key32, unix_secs: u64) -> Vec<kad::RecordKey> {
+pub fn public_provider_keys(discovery_key: &DiscoveryKey, unix_secs: u64) -> Vec<kad::RecordKey> {
     let epoch = unix_secs / PUBLIC_KEY_EPOCH_SECS;
     let into = unix_secs % PUBLIC_KEY_EPOCH_SECS;
     let mut keys = vec![public_provider_key(discovery_key, epoch)];
@@ -975,7 +975,7 @@ impl EventLoop {
 
     /// Announces a room on the public DHT under its keys of the day (a new day brings a
     /// new key, and the old one is dropped).
-    fn provide_publicly(&mut self, room: Key32) {
+    fn provide_publicly(&mut self, room: DiscoveryKey) {
         if !self.public_dht() {
             return;
         }
@@ -1650,22 +1650,22 @@ impl EventLoop {
 
 #[cfg(test)]
 mod tests {
-    use super::{reach, Reach};
+    use super::{reach, DiscoveryKey, Reach};
 
     #[test]
     fn a_room_is_announced_under_a_sha2_256_multihash() {
-        let discovery_key = [7u8; 32];
+        let discovery_key = DiscoveryKey([7u8; 32]);
         let key = super::provider_key(&discovery_key).to_vec();
         assert_eq!(key.len(), 34);
         assert_eq!(&key[..2], &[0x12, 0x20], "sha2-256 multihash prefix");
-        assert!(!key.windows(32).any(|w| w == discovery_key), "the discovery key itself is not published");
-        assert_ne!(super::provider_key(&[8u8; 32]).to_vec(), key);
+        assert!(!key.windows(32).any(|w| w == discovery_key.0), "the discovery key itself is not published");
+        assert_ne!(super::provider_key(&DiscoveryKey([8u8; 32])).to_vec(), key);
     }
 
     #[test]
     fn public_provider_keys_change_every_day_and_overlap_at_the_boundary() {
         use super::{public_provider_key, public_provider_keys, PUBLIC_KEY_EPOCH_SECS as DAY};
-        let discovery_key = [7u8; 32];
+        let discovery_key = DiscoveryKey([7u8; 32]);
         let day = 20_000;
         let noon = day * DAY + DAY / 2;
         assert_eq!(public_provider_keys(&discovery_key, noon), vec![public_provider_key(&discovery_key, day)]);
@@ -1687,7 +1687,9 @@ mod tests {
         let early = public_provider_keys(&discovery_key, (day + 1) * DAY + 1800);
         assert_eq!(early, vec![public_provider_key(&discovery_key, day + 1), public_provider_key(&discovery_key, day)]);
         // Another room never shares a key.
-        assert!(!public_provider_keys(&[8u8; 32], noon).contains(&public_provider_key(&discovery_key, day)));
+        assert!(
+            !public_provider_keys(&DiscoveryKey([8u8; 32]), noon).contains(&public_provider_key(&discovery_key, day))
+        );
         let relay = super::relay_provider_key().to_vec();
         assert_eq!((relay.len(), &relay[..2]), (34, &[0x12u8, 0x20][..]));
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
-use peerlog_proto::wire::{Entry, Key32, SignedHead};
+use peerlog_proto::wire::{ChunkId, DiscoveryKey, Entry, FeedKey, Key32, SignedHead};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -32,11 +32,11 @@ pub enum Local {
     /// Our appended entries are durable up to this head: peers may hear of them.
     Appended(SignedHead),
     /// A download wants these chunks (one more waiter each).
-    WantChunks(Vec<Key32>),
+    WantChunks(Vec<ChunkId>),
     /// A download stopped waiting for these.
-    UnwantChunks(Vec<Key32>),
+    UnwantChunks(Vec<ChunkId>),
     /// Entries of a feed went missing here (damaged blocks forgotten): fetch them again.
-    Refetch(Key32),
+    Refetch(FeedKey),
 }
 
 /// Something API clients hear about.
@@ -45,14 +45,14 @@ pub enum DaemonEvent {
     /// A message was stored (written here or received).
     Message {
         /// The room's discovery key.
-        room: Key32,
+        room: DiscoveryKey,
         /// The message.
         message: StoredMessage,
     },
     /// A replication session with a room peer was authenticated.
     PeerJoined {
         /// The room.
-        room: Key32,
+        room: DiscoveryKey,
         /// The peer.
         peer: PeerId,
         /// How we are connected to it (if known).
@@ -61,14 +61,14 @@ pub enum DaemonEvent {
     /// A replication session with a room peer ended.
     PeerLeft {
         /// The room.
-        room: Key32,
+        room: DiscoveryKey,
         /// The peer.
         peer: PeerId,
     },
     /// Catching up: entries stored of those the room's peers have shown us.
     SyncProgress {
         /// The room.
-        room: Key32,
+        room: DiscoveryKey,
         /// Entries stored, over all feeds of the room.
         entries_done: u64,
         /// Entries known to exist (the longest head seen per feed).
@@ -81,14 +81,14 @@ pub enum DaemonEvent {
     /// A room peer holds our feed up to `length`: our messages below were seen.
     Seen {
         /// The room.
-        room: Key32,
+        room: DiscoveryKey,
         /// Entries of our feed some peer holds.
         length: u64,
     },
     /// A file is being read in (sending) or fetched (receiving).
     FileProgress {
         /// The room.
-        room: Key32,
+        room: DiscoveryKey,
         /// The file's id (as in its `file` message).
         file_id: Key32,
         /// `true` when fetching from peers, `false` when reading it in to send.
@@ -104,9 +104,9 @@ pub enum DaemonEvent {
     /// `Writers`, no new writer) until the quota is raised.
     WriterQuota {
         /// The room.
-        room: Key32,
+        room: DiscoveryKey,
         /// The writer's feed key.
-        writer: Key32,
+        writer: FeedKey,
         /// Which quota.
         quota: QuotaKind,
     },
@@ -117,14 +117,14 @@ pub enum DaemonEvent {
         /// The new kind.
         kind: crate::node::ConnectionKind,
         /// The rooms it shares with us.
-        rooms: Vec<Key32>,
+        rooms: Vec<DiscoveryKey>,
     },
 }
 
 /// A joined room.
 pub struct Room {
     /// The discovery key: the room's identity on the wire.
-    pub discovery_key: Key32,
+    pub discovery_key: DiscoveryKey,
     /// Short public id (hex of the first 8 bytes of the discovery key).
     pub id: String,
     /// Local display name.
@@ -135,7 +135,7 @@ pub struct Room {
     secret: Option<RoomSecret>,
     writer: SigningKey,
     /// Our feed in this room.
-    pub feed_key: Key32,
+    pub feed_key: FeedKey,
     /// None for a blind seeder.
     own_cipher: Option<FeedCipher>,
     /// Greatest Lamport clock seen in the room.
@@ -147,7 +147,7 @@ pub struct Room {
     /// Held by the caller that appends everything pending as one batch.
     append_turn: tokio::sync::Mutex<()>,
     /// AEAD per writer, derived on first use.
-    ciphers: Mutex<HashMap<Key32, FeedCipher>>,
+    ciphers: Mutex<HashMap<FeedKey, FeedCipher>>,
     /// Where the room's feeds are stored.
     store: Store,
     /// Where API clients hear about new messages.
@@ -163,7 +163,7 @@ pub struct Room {
     /// hold less than peers do): we fetch it before writing on.
     own_ahead: AtomicU64,
     /// Writers' display names, loaded on first use.
-    names: RwLock<Option<HashMap<Key32, String>>>,
+    names: RwLock<Option<HashMap<FeedKey, String>>>,
     /// Chunk arrivals, for downloads.
     chunk_events: broadcast::Sender<ChunkEvent>,
     /// To the room's replication task.
@@ -180,7 +180,7 @@ pub enum ChunkEvent {
     /// A chunk was stored.
     Stored {
         /// Its id.
-        id: Key32,
+        id: ChunkId,
         /// Its size (ciphertext).
         bytes: u64,
     },
@@ -201,7 +201,7 @@ impl std::fmt::Debug for Room {
 impl Room {
     /// Builds the run-time room from its stored record.
     pub fn new(
-        discovery_key: &Key32,
+        discovery_key: &DiscoveryKey,
         record: &RoomRecord,
         store: &Store,
         events: broadcast::Sender<DaemonEvent>,
@@ -221,7 +221,7 @@ impl Room {
             return Err(StoreError::Corrupt("room record of another room"));
         }
         let mut writer = SigningKey::from_bytes(&record.writer);
-        if keys.content_key.is_some() && !store.feed_clocks_valid(&writer.verifying_key().to_bytes())? {
+        if keys.content_key.is_some() && !store.feed_clocks_valid(&FeedKey(writer.verifying_key().to_bytes()))? {
             // An older version let a hostile clock wrap ours: peers refuse our feed from
             // there on, and a signed feed cannot be rewritten. Write on under a new key.
             warn!(room = %room_id(&keys.discovery_key), "our feed's clocks do not rise (a hostile clock wrapped them); writing on under a new writer key");
@@ -230,7 +230,7 @@ impl Room {
             record.writer = writer.to_bytes();
             store.put_room(discovery_key, &record)?;
         }
-        let feed_key = writer.verifying_key().to_bytes();
+        let feed_key = FeedKey(writer.verifying_key().to_bytes());
         let lamport = store.max_lamport(&keys.discovery_key)?;
         let (local, local_rx) = mpsc::unbounded_channel();
         Ok(Self {
@@ -286,7 +286,7 @@ impl Room {
         let _ = self.local.send(local);
     }
 
-    fn cipher(&self, feed: &Key32) -> Option<FeedCipher> {
+    fn cipher(&self, feed: &FeedKey) -> Option<FeedCipher> {
         let content_key = self.keys.content_key.as_ref()?;
         let mut map = self.ciphers.lock().unwrap_or_else(|p| p.into_inner());
         Some(map.entry(*feed).or_insert_with(|| FeedCipher::new(content_key, feed)).clone())
@@ -316,7 +316,7 @@ impl Room {
     }
 
     /// A writer's display name (from its newest `Profile` message), if it gave one.
-    pub fn display_name(&self, feed: &Key32) -> Option<String> {
+    pub fn display_name(&self, feed: &FeedKey) -> Option<String> {
         if let Some(names) = self.names.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
             return names.get(feed).cloned();
         }
@@ -350,7 +350,7 @@ impl Room {
     }
 
     /// Reads and decrypts one stored message.
-    pub fn message(&self, feed: &Key32, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
+    pub fn message(&self, feed: &FeedKey, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
         let Some(cipher) = self.cipher(feed) else { return Err(StoreError::Blind) };
         let Some(entry) = self.store.entries(feed, seq, seq + 1)?.pop() else { return Ok(None) };
         let message = cipher.open(seq, &entry).ok().and_then(|p| crate::log::Message::decode(&p));
@@ -358,12 +358,12 @@ impl Room {
     }
 
     /// Asks the room's peers for chunks (one more waiter each).
-    pub fn want_chunks(&self, ids: &[Key32]) {
+    pub fn want_chunks(&self, ids: &[ChunkId]) {
         self.tell(Local::WantChunks(ids.to_vec()));
     }
 
     /// A download stopped waiting for `ids`.
-    pub fn unwant_chunks(&self, ids: &[Key32]) {
+    pub fn unwant_chunks(&self, ids: &[ChunkId]) {
         self.tell(Local::UnwantChunks(ids.to_vec()));
     }
 
@@ -466,7 +466,7 @@ impl Room {
 
     /// Tells the room's sessions to look at `feed` again: entries of it went missing here
     /// (damaged blocks forgotten) and are to be fetched from peers.
-    pub fn refetch(&self, feed: &Key32) {
+    pub fn refetch(&self, feed: &FeedKey) {
         self.tell(Local::Refetch(*feed));
     }
 
@@ -475,7 +475,7 @@ impl Room {
     /// hear of them from the replication task, after its progress report).
     pub fn store_received(
         &self,
-        feed: &Key32,
+        feed: &FeedKey,
         start: u64,
         entries: &[Entry],
         anchor: Option<&SignedHead>,
@@ -513,7 +513,7 @@ impl Room {
 
 /// The registry of joined rooms.
 pub struct Rooms {
-    map: RwLock<HashMap<Key32, Arc<Room>>>,
+    map: RwLock<HashMap<DiscoveryKey, Arc<Room>>>,
     /// Events for API clients.
     pub events: broadcast::Sender<DaemonEvent>,
 }
@@ -526,7 +526,7 @@ impl Default for Rooms {
 
 impl Rooms {
     /// The room with this discovery key.
-    pub fn get(&self, discovery_key: &Key32) -> Option<Arc<Room>> {
+    pub fn get(&self, discovery_key: &DiscoveryKey) -> Option<Arc<Room>> {
         self.map.read().unwrap_or_else(|p| p.into_inner()).get(discovery_key).cloned()
     }
 
@@ -563,7 +563,7 @@ impl Rooms {
     }
 
     /// Removes a room.
-    pub fn remove(&self, discovery_key: &Key32) -> Option<Arc<Room>> {
+    pub fn remove(&self, discovery_key: &DiscoveryKey) -> Option<Arc<Room>> {
         self.map.write().unwrap_or_else(|p| p.into_inner()).remove(discovery_key)
     }
 }

@@ -8,9 +8,9 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use peerlog::log::store::Store;
 use peerlog::log::FeedCipher;
-use peerlog_proto::wire::Frame;
+use peerlog_proto::wire::{DiscoveryKey, Frame};
 
-const ROOM: [u8; 32] = [7; 32];
+const ROOM: DiscoveryKey = DiscoveryKey([7; 32]);
 const CONTENT: [u8; 32] = [9; 32];
 
 fn store() -> &'static Store {

@@ -25,10 +25,10 @@ pub const WRITER_LABEL: &[u8] = b"peerlog/writer/v1";
 
 /// The bytes a writer signs to say that it writes from `peer_id` in the room of
 /// `discovery_key`: `WRITER_LABEL || discovery_key || len16(peer_id) || peer_id`.
-pub fn writer_proof_bytes(discovery_key: &Key32, peer_id: &[u8]) -> Vec<u8> {
+pub fn writer_proof_bytes(discovery_key: &DiscoveryKey, peer_id: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(WRITER_LABEL.len() + 32 + 2 + peer_id.len());
     m.extend_from_slice(WRITER_LABEL);
-    m.extend_from_slice(discovery_key);
+    m.extend_from_slice(&discovery_key.0);
     m.extend_from_slice(&(peer_id.len() as u16).to_be_bytes());
     m.extend_from_slice(peer_id);
     m
@@ -36,6 +36,70 @@ pub fn writer_proof_bytes(discovery_key: &Key32, peer_id: &[u8]) -> Vec<u8> {
 
 /// A 32-byte key or hash.
 pub type Key32 = [u8; 32];
+
+/// Declares a kind of 32-byte value: on the wire the 32 bytes as they are (serde
+/// transparent), in code a type of its own, so that one kind cannot be passed for another.
+macro_rules! key_kind {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Key32);
+
+        impl std::ops::Deref for $name {
+            type Target = Key32;
+            fn deref(&self) -> &Key32 {
+                &self.0
+            }
+        }
+
+        impl AsRef<[u8]> for $name {
+            fn as_ref(&self) -> &[u8] {
+                &self.0
+            }
+        }
+
+        impl From<Key32> for $name {
+            fn from(bytes: Key32) -> Self {
+                Self(bytes)
+            }
+        }
+
+        impl TryFrom<&[u8]> for $name {
+            type Error = std::array::TryFromSliceError;
+            fn try_from(bytes: &[u8]) -> Result<Self, Self::Error> {
+                Ok(Self(bytes.try_into()?))
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self)
+            }
+        }
+
+        /// Lowercase hex of the first 8 bytes (the full value: `{:#}`).
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let n = if f.alternate() { 32 } else { 8 };
+                self.0[..n].iter().try_for_each(|b| write!(f, "{b:02x}"))
+            }
+        }
+    };
+}
+
+key_kind!(
+    /// A room's public identity on the wire and on the DHT, derived from its secret.
+    DiscoveryKey
+);
+key_kind!(
+    /// A writer's ed25519 public key: the identity of its feed.
+    FeedKey
+);
+key_kind!(
+    /// A file chunk's id: the BLAKE3 hash of its ciphertext.
+    ChunkId
+);
 
 /// One entry of a writer's feed, as stored and as sent. `feed_key` and `seq` are not
 /// repeated inside: they are the storage key, and in [`Frame::Data`] they follow from
@@ -55,7 +119,7 @@ pub struct Entry {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignedHead {
     /// The writer's ed25519 public key: the feed's identity.
-    pub feed_key: Key32,
+    pub feed_key: FeedKey,
     /// Sequence number of the newest entry this head covers (length - 1).
     pub seq: u64,
     /// Hash of entry `seq`.
@@ -68,10 +132,10 @@ pub struct SignedHead {
 
 impl SignedHead {
     /// The bytes a writer signs for a head of its feed in the room of `discovery_key`.
-    pub fn signed_bytes(discovery_key: &Key32, seq: u64, hash: &Key32) -> Vec<u8> {
+    pub fn signed_bytes(discovery_key: &DiscoveryKey, seq: u64, hash: &Key32) -> Vec<u8> {
         let mut m = Vec::with_capacity(HEAD_LABEL.len() + 32 + 8 + 32);
         m.extend_from_slice(HEAD_LABEL);
-        m.extend_from_slice(discovery_key);
+        m.extend_from_slice(&discovery_key.0);
         m.extend_from_slice(&seq.to_be_bytes());
         m.extend_from_slice(hash);
         m
@@ -124,7 +188,7 @@ pub enum Frame {
     /// Asks for entries `start..end` of a feed; the sender answers newest batch first.
     Want {
         /// Which feed.
-        feed_key: Key32,
+        feed_key: FeedKey,
         /// First seq wanted.
         start: u64,
         /// One past the last seq wanted.
@@ -133,7 +197,7 @@ pub enum Frame {
     /// Consecutive entries `start..start + entries.len()` of a feed.
     Data {
         /// Which feed.
-        feed_key: Key32,
+        feed_key: FeedKey,
         /// Seq of `entries[0]`.
         start: u64,
         /// The entries, ascending.
@@ -145,7 +209,7 @@ pub enum Frame {
     /// The sender has no entries left to send for a `Want` (it does not hold them).
     NoData {
         /// Which feed.
-        feed_key: Key32,
+        feed_key: FeedKey,
         /// The seq below which (down to the Want's start) nothing more will come.
         below: u64,
     },
@@ -165,7 +229,7 @@ pub enum Frame {
     /// Answered by [`Frame::Chunk`]s or [`Frame::NoChunk`].
     WantChunk {
         /// The chunk id.
-        id: Key32,
+        id: ChunkId,
         /// First byte wanted.
         offset: u32,
     },
@@ -174,7 +238,7 @@ pub enum Frame {
     /// receiver checks the assembled chunk against `id` before storing it.
     Chunk {
         /// The chunk id.
-        id: Key32,
+        id: ChunkId,
         /// Where these bytes start in the chunk.
         offset: u32,
         /// The chunk's size (at most the chunk size + 16 bytes of tag).
@@ -186,13 +250,13 @@ pub enum Frame {
     /// The sender does not hold this chunk (or not for this room).
     NoChunk {
         /// The chunk id.
-        id: Key32,
+        id: ChunkId,
     },
     /// Which writer (feed key) the sender is in this room, signed by that key over
     /// [`writer_proof_bytes`] with the sender's PeerId: lets people see who is online.
     Writer {
         /// The sender's feed key in this room.
-        feed_key: Key32,
+        feed_key: FeedKey,
         /// ed25519 signature by `feed_key`.
         #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
@@ -238,7 +302,7 @@ mod tests {
     #[test]
     fn frames_roundtrip_and_garbage_is_an_error() {
         let f = Frame::Data {
-            feed_key: [7; 32],
+            feed_key: FeedKey([7; 32]),
             start: 42,
             entries: vec![Entry { prev: [1; 32], nonce: [2; 12], ciphertext: vec![3; 100] }],
             head: None,
@@ -247,5 +311,18 @@ mod tests {
         assert_eq!(Frame::decode(&bytes).unwrap(), f);
         assert!(Frame::decode(&[0xff, 0xff, 0xff]).is_err());
         assert!(Frame::decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn key_kinds_travel_as_their_32_bytes() {
+        // Typed keys changed nothing on the wire: a variant tag, then the key's bytes as
+        // they are (postcard writes a fixed array without a length).
+        let want = Frame::Want { feed_key: FeedKey([7; 32]), start: 1, end: 2 }.encode();
+        assert_eq!(want[1..33], [7; 32]);
+        assert_eq!(want.len(), 35);
+        let chunk = Frame::NoChunk { id: ChunkId([9; 32]) }.encode();
+        assert_eq!(chunk[1..], [9; 32]);
+        assert_eq!(format!("{}", FeedKey([0xab; 32])), "abababababababab");
+        assert_eq!(format!("{:#}", DiscoveryKey([1; 32])).len(), 64);
     }
 }

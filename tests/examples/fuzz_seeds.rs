@@ -11,10 +11,10 @@ use anyhow::Result;
 use peerlog::keys::{RoomSecret, SeedCapability};
 use peerlog::log::store::Store;
 use peerlog::log::{new_writer, Body, FeedCipher};
-use peerlog_proto::wire::{Frame, PeerAddrs, Refusal};
+use peerlog_proto::wire::{ChunkId, DiscoveryKey, FeedKey, Frame, PeerAddrs, Refusal};
 use serde_json::json;
 
-const ROOM: [u8; 32] = [7; 32];
+const ROOM: DiscoveryKey = DiscoveryKey([7; 32]);
 const CONTENT: [u8; 32] = [9; 32];
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
@@ -28,7 +28,7 @@ fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let store = Store::open(tmp.path())?;
     let w = new_writer();
-    let feed = w.verifying_key().to_bytes();
+    let feed = FeedKey(w.verifying_key().to_bytes());
     let cipher = FeedCipher::new(&CONTENT, &feed);
     let first = store.append(&ROOM, &w, &cipher, 1, vec![Body::Text { text: "one".into() }])?;
     let bodies = (0..3).map(|i| Body::Text { text: format!("batch {i}") }).collect();
@@ -60,9 +60,9 @@ fn main() -> Result<()> {
         Frame::Peers {
             peers: vec![PeerAddrs { peer_id: vec![0, 36, 8, 1], addrs: vec![vec![4, 127, 0, 0, 1].into()] }],
         },
-        Frame::WantChunk { id: [4; 32], offset: 0 },
-        Frame::Chunk { id: [4; 32], offset: 0, total: 3, bytes: vec![1, 2, 3] },
-        Frame::NoChunk { id: [4; 32] },
+        Frame::WantChunk { id: ChunkId([4; 32]), offset: 0 },
+        Frame::Chunk { id: ChunkId([4; 32]), offset: 0, total: 3, bytes: vec![1, 2, 3] },
+        Frame::NoChunk { id: ChunkId([4; 32]) },
         Frame::Writer { feed_key: feed, signature: vec![5; 64] },
     ];
     for (i, f) in frames.iter().enumerate() {

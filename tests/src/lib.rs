@@ -18,7 +18,7 @@ use peerlog::keys::{auth_mac, RoomKeys};
 use peerlog::node::{self, NodeConfig, NodeHandle};
 use peerlog::Daemon;
 use peerlog_proto::api::{messages, rooms};
-use peerlog_proto::wire::{Frame, Key32, PROTOCOL};
+use peerlog_proto::wire::{DiscoveryKey, Frame, Key32, PROTOCOL};
 use serde_json::Value;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
@@ -253,7 +253,7 @@ impl RawPeer {
         &self,
         addr: Multiaddr,
         peer: PeerId,
-        discovery_key: Key32,
+        discovery_key: DiscoveryKey,
         auth_key: Key32,
     ) -> Result<std::result::Result<RawSession, Frame>> {
         let mut s = self.stream(addr, peer).await?;

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use peerlog::log::store::Store;
 use peerlog::log::{new_writer, Body, FeedCipher};
 use peerlog_proto::api::codes;
-use peerlog_proto::wire::{Frame, Refusal};
+use peerlog_proto::wire::{FeedKey, Frame, Refusal};
 use peerlog_tests::*;
 use serde_json::json;
 
@@ -212,7 +212,7 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
     let scratch_dir = tempfile::tempdir()?;
     let scratch = Store::open(scratch_dir.path())?;
     let writer = new_writer();
-    let feed = writer.verifying_key().to_bytes();
+    let feed = FeedKey(writer.verifying_key().to_bytes());
     let cipher = FeedCipher::new(&keys.content_key.expect("member keys"), &feed);
     let texts = ["one", "two", "three"];
     let head = scratch
@@ -585,7 +585,7 @@ async fn a_forked_feed_is_reported_and_does_not_stop_other_feeds() -> Result<()>
 
     // The same writer key in two scratch stores: two different seq 0 entries, both signed.
     let forker = new_writer();
-    let fk = forker.verifying_key().to_bytes();
+    let fk = FeedKey(forker.verifying_key().to_bytes());
     let fc = FeedCipher::new(&keys.content_key.expect("member keys"), &fk);
     let (d1, d2) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let (s1, s2) = (Store::open(d1.path())?, Store::open(d2.path())?);
@@ -593,7 +593,7 @@ async fn a_forked_feed_is_reported_and_does_not_stop_other_feeds() -> Result<()>
     let h2 = s2.append(&keys.discovery_key, &forker, &fc, 1, text("copied machine"))?.head;
     // An honest second writer.
     let honest = new_writer();
-    let hk = honest.verifying_key().to_bytes();
+    let hk = FeedKey(honest.verifying_key().to_bytes());
     let hc = FeedCipher::new(&keys.content_key.expect("member keys"), &hk);
     let h3 = s1.append(&keys.discovery_key, &honest, &hc, 2, text("honest"))?.head;
 
@@ -610,7 +610,7 @@ async fn a_forked_feed_is_reported_and_does_not_stop_other_feeds() -> Result<()>
 
     let rooms = c.call("rooms.list", json!({})).await?;
     let forks = &rooms["rooms"][0]["forks"];
-    ensure!(forks == &json!([{"author": hex_encode(&fk), "seq": 0}]), "fork not reported: {rooms}");
+    ensure!(forks == &json!([{"author": hex_encode(&fk.0), "seq": 0}]), "fork not reported: {rooms}");
     let texts: Vec<String> =
         full_history(&mut c, &room).await?.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect();
     ensure!(texts == ["original", "honest"], "the conflicting entry must not be stored: {texts:?}");
@@ -701,7 +701,7 @@ async fn a_mark_on_an_old_safety_number_asks_to_compare_again() -> Result<()> {
     a.stop().await?;
     {
         let store = Store::open(&a.data_dir().join("db"))?;
-        let feed: [u8; 32] = hex::decode(&author)?.try_into().map_err(|_| anyhow::anyhow!("key"))?;
+        let feed = FeedKey::try_from(hex::decode(&author)?.as_slice()).map_err(|_| anyhow::anyhow!("key"))?;
         store.put_contact(&feed, &peerlog::log::store::Contact { nickname: None, verified: true })?;
         store.flush().await?;
     }

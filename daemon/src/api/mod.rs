@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use futures::{FutureExt, SinkExt, StreamExt};
 use peerlog_proto::api::{codes, files, Event, Method, Request as RpcRequest, Response as RpcResponse};
+use peerlog_proto::wire::DiscoveryKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, Semaphore};
@@ -430,7 +431,7 @@ fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
     fn emit<P: EventParams>(params: P) -> Option<Event> {
         Some(Event { event: P::NAME.into(), params: serde_json::to_value(params).ok()? })
     }
-    let room_id = |room: &[u8; 32]| service.rooms.get(room).map(|r| r.id.clone());
+    let room_id = |room: &DiscoveryKey| service.rooms.get(room).map(|r| r.id.clone());
     match event {
         DaemonEvent::Message { room, message } => emit(message_info(&*service.rooms.get(&room)?, &message)?),
         DaemonEvent::PeerJoined { room, peer, kind } => {

@@ -15,7 +15,7 @@ use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
-use peerlog_proto::wire::{Entry, Key32, SignedHead};
+use peerlog_proto::wire::{ChunkId, DiscoveryKey, Entry, FeedKey, Key32, SignedHead};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -58,7 +58,7 @@ pub enum Body {
         /// Its media type as the sender saw it (a claim: shown, never trusted).
         mime: String,
         /// Ids (BLAKE3 of the ciphertext) of its chunks, in order.
-        chunks: Vec<Key32>,
+        chunks: Vec<ChunkId>,
     },
 }
 
@@ -92,9 +92,9 @@ impl Message {
 }
 
 /// BLAKE3 hash of an entry at `seq` of `feed_key`.
-pub fn hash_entry(feed_key: &Key32, seq: u64, entry: &Entry) -> Key32 {
+pub fn hash_entry(feed_key: &FeedKey, seq: u64, entry: &Entry) -> Key32 {
     let mut h = blake3::Hasher::new();
-    h.update(feed_key);
+    h.update(&feed_key.0);
     h.update(&seq.to_be_bytes());
     h.update(&entry.prev);
     h.update(&entry.nonce);
@@ -103,16 +103,16 @@ pub fn hash_entry(feed_key: &Key32, seq: u64, entry: &Entry) -> Key32 {
 }
 
 /// Signs the head of a feed at `seq` in the room of `discovery_key`.
-pub fn sign_head(writer: &SigningKey, discovery_key: &Key32, seq: u64, hash: Key32) -> SignedHead {
+pub fn sign_head(writer: &SigningKey, discovery_key: &DiscoveryKey, seq: u64, hash: Key32) -> SignedHead {
     let sig = writer.sign(&SignedHead::signed_bytes(discovery_key, seq, &hash));
-    SignedHead { feed_key: writer.verifying_key().to_bytes(), seq, hash, signature: sig.to_bytes().to_vec() }
+    SignedHead { feed_key: FeedKey(writer.verifying_key().to_bytes()), seq, hash, signature: sig.to_bytes().to_vec() }
 }
 
 /// Checks a head's signature against its feed key, strictly: weak (small-order) keys and
 /// non-canonical signatures are refused. With the lax check, the identity point as a key
 /// and a signature of (identity, 0) "verify" for any message: anyone could sign any head
 /// of such a feed. A head signed for another room does not verify.
-pub fn verify_head(discovery_key: &Key32, head: &SignedHead) -> bool {
+pub fn verify_head(discovery_key: &DiscoveryKey, head: &SignedHead) -> bool {
     let Ok(key) = VerifyingKey::from_bytes(&head.feed_key) else { return false };
     let Ok(sig_bytes) = <[u8; 64]>::try_from(head.signature.as_slice()) else { return false };
     let sig = ed25519_dalek::Signature::from_bytes(&sig_bytes);
@@ -133,7 +133,7 @@ pub fn subkey_aead(content_key: &Key32, label: &[u8], id: &Key32) -> Aes256Gcm {
 /// The AEAD of one writer's entries in one room.
 #[derive(Clone)]
 pub struct FeedCipher {
-    feed_key: Key32,
+    feed_key: FeedKey,
     aead: Aes256Gcm,
 }
 
@@ -144,13 +144,13 @@ pub struct DecryptError;
 
 impl FeedCipher {
     /// Derives the per-writer key `HKDF(content_key, "peerlog/entry/v1" || feed_key)`.
-    pub fn new(content_key: &Key32, feed_key: &Key32) -> Self {
+    pub fn new(content_key: &Key32, feed_key: &FeedKey) -> Self {
         Self { feed_key: *feed_key, aead: subkey_aead(content_key, b"peerlog/entry/v1", feed_key) }
     }
 
     fn aad(&self, seq: u64) -> [u8; 40] {
         let mut aad = [0u8; 40];
-        aad[..32].copy_from_slice(&self.feed_key);
+        aad[..32].copy_from_slice(&self.feed_key.0);
         aad[32..].copy_from_slice(&seq.to_be_bytes());
         aad
     }
@@ -195,19 +195,19 @@ mod tests {
     #[test]
     fn seal_open_sign_verify() {
         let w = new_writer();
-        let fk = w.verifying_key().to_bytes();
+        let fk = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(&[1; 32], &fk);
         let e = c.seal(0, [0; 32], b"hello");
         assert_eq!(c.open(0, &e).unwrap(), b"hello");
         assert!(c.open(1, &e).is_err(), "seq is bound as AAD");
         assert!(FeedCipher::new(&[2; 32], &fk).open(0, &e).is_err());
-        let room = [7; 32];
+        let room = DiscoveryKey([7u8; 32]);
         let head = sign_head(&w, &room, 0, hash_entry(&fk, 0, &e));
         assert!(verify_head(&room, &head));
         let mut bad = head.clone();
         bad.seq = 1;
         assert!(!verify_head(&room, &bad));
-        assert!(!verify_head(&[8; 32], &head), "a head binds its room: it does not verify in another");
+        assert!(!verify_head(&DiscoveryKey([8; 32]), &head), "a head binds its room: it does not verify in another");
     }
 
     #[test]
@@ -222,7 +222,7 @@ mod tests {
         let key = VerifyingKey::from_bytes(&identity).expect("the identity point decodes");
         let sig = ed25519_dalek::Signature::from_bytes(&signature.clone().try_into().unwrap());
         assert!(key.verify(b"anything", &sig).is_ok(), "the lax check accepts it (what this guards against)");
-        let forged = SignedHead { feed_key: identity, seq: 7, hash: [9; 32], signature };
-        assert!(!verify_head(&[7; 32], &forged));
+        let forged = SignedHead { feed_key: FeedKey(identity), seq: 7, hash: [9; 32], signature };
+        assert!(!verify_head(&DiscoveryKey([7; 32]), &forged));
     }
 }

@@ -47,7 +47,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use ed25519_dalek::SigningKey;
-use peerlog_proto::wire::{Entry, Key32, SignedHead};
+use peerlog_proto::wire::{ChunkId, DiscoveryKey, Entry, FeedKey, Key32, SignedHead};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -168,7 +168,7 @@ pub struct RoomRecord {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FeedMeta {
     /// Discovery key of the room the feed belongs to.
-    pub room: Key32,
+    pub room: DiscoveryKey,
     /// The newest signed head whose entry is stored.
     pub head: Option<SignedHead>,
     /// Stored seqs as sorted, disjoint, non-adjacent half-open ranges.
@@ -256,7 +256,7 @@ impl FeedMeta {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredMessage {
     /// The writer's feed key.
-    pub feed_key: Key32,
+    pub feed_key: FeedKey,
     /// Position in the writer's feed.
     pub seq: u64,
     /// The plaintext.
@@ -270,9 +270,9 @@ impl StoredMessage {
     }
 
     /// Parses an id made by [`StoredMessage::id`].
-    pub fn parse_id(id: &str) -> Option<(Key32, u64)> {
+    pub fn parse_id(id: &str) -> Option<(FeedKey, u64)> {
         let (feed, seq) = id.split_once(':')?;
-        let feed: Key32 = hex::decode(feed).ok()?.try_into().ok()?;
+        let feed = FeedKey::try_from(hex::decode(feed).ok()?.as_slice()).ok()?;
         Some((feed, seq.parse().ok()?))
     }
 }
@@ -350,20 +350,20 @@ pub struct Store {
     /// ingests wrote). Held only around synchronous sled calls, never across an await.
     ingest_lock: Arc<Mutex<()>>,
     /// Bytes of each feed's blocks, counted once per feed and kept up to date by writes.
-    feed_bytes: Arc<Mutex<HashMap<Key32, u64>>>,
+    feed_bytes: Arc<Mutex<HashMap<FeedKey, u64>>>,
     /// Free space checked before new data is written (see [`crate::disk`]).
     disk: Arc<DiskSpace>,
     /// What one writer may make us store (see [`WriterQuota`]).
     quota: WriterQuota,
     /// Feeds whose damaged blocks [`Store::history`] found and forgot, for the room to
     /// fetch again ([`Store::take_forgotten`]; the other finders tell the room themselves).
-    forgotten: Arc<Mutex<Vec<Key32>>>,
+    forgotten: Arc<Mutex<Vec<FeedKey>>>,
     /// Blocked writers as `(room, writer)` (room all zeros: everywhere), as stored under
     /// `x || room || writer`; kept in memory because ingest, heads and history ask per feed.
-    blocked: Arc<std::sync::RwLock<std::collections::HashSet<(Key32, Key32)>>>,
+    blocked: Arc<std::sync::RwLock<std::collections::HashSet<(DiscoveryKey, FeedKey)>>>,
     /// Feeds whose stored head was signed before heads bound the room (`h` keys): still
     /// good for checking what we store, never sent (peers check heads against the room).
-    legacy_heads: Arc<std::sync::RwLock<std::collections::HashSet<Key32>>>,
+    legacy_heads: Arc<std::sync::RwLock<std::collections::HashSet<FeedKey>>>,
 }
 
 /// The storage format this build reads and writes. Format 2 (heads not bound to the room)
@@ -503,9 +503,9 @@ struct DataFiles {
     /// the pages but neither the file's size nor the drive's cache: a power cut could lose
     /// what it "flushed". [`Store::flush`] fdatasyncs this after it.
     sled_log: std::fs::File,
-    open: Mutex<HashMap<Key32, Arc<Mutex<DataFile>>>>,
+    open: Mutex<HashMap<FeedKey, Arc<Mutex<DataFile>>>>,
     /// Files written since the last sync.
-    dirty: Mutex<std::collections::HashSet<Key32>>,
+    dirty: Mutex<std::collections::HashSet<FeedKey>>,
     /// Anything (sled included) written since the last flush.
     unflushed: std::sync::atomic::AtomicBool,
     /// A data file was created since the last sync: the directory needs one too.
@@ -519,11 +519,11 @@ struct DataFiles {
 const OPEN_FILES: usize = 256;
 
 impl DataFiles {
-    fn path(&self, feed: &Key32) -> std::path::PathBuf {
+    fn path(&self, feed: &FeedKey) -> std::path::PathBuf {
         self.dir.join(hex::encode(feed))
     }
 
-    fn file(&self, feed: &Key32) -> Result<Arc<Mutex<DataFile>>, StoreError> {
+    fn file(&self, feed: &FeedKey) -> Result<Arc<Mutex<DataFile>>, StoreError> {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = open.get(feed) {
             return Ok(f.clone());
@@ -542,7 +542,7 @@ impl DataFiles {
         Ok(f)
     }
 
-    fn write(&self, feed: &Key32, bytes: &[u8]) -> Result<BlockPtr, StoreError> {
+    fn write(&self, feed: &FeedKey, bytes: &[u8]) -> Result<BlockPtr, StoreError> {
         use std::os::unix::fs::FileExt;
         let f = self.file(feed)?;
         let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
@@ -555,7 +555,7 @@ impl DataFiles {
         Ok(BlockPtr { offset, len, check: checksum(bytes) })
     }
 
-    fn read(&self, feed: &Key32, ptr: &BlockPtr) -> Result<Vec<u8>, StoreError> {
+    fn read(&self, feed: &FeedKey, ptr: &BlockPtr) -> Result<Vec<u8>, StoreError> {
         use std::os::unix::fs::FileExt;
         let f = self.file(feed)?;
         let mut buf = vec![0u8; ptr.len as usize];
@@ -575,12 +575,12 @@ impl DataFiles {
     /// Syncs every data file written since the last call (and the directory, if a file
     /// was created). A failed sync fails every later one too: see `sync_failed`.
     /// Returns each synced file's length as of its sync.
-    fn sync(&self) -> Result<Vec<(Key32, u64)>, StoreError> {
+    fn sync(&self) -> Result<Vec<(FeedKey, u64)>, StoreError> {
         use std::sync::atomic::Ordering;
         if self.sync_failed.load(Ordering::Acquire) {
             return Err(StoreError::SyncFailed);
         }
-        let dirty: Vec<Key32> = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let dirty: Vec<FeedKey> = self.dirty.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         let mut synced = Vec::with_capacity(dirty.len());
         self.failing((|| {
             for feed in &dirty {
@@ -595,7 +595,7 @@ impl DataFiles {
     }
 
     /// Syncs one feed's data file; returns its length as of the sync.
-    fn sync_file(&self, feed: &Key32) -> Result<u64, StoreError> {
+    fn sync_file(&self, feed: &FeedKey) -> Result<u64, StoreError> {
         let f = self.file(feed)?;
         let (file, len) = {
             let f = f.lock().unwrap_or_else(|p| p.into_inner());
@@ -619,7 +619,7 @@ impl DataFiles {
         result
     }
 
-    fn remove(&self, feed: &Key32) {
+    fn remove(&self, feed: &FeedKey) {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).remove(feed);
         self.dirty.lock().unwrap_or_else(|p| p.into_inner()).remove(feed);
         let _ = std::fs::remove_file(self.path(feed));
@@ -649,18 +649,18 @@ fn open_sled(kv: &Path, cache_bytes: u64) -> Result<sled::Db, StoreError> {
 /// marked with an `h` key: they are not sent until their writer (or a peer that has it)
 /// announces the same head signed for the room.
 fn migrate_heads(db: &sled::Db, log: &sled::Tree, rooms: &sled::Tree) -> Result<(), StoreError> {
-    let mut own: HashMap<Key32, SigningKey> = HashMap::new();
+    let mut own: HashMap<FeedKey, SigningKey> = HashMap::new();
     for kv in rooms.iter() {
         let (_, v) = kv?;
         let record: RoomRecord = decode(&v, "room")?;
         let key = SigningKey::from_bytes(&record.writer);
-        own.insert(key.verifying_key().to_bytes(), key);
+        own.insert(FeedKey(key.verifying_key().to_bytes()), key);
     }
     let mut batch = sled::Batch::default();
     let (mut signed, mut marked) = (0usize, 0usize);
     for kv in log.scan_prefix([b'f']) {
         let (k, v) = kv?;
-        let feed: Key32 = k.get(1..33).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("feed key"))?;
+        let feed: FeedKey = k.get(1..33).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("feed key"))?;
         let mut meta: FeedMeta = decode(&v, "feed meta")?;
         let Some(head) = meta.head.take() else { continue };
         match own.get(&feed) {
@@ -683,7 +683,7 @@ fn migrate_heads(db: &sled::Db, log: &sled::Tree, rooms: &sled::Tree) -> Result<
 }
 
 /// Display-order key of a message: `(lamport, time_ms, feed_key, seq)`.
-pub type OrderKey = (u64, u64, Key32, u64);
+pub type OrderKey = (u64, u64, FeedKey, u64);
 
 /// Lamport clock and time of each entry of a block, delta-encoded (about 3 bytes per entry).
 #[derive(Default, Serialize, Deserialize)]
@@ -739,7 +739,7 @@ impl Store {
     fn put_run(
         &self,
         batch: &mut sled::Batch,
-        feed: &Key32,
+        feed: &FeedKey,
         start: u64,
         entries: &[Entry],
         messages: Option<&[StoredMessage]>,
@@ -763,7 +763,7 @@ impl Store {
 
     /// Bytes of a feed's stored blocks (what sync progress counts in bytes). Counted from
     /// the block pointers on first use, then kept in memory.
-    pub fn feed_bytes(&self, feed: &Key32) -> Result<u64, StoreError> {
+    pub fn feed_bytes(&self, feed: &FeedKey) -> Result<u64, StoreError> {
         if let Some(n) = self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).get(feed) {
             return Ok(*n);
         }
@@ -793,13 +793,13 @@ impl Store {
     /// forgets them and marks their entries missing, so that catch-up fetches them again
     /// from peers (the stored head, or the successor's `prev`, verifies what comes back).
     /// Returns the ranges forgotten.
-    pub fn forget_damaged(&self, feed: &Key32) -> Result<Vec<(u64, u64)>, StoreError> {
+    pub fn forget_damaged(&self, feed: &FeedKey) -> Result<Vec<(u64, u64)>, StoreError> {
         self.forget_damaged_from(feed, 0)
     }
 
     /// [`Store::forget_damaged`] for the blocks that lie (in the data file) at or past
     /// byte `from`.
-    fn forget_damaged_from(&self, feed: &Key32, from: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+    fn forget_damaged_from(&self, feed: &FeedKey, from: u64) -> Result<Vec<(u64, u64)>, StoreError> {
         let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
         let Some(mut meta) = self.feed_meta(feed)? else { return Ok(Vec::new()) };
         let blocks = self.block_ptrs(feed)?;
@@ -830,7 +830,7 @@ impl Store {
     }
 
     /// A feed's block pointers, in seq order.
-    fn block_ptrs(&self, feed: &Key32) -> Result<Vec<(u64, BlockPtr)>, StoreError> {
+    fn block_ptrs(&self, feed: &FeedKey) -> Result<Vec<(u64, BlockPtr)>, StoreError> {
         self.log
             .scan_prefix(&block_key(feed, 0)[..33])
             .map(|kv| {
@@ -847,21 +847,22 @@ impl Store {
     /// hole in it would leave every peer wanting entries nobody has); other writers'
     /// damaged blocks are forgotten, to be fetched again. Then every checked data file is
     /// synced and its length recorded. Returns the feeds whose blocks were forgotten.
-    fn repair(&self) -> Result<Vec<Key32>, StoreError> {
-        let mut synced: HashMap<Key32, u64> = HashMap::new();
+    fn repair(&self) -> Result<Vec<FeedKey>, StoreError> {
+        let mut synced: HashMap<FeedKey, u64> = HashMap::new();
         for kv in self.log.scan_prefix([b's']) {
             let (k, v) = kv?;
-            let feed: Key32 = k.get(1..33).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("synced key"))?;
+            let feed: FeedKey =
+                k.get(1..33).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("synced key"))?;
             synced.insert(
                 feed,
                 u64::from_be_bytes(v.as_ref().try_into().map_err(|_| StoreError::Corrupt("synced length"))?),
             );
         }
         // Feeds with a block past what is known synced.
-        let mut unsure: HashMap<Key32, u64> = HashMap::new();
+        let mut unsure: HashMap<FeedKey, u64> = HashMap::new();
         for kv in self.log.scan_prefix([b'b']) {
             let (k, v) = kv?;
-            let feed: Key32 = k.get(1..33).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("block key"))?;
+            let feed: FeedKey = k.get(1..33).and_then(|b| b.try_into().ok()).ok_or(StoreError::Corrupt("block key"))?;
             let ptr: BlockPtr = decode(&v, "block pointer")?;
             let from = synced.get(&feed).copied().unwrap_or(0);
             if ptr.offset + u64::from(ptr.len) > from {
@@ -871,12 +872,12 @@ impl Store {
         if unsure.is_empty() {
             return Ok(Vec::new());
         }
-        let own: HashMap<Key32, SigningKey> = self
+        let own: HashMap<FeedKey, SigningKey> = self
             .rooms()?
             .into_iter()
             .map(|(_, r)| {
                 let key = SigningKey::from_bytes(&r.writer);
-                (key.verifying_key().to_bytes(), key)
+                (FeedKey(key.verifying_key().to_bytes()), key)
             })
             .collect();
         let mut forgotten = Vec::new();
@@ -897,7 +898,7 @@ impl Store {
 
     /// Cuts our own feed back to before its first damaged block at or past byte `from` of
     /// its data file, and signs its head again at the last entry kept.
-    fn cut_own_feed(&self, feed: &Key32, writer: &SigningKey, from: u64) -> Result<(), StoreError> {
+    fn cut_own_feed(&self, feed: &FeedKey, writer: &SigningKey, from: u64) -> Result<(), StoreError> {
         let Some(mut meta) = self.feed_meta(feed)? else { return Ok(()) };
         let blocks = self.block_ptrs(feed)?;
         let Some(cut) = blocks
@@ -930,13 +931,13 @@ impl Store {
     }
 
     /// Feeds whose damaged blocks history found and forgot since the last call.
-    pub fn take_forgotten(&self) -> Vec<Key32> {
+    pub fn take_forgotten(&self) -> Vec<FeedKey> {
         std::mem::take(&mut *self.forgotten.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Blocks (or unblocks) a writer in a room, or with `room` all zeros in every room:
     /// their entries are no longer stored, served or shown. Kept across restarts.
-    pub fn set_blocked(&self, room: &Key32, writer: &Key32, blocked: bool) -> Result<(), StoreError> {
+    pub fn set_blocked(&self, room: &DiscoveryKey, writer: &FeedKey, blocked: bool) -> Result<(), StoreError> {
         let key = room_person_key(b'x', room, writer);
         let mut set = self.blocked.write().unwrap_or_else(|p| p.into_inner());
         if blocked {
@@ -951,13 +952,13 @@ impl Store {
 
     /// Whether the feed's stored head was signed before heads bound the room (format 2):
     /// it is not sent to peers until the same head, signed anew, replaces it.
-    pub fn has_legacy_head(&self, feed: &Key32) -> bool {
+    pub fn has_legacy_head(&self, feed: &FeedKey) -> bool {
         self.legacy_heads.read().unwrap_or_else(|p| p.into_inner()).contains(feed)
     }
 
     /// Replaces a format-2 stored head by `head`, the same seq and hash signed for the
     /// room (which the caller verified). Returns whether it did.
-    pub fn upgrade_head(&self, feed: &Key32, head: &SignedHead) -> Result<bool, StoreError> {
+    pub fn upgrade_head(&self, feed: &FeedKey, head: &SignedHead) -> Result<bool, StoreError> {
         let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
         if !self.has_legacy_head(feed) {
             return Ok(false);
@@ -977,15 +978,15 @@ impl Store {
     }
 
     /// Whether a writer is blocked in `room` (or everywhere).
-    pub fn is_blocked(&self, room: &Key32, writer: &Key32) -> Result<bool, StoreError> {
+    pub fn is_blocked(&self, room: &DiscoveryKey, writer: &FeedKey) -> Result<bool, StoreError> {
         let set = self.blocked.read().unwrap_or_else(|p| p.into_inner());
-        Ok(set.contains(&(*room, *writer)) || set.contains(&(ZERO, *writer)))
+        Ok(set.contains(&(*room, *writer)) || set.contains(&(DiscoveryKey(ZERO), *writer)))
     }
 
     /// Writers blocked in `room` (all zeros: those blocked everywhere).
-    pub fn blocked_writers(&self, room: &Key32) -> Result<Vec<Key32>, StoreError> {
+    pub fn blocked_writers(&self, room: &DiscoveryKey) -> Result<Vec<FeedKey>, StoreError> {
         let set = self.blocked.read().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<Key32> = set.iter().filter(|(r, _)| r == room).map(|(_, w)| *w).collect();
+        let mut out: Vec<FeedKey> = set.iter().filter(|(r, _)| r == room).map(|(_, w)| *w).collect();
         out.sort_unstable();
         Ok(out)
     }
@@ -1049,13 +1050,14 @@ impl Store {
         let mut legacy_heads = std::collections::HashSet::new();
         for kv in log.scan_prefix([b'h']) {
             let (k, _) = kv?;
-            legacy_heads.insert(<Key32>::try_from(&k[1..]).map_err(|_| StoreError::Corrupt("legacy head key"))?);
+            legacy_heads.insert(FeedKey::try_from(&k[1..]).map_err(|_| StoreError::Corrupt("legacy head key"))?);
         }
         let mut blocked = std::collections::HashSet::new();
         for kv in log.scan_prefix([b'x']) {
             let (k, _) = kv?;
             let key = |r: std::ops::Range<usize>| k.get(r).and_then(|b| <Key32>::try_from(b).ok());
-            blocked.insert(key(1..33).zip(key(33..65)).ok_or(StoreError::Corrupt("blocked key"))?);
+            let (room, writer) = key(1..33).zip(key(33..65)).ok_or(StoreError::Corrupt("blocked key"))?;
+            blocked.insert((DiscoveryKey(room), FeedKey(writer)));
         }
         let store = Self {
             db,
@@ -1117,26 +1119,26 @@ impl Store {
     // ----- rooms -----
 
     /// Saves a joined room.
-    pub fn put_room(&self, discovery_key: &Key32, record: &RoomRecord) -> Result<(), StoreError> {
+    pub fn put_room(&self, discovery_key: &DiscoveryKey, record: &RoomRecord) -> Result<(), StoreError> {
         self.rooms.insert(discovery_key, encode(record))?;
         self.touch();
         Ok(())
     }
 
     /// All joined rooms.
-    pub fn rooms(&self) -> Result<Vec<(Key32, RoomRecord)>, StoreError> {
+    pub fn rooms(&self) -> Result<Vec<(DiscoveryKey, RoomRecord)>, StoreError> {
         self.rooms
             .iter()
             .map(|kv| {
                 let (k, v) = kv?;
-                let discovery_key: Key32 = k.as_ref().try_into().map_err(|_| StoreError::Corrupt("room key"))?;
+                let discovery_key: DiscoveryKey = k.as_ref().try_into().map_err(|_| StoreError::Corrupt("room key"))?;
                 Ok((discovery_key, decode(&v, "room")?))
             })
             .collect()
     }
 
     /// Forgets a room and deletes its feeds, entries and index.
-    pub fn remove_room(&self, discovery_key: &Key32) -> Result<(), StoreError> {
+    pub fn remove_room(&self, discovery_key: &DiscoveryKey) -> Result<(), StoreError> {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
@@ -1147,10 +1149,10 @@ impl Store {
         }
         self.log.apply_batch(chunks)?;
         let mut prefix = vec![b'r'];
-        prefix.extend_from_slice(discovery_key);
+        prefix.extend_from_slice(&discovery_key.0);
         for kv in self.log.scan_prefix(&prefix) {
             let (k, _) = kv?;
-            let feed: Key32 = k[33..].try_into().map_err(|_| StoreError::Corrupt("room index"))?;
+            let feed: FeedKey = k[33..].try_into().map_err(|_| StoreError::Corrupt("room index"))?;
             let mut batch = sled::Batch::default();
             for tag in [b'b', b'l', b'k'] {
                 for e in self.log.scan_prefix(&feed_seq_key(tag, &feed, 0)[..33]) {
@@ -1172,7 +1174,13 @@ impl Store {
 
     /// Records a writer's display name from a `Profile` message at Lamport `lamport`,
     /// unless a newer one is recorded.
-    pub fn note_profile(&self, room: &Key32, feed: &Key32, name: &str, lamport: u64) -> Result<(), StoreError> {
+    pub fn note_profile(
+        &self,
+        room: &DiscoveryKey,
+        feed: &FeedKey,
+        name: &str,
+        lamport: u64,
+    ) -> Result<(), StoreError> {
         let key = room_person_key(b'p', room, feed);
         let newer = self.log.get(key)?.map(|v| decode::<(u64, String)>(&v, "profile")).transpose()?;
         if newer.is_some_and(|(l, _)| l >= lamport) {
@@ -1184,23 +1192,23 @@ impl Store {
     }
 
     /// Display names of a room's writers (from their newest `Profile` message).
-    pub fn profiles(&self, room: &Key32) -> Result<HashMap<Key32, String>, StoreError> {
+    pub fn profiles(&self, room: &DiscoveryKey) -> Result<HashMap<FeedKey, String>, StoreError> {
         let mut out = HashMap::new();
         for kv in self.log.scan_prefix(&room_person_key(b'p', room, &[0; 32])[..33]) {
             let (k, v) = kv?;
-            let feed: Key32 = k[33..].try_into().map_err(|_| StoreError::Corrupt("profile key"))?;
+            let feed: FeedKey = k[33..].try_into().map_err(|_| StoreError::Corrupt("profile key"))?;
             out.insert(feed, decode::<(u64, String)>(&v, "profile")?.1);
         }
         Ok(out)
     }
 
     /// What this node's user says about a writer: nickname and verified mark (local only).
-    pub fn contact(&self, feed: &Key32) -> Result<Contact, StoreError> {
+    pub fn contact(&self, feed: &FeedKey) -> Result<Contact, StoreError> {
         Ok(self.log.get(contact_key(feed))?.map(|v| decode(&v, "contact")).transpose()?.unwrap_or_default())
     }
 
     /// Sets the local nickname and verified mark of a writer.
-    pub fn put_contact(&self, feed: &Key32, contact: &Contact) -> Result<(), StoreError> {
+    pub fn put_contact(&self, feed: &FeedKey, contact: &Contact) -> Result<(), StoreError> {
         self.log.insert(contact_key(feed), encode(contact))?;
         self.touch();
         Ok(())
@@ -1209,12 +1217,12 @@ impl Store {
     /// Whether the user compared this writer's safety number (the 60-digit one; a mark
     /// made against the 12-digit numbers of earlier versions is `Contact::verified`, kept
     /// but no longer counted).
-    pub fn verified(&self, feed: &Key32) -> Result<bool, StoreError> {
+    pub fn verified(&self, feed: &FeedKey) -> Result<bool, StoreError> {
         Ok(self.log.contains_key(verified_key(feed))?)
     }
 
     /// Sets or clears the mark of [`Store::verified`].
-    pub fn set_verified(&self, feed: &Key32, verified: bool) -> Result<(), StoreError> {
+    pub fn set_verified(&self, feed: &FeedKey, verified: bool) -> Result<(), StoreError> {
         if verified {
             self.log.insert(verified_key(feed), &[][..])?;
         } else {
@@ -1239,7 +1247,7 @@ impl Store {
     // ----- file chunks -----
 
     /// Notes that a file of `room` names these chunks (they may be served to its peers).
-    pub fn note_chunks(&self, room: &Key32, chunks: &[Key32]) -> Result<(), StoreError> {
+    pub fn note_chunks(&self, room: &DiscoveryKey, chunks: &[ChunkId]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for id in chunks {
             batch.insert(&room_chunk_key(room, id)[..], &[][..]);
@@ -1250,25 +1258,25 @@ impl Store {
     }
 
     /// Whether a file of `room` names chunk `id`.
-    pub fn room_has_chunk(&self, room: &Key32, id: &Key32) -> Result<bool, StoreError> {
+    pub fn room_has_chunk(&self, room: &DiscoveryKey, id: &ChunkId) -> Result<bool, StoreError> {
         Ok(self.log.contains_key(room_chunk_key(room, id))?)
     }
 
     // ----- feeds -----
 
     /// What we hold of a feed.
-    pub fn feed_meta(&self, feed: &Key32) -> Result<Option<FeedMeta>, StoreError> {
+    pub fn feed_meta(&self, feed: &FeedKey) -> Result<Option<FeedMeta>, StoreError> {
         self.log.get(meta_key(feed))?.map(|v| decode(&v, "feed meta")).transpose()
     }
 
     /// The feeds of a room with what we hold of each.
-    pub fn room_feeds(&self, room: &Key32) -> Result<Vec<(Key32, FeedMeta)>, StoreError> {
+    pub fn room_feeds(&self, room: &DiscoveryKey) -> Result<Vec<(FeedKey, FeedMeta)>, StoreError> {
         let mut prefix = vec![b'r'];
-        prefix.extend_from_slice(room);
+        prefix.extend_from_slice(&room.0);
         let mut out = Vec::new();
         for kv in self.log.scan_prefix(&prefix) {
             let (k, _) = kv?;
-            let feed: Key32 = k[33..].try_into().map_err(|_| StoreError::Corrupt("room index"))?;
+            let feed: FeedKey = k[33..].try_into().map_err(|_| StoreError::Corrupt("room index"))?;
             if let Some(meta) = self.feed_meta(&feed)? {
                 out.push((feed, meta));
             }
@@ -1277,7 +1285,7 @@ impl Store {
     }
 
     /// The newest signed head of every feed of a room.
-    pub fn room_heads(&self, room: &Key32) -> Result<Vec<SignedHead>, StoreError> {
+    pub fn room_heads(&self, room: &DiscoveryKey) -> Result<Vec<SignedHead>, StoreError> {
         let mut heads = Vec::new();
         for (feed, meta) in self.room_feeds(room)? {
             // A blocked writer's feed is not announced (nor served, nor shown); a format-2
@@ -1290,7 +1298,7 @@ impl Store {
     }
 
     /// Stored entries `start..end` of a feed (stops at the first missing one).
-    pub fn entries(&self, feed: &Key32, start: u64, end: u64) -> Result<Vec<Entry>, StoreError> {
+    pub fn entries(&self, feed: &FeedKey, start: u64, end: u64) -> Result<Vec<Entry>, StoreError> {
         let mut out = Vec::with_capacity(end.saturating_sub(start).min(4096) as usize);
         if start >= end {
             return Ok(out);
@@ -1321,12 +1329,12 @@ impl Store {
         Ok(out)
     }
 
-    fn entry(&self, feed: &Key32, seq: u64) -> Result<Option<Entry>, StoreError> {
+    fn entry(&self, feed: &FeedKey, seq: u64) -> Result<Option<Entry>, StoreError> {
         Ok(self.entries(feed, seq, seq.saturating_add(1))?.pop())
     }
 
     /// `(lamport, time_ms)` of stored entry `seq` of a feed we can read.
-    fn clock_at(&self, feed: &Key32, seq: u64) -> Result<Option<(u64, u64)>, StoreError> {
+    fn clock_at(&self, feed: &FeedKey, seq: u64) -> Result<Option<(u64, u64)>, StoreError> {
         let Some(kv) = self.log.range(index_key(feed, 0)..=index_key(feed, seq)).next_back() else {
             return Ok(None);
         };
@@ -1340,13 +1348,13 @@ impl Store {
     /// The caller serializes appends to one feed. Not durable until [`Store::flush`].
     pub fn append(
         &self,
-        room: &Key32,
+        room: &DiscoveryKey,
         writer: &SigningKey,
         cipher: &FeedCipher,
         first_lamport: u64,
         bodies: Vec<Body>,
     ) -> Result<Appended, StoreError> {
-        let feed = writer.verifying_key().to_bytes();
+        let feed = FeedKey(writer.verifying_key().to_bytes());
         self.disk.check(bodies.len() as u64 * 1024)?;
         let mut meta = self.feed_meta(&feed)?.unwrap_or_else(|| FeedMeta { room: *room, ..FeedMeta::default() });
         let first_seq = meta.length();
@@ -1386,9 +1394,9 @@ impl Store {
     /// must increase, up to [`LAMPORT_MAX`]. All or nothing.
     pub fn ingest(
         &self,
-        room: &Key32,
+        room: &DiscoveryKey,
         cipher: Option<&FeedCipher>,
-        feed: &Key32,
+        feed: &FeedKey,
         start: u64,
         entries: &[Entry],
         anchor: Option<&SignedHead>,
@@ -1403,9 +1411,9 @@ impl Store {
     #[allow(clippy::too_many_arguments)]
     pub fn ingest_bounded(
         &self,
-        room: &Key32,
+        room: &DiscoveryKey,
         cipher: Option<&FeedCipher>,
-        feed: &Key32,
+        feed: &FeedKey,
         start: u64,
         entries: &[Entry],
         anchor: Option<&SignedHead>,
@@ -1567,13 +1575,13 @@ impl Store {
 
     /// Records two valid heads of `feed` for the same seq with different hashes: the proof
     /// that its writer forked.
-    pub fn record_fork(&self, feed: &Key32, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
+    pub fn record_fork(&self, feed: &FeedKey, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
         self.record_fork_at(feed, a.seq, a, b)
     }
 
     /// Records that two validly signed heads of `feed` cannot both be true: their histories
     /// part at `seq` (same seq, different hashes; or one chain does not join the other).
-    pub fn record_fork_at(&self, feed: &Key32, seq: u64, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
+    pub fn record_fork_at(&self, feed: &FeedKey, seq: u64, a: &SignedHead, b: &SignedHead) -> Result<(), StoreError> {
         tracing::warn!(feed = %hex::encode(&feed[..8]), seq, "writer signed two histories: fork recorded");
         self.log.insert(fork_key(feed, seq), encode(&(a, b)))?;
         self.touch();
@@ -1581,7 +1589,7 @@ impl Store {
     }
 
     /// Feeds of `room` with a recorded fork, with the seq of the first proof.
-    pub fn forks(&self, room: &Key32) -> Result<Vec<(Key32, u64)>, StoreError> {
+    pub fn forks(&self, room: &DiscoveryKey) -> Result<Vec<(FeedKey, u64)>, StoreError> {
         let mut out = Vec::new();
         for (feed, _) in self.room_feeds(room)? {
             if let Some(kv) = self.log.scan_prefix(&fork_key(&feed, 0)[..33]).next() {
@@ -1597,7 +1605,7 @@ impl Store {
     /// The largest Lamport clock of any stored message of the room, ignoring clocks past
     /// [`LAMPORT_MAX`] (stored by versions that did not bound them: one such message
     /// would otherwise exhaust the room's clock).
-    pub fn max_lamport(&self, room: &Key32) -> Result<u64, StoreError> {
+    pub fn max_lamport(&self, room: &DiscoveryKey) -> Result<u64, StoreError> {
         let mut max = 0;
         for (feed, _) in self.room_feeds(room)? {
             // Clocks rise with seq: the newest block with a valid clock holds the feed's largest.
@@ -1615,7 +1623,7 @@ impl Store {
 
     /// Whether the clocks of `feed` rise strictly with seq and stay within [`LAMPORT_MAX`]
     /// (peers refuse a feed that breaks this; a version without bounds could write one).
-    pub fn feed_clocks_valid(&self, feed: &Key32) -> Result<bool, StoreError> {
+    pub fn feed_clocks_valid(&self, feed: &FeedKey) -> Result<bool, StoreError> {
         let mut last: Option<u64> = None;
         for kv in self.log.scan_prefix(&index_key(feed, 0)[..33]) {
             let (_, v) = kv?;
@@ -1631,12 +1639,12 @@ impl Store {
     }
 
     /// The order key of a stored message, for paging.
-    pub fn order_key_of(&self, feed: &Key32, seq: u64) -> Result<Option<OrderKey>, StoreError> {
+    pub fn order_key_of(&self, feed: &FeedKey, seq: u64) -> Result<Option<OrderKey>, StoreError> {
         Ok(self.clock_at(feed, seq)?.map(|(lamport, time)| (lamport, time, *feed, seq)))
     }
 
     /// The newest stored seq of `feed` whose order key is below `before`.
-    fn last_below(&self, feed: &Key32, meta: &FeedMeta, before: &OrderKey) -> Result<Option<u64>, StoreError> {
+    fn last_below(&self, feed: &FeedKey, meta: &FeedMeta, before: &OrderKey) -> Result<Option<u64>, StoreError> {
         let key_at = |seq: u64| -> Result<Option<OrderKey>, StoreError> {
             Ok(self.clock_at(feed, seq)?.map(|(l, t)| (l, t, *feed, seq)))
         };
@@ -1665,7 +1673,7 @@ impl Store {
     /// on with the oldest message as `before`.
     pub fn history(
         &self,
-        room: &Key32,
+        room: &DiscoveryKey,
         content_key: &Key32,
         before: Option<&OrderKey>,
         limit: usize,
@@ -1702,13 +1710,13 @@ impl Store {
         }
         keys.sort_unstable();
         let keys = &keys[keys.len().saturating_sub(limit)..];
-        let mut ciphers: HashMap<Key32, FeedCipher> = HashMap::new();
+        let mut ciphers: HashMap<FeedKey, FeedCipher> = HashMap::new();
         let mut out = Vec::with_capacity(keys.len());
         let mut bytes = 0;
         // Newest first, so that a page cut by its byte budget keeps the newest messages.
         // Consecutive seqs of one feed come from one read of the run that ends at `seq`.
-        let mut cache: Option<(Key32, u64, Vec<Entry>)> = None;
-        let mut damaged: Vec<Key32> = Vec::new();
+        let mut cache: Option<(FeedKey, u64, Vec<Entry>)> = None;
+        let mut damaged: Vec<FeedKey> = Vec::new();
         for &(_, _, feed, seq) in keys.iter().rev() {
             if bytes >= HISTORY_PAGE_BYTES {
                 break;
@@ -1818,12 +1826,12 @@ mod tests {
     /// A writer's feed in one store is copied, verified, into another, newest batch first.
     #[test]
     fn ingest_newest_first_and_reject_tampering() {
-        let room = [3u8; 32];
+        let room = DiscoveryKey([3u8; 32]);
         let content = [4u8; 32];
         let (_d1, a) = tmp();
         let (_d2, b) = tmp();
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(&content, &feed);
         let mut head = None;
         for i in 0..10 {
@@ -1882,12 +1890,12 @@ mod tests {
     /// backwards across feeds and blocks, and survives a reopen.
     #[test]
     fn a_history_page_stops_at_its_byte_budget_and_paging_gets_the_rest() {
-        let room = [6u8; 32];
+        let room = DiscoveryKey([6u8; 32]);
         let content = [7u8; 32];
         let d = tempdir::Dir::new();
         let s = Store::open(&d.0).unwrap();
         let w = new_writer();
-        let c = FeedCipher::new(&content, &w.verifying_key().to_bytes());
+        let c = FeedCipher::new(&content, &FeedKey(w.verifying_key().to_bytes()));
         let big = "x".repeat(60_000);
         s.append(&room, &w, &c, 1, (0..150).map(|i| text(&format!("{i} {big}"))).collect()).unwrap();
         let page = s.history(&room, &content, None, 1000).unwrap();
@@ -1905,9 +1913,9 @@ mod tests {
     }
 
     /// A writer's feed of `n` messages appended in `src`: its writer key, entries and head.
-    fn a_feed(src: &Store, room: &Key32, content: &Key32, n: u64) -> (Key32, Vec<Entry>, SignedHead) {
+    fn a_feed(src: &Store, room: &DiscoveryKey, content: &Key32, n: u64) -> (FeedKey, Vec<Entry>, SignedHead) {
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(content, &feed);
         let bodies = (0..n).map(|i| text(&format!("m{i}"))).collect();
         let head = src.append(room, &w, &c, 1, bodies).unwrap().head;
@@ -1916,12 +1924,12 @@ mod tests {
 
     #[test]
     fn quotas_bound_what_one_writer_and_one_room_can_store() {
-        let (room, content) = ([3u8; 32], [4u8; 32]);
+        let (room, content) = (DiscoveryKey([3u8; 32]), [4u8; 32]);
         let (_d1, src) = tmp();
         let quota = WriterQuota { entries: 10, bytes: u64::MAX, writers: 2 };
         let (_d2, dst) = tmp();
         let dst = dst.with_writer_quota(quota);
-        let ingest = |feed: &Key32, entries: &[Entry], head: &SignedHead, quota: &WriterQuota| {
+        let ingest = |feed: &FeedKey, entries: &[Entry], head: &SignedHead, quota: &WriterQuota| {
             let c = FeedCipher::new(&content, feed);
             dst.ingest_bounded(&room, Some(&c), feed, 0, entries, Some(head), LAMPORT_MAX, quota)
         };
@@ -1944,7 +1952,7 @@ mod tests {
 
     #[test]
     fn a_blocked_writer_is_refused_hidden_and_not_announced_until_unblocked() {
-        let (room, content) = ([3u8; 32], [4u8; 32]);
+        let (room, content) = (DiscoveryKey([3u8; 32]), [4u8; 32]);
         let (_d1, src) = tmp();
         let (_d2, dst) = tmp();
         let (f1, e1, h1) = a_feed(&src, &room, &content, 3);
@@ -1955,11 +1963,11 @@ mod tests {
         dst.ingest(&room, Some(&c1), &f1, 0, &e1, Some(&h1)).unwrap();
         assert_eq!(dst.history(&room, &content, None, 10).unwrap().len(), 3);
         // Blocked in every room (the all-zero room): hidden, not announced, refused.
-        dst.set_blocked(&ZERO, &f1, true).unwrap();
+        dst.set_blocked(&DiscoveryKey(ZERO), &f1, true).unwrap();
         assert!(dst.is_blocked(&room, &f1).unwrap());
         assert!(dst.history(&room, &content, None, 10).unwrap().is_empty());
         assert!(dst.room_heads(&room).unwrap().is_empty());
-        assert_eq!(dst.blocked_writers(&ZERO).unwrap(), vec![f1]);
+        assert_eq!(dst.blocked_writers(&DiscoveryKey(ZERO)).unwrap(), vec![f1]);
         let (f2, e2, h2) = a_feed(&src, &room, &content, 1);
         dst.ingest(&room, Some(&FeedCipher::new(&content, &f2)), &f2, 0, &e2, Some(&h2))
             .expect("others are not blocked");
@@ -1968,14 +1976,14 @@ mod tests {
 
     #[test]
     fn history_merges_feeds_and_pages() {
-        let room = [6u8; 32];
+        let room = DiscoveryKey([6u8; 32]);
         let content = [7u8; 32];
         let d = tempdir::Dir::new();
         let s = Store::open(&d.0).unwrap();
         let (w1, w2) = (new_writer(), new_writer());
         let (c1, c2) = (
-            FeedCipher::new(&content, &w1.verifying_key().to_bytes()),
-            FeedCipher::new(&content, &w2.verifying_key().to_bytes()),
+            FeedCipher::new(&content, &FeedKey(w1.verifying_key().to_bytes())),
+            FeedCipher::new(&content, &FeedKey(w2.verifying_key().to_bytes())),
         );
         // Interleaved clocks; w1 writes a batch larger than a block.
         let big: Vec<Body> = (0..BLOCK_ENTRIES + 10).map(|i| text(&format!("a{i}"))).collect();
@@ -2010,11 +2018,11 @@ mod tests {
     /// A damaged data file is reported as corrupt, never served as entries.
     #[test]
     fn damaged_block_is_detected() {
-        let room = [9u8; 32];
+        let room = DiscoveryKey([9u8; 32]);
         let d = tempdir::Dir::new();
         let s = Store::open(&d.0).unwrap();
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(&[1; 32], &feed);
         s.append(&room, &w, &c, 1, vec![text("one"), text("two")]).unwrap();
         // What a peer holds: a good copy.
@@ -2029,7 +2037,7 @@ mod tests {
         assert!(e.to_string().contains("checksum"), "{e}");
         // History leaves the damaged block's messages out and shows the rest.
         let w2 = new_writer();
-        let c2 = FeedCipher::new(&[1; 32], &w2.verifying_key().to_bytes());
+        let c2 = FeedCipher::new(&[1; 32], &FeedKey(w2.verifying_key().to_bytes()));
         s.append(&room, &w2, &c2, 3, vec![text("intact")]).unwrap();
         let page = s.history(&room, &[1; 32], None, 50).expect("a damaged block must not break history");
         let texts: Vec<_> = page.iter().map(|m| m.message.body.clone()).collect();
@@ -2046,7 +2054,7 @@ mod tests {
     /// What a power cut can leave: sled kept the pointers of the last appends (it writes
     /// its log between flushes) while their bytes never reached the data file. Drops the
     /// store, as the cut does, after cutting the feed's data file back to its synced length.
-    fn lose_unsynced_blocks(d: &tempdir::Dir, s: Store, feed: &Key32) {
+    fn lose_unsynced_blocks(d: &tempdir::Dir, s: Store, feed: &FeedKey) {
         s.db.flush().unwrap();
         let synced = u64::from_be_bytes(
             s.log.get(synced_key(feed)).unwrap().expect("synced length").as_ref().try_into().unwrap(),
@@ -2062,11 +2070,11 @@ mod tests {
     /// the next append continues the chain: a peer takes the whole feed, without a hole.
     #[test]
     fn a_power_cut_that_lost_our_own_unsynced_blocks_is_repaired_at_open() {
-        let room = [9u8; 32];
+        let room = DiscoveryKey([9u8; 32]);
         let d = tempdir::Dir::new();
         let s = Store::open(&d.0).unwrap();
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let record =
             RoomRecord { access: Access::Member([1; 32]), name: "r".into(), writer: w.to_bytes(), joined_ms: 0 };
         s.put_room(&room, &record).unwrap();
@@ -2096,10 +2104,10 @@ mod tests {
     /// again (the stored head anchors them); its synced blocks stay.
     #[test]
     fn a_power_cut_that_lost_another_writers_unsynced_blocks_forgets_them_at_open() {
-        let room = [9u8; 32];
+        let room = DiscoveryKey([9u8; 32]);
         let (_dw, writer) = tmp();
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(&[1; 32], &feed);
         writer.append(&room, &w, &c, 1, vec![text("one"), text("two")]).unwrap();
         writer.append(&room, &w, &c, 3, vec![text("three")]).unwrap();
@@ -2129,17 +2137,17 @@ mod tests {
         m.extend_from_slice(&seq.to_be_bytes());
         m.extend_from_slice(&hash);
         let signature = writer.sign(&m).to_bytes().to_vec();
-        SignedHead { feed_key: writer.verifying_key().to_bytes(), seq, hash, signature }
+        SignedHead { feed_key: FeedKey(writer.verifying_key().to_bytes()), seq, hash, signature }
     }
 
     /// A head signed for another room is refused: a feed cannot be carried from one room
     /// into another.
     #[test]
     fn a_head_signed_for_another_room_anchors_nothing() {
-        let (room, other) = ([9u8; 32], [10u8; 32]);
+        let (room, other) = (DiscoveryKey([9u8; 32]), DiscoveryKey([10u8; 32]));
         let (_dw, writer) = tmp();
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(&[1; 32], &feed);
         writer.append(&other, &w, &c, 1, vec![text("elsewhere")]).unwrap();
         let entries = writer.entries(&feed, 0, 1).unwrap();
@@ -2155,18 +2163,18 @@ mod tests {
     /// announced until the same head, bound to the room, replaces it.
     #[test]
     fn a_format_2_store_is_migrated() {
-        let room = [9u8; 32];
+        let room = DiscoveryKey([9u8; 32]);
         let d = tempdir::Dir::new();
         let s = Store::open(&d.0).unwrap();
         let me = new_writer();
-        let mine = me.verifying_key().to_bytes();
+        let mine = FeedKey(me.verifying_key().to_bytes());
         let record =
             RoomRecord { access: Access::Member([1; 32]), name: "r".into(), writer: me.to_bytes(), joined_ms: 0 };
         s.put_room(&room, &record).unwrap();
         let cm = FeedCipher::new(&[1; 32], &mine);
         s.append(&room, &me, &cm, 1, vec![text("mine")]).unwrap();
         let them = new_writer();
-        let theirs = them.verifying_key().to_bytes();
+        let theirs = FeedKey(them.verifying_key().to_bytes());
         let ct = FeedCipher::new(&[1; 32], &theirs);
         let (_dw, writer) = tmp();
         writer.append(&room, &them, &ct, 2, vec![text("one"), text("two")]).unwrap();
@@ -2192,7 +2200,7 @@ mod tests {
         assert!(!s.has_legacy_head(&mine));
         assert!(s.has_legacy_head(&theirs), "another writer's old head is marked");
         assert_eq!(s.feed_meta(&theirs).unwrap().unwrap().head, Some(v1.clone()), "and kept");
-        let announced: Vec<Key32> = s.room_heads(&room).unwrap().iter().map(|h| h.feed_key).collect();
+        let announced: Vec<FeedKey> = s.room_heads(&room).unwrap().iter().map(|h| h.feed_key).collect();
         assert_eq!(announced, vec![mine], "an old head is not announced");
         // It still anchors what we fetch of that feed.
         s.ingest(&room, Some(&ct), &theirs, 0, &entries[..2], None).expect("the old head checks the rest locally");
@@ -2222,10 +2230,10 @@ mod tests {
     /// The byte count kept in memory matches a fresh count from the block pointers.
     #[test]
     fn feed_bytes_stay_right_across_writes_and_reopening() {
-        let room = [4u8; 32];
+        let room = DiscoveryKey([4u8; 32]);
         let (d, a) = tmp();
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(&[1; 32], &feed);
         assert_eq!(a.feed_bytes(&feed).unwrap(), 0);
         a.append(&room, &w, &c, 1, vec![text("one"), text("two")]).unwrap();
@@ -2242,11 +2250,11 @@ mod tests {
     /// A writer whose clock goes backwards is refused (display order relies on it).
     #[test]
     fn clock_going_backwards_is_refused() {
-        let room = [8u8; 32];
+        let room = DiscoveryKey([8u8; 32]);
         let (_d1, a) = tmp();
         let (_d2, b) = tmp();
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(&[1; 32], &feed);
         a.append(&room, &w, &c, 5, vec![text("five")]).unwrap();
         let h = a.append(&room, &w, &c, 3, vec![text("three")]).unwrap().head;
@@ -2261,12 +2269,12 @@ mod tests {
 
     #[test]
     fn fork_is_recorded_and_refused() {
-        let room = [5u8; 32];
+        let room = DiscoveryKey([5u8; 32]);
         let (_d1, a) = tmp();
         let (_d2, a2) = tmp();
         let (_d3, b) = tmp();
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(&[1; 32], &feed);
         let h1 = a.append(&room, &w, &c, 1, vec![text("one")]).unwrap().head;
         // The same writer key used from a copied data dir signs another seq 0.
@@ -2284,11 +2292,11 @@ mod tests {
     /// That is a fork too (recorded), and unsigned data that does not join stays an error.
     #[test]
     fn a_signed_batch_that_does_not_join_stored_entries_is_a_fork() {
-        let room = [6u8; 32];
+        let room = DiscoveryKey([6u8; 32]);
         let (d1, a) = tmp();
         let (_d3, b) = tmp();
         let w = new_writer();
-        let feed = w.verifying_key().to_bytes();
+        let feed = FeedKey(w.verifying_key().to_bytes());
         let c = FeedCipher::new(&[1; 32], &feed);
         for (i, t) in ["zero", "one", "two", "three"].iter().enumerate() {
             a.append(&room, &w, &c, i as u64 + 1, vec![text(t)]).unwrap();

@@ -2,7 +2,7 @@
 //! `/peerlog/replicate/3` (frames in `peerlog_proto::wire`, rules in `docs/PROTOCOL.md`).
 //!
 //! - `state.rs`: the rules of one room, a state machine without I/O ([`RoomState`]);
-//! - `fetch.rs`: which session fetches which piece of which feed (part of the rules);
+//! - `pieces.rs`: which session fetches which piece of which feed (part of the rules);
 //! - `driver.rs`: one task per room runs its state, performs its outputs and feeds the
 //!   session writers when they have room, so two peers sending bulk data to each other
 //!   cannot deadlock;
@@ -15,7 +15,7 @@
 //! replaces an established one: the peer would not open it unless it lost the old one.
 
 mod driver;
-pub mod fetch;
+pub mod pieces;
 mod session;
 #[cfg(test)]
 mod sim;
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
-use peerlog_proto::wire::{Key32, Refusal, PROTOCOL};
+use peerlog_proto::wire::{DiscoveryKey, FeedKey, Refusal, PROTOCOL};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
@@ -92,7 +92,7 @@ struct Slot {
     established: bool,
     cancel: CancellationToken,
     /// The peer's feed key in the room, once its `Writer` proof verified.
-    writer: Option<Key32>,
+    writer: Option<FeedKey>,
 }
 
 struct Inner {
@@ -102,18 +102,18 @@ struct Inner {
     rooms: Arc<Rooms>,
     node: NodeHandle,
     /// Consecutive failed attempts per (peer, room), for redial backoff.
-    redials: Mutex<HashMap<(PeerId, Key32), u32>>,
+    redials: Mutex<HashMap<(PeerId, DiscoveryKey), u32>>,
     /// Peers that answered "protocol not supported", and when: not room peers (other
     /// libp2p applications on the LAN or DHT), not asked again for [`NOT_PEERLOG_FOR`].
     not_peerlog: Mutex<HashMap<PeerId, std::time::Instant>>,
     limits: Limits,
     /// What each peer may still send us at full speed.
     budgets: Arc<PeerBudgets>,
-    slots: Mutex<HashMap<(PeerId, Key32), Slot>>,
+    slots: Mutex<HashMap<(PeerId, DiscoveryKey), Slot>>,
     next_id: AtomicU64,
     handshakes: Arc<tokio::sync::Semaphore>,
     /// Each joined room's task (see [`Replicator::start_room`]).
-    rooms_running: Mutex<HashMap<Key32, RoomLink>>,
+    rooms_running: Mutex<HashMap<DiscoveryKey, RoomLink>>,
     /// Inbound handshakes in progress per peer (see [`MAX_HANDSHAKES_PER_PEER`]).
     handshaking: Mutex<HashMap<PeerId, usize>>,
     tasks: Tasks,
@@ -180,9 +180,9 @@ pub struct RoomPeer {
     /// The peer.
     pub peer: PeerId,
     /// The room.
-    pub room: Key32,
+    pub room: DiscoveryKey,
     /// The peer's feed key in the room (its writer), once proven.
-    pub writer: Option<Key32>,
+    pub writer: Option<FeedKey>,
 }
 
 impl Replicator {
@@ -254,7 +254,7 @@ impl Replicator {
     }
 
     /// Opens a session with `peer` for `room` unless one exists or is being opened.
-    pub fn ensure_session(&self, peer: PeerId, room: Key32) {
+    pub fn ensure_session(&self, peer: PeerId, room: DiscoveryKey) {
         if peer == self.inner.local {
             return;
         }
@@ -268,7 +268,7 @@ impl Replicator {
                 None => {}
             }
         }
-        let Some((id, cancel)) = self.claim(peer, room, true) else { return };
+        let Some((id, cancel)) = self.reserve_slot(peer, room, true) else { return };
         let this = self.clone();
         self.inner.tasks.spawn(
             "outbound session",
@@ -292,7 +292,7 @@ impl Replicator {
 
     /// Redials a room peer whose session dropped, with exponential backoff, unless the
     /// session ended for a reason a retry would not fix.
-    fn after_session(&self, peer: PeerId, room: Key32, established: bool, result: &Result<(), SessionError>) {
+    fn after_session(&self, peer: PeerId, room: DiscoveryKey, established: bool, result: &Result<(), SessionError>) {
         // Only a peer we had a session with is redialed (the session just ended, or a
         // redial of it failed): one we never reached (an address from peer exchange, say)
         // is not dialed again and again; the DHT rounds find real ones.
@@ -336,7 +336,7 @@ impl Replicator {
     }
 
     /// Peers with an authenticated session, optionally only in one room.
-    pub fn room_peers(&self, room: Option<&Key32>) -> Vec<RoomPeer> {
+    pub fn room_peers(&self, room: Option<&DiscoveryKey>) -> Vec<RoomPeer> {
         let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots
             .iter()
@@ -369,9 +369,9 @@ impl Replicator {
 
     /// Cancels and forgets the sessions with `peer` (only established ones if asked);
     /// returns their rooms. The cancelled tasks neither release nor redial.
-    fn end_sessions(&self, peer: PeerId, established_only: bool) -> Vec<Key32> {
+    fn end_sessions(&self, peer: PeerId, established_only: bool) -> Vec<DiscoveryKey> {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let keys: Vec<(PeerId, Key32)> = slots
+        let keys: Vec<(PeerId, DiscoveryKey)> = slots
             .iter()
             .filter(|((p, _), s)| *p == peer && (s.established || !established_only))
             .map(|(k, _)| *k)
@@ -385,7 +385,7 @@ impl Replicator {
     }
 
     /// Ends every session of a room.
-    pub fn close_room(&self, room: &Key32) {
+    pub fn close_room(&self, room: &DiscoveryKey) {
         let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         for ((_, r), s) in slots.iter() {
             if r == room {
@@ -395,7 +395,7 @@ impl Replicator {
     }
 
     /// Reserves the (peer, room) slot; see the module docs for the duplicate rule.
-    fn claim(&self, peer: PeerId, room: Key32, outbound: bool) -> Option<(SessionId, CancellationToken)> {
+    fn reserve_slot(&self, peer: PeerId, room: DiscoveryKey, outbound: bool) -> Option<(SessionId, CancellationToken)> {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(existing) = slots.get(&(peer, room)) {
             let ours_wins = self.inner.local < peer;
@@ -418,7 +418,7 @@ impl Replicator {
         Some((id, cancel))
     }
 
-    fn release(&self, peer: PeerId, room: Key32, id: SessionId) {
+    fn release(&self, peer: PeerId, room: DiscoveryKey, id: SessionId) {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         if slots.get(&(peer, room)).is_some_and(|s| s.id == id) {
             let was_established = slots.remove(&(peer, room)).is_some_and(|s| s.established);
@@ -428,14 +428,14 @@ impl Replicator {
         }
     }
 
-    pub(super) fn set_writer(&self, peer: PeerId, room: Key32, id: SessionId, writer: Key32) {
+    pub(super) fn set_writer(&self, peer: PeerId, room: DiscoveryKey, id: SessionId, writer: FeedKey) {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = slots.get_mut(&(peer, room)).filter(|s| s.id == id) {
             s.writer = Some(writer);
         }
     }
 
-    fn mark_established(&self, peer: PeerId, room: Key32, id: SessionId) -> bool {
+    fn mark_established(&self, peer: PeerId, room: DiscoveryKey, id: SessionId) -> bool {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         match slots.get_mut(&(peer, room)) {
             Some(s) if s.id == id => {
@@ -448,7 +448,7 @@ impl Replicator {
     }
 
     /// Learns peers from a `Peers` frame and opens sessions with them.
-    pub(super) fn learn_peers(&self, room: Key32, peers: Vec<(PeerId, Vec<Multiaddr>)>) {
+    pub(super) fn learn_peers(&self, room: DiscoveryKey, peers: Vec<(PeerId, Vec<Multiaddr>)>) {
         let this = self.clone();
         self.inner.tasks.spawn("peer exchange", async move {
             for (peer, addrs) in peers {
@@ -491,7 +491,7 @@ impl Replicator {
     }
 
     /// How sessions reach the task of `room`, while it runs.
-    fn room_link(&self, room: &Key32) -> Option<RoomLink> {
+    fn room_link(&self, room: &DiscoveryKey) -> Option<RoomLink> {
         self.inner.rooms_running.lock().unwrap_or_else(|p| p.into_inner()).get(room).cloned()
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-use peerlog_proto::wire::{Frame, Key32, PeerAddrs, Refusal, PROTOCOL};
+use peerlog_proto::wire::{DiscoveryKey, Frame, Key32, PeerAddrs, Refusal, PROTOCOL};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -64,7 +64,7 @@ impl Replicator {
     pub(super) async fn run_outbound(
         &self,
         peer: PeerId,
-        discovery_key: Key32,
+        discovery_key: DiscoveryKey,
         id: SessionId,
         established: Arc<AtomicBool>,
     ) -> Result<(), SessionError> {
@@ -141,7 +141,7 @@ impl Replicator {
             return Ok(());
         };
         let discovery_key = room.discovery_key;
-        let Some((id, cancel)) = self.claim(peer, discovery_key, false) else {
+        let Some((id, cancel)) = self.reserve_slot(peer, discovery_key, false) else {
             refuse(&mut io, Refusal::Duplicate).await;
             return Ok(());
         };
@@ -286,7 +286,7 @@ impl Replicator {
     }
 
     /// The room's other peers with their addresses, for peer exchange.
-    async fn peers_frame(&self, room: &Key32, to: PeerId) -> Frame {
+    async fn peers_frame(&self, room: &DiscoveryKey, to: PeerId) -> Frame {
         let others: Vec<PeerId> =
             self.room_peers(Some(room)).into_iter().map(|p| p.peer).filter(|p| *p != to).take(PEX_PEERS).collect();
         let known = self.inner.node.addresses(others).await.unwrap_or_default();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use peerlog_proto::wire::{Frame, Key32};
+use peerlog_proto::wire::{DiscoveryKey, FeedKey, Frame, Key32};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::{broadcast, mpsc};
@@ -106,7 +106,7 @@ impl Node {
     }
 
     /// Entries it stores of `feed`.
-    pub fn stored_of(&self, feed: &Key32) -> u64 {
+    pub fn stored_of(&self, feed: &FeedKey) -> u64 {
         self.local.store.feed_meta(feed).unwrap().map_or(0, |m| m.stored())
     }
 }
@@ -184,7 +184,7 @@ impl Sim {
     }
 
     /// The room's discovery key.
-    pub fn discovery_key(&self) -> Key32 {
+    pub fn discovery_key(&self) -> DiscoveryKey {
         self.secret.keys().discovery_key
     }
 
@@ -670,7 +670,7 @@ mod tests {
         sim.run_until(MINUTE, "both hold both feeds", |s| s.all_hold(40_000));
     }
 
-    fn heads(sim: &Sim, i: usize) -> Vec<(Key32, u64, Key32)> {
+    fn heads(sim: &Sim, i: usize) -> Vec<(FeedKey, u64, Key32)> {
         let mut heads: Vec<_> = sim.nodes[i]
             .local
             .store

@@ -14,10 +14,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
-use peerlog_proto::wire::{Entry, Frame, Key32, SignedHead};
+use peerlog_proto::wire::{ChunkId, DiscoveryKey, Entry, FeedKey, Frame, SignedHead};
 use tracing::{debug, warn};
 
-use super::fetch::{Candidate, Fetches, Held, PIECES_PER_SESSION};
+use super::pieces::{Candidate, Held, Pieces, PIECES_PER_SESSION};
 use super::SessionError;
 use crate::config::Limits;
 use crate::files::{chunk_id, ChunkWants, CHUNKS_PER_SESSION, CHUNK_BYTES, TAG_BYTES};
@@ -64,26 +64,26 @@ const ENTRY_OVERHEAD: usize = 64;
 /// What the rules read from storage. Writes are [`Output`]s.
 pub trait Storage {
     /// What we hold of a feed.
-    fn feed_meta(&self, feed: &Key32) -> Result<Option<FeedMeta>, StoreError>;
+    fn feed_meta(&self, feed: &FeedKey) -> Result<Option<FeedMeta>, StoreError>;
     /// Bytes stored of a feed (an estimate is fine: progress only).
-    fn feed_bytes(&self, feed: &Key32) -> u64;
+    fn feed_bytes(&self, feed: &FeedKey) -> u64;
     /// Entries `start..end` of a feed, as far as stored from `start`.
-    fn entries(&self, feed: &Key32, start: u64, end: u64) -> Result<Vec<Entry>, StoreError>;
+    fn entries(&self, feed: &FeedKey, start: u64, end: u64) -> Result<Vec<Entry>, StoreError>;
     /// The feeds of a room.
-    fn room_feeds(&self, room: &Key32) -> Result<Vec<Key32>, StoreError>;
+    fn room_feeds(&self, room: &DiscoveryKey) -> Result<Vec<FeedKey>, StoreError>;
     /// The newest stored head of each feed of a room.
-    fn room_heads(&self, room: &Key32) -> Result<Vec<SignedHead>, StoreError>;
+    fn room_heads(&self, room: &DiscoveryKey) -> Result<Vec<SignedHead>, StoreError>;
     /// Whether a writer is blocked in a room (or everywhere).
-    fn is_blocked(&self, room: &Key32, writer: &Key32) -> Result<bool, StoreError>;
+    fn is_blocked(&self, room: &DiscoveryKey, writer: &FeedKey) -> Result<bool, StoreError>;
     /// Whether the stored head of a feed is a format-2 head (not bound to its room: peers
     /// would not verify it).
-    fn has_legacy_head(&self, feed: &Key32) -> bool;
+    fn has_legacy_head(&self, feed: &FeedKey) -> bool;
     /// Whether a file message of the room names this chunk (only those are served).
-    fn room_has_chunk(&self, room: &Key32, id: &Key32) -> Result<bool, StoreError>;
+    fn room_has_chunk(&self, room: &DiscoveryKey, id: &ChunkId) -> Result<bool, StoreError>;
     /// A stored chunk.
-    fn read_chunk(&self, id: &Key32) -> std::io::Result<Option<Vec<u8>>>;
+    fn read_chunk(&self, id: &ChunkId) -> std::io::Result<Option<Vec<u8>>>;
     /// Whether a chunk is stored.
-    fn has_chunk(&self, id: &Key32) -> bool;
+    fn has_chunk(&self, id: &ChunkId) -> bool;
 }
 
 /// The limits the rules apply (from `[limits]`).
@@ -166,16 +166,16 @@ pub enum Input {
         /// The session it came from.
         session: SessionId,
         /// Its id.
-        id: Key32,
+        id: ChunkId,
         /// Its size; None if it could not be stored.
         stored: Option<u64>,
     },
     /// Downloads want these chunks (one more waiter each).
-    WantChunks(Vec<Key32>),
+    WantChunks(Vec<ChunkId>),
     /// A download stopped waiting for these.
-    UnwantChunks(Vec<Key32>),
+    UnwantChunks(Vec<ChunkId>),
     /// Entries of a feed went missing here (damaged blocks forgotten): fetch them again.
-    Refetch(Key32),
+    Refetch(FeedKey),
 }
 
 /// Entries to verify and store; answered by [`Input::Ingested`] with the job back.
@@ -184,14 +184,14 @@ pub struct IngestJob {
     /// The session they came from.
     pub session: SessionId,
     /// The feed.
-    pub feed: Key32,
+    pub feed: FeedKey,
     /// Seq of `entries[0]`.
     pub start: u64,
     /// The entries.
     pub entries: Vec<Entry>,
     /// A signed head for the newest entry, if one vouches for it.
     pub anchor: Option<SignedHead>,
-    /// Whether they were held until they could be verified (see [`super::fetch`]).
+    /// Whether they were held until they could be verified (see [`super::pieces`]).
     pub held: bool,
 }
 
@@ -213,7 +213,7 @@ pub enum Output {
         /// The session it came from.
         session: SessionId,
         /// Its id.
-        id: Key32,
+        id: ChunkId,
         /// Its bytes.
         bytes: Vec<u8>,
     },
@@ -222,9 +222,9 @@ pub enum Output {
     /// Replace a stored format-2 head by this one, the same head bound to the room.
     UpgradeHead(SignedHead),
     /// A stored block of this feed is damaged: forget it (then [`Input::Refetch`]).
-    ForgetDamaged(Key32),
+    ForgetDamaged(FeedKey),
     /// The session's peer proved it writes this feed.
-    WriterProven(SessionId, Key32),
+    WriterProven(SessionId, FeedKey),
     /// Peers learned by peer exchange: dial them.
     LearnPeers(Vec<(PeerId, Vec<Multiaddr>)>),
     /// A peer holds more of our own feed than we do (a restored data dir): appends wait
@@ -241,7 +241,7 @@ pub enum Output {
 /// One batch we still owe the peer: entries `start..end`, served from the top down.
 #[derive(Debug)]
 struct Serving {
-    feed: Key32,
+    feed: FeedKey,
     start: u64,
     end: u64,
 }
@@ -259,21 +259,21 @@ struct HeadUpdate {
 struct Session {
     peer: PeerId,
     /// The peer's feed key in the room, once its `Writer` proof verified.
-    writer: Option<Key32>,
+    writer: Option<FeedKey>,
     /// Verified heads the peer announced, by feed and seq: anchors for its batches.
-    anchors: HashMap<Key32, BTreeMap<u64, SignedHead>>,
+    anchors: HashMap<FeedKey, BTreeMap<u64, SignedHead>>,
     /// How many entries of each feed the peer has (or has been sent).
-    peer_len: HashMap<Key32, u64>,
+    peer_len: HashMap<FeedKey, u64>,
     /// Feeds the peer has more of than we hold: where [`Shared::schedule`] looks.
-    wanting: BTreeSet<Key32>,
+    wanting: BTreeSet<FeedKey>,
     /// Per feed, the seq below which the peer said it holds nothing (`NoData`).
-    lacks: HashMap<Key32, u64>,
+    lacks: HashMap<FeedKey, u64>,
     /// Wants of the peer not yet fully served.
     serving: VecDeque<Serving>,
     /// Chunks the peer asked for, not yet sent.
-    chunks_serving: VecDeque<(Key32, u32)>,
+    chunks_serving: VecDeque<(ChunkId, u32)>,
     /// The chunk being sent in parts (over a relay), kept between its frames.
-    chunk_cache: Option<(Key32, Vec<u8>)>,
+    chunk_cache: Option<(ChunkId, Vec<u8>)>,
     /// Whether the next frame sent is a chunk rather than log data (they alternate).
     chunk_turn: bool,
     /// Control frames waiting for the writer.
@@ -290,19 +290,19 @@ struct Session {
 /// The room-wide part of the state, shared by its sessions.
 #[derive(Debug)]
 struct Shared {
-    discovery_key: Key32,
-    own_feed: Key32,
+    discovery_key: DiscoveryKey,
+    own_feed: FeedKey,
     limits: RuleLimits,
     /// Which session fetches which piece, and entries held until they can be verified.
-    fetches: Fetches,
+    pieces: Pieces,
     /// Chunks wanted from the room's peers.
     chunk_wants: ChunkWants,
     /// Chunks partly received over small circuits: kept across sessions, so a transfer
     /// goes on over the next circuit where the last one closed.
-    chunk_parts: BTreeMap<Key32, Vec<u8>>,
+    chunk_parts: BTreeMap<ChunkId, Vec<u8>>,
     progress: Progress,
     /// Writers that reached a quota since start: their entries are not fetched.
-    over_quota: BTreeSet<Key32>,
+    over_quota: BTreeSet<FeedKey>,
     /// Entries of our feed that some peer is known to hold.
     own_seen: u64,
     /// The longest copy of our feed a peer showed us.
@@ -315,7 +315,7 @@ struct Shared {
     served: u64,
     outputs: VecDeque<Output>,
     /// For every session, after the current input: feeds to look at again…
-    released: Vec<Key32>,
+    released: Vec<FeedKey>,
     /// …whether chunks are wanted or stored…
     chunks_changed: bool,
     /// …and heads that advanced.
@@ -325,7 +325,7 @@ struct Shared {
 /// Catch-up accounting of a room, per feed.
 #[derive(Debug, Default)]
 struct Progress {
-    feeds: HashMap<Key32, FeedProgress>,
+    feeds: HashMap<FeedKey, FeedProgress>,
     last_emit: Option<Instant>,
 }
 
@@ -350,8 +350,8 @@ type Step = Result<(), SessionError>;
 impl RoomState {
     /// The state of room `discovery_key`, where we write `own_feed`.
     pub fn new(
-        discovery_key: Key32,
-        own_feed: Key32,
+        discovery_key: DiscoveryKey,
+        own_feed: FeedKey,
         limits: RuleLimits,
         storage: &dyn Storage,
     ) -> Result<Self, StoreError> {
@@ -361,7 +361,7 @@ impl RoomState {
                 discovery_key,
                 own_feed,
                 limits,
-                fetches: Fetches::default(),
+                pieces: Pieces::default(),
                 chunk_wants: ChunkWants::default(),
                 chunk_parts: BTreeMap::new(),
                 progress: Progress::default(),
@@ -447,7 +447,7 @@ impl RoomState {
     }
 
     /// The authenticated sessions, with their peers and proven writers.
-    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, PeerId, Option<Key32>)> + '_ {
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, PeerId, Option<FeedKey>)> + '_ {
         self.sessions.iter().map(|(id, s)| (*id, s.peer, s.writer))
     }
 
@@ -463,7 +463,7 @@ impl RoomState {
 
     /// Bytes held in memory until they can be verified.
     pub fn held_bytes(&self) -> usize {
-        self.shared.fetches.held_bytes()
+        self.shared.pieces.held_bytes()
     }
 
     fn session_up(&mut self, id: SessionId, up: SessionUp, storage: &dyn Storage) {
@@ -566,16 +566,16 @@ impl Shared {
 
     /// Whether this daemon takes no (more) entries of `feed`: the writer is blocked here, or
     /// reached a quota.
-    fn refuses(&self, feed: &Key32, storage: &dyn Storage) -> bool {
+    fn refuses(&self, feed: &FeedKey, storage: &dyn Storage) -> bool {
         self.over_quota.contains(feed) || storage.is_blocked(&self.discovery_key, feed).unwrap_or(false)
     }
 
-    fn meta(storage: &dyn Storage, feed: &Key32) -> Result<FeedMeta, StoreError> {
+    fn meta(storage: &dyn Storage, feed: &FeedKey) -> Result<FeedMeta, StoreError> {
         Ok(storage.feed_meta(feed)?.unwrap_or_default())
     }
 
     fn session_gone(&mut self, id: SessionId) {
-        let feeds = self.fetches.release_session(id);
+        let feeds = self.pieces.release_session(id);
         self.released.extend(feeds);
         self.chunk_wants.session_ended(id);
         self.chunks_changed = true;
@@ -604,8 +604,8 @@ impl Shared {
 
     /// `session` will not bring (more of) `feed`: its peer lacks it, or sent entries that
     /// failed verification (then, with `refuse`, it is not asked for the feed again).
-    fn fetch_failed(&mut self, session: SessionId, feed: &Key32, refuse: bool) {
-        self.fetches.release_feed(session, feed, refuse);
+    fn piece_failed(&mut self, session: SessionId, feed: &FeedKey, refuse: bool) {
+        self.pieces.release_feed(session, feed, refuse);
         self.released.push(*feed);
     }
 
@@ -676,7 +676,7 @@ impl Shared {
                 let lacks = s.lacks.entry(feed_key).or_insert(0);
                 *lacks = (*lacks).max(below);
                 // Another peer may have them.
-                self.fetch_failed(id, &feed_key, false);
+                self.piece_failed(id, &feed_key, false);
                 self.schedule(id, s, storage);
                 Ok(())
             }
@@ -862,7 +862,7 @@ impl Shared {
 
     /// Wants `feed` again if the peer has entries of it that we lack (after damaged blocks
     /// were forgotten, say).
-    fn rewant(&self, s: &mut Session, feed: &Key32, storage: &dyn Storage) -> Step {
+    fn rewant(&self, s: &mut Session, feed: &FeedKey, storage: &dyn Storage) -> Step {
         let Some(&theirs) = s.peer_len.get(feed) else { return Ok(()) };
         if s.wanting.contains(feed) || self.refuses(feed, storage) {
             return Ok(());
@@ -873,10 +873,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Claims pieces of what the peer has and we lack (see [`super::fetch`]) up to
+    /// Claims pieces of what the peer has and we lack (see [`super::pieces`]) up to
     /// [`PIECES_PER_SESSION`] at a time, and asks for them.
     fn schedule(&mut self, id: SessionId, s: &mut Session, storage: &dyn Storage) {
-        while self.fetches.awaited_by(id) < PIECES_PER_SESSION && !s.wanting.is_empty() {
+        while self.pieces.awaited_by(id) < PIECES_PER_SESSION && !s.wanting.is_empty() {
             let candidates: Vec<Candidate> = s
                 .wanting
                 .iter()
@@ -886,7 +886,7 @@ impl Shared {
                     lacks_below: s.lacks.get(feed).copied().unwrap_or(0),
                 })
                 .collect();
-            let claimed = self.fetches.claim(id, &candidates, |feed| Self::meta(storage, feed).unwrap_or_default());
+            let claimed = self.pieces.claim(id, &candidates, |feed| Self::meta(storage, feed).unwrap_or_default());
             let Some((feed_key, start, end)) = claimed else {
                 // Forget the feeds we now hold in full.
                 s.wanting.retain(|feed| {
@@ -912,12 +912,12 @@ impl Shared {
     }
 
     /// `session`'s peer lacks chunk `id` or sent a bad copy: another session may fetch it.
-    fn chunk_lacking(&mut self, session: SessionId, id: &Key32) {
+    fn chunk_lacking(&mut self, session: SessionId, id: &ChunkId) {
         self.chunk_wants.lacking(session, id);
         self.chunks_changed = true;
     }
 
-    fn chunk_stored(&mut self, session: SessionId, id: &Key32, stored: Option<u64>) {
+    fn chunk_stored(&mut self, session: SessionId, id: &ChunkId, stored: Option<u64>) {
         match stored {
             Some(bytes) => {
                 self.chunk_wants.done(id);
@@ -930,7 +930,7 @@ impl Shared {
 
     /// Adds bytes `offset..` of chunk `id` (of `total` bytes); returns the whole chunk once
     /// complete. Parts must come in order; one that does not fit starts nothing.
-    fn chunk_part(&mut self, id: &Key32, offset: u32, total: u32, bytes: Vec<u8>) -> Option<Vec<u8>> {
+    fn chunk_part(&mut self, id: &ChunkId, offset: u32, total: u32, bytes: Vec<u8>) -> Option<Vec<u8>> {
         if offset == 0 && bytes.len() as u64 == u64::from(total) {
             self.chunk_parts.remove(id);
             return Some(bytes);
@@ -958,14 +958,14 @@ impl Shared {
     fn receive(&mut self, job: IngestJob, storage: &dyn Storage) -> Result<bool, SessionError> {
         self.received += job.entries.len() as u64;
         let (session, feed, start, end) = (job.session, job.feed, job.start, job.end());
-        self.fetches.arrived(session, &feed, start, end);
-        if job.anchor.is_none() && self.fetches.is_claimed_by(session, &feed, start, end) {
+        self.pieces.arrived(session, &feed, start, end);
+        if job.anchor.is_none() && self.pieces.is_claimed_by(session, &feed, start, end) {
             let meta = Self::meta(storage, &feed)?;
             let verifiable = meta.has(end) || meta.head.as_ref().is_some_and(|h| h.seq + 1 == end);
             if !verifiable {
-                if !self.fetches.hold(Held { feed, start, entries: job.entries, session }) {
+                if !self.pieces.hold(Held { feed, start, entries: job.entries, session }) {
                     debug!("verification hold is full; the piece will be fetched again");
-                    self.fetch_failed(session, &feed, false);
+                    self.piece_failed(session, &feed, false);
                 }
                 return Ok(false);
             }
@@ -1010,10 +1010,10 @@ impl Shared {
             Ingest::Failed(e) if !job.held => return Err((id, SessionError::Store(e))),
             Ingest::Failed(e) => {
                 warn!(feed = %hex::encode(&feed[..8]), start = job.start, error = %e, "cannot store held entries");
-                self.fetch_failed(id, &feed, false);
+                self.piece_failed(id, &feed, false);
             }
             // A batch nobody asked for (a push whose head we could not use) is dropped.
-            Ingest::NotAnchored if !job.held && !self.fetches.is_claimed_by(id, &feed, job.start, job.end()) => {}
+            Ingest::NotAnchored if !job.held && !self.pieces.is_claimed_by(id, &feed, job.start, job.end()) => {}
             // Blocked here, or over a quota: not the peer's fault, and nobody else's copy is
             // wanted either.
             Ingest::Blocked | Ingest::Quota(_) => {
@@ -1023,7 +1023,7 @@ impl Shared {
                 if let Some(s) = sessions.get_mut(&id) {
                     s.wanting.remove(&feed);
                 }
-                self.fetch_failed(id, &feed, false);
+                self.piece_failed(id, &feed, false);
             }
             // A batch asked for that does not match the head that anchors it (a blind seeder
             // finds no other fault, not decrypting), or that fails another check: another
@@ -1032,7 +1032,7 @@ impl Shared {
             Ingest::NotAnchored | Ingest::Invalid(_) => {
                 let why = if let Ingest::Invalid(why) = &result { why.as_str() } else { "not anchored" };
                 warn!(feed = %hex::encode(&feed[..8]), start = job.start, error = why, held = job.held, "rejected entries from a peer; nothing stored");
-                self.fetch_failed(id, &feed, true);
+                self.piece_failed(id, &feed, true);
             }
         }
         if ok || job.held {
@@ -1048,12 +1048,12 @@ impl Shared {
 
     /// Entries of `feed` were stored: settle the claims they complete and hand out the next
     /// held batch that can now be verified.
-    fn after_stored(&mut self, feed: &Key32, storage: &dyn Storage) {
+    fn after_stored(&mut self, feed: &FeedKey, storage: &dyn Storage) {
         let Ok(meta) = Self::meta(storage, feed) else { return };
-        if self.fetches.settle(feed, &meta) {
+        if self.pieces.settle(feed, &meta) {
             self.released.push(*feed);
         }
-        if let Some(held) = self.fetches.take_ready(feed, &meta) {
+        if let Some(held) = self.pieces.take_ready(feed, &meta) {
             self.outputs.push_back(Output::Ingest(IngestJob {
                 session: held.session,
                 feed: *feed,
@@ -1067,7 +1067,7 @@ impl Shared {
 
     /// Records that a writer reached a quota: said once (a warning, an event), and its
     /// entries are no longer asked for.
-    fn reached_quota(&mut self, feed: &Key32, quota: QuotaKind) {
+    fn reached_quota(&mut self, feed: &FeedKey, quota: QuotaKind) {
         if self.over_quota.insert(*feed) {
             warn!(writer = %hex::encode(&feed[..8]), %quota, "a writer reached the room's quota: storing no more of it");
             self.emit(DaemonEvent::WriterQuota { room: self.discovery_key, writer: *feed, quota });
@@ -1078,7 +1078,7 @@ impl Shared {
     /// every [`PROGRESS_INTERVAL`] unless sync just completed.
     fn record_progress(
         &mut self,
-        feed: &Key32,
+        feed: &FeedKey,
         seen: Option<(u64, u64)>,
         stored: Option<(u64, u64)>,
         now: Instant,

@@ -1,7 +1,7 @@
 //! The rules' storage: [`Storage`] over the daemon's [`Store`] and [`Chunks`], and the
 //! outputs that write to them ([`perform`]), shared by the room task and the simulation.
 
-use peerlog_proto::wire::{Entry, Key32, SignedHead};
+use peerlog_proto::wire::{ChunkId, DiscoveryKey, Entry, FeedKey, SignedHead};
 use tracing::{debug, warn};
 
 use super::state::{Ingest, IngestJob, Input, Output, Storage};
@@ -20,43 +20,43 @@ pub struct Local {
 }
 
 impl Storage for Local {
-    fn feed_meta(&self, feed: &Key32) -> Result<Option<FeedMeta>, StoreError> {
+    fn feed_meta(&self, feed: &FeedKey) -> Result<Option<FeedMeta>, StoreError> {
         self.store.feed_meta(feed)
     }
 
-    fn feed_bytes(&self, feed: &Key32) -> u64 {
+    fn feed_bytes(&self, feed: &FeedKey) -> u64 {
         self.store.feed_bytes(feed).unwrap_or(0)
     }
 
-    fn entries(&self, feed: &Key32, start: u64, end: u64) -> Result<Vec<Entry>, StoreError> {
+    fn entries(&self, feed: &FeedKey, start: u64, end: u64) -> Result<Vec<Entry>, StoreError> {
         self.store.entries(feed, start, end)
     }
 
-    fn room_feeds(&self, room: &Key32) -> Result<Vec<Key32>, StoreError> {
+    fn room_feeds(&self, room: &DiscoveryKey) -> Result<Vec<FeedKey>, StoreError> {
         Ok(self.store.room_feeds(room)?.into_iter().map(|(feed, _)| feed).collect())
     }
 
-    fn room_heads(&self, room: &Key32) -> Result<Vec<SignedHead>, StoreError> {
+    fn room_heads(&self, room: &DiscoveryKey) -> Result<Vec<SignedHead>, StoreError> {
         self.store.room_heads(room)
     }
 
-    fn is_blocked(&self, room: &Key32, writer: &Key32) -> Result<bool, StoreError> {
+    fn is_blocked(&self, room: &DiscoveryKey, writer: &FeedKey) -> Result<bool, StoreError> {
         self.store.is_blocked(room, writer)
     }
 
-    fn has_legacy_head(&self, feed: &Key32) -> bool {
+    fn has_legacy_head(&self, feed: &FeedKey) -> bool {
         self.store.has_legacy_head(feed)
     }
 
-    fn room_has_chunk(&self, room: &Key32, id: &Key32) -> Result<bool, StoreError> {
+    fn room_has_chunk(&self, room: &DiscoveryKey, id: &ChunkId) -> Result<bool, StoreError> {
         self.store.room_has_chunk(room, id)
     }
 
-    fn read_chunk(&self, id: &Key32) -> std::io::Result<Option<Vec<u8>>> {
+    fn read_chunk(&self, id: &ChunkId) -> std::io::Result<Option<Vec<u8>>> {
         self.chunks.read(id)
     }
 
-    fn has_chunk(&self, id: &Key32) -> bool {
+    fn has_chunk(&self, id: &ChunkId) -> bool {
         self.chunks.has(id)
     }
 }

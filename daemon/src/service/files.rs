@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use peerlog_proto::wire::Key32;
+use peerlog_proto::wire::{ChunkId, Key32};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{Service, ServiceError};
@@ -50,7 +50,7 @@ pub struct FileInfo {
     /// Media type (the sender's claim).
     pub mime: String,
     /// Chunk ids.
-    pub chunks: Vec<Key32>,
+    pub chunks: Vec<ChunkId>,
 }
 
 impl From<FileError> for ServiceError {
@@ -117,7 +117,7 @@ impl Service {
             });
         };
         let runtime = tokio::runtime::Handle::current();
-        let (chunks, size) = tokio::task::spawn_blocking(move || -> Result<(Vec<Key32>, u64), ServiceError> {
+        let (chunks, size) = tokio::task::spawn_blocking(move || -> Result<(Vec<ChunkId>, u64), ServiceError> {
             match source {
                 FileSource::Path(path) => {
                     use std::io::Read;
@@ -199,7 +199,7 @@ impl Service {
         }
         let size_of = |i: usize| (file.size - (i * CHUNK_BYTES) as u64).min(CHUNK_BYTES as u64);
         let mut events = room.subscribe_chunks();
-        let missing: Vec<(usize, Key32)> =
+        let missing: Vec<(usize, ChunkId)> =
             file.chunks.iter().copied().enumerate().filter(|(_, id)| !self.chunks.has(id)).collect();
         let mut done: u64 = file.size - missing.iter().map(|(i, _)| size_of(*i)).sum::<u64>();
         let progress = |done: u64, finished: bool| {
@@ -216,17 +216,17 @@ impl Service {
             progress(done, true);
             return Ok(());
         }
-        let ids: Vec<Key32> = missing.iter().map(|(_, id)| *id).collect();
+        let ids: Vec<ChunkId> = missing.iter().map(|(_, id)| *id).collect();
         room.want_chunks(&ids);
         // Whatever ends this wait, the room stops asking for what we no longer wait for.
-        struct Unwant<'a>(&'a Room, Vec<Key32>);
+        struct Unwant<'a>(&'a Room, Vec<ChunkId>);
         impl Drop for Unwant<'_> {
             fn drop(&mut self) {
                 self.0.unwant_chunks(&self.1);
             }
         }
         let _unwant = Unwant(room, ids);
-        let mut remaining: std::collections::HashMap<Key32, usize> =
+        let mut remaining: std::collections::HashMap<ChunkId, usize> =
             missing.into_iter().map(|(i, id)| (id, i)).collect();
         progress(done, false);
         loop {
@@ -247,7 +247,8 @@ impl Service {
                     }
                 }
                 Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                    let arrived: HashSet<Key32> = remaining.keys().filter(|id| self.chunks.has(id)).copied().collect();
+                    let arrived: HashSet<ChunkId> =
+                        remaining.keys().filter(|id| self.chunks.has(id)).copied().collect();
                     for id in arrived {
                         if let Some(i) = remaining.remove(&id) {
                             done += size_of(i);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::PeerId;
-use peerlog_proto::wire::Key32;
+use peerlog_proto::wire::{DiscoveryKey, FeedKey};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -214,7 +214,7 @@ impl Service {
                         }
                     }
                     Ok(node::NodeEvent::ConnectionChanged { peer, kind }) => {
-                        let rooms: Vec<Key32> =
+                        let rooms: Vec<DiscoveryKey> =
                             this.room_peers(None).into_iter().filter(|(p, _)| *p == peer).map(|(_, r)| r).collect();
                         if !rooms.is_empty() {
                             let _ =
@@ -303,7 +303,7 @@ impl Service {
 
     async fn add_room(
         self: &Arc<Self>,
-        discovery_key: Key32,
+        discovery_key: DiscoveryKey,
         access: Access,
         name: Option<String>,
     ) -> Result<(Arc<Room>, bool), ServiceError> {
@@ -425,7 +425,7 @@ impl Service {
     /// Blocks (or unblocks) a writer in `room`, or in every room: its entries are no longer
     /// stored, served or shown, and sessions with peers that write as it end now (and are
     /// refused when they come back).
-    pub async fn block_writer(&self, room: Option<&Room>, writer: &Key32, blocked: bool) -> Result<(), ServiceError> {
+    pub async fn block_writer(&self, room: Option<&Room>, writer: &FeedKey, blocked: bool) -> Result<(), ServiceError> {
         if self
             .rooms
             .list()
@@ -434,7 +434,7 @@ impl Service {
         {
             return Err(ServiceError::Invalid("that writer key is this daemon's own".into()));
         }
-        self.store.set_blocked(&room.map_or([0; 32], |r| r.discovery_key), writer, blocked)?;
+        self.store.set_blocked(&room.map_or(DiscoveryKey::default(), |r| r.discovery_key), writer, blocked)?;
         if blocked {
             for p in self.replicator.room_peers(room.map(|r| &r.discovery_key)) {
                 if p.writer == Some(*writer) {
@@ -532,7 +532,7 @@ impl Service {
     }
 
     /// Rooms each peer shares with us (authenticated sessions).
-    pub fn room_peers(&self, room: Option<&Key32>) -> Vec<(PeerId, Key32)> {
+    pub fn room_peers(&self, room: Option<&DiscoveryKey>) -> Vec<(PeerId, DiscoveryKey)> {
         self.replicator.room_peers(room).into_iter().map(|p| (p.peer, p.room)).collect()
     }
 }

@@ -249,7 +249,7 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
 async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> {
     use peerlog::files::{Chunks, Encoder};
     use peerlog::log::{new_writer, Body, FeedCipher};
-    use peerlog_proto::wire::Frame;
+    use peerlog_proto::wire::{ChunkId, FeedKey, Frame};
 
     const PASS: &str = "corrupt chunks get no foothold here";
     let d = TestDaemon::start().await?;
@@ -268,7 +268,7 @@ async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> 
     let (ids, size) = enc.finish()?;
     let store = peerlog::log::store::Store::open(&scratch.path().join("db"))?;
     let writer = new_writer();
-    let feed = writer.verifying_key().to_bytes();
+    let feed = FeedKey(writer.verifying_key().to_bytes());
     let cipher = FeedCipher::new(&content_key, &feed);
     let body = Body::File {
         file_id,
@@ -303,10 +303,10 @@ async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> 
     // The session stays up (a bad chunk is refused, not a protocol break), and nothing of
     // the bad bytes is stored.
     // Frames are handled in order: once a probe is answered, the bad chunk was judged.
-    let probe = [0x77; 32];
+    let probe = ChunkId([0x77; 32]);
     s.send(&Frame::WantChunk { id: probe, offset: 0 }).await?;
     s.recv_until("the answer to the probe", |f| *f == Frame::NoChunk { id: probe }).await?;
-    let hex = hex_of(&id);
+    let hex = hex_of(&id.0);
     let stored = d.data_dir().join("chunks").join(&hex[..2]).join(&hex);
     ensure!(!stored.exists(), "a chunk that does not match its id was stored");
     drop(s);

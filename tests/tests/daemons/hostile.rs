@@ -5,7 +5,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use peerlog::log::store::{Store, WriterQuota};
 use peerlog::log::{hash_entry, new_writer, sign_head, Body, FeedCipher, Message, LAMPORT_MAX};
-use peerlog_proto::wire::{Entry, Frame, Key32, SignedHead};
+use peerlog_proto::wire::{DiscoveryKey, Entry, FeedKey, Frame, Key32, SignedHead};
 use peerlog_tests::*;
 use serde_json::json;
 
@@ -20,7 +20,7 @@ fn entry_with_clock(
     lamport: u64,
     text: &str,
 ) -> (Entry, SignedHead) {
-    let feed = writer.verifying_key().to_bytes();
+    let feed = FeedKey(writer.verifying_key().to_bytes());
     let message = Message { lamport, time_ms: 1, body: Some(Body::Text { text: text.into() }) };
     let content_key = keys.content_key.expect("member keys");
     let entry = FeedCipher::new(&content_key, &feed).seal(seq, prev, &message.encode());
@@ -52,7 +52,7 @@ async fn a_hostile_lamport_clock_is_refused_and_others_keep_writing() -> Result<
 
     let keys = room_keys(PASS);
     let hostile = new_writer();
-    let hk = hostile.verifying_key().to_bytes();
+    let hk = FeedKey(hostile.verifying_key().to_bytes());
     let raw = RawPeer::start().await?;
     let mut s = raw
         .open(a.p2p_addr().await?, a.peer_id()?, keys.discovery_key, keys.auth_key)
@@ -69,7 +69,7 @@ async fn a_hostile_lamport_clock_is_refused_and_others_keep_writing() -> Result<
     let honest = new_writer();
     let (entry, head) = entry_with_clock(&honest, &keys, 0, [0; 32], 2, "honest");
     s.send(&Frame::Data {
-        feed_key: honest.verifying_key().to_bytes(),
+        feed_key: FeedKey(honest.verifying_key().to_bytes()),
         start: 0,
         entries: vec![entry],
         head: Some(head),
@@ -106,7 +106,7 @@ async fn a_room_poisoned_by_an_older_version_recovers_at_restart() -> Result<()>
     {
         let store = Store::open(&a.data_dir().join("db"))?;
         let hostile = new_writer();
-        let hk = hostile.verifying_key().to_bytes();
+        let hk = FeedKey(hostile.verifying_key().to_bytes());
         let (entry, head) = entry_with_clock(&hostile, &keys, 0, [0; 32], u64::MAX, "poison");
         let cipher = FeedCipher::new(&content_key, &hk);
         store.ingest_bounded(
@@ -121,7 +121,7 @@ async fn a_room_poisoned_by_an_older_version_recovers_at_restart() -> Result<()>
         )?;
         let (_, record) = store.rooms()?.into_iter().next().context("the room record")?;
         let ours = ed25519_dalek::SigningKey::from_bytes(&record.writer);
-        let oc = FeedCipher::new(&content_key, &ours.verifying_key().to_bytes());
+        let oc = FeedCipher::new(&content_key, &FeedKey(ours.verifying_key().to_bytes()));
         // u64::MAX + 1 wrapped to 0 in release builds.
         store.append(&keys.discovery_key, &ours, &oc, 0, vec![Body::Text { text: "wrapped".into() }])?;
         store.flush().await?;
@@ -234,8 +234,11 @@ async fn a_refusal_arrives_even_when_the_peer_does_not_wait() -> Result<()> {
     let (mut lost, mut reset) = (0, 0);
     for i in 0..20 {
         // A wrong membership proof, and (every other try) a room the daemon is not in.
-        let (room, reason) =
-            if i % 2 == 0 { (keys.discovery_key, Refusal::BadAuth) } else { ([9; 32], Refusal::UnknownRoom) };
+        let (room, reason) = if i % 2 == 0 {
+            (keys.discovery_key, Refusal::BadAuth)
+        } else {
+            (DiscoveryKey([9; 32]), Refusal::UnknownRoom)
+        };
         let mut s = raw.stream(addr.clone(), peer).await?;
         let room_tag = peerlog::keys::room_tag(&room, &[1; 32], &raw.node.peer_id(), &peer);
         s.send(&Frame::Hello { room_tag, nonce: [1; 32] }).await?;
@@ -256,7 +259,7 @@ async fn a_refusal_arrives_even_when_the_peer_does_not_wait() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_asks_and_never_reads_is_disconnected() -> Result<()> {
     let (_d, mut c, _keys, _raw, mut s) = member_session().await?;
-    let made_up = [0x42; 32];
+    let made_up = FeedKey([0x42; 32]);
     let mut sent = 0;
     for _ in 0..20 {
         // The daemon stops reading once it ends the session: that is the point. (Our sends
@@ -394,7 +397,7 @@ async fn hello_does_not_reveal_the_room() -> Result<()> {
     let me = raw.node.peer_id();
 
     let mut s = raw.stream(addr.clone(), peer).await?;
-    s.send(&Frame::Hello { room_tag: keys.discovery_key, nonce: [5; 32] }).await?;
+    s.send(&Frame::Hello { room_tag: keys.discovery_key.0, nonce: [5; 32] }).await?;
     let (seen, _) = s.read_to_end().await?;
     ensure!(
         seen == vec![Frame::Refuse { reason: peerlog_proto::wire::Refusal::UnknownRoom }],
@@ -405,7 +408,7 @@ async fn hello_does_not_reveal_the_room() -> Result<()> {
     let nonce = [6; 32];
     s.send(&Frame::Hello { room_tag: peerlog::keys::room_tag(&keys.discovery_key, &nonce, &me, &peer), nonce }).await?;
     let Frame::Hello { room_tag, nonce: theirs } = s.recv().await? else { anyhow::bail!("no Hello in reply") };
-    ensure!(room_tag != keys.discovery_key, "the daemon's Hello carries the discovery key in the clear");
+    ensure!(room_tag != keys.discovery_key.0, "the daemon's Hello carries the discovery key in the clear");
     ensure!(
         room_tag == peerlog::keys::room_tag(&keys.discovery_key, &theirs, &peer, &me),
         "the daemon's Hello does not name the room for this pair of peers"
@@ -427,8 +430,8 @@ async fn a_damaged_block_is_not_served_and_the_session_goes_on() -> Result<()> {
     let last = bytes.len() - 1;
     bytes[last] ^= 1;
     std::fs::write(&path, bytes)?;
-    let mut feed = [0u8; 32];
-    for (i, b) in feed.iter_mut().enumerate() {
+    let mut feed = FeedKey::default();
+    for (i, b) in feed.0.iter_mut().enumerate() {
         *b = u8::from_str_radix(&feed_hex[2 * i..2 * i + 2], 16)?;
     }
     for _ in 0..2 {
@@ -506,7 +509,7 @@ fn feed_of(
     lamport: u64,
     text: &str,
 ) -> Vec<(Entry, SignedHead)> {
-    let feed = writer.verifying_key().to_bytes();
+    let feed = FeedKey(writer.verifying_key().to_bytes());
     let mut prev = [0; 32];
     (0..n)
         .map(|seq| {
@@ -522,7 +525,7 @@ async fn push_feed(
     writer: &ed25519_dalek::SigningKey,
     feed: Vec<(Entry, SignedHead)>,
 ) -> Result<()> {
-    let feed_key = writer.verifying_key().to_bytes();
+    let feed_key = FeedKey(writer.verifying_key().to_bytes());
     for (seq, (entry, head)) in feed.into_iter().enumerate() {
         s.send(&Frame::Data { feed_key, start: seq as u64, entries: vec![entry], head: Some(head) }).await?;
     }
@@ -696,7 +699,7 @@ async fn a_feed_carried_over_from_another_room_is_refused() -> Result<()> {
     let room = room_id(&mut c).await?;
     // Same content key (so the entries decrypt), another room's discovery key in the heads.
     let mut elsewhere = keys.clone();
-    elsewhere.discovery_key = [0x42; 32];
+    elsewhere.discovery_key = DiscoveryKey([0x42; 32]);
     let carried = new_writer();
     push_feed(&mut s, &carried, feed_of(&carried, &elsewhere, 1, 10, "carried")).await?;
     let (seen, _) = s.read_to_end().await?;

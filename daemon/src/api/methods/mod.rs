@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use peerlog_proto::api::{self as proto, codes, Method};
+use peerlog_proto::wire::FeedKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -80,10 +81,10 @@ pub(super) async fn call(service: &Arc<Service>, method: &str, params: Value) ->
 }
 
 /// A writer key (an author) from its 64 hex digits.
-fn writer_key(hex_key: &str) -> Result<[u8; 32], ApiError> {
+fn writer_key(hex_key: &str) -> Result<FeedKey, ApiError> {
     hex::decode(hex_key)
         .ok()
-        .and_then(|b| b.try_into().ok())
+        .and_then(|b| FeedKey::try_from(b.as_slice()).ok())
         .ok_or_else(|| ApiError::params("peer must be a writer key: 64 hex digits (an author)"))
 }
 

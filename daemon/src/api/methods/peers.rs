@@ -9,6 +9,7 @@ use peerlog_proto::api::peers::{
     PeerRoomParams, Presence, ProfileParams, ProfileResult, RoomPeer, SafetyResult,
 };
 use peerlog_proto::api::rooms::RoomParam;
+use peerlog_proto::wire::{DiscoveryKey, FeedKey};
 
 use super::super::ApiError;
 use super::{qr_svg, writer_key};
@@ -23,7 +24,7 @@ pub(super) async fn list(service: &Arc<Service>, p: OptRoomParam) -> Result<Peer
     };
     let info = service.node_info().await?;
     // Per peer: its rooms, and (asking for one room) who it is there.
-    type PeerRow = (Vec<String>, Option<[u8; 32]>, Option<Arc<Room>>);
+    type PeerRow = (Vec<String>, Option<FeedKey>, Option<Arc<Room>>);
     let mut peers: BTreeMap<String, PeerRow> = BTreeMap::new();
     for rp in service.replicator.room_peers(filter.as_ref()) {
         if let Some(room) = service.rooms.get(&rp.room) {
@@ -63,13 +64,13 @@ pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<Memb
     let room = service.room(&p.room)?;
     let names = service.store.profiles(&room.discovery_key).map_err(ServiceError::from)?;
     let info = service.node_info().await?;
-    let online: HashMap<[u8; 32], String> = service
+    let online: HashMap<FeedKey, String> = service
         .replicator
         .room_peers(Some(&room.discovery_key))
         .into_iter()
         .filter_map(|p| Some((p.writer?, p.peer.to_string())))
         .collect();
-    let presence = |feed: &[u8; 32]| -> Presence {
+    let presence = |feed: &FeedKey| -> Presence {
         let Some(peer) = online.get(feed) else {
             return Presence { online: false, peer_id: None, connection: None, rtt_ms: None };
         };
@@ -83,7 +84,7 @@ pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<Memb
     };
     // The writers we hold entries of, ourselves, and online writers we hold nothing
     // of yet: with how many messages each wrote.
-    let mut writers: Vec<([u8; 32], u64)> = service
+    let mut writers: Vec<(FeedKey, u64)> = service
         .store
         .room_feeds(&room.discovery_key)
         .map_err(ServiceError::from)?
@@ -169,7 +170,9 @@ pub(super) fn safety(service: &Service, p: PeerRoomParams) -> Result<SafetyResul
 
 pub(super) fn blocked(service: &Service, p: OptRoomParam) -> Result<BlockedResult, ApiError> {
     let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
-    let writers =
-        service.store.blocked_writers(&room.map_or([0; 32], |r| r.discovery_key)).map_err(ServiceError::from)?;
+    let writers = service
+        .store
+        .blocked_writers(&room.map_or(DiscoveryKey::default(), |r| r.discovery_key))
+        .map_err(ServiceError::from)?;
     Ok(BlockedResult { blocked: writers.iter().map(hex::encode).collect() })
 }

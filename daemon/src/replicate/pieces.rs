@@ -1,4 +1,7 @@
-//! Who fetches what. A room's missing entries are handed to its replication sessions in
+//! Which session fetches which piece of a feed. ("Claim" here means a piece claim; the
+//! replicator *reserves* session slots; fetching a *file* is about chunks, `files.rs`.)
+//!
+//! A room's missing entries are handed to its replication sessions in
 //! pieces of at most [`PIECE_ENTRIES`], newest first, each piece claimed by one session,
 //! so that with several peers holding a feed its ranges come from all of them in parallel
 //! and nothing is downloaded twice.
@@ -11,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use peerlog_proto::wire::{Entry, Key32};
+use peerlog_proto::wire::{Entry, FeedKey};
 
 use crate::ids::SessionId;
 use crate::log::store::FeedMeta;
@@ -28,7 +31,7 @@ pub const HOLD_BYTES: usize = 32 << 20;
 /// A range of a feed one session fetches.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Claim {
-    feed: Key32,
+    feed: FeedKey,
     start: u64,
     end: u64,
     session: SessionId,
@@ -40,7 +43,7 @@ struct Claim {
 #[derive(Debug)]
 pub struct Held {
     /// The feed.
-    pub feed: Key32,
+    pub feed: FeedKey,
     /// Seq of `entries[0]`.
     pub start: u64,
     /// The entries.
@@ -63,7 +66,7 @@ impl Held {
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate {
     /// The feed.
-    pub feed: Key32,
+    pub feed: FeedKey,
     /// The peer's length of it (its newest signed head + 1).
     pub target: u64,
     /// The peer said it has nothing below this seq.
@@ -72,22 +75,22 @@ pub struct Candidate {
 
 /// A room's claims and held batches.
 #[derive(Debug, Default)]
-pub struct Fetches {
+pub struct Pieces {
     claims: Vec<Claim>,
-    held: BTreeMap<(Key32, u64), Held>,
+    held: BTreeMap<(FeedKey, u64), Held>,
     held_bytes: usize,
     /// (session, feed) pairs whose data failed verification: not asked again.
-    refused: HashSet<(SessionId, Key32)>,
+    refused: HashSet<(SessionId, FeedKey)>,
 }
 
-impl Fetches {
+impl Pieces {
     /// How many pieces `session` still waits for (claimed, not all of it arrived).
     pub fn awaited_by(&self, session: SessionId) -> usize {
         self.claims.iter().filter(|c| c.session == session && c.arrived > c.start).count()
     }
 
     /// Notes that `start..end` of `feed` arrived from `session`.
-    pub fn arrived(&mut self, session: SessionId, feed: &Key32, start: u64, end: u64) {
+    pub fn arrived(&mut self, session: SessionId, feed: &FeedKey, start: u64, end: u64) {
         for c in &mut self.claims {
             if c.session == session
                 && c.feed == *feed
@@ -101,7 +104,7 @@ impl Fetches {
     }
 
     /// Whether `start..end` of `feed` lies inside a piece `session` claimed.
-    pub fn is_claimed_by(&self, session: SessionId, feed: &Key32, start: u64, end: u64) -> bool {
+    pub fn is_claimed_by(&self, session: SessionId, feed: &FeedKey, start: u64, end: u64) -> bool {
         self.claims.iter().any(|c| c.session == session && c.feed == *feed && c.start <= start && end <= c.end)
     }
 
@@ -139,10 +142,10 @@ impl Fetches {
         &mut self,
         session: SessionId,
         candidates: &[Candidate],
-        mut meta: impl FnMut(&Key32) -> FeedMeta,
-    ) -> Option<(Key32, u64, u64)> {
+        mut meta: impl FnMut(&FeedKey) -> FeedMeta,
+    ) -> Option<(FeedKey, u64, u64)> {
         let loose = self.held_bytes < HOLD_BYTES / 2;
-        let mut best: Option<(u64, Key32, u64, u64)> = None;
+        let mut best: Option<(u64, FeedKey, u64, u64)> = None;
         for c in candidates {
             let m = meta(&c.feed);
             let Some((start, end)) = self.free_piece(session, c, &m) else { continue };
@@ -162,7 +165,7 @@ impl Fetches {
     }
 
     /// Drops the claims on `feed` that are now stored; whether any was.
-    pub fn settle(&mut self, feed: &Key32, meta: &FeedMeta) -> bool {
+    pub fn settle(&mut self, feed: &FeedKey, meta: &FeedMeta) -> bool {
         let before = self.claims.len();
         self.claims.retain(|c| c.feed != *feed || meta.missing(c.end).iter().any(|&(_, e)| e > c.start));
         self.claims.len() != before
@@ -181,7 +184,7 @@ impl Fetches {
     }
 
     /// A held batch of `feed` that can be verified now: the entry above it is stored.
-    pub fn take_ready(&mut self, feed: &Key32, meta: &FeedMeta) -> Option<Held> {
+    pub fn take_ready(&mut self, feed: &FeedKey, meta: &FeedMeta) -> Option<Held> {
         let key = self
             .held
             .range((*feed, 0)..=(*feed, u64::MAX))
@@ -194,7 +197,7 @@ impl Fetches {
 
     /// Ends `session`'s claims on `feed` and drops what it sent of it that is still held;
     /// with `refuse`, the session will not be given the feed again.
-    pub fn release_feed(&mut self, session: SessionId, feed: &Key32, refuse: bool) {
+    pub fn release_feed(&mut self, session: SessionId, feed: &FeedKey, refuse: bool) {
         self.claims.retain(|c| c.session != session || c.feed != *feed);
         self.drop_held(|h| h.session == session && h.feed == *feed);
         if refuse {
@@ -203,8 +206,8 @@ impl Fetches {
     }
 
     /// Ends everything of a session that ended; returns the feeds it had claimed.
-    pub fn release_session(&mut self, session: SessionId) -> Vec<Key32> {
-        let mut feeds: Vec<Key32> = self.claims.iter().filter(|c| c.session == session).map(|c| c.feed).collect();
+    pub fn release_session(&mut self, session: SessionId) -> Vec<FeedKey> {
+        let mut feeds: Vec<FeedKey> = self.claims.iter().filter(|c| c.session == session).map(|c| c.feed).collect();
         feeds.dedup();
         self.claims.retain(|c| c.session != session);
         self.drop_held(|h| h.session == session);
@@ -213,7 +216,7 @@ impl Fetches {
     }
 
     fn drop_held(&mut self, mut which: impl FnMut(&Held) -> bool) {
-        let keys: Vec<(Key32, u64)> = self.held.iter().filter(|(_, h)| which(h)).map(|(k, _)| *k).collect();
+        let keys: Vec<(FeedKey, u64)> = self.held.iter().filter(|(_, h)| which(h)).map(|(k, _)| *k).collect();
         for k in keys {
             if let Some(h) = self.held.remove(&k) {
                 self.held_bytes -= h.bytes();
@@ -231,7 +234,7 @@ impl Fetches {
 mod tests {
     use super::*;
 
-    const F: Key32 = [1; 32];
+    const F: FeedKey = FeedKey([1; 32]);
 
     fn cand(target: u64) -> Candidate {
         Candidate { feed: F, target, lacks_below: 0 }
@@ -248,7 +251,7 @@ mod tests {
 
     #[test]
     fn pieces_go_newest_first_to_different_sessions_without_overlap() {
-        let mut f = Fetches::default();
+        let mut f = Pieces::default();
         let n = 3 * PIECE_ENTRIES + 100;
         let meta = stored(&[]);
         let a = f.claim(SessionId(1), &[cand(n)], |_| meta.clone()).unwrap();
@@ -271,7 +274,7 @@ mod tests {
 
     #[test]
     fn stored_held_and_lacking_ranges_are_not_claimed() {
-        let mut f = Fetches::default();
+        let mut f = Pieces::default();
         // Stored 500..1000; session 9 holds 300..400 unverified.
         let meta = stored(&[(500, 1000)]);
         assert!(f.hold(held(300, 100, SessionId(9))));
@@ -280,14 +283,14 @@ mod tests {
         let p = f.claim(SessionId(1), &[cand(1000)], |_| meta.clone()).unwrap();
         assert_eq!((p.1, p.2), (0, 300));
         // A peer that lacks everything below 450 gets nothing here.
-        let mut g = Fetches::default();
+        let mut g = Pieces::default();
         let c = Candidate { feed: F, target: 1000, lacks_below: 450 };
         assert_eq!(g.claim(SessionId(1), &[c], |_| meta.clone()).map(|p| (p.1, p.2)), Some((450, 500)));
     }
 
     #[test]
     fn held_batches_come_out_once_the_entry_above_is_stored_and_claims_settle() {
-        let mut f = Fetches::default();
+        let mut f = Pieces::default();
         let meta = stored(&[]);
         let top = f.claim(SessionId(1), &[cand(2000)], |_| meta.clone()).unwrap();
         assert_eq!((top.1, top.2), (0, 2000));
@@ -304,21 +307,21 @@ mod tests {
 
     #[test]
     fn refused_sessions_get_nothing_and_a_full_hold_only_allows_verifiable_pieces() {
-        let mut f = Fetches::default();
+        let mut f = Pieces::default();
         let meta = stored(&[]);
         f.claim(SessionId(1), &[cand(100)], |_| meta.clone()).unwrap();
         f.release_feed(SessionId(1), &F, true);
         assert!(f.claim(SessionId(1), &[cand(100)], |_| meta.clone()).is_none());
         assert!(f.claim(SessionId(2), &[cand(100)], |_| meta.clone()).is_some());
 
-        let mut g = Fetches::default();
+        let mut g = Pieces::default();
         let big = Entry { prev: [0; 32], nonce: [0; 12], ciphertext: vec![0; HOLD_BYTES / 2] };
-        assert!(g.hold(Held { feed: [2; 32], start: 0, entries: vec![big], session: SessionId(5) }));
+        assert!(g.hold(Held { feed: FeedKey([2; 32]), start: 0, entries: vec![big], session: SessionId(5) }));
         let n = 3 * PIECE_ENTRIES;
         let first = g.claim(SessionId(1), &[cand(n)], |_| meta.clone()).unwrap();
         assert_eq!(first.2, n, "the top piece verifies against the head");
         assert!(g.claim(SessionId(2), &[cand(n)], |_| meta.clone()).is_none(), "a detached piece would be held");
-        assert_eq!(g.release_session(SessionId(5)), Vec::<Key32>::new());
+        assert_eq!(g.release_session(SessionId(5)), Vec::<FeedKey>::new());
         assert!(g.claim(SessionId(2), &[cand(n)], |_| meta.clone()).is_some());
     }
 }
