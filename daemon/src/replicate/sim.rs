@@ -550,17 +550,49 @@ mod tests {
     }
 
     #[test]
+    fn a_joiner_fetches_the_newest_page_of_every_feed_before_older_ones() {
+        let mut sim = Sim::new(13);
+        let (hub, joiner) = (sim.add_nodes(2), 1);
+        let writers = [sim.add_nodes(1), sim.add_nodes(1), sim.add_nodes(1)];
+        for &w in &writers {
+            sim.send(w, 20_000);
+            sim.connect(w, hub);
+        }
+        sim.run_until(MINUTE, "the hub holds the three feeds", |s| s.nodes[hub].stored() == 60_000);
+        sim.trace = Some(Vec::new());
+        sim.connect(joiner, hub);
+        sim.run_until(MINUTE, "the joiner holds the three feeds", |s| s.nodes[joiner].stored() == 60_000);
+        let first: Vec<(FeedKey, u64)> = sim
+            .sent(joiner, hub)
+            .filter_map(|f| match f {
+                Frame::Want { feed_key, end, .. } => Some((*feed_key, *end)),
+                _ => None,
+            })
+            .take(3)
+            .collect();
+        assert!(first.iter().all(|(_, end)| *end == 20_000), "the first three pieces are the feeds' newest: {first:?}");
+        let mut feeds: Vec<FeedKey> = first.iter().map(|(f, _)| *f).collect();
+        feeds.dedup();
+        assert_eq!(feeds.len(), 3, "one of each feed: {first:?}");
+    }
+
+    /// Writer `w` writes `n` entries, `copies` fetch them all, then `w` leaves them.
+    fn copies_then_gone(sim: &mut Sim, w: usize, copies: &[usize], n: u64) {
+        sim.send(w, n as usize);
+        for &c in copies {
+            sim.connect(w, c);
+        }
+        sim.run_until(MINUTE, "the copies hold w's feed", |s| copies.iter().all(|&c| s.nodes[c].stored() == n));
+        for &c in copies {
+            sim.disconnect(w, c);
+        }
+    }
+
+    #[test]
     fn one_feed_is_fetched_from_two_peers_without_duplicates() {
         let mut sim = Sim::new(2);
         let (w, b, c, d) = (sim.add_nodes(4), 1, 2, 3);
-        sim.send(w, 30_000);
-        sim.connect(w, b);
-        sim.connect(w, c);
-        sim.run_until(MINUTE, "b and c hold w's feed", |s| {
-            s.nodes[b].stored() == 30_000 && s.nodes[c].stored() == 30_000
-        });
-        sim.disconnect(w, b);
-        sim.disconnect(w, c);
+        copies_then_gone(&mut sim, w, &[b, c], 30_000);
         let served = |sim: &Sim, i: usize| sim.nodes[i].state.counters().1;
         let before = (served(&sim, b), served(&sim, c));
         sim.connect(d, b);
@@ -578,14 +610,7 @@ mod tests {
         let w = sim.add_node(NodeOpts::default());
         let t = sim.add_node(NodeOpts { tamper: true, ..NodeOpts::default() });
         let (b, d) = (sim.add_nodes(2), 3);
-        sim.send(w, 5_000);
-        sim.connect(w, t);
-        sim.connect(w, b);
-        sim.run_until(MINUTE, "t and b hold w's feed", |s| {
-            s.nodes[t].stored() == 5_000 && s.nodes[b].stored() == 5_000
-        });
-        sim.disconnect(w, t);
-        sim.disconnect(w, b);
+        copies_then_gone(&mut sim, w, &[t, b], 5_000);
         // d asks the hostile peer alone first: what it sends verifies nowhere (a batch
         // anchored by a head it does not match is "not anchored").
         sim.connect(d, t);
@@ -776,6 +801,8 @@ mod tests {
         sim.send(a, 10);
         sim.run(MINUTE);
         assert_eq!(sim.nodes[b].stored_of(&feed), 0);
+        let later = wants(sim.sent(b, a).collect()).len();
+        assert_eq!(later, asked, "b asked again for a writer over its quota");
     }
 
     #[test]
