@@ -74,7 +74,8 @@ function connect() {
   ws.onmessage = (ev) => {
     let msg;
     try { msg = JSON.parse(ev.data); } catch { return; }
-    if (msg.event) return onEvent(msg.event, msg.params);
+    // Events are JSON-RPC notifications: a method and no id.
+    if (msg.method && !("id" in msg)) return onEvent(msg.method, msg.params);
     const p = state.pending.get(msg.id);
     if (!p) return;
     state.pending.delete(msg.id);
@@ -94,7 +95,7 @@ function call(method, params = {}) {
     if (!state.ws || state.ws.readyState !== WebSocket.OPEN) return reject(new Error("not connected to the daemon"));
     const id = state.nextId++;
     state.pending.set(id, { resolve, reject });
-    state.ws.send(JSON.stringify({ id, method, params }));
+    state.ws.send(JSON.stringify({ jsonrpc: "2.0", id, method, params }));
   });
 }
 

@@ -232,7 +232,7 @@ async fn live_latency(a: &Proc, b: &Proc, round: usize) -> Result<Vec<f64>> {
     let (room, invite) = create_room(&mut ca, &format!("live-{round}")).await?;
     cb.call("rooms.join", json!({ "invite": invite })).await?;
     step("B's session with A in the live room", async {
-        cb.wait_event(STEP, "peer.joined", |e| e.event == "peer.joined").await?;
+        cb.wait_event(STEP, "peer.joined", |e| e.method == "peer.joined").await?;
         Ok(())
     })
     .await?;
@@ -242,7 +242,7 @@ async fn live_latency(a: &Proc, b: &Proc, round: usize) -> Result<Vec<f64>> {
         let t0 = Instant::now();
         ca.call("messages.send", json!({ "room": room, "text": t })).await?;
         cb.wait_event(Duration::from_secs(10), "message event on B", |e| {
-            e.event == "message" && e.params["text"].as_str() == Some(t.as_str())
+            e.method == "message" && e.params["text"].as_str() == Some(t.as_str())
         })
         .await?;
         out.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -258,7 +258,7 @@ async fn file_transfer(a: &Proc, b: &Proc, round: usize, mib: u64) -> Result<(f6
     cb.call("subscribe", json!({ "events": ["peer.joined"] })).await?;
     let (room, invite) = create_room(&mut ca, &format!("files-{round}")).await?;
     cb.call("rooms.join", json!({ "invite": invite })).await?;
-    cb.wait_event(STEP, "peer.joined", |e| e.event == "peer.joined").await?;
+    cb.wait_event(STEP, "peer.joined", |e| e.method == "peer.joined").await?;
     let src = a.dir.join(format!("bench-{round}.bin"));
     {
         use std::io::Write;
@@ -293,7 +293,7 @@ async fn catch_up(exe: &Path, a: &Proc, name: &str, invite: &str, n: u64) -> Res
     cc.call("rooms.join", json!({ "invite": invite })).await?;
     let t0 = Instant::now();
     cc.wait_event(STEP, &format!("sync.progress with all {n} entries"), |e| {
-        e.event == "sync.progress" && e.params["entries_done"].as_u64().is_some_and(|d| d >= n)
+        e.method == "sync.progress" && e.params["entries_done"].as_u64().is_some_and(|d| d >= n)
     })
     .await?;
     Ok((t0.elapsed().as_secs_f64(), c))

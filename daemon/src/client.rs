@@ -59,6 +59,7 @@ pub struct Client {
 
 enum Incoming {
     Response(Response),
+    Batch(Vec<Response>),
     Event(Event),
 }
 
@@ -91,9 +92,13 @@ impl Client {
                 _ => continue,
             };
             let value: Value = serde_json::from_str(&text).map_err(|_| ClientError::Unexpected(text.to_string()))?;
-            if value.get("event").is_some() {
+            if is_event(&value) {
                 let event = serde_json::from_value(value).map_err(|_| ClientError::Unexpected(text.to_string()))?;
                 return Ok(Incoming::Event(event));
+            }
+            if value.is_array() {
+                let batch = serde_json::from_value(value).map_err(|_| ClientError::Unexpected(text.to_string()))?;
+                return Ok(Incoming::Batch(batch));
             }
             let response = serde_json::from_value(value).map_err(|_| ClientError::Unexpected(text.to_string()))?;
             return Ok(Incoming::Response(response));
@@ -114,8 +119,10 @@ impl Client {
                 Message::Binary(b) => out.extend_from_slice(&b),
                 Message::Text(t) => {
                     let value: Value = serde_json::from_str(&t).map_err(|_| ClientError::Unexpected(t.to_string()))?;
-                    if let Ok(event) = serde_json::from_value(value) {
-                        self.events.push_back(event);
+                    if is_event(&value) {
+                        if let Ok(event) = serde_json::from_value(value) {
+                            self.events.push_back(event);
+                        }
                     }
                 }
                 Message::Close(_) => return Err(ClientError::Closed),
@@ -144,6 +151,18 @@ impl Client {
         loop {
             match self.read().await? {
                 Incoming::Response(r) => return Ok(r),
+                Incoming::Batch(b) => return Err(ClientError::Unexpected(format!("a batch reply of {}", b.len()))),
+                Incoming::Event(e) => self.events.push_back(e),
+            }
+        }
+    }
+
+    /// Reads the next reply to a batch (queueing events); see [`Client::send_raw`].
+    pub async fn next_batch(&mut self) -> Result<Vec<Response>, ClientError> {
+        loop {
+            match self.read().await? {
+                Incoming::Batch(b) => return Ok(b),
+                Incoming::Response(r) => return Err(ClientError::Unexpected(format!("a single reply: {r:?}"))),
                 Incoming::Event(e) => self.events.push_back(e),
             }
         }
@@ -176,7 +195,8 @@ impl Client {
     ) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let request = json!({"id": id, "method": method, "params": params});
+        let request = peerlog_proto::api::Request::new(id, method, params);
+        let request = serde_json::to_value(&request).map_err(|e| ClientError::Unexpected(e.to_string()))?;
         self.ws.send(Message::Text(request.to_string().into())).await.map_err(Box::new)?;
         for part in data.chunks(frame.max(1)) {
             self.ws.send(Message::Binary(part.to_vec().into())).await.map_err(Box::new)?;
@@ -223,4 +243,9 @@ impl Client {
         .await
         .map_err(|_| ClientError::Timeout(what.to_string()))?
     }
+}
+
+/// Whether a frame from the daemon is an event: a notification (a method, no id).
+fn is_event(value: &Value) -> bool {
+    value.get("method").is_some() && value.get("id").is_none()
 }

@@ -142,8 +142,8 @@ enum Command {
         json: bool,
     },
     /// Print every event the daemon pushes (messages, peers joining and leaving, connection
-    /// changes), one JSON object per line, until interrupted. The first line,
-    /// `{"event":"subscribed"}`, says that events flow from then on.
+    /// changes), one JSON-RPC notification per line, until interrupted. The first line,
+    /// `{"jsonrpc":"2.0","method":"subscribed",…}`, says that events flow from then on.
     Events {
         #[command(flatten)]
         client: ClientArgs,
@@ -479,7 +479,7 @@ async fn run(cli: Cli) -> Result<()> {
             if follow {
                 loop {
                     let e = c.next_event().await?;
-                    if e.event == "message" && e.params["room"] == room_id {
+                    if e.method == "message" && e.params["room"] == room_id {
                         print_message(&e.params, json);
                     }
                 }
@@ -490,7 +490,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Events { client } => {
             let mut c = client.connect().await?;
             // Tell scripts that events flow from here on.
-            println!("{}", json!({"event": "subscribed", "params": {}}));
+            println!("{}", serde_json::to_string(&peerlog_proto::api::Event::new("subscribed", json!({})))?);
             loop {
                 let e = c.next_event().await?;
                 println!("{}", serde_json::to_string(&e)?);

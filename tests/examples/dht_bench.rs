@@ -81,7 +81,7 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let t0 = Instant::now();
         cy.call("rooms.join", json!({"invite": created["invite"]})).await?;
-        cy.wait_event(Duration::from_secs(30), "peer.joined", |e| e.event == "peer.joined").await?;
+        cy.wait_event(Duration::from_secs(30), "peer.joined", |e| e.method == "peer.joined").await?;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         println!("pair {i}: rooms.join → peer.joined in {ms:.1} ms");
         times.push(ms);

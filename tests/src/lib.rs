@@ -169,7 +169,7 @@ pub async fn full_history(c: &mut Client, room: &str) -> Result<Vec<Value>> {
 pub async fn wait_for_text(c: &mut Client, room: &str, text: &str, limit: Duration) -> Result<Value> {
     let e = c
         .wait_event(limit, &format!("message {text:?} in room {room}"), |e| {
-            e.event == "message" && e.params["room"] == room && e.params["text"] == text
+            e.method == "message" && e.params["room"] == room && e.params["text"] == text
         })
         .await?;
     // The event's shape is the typed one.

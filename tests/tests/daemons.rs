@@ -9,7 +9,7 @@ use peerlog::log::{new_writer, Body, FeedCipher};
 use peerlog_proto::api::codes;
 use peerlog_proto::wire::{FeedKey, Frame, Refusal};
 use peerlog_tests::*;
-use serde_json::json;
+use serde_json::{json, Value};
 
 #[path = "daemons/browser.rs"]
 mod browser;
@@ -51,7 +51,7 @@ async fn two_daemons_find_each_other_through_a_bootstrap_node_and_chat() -> Resu
 
     // Both ends hold the same history in the same order.
     // (`mine` and `seen` depend on who looks; everything else must match.)
-    let shared_view = |h: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+    let shared_view = |h: Vec<Value>| -> Vec<Value> {
         h.into_iter()
             .map(|mut m| {
                 if let Some(o) = m.as_object_mut() {
@@ -145,9 +145,9 @@ async fn a_late_joiner_receives_all_1000_messages_in_the_senders_order() -> Resu
     within(Duration::from_secs(60), "b to receive 1000 message events", async {
         while n < 1000 {
             let e = cb.next_event().await?;
-            if e.event == "message" {
+            if e.method == "message" {
                 n += 1;
-            } else if e.event == "sync.progress" {
+            } else if e.method == "sync.progress" {
                 progress.push((e.params["entries_done"].as_u64(), e.params["entries_total"].as_u64()));
             }
         }
@@ -160,9 +160,71 @@ async fn a_late_joiner_receives_all_1000_messages_in_the_senders_order() -> Resu
     println!("1000 messages caught up in {:?} (including join)", t0.elapsed());
     let (ha, hb) = (full_history(&mut ca, &room).await?, full_history(&mut cb, &room).await?);
     ensure!(hb.len() == 1000, "b holds {} messages", hb.len());
-    let ids = |h: &[serde_json::Value]| h.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
+    let ids = |h: &[Value]| h.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
     ensure!(ids(&ha) == ids(&hb), "b's order differs from a's");
     ensure!(hb[0]["text"] == "m0000" && hb[999]["text"] == "m0999", "order is not the send order");
+    Ok(())
+}
+
+/// The API speaks JSON-RPC 2.0 exactly: every reply says `"jsonrpc": "2.0"`, a request
+/// without an id (a notification) is carried out and not answered, a batch is answered
+/// with an array in order (notifications left out), an empty or oversized batch with one
+/// error, and events are notifications (with API version 1's `event` member, for now).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_speaks_json_rpc_2() -> Result<()> {
+    let d = TestDaemon::start_bootstrap_node().await?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    // A notification: sent, and no reply comes; the next reply is the next request's.
+    c.send_raw(
+        &json!({"jsonrpc": "2.0", "method": "messages.send", "params": {"room": room, "text": "by notification"}})
+            .to_string(),
+    )
+    .await?;
+    c.send_raw(&json!({"jsonrpc": "2.0", "id": "after", "method": "node.info"}).to_string()).await?;
+    let r = c.next_response().await?;
+    ensure!(r.id == json!("after") && r.jsonrpc == "2.0" && r.result.is_some(), "{r:?}");
+    let history = full_history(&mut c, &room).await?;
+    ensure!(history.iter().any(|m| m["text"] == "by notification"), "the notification was not carried out");
+    // "id": null is a request, not a notification: it is answered.
+    c.send_raw(&json!({"jsonrpc": "2.0", "id": null, "method": "rooms.list"}).to_string()).await?;
+    ensure!(c.next_response().await?.id.is_null());
+    // A batch: replies in order, the notification in it unanswered, errors in place.
+    let batch = json!([
+        {"jsonrpc": "2.0", "id": 1, "method": "rooms.list"},
+        {"jsonrpc": "2.0", "method": "messages.send", "params": {"room": room, "text": "batched notification"}},
+        {"jsonrpc": "2.0", "id": 2, "method": "no.such.method"},
+        {"jsonrpc": "2.0", "id": 3, "method": "messages.send", "params": {"room": room, "text": "batched"}},
+        7
+    ]);
+    c.send_raw(&batch.to_string()).await?;
+    let replies = c.next_batch().await?;
+    let ids: Vec<Value> = replies.iter().map(|r| r.id.clone()).collect();
+    ensure!(ids == vec![json!(1), json!(2), json!(3), Value::Null], "batch replies: {replies:?}");
+    ensure!(replies[0].result.is_some() && replies[2].result.is_some(), "{replies:?}");
+    ensure!(replies[1].error.as_ref().map(|e| e.code) == Some(codes::METHOD_NOT_FOUND), "{replies:?}");
+    ensure!(replies[3].error.as_ref().map(|e| e.code) == Some(codes::INVALID_REQUEST), "{replies:?}");
+    ensure!(replies.iter().all(|r| r.jsonrpc == "2.0"));
+    // A batch of notifications only: nothing comes back.
+    c.send_raw(&json!([{"jsonrpc": "2.0", "method": "rooms.list"}]).to_string()).await?;
+    for bad in [
+        "[]".to_string(),
+        serde_json::to_string(&vec![json!({"jsonrpc": "2.0", "id": 1, "method": "rooms.list"}); 101])?,
+    ] {
+        c.send_raw(&bad).await?;
+        let r = c.next_response().await?;
+        ensure!(r.error.map(|e| e.code) == Some(codes::INVALID_REQUEST) && r.id.is_null(), "{bad:.20}…");
+    }
+    // Events are notifications.
+    let mut other = d.client().await?;
+    send(&mut other, &room, "an event").await?;
+    let e =
+        c.wait_event(WAIT, "the message event", |e| e.method == "message" && e.params["text"] == "an event").await?;
+    let wire = serde_json::to_value(&e)?;
+    ensure!(wire["jsonrpc"] == "2.0" && wire["method"] == "message" && wire.get("id").is_none(), "{wire}");
+    ensure!(wire["event"] == "message", "API version 1's event member is kept for now: {wire}");
+    let info = c.request::<peerlog_proto::api::node::Info>(&Default::default()).await?;
+    ensure!(info.api_version == 2, "api_version {}", info.api_version);
     Ok(())
 }
 
@@ -321,7 +383,7 @@ async fn api_refuses_strangers_and_survives_bad_frames() -> Result<()> {
     let mut c = d.client().await?;
     c.send_raw("{not json").await?;
     ensure!(c.next_response().await?.error.map(|e| e.code) == Some(codes::PARSE_ERROR));
-    c.send_raw("[1,2,3]").await?;
+    c.send_raw("{\"jsonrpc\": \"1.0\", \"id\": 3, \"method\": \"rooms.list\"}").await?;
     ensure!(c.next_response().await?.error.map(|e| e.code) == Some(codes::INVALID_REQUEST));
     let err = c.call("no.such.method", json!({})).await.expect_err("unknown method");
     ensure!(matches!(err, peerlog::client::ClientError::Rpc { code: codes::METHOD_NOT_FOUND, .. }), "{err}");
@@ -399,7 +461,7 @@ async fn twenty_daemons_ten_rooms_every_pair_connects() -> Result<()> {
         let room = rooms[i].clone();
         clients[2 * i]
             .wait_event(WAIT, &format!("pair {i} to connect"), |e| {
-                e.event == "peer.joined" && e.params["room"] == room.as_str() && e.params["peer"] == partner.as_str()
+                e.method == "peer.joined" && e.params["room"] == room.as_str() && e.params["peer"] == partner.as_str()
             })
             .await?;
     }
@@ -431,21 +493,21 @@ async fn a_peer_that_restarts_is_redialed_and_sync_resumes() -> Result<()> {
     drop(cb);
 
     b.stop().await?;
-    ca.wait_event(WAIT, "a to notice b left", |e| e.event == "peer.left").await?;
+    ca.wait_event(WAIT, "a to notice b left", |e| e.method == "peer.left").await?;
     send(&mut ca, &room, "while b was away").await?;
     // B comes back knowing no bootstrap node: only A's redial can reconnect them.
     b.config.bootstrap.clear();
     b.restart().await?;
     let mut cb = b.client().await?;
     let t0 = Instant::now();
-    ca.wait_event(WAIT, "a to redial b", |e| e.event == "peer.joined").await?;
+    ca.wait_event(WAIT, "a to redial b", |e| e.method == "peer.joined").await?;
     let history = within(WAIT, "b to catch up", async {
         loop {
             let h = full_history(&mut cb, &room).await?;
             if h.len() == 2 {
                 return anyhow::Ok(h);
             }
-            cb.wait_event(WAIT, "a message", |e| e.event == "message").await?;
+            cb.wait_event(WAIT, "a message", |e| e.method == "message").await?;
         }
     })
     .await??;
@@ -471,7 +533,8 @@ async fn peer_exchange_leads_a_newcomer_to_peers_the_dht_cannot() -> Result<()> 
     let room = join(&mut ca, PASS).await?;
     join(&mut cb, PASS).await?;
     let a_id = a.peer_id()?.to_string();
-    cb.wait_event(WAIT, "b to connect to a", |e| e.event == "peer.joined" && e.params["peer"] == a_id.as_str()).await?;
+    cb.wait_event(WAIT, "b to connect to a", |e| e.method == "peer.joined" && e.params["peer"] == a_id.as_str())
+        .await?;
 
     // C is a DHT client too: neither A nor C can learn the other's address from the DHT.
     let c = TestDaemon::start_with(|c| {
@@ -482,7 +545,7 @@ async fn peer_exchange_leads_a_newcomer_to_peers_the_dht_cannot() -> Result<()> 
     let mut cc = c.client().await?;
     join(&mut cc, PASS).await?;
     cc.wait_event(WAIT, "c to reach a through b's peer exchange", |e| {
-        e.event == "peer.joined" && e.params["peer"] == a_id.as_str()
+        e.method == "peer.joined" && e.params["peer"] == a_id.as_str()
     })
     .await?;
     send(&mut ca, &room, "from the client-mode peer").await?;
@@ -631,13 +694,13 @@ async fn writers_show_online_and_messages_are_marked_seen() -> Result<()> {
     ca.call("profile.set", json!({"display_name": "Ada"})).await?;
     let room = join(&mut ca, "presence and seen marks for everyone").await?;
     join(&mut cb, "presence and seen marks for everyone").await?;
-    ca.wait_event(WAIT, "a's session with b", |e| e.event == "peer.joined").await?;
+    ca.wait_event(WAIT, "a's session with b", |e| e.method == "peer.joined").await?;
     let b_writer = cb.call("rooms.list", json!({})).await?["rooms"][0]["feed_key"].clone();
 
     let id = send(&mut ca, &room, "did you get this?").await?;
     let seq: u64 = id.rsplit(':').next().unwrap_or("").parse()?;
     ca.wait_event(WAIT, "b to hold a's message (message.seen)", |e| {
-        e.event == "message.seen" && e.params["room"] == room && e.params["seen_below"].as_u64() > Some(seq)
+        e.method == "message.seen" && e.params["room"] == room && e.params["seen_below"].as_u64() > Some(seq)
     })
     .await?;
     let page = ca.call("messages.history", json!({"room": room, "limit": 10})).await?;
@@ -707,7 +770,7 @@ async fn a_mark_on_an_old_safety_number_asks_to_compare_again() -> Result<()> {
     }
     a.restart().await?;
     let mut ca = a.client().await?;
-    let member = |m: &serde_json::Value| -> Option<serde_json::Value> {
+    let member = |m: &Value| -> Option<Value> {
         m["members"].as_array()?.iter().find(|x| x["author"] == author.as_str()).cloned()
     };
     let m = member(&ca.call("rooms.members", json!({"room": room})).await?).context("b among a's members")?;

@@ -13,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{FutureExt, SinkExt, StreamExt};
-use peerlog_proto::api::{codes, files, Event, Method, Request as RpcRequest, Response as RpcResponse};
+use peerlog_proto::api::{
+    codes, files, Event, Method, Request as RpcRequest, Response as RpcResponse, JSONRPC, MAX_BATCH,
+};
 use peerlog_proto::wire::DiscoveryKey;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -325,17 +327,19 @@ async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
         let watch = service.tasks.clone();
         requests.spawn(watch.watch("api request", async move {
             let (reply, stream_back) = handle_text(&service, &filter, stream, text.as_str(), grant).await;
-            if let Some((room, file)) = stream_back {
+            if let (Some(reply), Some((room, file))) = (&reply, stream_back) {
                 // One file at a time per connection: its binary frames must not interleave
                 // with another's. The reply goes first, then the bytes.
                 let _turn = streaming.lock().await;
-                if out.send(Out::Text(to_json(&reply))).await.is_ok() {
+                if out.send(Out::Text(reply.clone())).await.is_ok() {
                     stream_file(&service, &room, &file, &out).await;
                 }
                 drop(permit);
                 return;
             }
-            let _ = out.send(Out::Text(to_json(&reply))).await;
+            if let Some(reply) = reply {
+                let _ = out.send(Out::Text(reply)).await;
+            }
             drop(permit);
         }));
     }
@@ -414,9 +418,7 @@ async fn forward_events(
             Ok(e) if !filter.wants(event_name(&e)) => continue,
             Ok(e) => render_event(&service, e),
             // The client missed events: it should reload what it shows.
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                Some(Event { event: "lagged".into(), params: json!({"missed": n}) })
-            }
+            Err(broadcast::error::RecvError::Lagged(n)) => Some(Event::new("lagged", json!({"missed": n}))),
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(event) = event else { continue };
@@ -429,7 +431,7 @@ async fn forward_events(
 fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
     use peerlog_proto::api::events::{self, EventParams};
     fn emit<P: EventParams>(params: P) -> Option<Event> {
-        Some(Event { event: P::NAME.into(), params: serde_json::to_value(params).ok()? })
+        Some(Event::new(P::NAME, serde_json::to_value(params).ok()?))
     }
     let room_id = |room: &DiscoveryKey| service.rooms.get(room).map(|r| r.id.clone());
     match event {
@@ -533,34 +535,91 @@ fn upload_request(text: &str) -> Option<u64> {
 /// A file whose bytes follow a reply as binary frames (`files.get {stream: true}`).
 type StreamBack = Option<(Arc<Room>, FileInfo)>;
 
+/// Handles one text frame: a request, a notification or a batch. Returns the reply to send
+/// (none for notifications, nor for a batch of them only).
 async fn handle_text(
     service: &Arc<Service>,
     filter: &EventFilter,
     upload: Option<Upload>,
     text: &str,
     grant: Grant,
-) -> (RpcResponse, StreamBack) {
+) -> (Option<String>, StreamBack) {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => return (RpcResponse::err(Value::Null, codes::PARSE_ERROR, format!("invalid JSON: {e}")), None),
+        Err(e) => {
+            let reply = RpcResponse::err(Value::Null, codes::PARSE_ERROR, format!("invalid JSON: {e}"));
+            return (Some(to_json(&reply)), None);
+        }
     };
+    let Value::Array(batch) = value else {
+        let (reply, stream_back) = handle_one(service, filter, upload, value, grant, true).await;
+        return (reply.map(|r| to_json(&r)), stream_back);
+    };
+    if batch.is_empty() || batch.len() > MAX_BATCH {
+        let why = format!("a batch holds 1 to {MAX_BATCH} requests, not {}", batch.len());
+        return (Some(to_json(&RpcResponse::err(Value::Null, codes::INVALID_REQUEST, why))), None);
+    }
+    // One after another, in order (a batch is one of the connection's request slots).
+    let mut replies = Vec::with_capacity(batch.len());
+    for value in batch {
+        let (reply, _) = handle_one(service, filter, None, value, grant, false).await;
+        replies.extend(reply);
+    }
+    ((!replies.is_empty()).then(|| to_json(&replies)), None)
+}
+
+/// Handles one request (`alone`: not in a batch, so it may stream file bytes either way).
+/// Returns its reply, unless it is a notification.
+async fn handle_one(
+    service: &Arc<Service>,
+    filter: &EventFilter,
+    upload: Option<Upload>,
+    value: Value,
+    grant: Grant,
+    alone: bool,
+) -> (Option<RpcResponse>, StreamBack) {
     let id = value.get("id").cloned().unwrap_or(Value::Null);
     let request: RpcRequest = match serde_json::from_value(value) {
         Ok(r) => r,
-        Err(e) => return (RpcResponse::err(id, codes::INVALID_REQUEST, format!("not a request object: {e}")), None),
+        Err(e) => {
+            return (Some(RpcResponse::err(id, codes::INVALID_REQUEST, format!("not a request object: {e}"))), None)
+        }
     };
+    let reply = |result: Result<Value, ApiError>| {
+        let id = request.id.clone()?;
+        Some(match result {
+            Ok(result) => RpcResponse::ok(id, result),
+            Err(e) => RpcResponse::err(id, e.code, e.message),
+        })
+    };
+    // Not a valid request: answered even without an id (JSON-RPC 2.0, section 5).
+    if request.jsonrpc.as_deref().is_some_and(|v| v != JSONRPC) {
+        let e = format!("jsonrpc must be \"{JSONRPC}\"");
+        return (Some(RpcResponse::err(id, codes::INVALID_REQUEST, e)), None);
+    }
+    if !request.id.as_ref().is_none_or(|id| id.is_string() || id.is_number() || id.is_null()) {
+        let e = "id must be a string, a number or null";
+        return (Some(RpcResponse::err(Value::Null, codes::INVALID_REQUEST, e)), None);
+    }
+    let streams = request.method == files::SendFile::NAME && upload.is_some()
+        || request.method == files::GetFile::NAME
+            && request.params.get("stream").and_then(Value::as_bool) == Some(true);
+    if streams && !alone {
+        let e = ApiError::params(format!("{} with streamed bytes cannot be part of a batch", request.method));
+        return (reply(Err(e)), None);
+    }
     let mut stream_back = None;
     let result = match request.method.as_str() {
-        files::Subscribe::NAME => subscribe(filter, request.params),
-        files::SendFile::NAME => send_file(service, upload, request.params, grant).await,
-        files::GetFile::NAME => get_file(service, request.params, &mut stream_back, grant).await,
-        files::Url::NAME => file_url(service, request.params),
-        method => methods::call(service, method, request.params).await,
+        files::Subscribe::NAME => subscribe(filter, request.params.clone()),
+        files::SendFile::NAME => send_file(service, upload, request.params.clone(), grant).await,
+        files::GetFile::NAME => get_file(service, request.params.clone(), &mut stream_back, grant).await,
+        files::Url::NAME => file_url(service, request.params.clone()),
+        method => methods::call(service, method, request.params.clone()).await,
     };
-    match result {
-        Ok(result) => (RpcResponse::ok(request.id, result), stream_back),
-        Err(e) => (RpcResponse::err(request.id, e.code, e.message), None),
-    }
+    let ok = result.is_ok();
+    let reply = reply(result);
+    // A notification has no reply for the bytes to follow.
+    (reply, if ok && request.id.is_some() { stream_back } else { None })
 }
 
 /// `files.get`: fetches the file, then saves it to `path`, or (with `stream`) has its bytes

@@ -1,8 +1,9 @@
-//! The local WebSocket API envelope (`GET /api/ws`), JSON-RPC-2.0-shaped.
+//! The local WebSocket API envelope (`GET /api/ws`): JSON-RPC 2.0.
 //!
-//! Client → daemon: [`Request`]. Daemon → client: [`Response`] (exactly one per request
-//! that carried an `id`) and [`Event`] (pushed). Method names and error codes are a
-//! contract: see `docs/API.md`.
+//! Client → daemon: [`Request`], or an array of them (a batch). Daemon → client:
+//! [`Response`] (exactly one per request that carried an `id`; an array for a batch) and
+//! [`Event`] (pushed, a notification). Method names and error codes are a contract: see
+//! `docs/API.md`.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -47,25 +48,56 @@ macro_rules! method {
 }
 pub(crate) use method;
 
-/// Version of this API, reported by `node.info`. Grows only.
-pub const API_VERSION: u32 = 1;
+/// Version of this API, reported by `node.info`. 2: JSON-RPC 2.0 exactly (the version
+/// member, notifications, batches; events are notifications). See `docs/API.md`.
+pub const API_VERSION: u32 = 2;
 
-/// A request from a client.
+/// The JSON-RPC version every message carries.
+pub const JSONRPC: &str = "2.0";
+
+/// Most requests in one batch.
+pub const MAX_BATCH: usize = 100;
+
+fn jsonrpc() -> String {
+    JSONRPC.into()
+}
+
+/// Deserializes a member that is present, `null` included, as `Some` (absent: `None`, by
+/// `#[serde(default)]`): JSON-RPC tells a notification (no `id`) from `"id": null`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+/// A request from a client (JSON-RPC 2.0). Without an `id` it is a notification: it is
+/// carried out and gets no reply.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Request {
-    /// Echoed in the response; any JSON value the client chooses.
-    #[serde(default)]
-    pub id: Value,
+    /// `"2.0"`. API version 1 clients leave it out; that is still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonrpc: Option<String>,
+    /// Echoed in the response; a string, a number or `null`. Absent: a notification.
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
     /// Method name, e.g. `rooms.join`.
     pub method: String,
     /// Method parameters (an object), absent for none.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Value::is_null")]
     pub params: Value,
+}
+
+impl Request {
+    /// A request with this id.
+    pub fn new(id: impl Into<Value>, method: impl Into<String>, params: Value) -> Self {
+        Self { jsonrpc: Some(jsonrpc()), id: Some(id.into()), method: method.into(), params }
+    }
 }
 
 /// A reply to one request.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Response {
+    /// `"2.0"`.
+    #[serde(default = "jsonrpc")]
+    pub jsonrpc: String,
     /// The request's id (`null` when the request could not be parsed).
     pub id: Value,
     /// Present on success.
@@ -85,13 +117,28 @@ pub struct ErrorObject {
     pub message: String,
 }
 
-/// A server-pushed event.
+/// A server-pushed event: a JSON-RPC notification whose method is the event's name.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Event {
+    /// `"2.0"`.
+    #[serde(default = "jsonrpc")]
+    pub jsonrpc: String,
     /// Event name, e.g. `message`.
-    pub event: String,
+    pub method: String,
     /// Event payload.
     pub params: Value,
+    /// The name again, as API version 1 sent it (`{"event": …, "params": …}`). Deprecated:
+    /// sent until API version 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
+}
+
+impl Event {
+    /// An event (also named in the deprecated `event` member).
+    pub fn new(name: impl Into<String>, params: Value) -> Self {
+        let name = name.into();
+        Self { jsonrpc: jsonrpc(), event: Some(name.clone()), method: name, params }
+    }
 }
 
 /// Stable error codes. JSON-RPC's own range for protocol errors, ours from 1000.
@@ -136,11 +183,11 @@ pub mod codes {
 impl Response {
     /// A success reply.
     pub fn ok(id: Value, result: Value) -> Self {
-        Self { id, result: Some(result), error: None }
+        Self { jsonrpc: jsonrpc(), id, result: Some(result), error: None }
     }
 
     /// An error reply.
     pub fn err(id: Value, code: i32, message: impl Into<String>) -> Self {
-        Self { id, result: None, error: Some(ErrorObject { code, message: message.into() }) }
+        Self { jsonrpc: jsonrpc(), id, result: None, error: Some(ErrorObject { code, message: message.into() }) }
     }
 }

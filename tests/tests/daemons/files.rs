@@ -48,13 +48,13 @@ async fn pair() -> Result<(TestDaemon, TestDaemon, Client, Client, String)> {
     let (mut ca, mut cb) = (a.cli_client().await?, b.cli_client().await?);
     let room = join(&mut ca, "files test room with a long passphrase").await?;
     join(&mut cb, "files test room with a long passphrase").await?;
-    cb.wait_event(WAIT, "b's session with a", |e| e.event == "peer.joined").await?;
+    cb.wait_event(WAIT, "b's session with a", |e| e.method == "peer.joined").await?;
     Ok((a, b, ca, cb, room))
 }
 
 /// The `file` message `id` as b sees it once it arrived.
 async fn wait_file_message(c: &mut Client, room: &str) -> Result<Value> {
-    let e = c.wait_event(WAIT, "the file message", |e| e.event == "message" && e.params["kind"] == "file").await?;
+    let e = c.wait_event(WAIT, "the file message", |e| e.method == "message" && e.params["kind"] == "file").await?;
     ensure!(e.params["room"] == room, "file message in another room");
     Ok(e.params)
 }
@@ -85,7 +85,7 @@ async fn a_200_mib_file_arrives_byte_identical() -> Result<()> {
     ensure!(!b.data_dir().join(".received.bin.peerlog-part").exists(), "temporary file left behind");
     // Progress reached the end on both sides.
     let done = |e: &peerlog_proto::api::Event, dir: &str| {
-        e.event == "file.progress" && e.params["direction"] == dir && e.params["done"] == true
+        e.method == "file.progress" && e.params["direction"] == dir && e.params["done"] == true
     };
     cb.wait_event(WAIT, "b's final receive progress", |e| done(e, "receive")).await?;
     ca.wait_event(WAIT, "a's final send progress", |e| done(e, "send")).await?;
@@ -111,7 +111,7 @@ async fn a_file_transfer_resumes_after_the_connection_is_cut_halfway() -> Result
     let half = (SIZE / 2) as u64;
     let at_cut = cb
         .wait_event(WAIT, "half of the file to arrive", |e| {
-            e.event == "file.progress" && e.params["bytes_done"].as_u64() >= Some(half)
+            e.method == "file.progress" && e.params["bytes_done"].as_u64() >= Some(half)
         })
         .await?
         .params["bytes_done"]
@@ -119,9 +119,9 @@ async fn a_file_transfer_resumes_after_the_connection_is_cut_halfway() -> Result
         .unwrap_or(0);
     let a_id = a.peer_id()?;
     b.daemon.as_ref().context("b running")?.service().node.disconnect(a_id).await?;
-    cb.wait_event(WAIT, "b to drop its session with a", |e| e.event == "peer.left").await?;
-    cb.wait_event(WAIT, "b to reconnect to a", |e| e.event == "peer.joined").await?;
-    let after = cb.wait_event(WAIT, "progress after the reconnect", |e| e.event == "file.progress").await?.params
+    cb.wait_event(WAIT, "b to drop its session with a", |e| e.method == "peer.left").await?;
+    cb.wait_event(WAIT, "b to reconnect to a", |e| e.method == "peer.joined").await?;
+    let after = cb.wait_event(WAIT, "progress after the reconnect", |e| e.method == "file.progress").await?.params
         ["bytes_done"]
         .as_u64()
         .unwrap_or(0);

@@ -547,7 +547,7 @@ async fn a_writer_over_its_quota_is_stored_no_further_and_said_so() -> Result<()
     // A writer that sends 8 messages: 5 are stored.
     let flood = new_writer();
     push_feed(&mut s, &flood, feed_of(&flood, &keys, 8, 10, "flood")).await?;
-    let event = c.wait_event(WAIT, "a writer.quota event for entries", |e| e.event == "writer.quota").await?;
+    let event = c.wait_event(WAIT, "a writer.quota event for entries", |e| e.method == "writer.quota").await?;
     ensure!(
         event.params["quota"] == "entries" && event.params["author"] == hex::encode(flood.verifying_key().to_bytes()),
         "{:?}",
@@ -561,7 +561,7 @@ async fn a_writer_over_its_quota_is_stored_no_further_and_said_so() -> Result<()
     push_feed(&mut s, &fourth, feed_of(&fourth, &keys, 1, 40, "fourth")).await?;
     let event = c
         .wait_event(WAIT, "a writer.quota event for writers", |e| {
-            e.event == "writer.quota" && e.params["quota"] == "writers"
+            e.method == "writer.quota" && e.params["quota"] == "writers"
         })
         .await?;
     ensure!(event.params["author"] == hex::encode(fourth.verifying_key().to_bytes()), "{:?}", event.params);

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 async fn wait_synced(c: &mut Client, room: &str, n: u64, limit: Duration) -> Result<Value> {
     let e = c
         .wait_event(limit, &format!("sync.progress with {n} entries done in room {room}"), |e| {
-            e.event == "sync.progress" && e.params["room"] == room && e.params["entries_done"].as_u64() >= Some(n)
+            e.method == "sync.progress" && e.params["room"] == room && e.params["entries_done"].as_u64() >= Some(n)
         })
         .await?;
     Ok(e.params)
@@ -105,7 +105,7 @@ async fn store_and_forward_a_member_serves_an_offline_writers_messages() -> Resu
             if h.len() == 51 {
                 return anyhow::Ok(h);
             }
-            cb.wait_event(WAIT, "a message event on b", |e| e.event == "message").await?;
+            cb.wait_event(WAIT, "a message event on b", |e| e.method == "message").await?;
         }
     })
     .await??;
@@ -234,10 +234,11 @@ async fn a_catch_up_interrupted_by_a_restart_resumes_from_what_is_stored() -> Re
     let mut seen = Vec::new();
     within(Duration::from_secs(120), "b's progress after its restart", async {
         loop {
-            let e = cb.wait_event(WAIT, "sync.progress", |e| e.event == "sync.progress" || e.event == "lagged").await?;
+            let e =
+                cb.wait_event(WAIT, "sync.progress", |e| e.method == "sync.progress" || e.method == "lagged").await?;
             // Behind the burst of message events the last progress events may be lost.
             let done = e.params["entries_done"].as_u64().unwrap_or(0);
-            if e.event == "lagged" || done >= N {
+            if e.method == "lagged" || done >= N {
                 return anyhow::Ok(());
             }
             seen.push(done);
@@ -311,7 +312,7 @@ async fn joiner_fetches_once_from_both(n_a: u64, n_c: u64) -> Result<()> {
     let mut peers = std::collections::HashSet::new();
     within(WAIT, "b to have sessions with both a and c", async {
         while peers.len() < 2 {
-            let e = cb.wait_event(WAIT, "peer.joined", |e| e.event == "peer.joined").await?;
+            let e = cb.wait_event(WAIT, "peer.joined", |e| e.method == "peer.joined").await?;
             peers.insert(e.params["peer"].as_str().unwrap_or("").to_string());
         }
         anyhow::Ok(())
@@ -437,7 +438,7 @@ async fn a_damaged_block_is_fetched_again_from_a_peer() -> Result<()> {
     // message links to the damaged entry, which b must check it against: b takes it
     // anyway (used to end the session, for good) and fetches the damaged ones again.
     send(&mut ca, &room, "four").await?;
-    cb.wait_event(WAIT, "a's fourth message at b", |e| e.event == "message" && e.params["text"] == "four").await?;
+    cb.wait_event(WAIT, "a's fourth message at b", |e| e.method == "message" && e.params["text"] == "four").await?;
     let back = history_with(
         &mut cb,
         &room,
