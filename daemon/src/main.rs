@@ -148,6 +148,9 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Print the API's OpenRPC document (JSON): every method's params and result, and every
+    /// event's params, as JSON Schema. The daemon serves the same at `/api/openrpc.json`.
+    Openrpc,
     /// Measure this build on loopback with real daemons (separate processes in temporary
     /// data dirs): appends, live latency, catch-up, memory and disk. Takes a minute or two.
     Bench {
@@ -485,6 +488,10 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             c.close().await.ok();
+            Ok(())
+        }
+        Command::Openrpc => {
+            println!("{}", serde_json::to_string_pretty(&peerlog_proto::api::openrpc::document())?);
             Ok(())
         }
         Command::Events { client } => {

@@ -88,7 +88,8 @@ impl TestDaemon {
         Self::start_with(|c| c.bootstrap = vec![addr]).await
     }
 
-    fn running(&self) -> Result<&Daemon> {
+    /// The running daemon (an error once stopped).
+    pub fn running(&self) -> Result<&Daemon> {
         self.daemon.as_ref().context("daemon is stopped")
     }
 
@@ -354,4 +355,38 @@ impl RawSession {
 /// Room keys for a passphrase, as the daemon derives them.
 pub fn room_keys(passphrase: &str) -> RoomKeys {
     peerlog::keys::RoomSecret::from_passphrase(passphrase).expect("non-empty passphrase").keys()
+}
+
+/// A minimal HTTP/1.1 GET, with an `Authorization` header if given: (status, body).
+pub async fn http_get(url: &str, authorization: Option<&str>) -> Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").context("http URL")?;
+    let (host, path) = rest.split_at(rest.find('/').context("path")?);
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").context("end of headers")?;
+    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+    let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
+    let mut body = buf[end + 4..].to_vec();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        body = dechunk(&body)?;
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").context("chunk size line")?;
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol])?.trim(), 16)?;
+        b = &b[eol + 2..];
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&b[..n]);
+        b = &b[n + 2..];
+    }
 }

@@ -58,6 +58,7 @@ pub async fn serve(listener: tokio::net::TcpListener, service: Arc<Service>, can
         .route("/app.js", get(|| async { static_file("app.js") }))
         .route("/style.css", get(|| async { static_file("style.css") }))
         .route("/api/health", get(|| async { Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }))
+        .route("/api/openrpc.json", get(|| async { Json(peerlog_proto::api::openrpc::document()) }))
         .route("/api/ws", get(ws_upgrade))
         .route("/api/files/{room}/{file}", get(download))
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
@@ -418,7 +419,10 @@ async fn forward_events(
             Ok(e) if !filter.wants(event_name(&e)) => continue,
             Ok(e) => render_event(&service, e),
             // The client missed events: it should reload what it shows.
-            Err(broadcast::error::RecvError::Lagged(n)) => Some(Event::new("lagged", json!({"missed": n}))),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                use peerlog_proto::api::events::{EventParams, Lagged};
+                serde_json::to_value(Lagged { missed }).ok().map(|params| Event::new(Lagged::NAME, params))
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         };
         let Some(event) = event else { continue };

@@ -1,5 +1,5 @@
-//! Events the daemon pushes (`{"event": name, "params": …}`), one params struct each.
-//! `subscribe` picks which a connection receives.
+//! Events the daemon pushes (JSON-RPC notifications: `{"jsonrpc": "2.0", "method": name,
+//! "params": …}`), one params struct each. `subscribe` picks which a connection receives.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,11 +15,11 @@ pub const NAMES: &[&str] = &[
     SyncProgress::NAME,
     FileProgress::NAME,
     WriterQuota::NAME,
-    "lagged",
+    Lagged::NAME,
 ];
 
 /// An event's params type and its name.
-pub trait EventParams: Serialize {
+pub trait EventParams: Serialize + schemars::JsonSchema {
     /// The event's name on the wire.
     const NAME: &'static str;
 }
@@ -32,7 +32,7 @@ impl EventParams for Message {
 }
 
 /// `message.seen`: a peer holds our messages below `seen_below`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Seen {
     /// The room's id.
     pub room: String,
@@ -45,7 +45,7 @@ impl EventParams for Seen {
 }
 
 /// `peer.joined`: a session with a room peer is up.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerJoined {
     /// The room's id.
     pub room: String,
@@ -60,7 +60,7 @@ impl EventParams for PeerJoined {
 }
 
 /// `peer.left`: a session with a room peer ended.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerLeft {
     /// The room's id.
     pub room: String,
@@ -73,7 +73,7 @@ impl EventParams for PeerLeft {
 }
 
 /// `peer.connection`: the connection to a peer changed (e.g. relayed → holepunched).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerConnection {
     /// Its PeerId.
     pub peer: String,
@@ -88,7 +88,7 @@ impl EventParams for PeerConnection {
 }
 
 /// `sync.progress`: catching up on a room.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SyncProgress {
     /// The room's id.
     pub room: String,
@@ -107,7 +107,7 @@ impl EventParams for SyncProgress {
 }
 
 /// `file.progress`: a file being sent or received.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FileProgress {
     /// The room's id.
     pub room: String,
@@ -128,7 +128,7 @@ impl EventParams for FileProgress {
 }
 
 /// `writer.quota`: a writer reached this daemon's quota in a room.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WriterQuota {
     /// The room's id.
     pub room: String,
@@ -140,4 +140,31 @@ pub struct WriterQuota {
 
 impl EventParams for WriterQuota {
     const NAME: &'static str = "writer.quota";
+}
+
+/// `lagged`: this client fell behind and missed events; reload what you show.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Lagged {
+    /// How many it missed.
+    pub missed: u64,
+}
+
+impl EventParams for Lagged {
+    const NAME: &'static str = "lagged";
+}
+
+/// Calls `f` with the name and params schema of every event (for the OpenRPC document).
+pub fn each_schema(generator: &mut schemars::SchemaGenerator, mut f: impl FnMut(&'static str, schemars::Schema)) {
+    fn one<E: EventParams>(g: &mut schemars::SchemaGenerator, f: &mut impl FnMut(&'static str, schemars::Schema)) {
+        f(E::NAME, g.subschema_for::<E>());
+    }
+    one::<Message>(generator, &mut f);
+    one::<Seen>(generator, &mut f);
+    one::<PeerJoined>(generator, &mut f);
+    one::<PeerLeft>(generator, &mut f);
+    one::<PeerConnection>(generator, &mut f);
+    one::<SyncProgress>(generator, &mut f);
+    one::<FileProgress>(generator, &mut f);
+    one::<WriterQuota>(generator, &mut f);
+    one::<Lagged>(generator, &mut f);
 }

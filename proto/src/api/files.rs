@@ -7,7 +7,7 @@ use super::messages::MessageInfo;
 use super::method;
 
 /// A shared file.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SharedFile {
     /// The file's id (hex).
     pub id: String,
@@ -27,7 +27,7 @@ pub struct SharedFile {
 
 /// `files.send` params: a `path` on the daemon's machine (CLI credential only), or a
 /// `name` and `size` with the bytes following as binary frames.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SendFileParams {
     /// Room id or name.
     pub room: String,
@@ -46,7 +46,7 @@ pub struct SendFileParams {
 }
 
 /// `files.send` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SendFileResult {
     /// The file.
     pub file: SharedFile,
@@ -56,11 +56,12 @@ pub struct SendFileResult {
 
 method!(
     /// `files.send`: shares a file in a room.
-    SendFile, "files.send", SendFileParams => SendFileResult
+    SendFile, "files.send", SendFileParams => SendFileResult;
+    "shares a file in a room"
 );
 
 /// `files.get` params.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GetFileParams {
     /// Room id or name.
     pub room: String,
@@ -75,7 +76,7 @@ pub struct GetFileParams {
 }
 
 /// `files.get` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GetFileResult {
     /// The file, all of its chunks here and verified.
     pub file: SharedFile,
@@ -87,11 +88,12 @@ pub struct GetFileResult {
 
 method!(
     /// `files.get`: fetches a file's chunks from the room, then saves or streams it.
-    GetFile, "files.get", GetFileParams => GetFileResult
+    GetFile, "files.get", GetFileParams => GetFileResult;
+    "fetches a file's chunks from the room, then saves or streams it"
 );
 
 /// `files.url` params.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FileUrlParams {
     /// Room id or name.
     pub room: String,
@@ -103,7 +105,7 @@ pub struct FileUrlParams {
 }
 
 /// `files.url` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FileUrl {
     /// A download URL with a short-lived ticket for this one file.
     pub url: String,
@@ -113,11 +115,12 @@ pub struct FileUrl {
 
 method!(
     /// `files.url`: a short-lived download URL for one file.
-    Url, "files.url", FileUrlParams => FileUrl
+    Url, "files.url", FileUrlParams => FileUrl;
+    "a short-lived download URL for one file"
 );
 
 /// `subscribe` params.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SubscribeParams {
     /// Event names to receive (all when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,7 +128,7 @@ pub struct SubscribeParams {
 }
 
 /// `subscribe` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Subscribed {
     /// Always true.
     pub subscribed: bool,
@@ -135,5 +138,6 @@ pub struct Subscribed {
 
 method!(
     /// `subscribe`: which events this connection receives.
-    Subscribe, "subscribe", SubscribeParams => Subscribed
+    Subscribe, "subscribe", SubscribeParams => Subscribed;
+    "which events this connection receives"
 );

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::method;
 
 /// A message as the API shows it (history, `messages.send`, the `message` event).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageInfo {
     /// `<author hex>:<seq>`.
     pub id: String,
@@ -36,7 +36,7 @@ pub struct MessageInfo {
 }
 
 /// A shared file, as a message carries it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FileRef {
     /// The file's id (hex).
     pub id: String,
@@ -53,7 +53,7 @@ pub struct FileRef {
 }
 
 /// `messages.send` params.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SendParams {
     /// Room id or name.
     pub room: String,
@@ -62,7 +62,7 @@ pub struct SendParams {
 }
 
 /// `messages.send` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SendResult {
     /// The message, durable.
     pub message: Option<MessageInfo>,
@@ -70,11 +70,12 @@ pub struct SendResult {
 
 method!(
     /// `messages.send`: one text message; answers once it is durable.
-    Send, "messages.send", SendParams => SendResult
+    Send, "messages.send", SendParams => SendResult;
+    "one text message; answers once it is durable"
 );
 
 /// `messages.send_batch` params.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SendBatchParams {
     /// Room id or name.
     pub room: String,
@@ -83,7 +84,7 @@ pub struct SendBatchParams {
 }
 
 /// `messages.send_batch` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SendBatchResult {
     /// How many were sent.
     pub count: usize,
@@ -95,11 +96,12 @@ pub struct SendBatchResult {
 
 method!(
     /// `messages.send_batch`: many texts as one append with one signed head.
-    SendBatch, "messages.send_batch", SendBatchParams => SendBatchResult
+    SendBatch, "messages.send_batch", SendBatchParams => SendBatchResult;
+    "many texts as one append with one signed head"
 );
 
 /// `messages.history` params.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoryParams {
     /// Room id or name.
     pub room: String,
@@ -112,7 +114,7 @@ pub struct HistoryParams {
 }
 
 /// `messages.history` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HistoryResult {
     /// The page, oldest first.
     pub messages: Vec<MessageInfo>,
@@ -120,5 +122,6 @@ pub struct HistoryResult {
 
 method!(
     /// `messages.history`: a page of the room's history, newest last.
-    History, "messages.history", HistoryParams => HistoryResult
+    History, "messages.history", HistoryParams => HistoryResult;
+    "a page of the room's history, newest last"
 );

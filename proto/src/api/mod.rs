@@ -5,6 +5,7 @@
 //! [`Event`] (pushed, a notification). Method names and error codes are a contract: see
 //! `docs/API.md`.
 
+use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -13,11 +14,12 @@ pub mod events;
 pub mod files;
 pub mod messages;
 pub mod node;
+pub mod openrpc;
 pub mod peers;
 pub mod rooms;
 
 /// No params.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NoParams {}
 
 /// One API method: its name and the types of its params and result, which the daemon, the
@@ -26,21 +28,25 @@ pub struct NoParams {}
 pub trait Method {
     /// The method's name on the wire, e.g. `rooms.join`.
     const NAME: &'static str;
+    /// What it does, in a line (the OpenRPC document's summary).
+    const SUMMARY: &'static str;
     /// Its params.
-    type Params: Serialize + DeserializeOwned + Send;
+    type Params: Serialize + DeserializeOwned + Send + JsonSchema;
     /// Its result.
-    type Result: Serialize + DeserializeOwned + Send;
+    type Result: Serialize + DeserializeOwned + Send + JsonSchema;
 }
 
-/// Declares a method: `method!(Join, "rooms.join", JoinParams => JoinResult)`.
+/// Declares a method:
+/// `method!(Join, "rooms.join", JoinParams => JoinResult; "joins a room")`.
 macro_rules! method {
-    ($(#[$doc:meta])* $name:ident, $wire:literal, $params:ty => $result:ty) => {
+    ($(#[$doc:meta])* $name:ident, $wire:literal, $params:ty => $result:ty; $summary:literal) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug)]
         pub struct $name;
 
         impl $crate::api::Method for $name {
             const NAME: &'static str = $wire;
+            const SUMMARY: &'static str = $summary;
             type Params = $params;
             type Result = $result;
         }
@@ -70,7 +76,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::E
 
 /// A request from a client (JSON-RPC 2.0). Without an `id` it is a notification: it is
 /// carried out and gets no reply.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Request {
     /// `"2.0"`. API version 1 clients leave it out; that is still accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -93,7 +99,7 @@ impl Request {
 }
 
 /// A reply to one request.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Response {
     /// `"2.0"`.
     #[serde(default = "jsonrpc")]
@@ -109,7 +115,7 @@ pub struct Response {
 }
 
 /// An error reply.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorObject {
     /// Stable numeric code, see [`codes`].
     pub code: i32,
@@ -118,7 +124,7 @@ pub struct ErrorObject {
 }
 
 /// A server-pushed event: a JSON-RPC notification whose method is the event's name.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// `"2.0"`.
     #[serde(default = "jsonrpc")]
@@ -178,6 +184,27 @@ pub mod codes {
     pub const LOCAL_FILE: i32 = 1011;
     /// A streamed upload ended early or stalled; nothing was sent to the room.
     pub const UPLOAD_INCOMPLETE: i32 = 1012;
+
+    /// Every code with its name (for the OpenRPC document).
+    pub const ALL: &[(i32, &str)] = &[
+        (PARSE_ERROR, "parse error"),
+        (INVALID_REQUEST, "invalid request"),
+        (METHOD_NOT_FOUND, "method not found"),
+        (INVALID_PARAMS, "invalid params"),
+        (INTERNAL, "internal error"),
+        (ROOM_NOT_FOUND, "room not found"),
+        (TOO_LARGE, "too large"),
+        (SHUTTING_DOWN, "shutting down"),
+        (BAD_INVITE, "bad invite"),
+        (STORAGE, "storage failed"),
+        (SEEDER_ONLY, "seeder only"),
+        (LOCAL_ONLY, "local only"),
+        (WEAK_PASSPHRASE, "weak passphrase"),
+        (NOT_FOUND, "not found"),
+        (UNAVAILABLE, "unavailable"),
+        (LOCAL_FILE, "local file"),
+        (UPLOAD_INCOMPLETE, "upload incomplete"),
+    ];
 }
 
 impl Response {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{method, NoParams};
 
 /// How a connection reaches a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectionKind {
     /// Plain connection, one side dialed the other.
@@ -17,7 +17,7 @@ pub enum ConnectionKind {
 }
 
 /// One connectivity check of `node.doctor`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Check {
     /// What was checked: `bootstrap`, `dht`, `public_dht`, `reachability`, `relay`, `holepunch`.
     pub name: String,
@@ -30,7 +30,7 @@ pub struct Check {
 }
 
 /// `node.doctor` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DoctorResult {
     /// Every check passed.
     pub ok: bool,
@@ -40,11 +40,12 @@ pub struct DoctorResult {
 
 method!(
     /// `node.doctor`: probes what keeps peers away, with advice.
-    Doctor, "node.doctor", NoParams => DoctorResult
+    Doctor, "node.doctor", NoParams => DoctorResult;
+    "probes what keeps peers away, with advice"
 );
 
 /// `node.info` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeInfo {
     /// Our PeerId.
     pub peer_id: String,
@@ -94,5 +95,6 @@ pub struct NodeInfo {
 
 method!(
     /// `node.info`: this daemon's network state.
-    Info, "node.info", NoParams => NodeInfo
+    Info, "node.info", NoParams => NodeInfo;
+    "this daemon's network state"
 );

@@ -8,7 +8,7 @@ use super::node::ConnectionKind;
 use super::rooms::RoomParam;
 
 /// Params naming a room, or none for every room.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct OptRoomParam {
     /// Room id or name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -16,7 +16,7 @@ pub struct OptRoomParam {
 }
 
 /// A peer with a session in one of our rooms.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RoomPeer {
     /// Its PeerId.
     pub peer_id: String,
@@ -40,7 +40,7 @@ pub struct RoomPeer {
 }
 
 /// `peers.list` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerList {
     /// The peers.
     pub peers: Vec<RoomPeer>,
@@ -48,11 +48,12 @@ pub struct PeerList {
 
 method!(
     /// `peers.list`: peers with a session, in one room or all.
-    List, "peers.list", OptRoomParam => PeerList
+    List, "peers.list", OptRoomParam => PeerList;
+    "peers with a session, in one room or all"
 );
 
 /// Whether a member is online, and how.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Presence {
     /// A session with one of its devices is up (always true for us).
     pub online: bool,
@@ -68,7 +69,7 @@ pub struct Presence {
 }
 
 /// A writer of a room.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Member {
     /// Its writer key (hex).
     pub author: String,
@@ -93,7 +94,7 @@ pub struct Member {
 }
 
 /// `rooms.members` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MemberList {
     /// The members.
     pub members: Vec<Member>,
@@ -101,18 +102,19 @@ pub struct MemberList {
 
 method!(
     /// `rooms.members`: the room's writers, with names, safety numbers and presence.
-    Members, "rooms.members", RoomParam => MemberList
+    Members, "rooms.members", RoomParam => MemberList;
+    "the room's writers, with names, safety numbers and presence"
 );
 
 /// `profile.set` params.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProfileParams {
     /// Our display name, 1 to 64 bytes, in every room.
     pub display_name: String,
 }
 
 /// `profile.set` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ProfileResult {
     /// The name as stored (trimmed).
     pub display_name: String,
@@ -122,11 +124,12 @@ pub struct ProfileResult {
 
 method!(
     /// `profile.set`: our display name, written to every room we can write in.
-    SetProfile, "profile.set", ProfileParams => ProfileResult
+    SetProfile, "profile.set", ProfileParams => ProfileResult;
+    "our display name, written to every room we can write in"
 );
 
 /// `peers.rename` / `peers.verify` params.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ContactParams {
     /// The writer key.
     pub peer: String,
@@ -142,7 +145,7 @@ pub struct ContactParams {
 }
 
 /// `peers.rename` / `peers.verify` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ContactResult {
     /// The writer key.
     pub peer: String,
@@ -156,16 +159,18 @@ pub struct ContactResult {
 
 method!(
     /// `peers.rename`: a local nickname for a writer.
-    Rename, "peers.rename", ContactParams => ContactResult
+    Rename, "peers.rename", ContactParams => ContactResult;
+    "a local nickname for a writer"
 );
 
 method!(
     /// `peers.verify`: marks a writer's safety number as compared (or not).
-    Verify, "peers.verify", ContactParams => ContactResult
+    Verify, "peers.verify", ContactParams => ContactResult;
+    "marks a writer's safety number as compared (or not)"
 );
 
 /// Params naming a writer, in a room or everywhere.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PeerRoomParams {
     /// The writer key.
     pub peer: String,
@@ -175,7 +180,7 @@ pub struct PeerRoomParams {
 }
 
 /// `peers.block` / `peers.unblock` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BlockResult {
     /// The writer key.
     pub peer: String,
@@ -187,16 +192,18 @@ pub struct BlockResult {
 
 method!(
     /// `peers.block`: stores, serves and shows nothing more of a writer.
-    Block, "peers.block", PeerRoomParams => BlockResult
+    Block, "peers.block", PeerRoomParams => BlockResult;
+    "stores, serves and shows nothing more of a writer"
 );
 
 method!(
     /// `peers.unblock`: undoes `peers.block`.
-    Unblock, "peers.unblock", PeerRoomParams => BlockResult
+    Unblock, "peers.unblock", PeerRoomParams => BlockResult;
+    "undoes `peers.block`"
 );
 
 /// `peers.safety` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SafetyResult {
     /// The writer key.
     pub peer: String,
@@ -210,11 +217,12 @@ pub struct SafetyResult {
 
 method!(
     /// `peers.safety`: the safety number with a writer in a room, and its QR code.
-    Safety, "peers.safety", PeerRoomParams => SafetyResult
+    Safety, "peers.safety", PeerRoomParams => SafetyResult;
+    "the safety number with a writer in a room, and its QR code"
 );
 
 /// `peers.blocked` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BlockedResult {
     /// Writer keys blocked in the room (or everywhere).
     pub blocked: Vec<String>,
@@ -222,5 +230,6 @@ pub struct BlockedResult {
 
 method!(
     /// `peers.blocked`: the writers blocked in a room (or everywhere).
-    Blocked, "peers.blocked", OptRoomParam => BlockedResult
+    Blocked, "peers.blocked", OptRoomParam => BlockedResult;
+    "the writers blocked in a room (or everywhere)"
 );

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::{method, NoParams};
 
 /// A joined room, as every `rooms.*` result shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RoomInfo {
     /// The room's short id (hex of the first 8 bytes of its discovery key).
     pub id: String,
@@ -30,7 +30,7 @@ pub struct RoomInfo {
 }
 
 /// A writer that signed two different entries for one seq.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Fork {
     /// The writer (hex).
     pub author: String,
@@ -39,14 +39,14 @@ pub struct Fork {
 }
 
 /// Params naming one room (by id or name).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RoomParam {
     /// Room id or name.
     pub room: String,
 }
 
 /// The joined rooms.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RoomList {
     /// Every joined (or seeded) room.
     pub rooms: Vec<RoomInfo>,
@@ -54,11 +54,12 @@ pub struct RoomList {
 
 method!(
     /// `rooms.list`: the joined rooms.
-    List, "rooms.list", NoParams => RoomList
+    List, "rooms.list", NoParams => RoomList;
+    "the joined rooms"
 );
 
 /// `rooms.join` params: exactly one of `passphrase` and `invite`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JoinParams {
     /// The room's passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,7 +76,7 @@ pub struct JoinParams {
 }
 
 /// `rooms.join` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JoinResult {
     /// The room.
     pub room: RoomInfo,
@@ -91,18 +92,19 @@ pub struct JoinResult {
 
 method!(
     /// `rooms.join`: joins a room by passphrase or invite.
-    Join, "rooms.join", JoinParams => JoinResult
+    Join, "rooms.join", JoinParams => JoinResult;
+    "joins a room by passphrase or invite"
 );
 
 /// `passphrase.check` params.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PassphraseParams {
     /// The passphrase to estimate (never stored).
     pub passphrase: String,
 }
 
 /// `passphrase.check` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PassphraseCheck {
     /// Estimated strength in bits (zxcvbn).
     pub bits: u32,
@@ -118,11 +120,12 @@ pub struct PassphraseCheck {
 
 method!(
     /// `passphrase.check`: how strong a passphrase is, for this daemon's network.
-    CheckPassphrase, "passphrase.check", PassphraseParams => PassphraseCheck
+    CheckPassphrase, "passphrase.check", PassphraseParams => PassphraseCheck;
+    "how strong a passphrase is, for this daemon's network"
 );
 
 /// `rooms.create` params.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreateParams {
     /// A local name for the room.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -130,7 +133,7 @@ pub struct CreateParams {
 }
 
 /// `rooms.create` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CreateResult {
     /// The new room.
     pub room: RoomInfo,
@@ -140,11 +143,12 @@ pub struct CreateResult {
 
 method!(
     /// `rooms.create`: a new room with a random secret.
-    Create, "rooms.create", CreateParams => CreateResult
+    Create, "rooms.create", CreateParams => CreateResult;
+    "a new room with a random secret"
 );
 
 /// `rooms.leave` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LeaveResult {
     /// Always true.
     pub left: bool,
@@ -152,11 +156,12 @@ pub struct LeaveResult {
 
 method!(
     /// `rooms.leave`: leaves a room and deletes its data here.
-    Leave, "rooms.leave", RoomParam => LeaveResult
+    Leave, "rooms.leave", RoomParam => LeaveResult;
+    "leaves a room and deletes its data here"
 );
 
 /// `rooms.invite` params.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InviteParams {
     /// Room id or name.
     pub room: String,
@@ -166,7 +171,7 @@ pub struct InviteParams {
 }
 
 /// `rooms.invite` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InviteResult {
     /// The room's id.
     pub room: String,
@@ -181,11 +186,12 @@ pub struct InviteResult {
 
 method!(
     /// `rooms.invite`: a member invite or a seed capability.
-    Invite, "rooms.invite", InviteParams => InviteResult
+    Invite, "rooms.invite", InviteParams => InviteResult;
+    "a member invite or a seed capability"
 );
 
 /// `rooms.seed` params.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SeedParams {
     /// A seed capability (`rooms.invite` with `kind: seed`).
     pub capability: String,
@@ -195,7 +201,7 @@ pub struct SeedParams {
 }
 
 /// `rooms.seed` result.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SeedResult {
     /// The seeded room.
     pub room: RoomInfo,
@@ -205,5 +211,6 @@ pub struct SeedResult {
 
 method!(
     /// `rooms.seed`: seeds a room blindly (stores and serves ciphertext).
-    Seed, "rooms.seed", SeedParams => SeedResult
+    Seed, "rooms.seed", SeedParams => SeedResult;
+    "seeds a room blindly (stores and serves ciphertext)"
 );

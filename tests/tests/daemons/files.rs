@@ -208,40 +208,6 @@ async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
     Ok(())
 }
 
-/// A minimal HTTP/1.1 GET, with an `Authorization` header if given: (status, body).
-async fn http_get(url: &str, authorization: Option<&str>) -> Result<(u16, Vec<u8>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").context("http URL")?;
-    let (host, path) = rest.split_at(rest.find('/').context("path")?);
-    let mut s = tokio::net::TcpStream::connect(host).await?;
-    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").context("end of headers")?;
-    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-    let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
-    let mut body = buf[end + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
-        body = dechunk(&body)?;
-    }
-    Ok((status, body))
-}
-
-fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").context("chunk size line")?;
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol])?.trim(), 16)?;
-        b = &b[eol + 2..];
-        if n == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(&b[..n]);
-        b = &b[n + 2..];
-    }
-}
-
 /// A peer that answers a chunk request with bytes that do not hash to the chunk's id: the
 /// daemon stores nothing of it, does not ask that session again, and takes the chunk from
 /// the next session that has it. The file then arrives intact.
