@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 
 #[path = "daemons/browser.rs"]
 mod browser;
+#[path = "daemons/examples.rs"]
+mod examples;
 #[path = "daemons/files.rs"]
 mod files;
 #[path = "daemons/hostile.rs"]
