@@ -32,7 +32,11 @@ const state = {
 };
 
 // ----- token -----
-function takeToken() {
+// The link from `peerlog open` carries the API token in its fragment. The page trades it
+// for a session cookie (HttpOnly, SameSite=Strict) and clears the address bar: from then
+// on plain http://127.0.0.1:<port>/ opens in this browser. Without cookies the token is
+// kept for this tab only, as before.
+async function takeToken() {
   const m = location.hash.match(/token=([0-9a-fA-F]+)/);
   const r = location.hash.match(/room=([0-9a-f]+)/);
   const j = location.hash.match(/join=(peerlog:[A-Za-z0-9]+)/);
@@ -45,21 +49,38 @@ function takeToken() {
     if (!m) history.replaceState(null, "", location.pathname);
   }
   if (m) {
-    sessionStorage.setItem("peerlog-token", m[1]);
     history.replaceState(null, "", location.pathname); // keep the token out of the address bar
+    const session = await fetch("/api/session", { method: "POST", headers: { Authorization: `Bearer ${m[1]}` } });
+    if (session.ok && (await fetch("/api/session")).ok) {
+      sessionStorage.removeItem("peerlog-token");
+      return "cookie";
+    }
+    sessionStorage.setItem("peerlog-token", m[1]);
   }
-  return sessionStorage.getItem("peerlog-token");
+  const kept = sessionStorage.getItem("peerlog-token");
+  if (kept && (await fetch(`/api/session?token=${encodeURIComponent(kept)}`)).ok) return kept;
+  sessionStorage.removeItem("peerlog-token"); // rotated, or none
+  return (await fetch("/api/session")).ok ? "cookie" : null;
 }
 
 // ----- connection -----
-function connect() {
-  const token = takeToken();
+async function connect() {
+  let token;
+  try { token = await takeToken(); } catch { token = undefined; }
+  if (token === undefined) {
+    // The daemon itself is unreachable: retry.
+    setConn("down", "Daemon unreachable; retrying…");
+    setTimeout(connect, state.retry);
+    state.retry = Math.min(state.retry * 2, 10000);
+    return;
+  }
   if (!token) {
-    showWelcome("Open peerlog with its link", "Run `peerlog open` on this machine: it prints the address of this page with the access token.");
+    showWelcome("Open peerlog with its link", "Run `peerlog open` on this machine: it prints the address of this page with the access token. (A rotated token signs this browser out.)");
     setConn("down", "No access token");
     return;
   }
-  const ws = new WebSocket(`ws://${location.host}/api/ws?token=${encodeURIComponent(token)}`);
+  const query = token === "cookie" ? "" : `?token=${encodeURIComponent(token)}`;
+  const ws = new WebSocket(`ws://${location.host}/api/ws${query}`);
   state.ws = ws;
   setConn("", "Connecting to the daemon…");
   ws.onopen = async () => {

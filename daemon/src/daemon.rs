@@ -139,7 +139,8 @@ impl Daemon {
         prepare_data_dir(&data_dir)?;
         let lock = lock_data_dir(&data_dir)?;
         let keypair = keys::load_or_create_identity(&data_dir.join("identity.key"))?;
-        let token = load_or_create_token(&data_dir.join("api-token"))?;
+        let token_path = data_dir.join("api-token");
+        let token = crate::service::token::ApiToken::new(load_or_create_token(&token_path)?, token_path);
         let cli_token = load_or_create_token(&data_dir.join("cli-token"))?;
         let db_path = data_dir.join("db");
         let cache_bytes = config.cache_mb.saturating_mul(1 << 20);
@@ -259,9 +260,9 @@ impl Daemon {
         self.api_addr
     }
 
-    /// The API token.
-    pub fn token(&self) -> &str {
-        &self.service.token
+    /// The API token (it changes when rotated).
+    pub fn token(&self) -> String {
+        self.service.token.get()
     }
 
     /// Resolves if storage failed for good (a failed fsync, sled's log unwritable): the
@@ -289,7 +290,7 @@ impl Daemon {
 
     /// The web UI URL with the token in the fragment.
     pub fn ui_url(&self) -> String {
-        format!("http://{}/#token={}", self.api_addr, self.service.token)
+        format!("http://{}/#token={}", self.api_addr, self.service.token.get())
     }
 
     /// Stops accepting API requests (finishing those in flight, appends included), stops

@@ -151,6 +151,16 @@ enum Command {
     /// Print the API's OpenRPC document (JSON): every method's params and result, and every
     /// event's params, as JSON Schema. The daemon serves the same at `/api/openrpc.json`.
     Openrpc,
+    /// The API token (`<data>/api-token`): with `--rotate`, replace it. Browsers signed in
+    /// with the old one (their session cookie) and scripts using it are signed out;
+    /// `peerlog open` gives the new link.
+    Token {
+        /// Replace the token by a new one (needs the CLI credential, as the CLI has).
+        #[arg(long)]
+        rotate: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Measure this build on loopback with real daemons (separate processes in temporary
     /// data dirs): appends, live latency, catch-up, memory and disk. Takes a minute or two.
     Bench {
@@ -488,6 +498,18 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             c.close().await.ok();
+            Ok(())
+        }
+        Command::Token { rotate: false, client } => {
+            println!("{}", client.data_dir()?.join("api-token").display());
+            Ok(())
+        }
+        Command::Token { rotate: true, client } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<node::RotateToken>(&NoParams {}).await?;
+            c.close().await.ok();
+            println!("The API token in {} is new: browsers and scripts using the old one are signed out.", r.path);
+            println!("Open the web UI again with `peerlog open`.");
             Ok(())
         }
         Command::Openrpc => {

@@ -101,7 +101,7 @@ impl TestDaemon {
     /// A new API client with the API token (what the web UI and scripts use).
     pub async fn client(&self) -> Result<Client> {
         let d = self.running()?;
-        Ok(Client::connect(d.api_addr(), d.token()).await?)
+        Ok(Client::connect(d.api_addr(), &d.token()).await?)
     }
 
     /// A new API client with the CLI credential (may name files on this machine).
@@ -359,12 +359,23 @@ pub fn room_keys(passphrase: &str) -> RoomKeys {
 
 /// A minimal HTTP/1.1 GET, with an `Authorization` header if given: (status, body).
 pub async fn http_get(url: &str, authorization: Option<&str>) -> Result<(u16, Vec<u8>)> {
+    let headers: Vec<(&str, &str)> = authorization.map(|a| ("Authorization", a)).into_iter().collect();
+    let (status, _, body) = http_request("GET", url, &headers).await?;
+    Ok((status, body))
+}
+
+/// A minimal HTTP/1.1 request with these headers: (status, response head, body).
+pub async fn http_request(method: &str, url: &str, headers: &[(&str, &str)]) -> Result<(u16, String, Vec<u8>)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("http URL")?;
     let (host, path) = rest.split_at(rest.find('/').context("path")?);
     let mut s = tokio::net::TcpStream::connect(host).await?;
-    let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n").as_bytes()).await?;
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    s.write_all(
+        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     let end = buf.windows(4).position(|w| w == b"\r\n\r\n").context("end of headers")?;
@@ -374,7 +385,7 @@ pub async fn http_get(url: &str, authorization: Option<&str>) -> Result<(u16, Ve
     if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
         body = dechunk(&body)?;
     }
-    Ok((status, body))
+    Ok((status, head, body))
 }
 
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {

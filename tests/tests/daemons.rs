@@ -252,6 +252,90 @@ async fn the_openrpc_document_is_served_and_lists_what_the_daemon_serves() -> Re
     Ok(())
 }
 
+/// A browser session: the tokened link trades the API token for a session cookie
+/// (`HttpOnly`, `SameSite=Strict`, `Path=/`, named per port), which then authorizes the
+/// WebSocket with the Origin check unchanged; the CLI credential opens none; rotating the
+/// token (the CLI credential only) ends the cookie and the connections made with the old
+/// token, and not the CLI's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_cookie_signs_a_browser_in_until_the_token_rotates() -> Result<()> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let d = TestDaemon::start_bootstrap_node().await?;
+    let addr = d.running()?.api_addr();
+    let (token, cli) = (d.running()?.token(), d.running()?.cli_token().to_string());
+    let origin = format!("http://127.0.0.1:{}", addr.port());
+    let session = format!("http://{addr}/api/session");
+    let bearer = format!("Bearer {token}");
+    let (status, head, _) = http_request("POST", &session, &[("Authorization", &bearer), ("Origin", &origin)]).await?;
+    ensure!(status == 204, "POST /api/session: {status}\n{head}");
+    let set = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).context("Set-Cookie")?;
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        ensure!(set.contains(attr), "cookie without {attr}: {set}");
+    }
+    ensure!(!set.contains(&token), "the cookie is the token itself: {set}");
+    let pair = set.split_once(':').context("header")?.1.split(';').next().context("pair")?.trim().to_string();
+    ensure!(pair.starts_with(&format!("peerlog-{}=", addr.port())), "cookie name {pair}");
+    let (status, _, _) = http_request("GET", &session, &[("Cookie", &pair)]).await?;
+    ensure!(status == 204, "GET /api/session with the cookie: {status}");
+    let (status, _, _) = http_request("GET", &session, &[("Cookie", "peerlog-1=0000")]).await?;
+    ensure!(status == 401, "a wrong cookie: {status}");
+    // The cookie as the WebSocket's credential: with the page's Origin yes, another no.
+    let ws = |origin: String, cookie: String| async move {
+        let mut r = format!("ws://{addr}/api/ws").into_client_request()?;
+        r.headers_mut().insert("origin", origin.parse()?);
+        r.headers_mut().insert("cookie", cookie.parse()?);
+        anyhow::Ok(match tokio_tungstenite::connect_async(r).await {
+            Ok((stream, resp)) => (resp.status().as_u16(), Some(stream)),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (resp.status().as_u16(), None),
+            Err(e) => return Err(e.into()),
+        })
+    };
+    let (status, browser) = ws(origin.clone(), pair.clone()).await?;
+    ensure!(status == 101, "the cookie did not open the WebSocket: {status}");
+    let mut browser = browser.context("socket")?;
+    ensure!(ws("http://evil.example".into(), pair.clone()).await?.0 == 403, "a foreign Origin with the cookie");
+    // The CLI credential opens no browser session.
+    let cli_bearer = format!("Bearer {cli}");
+    let (status, _, _) = http_request("POST", &session, &[("Authorization", &cli_bearer)]).await?;
+    ensure!(status == 403, "the CLI credential opened a session: {status}");
+    // Only the CLI credential rotates the token.
+    let mut api = d.client().await?;
+    let err = api.request::<peerlog_proto::api::node::RotateToken>(&Default::default()).await.expect_err("API token");
+    ensure!(matches!(err, peerlog::client::ClientError::Rpc { code: codes::LOCAL_ONLY, .. }), "{err}");
+    let mut c = d.cli_client().await?;
+    let rotated = c.request::<peerlog_proto::api::node::RotateToken>(&Default::default()).await?;
+    ensure!(rotated.rotated && d.running()?.token() != token, "the token did not change");
+    ensure!(
+        std::fs::read_to_string(d.data_dir().join("api-token"))?.trim() == d.running()?.token(),
+        "the file holds the new token"
+    );
+    // The browser's socket is closed with the reason; the cookie and old token are dead.
+    use futures::StreamExt;
+    let closed = tokio::time::timeout(WAIT, async {
+        while let Some(m) = browser.next().await {
+            if let Ok(tokio_tungstenite::tungstenite::Message::Close(Some(f))) = m {
+                return Some((u16::from(f.code), f.reason.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .context("the old session's socket stayed open")?;
+    ensure!(closed.as_ref().is_some_and(|(code, why)| *code == 1008 && why.contains("rotated")), "{closed:?}");
+    let (status, _, _) = http_request("GET", &session, &[("Cookie", &pair)]).await?;
+    ensure!(status == 401, "the old cookie still works: {status}");
+    ensure!(
+        api.request::<peerlog_proto::api::node::Info>(&Default::default()).await.is_err(),
+        "the old token's client"
+    );
+    ensure!(
+        c.request::<peerlog_proto::api::node::Info>(&Default::default()).await.is_ok(),
+        "the CLI's client was closed"
+    );
+    ensure!(d.client().await.is_ok(), "the new token does not work");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_passphrases_never_exchange_data() -> Result<()> {
     let boot = TestDaemon::start_bootstrap_node().await?;

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{FutureExt, SinkExt, StreamExt};
+use peerlog_proto::api::node::RotateToken;
 use peerlog_proto::api::{
     codes, files, Event, Method, Request as RpcRequest, Response as RpcResponse, JSONRPC, MAX_BATCH,
 };
@@ -60,6 +61,7 @@ pub async fn serve(listener: tokio::net::TcpListener, service: Arc<Service>, can
         .route("/api/health", get(|| async { Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }))
         .route("/api/openrpc.json", get(|| async { Json(peerlog_proto::api::openrpc::document()) }))
         .route("/api/ws", get(ws_upgrade))
+        .route("/api/session", get(check_session).post(open_session))
         .route("/api/files/{room}/{file}", get(download))
         .layer(middleware::from_fn_with_state(state.clone(), check_host))
         .with_state(state);
@@ -153,8 +155,16 @@ fn authorize(state: &ApiState, headers: &HeaderMap, token: Option<&str>) -> Resu
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let given = bearer.or(token).unwrap_or("");
-    if constant_time_eq(given.as_bytes(), state.service.token.as_bytes()) {
+    if constant_time_eq(given.as_bytes(), state.service.token.get().as_bytes()) {
         return Ok(Grant::Api);
+    }
+    // A browser session (see `open_session`): the cookie stands for the API token.
+    if given.is_empty() {
+        if let Some(cookie) = session_cookie(headers, state.port) {
+            if constant_time_eq(cookie.as_bytes(), state.service.token.session_cookie().as_bytes()) {
+                return Ok(Grant::Api);
+            }
+        }
     }
     if constant_time_eq(given.as_bytes(), state.service.cli_token.as_bytes()) {
         if origin.is_some() {
@@ -163,7 +173,68 @@ fn authorize(state: &ApiState, headers: &HeaderMap, token: Option<&str>) -> Resu
         }
         return Ok(Grant::Local);
     }
-    Err((StatusCode::UNAUTHORIZED, "unauthorized: token required (Authorization: Bearer or ?token=)\n"))
+    Err((
+        StatusCode::UNAUTHORIZED,
+        "unauthorized: token required (Authorization: Bearer, ?token= or a session cookie)\n",
+    ))
+}
+
+/// The session cookie's name: one per API port (browsers share cookies between the ports
+/// of a host, and two daemons may run on one machine).
+fn cookie_name(port: u16) -> String {
+    format!("peerlog-{port}")
+}
+
+/// The value of this daemon's session cookie in a request, if any.
+fn session_cookie(headers: &HeaderMap, port: u16) -> Option<String> {
+    let name = cookie_name(port);
+    headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+/// How long a browser session lasts (a rotation of the token ends it sooner).
+const SESSION_SECS: u64 = 400 * 24 * 3600;
+
+/// `POST /api/session` with the API token: sets the session cookie (`HttpOnly`,
+/// `SameSite=Strict`, `Path=/`), so that this browser opens `http://127.0.0.1:<port>/`
+/// without the token from then on. The CLI credential opens no browser session.
+async fn open_session(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<TokenQuery>,
+) -> Response {
+    let given = headers.get(header::AUTHORIZATION).is_some() || query.token.is_some();
+    match authorize(&state, &headers, query.token.as_deref()) {
+        Ok(Grant::Api) if given => {
+            let cookie = format!(
+                "{}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={SESSION_SECS}",
+                cookie_name(state.port),
+                state.service.token.session_cookie()
+            );
+            (StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response()
+        }
+        Ok(Grant::Api) => {
+            (StatusCode::UNAUTHORIZED, "unauthorized: a session is opened with the API token\n").into_response()
+        }
+        Ok(Grant::Local) => {
+            (StatusCode::FORBIDDEN, "forbidden: the CLI credential opens no browser session\n").into_response()
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// `GET /api/session`: 204 if the request is authorized (by its cookie, say), else 401.
+async fn check_session(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<TokenQuery>,
+) -> Response {
+    match authorize(&state, &headers, query.token.as_deref()) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(refused) => refused.into_response(),
+    }
 }
 
 /// Checks Origin (403) and token (401) before upgrading.
@@ -264,9 +335,16 @@ async fn client(socket: WebSocket, state: Arc<ApiState>, grant: Grant) {
     ));
     let slots = Arc::new(Semaphore::new(state.service.config.limits.requests_per_client.max(1)));
     let requests = tokio_util::task::TaskTracker::new();
+    // A rotated token ends the connections made with the old one (the CLI's stay).
+    let mut rotations = state.service.token.rotations();
     loop {
         let msg = tokio::select! {
             _ = state.cancel.cancelled() => break,
+            Ok(()) = rotations.changed(), if grant == Grant::Api => {
+                let reason = "the API token was rotated: open peerlog again (peerlog open)".to_string();
+                let _ = out_tx.send(Out::Close(1008, reason)).await;
+                break;
+            }
             msg = ws_rx.next() => msg,
         };
         let text = match msg {
@@ -618,12 +696,29 @@ async fn handle_one(
         files::SendFile::NAME => send_file(service, upload, request.params.clone(), grant).await,
         files::GetFile::NAME => get_file(service, request.params.clone(), &mut stream_back, grant).await,
         files::Url::NAME => file_url(service, request.params.clone()),
+        RotateToken::NAME => rotate_token(service, grant),
         method => methods::call(service, method, request.params.clone()).await,
     };
     let ok = result.is_ok();
     let reply = reply(result);
     // A notification has no reply for the bytes to follow.
     (reply, if ok && request.id.is_some() { stream_back } else { None })
+}
+
+/// `token.rotate` (the CLI credential only): a new API token.
+fn rotate_token(service: &Service, grant: Grant) -> Result<Value, ApiError> {
+    if grant != Grant::Local {
+        let message =
+            "rotating the API token needs the CLI credential (<data>/cli-token): peerlog token --rotate".into();
+        return Err(ApiError { code: codes::LOCAL_ONLY, message });
+    }
+    service
+        .token
+        .rotate()
+        .map_err(|e| ApiError { code: codes::INTERNAL, message: format!("cannot rotate the API token: {e}") })?;
+    tracing::info!("API token rotated: browser sessions and clients using the old one end");
+    let path = service.data_dir.join("api-token").display().to_string();
+    to_result(peerlog_proto::api::node::TokenRotated { rotated: true, path })
 }
 
 /// `files.get`: fetches the file, then saves it to `path`, or (with `stream`) has its bytes
@@ -756,7 +851,7 @@ fn file_url(service: &Arc<Service>, params: Value) -> Result<Value, ApiError> {
     let file = service.file_info(&room, &p.file)?;
     let expires = crate::log::store::now_ms() + TICKET_LIFETIME.as_millis() as u64;
     let message = file.message.id();
-    let ticket = file_ticket(&service.token, &room.id, &message, p.inline, expires);
+    let ticket = file_ticket(&service.token.get(), &room.id, &message, p.inline, expires);
     let inline = if p.inline { "&inline=1" } else { "" };
     to_result(files::FileUrl {
         url: format!("/api/files/{}/{message}?ticket={ticket}&expires={expires}{inline}", room.id),
@@ -802,7 +897,7 @@ async fn download(
     // A ticket from `files.url`, or the token in a header; never the token in the URL.
     let ticketed = match (&query.ticket, query.expires) {
         (Some(ticket), Some(expires)) => {
-            let expected = file_ticket(&state.service.token, &room, &file, query.inline == Some(1), expires);
+            let expected = file_ticket(&state.service.token.get(), &room, &file, query.inline == Some(1), expires);
             if expires < crate::log::store::now_ms() || !constant_time_eq(ticket.as_bytes(), expected.as_bytes()) {
                 return (
                     StatusCode::UNAUTHORIZED,

@@ -24,6 +24,7 @@ use crate::rooms::{Room, Rooms};
 use crate::tasks::Tasks;
 
 mod files;
+pub mod token;
 
 pub use files::{FileInfo, FileSource, STALL};
 
@@ -128,7 +129,7 @@ pub struct Service {
     /// Replication sessions.
     pub replicator: Replicator,
     /// The API token (`<data>/api-token`): the web UI and scripts.
-    pub(crate) token: String,
+    pub(crate) token: token::ApiToken,
     /// The CLI credential (`<data>/cli-token`): the API token's rights plus paths on this
     /// machine (`files.send {path}`, `files.get {path}`). Never given to a browser.
     pub(crate) cli_token: String,

@@ -98,3 +98,18 @@ method!(
     Info, "node.info", NoParams => NodeInfo;
     "this daemon's network state"
 );
+
+/// `token.rotate` result.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct TokenRotated {
+    /// Always true.
+    pub rotated: bool,
+    /// Where the new token is (`<data>/api-token`).
+    pub path: String,
+}
+
+method!(
+    /// `token.rotate`: a new API token; browser sessions and scripts using the old one end.
+    RotateToken, "token.rotate", NoParams => TokenRotated;
+    "a new API token; browser sessions and scripts using the old one end (the CLI credential only)"
+);

@@ -291,3 +291,46 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
     println!("screenshots in {}", shots.display());
     Ok(())
 }
+
+/// Opening the link of `peerlog open` once signs the browser in: the page trades the token
+/// for an HttpOnly session cookie and clears it from the address bar, and the plain address
+/// works in every new tab; `peerlog token --rotate` signs every tab out, and the new link
+/// signs it in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_link_signs_a_browser_in_until_the_token_rotates() -> Result<()> {
+    if chromium().is_none() {
+        ensure!(std::env::var_os("CI").is_none(), "CI must install chromium for the browser tests");
+        eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium); the browser tests did not run");
+        return Ok(());
+    }
+    const CONNECTED: &str = "document.getElementById('conn-dot').classList.contains('ok')";
+    const SIGNED_OUT: &str = "document.getElementById('conn-dot').classList.contains('down') \
+        && document.getElementById('room-name').textContent === 'Open peerlog with its link'";
+    let d = TestDaemon::start_bootstrap_node().await?;
+    let plain = format!("http://{}/", d.running()?.api_addr());
+    let mut br = Browser::launch().await?;
+    let first = br.open(&ui_url(&d)?).await?;
+    br.wait_for(&first, CONNECTED, "the page opened with the link to connect", UI_WAIT).await?;
+    br.wait_for(
+        &first,
+        "location.hash === '' && !location.href.includes('token')",
+        "the token out of the address bar",
+        UI_WAIT,
+    )
+    .await?;
+    ensure!(br.eval(&first, "document.cookie").await? == json!(""), "the session cookie is readable by the page");
+    ensure!(br.eval(&first, "sessionStorage.getItem('peerlog-token')").await?.is_null(), "the page kept the token");
+    let second = br.open(&plain).await?;
+    br.wait_for(&second, CONNECTED, "the plain address to connect with the cookie", UI_WAIT).await?;
+
+    let mut cli = d.cli_client().await?;
+    cli.request::<peerlog_proto::api::node::RotateToken>(&Default::default()).await?;
+    br.wait_for(&first, SIGNED_OUT, "the first tab to say it was signed out", UI_WAIT).await?;
+    br.wait_for(&second, SIGNED_OUT, "the second tab to say it was signed out", UI_WAIT).await?;
+    let third = br.open(&plain).await?;
+    br.wait_for(&third, SIGNED_OUT, "the plain address to ask for the new link", UI_WAIT).await?;
+    let again = br.open(&ui_url(&d)?).await?;
+    br.wait_for(&again, CONNECTED, "the new link to sign in again", UI_WAIT).await?;
+    br.close().await;
+    Ok(())
+}

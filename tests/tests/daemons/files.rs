@@ -165,7 +165,7 @@ async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
     let plain = format!("{base}{}", m["file"]["url"].as_str().unwrap_or(""));
     let ticketed = cb.call("files.url", json!({"room": room, "file": m["id"]})).await?;
     let url = format!("{base}{}", ticketed["url"].as_str().context("files.url gives a url")?);
-    ensure!(!url.contains(d.token()) && !url.contains(d.cli_token()), "a download URL carries a credential: {url}");
+    ensure!(!url.contains(&d.token()) && !url.contains(d.cli_token()), "a download URL carries a credential: {url}");
     let body = http_get(&url, None).await?;
     ensure!(body.0 == 200 && body.1 == data, "HTTP download: status {} with {} bytes", body.0, body.1.len());
     let bearer = format!("Bearer {}", d.token());
