@@ -210,6 +210,11 @@ pub struct Config {
     pub api_listen: SocketAddr,
     /// Allow `api_listen` beyond loopback (refused at start otherwise).
     pub insecure_remote_api: bool,
+    /// Let the data dir's group read the API token and port (`api-token`, `api-port`: mode
+    /// 0640, the data dir 0750; everything else stays the daemon's alone), so that the
+    /// members of a system service's group can open its web UI (`peerlog open`). Off: 0600
+    /// and 0700.
+    pub share_api_token: bool,
     /// libp2p listen addresses.
     pub listen: Vec<Multiaddr>,
     /// Bootstrap peers (`/ip4/../tcp/../p2p/PEERID`).
@@ -246,6 +251,7 @@ impl Default for Config {
             data_dir: None,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 7777)),
             insecure_remote_api: false,
+            share_api_token: false,
             listen: vec![
                 "/ip4/0.0.0.0/tcp/0".parse().expect("valid literal multiaddr"),
                 "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid literal multiaddr"),
@@ -308,6 +314,9 @@ impl Config {
         }
         if let Some(v) = get("PEERLOG_INSECURE_REMOTE_API") {
             self.insecure_remote_api = parse("PEERLOG_INSECURE_REMOTE_API", &v)?;
+        }
+        if let Some(v) = get("PEERLOG_SHARE_API_TOKEN") {
+            self.share_api_token = parse("PEERLOG_SHARE_API_TOKEN", &v)?;
         }
         if let Some(v) = get("PEERLOG_LISTEN") {
             self.listen = list("PEERLOG_LISTEN", &v)?;

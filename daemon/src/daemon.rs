@@ -111,37 +111,58 @@ fn lock_data_dir(dir: &Path) -> Result<std::fs::File, StartError> {
     Ok(file)
 }
 
-fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
+fn prepare_data_dir(dir: &Path, shared: bool) -> Result<(), StartError> {
     let err = |source| StartError::DataDir { path: dir.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(err)?;
-    // Room secrets live in the database: nobody else may read anything here.
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    // Room secrets live in the database: nobody else may read anything here. With
+    // `share_api_token` the group may list the dir and read the token and port, and still
+    // nothing else: the database and chunks are 0700 whatever the umask.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(if shared { 0o750 } else { 0o700 })).map_err(err)?;
+    for sub in ["db", "chunks"] {
+        let path = dir.join(sub);
+        std::fs::create_dir_all(&path).map_err(err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
     Ok(())
 }
 
-fn load_or_create_token(path: &Path) -> Result<String, KeyError> {
-    match std::fs::read_to_string(path) {
-        Ok(t) if t.trim().len() >= 32 => Ok(t.trim().to_string()),
-        Ok(_) => Err(KeyError::Corrupt(path.display().to_string())),
+/// The mode of the files a member of the data dir's group may read (`share_api_token`).
+fn shared_mode(shared: bool) -> u32 {
+    if shared {
+        0o640
+    } else {
+        0o600
+    }
+}
+
+fn load_or_create_token(path: &Path, mode: u32) -> Result<String, KeyError> {
+    let token = match std::fs::read_to_string(path) {
+        Ok(t) if t.trim().len() >= 32 => t.trim().to_string(),
+        Ok(_) => return Err(KeyError::Corrupt(path.display().to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let token = hex::encode(rand::random::<[u8; 32]>());
-            keys::write_secret_file(path, token.as_bytes())?;
-            Ok(token)
+            keys::write_file_with_mode(path, token.as_bytes(), mode)?;
+            return Ok(token);
         }
-        Err(source) => Err(KeyError::Io { path: path.display().to_string(), source }),
-    }
+        Err(source) => return Err(KeyError::Io { path: path.display().to_string(), source }),
+    };
+    // The setting may have changed since the file was written.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| KeyError::Io { path: path.display().to_string(), source })?;
+    Ok(token)
 }
 
 impl Daemon {
     /// Starts a daemon with this configuration.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let data_dir = config.resolved_data_dir()?;
-        prepare_data_dir(&data_dir)?;
+        prepare_data_dir(&data_dir, config.share_api_token)?;
         let lock = lock_data_dir(&data_dir)?;
         let keypair = keys::load_or_create_identity(&data_dir.join("identity.key"))?;
         let token_path = data_dir.join("api-token");
-        let token = crate::service::token::ApiToken::new(load_or_create_token(&token_path)?, token_path);
-        let cli_token = load_or_create_token(&data_dir.join("cli-token"))?;
+        let mode = shared_mode(config.share_api_token);
+        let token = crate::service::token::ApiToken::new(load_or_create_token(&token_path, mode)?, token_path, mode);
+        let cli_token = load_or_create_token(&data_dir.join("cli-token"), 0o600)?;
         let db_path = data_dir.join("db");
         let cache_bytes = config.cache_mb.saturating_mul(1 << 20);
         let reserve = config.limits.disk_reserve_mb.saturating_mul(1 << 20);
@@ -232,8 +253,7 @@ impl Daemon {
             .await
             .map_err(|source| StartError::Api { addr: config.api_listen, source })?;
         let api_addr = listener.local_addr().map_err(|source| StartError::Api { addr: config.api_listen, source })?;
-        std::fs::write(data_dir.join("api-port"), format!("{}\n", api_addr.port()))
-            .map_err(|source| StartError::DataDir { path: data_dir.clone(), source })?;
+        keys::write_file_with_mode(&data_dir.join("api-port"), format!("{}\n", api_addr.port()).as_bytes(), mode)?;
         let api_cancel = root.child_token();
         let api_task =
             tokio::spawn(service.tasks.watch("api", crate::api::serve(listener, service.clone(), api_cancel.clone())));

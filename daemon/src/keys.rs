@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{LazyLock, Mutex};
 
@@ -246,10 +246,17 @@ pub fn verify_auth_mac(expected: &Key32, got: &Key32) -> bool {
 
 /// Writes `bytes` to `path` with mode 0600, atomically (temp file, fsync, rename).
 pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    write_file_with_mode(path, bytes, 0o600)
+}
+
+/// [`write_secret_file`] with another mode (0640: the group may read it too).
+pub fn write_file_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), KeyError> {
     let io = |source| KeyError::Io { path: path.display().to_string(), source };
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp).map_err(io)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp).map_err(io)?;
+    // The umask may have taken bits away: set exactly `mode`.
+    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)?;

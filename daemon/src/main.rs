@@ -282,7 +282,8 @@ impl ClientArgs {
                 std::fs::read_to_string(&path)
                     .with_context(|| {
                         format!(
-                            "cannot read the API token at {} (is the daemon running? use --data-dir)",
+                            "cannot read the API token at {} (is the daemon running? use --data-dir; for the \
+                             system service: --data-dir /var/lib/peerlog, as a member of the peerlog group)",
                             path.display()
                         )
                     })?
@@ -352,8 +353,15 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{url}");
             // The browser gets a 0600 file that redirects to the link (as Jupyter does): a
             // command line is readable by every user in /proc/*/cmdline, a token in it leaks.
-            let redirect = client.data_dir()?.join("open.html");
-            write_redirect(&redirect, &url)?;
+            // In the data dir, or (a system service's, which is not ours to write) in our
+            // own runtime dir.
+            let mut redirect = client.data_dir()?.join("open.html");
+            if write_redirect(&redirect, &url).is_err() {
+                let own = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+                // SAFETY: getuid has no preconditions and cannot fail.
+                redirect = own.join(format!("peerlog-open-{}.html", unsafe { libc::getuid() }));
+                write_redirect(&redirect, &url)?;
+            }
             if std::io::stdout().is_terminal() {
                 let _ = std::process::Command::new("xdg-open")
                     .arg(&redirect)

@@ -2136,3 +2136,122 @@ fn soak_kills_restarts_and_partitions_converge() -> Result<()> {
     println!("soak: peak RSS of the running daemons {peak} MiB");
     Ok(())
 }
+
+/// The system service, as its unit and sysusers file set it up: the daemon runs as the
+/// `peerlog` user and group with the unit's environment, the group may read the API token
+/// and port and nothing else, and `peerlog open` works for a member of the group and for
+/// nobody else. (Numeric ids stand in for the users `systemd-sysusers` would create; needs
+/// root and `setpriv`.)
+#[test]
+fn the_system_unit_lets_its_group_open_the_web_ui_and_nobody_else() -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let unit = std::fs::read_to_string(config.join("peerlog.service"))?;
+    let sysusers = std::fs::read_to_string(config.join("peerlog.sysusers"))?;
+    let values = |key: &str| -> Vec<String> {
+        unit.lines().filter_map(|l| l.trim().strip_prefix(key)?.strip_prefix('=').map(str::to_string)).collect()
+    };
+    let one = |key: &str| values(key).pop().with_context(|| format!("the unit sets no {key}="));
+    let (user, group) = (one("User")?, one("Group")?);
+    ensure!(user == "peerlog" && group == "peerlog", "User={user} Group={group}");
+    ensure!(values("DynamicUser").is_empty(), "a dynamic user's group cannot have members");
+    ensure!(
+        sysusers.lines().any(|l| l.split_whitespace().take(2).eq(["u", user.as_str()])),
+        "config/peerlog.sysusers does not create the user {user} (and its group)"
+    );
+    ensure!(one("StateDirectoryMode")? == "0750", "the group must be able to list the state directory");
+    let env: Vec<(String, String)> = values("Environment")
+        .iter()
+        .filter_map(|e| e.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let data_dir = env.iter().find(|(k, _)| k == "PEERLOG_DATA_DIR").context("PEERLOG_DATA_DIR")?.1.clone();
+    ensure!(data_dir == format!("/var/lib/{}", one("StateDirectory")?), "data dir {data_dir}");
+    ensure!(
+        env.iter().any(|(k, v)| k == "PEERLOG_SHARE_API_TOKEN" && v == "true"),
+        "the unit does not share the token"
+    );
+    if !is_root() || Command::new("setpriv").arg("--version").output().is_err() {
+        ensure!(std::env::var_os("CI").is_none(), "CI runs this test as root with setpriv (util-linux)");
+        eprintln!("SKIPPED: the service users part needs root and setpriv");
+        return Ok(());
+    }
+
+    // The state directory as systemd creates it (owner, group, 0750), the daemon as the
+    // service user, with the unit's environment (the data dir moved to a temporary one).
+    let (service_id, member_id, stranger_id) = (61_001u32, 61_002u32, 61_003u32);
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
+    let dir = tempfile::tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+    let data = dir.path().join("peerlog");
+    std::fs::create_dir(&data)?;
+    std::os::unix::fs::chown(&data, Some(service_id), Some(service_id))?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750))?;
+    let as_id = |uid: u32, groups: &str| {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", &uid.to_string(), "--regid", &uid.to_string()]);
+        if groups.is_empty() {
+            c.arg("--clear-groups");
+        } else {
+            c.args(["--groups", groups]);
+        }
+        c.env_clear().env("PATH", "/usr/bin:/bin").env("HOME", dir.path()).env("PEERLOG_NETWORK", "private");
+        c
+    };
+    let mut daemon = as_id(service_id, "");
+    for (k, v) in &env {
+        daemon.env(k, if k == "PEERLOG_DATA_DIR" { data.to_str().context("utf-8")? } else { v });
+    }
+    let log = dir.path().join("daemon.log");
+    let mut child = daemon
+        .arg(&exe)
+        .args(["daemon", "--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !data.join("api-port").exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            anyhow::bail!("the daemon exited ({status}): {}", std::fs::read_to_string(&log)?);
+        }
+        ensure!(Instant::now() < deadline, "the daemon wrote no api-port: {}", std::fs::read_to_string(&log)?);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _child = Kill(child);
+
+    // What the group may read, and what stays the service's own.
+    let mode = |name: &str| -> Result<(u32, u32)> {
+        let m = std::fs::metadata(data.join(name))?;
+        Ok((m.mode() & 0o777, m.uid()))
+    };
+    for (name, want) in
+        [("api-token", 0o640), ("api-port", 0o640), ("cli-token", 0o600), ("identity.key", 0o600), ("db", 0o700)]
+    {
+        let (got, owner) = mode(name)?;
+        ensure!(got == want && owner == service_id, "{name}: mode {got:o} owner {owner}, want {want:o}");
+    }
+    let token = std::fs::read_to_string(data.join("api-token"))?.trim().to_string();
+
+    // A member of the group opens the web UI; a stranger is told why not.
+    let data_arg = data.to_str().context("utf-8")?;
+    let member = as_id(member_id, &service_id.to_string())
+        .args([exe.to_str().context("utf-8")?, "open", "--data-dir", data_arg])
+        .output()?;
+    ensure!(member.status.success(), "a member could not open the UI: {}", String::from_utf8_lossy(&member.stderr));
+    let url = String::from_utf8(member.stdout)?;
+    ensure!(url.trim().ends_with(&format!("#token={token}")), "the member got {url}");
+    let stranger =
+        as_id(stranger_id, "").args([exe.to_str().context("utf-8")?, "open", "--data-dir", data_arg]).output()?;
+    let why = String::from_utf8_lossy(&stranger.stderr);
+    ensure!(!stranger.status.success() && why.contains("peerlog group"), "a stranger: {why}");
+    // Nor can the member read what is not shared.
+    let cli = as_id(member_id, &service_id.to_string()).args(["cat", &format!("{data_arg}/cli-token")]).output()?;
+    ensure!(!cli.status.success(), "a member read the CLI credential");
+    Ok(())
+}

@@ -10,20 +10,22 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::watch;
 
-use crate::keys::{write_secret_file, KeyError};
+use crate::keys::{write_file_with_mode, KeyError};
 
 /// The API token, rotatable while the daemon runs.
 pub struct ApiToken {
     value: RwLock<String>,
     path: PathBuf,
+    /// 0600, or 0640 when the data dir's group may read it (`share_api_token`).
+    mode: u32,
     /// Bumped at every rotation: open connections made with the old token end.
     generation: watch::Sender<u64>,
 }
 
 impl ApiToken {
-    /// The token loaded from (or written to) `path`.
-    pub fn new(value: String, path: PathBuf) -> Self {
-        Self { value: RwLock::new(value), path, generation: watch::channel(0).0 }
+    /// The token loaded from (or written to) `path`, with that file's `mode`.
+    pub fn new(value: String, path: PathBuf, mode: u32) -> Self {
+        Self { value: RwLock::new(value), path, mode, generation: watch::channel(0).0 }
     }
 
     /// The current token.
@@ -44,7 +46,7 @@ impl ApiToken {
     /// Replaces the token by a fresh one, written (0600) before it takes effect.
     pub fn rotate(&self) -> Result<(), KeyError> {
         let token = hex::encode(rand::random::<[u8; 32]>());
-        write_secret_file(&self.path, token.as_bytes())?;
+        write_file_with_mode(&self.path, token.as_bytes(), self.mode)?;
         *self.value.write().unwrap_or_else(|p| p.into_inner()) = token;
         self.generation.send_modify(|g| *g += 1);
         Ok(())

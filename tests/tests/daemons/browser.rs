@@ -21,6 +21,16 @@ fn ui_url(d: &TestDaemon) -> Result<String> {
     Ok(format!("http://{}/#token={}", daemon.api_addr(), daemon.token()))
 }
 
+/// Whether Chromium is missing (said loudly; in CI an error: it must be installed there).
+fn skip_without_chromium() -> Result<bool> {
+    if chromium().is_some() {
+        return Ok(false);
+    }
+    ensure!(std::env::var_os("CI").is_none(), "CI must install chromium for the browser tests");
+    eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium); the browser tests did not run");
+    Ok(true)
+}
+
 /// Sets an input's value as typing would, firing `input`.
 fn fill(selector: &str, value: &str) -> String {
     format!(
@@ -79,9 +89,7 @@ async fn send_text(b: &mut Browser, page: &Page, text: &str) -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
-    if chromium().is_none() {
-        ensure!(std::env::var_os("CI").is_none(), "CI must install chromium for the browser tests");
-        eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium); the browser tests did not run");
+    if skip_without_chromium()? {
         return Ok(());
     }
     let shots: PathBuf = std::env::var_os("PEERLOG_SCREENSHOTS")
@@ -298,9 +306,7 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
 /// signs it in again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_link_signs_a_browser_in_until_the_token_rotates() -> Result<()> {
-    if chromium().is_none() {
-        ensure!(std::env::var_os("CI").is_none(), "CI must install chromium for the browser tests");
-        eprintln!("SKIPPED: Chromium is not installed (apt-get install chromium); the browser tests did not run");
+    if skip_without_chromium()? {
         return Ok(());
     }
     const CONNECTED: &str = "document.getElementById('conn-dot').classList.contains('ok')";
