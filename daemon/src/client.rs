@@ -21,7 +21,7 @@ pub enum ClientError {
     #[error("WebSocket: {0}")]
     Ws(#[from] Box<tokio_tungstenite::tungstenite::Error>),
     /// The daemon answered with an error.
-    #[error("daemon error {code}: {message}")]
+    #[error("{message}")]
     Rpc {
         /// Stable error code.
         code: i32,

@@ -18,10 +18,20 @@ use serde_json::{json, Value};
 /// peerlog: rooms for chat and files between peers, with no server in the middle.
 #[derive(Parser)]
 #[command(name = "peerlog", version, about, long_about = None, propagate_version = true)]
+#[command(after_help = EXIT_CODES)]
 struct Cli {
+    /// Print JSON (one object, or one per line where several follow) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The exit codes, by kind of failure (documented in --help and the README).
+const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed otherwise (doctor: a check failed); 2 usage; \
+3 the daemon is unreachable (not running, wrong --data-dir or --api); 4 not found (room, message, file); \
+5 invalid (params, invite, passphrase too weak, too large); 6 refused (needs the CLI credential, \
+the room is only seeded here); 7 unavailable for now (no peer sent it, shutting down: try again).";
 
 #[derive(Subcommand)]
 enum Command {
@@ -85,7 +95,7 @@ enum Command {
         client: ClientArgs,
         /// The room.
         room: String,
-        /// The text.
+        /// The text; `-` reads it from standard input (all of it, as one message).
         text: String,
     },
     /// Block a writer (an author, as `peerlog status --json` members and the UI show it):
@@ -102,6 +112,111 @@ enum Command {
         #[arg(long)]
         unblock: bool,
     },
+    /// The joined rooms: id, name, peers online, entries stored.
+    Rooms {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Leave a room: stop syncing it and delete its data on this machine.
+    Leave {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+    },
+    /// A room's members: names, whether they are online, safety numbers, blocks.
+    Members {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+    },
+    /// How strong a passphrase is (read from standard input), for this daemon's network.
+    CheckPassphrase {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send many messages as one batch: one message per line of standard input.
+    SendBatch {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+    },
+    /// Peers with a replication session now, in one room or all.
+    Peers {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this room.
+        #[arg(long)]
+        room: Option<String>,
+    },
+    /// Set your display name, announced in every room you write in.
+    Name {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The name (1 to 64 bytes).
+        name: String,
+    },
+    /// Give a writer (an author) a nickname that only you see; an empty one clears it.
+    Rename {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The writer key (64 hex digits).
+        author: String,
+        /// The nickname.
+        nickname: String,
+    },
+    /// Mark a writer's safety number as compared with them (--undo: not compared).
+    Verify {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The writer key (64 hex digits).
+        author: String,
+        /// Take the mark back.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// The safety number you and a writer share in a room, to compare out of band.
+    Safety {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The writer key (64 hex digits).
+        author: String,
+        /// Also write its QR code (SVG) to this file.
+        #[arg(long, value_name = "FILE")]
+        qr: Option<PathBuf>,
+    },
+    /// The writers blocked in a room, or (without --room) in every room.
+    Blocked {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// This room.
+        #[arg(long)]
+        room: Option<String>,
+    },
+    /// A download URL for a shared file that works for 5 minutes without a credential.
+    FileUrl {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The file message's id.
+        message: String,
+        /// For showing in a page (an image) rather than saving.
+        #[arg(long)]
+        inline: bool,
+    },
+    /// Print completions for a shell (bash, zsh, fish, elvish, powershell), e.g.
+    /// `peerlog completions bash > /etc/bash_completion.d/peerlog`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `peerlog man | man -l -`.
+    Man,
     /// Share a file with a room (the daemon reads it; prints the file message's id).
     SendFile {
         #[command(flatten)]
@@ -137,9 +252,6 @@ enum Command {
         /// Print the whole history (paged from the newest back), oldest first.
         #[arg(long, conflicts_with = "lines")]
         all: bool,
-        /// Print one JSON object per message.
-        #[arg(long)]
-        json: bool,
     },
     /// Print every event the daemon pushes (messages, peers joining and leaving, connection
     /// changes), one JSON-RPC notification per line, until interrupted. The first line,
@@ -177,26 +289,17 @@ enum Command {
         /// Size in MiB of the file sent from one daemon to the other (0 skips it).
         #[arg(long, default_value_t = 200)]
         file_mib: u64,
-        /// Print the figures as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Check connectivity (bootstrap nodes, DHT, NAT, relay), say what to do, and exit
     /// non-zero if a check fails.
     Doctor {
         #[command(flatten)]
         client: ClientArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Show the node, its rooms and connected room peers.
     Status {
         #[command(flatten)]
         client: ClientArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -265,9 +368,11 @@ impl ClientArgs {
     /// The API address and the CLI's credential: `--token`/`$PEERLOG_TOKEN`, else the CLI
     /// credential, else the API token.
     fn endpoint(&self) -> Result<(SocketAddr, String)> {
+        // Where first: no port file means no daemon there, whatever the tokens say.
+        let addr = self.api_addr()?;
         if self.token.is_none() {
             if let Ok(t) = std::fs::read_to_string(self.data_dir()?.join("cli-token")) {
-                return Ok((self.api_addr()?, t.trim().to_string()));
+                return Ok((addr, t.trim().to_string()));
             }
         }
         self.ui_endpoint()
@@ -275,6 +380,7 @@ impl ClientArgs {
 
     /// The API address and the API token (what a browser gets).
     fn ui_endpoint(&self) -> Result<(SocketAddr, String)> {
+        let addr = self.api_addr()?;
         let token = match &self.token {
             Some(t) => t.clone(),
             None => {
@@ -291,7 +397,7 @@ impl ClientArgs {
                     .to_string()
             }
         };
-        Ok((self.api_addr()?, token))
+        Ok((addr, token))
     }
 
     fn api_addr(&self) -> Result<SocketAddr> {
@@ -300,7 +406,17 @@ impl ClientArgs {
             None => {
                 let path = self.data_dir()?.join("api-port");
                 let port: u16 = std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read {} (is the daemon running?)", path.display()))?
+                    .map_err(|e| -> anyhow::Error {
+                        if e.kind() == std::io::ErrorKind::PermissionDenied {
+                            return Refused(format!(
+                                "cannot read {}: {e} (for the system service: be a member of the peerlog group)",
+                                path.display()
+                            ))
+                            .into();
+                        }
+                        Unreachable(format!("cannot read {} (is the daemon running? --data-dir?): {e}", path.display()))
+                            .into()
+                    })?
                     .trim()
                     .parse()
                     .context("api-port does not hold a port number")?;
@@ -311,7 +427,15 @@ impl ClientArgs {
 
     async fn connect(&self) -> Result<Client> {
         let (addr, token) = self.endpoint()?;
-        Client::connect(addr, &token).await.with_context(|| format!("cannot reach the daemon's API at {addr}"))
+        Client::connect(addr, &token).await.map_err(|e| {
+            use tokio_tungstenite::tungstenite::Error as WsError;
+            match &e {
+                peerlog::client::ClientError::Ws(ws) if matches!(**ws, WsError::Http(ref r) if r.status().as_u16() == 401 || r.status().as_u16() == 403) => {
+                    Refused(format!("the daemon at {addr} refused the credential (a rotated token? --token, --data-dir)")).into()
+                }
+                _ => Unreachable(format!("cannot reach the daemon's API at {addr}: {e}")).into(),
+            }
+        })
     }
 }
 
@@ -328,16 +452,71 @@ fn write_redirect(path: &std::path::Path, url: &str) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(cli))
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+/// The daemon could not be reached: it does not run, or not where we look.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unreachable(String);
+
+/// The daemon refused what we asked (the credential, say).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
+
+/// The exit code of a failure, by its kind (see [`EXIT_CODES`]).
+fn exit_code(e: &anyhow::Error) -> u8 {
+    use peerlog::client::ClientError;
+    use peerlog_proto::api::codes;
+    for cause in e.chain() {
+        if cause.downcast_ref::<Unreachable>().is_some() {
+            return 3;
+        }
+        if cause.downcast_ref::<Refused>().is_some() {
+            return 6;
+        }
+        match cause.downcast_ref::<ClientError>() {
+            Some(ClientError::Rpc { code, .. }) => {
+                return match *code {
+                    codes::ROOM_NOT_FOUND | codes::NOT_FOUND => 4,
+                    codes::INVALID_PARAMS
+                    | codes::INVALID_REQUEST
+                    | codes::PARSE_ERROR
+                    | codes::METHOD_NOT_FOUND
+                    | codes::TOO_LARGE
+                    | codes::BAD_INVITE
+                    | codes::WEAK_PASSPHRASE => 5,
+                    codes::LOCAL_ONLY | codes::SEEDER_ONLY => 6,
+                    codes::UNAVAILABLE | codes::UPLOAD_INCOMPLETE | codes::SHUTTING_DOWN => 7,
+                    _ => 1,
+                }
+            }
+            Some(ClientError::Ws(_) | ClientError::Closed | ClientError::ClosedWith { .. }) => return 3,
+            _ => {}
+        }
+    }
+    1
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let json = cli.json;
     match cli.command {
         Command::Daemon(args) => run_daemon(args).await,
-        Command::Bench { messages, big, rounds, file_mib, json } => {
+        Command::Bench { messages, big, rounds, file_mib } => {
             let opts = peerlog::bench::BenchOptions { exe: std::env::current_exe()?, messages, big, rounds, file_mib };
             let figures = peerlog::bench::run(&opts, |step| eprintln!("bench: {step}")).await?;
             if json {
@@ -431,10 +610,160 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Send { client, room, text } => {
+            let text = if text == "-" { read_stdin()?.trim_end_matches(['\n', '\r']).to_string() } else { text };
             let mut c = client.connect().await?;
             let r = c.request::<messages::Send>(&messages::SendParams { room, text }).await?;
-            println!("{}", r.message.map(|m| m.id).unwrap_or_default());
             c.close().await.ok();
+            print_out(json, &r, || println!("{}", r.message.as_ref().map(|m| m.id.as_str()).unwrap_or_default()))
+        }
+        Command::SendBatch { client, room } => {
+            let texts: Vec<String> = read_stdin()?.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
+            if texts.is_empty() {
+                bail!("no lines on standard input: nothing to send");
+            }
+            let mut c = client.connect().await?;
+            let r = c.request::<messages::SendBatch>(&messages::SendBatchParams { room, texts }).await?;
+            c.close().await.ok();
+            print_out(json, &r, || println!("sent {} messages: {} … {}", r.count, r.first, r.last))
+        }
+        Command::Rooms { client } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<rooms::List>(&NoParams {}).await?;
+            c.close().await.ok();
+            print_out(json, &r, || {
+                for room in &r.rooms {
+                    let kind = if room.seeder { "  (seeding)" } else { "" };
+                    println!(
+                        "{}\t{}\t{} peer(s)\t{} entries{kind}",
+                        room.id,
+                        printable(&room.name),
+                        room.peers,
+                        room.entries_stored
+                    );
+                }
+            })
+        }
+        Command::Leave { client, room } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<rooms::Leave>(&rooms::RoomParam { room: room.clone() }).await?;
+            c.close().await.ok();
+            print_out(json, &r, || println!("left {room}; its data here is deleted"))
+        }
+        Command::Members { client, room } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<peers::Members>(&rooms::RoomParam { room }).await?;
+            c.close().await.ok();
+            print_out(json, &r, || {
+                for m in &r.members {
+                    let name = m.nickname.as_ref().or(m.display_name.as_ref()).map_or("", String::as_str);
+                    let state = match (m.mine, m.presence.online) {
+                        (true, _) => "me",
+                        (false, true) => "online",
+                        (false, false) => "offline",
+                    };
+                    let mut notes = Vec::new();
+                    if m.verified {
+                        notes.push("verified".to_string());
+                    }
+                    if m.blocked {
+                        notes.push("blocked".to_string());
+                    }
+                    if let Some(n) = &m.safety_number {
+                        notes.push(format!("safety {n}"));
+                    }
+                    println!(
+                        "{}\t{}\t{state}\t{} messages\t{}",
+                        m.author,
+                        printable(name),
+                        m.messages,
+                        notes.join(", ")
+                    );
+                }
+            })
+        }
+        Command::CheckPassphrase { client } => {
+            if std::io::stdin().is_terminal() {
+                eprint!("passphrase: ");
+            }
+            let passphrase = read_line()?;
+            let mut c = client.connect().await?;
+            let r = c.request::<rooms::CheckPassphrase>(&rooms::PassphraseParams { passphrase }).await?;
+            c.close().await.ok();
+            print_out(json, &r, || {
+                println!("about {} bits (of at most {})", r.bits, r.max_bits);
+                if let Some(w) = &r.warning {
+                    println!("warning: {w}");
+                }
+            })
+        }
+        Command::Peers { client, room } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<peers::List>(&peers::OptRoomParam { room }).await?;
+            c.close().await.ok();
+            print_out(json, &r, || {
+                for p in &r.peers {
+                    let kind = p.connection.map_or("?".to_string(), |k| format!("{k:?}").to_lowercase());
+                    let rtt = p.rtt_ms.map_or(String::new(), |ms| format!("{ms:.0} ms"));
+                    println!("{}\t{kind}\t{rtt}\t{}", p.peer_id, p.rooms.join(","));
+                }
+            })
+        }
+        Command::Name { client, name } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<peers::SetProfile>(&peers::ProfileParams { display_name: name }).await?;
+            c.close().await.ok();
+            print_out(json, &r, || println!("you are {} (announced in {} rooms)", printable(&r.display_name), r.rooms))
+        }
+        Command::Rename { client, author, nickname } => {
+            let mut c = client.connect().await?;
+            let params = peers::ContactParams { peer: author, room: None, nickname: Some(nickname), verified: None };
+            let r = c.request::<peers::Rename>(&params).await?;
+            c.close().await.ok();
+            print_out(json, &r, || match &r.nickname {
+                Some(n) => println!("{} is {} to you", r.peer, printable(n)),
+                None => println!("{} has no nickname", r.peer),
+            })
+        }
+        Command::Verify { client, author, undo } => {
+            let mut c = client.connect().await?;
+            let params = peers::ContactParams { peer: author, room: None, nickname: None, verified: Some(!undo) };
+            let r = c.request::<peers::Verify>(&params).await?;
+            c.close().await.ok();
+            print_out(json, &r, || println!("{} {}", r.peer, if r.verified { "verified" } else { "not verified" }))
+        }
+        Command::Safety { client, room, author, qr } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<peers::Safety>(&peers::PeerRoomParams { peer: author, room: Some(room) }).await?;
+            c.close().await.ok();
+            if let (Some(path), Some(svg)) = (&qr, &r.qr_svg) {
+                std::fs::write(path, svg).with_context(|| format!("cannot write {}", path.display()))?;
+            }
+            print_out(json, &r, || println!("{}", r.safety_number))
+        }
+        Command::Blocked { client, room } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<peers::Blocked>(&peers::OptRoomParam { room }).await?;
+            c.close().await.ok();
+            print_out(json, &r, || r.blocked.iter().for_each(|b| println!("{b}")))
+        }
+        Command::FileUrl { client, room, message, inline } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<files::Url>(&files::FileUrlParams { room, file: message, inline }).await?;
+            c.close().await.ok();
+            let addr = client.api_addr()?;
+            print_out(json, &r, || println!("http://{addr}{}", r.url))
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "peerlog",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut std::io::stdout())?;
             Ok(())
         }
         Command::SendFile { client, room, path } => {
@@ -461,7 +790,7 @@ async fn run(cli: Cli) -> Result<()> {
             c.close().await.ok();
             Ok(())
         }
-        Command::Tail { client, room, follow, lines, all, json } => {
+        Command::Tail { client, room, follow, lines, all } => {
             let mut c = client.connect().await?;
             let room_id = {
                 let r = c.call("rooms.list", json!({})).await?;
@@ -476,6 +805,9 @@ async fn run(cli: Cli) -> Result<()> {
                     .and_then(|x| x["id"].as_str().map(String::from))
                     .with_context(|| format!("no joined room matches {room:?}"))?
             };
+            // The id of the newest message printed: after missed events (`lagged`), the
+            // history from there on is printed, nothing twice.
+            let mut last: Option<String> = None;
             if all {
                 // Pages back from the newest until a page is empty, then prints oldest first.
                 let mut pages: Vec<Vec<Value>> = Vec::new();
@@ -490,11 +822,13 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 for m in pages.iter().rev().flatten() {
                     print_message(m, json);
+                    last = m["id"].as_str().map(String::from);
                 }
             } else if lines > 0 {
                 let r = c.call("messages.history", json!({"room": room_id, "limit": lines.min(1000)})).await?;
                 for m in r["messages"].as_array().into_iter().flatten() {
                     print_message(m, json);
+                    last = m["id"].as_str().map(String::from);
                 }
             }
             if follow {
@@ -502,6 +836,24 @@ async fn run(cli: Cli) -> Result<()> {
                     let e = c.next_event().await?;
                     if e.method == "message" && e.params["room"] == room_id {
                         print_message(&e.params, json);
+                        last = e.params["id"].as_str().map(String::from);
+                    } else if e.method == "lagged" {
+                        eprintln!(
+                            "(fell behind and missed {} events; catching up from the history)",
+                            e.params["missed"]
+                        );
+                        let r = c.call("messages.history", json!({"room": room_id, "limit": 1000})).await?;
+                        let page = r["messages"].as_array().cloned().unwrap_or_default();
+                        let from = last
+                            .as_ref()
+                            .and_then(|id| page.iter().position(|m| m["id"].as_str() == Some(id)))
+                            .map_or(0, |i| i + 1);
+                        for m in &page[from..] {
+                            print_message(m, json);
+                        }
+                        if let Some(m) = page.last() {
+                            last = m["id"].as_str().map(String::from);
+                        }
                     }
                 }
             }
@@ -533,7 +885,7 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string(&e)?);
             }
         }
-        Command::Doctor { client, json } => {
+        Command::Doctor { client } => {
             let mut c = client.connect().await?;
             let r = c.request::<node::Doctor>(&NoParams {}).await?;
             c.close().await.ok();
@@ -552,7 +904,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Status { client, json } => {
+        Command::Status { client } => {
             let mut c = client.connect().await?;
             let node = c.request::<node::Info>(&NoParams {}).await?;
             let rooms = c.request::<rooms::List>(&NoParams {}).await?.rooms;
@@ -609,13 +961,59 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Prints `value` as JSON with `--json`, else runs `text`.
+fn print_out<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce()) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        text();
+    }
+    Ok(())
+}
+
+/// All of standard input.
+fn read_stdin() -> Result<String> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)?;
+    Ok(text)
+}
+
+/// One line of standard input, without its end.
+fn read_line() -> Result<String> {
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// `ms` since the epoch as a local date and time (`2026-11-29 14:03:07`).
+fn local_time(ms: u64) -> String {
+    let secs = (ms / 1000) as libc::time_t;
+    // SAFETY: localtime_r writes only into `tm`, which lives on this stack frame; a zeroed
+    // `tm` is a valid value of the plain C struct.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return format!("{} s", ms / 1000);
+        }
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
 fn print_message(m: &Value, as_json: bool) {
     if as_json {
         println!("{m}");
         return;
     }
-    let time = m["time"].as_u64().unwrap_or(0) / 1000;
-    let (h, min, s) = ((time / 3600) % 24, (time / 60) % 60, time % 60);
+    let time = local_time(m["time"].as_u64().unwrap_or(0));
     let author = m["author"].as_str().unwrap_or("");
     let who = match (m["mine"].as_bool(), m["author_name"].as_str()) {
         (Some(true), _) => "me".to_string(),
@@ -631,7 +1029,7 @@ fn print_message(m: &Value, as_json: bool) {
         ),
         _ => m["text"].as_str().unwrap_or("").to_string(),
     };
-    println!("{h:02}:{min:02}:{s:02} UTC  {}: {}", printable(&who), printable(&body));
+    println!("{time}  {}: {}", printable(&who), printable(&body));
 }
 
 /// Text from peers as a terminal may show it: C0 and C1 controls (escape sequences can

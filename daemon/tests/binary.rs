@@ -2255,3 +2255,129 @@ fn the_system_unit_lets_its_group_open_the_web_ui_and_nobody_else() -> Result<()
     ensure!(!cli.status.success(), "a member read the CLI credential");
     Ok(())
 }
+
+/// Runs `peerlog ARGS` (no --data-dir added): (exit code, stdout, stderr).
+fn run_raw(exe: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Result<(i32, String, String)> {
+    let mut child =
+        Command::new(exe).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    Ok((out.status.code().unwrap_or(-1), String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?))
+}
+
+/// The CLI covers the API: every method has a subcommand, each prints JSON with --json,
+/// `send -` and `send-batch` read standard input, failures exit by kind, and completions
+/// and a man page come out of the binary.
+#[test]
+fn the_cli_covers_the_api_with_json_and_exit_codes_by_kind() -> Result<()> {
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_peerlog"));
+    // Every API method, and the subcommand that calls it.
+    let commands: &[(&str, &str)] = &[
+        ("node.info", "status"),
+        ("node.doctor", "doctor"),
+        ("token.rotate", "token"),
+        ("rooms.list", "rooms"),
+        ("rooms.join", "join"),
+        ("passphrase.check", "check-passphrase"),
+        ("rooms.create", "create"),
+        ("rooms.leave", "leave"),
+        ("rooms.invite", "invite"),
+        ("rooms.seed", "seed"),
+        ("rooms.members", "members"),
+        ("messages.send", "send"),
+        ("messages.send_batch", "send-batch"),
+        ("messages.history", "tail"),
+        ("peers.list", "peers"),
+        ("profile.set", "name"),
+        ("peers.rename", "rename"),
+        ("peers.verify", "verify"),
+        ("peers.safety", "safety"),
+        ("peers.block", "block"),
+        ("peers.unblock", "block"),
+        ("peers.blocked", "blocked"),
+        ("files.send", "send-file"),
+        ("files.get", "get-file"),
+        ("files.url", "file-url"),
+        ("subscribe", "events"),
+    ];
+    let (_, help, _) = run_raw(&exe, &["--help"], None)?;
+    for method in peerlog_proto::api::openrpc::method_names() {
+        let sub = commands.iter().find(|(m, _)| *m == method).map(|(_, c)| *c);
+        let sub = sub.with_context(|| format!("API method {method} has no subcommand"))?;
+        ensure!(help.lines().any(|l| l.trim_start().starts_with(&format!("{sub} "))), "--help lacks {sub}");
+    }
+    ensure!(help.contains("Exit codes:"), "--help does not document the exit codes");
+
+    let dir = tempfile::tempdir()?;
+    let d = LoopbackDaemon::start(dir.path(), &[])?;
+    let data = dir.path().to_str().context("utf-8")?;
+    let cli = |args: &[&str], stdin: Option<&str>| -> Result<String> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--data-dir", data]);
+        let (code, out, err) = run_raw(&exe, &all, stdin)?;
+        ensure!(code == 0, "peerlog {args:?} exited {code}: {err}");
+        Ok(out)
+    };
+    let json = |args: &[&str], stdin: Option<&str>| -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(cli(&all, stdin)?.trim()).with_context(|| format!("{args:?} --json"))
+    };
+    cli(&["join", "--name", "cli"], Some(&format!("{PASS}\n")))?;
+    let rooms = json(&["rooms"], None)?;
+    ensure!(rooms["rooms"][0]["name"] == "cli", "{rooms}");
+    let sent = json(&["send", "cli", "-"], Some("typed on standard input\n"))?;
+    ensure!(sent["message"]["text"] == "typed on standard input", "{sent}");
+    let batch = json(&["send-batch", "cli"], Some("one\n\ntwo\nthree\n"))?;
+    ensure!(batch["count"] == 3, "{batch}");
+    let tail = cli(&["tail", "cli", "-n", "10", "--json"], None)?;
+    let texts: Vec<String> = tail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()?["text"].as_str().map(String::from))
+        .collect();
+    ensure!(
+        texts.ends_with(&["typed on standard input".into(), "one".into(), "two".into(), "three".into()]),
+        "{texts:?}"
+    );
+    let text_tail = cli(&["tail", "cli", "-n", "1"], None)?;
+    let date = text_tail.split_whitespace().next().unwrap_or("");
+    ensure!(date.len() == 10 && date.as_bytes()[4] == b'-', "tail prints no date: {text_tail}");
+    ensure!(json(&["name", "Ada"], None)?["display_name"] == "Ada");
+    let members = json(&["members", "cli"], None)?;
+    let me = members["members"].as_array().context("members")?.iter().find(|m| m["mine"] == true).context("me")?;
+    let author = me["author"].as_str().context("author")?.to_string();
+    ensure!(json(&["rename", &author, "me myself"], None)?["nickname"] == "me myself");
+    ensure!(json(&["verify", &author], None)?["verified"] == true);
+    ensure!(json(&["blocked"], None)?["blocked"] == serde_json::json!([]));
+    ensure!(json(&["peers"], None)?["peers"].is_array());
+    ensure!(json(&["check-passphrase"], Some("hunter2\n"))?["bits"].as_u64().is_some_and(|b| b < 40));
+
+    // Failures exit by kind.
+    let code = |args: &[&str]| -> Result<i32> {
+        let mut all: Vec<&str> = args.to_vec();
+        if !args.contains(&"--data-dir") {
+            all.extend(["--data-dir", data]);
+        }
+        Ok(run_raw(&exe, &all, None)?.0)
+    };
+    let nowhere = dir.path().join("no-such-daemon");
+    ensure!(code(&["rooms", "--data-dir", nowhere.to_str().context("utf-8")?])? == 3, "unreachable: not 3");
+    ensure!(code(&["send", "no-such-room", "hi"])? == 4, "not found: not 4");
+    ensure!(code(&["rename", "zz", "nick"])? == 5, "invalid: not 5");
+    ensure!(code(&["rooms", "--token", "0000"])? == 6, "refused: not 6");
+    let (c, _, err) = run_raw(&exe, &["send", "no-such-room", "hi", "--data-dir", data], None)?;
+    ensure!(c == 4 && !err.contains("1001") && err.contains("no-such-room"), "the message shows a raw code: {err}");
+    cli(&["leave", "cli"], None)?;
+    ensure!(code(&["tail", "cli"])? != 0, "tail of a room left");
+
+    let (_, bash, _) = run_raw(&exe, &["completions", "bash"], None)?;
+    ensure!(bash.contains("peerlog") && bash.contains("send-batch"), "bash completions");
+    let (_, man, _) = run_raw(&exe, &["man"], None)?;
+    ensure!(man.contains(".TH peerlog") && man.contains("send\\-batch"), "man page");
+    drop(d);
+    Ok(())
+}
