@@ -340,6 +340,19 @@ struct DaemonArgs {
     /// An address this node is reachable at from the internet; repeat for several.
     #[arg(long, value_name = "MULTIADDR")]
     external_address: Vec<Multiaddr>,
+    /// Log lines on stderr: text, json (one object per line), or auto: text, without
+    /// timestamps under systemd (the journal stamps each line itself). Which lines: RUST_LOG
+    /// (e.g. `info`, `peerlog=debug,libp2p=warn`).
+    #[arg(long, value_enum, env = "PEERLOG_LOG_FORMAT", default_value = "auto")]
+    log_format: LogFormat,
+}
+
+/// See `peerlog daemon --log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Auto,
+    Text,
+    Json,
 }
 
 #[derive(Args, Clone)]
@@ -1048,15 +1061,17 @@ fn printable(s: &str) -> String {
 
 async fn run_daemon(args: DaemonArgs) -> Result<()> {
     use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,libp2p_mdns=warn,libp2p_kad=error")),
-        )
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,libp2p_mdns=warn,libp2p_kad=error"));
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => logs.json().init(),
+        // The journal stamps every line: no second timestamp.
+        LogFormat::Auto if journal => logs.with_ansi(false).without_time().init(),
+        // Colour only on a terminal: log files get plain text.
+        _ => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     // Files we create (database, keys) are ours alone.
     // SAFETY: umask only changes this process's file-creation mask; it cannot fail.
     unsafe { libc::umask(0o077) };
@@ -1123,6 +1138,27 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         println!("web UI: {}", daemon.ui_url());
     }
 
+    // The service manager (Type=notify): ready now; alive while the store and the node
+    // answer (WatchdogSec=), so that a daemon that hangs is restarted.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("running")]);
+    let watchdog = sd_notify::watchdog_enabled().map(|every| {
+        let service = daemon.service().clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 2);
+            loop {
+                tick.tick().await;
+                let health = service.health().await;
+                if health.ready() {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                } else {
+                    tracing::error!(
+                        ?health,
+                        "not healthy: no watchdog ping (the service manager restarts a daemon that stays so)"
+                    );
+                }
+            }
+        })
+    });
     // Once the network had time to settle, say plainly what keeps peers away, if anything.
     let service = daemon.service().clone();
     let settle = tokio::spawn(async move {
@@ -1143,6 +1179,10 @@ async fn run_daemon(args: DaemonArgs) -> Result<()> {
         why = daemon.failed() => bug = Some(why),
     }
     settle.abort();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("shutting down");
     let stopped = tokio::time::timeout(Duration::from_secs(20), daemon.shutdown()).await;
     if let Some(e) = failure {

@@ -2381,3 +2381,65 @@ fn the_cli_covers_the_api_with_json_and_exit_codes_by_kind() -> Result<()> {
     drop(d);
     Ok(())
 }
+
+/// Under a service manager (the unit's `Type=notify`, `WatchdogSec=`): the daemon says
+/// READY=1 once it serves, pings the watchdog while its store and node answer, and says
+/// STOPPING=1 on SIGTERM; `/api/health` reports readiness. The manager's socket is a real
+/// one bound here, as systemd's.
+#[test]
+fn the_daemon_tells_its_service_manager_it_is_ready_and_alive() -> Result<()> {
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    for unit in ["peerlog.service", "peerlog-user.service"] {
+        let text = std::fs::read_to_string(config.join(unit))?;
+        for line in ["Type=notify", "NotifyAccess=main", "WatchdogSec="] {
+            ensure!(text.lines().any(|l| l.starts_with(line)), "{unit} lacks {line}");
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path)?;
+    socket.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let data = dir.path().join("data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_peerlog"))
+        .args(["daemon", "--data-dir"])
+        .arg(&data)
+        .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env("PEERLOG_NETWORK", "private")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "300000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let next = || -> Result<String> {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).context("no notification from the daemon within 30 s")?;
+        Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+    };
+    let first = next()?;
+    ensure!(first.lines().any(|l| l == "READY=1"), "the first notification is not READY=1: {first:?}");
+    ensure!(data.join("api-port").exists(), "READY=1 before the API was up");
+    let port = std::fs::read_to_string(data.join("api-port"))?.trim().to_string();
+    let pings = (0..3).map(|_| next()).collect::<Result<Vec<_>>>()?;
+    ensure!(pings.iter().all(|p| p.trim() == "WATCHDOG=1"), "watchdog pings: {pings:?}");
+    // Readiness over HTTP: up, with no DHT peers yet (a lone daemon).
+    use std::io::{Read, Write};
+    let mut http = std::net::TcpStream::connect(format!("127.0.0.1:{port}"))?;
+    write!(http, "GET /api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+    let mut reply = String::new();
+    http.read_to_string(&mut reply)?;
+    ensure!(reply.starts_with("HTTP/1.1 200"), "health: {reply}");
+    let body: serde_json::Value = serde_json::from_str(reply.split("\r\n\r\n").nth(1).context("body")?)?;
+    ensure!(body["ready"] == true && body["checks"]["store"] == true && body["checks"]["node"] == true, "{body}");
+    ensure!(body["status"] == "degraded", "a daemon with no DHT peers is up but degraded: {body}");
+    // SAFETY: kill sends a signal to our own child; no memory is involved.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopping = loop {
+        let n = next()?;
+        if n.trim() != "WATCHDOG=1" {
+            break n;
+        }
+    };
+    ensure!(stopping.lines().any(|l| l == "STOPPING=1"), "on SIGTERM: {stopping:?}");
+    ensure!(child.wait()?.success(), "the daemon did not exit cleanly");
+    Ok(())
+}

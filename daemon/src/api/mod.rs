@@ -15,7 +15,7 @@ use axum::{Json, Router};
 use futures::{FutureExt, SinkExt, StreamExt};
 use peerlog_proto::api::node::RotateToken;
 use peerlog_proto::api::{
-    codes, files, Event, Method, Request as RpcRequest, Response as RpcResponse, JSONRPC, MAX_BATCH,
+    codes, files, Event, Method, NoParams, Request as RpcRequest, Response as RpcResponse, JSONRPC, MAX_BATCH,
 };
 use peerlog_proto::wire::DiscoveryKey;
 use serde::Deserialize;
@@ -58,7 +58,7 @@ pub async fn serve(listener: tokio::net::TcpListener, service: Arc<Service>, can
         .route("/", get(|| async { static_file("index.html") }))
         .route("/app.js", get(|| async { static_file("app.js") }))
         .route("/style.css", get(|| async { static_file("style.css") }))
-        .route("/api/health", get(|| async { Json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")})) }))
+        .route("/api/health", get(health))
         .route("/api/openrpc.json", get(|| async { Json(peerlog_proto::api::openrpc::document()) }))
         .route("/api/ws", get(ws_upgrade))
         .route("/api/session", get(check_session).post(open_session))
@@ -177,6 +177,21 @@ fn authorize(state: &ApiState, headers: &HeaderMap, token: Option<&str>) -> Resu
         StatusCode::UNAUTHORIZED,
         "unauthorized: token required (Authorization: Bearer, ?token= or a session cookie)\n",
     ))
+}
+
+/// `GET /api/health` (no credential): readiness. 200 with `"status": "ok"` when the store
+/// and the node work (`"degraded"` when the DHT has no peers yet: up, but finding nobody),
+/// 503 with `"failing"` when either does not.
+async fn health(State(state): State<Arc<ApiState>>) -> Response {
+    let h = state.service.health().await;
+    let status = match (h.ready(), h.dht_peers > 0) {
+        (false, _) => "failing",
+        (true, false) => "degraded",
+        (true, true) => "ok",
+    };
+    let code = if h.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let body = json!({"status": status, "ready": h.ready(), "version": env!("CARGO_PKG_VERSION"), "checks": h});
+    (code, Json(body)).into_response()
 }
 
 /// The session cookie's name: one per API port (browsers share cookies between the ports
@@ -696,7 +711,7 @@ async fn handle_one(
         files::SendFile::NAME => send_file(service, upload, request.params.clone(), grant).await,
         files::GetFile::NAME => get_file(service, request.params.clone(), &mut stream_back, grant).await,
         files::Url::NAME => file_url(service, request.params.clone()),
-        RotateToken::NAME => rotate_token(service, grant),
+        RotateToken::NAME => rotate_token(service, request.params.clone(), grant),
         method => methods::call(service, method, request.params.clone()).await,
     };
     let ok = result.is_ok();
@@ -706,7 +721,8 @@ async fn handle_one(
 }
 
 /// `token.rotate` (the CLI credential only): a new API token.
-fn rotate_token(service: &Service, grant: Grant) -> Result<Value, ApiError> {
+fn rotate_token(service: &Service, params: Value, grant: Grant) -> Result<Value, ApiError> {
+    parse::<NoParams>(params)?;
     if grant != Grant::Local {
         let message =
             "rotating the API token needs the CLI credential (<data>/cli-token): peerlog token --rotate".into();

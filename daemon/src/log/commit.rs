@@ -120,6 +120,11 @@ impl GroupCommit {
         }
     }
 
+    /// The fatal flush failure, if one happened.
+    pub fn failed_now(&self) -> Option<Arc<StoreError>> {
+        self.failed.borrow().clone()
+    }
+
     /// Returns once everything appended before this call is on disk.
     pub async fn durable(&self) -> Result<(), CommitError> {
         let (tx, rx) = oneshot::channel();

@@ -143,6 +143,24 @@ pub struct Service {
     pub(crate) net_cancel: CancellationToken,
 }
 
+/// See [`Service::health`].
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Health {
+    /// The store can make data durable.
+    pub store: bool,
+    /// The libp2p node's event loop answers.
+    pub node: bool,
+    /// Peers in the DHTs' routing tables.
+    pub dht_peers: usize,
+}
+
+impl Health {
+    /// Ready to serve: store and node up (the DHT may still be empty).
+    pub fn ready(&self) -> bool {
+        self.store && self.node
+    }
+}
+
 impl Service {
     /// The daemon's task tree (see [`Tasks`]).
     pub fn tasks(&self) -> &Tasks {
@@ -444,6 +462,16 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    /// Readiness, for `/api/health` and the service manager's watchdog: the store can
+    /// still make data durable, and the node's event loop answers (within 2 s); and
+    /// whether the DHT has peers (a daemon without is up, but finds no one).
+    pub async fn health(&self) -> Health {
+        let store = self.commit.failed_now().is_none();
+        let info = tokio::time::timeout(Duration::from_secs(2), self.node_info()).await.ok().and_then(Result::ok);
+        let dht_peers = info.as_ref().map(|i| i.dht_peers + i.public_dht_peers.unwrap_or(0));
+        Health { store, node: info.is_some(), dht_peers: dht_peers.unwrap_or(0) }
     }
 
     /// Node snapshot.
