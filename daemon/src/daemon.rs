@@ -198,7 +198,10 @@ impl Daemon {
             relay_circuits: config.limits.relay_circuits,
             relay_circuits_per_peer: config.limits.relay_circuits_per_peer,
         };
-        let (node, event_loop) = node::build(keypair, &node_config).await?;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let (node, event_loop) =
+            node::build_metered(keypair, &node_config, registry.sub_registry_with_prefix("libp2p")).await?;
+        let metrics = crate::metrics::Metrics::new(registry);
         // The shutdown tree: `shutdown` cancels the branches in order (API, commits,
         // network); dropping the daemon cancels them all.
         let root = CancellationToken::new();
@@ -231,6 +234,7 @@ impl Daemon {
         let commit_cancel = root.child_token();
         let (commit, commit_task) = GroupCommit::spawn(store.clone(), commit_cancel.clone());
         let service = Arc::new(Service {
+            metrics,
             config: config.clone(),
             data_dir: data_dir.clone(),
             commit,

@@ -10,6 +10,7 @@ pub mod files;
 pub mod ids;
 pub mod keys;
 pub mod log;
+pub mod metrics;
 pub mod node;
 pub mod replicate;
 pub mod rooms;

@@ -416,6 +416,8 @@ struct Announcement {
 /// The task that owns the swarm.
 pub struct EventLoop {
     swarm: Swarm<Behaviour>,
+    /// libp2p's metrics (see [`build_metered`]).
+    metrics: libp2p::metrics::Metrics,
     commands: mpsc::Receiver<Command>,
     events: broadcast::Sender<NodeEvent>,
     /// Open connections per peer.
@@ -470,6 +472,16 @@ pub struct EventLoop {
 /// Builds the swarm, starts listening, waits (bounded) for the listen addresses, and
 /// returns the handle and the event loop to spawn.
 pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle, EventLoop), NodeError> {
+    build_metered(keypair, config, &mut libp2p::metrics::Registry::default()).await
+}
+
+/// [`build`], with libp2p's own metrics (connections, bandwidth, protocols, Kademlia,
+/// identify, ping, DCUtR, relay) registered in `registry`.
+pub async fn build_metered(
+    keypair: Keypair,
+    config: &NodeConfig,
+    registry: &mut libp2p::metrics::Registry,
+) -> Result<(NodeHandle, EventLoop), NodeError> {
     let peer_id = keypair.public().to_peer_id();
     let kad_protocol = StreamProtocol::new(KAD_PROTOCOL);
     let ttl = config.provider_ttl;
@@ -497,6 +509,7 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
         .map_err(|e| NodeError::Build(e.into()))?
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .map_err(|e| NodeError::Build(e.into()))?
+        .with_bandwidth_metrics(registry)
         .with_behaviour(|key, relay_client| {
             let mut kad_config = kad::Config::new(kad_protocol);
             kad_config
@@ -560,7 +573,9 @@ pub async fn build(keypair: Keypair, config: &NodeConfig) -> Result<(NodeHandle,
     let streams = swarm.behaviour().stream.new_control();
     let (commands_tx, commands) = mpsc::channel(COMMAND_CAPACITY);
     let (events, _) = broadcast::channel(EVENT_CAPACITY);
+    let metrics = libp2p::metrics::Metrics::new(registry);
     let mut event_loop = EventLoop {
+        metrics,
         swarm,
         commands,
         events: events.clone(),
@@ -1389,6 +1404,8 @@ impl EventLoop {
     }
 
     fn handle_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        use libp2p::metrics::Recorder;
+        self.metrics.record(&event);
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 info!(%address, "listening");
@@ -1470,6 +1487,15 @@ impl EventLoop {
     }
 
     fn handle_behaviour(&mut self, event: BehaviourEvent) {
+        use libp2p::metrics::Recorder;
+        match &event {
+            BehaviourEvent::Identify(e) => self.metrics.record(e),
+            BehaviourEvent::Ping(e) => self.metrics.record(e),
+            BehaviourEvent::Kad(e) => self.metrics.record(e),
+            BehaviourEvent::Dcutr(e) => self.metrics.record(e),
+            BehaviourEvent::RelayServer(e) => self.metrics.record(e),
+            _ => {}
+        }
         match event {
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, connection_id }) => {
                 self.agents.insert(peer_id, info.agent_version.clone());

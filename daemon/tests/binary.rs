@@ -2306,7 +2306,7 @@ fn the_cli_covers_the_api_with_json_and_exit_codes_by_kind() -> Result<()> {
     ];
     let (_, help, _) = run_raw(&exe, &["--help"], None)?;
     for method in peerlog_proto::api::openrpc::method_names() {
-        let sub = commands.iter().find(|(m, _)| *m == method).map(|(_, c)| *c);
+        let sub = commands.iter().find(|(m, _)| m == method).map(|(_, c)| *c);
         let sub = sub.with_context(|| format!("API method {method} has no subcommand"))?;
         ensure!(help.lines().any(|l| l.trim_start().starts_with(&format!("{sub} "))), "--help lacks {sub}");
     }

@@ -336,6 +336,47 @@ async fn the_session_cookie_signs_a_browser_in_until_the_token_rotates() -> Resu
     Ok(())
 }
 
+/// `GET /metrics` (the API token) serves Prometheus metrics that parse: libp2p's own and
+/// peerlog's, with figures that match what happened (a room, a session, entries stored and
+/// served, API requests by method, flushes timed). Without a credential: 401.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_and_parse() -> Result<()> {
+    let a = TestDaemon::start_bootstrap_node().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, PASS).await?;
+    join(&mut cb, PASS).await?;
+    send(&mut ca, &room, "counted").await?;
+    wait_for_text(&mut cb, &room, "counted", WAIT).await?;
+    let url = format!("http://{}/metrics", a.running()?.api_addr());
+    ensure!(http_get(&url, None).await?.0 == 401, "metrics without a credential");
+    let (status, body) = http_get(&url, Some(&format!("Bearer {}", a.running()?.token()))).await?;
+    ensure!(status == 200, "status {status}");
+    let text = String::from_utf8(body)?;
+    ensure!(text.trim_end().ends_with("# EOF"), "not OpenMetrics: no # EOF");
+    // Every sample: a name, optional labels, a number.
+    let mut samples: Vec<(String, f64)> = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').with_context(|| format!("sample {line:?}"))?;
+        let value: f64 = value.parse().with_context(|| format!("value of {line:?}"))?;
+        let name = series.split('{').next().unwrap_or("");
+        ensure!(!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "name {line:?}");
+        samples.push((series.to_string(), value));
+    }
+    let value = |series: &str| samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v);
+    ensure!(value("peerlog_rooms") == Some(1.0), "peerlog_rooms: {:?}", value("peerlog_rooms"));
+    ensure!(value("peerlog_sessions").is_some_and(|v| v >= 1.0), "peerlog_sessions");
+    ensure!(value("peerlog_entries_stored").is_some_and(|v| v >= 1.0), "peerlog_entries_stored");
+    ensure!(
+        value("peerlog_api_requests_total{method=\"messages.send\",code=\"0\"}").is_some_and(|v| v >= 1.0),
+        "messages.send not counted:\n{text}"
+    );
+    ensure!(value("peerlog_flush_seconds_count").is_some_and(|v| v >= 1.0), "no flush timed");
+    ensure!(samples.iter().any(|(s, v)| s.starts_with("peerlog_connections{") && *v >= 1.0), "no connection by kind");
+    ensure!(samples.iter().any(|(s, _)| s.starts_with("libp2p_")), "no libp2p metrics");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_passphrases_never_exchange_data() -> Result<()> {
     let boot = TestDaemon::start_bootstrap_node().await?;

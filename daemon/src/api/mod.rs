@@ -59,6 +59,7 @@ pub async fn serve(listener: tokio::net::TcpListener, service: Arc<Service>, can
         .route("/app.js", get(|| async { static_file("app.js") }))
         .route("/style.css", get(|| async { static_file("style.css") }))
         .route("/api/health", get(health))
+        .route("/metrics", get(metrics))
         .route("/api/openrpc.json", get(|| async { Json(peerlog_proto::api::openrpc::document()) }))
         .route("/api/ws", get(ws_upgrade))
         .route("/api/session", get(check_session).post(open_session))
@@ -192,6 +193,19 @@ async fn health(State(state): State<Arc<ApiState>>) -> Response {
     let code = if h.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = json!({"status": status, "ready": h.ready(), "version": env!("CARGO_PKG_VERSION"), "checks": h});
     (code, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus metrics (the API token, or the session cookie).
+async fn metrics(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    axum::extract::Query(query): axum::extract::Query<TokenQuery>,
+) -> Response {
+    if let Err(refused) = authorize(&state, &headers, query.token.as_deref()) {
+        return refused.into_response();
+    }
+    let text = state.service.metrics_text().await;
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], text).into_response()
 }
 
 /// The session cookie's name: one per API port (browsers share cookies between the ports
@@ -715,6 +729,7 @@ async fn handle_one(
         method => methods::call(service, method, request.params.clone()).await,
     };
     let ok = result.is_ok();
+    service.metrics.api_request(&request.method, result.as_ref().err().map_or(0, |e| e.code));
     let reply = reply(result);
     // A notification has no reply for the bytes to follow.
     (reply, if ok && request.id.is_some() { stream_back } else { None })

@@ -68,7 +68,7 @@ impl GroupCommit {
                     w = rx.recv() => match w { Some(w) => w, None => break },
                     _ = tick.tick() => {
                         if store.has_unflushed() {
-                            if let Err(e) = store.flush().await {
+                            if let Err(e) = timed_flush(&store).await {
                                 tracing::error!(error = %e, "background flush failed");
                                 fail(&Arc::new(e));
                             }
@@ -81,7 +81,7 @@ impl GroupCommit {
                 while let Ok(w) = rx.try_recv() {
                     waiters.push(w);
                 }
-                let result = store.flush().await.map_err(Arc::new);
+                let result = timed_flush(&store).await.map_err(Arc::new);
                 if let Err(e) = &result {
                     fail(e);
                 }
@@ -96,7 +96,7 @@ impl GroupCommit {
                 rest.push(w);
             }
             if !rest.is_empty() {
-                let result = store.flush().await.map_err(Arc::new);
+                let result = timed_flush(&store).await.map_err(Arc::new);
                 for w in rest {
                     let _ = w.send(result.clone());
                 }
@@ -131,4 +131,21 @@ impl GroupCommit {
         self.tx.send(tx).await.map_err(|_| CommitError::Shutdown)?;
         rx.await.map_err(|_| CommitError::Shutdown)?.map_err(CommitError::Flush)
     }
+}
+
+/// How long the committer's flushes take (the fsyncs of sled's log and the data files), in
+/// seconds: one histogram for the process (`peerlog_flush_seconds`, `crate::metrics`).
+pub static FLUSH_SECONDS: std::sync::LazyLock<prometheus_client::metrics::histogram::Histogram> =
+    std::sync::LazyLock::new(|| {
+        prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
+        )
+    });
+
+/// [`Store::flush`], timed into [`FLUSH_SECONDS`].
+async fn timed_flush(store: &Store) -> Result<(), StoreError> {
+    let start = std::time::Instant::now();
+    let result = store.flush().await;
+    FLUSH_SECONDS.observe(start.elapsed().as_secs_f64());
+    result
 }

@@ -130,6 +130,8 @@ pub struct Service {
     pub replicator: Replicator,
     /// The API token (`<data>/api-token`): the web UI and scripts.
     pub(crate) token: token::ApiToken,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
     /// The CLI credential (`<data>/cli-token`): the API token's rights plus paths on this
     /// machine (`files.send {path}`, `files.get {path}`). Never given to a browser.
     pub(crate) cli_token: String,
@@ -472,6 +474,27 @@ impl Service {
         let info = tokio::time::timeout(Duration::from_secs(2), self.node_info()).await.ok().and_then(Result::ok);
         let dht_peers = info.as_ref().map(|i| i.dht_peers + i.public_dht_peers.unwrap_or(0));
         Health { store, node: info.is_some(), dht_peers: dht_peers.unwrap_or(0) }
+    }
+
+    /// The Prometheus metrics now (`GET /metrics`).
+    pub async fn metrics_text(&self) -> String {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rooms = self.rooms.list();
+        let entries_stored = rooms
+            .iter()
+            .filter_map(|r| self.store.room_feeds(&r.discovery_key).ok())
+            .flatten()
+            .map(|(_, meta)| meta.stored())
+            .sum();
+        let now = crate::metrics::Snapshot {
+            rooms: rooms.len(),
+            sessions: self.replicator.room_peers(None).len(),
+            entries_stored,
+            entries_received: rooms.iter().map(|r| r.received.load(Relaxed)).sum(),
+            entries_served: rooms.iter().map(|r| r.served.load(Relaxed)).sum(),
+            node: tokio::time::timeout(Duration::from_secs(2), self.node_info()).await.ok().and_then(Result::ok),
+        };
+        self.metrics.render(&now)
     }
 
     /// Node snapshot.

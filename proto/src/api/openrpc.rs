@@ -47,11 +47,14 @@ fn each_method(g: &mut SchemaGenerator, mut f: impl FnMut(&'static str, &'static
     one::<files::Subscribe>(g, &mut f);
 }
 
-/// The names of every method, in the document's order.
-pub fn method_names() -> Vec<&'static str> {
-    let mut names = Vec::new();
-    each_method(&mut generator(), |name, _, _, _| names.push(name));
-    names
+/// The names of every method, in the document's order (worked out once).
+pub fn method_names() -> &'static [&'static str] {
+    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut names = Vec::new();
+        each_method(&mut generator(), |name, _, _, _| names.push(name));
+        names
+    })
 }
 
 fn generator() -> SchemaGenerator {
