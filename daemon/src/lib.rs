@@ -1,6 +1,7 @@
 //! peerlog: a peer-to-peer chat and file-sharing daemon. See `docs/ARCHITECTURE.md`.
 
 pub mod api;
+pub mod backup;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -209,6 +209,31 @@ enum Command {
         #[arg(long)]
         inline: bool,
     },
+    /// Back up what cannot be fetched again from peers: the node's identity, every room's
+    /// secret and your writer key in it, contacts, blocks, your display name; sealed with a
+    /// passphrase (read from standard input). Never the logs: peers serve them again.
+    Backup {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Where to write it (must not exist; written 0600).
+        file: PathBuf,
+    },
+    /// Restore a backup into a fresh data dir (no daemon running there; the passphrase is
+    /// read from standard input). Start the daemon afterwards: it rejoins every room and
+    /// catches up from the rooms' peers, your own messages first.
+    Restore {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// Export a room's readable history: one JSON object per message, oldest first.
+    Export {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+    },
     /// Print completions for a shell (bash, zsh, fish, elvish, powershell), e.g.
     /// `peerlog completions bash > /etc/bash_completion.d/peerlog`.
     Completions {
@@ -765,6 +790,64 @@ async fn run(cli: Cli) -> Result<()> {
             c.close().await.ok();
             let addr = client.api_addr()?;
             print_out(json, &r, || println!("http://{addr}{}", r.url))
+        }
+        Command::Backup { client, file } => {
+            if file.exists() {
+                bail!("{} exists: a backup never replaces a file", file.display());
+            }
+            if std::io::stdin().is_terminal() {
+                eprint!("passphrase to seal the backup with: ");
+            }
+            let passphrase = read_line()?;
+            let mut c = client.connect().await?;
+            let r = c.request::<node::CreateBackup>(&node::BackupParams { passphrase }).await?;
+            c.close().await.ok();
+            let bytes =
+                data_encoding::BASE64.decode(r.backup.as_bytes()).context("the daemon sent a damaged backup")?;
+            peerlog::keys::write_secret_file(&file, &bytes)
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            print_out(json, &serde_json::json!({"file": file, "rooms": r.rooms}), || {
+                println!(
+                    "backup of {} room(s) written to {}; keep it and its passphrase apart",
+                    r.rooms,
+                    file.display()
+                )
+            })
+        }
+        Command::Restore { client, file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            if std::io::stdin().is_terminal() {
+                eprint!("the backup's passphrase: ");
+            }
+            let passphrase = read_line()?;
+            let data_dir = client.data_dir()?;
+            let backup = peerlog::backup::Backup::open(&bytes, &passphrase)?;
+            backup.restore(&data_dir)?;
+            let rooms = backup.rooms.len();
+            print_out(json, &serde_json::json!({"data_dir": data_dir, "rooms": rooms}), || {
+                println!(
+                    "restored {rooms} room(s) into {}: start the daemon (peerlog daemon --data-dir …), it rejoins them and catches up",
+                    data_dir.display()
+                )
+            })
+        }
+        Command::Export { client, room } => {
+            let mut c = client.connect().await?;
+            // Pages back from the newest until a page is empty, then prints oldest first.
+            let mut pages: Vec<Vec<messages::MessageInfo>> = Vec::new();
+            let mut before: Option<String> = None;
+            loop {
+                let params = messages::HistoryParams { room: room.clone(), before: before.clone(), limit: Some(1000) };
+                let page = c.request::<messages::History>(&params).await?.messages;
+                let Some(first) = page.first() else { break };
+                before = Some(first.id.clone());
+                pages.push(page);
+            }
+            c.close().await.ok();
+            for m in pages.iter().rev().flatten() {
+                println!("{}", serde_json::to_string(m)?);
+            }
+            Ok(())
         }
         Command::Completions { shell } => {
             clap_complete::generate(

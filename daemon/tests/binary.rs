@@ -2280,6 +2280,7 @@ fn the_cli_covers_the_api_with_json_and_exit_codes_by_kind() -> Result<()> {
         ("node.info", "status"),
         ("node.doctor", "doctor"),
         ("token.rotate", "token"),
+        ("backup.create", "backup"),
         ("rooms.list", "rooms"),
         ("rooms.join", "join"),
         ("passphrase.check", "check-passphrase"),

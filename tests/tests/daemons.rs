@@ -377,6 +377,97 @@ async fn metrics_are_served_and_parse() -> Result<()> {
     Ok(())
 }
 
+/// A backup restored on a fresh machine: the daemon whose machine was lost is gone; its
+/// backup (identity, room secrets, contacts, blocks, name; sealed) is restored into a new
+/// data dir, and the daemon started there is the same node, rejoins the room, catches up
+/// from the peer that stayed (its own messages too) and writes on without a fork.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restored_on_a_fresh_machine_rejoins_and_catches_up() -> Result<()> {
+    use peerlog_proto::api::node;
+    let boot = TestDaemon::start_bootstrap_node().await?;
+    let mut a = TestDaemon::start_bootstrapped(&boot).await?;
+    let b = TestDaemon::start_bootstrapped(&boot).await?;
+    let (mut ca, mut cb) = (a.cli_client().await?, b.client().await?);
+    ca.request::<peerlog_proto::api::peers::SetProfile>(&peerlog_proto::api::peers::ProfileParams {
+        display_name: "Ada".into(),
+    })
+    .await?;
+    let room = join(&mut ca, PASS).await?;
+    join(&mut cb, PASS).await?;
+    for i in 0..3 {
+        send(&mut ca, &room, &format!("before the loss {i}")).await?;
+    }
+    send(&mut cb, &room, "from b").await?;
+    wait_for_text(&mut ca, &room, "from b", WAIT).await?;
+    wait_for_text(&mut cb, &room, "before the loss 2", WAIT).await?;
+    let members = ca.call("rooms.members", json!({"room": room})).await?;
+    let bob = members["members"].as_array().context("members")?.iter().find(|m| m["mine"] == false).context("b")?
+        ["author"]
+        .as_str()
+        .context("author")?
+        .to_string();
+    ca.call("peers.rename", json!({"peer": bob, "nickname": "bob"})).await?;
+    let stranger = "ab".repeat(32);
+    ca.call("peers.block", json!({"peer": stranger})).await?;
+    let weak = ca.request::<node::CreateBackup>(&node::BackupParams { passphrase: "short".into() }).await;
+    ensure!(weak.is_err(), "a backup sealed with a short passphrase");
+    let mut api = a.client().await?;
+    let refused = api.request::<node::CreateBackup>(&node::BackupParams { passphrase: "x".repeat(20) }).await;
+    ensure!(refused.is_err(), "the API token made a backup");
+    let backup =
+        ca.request::<node::CreateBackup>(&node::BackupParams { passphrase: "backup passphrase".into() }).await?;
+    ensure!(backup.rooms == 1, "{} rooms", backup.rooms);
+    let old_peer = a.peer_id()?;
+    drop((ca, api));
+    a.stop().await?; // the machine is lost
+
+    let bytes = data_encoding::BASE64.decode(backup.backup.as_bytes())?;
+    ensure!(peerlog::backup::Backup::open(&bytes, "wrong passphrase").is_err(), "opened with a wrong passphrase");
+    let fresh = tempfile::tempdir()?;
+    let data = fresh.path().join("peerlog");
+    peerlog::backup::Backup::open(&bytes, "backup passphrase")?.restore(&data)?;
+    ensure!(
+        peerlog::backup::Backup::open(&bytes, "backup passphrase")?.restore(&data).is_err(),
+        "restored over a node"
+    );
+    let boot_addr = boot.p2p_addr().await?;
+    let c = TestDaemon::start_with(|cfg| {
+        cfg.data_dir = Some(data.clone());
+        cfg.bootstrap = vec![boot_addr];
+    })
+    .await?;
+    ensure!(c.peer_id()? == old_peer, "the restored node has another identity");
+    let mut cc = c.client().await?;
+    let rooms = cc.call("rooms.list", json!({})).await?;
+    ensure!(rooms["rooms"][0]["id"] == room.as_str(), "{rooms}");
+    within(WAIT, "the restored daemon to catch up", async {
+        loop {
+            let texts: Vec<String> = full_history(&mut cc, &room)
+                .await?
+                .iter()
+                .filter_map(|m| m["text"].as_str().map(String::from))
+                .collect();
+            if (0..3).all(|i| texts.contains(&format!("before the loss {i}"))) && texts.contains(&"from b".into()) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    let members = cc.call("rooms.members", json!({"room": room})).await?;
+    let b_row = members["members"].as_array().context("members")?.iter().find(|m| m["author"] == bob.as_str());
+    ensure!(b_row.is_some_and(|m| m["nickname"] == "bob"), "the nickname was not restored: {members}");
+    let blocked = cc.call("peers.blocked", json!({})).await?;
+    ensure!(blocked["blocked"] == json!([stranger]), "the block was not restored: {blocked}");
+    ensure!(cc.request::<node::Info>(&Default::default()).await?.display_name.as_deref() == Some("Ada"));
+    // It writes on: b takes the new message, and sees no fork.
+    send(&mut cc, &room, "after the restore").await?;
+    wait_for_text(&mut cb, &room, "after the restore", WAIT).await?;
+    let rooms = cb.call("rooms.list", json!({})).await?;
+    ensure!(rooms["rooms"][0]["forks"] == json!([]), "a fork after the restore: {rooms}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn different_passphrases_never_exchange_data() -> Result<()> {
     let boot = TestDaemon::start_bootstrap_node().await?;

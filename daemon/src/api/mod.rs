@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use futures::{FutureExt, SinkExt, StreamExt};
-use peerlog_proto::api::node::RotateToken;
+use peerlog_proto::api::node::{CreateBackup, RotateToken};
 use peerlog_proto::api::{
     codes, files, Event, Method, NoParams, Request as RpcRequest, Response as RpcResponse, JSONRPC, MAX_BATCH,
 };
@@ -726,6 +726,7 @@ async fn handle_one(
         files::GetFile::NAME => get_file(service, request.params.clone(), &mut stream_back, grant).await,
         files::Url::NAME => file_url(service, request.params.clone()),
         RotateToken::NAME => rotate_token(service, request.params.clone(), grant),
+        CreateBackup::NAME => create_backup(service, request.params.clone(), grant).await,
         method => methods::call(service, method, request.params.clone()).await,
     };
     let ok = result.is_ok();
@@ -733,6 +734,27 @@ async fn handle_one(
     let reply = reply(result);
     // A notification has no reply for the bytes to follow.
     (reply, if ok && request.id.is_some() { stream_back } else { None })
+}
+
+/// `backup.create` (the CLI credential only): what cannot be fetched from peers, sealed.
+async fn create_backup(service: &Arc<Service>, params: Value, grant: Grant) -> Result<Value, ApiError> {
+    let p: peerlog_proto::api::node::BackupParams = parse(params)?;
+    if grant != Grant::Local {
+        let message = "a backup holds every room secret: it needs the CLI credential (peerlog backup FILE)".into();
+        return Err(ApiError { code: codes::LOCAL_ONLY, message });
+    }
+    let (data_dir, store) = (service.data_dir.clone(), service.store.clone());
+    let sealed = tokio::task::spawn_blocking(move || {
+        let backup = crate::backup::Backup::collect(&data_dir, &store)?;
+        Ok::<_, crate::backup::BackupError>((backup.seal(&p.passphrase)?, backup.rooms.len()))
+    })
+    .await
+    .map_err(|_| ApiError { code: codes::SHUTTING_DOWN, message: "shutting down".into() })?;
+    let (bytes, rooms) = sealed.map_err(|e| match e {
+        crate::backup::BackupError::WeakPassphrase => ApiError::params(e.to_string()),
+        e => ApiError { code: codes::INTERNAL, message: e.to_string() },
+    })?;
+    to_result(peerlog_proto::api::node::BackupResult { backup: data_encoding::BASE64.encode(&bytes), rooms })
 }
 
 /// `token.rotate` (the CLI credential only): a new API token.

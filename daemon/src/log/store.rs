@@ -1087,19 +1087,21 @@ impl Store {
     /// deadlocks when several run concurrently (sled #1308), so this uses the blocking
     /// flush on a blocking thread.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.flush_blocking())
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// [`Store::flush`] on this thread (outside a daemon: a restore, say).
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.blocks.unflushed.store(false, std::sync::atomic::Ordering::Release);
-        let (blocks, db, log) = (self.blocks.clone(), self.db.clone(), self.log.clone());
-        tokio::task::spawn_blocking(move || {
-            // Data files first: a durable pointer must never point at bytes that are not.
-            for (feed, len) in blocks.sync()? {
-                log.insert(synced_key(&feed), &len.to_be_bytes())?;
-            }
-            db.flush()?;
-            blocks.sync_sled()
-        })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))??;
-        Ok(())
+        // Data files first: a durable pointer must never point at bytes that are not.
+        for (feed, len) in self.blocks.sync()? {
+            self.log.insert(synced_key(&feed), &len.to_be_bytes())?;
+        }
+        self.db.flush()?;
+        self.blocks.sync_sled()
     }
 
     fn touch(&self) {
@@ -1212,6 +1214,28 @@ impl Store {
         self.log.insert(contact_key(feed), encode(contact))?;
         self.touch();
         Ok(())
+    }
+
+    /// Every contact entry: writers with a nickname or a mark (for backups).
+    pub fn contacts(&self) -> Result<Vec<(FeedKey, Contact, bool)>, StoreError> {
+        let mut feeds: Vec<FeedKey> = Vec::new();
+        for prefix in [b'n', b'v'] {
+            for kv in self.log.scan_prefix([prefix]) {
+                let (k, _) = kv?;
+                let feed = FeedKey::try_from(&k[1..]).map_err(|_| StoreError::Corrupt("contact key"))?;
+                if !feeds.contains(&feed) {
+                    feeds.push(feed);
+                }
+            }
+        }
+        feeds.into_iter().map(|f| Ok((f, self.contact(&f)?, self.verified(&f)?))).collect()
+    }
+
+    /// Every block: `(room, writer)`, the room all zeros for "every room" (for backups).
+    pub fn all_blocked(&self) -> Vec<(DiscoveryKey, FeedKey)> {
+        let mut all: Vec<_> = self.blocked.read().unwrap_or_else(|p| p.into_inner()).iter().copied().collect();
+        all.sort_unstable();
+        all
     }
 
     /// Whether the user compared this writer's safety number (the 60-digit one; a mark

@@ -113,3 +113,25 @@ method!(
     RotateToken, "token.rotate", NoParams => TokenRotated;
     "a new API token; browser sessions and scripts using the old one end (the CLI credential only)"
 );
+
+/// `backup.create` params.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BackupParams {
+    /// What the backup is sealed with (at least 8 characters; never stored).
+    pub passphrase: String,
+}
+
+/// `backup.create` result.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BackupResult {
+    /// The sealed backup, base64 (see `peerlog restore`).
+    pub backup: String,
+    /// Rooms in it.
+    pub rooms: usize,
+}
+
+method!(
+    /// `backup.create`: identity, room secrets, contacts and blocks, sealed with a passphrase.
+    CreateBackup, "backup.create", BackupParams => BackupResult;
+    "the node's identity, room secrets, contacts and blocks, sealed with a passphrase (never the logs; the CLI credential only)"
+);

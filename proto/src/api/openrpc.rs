@@ -22,6 +22,7 @@ fn each_method(g: &mut SchemaGenerator, mut f: impl FnMut(&'static str, &'static
     one::<node::Info>(g, &mut f);
     one::<node::Doctor>(g, &mut f);
     one::<node::RotateToken>(g, &mut f);
+    one::<node::CreateBackup>(g, &mut f);
     one::<rooms::List>(g, &mut f);
     one::<rooms::Join>(g, &mut f);
     one::<rooms::CheckPassphrase>(g, &mut f);
