@@ -720,10 +720,7 @@ async fn run(cli: Cli) -> Result<()> {
             })
         }
         Command::CheckPassphrase { client } => {
-            if std::io::stdin().is_terminal() {
-                eprint!("passphrase: ");
-            }
-            let passphrase = read_line()?;
+            let passphrase = prompt("passphrase: ")?;
             let mut c = client.connect().await?;
             let r = c.request::<rooms::CheckPassphrase>(&rooms::PassphraseParams { passphrase }).await?;
             c.close().await.ok();
@@ -795,10 +792,7 @@ async fn run(cli: Cli) -> Result<()> {
             if file.exists() {
                 bail!("{} exists: a backup never replaces a file", file.display());
             }
-            if std::io::stdin().is_terminal() {
-                eprint!("passphrase to seal the backup with: ");
-            }
-            let passphrase = read_line()?;
+            let passphrase = prompt("passphrase to seal the backup with: ")?;
             let mut c = client.connect().await?;
             let r = c.request::<node::CreateBackup>(&node::BackupParams { passphrase }).await?;
             c.close().await.ok();
@@ -816,10 +810,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Restore { client, file } => {
             let bytes = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            if std::io::stdin().is_terminal() {
-                eprint!("the backup's passphrase: ");
-            }
-            let passphrase = read_line()?;
+            let passphrase = prompt("the backup's passphrase: ")?;
             let data_dir = client.data_dir()?;
             let backup = peerlog::backup::Backup::open(&bytes, &passphrase)?;
             backup.restore(&data_dir)?;
@@ -1072,6 +1063,14 @@ fn read_stdin() -> Result<String> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut text)?;
     Ok(text)
+}
+
+/// One line of standard input (asking with `label` on a terminal), without its end.
+fn prompt(label: &str) -> Result<String> {
+    if std::io::stdin().is_terminal() {
+        eprint!("{label}");
+    }
+    read_line()
 }
 
 /// One line of standard input, without its end.
