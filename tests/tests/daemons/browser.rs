@@ -340,3 +340,66 @@ async fn the_link_signs_a_browser_in_until_the_token_rotates() -> Result<()> {
     br.close().await;
     Ok(())
 }
+
+/// A long room stays smooth: with over 2,000 messages loaded (scrolled back page by page,
+/// as a reader does), live messages and a burst of 300 are added without rebuilding the
+/// list, so no task blocks the page for long (Chromium's long-task timings).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_room_stays_smooth_as_messages_arrive() -> Result<()> {
+    if skip_without_chromium()? {
+        return Ok(());
+    }
+    const HISTORY: usize = 2_050;
+    let a = TestDaemon::start_bootstrap_node().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb) = (a.client().await?, b.client().await?);
+    let room = join(&mut ca, PASSPHRASE).await?;
+    for start in (0..HISTORY).step_by(500) {
+        let texts: Vec<String> = (start..(start + 500).min(HISTORY)).map(|i| format!("history {i}")).collect();
+        ca.call("messages.send_batch", json!({"room": room, "texts": texts})).await?;
+    }
+    join(&mut cb, PASSPHRASE).await?;
+    within(UI_WAIT, "b to catch up the history", async {
+        loop {
+            let r = cb.call("messages.history", json!({"room": room, "limit": 1})).await?;
+            if r["messages"][0]["text"] == format!("history {}", HISTORY - 1)
+                && full_history(&mut cb, &room).await?.len() >= HISTORY
+            {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await??;
+    let mut br = Browser::launch().await?;
+    let page = br.open(&ui_url(&b)?).await?;
+    br.wait_for(&page, "document.querySelectorAll('li.msg').length > 0", "the room's first page", UI_WAIT).await?;
+    // Scroll back to the start, a page at a time.
+    let count = "document.querySelectorAll('li.msg').length";
+    loop {
+        let n = br.eval(&page, count).await?.as_u64().unwrap_or(0);
+        if n as usize >= HISTORY {
+            break;
+        }
+        br.eval(&page, "(document.getElementById('messages').scrollTop = 0, true)").await?;
+        br.wait_for(&page, &format!("{count} > {n}"), "an older page to load", UI_WAIT).await?;
+    }
+    br.eval(
+        &page,
+        "(window.__long = [], new PerformanceObserver((l) => window.__long.push(...l.getEntries().map((e) => e.duration))).observe({type: 'longtask'}), true)",
+    )
+    .await?;
+    for i in 0..20 {
+        send(&mut ca, &room, &format!("live {i}")).await?;
+    }
+    br.wait_for(&page, &bubble_with("live 19"), "the live messages", UI_WAIT).await?;
+    let burst: Vec<String> = (0..300).map(|i| format!("burst {i}")).collect();
+    ca.call("messages.send_batch", json!({"room": room, "texts": burst})).await?;
+    br.wait_for(&page, &bubble_with("burst 299"), "the burst", UI_WAIT).await?;
+    let shown = br.eval(&page, count).await?.as_u64().unwrap_or(0) as usize;
+    ensure!(shown == HISTORY + 320, "{shown} messages shown, not {}", HISTORY + 320);
+    let longest = br.eval(&page, "Math.max(0, ...window.__long)").await?.as_f64().unwrap_or(f64::MAX);
+    ensure!(longest < 150.0, "a task blocked the page for {longest:.0} ms while messages arrived");
+    br.close().await;
+    Ok(())
+}
