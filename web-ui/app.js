@@ -129,7 +129,10 @@ function setConn(cls, title) {
 // ----- events -----
 function onEvent(name, p) {
   if (name === "message") {
-    state.preview.set(p.room, p);
+    // The newest by the log's order: a catch-up brings the newest pieces first, so the
+    // last to arrive is often an old one.
+    const shown = state.preview.get(p.room);
+    if (!shown || order(shown, p) < 0) state.preview.set(p.room, p);
     const list = state.messages.get(p.room);
     if (list && !list.some((m) => m.id === p.id)) {
       insertSorted(list, p);
