@@ -16,7 +16,14 @@ fn harness() -> &'static Harness {
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let reply = harness().request(text);
+    // No reply: a notification (or a batch of them), which JSON-RPC 2.0 leaves unanswered.
+    let Some(reply) = harness().request(text) else { return };
     let v: serde_json::Value = serde_json::from_str(&reply).expect("every reply is JSON");
-    assert!(v.get("result").is_some() != v.get("error").is_some(), "exactly one of result and error: {reply}");
+    // One reply, or a batch's array of them; each a JSON-RPC 2.0 response.
+    let replies = v.as_array().cloned().unwrap_or_else(|| vec![v.clone()]);
+    assert!(!replies.is_empty(), "an empty batch reply: {reply}");
+    for r in replies {
+        assert!(r.get("result").is_some() != r.get("error").is_some(), "exactly one of result and error: {reply}");
+        assert!(r["jsonrpc"] == "2.0" && r.get("id").is_some(), "not a JSON-RPC 2.0 response: {reply}");
+    }
 });
