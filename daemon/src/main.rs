@@ -824,19 +824,10 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Export { client, room } => {
             let mut c = client.connect().await?;
-            // Pages back from the newest until a page is empty, then prints oldest first.
-            let mut pages: Vec<Vec<messages::MessageInfo>> = Vec::new();
-            let mut before: Option<String> = None;
-            loop {
-                let params = messages::HistoryParams { room: room.clone(), before: before.clone(), limit: Some(1000) };
-                let page = c.request::<messages::History>(&params).await?.messages;
-                let Some(first) = page.first() else { break };
-                before = Some(first.id.clone());
-                pages.push(page);
-            }
+            let history = whole_history(&mut c, &room).await?;
             c.close().await.ok();
-            for m in pages.iter().rev().flatten() {
-                println!("{}", serde_json::to_string(m)?);
+            for m in history {
+                println!("{}", serde_json::to_string(&m)?);
             }
             Ok(())
         }
@@ -896,19 +887,9 @@ async fn run(cli: Cli) -> Result<()> {
             // history from there on is printed, nothing twice.
             let mut last: Option<String> = None;
             if all {
-                // Pages back from the newest until a page is empty, then prints oldest first.
-                let mut pages: Vec<Vec<Value>> = Vec::new();
-                let mut before: Option<String> = None;
-                loop {
-                    let r =
-                        c.call("messages.history", json!({"room": room_id, "limit": 1000, "before": before})).await?;
-                    let page = r["messages"].as_array().cloned().unwrap_or_default();
-                    let Some(first) = page.first() else { break };
-                    before = first["id"].as_str().map(String::from);
-                    pages.push(page);
-                }
-                for m in pages.iter().rev().flatten() {
-                    print_message(m, json);
+                for m in whole_history(&mut c, &room_id).await? {
+                    let m = serde_json::to_value(&m)?;
+                    print_message(&m, json);
                     last = m["id"].as_str().map(String::from);
                 }
             } else if lines > 0 {
@@ -1046,6 +1027,20 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// A room's whole history, oldest first: paged back from the newest until a page is empty.
+async fn whole_history(c: &mut Client, room: &str) -> Result<Vec<messages::MessageInfo>> {
+    let mut pages: Vec<Vec<messages::MessageInfo>> = Vec::new();
+    let mut before: Option<String> = None;
+    loop {
+        let params = messages::HistoryParams { room: room.to_string(), before: before.clone(), limit: Some(1000) };
+        let page = c.request::<messages::History>(&params).await?.messages;
+        let Some(first) = page.first() else { break };
+        before = Some(first.id.clone());
+        pages.push(page);
+    }
+    Ok(pages.into_iter().rev().flatten().collect())
 }
 
 /// Prints `value` as JSON with `--json`, else runs `text`.

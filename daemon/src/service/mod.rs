@@ -471,7 +471,7 @@ impl Service {
     /// whether the DHT has peers (a daemon without is up, but finds no one).
     pub async fn health(&self) -> Health {
         let store = self.commit.failed_now().is_none();
-        let info = tokio::time::timeout(Duration::from_secs(2), self.node_info()).await.ok().and_then(Result::ok);
+        let info = self.node_info_within_2s().await;
         let dht_peers = info.as_ref().map(|i| i.dht_peers + i.public_dht_peers.unwrap_or(0));
         Health { store, node: info.is_some(), dht_peers: dht_peers.unwrap_or(0) }
     }
@@ -492,9 +492,15 @@ impl Service {
             entries_stored,
             entries_received: rooms.iter().map(|r| r.received.load(Relaxed)).sum(),
             entries_served: rooms.iter().map(|r| r.served.load(Relaxed)).sum(),
-            node: tokio::time::timeout(Duration::from_secs(2), self.node_info()).await.ok().and_then(Result::ok),
+            node: self.node_info_within_2s().await,
         };
         self.metrics.render(&now)
+    }
+
+    /// The node snapshot if the node loop answers within 2 s (health and metrics must not
+    /// hang on a stuck node).
+    async fn node_info_within_2s(&self) -> Option<NodeInfo> {
+        tokio::time::timeout(Duration::from_secs(2), self.node_info()).await.ok().and_then(Result::ok)
     }
 
     /// Node snapshot.
