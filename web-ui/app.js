@@ -133,8 +133,14 @@ function onEvent(name, p) {
     // last to arrive is often an old one.
     const shown = state.preview.get(p.room);
     if (!shown || order(shown, p) < 0) state.preview.set(p.room, p);
+    // A loaded list is one unbroken stretch of the history, up to the newest message. A
+    // catch-up also brings messages older than its first: those are left for `loadOlder`
+    // to page in, unless the stretch already reaches back to the room's start. Taking
+    // them in would leave a gap that no page ever fills.
     const list = state.messages.get(p.room);
-    if (list && !list.some((m) => m.id === p.id)) {
+    const inStretch = list && (state.complete.has(p.room) || !list.length || order(list[0], p) < 0);
+    const added = inStretch && !list.some((m) => m.id === p.id);
+    if (added) {
       insertSorted(list, p);
       const pend = state.sending.get(p.room);
       if (pend && p.mine) { const i = pend.findIndex((s) => s.text === p.text); if (i >= 0) pend.splice(i, 1); }
@@ -143,7 +149,7 @@ function onEvent(name, p) {
       if (!p.mine) state.unread.set(p.room, (state.unread.get(p.room) || 0) + 1);
     }
     renderRooms();
-    if (p.room === state.current) showArrived(p);
+    if (p.room === state.current && added) showArrived(p);
   } else if (name === "peer.joined" || name === "peer.left") {
     refreshRooms().catch(() => {});
     if (p.room === state.current && !$("peers-panel").hidden) refreshPeers().catch(() => {});
