@@ -186,8 +186,9 @@ async fn the_api_speaks_json_rpc_2() -> Result<()> {
     c.send_raw(&json!({"jsonrpc": "2.0", "id": "after", "method": "node.info"}).to_string()).await?;
     let r = c.next_response().await?;
     ensure!(r.id == json!("after") && r.jsonrpc == "2.0" && r.result.is_some(), "{r:?}");
-    let history = full_history(&mut c, &room).await?;
-    ensure!(history.iter().any(|m| m["text"] == "by notification"), "the notification was not carried out");
+    // Requests on one connection run concurrently: the send finishes when it is durable,
+    // maybe after the reply above. Its message event says it was carried out.
+    wait_for_text(&mut c, &room, "by notification", WAIT).await.context("the notification was not carried out")?;
     // "id": null is a request, not a notification: it is answered.
     c.send_raw(&json!({"jsonrpc": "2.0", "id": null, "method": "rooms.list"}).to_string()).await?;
     ensure!(c.next_response().await?.id.is_null());
