@@ -70,10 +70,11 @@ async function connect() {
   if (token === undefined) {
     // The daemon itself is unreachable: retry.
     setConn("down", "Daemon unreachable; retrying…");
-    setTimeout(connect, state.retry);
+    state.retryTimer = setTimeout(connect, state.retry);
     state.retry = Math.min(state.retry * 2, 10000);
     return;
   }
+  state.token = token;
   if (!token) {
     showWelcome("Open peerlog with its link", "Run `peerlog open` on this machine: it prints the address of this page with the access token. (A rotated token signs this browser out.)");
     setConn("down", "No access token");
@@ -106,7 +107,7 @@ async function connect() {
     for (const p of state.pending.values()) p.reject(new Error("connection to the daemon lost"));
     state.pending.clear();
     setConn("down", "Daemon unreachable; retrying…");
-    setTimeout(connect, state.retry);
+    state.retryTimer = setTimeout(connect, state.retry);
     state.retry = Math.min(state.retry * 2, 10000);
   };
 }
@@ -124,6 +125,13 @@ function setConn(cls, title) {
   const dot = $("conn-dot");
   dot.className = "conn-dot " + cls;
   dot.title = title;
+  // Down: say so plainly, send nothing (a draft stays in the box), offer to retry now.
+  const down = cls === "down" && state.token !== null;
+  $("offline").hidden = !down;
+  $("composer-text").disabled = down;
+  $("send-button").disabled = down;
+  if (down) $("room-meta").textContent = "daemon not answering";
+  else if (cls === "ok") renderRoomMeta();
 }
 
 // ----- events -----
@@ -651,6 +659,11 @@ function toast(text) {
 
 // ----- wiring -----
 function wire() {
+  $("reconnect").addEventListener("click", () => {
+    state.retry = 500;
+    clearTimeout(state.retryTimer);
+    if (!state.ws || state.ws.readyState === WebSocket.CLOSED) connect();
+  });
   const secret = $("join-secret");
   secret.addEventListener("input", () => {
     const v = secret.value.trim();

@@ -277,23 +277,37 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
     br.eval(&pb, NO_TOAST).await?;
     br.screenshot(&pb, &shots.join("phone.png")).await?;
 
-    // The daemon restarts; the page notices, reconnects by itself and shows the room again.
+    // The daemon stops: the page says so plainly, sends nothing (the draft stays), and
+    // offers to reconnect; it restarts, and "Reconnect now" brings the room back at once.
     a.stop().await?;
     br.wait_for(
         &pa,
-        "document.getElementById('conn-dot').classList.contains('down')",
-        "Ada's page to notice the daemon is gone",
+        "document.getElementById('conn-dot').classList.contains('down') \
+         && !document.getElementById('offline').hidden \
+         && document.getElementById('composer-text').disabled \
+         && document.getElementById('send-button').disabled \
+         && !document.getElementById('room-meta').textContent.includes('online')",
+        "Ada's page to say plainly that the daemon is gone, and stop sending",
         UI_WAIT,
     )
     .await?;
+    br.eval(&pa, &fill("#composer-text", "a draft kept while the daemon is away")).await?;
     a.restart().await?;
+    br.eval(&pa, &click("#reconnect")).await?;
     br.wait_for(
         &pa,
-        "document.getElementById('conn-dot').classList.contains('ok')",
+        "document.getElementById('conn-dot').classList.contains('ok') \
+         && document.getElementById('offline').hidden \
+         && !document.getElementById('composer-text').disabled",
         "Ada's page to reconnect",
-        UI_WAIT,
+        Duration::from_secs(5),
     )
     .await?;
+    ensure!(
+        br.eval(&pa, "document.getElementById('composer-text').value").await?
+            == json!("a draft kept while the daemon is away"),
+        "the draft was lost while the daemon was away"
+    );
     br.wait_for(&pa, &bubble_with("Hello Bob, this is Ada."), "the conversation after the reconnect", UI_WAIT).await?;
     br.close().await;
     println!("screenshots in {}", shots.display());
