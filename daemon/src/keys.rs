@@ -92,17 +92,9 @@ impl RoomSecret {
         Self(rand::random())
     }
 
-    /// Parses `peerlog:<base32>`.
+    /// Parses an invite (`peerlog:<base32>`, with or without a suggested name).
     pub fn from_invite(invite: &str) -> Result<Self, KeyError> {
-        if invite.trim().starts_with(SEED_PREFIX) {
-            return Err(KeyError::SeedNotInvite);
-        }
-        let body = invite.trim().strip_prefix(INVITE_PREFIX).ok_or(KeyError::BadInvite)?;
-        let bytes = data_encoding::BASE32_NOPAD
-            .decode(body.to_ascii_uppercase().as_bytes())
-            .map_err(|_| KeyError::BadInvite)?;
-        let arr: [u8; 32] = bytes.try_into().map_err(|_| KeyError::BadInvite)?;
-        Ok(Self(arr))
+        Ok(Invite::parse(invite)?.secret)
     }
 
     /// `peerlog:<base32 secret>`, lower case.
@@ -202,6 +194,71 @@ impl std::fmt::Debug for RoomKeys {
 /// A room's short public id: the first 8 bytes of its discovery key, in hex.
 pub fn room_id(discovery_key: &DiscoveryKey) -> String {
     hex::encode(&discovery_key[..8])
+}
+
+/// The name a room gets when nobody gave it one.
+pub fn default_room_name(discovery_key: &DiscoveryKey) -> String {
+    format!("room {}", &room_id(discovery_key)[..6])
+}
+
+/// The longest room name, in bytes.
+pub const ROOM_NAME_MAX: usize = 100;
+
+/// An invite as people pass it on: `peerlog:<base32 secret>`, then optionally `?name=` and
+/// the name its sender gave the room, percent-encoded. The name is a suggestion for the
+/// joiner's own list (who may change it); the secret alone admits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invite {
+    /// The room's secret.
+    pub secret: RoomSecret,
+    /// The suggested name: control characters dropped, at most `ROOM_NAME_MAX` bytes.
+    pub name: Option<String>,
+}
+
+impl Invite {
+    /// Parses an invite. A name that is not valid percent-encoded UTF-8 is left out; the
+    /// secret must be exact.
+    pub fn parse(text: &str) -> Result<Self, KeyError> {
+        let text = text.trim();
+        if text.starts_with(SEED_PREFIX) {
+            return Err(KeyError::SeedNotInvite);
+        }
+        let (secret, query) = text.split_once('?').map_or((text, None), |(s, q)| (s, Some(q)));
+        let body = secret.strip_prefix(INVITE_PREFIX).ok_or(KeyError::BadInvite)?;
+        let bytes = data_encoding::BASE32_NOPAD
+            .decode(body.to_ascii_uppercase().as_bytes())
+            .map_err(|_| KeyError::BadInvite)?;
+        let secret = RoomSecret(bytes.try_into().map_err(|_| KeyError::BadInvite)?);
+        let name = query
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("name=")))
+            .and_then(|n| percent_encoding::percent_decode_str(n).decode_utf8().ok())
+            .map(|n| clean_room_name(&n))
+            .filter(|n| !n.is_empty());
+        Ok(Self { secret, name })
+    }
+
+    /// The text to pass on.
+    pub fn to_text(&self) -> String {
+        let mut text = self.secret.to_invite();
+        if let Some(name) = &self.name {
+            text.push_str("?name=");
+            text.extend(percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC));
+        }
+        text
+    }
+}
+
+/// A room name from someone else: trimmed, no control characters, cut (at a character) to
+/// `ROOM_NAME_MAX` bytes.
+fn clean_room_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.trim().chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > ROOM_NAME_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    out.trim_end().to_string()
 }
 
 /// Membership proof sent by `sender` to `receiver` in a session opened with the two nonces.
@@ -427,6 +484,24 @@ mod tests {
         assert!(RoomSecret::from_invite("peerlog:abc").is_err());
         assert!(RoomSecret::from_invite("hello").is_err());
         assert!(format!("{s:?}").contains("redacted"));
+    }
+
+    #[test]
+    fn invites_carry_a_suggested_name() {
+        let secret = RoomSecret::random();
+        let named = Invite { secret: secret.clone(), name: Some("Family & friends ü/#?".into()) };
+        let text = named.to_text();
+        assert!(text.starts_with(&secret.to_invite()) && !text[8..].contains(['&', '#', ' ', '/']), "{text}");
+        assert_eq!(Invite::parse(&text).unwrap(), named);
+        assert_eq!(RoomSecret::from_invite(&text).unwrap(), secret);
+        // Without a name, or with one that is not text, the secret still admits.
+        assert_eq!(Invite::parse(&secret.to_invite()).unwrap().name, None);
+        assert_eq!(Invite::parse(&format!("{}?name=%ff%fe", secret.to_invite())).unwrap().name, None);
+        // Control characters go, and the name is cut to its bound at a character.
+        let long = format!("{}?name={}%0Aend", secret.to_invite(), "%C3%BC".repeat(80));
+        let name = Invite::parse(&long).unwrap().name.unwrap();
+        assert!(name.len() <= ROOM_NAME_MAX && name.chars().all(|c| c == 'ü'), "{name}");
+        assert!(Invite::parse(&format!("{}x?name=a", secret.to_invite())).is_err());
     }
 
     #[test]

@@ -38,8 +38,17 @@ enum Command {
     /// Run the daemon (node, storage, local API and web UI).
     Daemon(DaemonArgs),
     /// Print the web UI address with its token, and try to open it in a browser (through a
-    /// 0600 redirect file, so the token is not in any command line).
-    Open(ClientArgs),
+    /// 0600 redirect file, so the token is not in any command line). With an invite (as the
+    /// handler of `peerlog:` links does), the page offers to join its room.
+    Open {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// An invite (`peerlog:...`) to offer in the page's Join box.
+        invite: Option<String>,
+        /// Only print the address; do not start a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
     /// Join a room by passphrase (asked on standard input if not given) or invite.
     Join {
         #[command(flatten)]
@@ -516,6 +525,11 @@ struct Unreachable(String);
 #[error("{0}")]
 struct Refused(String);
 
+/// What was given is not valid (an invite that is not one, say).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Invalid(String);
+
 /// The exit code of a failure, by its kind (see [`EXIT_CODES`]).
 fn exit_code(e: &anyhow::Error) -> u8 {
     use peerlog::client::ClientError;
@@ -526,6 +540,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.downcast_ref::<Refused>().is_some() {
             return 6;
+        }
+        if cause.downcast_ref::<Invalid>().is_some() {
+            return 5;
         }
         match cause.downcast_ref::<ClientError>() {
             Some(ClientError::Rpc { code, .. }) => {
@@ -564,9 +581,14 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Open(client) => {
+        Command::Open { client, invite, no_browser } => {
             let (addr, token) = client.ui_endpoint()?;
-            let url = format!("http://{addr}/#token={token}");
+            let mut url = format!("http://{addr}/#token={token}");
+            if let Some(invite) = &invite {
+                let invite = peerlog::keys::Invite::parse(invite).map_err(|e| Invalid(e.to_string()))?;
+                url.push_str("&join=");
+                url.push_str(&invite.to_text());
+            }
             println!("{url}");
             // The browser gets a 0600 file that redirects to the link (as Jupyter does): a
             // command line is readable by every user in /proc/*/cmdline, a token in it leaks.
@@ -579,7 +601,8 @@ async fn run(cli: Cli) -> Result<()> {
                 redirect = own.join(format!("peerlog-open-{}.html", unsafe { libc::getuid() }));
                 write_redirect(&redirect, &url)?;
             }
-            if std::io::stdout().is_terminal() {
+            // A link clicked elsewhere (the `peerlog:` handler) has no terminal to print to.
+            if !no_browser && (std::io::stdout().is_terminal() || invite.is_some()) {
                 let _ = std::process::Command::new("xdg-open")
                     .arg(&redirect)
                     .stdout(std::process::Stdio::null())

@@ -14,7 +14,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::keys::{room_id, RoomKeys, RoomSecret, SeedCapability};
+use crate::keys::{self, room_id, RoomKeys, RoomSecret, SeedCapability};
 use crate::log::store::{
     Access, Appended, IngestError, Ingested, QuotaKind, RoomRecord, StoreError, StoredMessage, WriterQuota,
 };
@@ -262,8 +262,11 @@ impl Room {
     }
 
     /// The invite that lets someone else join (None for a blind seeder).
+    /// It suggests the room's name, unless that is the default one.
     pub fn invite(&self) -> Option<String> {
-        self.secret.as_ref().map(RoomSecret::to_invite)
+        let named = self.name != keys::default_room_name(&self.discovery_key);
+        let secret = self.secret.clone()?;
+        Some(keys::Invite { secret, name: named.then(|| self.name.clone()) }.to_text())
     }
 
     /// The seed capability that lets a daemon store and serve the room without reading it.

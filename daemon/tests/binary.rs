@@ -119,6 +119,13 @@ fn the_binary_runs_a_daemon_and_its_cli_drives_it() -> Result<()> {
         let token = std::fs::read_to_string(&cli_token)?;
         ensure!(!open.contains(token.trim()), "peerlog open printed the CLI credential");
     }
+    // The invite suggests the room's name; `peerlog open INVITE` (the handler of peerlog:
+    // links) offers it in the page.
+    let invite = cli(&["invite", "cli room"], None)?;
+    let invite = invite.lines().find(|l| l.starts_with("peerlog:")).context("an invite line")?.trim().to_string();
+    ensure!(invite.ends_with("?name=cli%20room"), "the invite does not suggest the room's name: {invite}");
+    let offered = cli(&["open", "--no-browser", &invite], None)?;
+    ensure!(offered.trim().ends_with(&format!("&join={invite}")), "open with an invite printed {offered:?}");
     stop(&mut child)?;
 
     let mut child = start()?;

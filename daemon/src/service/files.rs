@@ -149,6 +149,12 @@ impl Service {
                                 encoder.size()
                             )));
                         };
+                        if bytes.is_empty() {
+                            return Err(ServiceError::UploadIncomplete(format!(
+                                "cancelled by the client after {} of {size} bytes",
+                                encoder.size()
+                            )));
+                        }
                         if encoder.size() + bytes.len() as u64 > size {
                             return Err(ServiceError::Invalid(format!(
                                 "more than the announced {size} bytes were sent"

@@ -332,12 +332,12 @@ impl Service {
             return Ok((room, false));
         }
         let name = name.map(|n| n.trim().to_string()).filter(|n| !n.is_empty());
-        if name.as_ref().is_some_and(|n| n.len() > 100) {
+        if name.as_ref().is_some_and(|n| n.len() > keys::ROOM_NAME_MAX) {
             return Err(ServiceError::Invalid("room name longer than 100 bytes".into()));
         }
         let record = RoomRecord {
             access,
-            name: name.unwrap_or_else(|| format!("room {}", &keys::room_id(&discovery_key)[..6])),
+            name: name.unwrap_or_else(|| keys::default_room_name(&discovery_key)),
             writer: new_writer().to_bytes(),
             joined_ms: now_ms(),
         };

@@ -66,8 +66,8 @@ pub(super) async fn join(service: &Arc<Service>, p: JoinParams) -> Result<JoinRe
             (room, created, Some(bits))
         }
         (None, Some(invite)) => {
-            let secret = RoomSecret::from_invite(&invite).map_err(ServiceError::from)?;
-            let (room, created) = service.join_secret(secret, p.name).await?;
+            let invite = keys::Invite::parse(&invite).map_err(ServiceError::from)?;
+            let (room, created) = service.join_secret(invite.secret, p.name.or(invite.name)).await?;
             (room, created, None)
         }
         _ => return Err(ApiError::params("give exactly one of passphrase or invite")),
