@@ -27,9 +27,42 @@ const state = {
   files: new Map(),           // file id -> last file.progress
   seen: new Map(),            // room id -> our messages below this seq were seen by a peer
   node: null,                 // last node.info
+  unreadFrom: new Map(),      // room id -> its oldest message that arrived unseen (the divider)
   retry: 500,
   loadingOlder: false,
 };
+
+// The invite in a text: a bare `peerlog:` invite or any link carrying one (`#join=…`), with
+// the room name its sender suggests.
+function parseInvite(text) {
+  const m = /peerlog:[a-z2-7]{52}(\?name=[^\s&#]*)?/i.exec(text || "");
+  if (!m) return null;
+  let name = null;
+  try { name = m[1] ? decodeURIComponent(m[1].slice(6)) : null; } catch { name = null; }
+  return { invite: m[0], name };
+}
+// Puts an invite into the Join box, for the person to look at and confirm: never joins by
+// itself. Kept (this browser only) until a signed-in page has shown it.
+function offerInvite(text) {
+  const inv = parseInvite(text);
+  if (!inv) return;
+  localStorage.setItem("peerlog-join", inv.invite);
+  $("join-secret").value = inv.invite;
+  $("join-secret").dispatchEvent(new Event("input"));
+  $("app").classList.add("show-rooms");
+}
+function takeHash() {
+  const r = location.hash.match(/room=([0-9a-f]+)/);
+  const j = location.hash.match(/join=([^&]+)/);
+  if (r) localStorage.setItem("peerlog-room", r[1]);
+  if (j) {
+    let text = j[1];
+    // Some apps percent-encode the whole fragment.
+    if (!text.includes(":")) { try { text = decodeURIComponent(text); } catch { /* not encoded */ } }
+    offerInvite(text);
+  }
+  if ((r || j) && !/token=/.test(location.hash)) history.replaceState(null, "", location.pathname);
+}
 
 // ----- token -----
 // The link from `peerlog open` carries the API token in its fragment. The page trades it
@@ -38,16 +71,7 @@ const state = {
 // kept for this tab only, as before.
 async function takeToken() {
   const m = location.hash.match(/token=([0-9a-fA-F]+)/);
-  const r = location.hash.match(/room=([0-9a-f]+)/);
-  const j = location.hash.match(/join=(peerlog:[A-Za-z0-9]+)/);
-  if (r) localStorage.setItem("peerlog-room", r[1]);
-  if (j) {
-    // An invite link: offer to join, never join by itself.
-    $("join-secret").value = j[1];
-    $("join-secret").dispatchEvent(new Event("input"));
-    $("app").classList.add("show-rooms");
-    if (!m) history.replaceState(null, "", location.pathname);
-  }
+  takeHash();
   if (m) {
     history.replaceState(null, "", location.pathname); // keep the token out of the address bar
     const session = await fetch("/api/session", { method: "POST", headers: { Authorization: `Bearer ${m[1]}` } });
@@ -91,6 +115,8 @@ async function connect() {
       await refreshNode();
       await refreshRooms();
       if (state.current) await openRoom(state.current, true);
+      const kept = localStorage.getItem("peerlog-join");
+      if (kept && !$("join-secret").value) offerInvite(kept);
     } catch (e) { toast(e.message); }
   };
   ws.onmessage = (ev) => {
@@ -153,11 +179,19 @@ function onEvent(name, p) {
       const pend = state.sending.get(p.room);
       if (pend && p.mine) { const i = pend.findIndex((s) => s.text === p.text); if (i >= 0) pend.splice(i, 1); }
     }
-    if (p.room !== state.current || document.hidden) {
-      if (!p.mine) state.unread.set(p.room, (state.unread.get(p.room) || 0) + 1);
+    // Unread: in another room, in a hidden tab, or while the reader is scrolled up.
+    const looking = p.room === state.current && !document.hidden && atBottom();
+    if (!p.mine && !looking) {
+      state.unread.set(p.room, (state.unread.get(p.room) || 0) + 1);
+      const from = state.unreadFrom.get(p.room);
+      if (!from || order(p, from) < 0) state.unreadFrom.set(p.room, p);
     }
     renderRooms();
-    if (p.room === state.current && added) showArrived(p);
+    if (p.room === state.current && added) {
+      showArrived(p);
+      if (!p.mine) announce(`${nameOf(p.room, p.author, p.author_name)}: ${p.kind === "file" ? "File: " + p.file.name : p.text}`);
+    }
+    if (p.room === state.current) renderJump();
   } else if (name === "peer.joined" || name === "peer.left") {
     refreshRooms().catch(() => {});
     if (p.room === state.current && !$("peers-panel").hidden) refreshPeers().catch(() => {});
@@ -222,6 +256,9 @@ async function refreshRooms() {
 }
 
 async function openRoom(id, reload = false) {
+  // The room we leave has been read: its divider goes.
+  if (state.current && state.current !== id) state.unreadFrom.delete(state.current);
+  saveDraft();
   state.current = id;
   $("node-page").hidden = true;
   localStorage.setItem("peerlog-room", id);
@@ -243,6 +280,7 @@ async function openRoom(id, reload = false) {
     return;
   }
   if (!state.members.has(id)) await refreshMembers(id).catch(() => {});
+  loadUnsent(id);
   if (reload || !state.messages.has(id)) {
     const h = await call("messages.history", { room: id, limit: PAGE });
     state.messages.set(id, h.messages);
@@ -253,7 +291,12 @@ async function openRoom(id, reload = false) {
   renderRooms();
   renderRoomMeta();
   renderMessages(true);
+  // Opened at the first unread message, if it is shown; else at the newest.
+  const divider = $("messages").querySelector(".new-divider");
+  if (divider && !reload) divider.scrollIntoView({ block: "start" });
+  renderJump();
   if (!$("peers-panel").hidden) refreshPeers();
+  if (!reload) $("composer-text").value = localStorage.getItem(`peerlog-draft-${id}`) || "";
   $("composer-text").focus();
 }
 
@@ -395,6 +438,9 @@ function showWelcome(title, text) {
 function renderRooms() {
   const ul = $("room-list");
   ul.textContent = "";
+  let total = 0;
+  for (const n of state.unread.values()) total += n;
+  document.title = total ? `(${total > 999 ? "999+" : total}) peerlog` : "peerlog";
   $("rooms-empty").hidden = state.rooms.length > 0;
   for (const r of state.rooms) {
     const li = el("li");
@@ -471,6 +517,12 @@ function messageNodes(m, prev, status) {
   const day = dayOf(m.time);
   const newDay = !prev || dayOf(prev.time) !== day;
   if (newDay) nodes.push(el("li", "day", day));
+  const from = state.unreadFrom.get(state.current);
+  if (from && from.id === m.id) {
+    const d = el("li", "new-divider", "New messages");
+    d.setAttribute("role", "separator");
+    nodes.push(d);
+  }
   const li = el("li", "msg" + (m.mine ? " mine" : ""));
   li.dataset.id = m.id;
   if (newDay || m.author !== prev.author || m.time - prev.time > 5 * 60 * 1000) {
@@ -502,7 +554,11 @@ function renderMessages(stickToBottom) {
   for (const m of list) { nodes.push(...messageNodes(m, prev, statusOf(m, seenBelow))); prev = m; }
   for (const p of pending) {
     const m = { ...p, mine: true, author: "me" };
-    nodes.push(...messageNodes(m, prev, p.failed ? "not sent" : "sending…"));
+    const own = messageNodes(m, prev, p.failed ? `not sent: ${p.failed}` : "sending…");
+    const li = own[own.length - 1];
+    li.classList.add(p.failed ? "failed" : "pending");
+    pendingControls(li, p);
+    nodes.push(...own);
     prev = m;
   }
   box.replaceChildren(...nodes);
@@ -528,11 +584,57 @@ function showArrived(m) {
   const prev = list[list.length - 2];
   const fits = !state.renderQueued && !pending.length && list[list.length - 1] === m
     && (prev ? last && last.dataset.id === prev.id : !last || last.classList.contains("empty-room"));
-  if (!fits) return scheduleRender(true);
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  // A reader scrolled up stays where they are (the jump button counts what came).
+  if (!fits) return scheduleRender(m.mine);
+  const bottom = atBottom();
   if (last && last.classList.contains("empty-room")) last.remove();
   box.append(...messageNodes(m, prev, statusOf(m, state.seen.get(state.current) || 0)));
-  if (atBottom || m.mine) box.scrollTop = box.scrollHeight;
+  if (bottom || m.mine) box.scrollTop = box.scrollHeight;
+}
+
+function atBottom() {
+  const box = $("messages");
+  return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+}
+
+/// The "jump to the newest" button: shown while the reader is scrolled up, with the count
+/// of what arrived meanwhile. Reaching the bottom reads them.
+function renderJump() {
+  const jump = $("jump");
+  const n = state.unread.get(state.current) || 0;
+  if (atBottom() || $("messages").hidden) {
+    jump.hidden = true;
+    if (n && !document.hidden) { state.unread.delete(state.current); renderRooms(); }
+    return;
+  }
+  jump.hidden = false;
+  jump.textContent = n ? `↓ ${n} new message${n === 1 ? "" : "s"}` : "↓ Newest";
+}
+
+/// Says `text` once to screen readers (the message list itself is not a live region: it is
+/// rebuilt when a room opens, and would be read out again).
+function announce(text) {
+  $("announce").textContent = text.length > 300 ? text.slice(0, 300) + "…" : text;
+}
+
+/// A send that is under way or failed: its progress and cancel, or why it failed with
+/// retry, edit and delete.
+function pendingControls(li, p) {
+  const actions = el("div", "pending-actions");
+  const button = (cls, text, fn) => { const b = el("button", cls, text); b.type = "button"; b.addEventListener("click", fn); actions.append(b); };
+  const drop = () => { const pend = state.sending.get(p.room) || []; const i = pend.indexOf(p); if (i >= 0) pend.splice(i, 1); saveUnsent(p.room); renderMessages(false); };
+  if (p.file && !p.failed) {
+    const bar = el("progress");
+    bar.max = p.file.size || 1; bar.value = p.sent || 0;
+    bar.setAttribute("aria-label", `Sending ${p.file.name}`);
+    li.querySelector(".bubble").append(bar);
+    button("cancel", "Cancel", () => { p.cancelled = true; });
+  } else if (p.failed) {
+    button("retry", "Retry", () => { drop(); if (p.file) sendFile(p.file); else sendText(p.room, p.text); });
+    if (!p.file) button("edit", "Edit", () => { drop(); $("composer-text").value = p.text; saveDraft(); $("composer-text").focus(); });
+    button("delete", "Delete", drop);
+  }
+  if (actions.childElementCount) li.append(actions);
 }
 
 /// Our messages below `seenBelow` are held by a peer: their marks say so, in place.
@@ -581,9 +683,18 @@ function fileCard(b, m) {
     img.alt = f.name;
     img.loading = "lazy";
     fileUrl(m, true).then((u) => { img.src = u; }, () => {});
-    card.append(img);
+    // The thumbnail opens the image at full size.
+    const view = el("button", "view-image");
+    view.type = "button";
+    view.setAttribute("aria-label", `View ${f.name} at full size`);
+    view.append(img);
+    view.addEventListener("click", async () => {
+      try { showImage(await fileUrl(m, true), f.name); } catch (e) { toast(e.message); }
+    });
+    card.append(view);
   }
-  const a = el("a", "download", "Download");
+  const a = el("a", "download", `Download ${f.name}`);
+  a.title = `${f.name}, ${sizeText(f.size)}, ${f.mime}`;
   a.href = "#";
   a.download = f.name;
   fileUrl(m, false).then((u) => { a.href = u; }, () => {});
@@ -602,27 +713,85 @@ function fileCard(b, m) {
 }
 
 // Sends a file from the browser: files.send, then its bytes as binary frames.
+// Its bar follows the bytes the socket has taken; Cancel ends the upload with an empty
+// binary frame (docs/API.md).
 async function sendFile(file) {
   const room = state.current;
   if (!room || !file) return;
-  const item = { text: `File: ${file.name} (${sizeText(file.size)})`, time: Date.now(), lamport: Infinity, seq: 0 };
+  const item = { room, file, text: `File: ${file.name} (${sizeText(file.size)})`, time: Date.now(), lamport: Infinity, seq: 0, sent: 0 };
+  if (!state.sending.has(room)) state.sending.set(room, []);
+  state.sending.get(room).push(item);
+  renderMessages(true);
+  const progress = () => {
+    const bar = [...$("messages").querySelectorAll("li.pending progress")].find((b) => b.getAttribute("aria-label") === `Sending ${file.name}`);
+    if (bar) bar.value = item.sent;
+  };
+  const pend = () => state.sending.get(room) || [];
+  try {
+    const done = call("files.send", { room, name: file.name, size: file.size, mime: file.type || undefined });
+    done.catch(() => {});
+    const ws = state.ws;
+    const SLICE = 256 * 1024;
+    for (let off = 0; off < file.size && !item.cancelled; off += SLICE) {
+      while (ws.bufferedAmount > 4 * SLICE && !item.cancelled) await new Promise((r) => setTimeout(r, 10));
+      if (item.cancelled) break;
+      ws.send(await file.slice(off, off + SLICE).arrayBuffer());
+      item.sent = Math.max(0, off + SLICE - ws.bufferedAmount);
+      progress();
+    }
+    if (item.cancelled) ws.send(new ArrayBuffer(0));
+    const r = await done;
+    const list = state.messages.get(room);
+    if (list && r.message && !list.some((x) => x.id === r.message.id)) insertSorted(list, r.message);
+    const i = pend().indexOf(item); if (i >= 0) pend().splice(i, 1);
+  } catch (e) {
+    if (item.cancelled) { const i = pend().indexOf(item); if (i >= 0) pend().splice(i, 1); toast(`Stopped sending ${file.name}`); }
+    else { item.failed = e.message; toast(`File not sent: ${e.message}`); }
+  }
+  if (room === state.current) renderMessages(true);
+}
+
+function showImage(url, name) {
+  const v = $("viewer");
+  $("viewer-img").src = url;
+  $("viewer-img").alt = name;
+  $("viewer-name").textContent = name;
+  v.showModal();
+}
+
+// Drafts stay per room in this browser until they are sent.
+function saveDraft() {
+  if (!state.current) return;
+  const v = $("composer-text").value;
+  if (v) localStorage.setItem(`peerlog-draft-${state.current}`, v); else localStorage.removeItem(`peerlog-draft-${state.current}`);
+}
+
+const TEXT_MAX = 64 * 1024;
+/// Sends a text; on failure it stays as a bubble that says why, with retry, edit and delete.
+async function sendText(room, text) {
+  const item = { room, text, time: Date.now(), lamport: Infinity, seq: 0 };
   if (!state.sending.has(room)) state.sending.set(room, []);
   state.sending.get(room).push(item);
   renderMessages(true);
   try {
-    const done = call("files.send", { room, name: file.name, size: file.size, mime: file.type || undefined });
-    const ws = state.ws;
-    const SLICE = 256 * 1024;
-    for (let off = 0; off < file.size; off += SLICE) {
-      while (ws.bufferedAmount > 4 * SLICE) await new Promise((r) => setTimeout(r, 10));
-      ws.send(await file.slice(off, off + SLICE).arrayBuffer());
-    }
-    const r = await done;
+    const r = await call("messages.send", { room, text });
     const list = state.messages.get(room);
-    if (list && r.message && !list.some((x) => x.id === r.message.id)) insertSorted(list, r.message);
+    if (list && r.message && !list.some((m) => m.id === r.message.id)) insertSorted(list, r.message);
     const pend = state.sending.get(room); const i = pend.indexOf(item); if (i >= 0) pend.splice(i, 1);
-  } catch (e) { item.failed = true; toast(`File not sent: ${e.message}`); }
+  } catch (e) { item.failed = e.message; saveUnsent(room); }
   if (room === state.current) renderMessages(true);
+}
+
+// Failed texts outlive a reload (this browser only), until sent or deleted.
+function saveUnsent(room) {
+  const failed = (state.sending.get(room) || []).filter((p) => p.failed && !p.file).map(({ text, time, failed }) => ({ text, time, failed }));
+  if (failed.length) localStorage.setItem(`peerlog-unsent-${room}`, JSON.stringify(failed)); else localStorage.removeItem(`peerlog-unsent-${room}`);
+}
+function loadUnsent(room) {
+  if (state.sending.has(room)) return;
+  let kept = [];
+  try { kept = JSON.parse(localStorage.getItem(`peerlog-unsent-${room}`) || "[]"); } catch { kept = []; }
+  state.sending.set(room, kept.filter((k) => typeof k.text === "string").map((k) => ({ room, text: k.text, time: Number(k.time) || Date.now(), failed: String(k.failed || "not sent"), lamport: Infinity, seq: 0 })));
 }
 
 function renderNodePage() {
@@ -673,7 +842,9 @@ function wire() {
       $("join-button").textContent = "Join";
     }
     if (!v) { el.textContent = ""; el.className = "strength"; return; }
-    if (v.startsWith("peerlog:")) { el.textContent = "Invite: joins the room it was made for"; el.className = "strength good"; return; }
+    const inv = parseInvite(v);
+    $("join-name").placeholder = (inv && inv.name) || "optional";
+    if (inv) { el.textContent = `Invite${inv.name ? ` to “${inv.name}”` : ""}: joins the room it was made for`; el.className = "strength good"; return; }
     // The daemon estimates (zxcvbn), so the UI and the API never disagree.
     clearTimeout(secret.checkTimer);
     secret.checkTimer = setTimeout(async () => {
@@ -684,24 +855,26 @@ function wire() {
         : r.bits < r.max_bits ? ["fair", r.public ? "fair, but this room is announced publicly: add a word" : "fair: add another word"]
         : ["good", "strong"];
       el.className = "strength " + cls;
-      el.textContent = `Strength ~${r.bits} bits · ${word}`;
+      // The whole warning, before joining (not a toast after it).
+      el.textContent = `Strength ~${r.bits} bits · ${word}${r.warning ? `. ${r.warning}` : ""}`;
     }, 150);
   });
   $("join-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const v = secret.value.trim();
+    const inv = parseInvite(secret.value);
+    const v = inv ? inv.invite : secret.value.trim();
     const name = $("join-name").value.trim() || undefined;
     // A second click on "Join anyway" after the weak-passphrase refusal confirms it.
     const weakOk = $("join-form").dataset.weakOk === v;
     $("join-error").textContent = "";
     $("join-button").disabled = true;
-    $("join-button").textContent = v.startsWith("peerlog:") ? "Joining…" : "Deriving key…";
+    $("join-button").textContent = inv ? "Joining…" : "Deriving key…";
     try {
-      const params = v.startsWith("peerlog:") ? { invite: v, name } : { passphrase: v, name, weak_ok: weakOk || undefined };
+      const params = inv ? { invite: v, name } : { passphrase: v, name, weak_ok: weakOk || undefined };
       const r = await call("rooms.join", params);
       delete $("join-form").dataset.weakOk;
-      if (r.warning) toast(r.warning);
-      secret.value = ""; $("join-name").value = ""; $("join-strength").textContent = "";
+      if (inv) localStorage.removeItem("peerlog-join");
+      secret.value = ""; $("join-name").value = ""; $("join-name").placeholder = "optional"; $("join-strength").textContent = "";
       await refreshRooms();
       await openRoom(r.room.id);
     } catch (e) {
@@ -732,23 +905,29 @@ function wire() {
     const text = box.value;
     const room = state.current;
     if (!text.trim() || !room) return;
+    // Too long stays in the box, with the reason.
+    const bytes = new TextEncoder().encode(text).length;
+    if (bytes > TEXT_MAX) {
+      $("composer-error").textContent = `Too long to send: ${sizeText(bytes)}, and a message holds at most 64 KiB. Shorten it, or send it as a file.`;
+      return;
+    }
+    $("composer-error").textContent = "";
     box.value = "";
-    const item = { text, time: Date.now(), lamport: Infinity, seq: 0 };
-    if (!state.sending.has(room)) state.sending.set(room, []);
-    state.sending.get(room).push(item);
-    renderMessages(true);
-    try {
-      const r = await call("messages.send", { room, text });
-      const list = state.messages.get(room);
-      if (list && r.message && !list.some((m) => m.id === r.message.id)) insertSorted(list, r.message);
-      const pend = state.sending.get(room); const i = pend.indexOf(item); if (i >= 0) pend.splice(i, 1);
-    } catch (e) { item.failed = true; toast(`Not sent: ${e.message}`); }
-    if (room === state.current) renderMessages(true);
+    localStorage.removeItem(`peerlog-draft-${room}`);
+    await sendText(room, text);
   });
+  $("composer-text").addEventListener("input", () => { clearTimeout(state.draftTimer); state.draftTimer = setTimeout(saveDraft, 300); $("composer-error").textContent = ""; });
+  $("jump").addEventListener("click", () => { const box = $("messages"); box.scrollTop = box.scrollHeight; renderJump(); });
+  $("viewer-close").addEventListener("click", () => $("viewer").close());
+  $("peers-close").addEventListener("click", () => togglePeers(false));
+  window.addEventListener("hashchange", takeHash);
   $("composer-text").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $("composer").requestSubmit(); }
   });
-  $("messages").addEventListener("scroll", () => { if ($("messages").scrollTop < 40) loadOlder().catch((e) => toast(e.message)); });
+  $("messages").addEventListener("scroll", () => {
+    if ($("messages").scrollTop < 40) loadOlder().catch((e) => toast(e.message));
+    renderJump();
+  });
   $("invite-button").addEventListener("click", async () => {
     if (!$("invite-box").hidden) { $("invite-box").hidden = true; return; }
     try { const r = await call("rooms.invite", { room: state.current }); showInvite(r.invite, r.qr_svg); } catch (e) { toast(e.message); }
@@ -757,12 +936,7 @@ function wire() {
     const v = $("invite-text").value;
     try { await navigator.clipboard.writeText(v); toast("Invite copied"); } catch { $("invite-text").select(); }
   });
-  $("peers-button").addEventListener("click", () => {
-    const panel = $("peers-panel");
-    panel.hidden = !panel.hidden;
-    $("peers-button").setAttribute("aria-expanded", String(!panel.hidden));
-    if (!panel.hidden) refreshPeers().catch((e) => toast(e.message));
-  });
+  $("peers-button").addEventListener("click", () => togglePeers($("peers-panel").hidden));
   $("leave-button").addEventListener("click", async () => {
     const r = state.rooms.find((x) => x.id === state.current);
     if (!r || !confirm(`Leave "${r.name}"? Its messages are deleted from this machine.`)) return;
@@ -806,14 +980,33 @@ function wire() {
     try { await navigator.clipboard.writeText(v); toast("Link copied"); } catch { $("invite-link").select(); }
   });
   $("show-rooms").addEventListener("click", () => $("app").classList.toggle("show-rooms"));
-  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") { $("app").classList.remove("show-rooms"); $("invite-box").hidden = true; } });
-  document.addEventListener("visibilitychange", () => { if (!document.hidden && state.current) { state.unread.delete(state.current); renderRooms(); } });
+  document.addEventListener("keydown", (ev) => {
+    if (ev.key !== "Escape") return;
+    $("app").classList.remove("show-rooms");
+    $("invite-box").hidden = true;
+    if (!$("peers-panel").hidden) togglePeers(false);
+  });
+  document.addEventListener("visibilitychange", () => { if (!document.hidden && state.current) renderJump(); });
   setInterval(() => { if (state.ws && state.ws.readyState === WebSocket.OPEN) { refreshNode().catch(() => {}); if (!$("peers-panel").hidden) refreshPeers().catch(() => {}); } }, 10000);
+}
+
+function togglePeers(open) {
+  const panel = $("peers-panel");
+  panel.hidden = !open;
+  $("peers-button").setAttribute("aria-expanded", String(open));
+  if (open) {
+    const head = $("conversation").querySelector(".room-header").getBoundingClientRect().bottom;
+    document.documentElement.style.setProperty("--head-bottom", `${Math.round(head)}px`);
+    refreshPeers().catch((e) => toast(e.message));
+    $("peers-close").focus();
+  } else $("peers-button").focus();
 }
 
 function showInvite(invite, qrSvg) {
   $("invite-text").value = invite;
-  $("invite-link").value = `${location.origin}/#join=${invite}`;
+  // A link for the receiver's own peerlog, at its usual address (not this page's: the
+  // receiver's daemon is on their machine).
+  $("invite-link").value = `http://127.0.0.1:7777/#join=${invite}`;
   const qr = $("invite-qr");
   // Made by the daemon from the invite; shown as an image, never as markup.
   qr.hidden = !qrSvg;

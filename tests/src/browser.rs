@@ -182,6 +182,36 @@ impl Browser {
         Ok(())
     }
 
+    /// Presses a key as a person does (a trusted event): `Escape`, `Tab`, `Enter`.
+    pub async fn press(&mut self, page: &Page, key: &str) -> Result<()> {
+        let code = match key {
+            "Escape" => 27,
+            "Tab" => 9,
+            "Enter" => 13,
+            other => anyhow::bail!("no key code known for {other}"),
+        };
+        for kind in ["rawKeyDown", "keyUp"] {
+            self.cmd(
+                Some(page),
+                "Input.dispatchKeyEvent",
+                json!({"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code}),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Emulates the light or dark colour scheme (`prefers-color-scheme`).
+    pub async fn color_scheme(&mut self, page: &Page, scheme: &str) -> Result<()> {
+        self.cmd(
+            Some(page),
+            "Emulation.setEmulatedMedia",
+            json!({"features": [{"name": "prefers-color-scheme", "value": scheme}]}),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Saves a PNG screenshot of the page.
     pub async fn screenshot(&mut self, page: &Page, path: &Path) -> Result<()> {
         let r = self.cmd(Some(page), "Page.captureScreenshot", json!({"format": "png"})).await?;

@@ -57,6 +57,20 @@ fn bubble_with(text: &str) -> String {
 }
 
 async fn set_name_and_join(b: &mut Browser, page: &Page, name: &str) -> Result<()> {
+    set_name(b, page, name).await?;
+    b.eval(page, &fill("#join-secret", PASSPHRASE)).await?;
+    b.wait_for(
+        page,
+        "document.getElementById('join-strength').textContent.includes('bits')",
+        "a strength estimate",
+        UI_WAIT,
+    )
+    .await?;
+    b.eval(page, &submit("#join-form")).await?;
+    b.wait_for(page, "!document.getElementById('composer').hidden", "the room to open after joining", UI_WAIT).await
+}
+
+async fn set_name(b: &mut Browser, page: &Page, name: &str) -> Result<()> {
     b.wait_for(page, "document.getElementById('conn-dot').classList.contains('ok')", "the UI to connect", UI_WAIT)
         .await?;
     b.wait_for(page, "!document.getElementById('profile-form').hidden", "the welcome's name form", UI_WAIT).await?;
@@ -68,17 +82,7 @@ async fn set_name_and_join(b: &mut Browser, page: &Page, name: &str) -> Result<(
         "the display name in the node badge",
         UI_WAIT,
     )
-    .await?;
-    b.eval(page, &fill("#join-secret", PASSPHRASE)).await?;
-    b.wait_for(
-        page,
-        "document.getElementById('join-strength').textContent.includes('bits')",
-        "a strength estimate",
-        UI_WAIT,
-    )
-    .await?;
-    b.eval(page, &submit("#join-form")).await?;
-    b.wait_for(page, "!document.getElementById('composer').hidden", "the room to open after joining", UI_WAIT).await
+    .await
 }
 
 async fn send_text(b: &mut Browser, page: &Page, text: &str) -> Result<()> {
@@ -429,6 +433,336 @@ async fn a_long_room_stays_smooth_as_messages_arrive() -> Result<()> {
     ensure!(shown == HISTORY + 320, "{shown} messages shown, not {}", HISTORY + 320);
     let longest = br.eval(&page, "Math.max(0, ...window.__long)").await?.as_f64().unwrap_or(f64::MAX);
     ensure!(longest < 150.0, "a task blocked the page for {longest:.0} ms while messages arrived");
+    br.close().await;
+    Ok(())
+}
+
+/// Finds the failed bubble showing `text` and clicks its `action` button.
+fn click_on_failed(text: &str, action: &str) -> String {
+    format!(
+        "(() => {{ const li = [...document.querySelectorAll('li.msg.failed')].find((l) => l.querySelector('.bubble').textContent === {t}); li.querySelector({a}).click(); return true; }})()",
+        t = json!(text),
+        a = json!(format!(".{action}"))
+    )
+}
+
+/// A reader scrolled up stays in place when a message comes: a "new messages" divider, a
+/// jump button that counts them and the tab's title say so, and screen readers hear the
+/// message once. A failed send says why, survives a reload, and can be retried, edited or
+/// deleted; a text over 64 KiB stays in the box with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_keeps_their_place_and_failed_sends_keep_their_text() -> Result<()> {
+    if skip_without_chromium()? {
+        return Ok(());
+    }
+    const SCROLLED: &str = "document.getElementById('messages').scrollTop";
+    let a = TestDaemon::start_bootstrap_node().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let mut ca = a.client().await?;
+    ca.call("profile.set", json!({"display_name": "Ada"})).await?;
+    let room = join(&mut ca, PASSPHRASE).await?;
+    let texts: Vec<String> = (0..80).map(|i| format!("earlier {i}")).collect();
+    ca.call("messages.send_batch", json!({"room": room, "texts": texts})).await?;
+    let mut br = Browser::launch().await?;
+    let page = br.open(&ui_url(&b)?).await?;
+    set_name_and_join(&mut br, &page, "Bob").await?;
+    br.wait_for(&page, &bubble_with("earlier 79"), "Ada's earlier messages", UI_WAIT).await?;
+    br.wait_for(&page, "document.querySelectorAll('li.msg').length >= 50", "a page of messages", UI_WAIT).await?;
+    ensure!(
+        br.eval(&page, "document.getElementById('messages').getAttribute('aria-live')").await?.is_null(),
+        "the message list is a live region: screen readers would read it again on every rebuild"
+    );
+
+    // Bob scrolls up to read; a message comes.
+    br.eval(&page, &format!("({SCROLLED} = 300, true)")).await?;
+    let top = br.eval(&page, SCROLLED).await?.as_f64().context("scrollTop")?;
+    send(&mut ca, &room, "while you read").await?;
+    br.wait_for(&page, &bubble_with("while you read"), "the new message in the list", UI_WAIT).await?;
+    br.wait_for(
+        &page,
+        "!document.getElementById('jump').hidden && document.getElementById('jump').textContent.includes('1 new message')",
+        "the jump button to count the new message",
+        UI_WAIT,
+    )
+    .await?;
+    let now = br.eval(&page, SCROLLED).await?.as_f64().context("scrollTop")?;
+    ensure!((now - top).abs() < 2.0, "the new message moved the reader from {top} to {now}");
+    ensure!(br.eval(&page, "document.title").await? == json!("(1) peerlog"), "the tab's title counts the unread");
+    ensure!(
+        br.eval(&page, "document.querySelector('li.new-divider + li.msg .bubble').textContent").await?
+            == json!("while you read"),
+        "the divider stands before the first new message"
+    );
+    ensure!(
+        br.eval(&page, "document.getElementById('announce').textContent").await? == json!("Ada: while you read"),
+        "screen readers are told the new message"
+    );
+    br.eval(&page, &click("#jump")).await?;
+    br.wait_for(
+        &page,
+        "document.getElementById('jump').hidden && document.title === 'peerlog'",
+        "the jump to the newest to read the message",
+        UI_WAIT,
+    )
+    .await?;
+
+    // Too long for a message: it stays in the box, with the reason.
+    let long = "é".repeat(40_000);
+    br.eval(&page, &fill("#composer-text", &long)).await?;
+    br.eval(&page, &submit("#composer")).await?;
+    br.wait_for(
+        &page,
+        "document.getElementById('composer-error').textContent.startsWith('Too long to send')",
+        "the reason a long text cannot be sent",
+        UI_WAIT,
+    )
+    .await?;
+    ensure!(
+        br.eval(&page, "document.getElementById('composer-text').value.length").await? == json!(40_000),
+        "the long text left the box"
+    );
+    br.eval(&page, &fill("#composer-text", "")).await?;
+
+    // The connection drops while each of three messages is being sent.
+    br.eval(
+        &page,
+        "(window.__send = WebSocket.prototype.send, WebSocket.prototype.send = function (d) { \
+           if (typeof d === 'string' && d.includes('messages.send')) { this.close(); return; } \
+           return window.__send.call(this, d); }, true)",
+    )
+    .await?;
+    const CONNECTED: &str = "document.getElementById('conn-dot').classList.contains('ok')";
+    for (i, text) in ["first try", "second try", "third try"].into_iter().enumerate() {
+        br.wait_for(&page, CONNECTED, "the page to reconnect", UI_WAIT).await?;
+        send_text(&mut br, &page, text).await?;
+        br.wait_for(
+            &page,
+            &format!("document.querySelectorAll('li.msg.failed').length === {}", i + 1),
+            &format!("{text:?} to show as not sent"),
+            UI_WAIT,
+        )
+        .await?;
+    }
+    br.eval(&page, "(WebSocket.prototype.send = window.__send, true)").await?;
+    ensure!(
+        br.eval(&page, "document.querySelector('li.msg.failed .meta').textContent")
+            .await?
+            .as_str()
+            .is_some_and(|m| m.contains("not sent: connection to the daemon lost")),
+        "a failed send says why"
+    );
+    // They outlive a reload.
+    br.eval(&page, "(location.reload(), true)").await?;
+    br.wait_for(
+        &page,
+        &format!("{CONNECTED} && document.querySelectorAll('li.msg.failed').length === 3"),
+        "the three unsent messages after a reload",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&page, &click_on_failed("first try", "retry")).await?;
+    within(UI_WAIT, "Ada to receive the retried message", async {
+        loop {
+            let h = ca.call("messages.history", json!({"room": room, "limit": 1})).await?;
+            if h["messages"][0]["text"] == "first try" {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    br.wait_for(&page, "document.querySelectorAll('li.msg.failed').length === 2", "the retried bubble to go", UI_WAIT)
+        .await?;
+    br.eval(&page, &click_on_failed("second try", "edit")).await?;
+    ensure!(
+        br.eval(&page, "document.getElementById('composer-text').value").await? == json!("second try"),
+        "Edit puts the text back in the box"
+    );
+    br.eval(&page, &click_on_failed("third try", "delete")).await?;
+    br.wait_for(&page, "document.querySelectorAll('li.msg.failed').length === 0", "the failed bubbles to go", UI_WAIT)
+        .await?;
+    // The draft (from Edit) is kept, the deleted one stays deleted.
+    br.eval(&page, "(location.reload(), true)").await?;
+    br.wait_for(
+        &page,
+        &format!("{CONNECTED} && document.getElementById('composer-text').value === 'second try'"),
+        "the draft after a reload",
+        UI_WAIT,
+    )
+    .await?;
+    ensure!(
+        br.eval(&page, "document.querySelectorAll('li.msg.failed').length").await? == json!(0),
+        "a deleted unsent message came back after a reload"
+    );
+    br.close().await;
+    Ok(())
+}
+
+/// Every visible text's contrast against its background, where it is under 4.5:1.
+const LOW_CONTRAST: &str = r#"(() => {
+  const parse = (c) => { const m = c.match(/rgba?\(([^)]+)\)/); if (!m) return null; const p = m[1].split(/[\s,\/]+/).filter(Boolean).map(Number); return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 }; };
+  const lum = ({ r, g, b }) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; }; return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b); };
+  const bgOf = (e) => { for (let x = e; x; x = x.parentElement) { const c = parse(getComputedStyle(x).backgroundColor); if (c && c.a > 0.5) return c; } return { r: 255, g: 255, b: 255, a: 1 }; };
+  const bad = [];
+  for (const e of document.querySelectorAll("body *")) {
+    if (![...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+    if (!e.getClientRects().length || e.closest("[hidden], :disabled, .visually-hidden, .skip-link, dialog:not([open])")) continue;
+    const fg = parse(getComputedStyle(e).color);
+    const [hi, lo] = [lum(fg), lum(bgOf(e))].sort((x, y) => y - x);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    if (ratio < 4.5) bad.push(`${e.tagName.toLowerCase()}.${e.className} ${ratio.toFixed(2)}: ${e.textContent.trim().slice(0, 40)}`);
+  }
+  return bad;
+})()"#;
+
+/// Invites work on the receiver's machine: the link pasted into Join, or opened in a tab
+/// that is already open, offers the room under the name its sender suggests. An upload shows
+/// its progress and can be cancelled; an image opens at full size; a file's link names it.
+/// On a phone the People panel leaves its button in reach and closes by button and Esc.
+/// There is a skip link, and every text holds 4.5:1 contrast in light and dark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_uploads_images_the_phone_panel_and_contrast() -> Result<()> {
+    if skip_without_chromium()? {
+        return Ok(());
+    }
+    let a = TestDaemon::start_bootstrap_node().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let mut ca = a.client().await?;
+    let created = ca.call("rooms.create", json!({"name": "Family chat"})).await?;
+    let room = created["room"]["id"].as_str().context("room id")?.to_string();
+    let invite =
+        ca.call("rooms.invite", json!({"room": room})).await?["invite"].as_str().context("invite")?.to_string();
+    ensure!(invite.ends_with("?name=Family%20chat"), "the invite suggests the room's name: {invite}");
+
+    let mut br = Browser::launch().await?;
+    let page = br.open(&ui_url(&b)?).await?;
+    set_name(&mut br, &page, "Bob").await?;
+    // Ada's link names her daemon's usual address; Bob's runs elsewhere and takes it pasted.
+    br.eval(&page, &fill("#join-secret", &format!("http://127.0.0.1:7777/#join={invite}"))).await?;
+    br.wait_for(
+        &page,
+        "document.getElementById('join-strength').textContent.startsWith('Invite to “Family chat”')",
+        "the pasted link read as an invite to Family chat",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&page, &submit("#join-form")).await?;
+    br.wait_for(
+        &page,
+        "document.getElementById('room-name').textContent === 'Family chat' && !document.getElementById('composer').hidden",
+        "the room, under its suggested name",
+        UI_WAIT,
+    )
+    .await?;
+    // A link opened in the tab that is open already.
+    let second =
+        ca.call("rooms.create", json!({"name": "Second"})).await?["invite"].as_str().context("invite")?.to_string();
+    br.eval(&page, &format!("(location.hash = {}, true)", json!(format!("join={second}")))).await?;
+    br.wait_for(
+        &page,
+        &format!("document.getElementById('join-secret').value === {}", json!(second)),
+        "the invite from the address offered in the Join box",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&page, &fill("#join-secret", "")).await?;
+
+    // An upload shows its progress, and Cancel stops it: no file message anywhere.
+    let big = b.data_dir().join("big.bin");
+    std::fs::File::create(&big)?.set_len(256 << 20)?;
+    br.set_file(&page, "#file-input", &big).await?;
+    br.wait_for(&page, "document.querySelector('li.pending progress')?.value > 0", "the upload's progress", UI_WAIT)
+        .await?;
+    br.eval(&page, &click("li.pending .cancel")).await?;
+    br.wait_for(
+        &page,
+        "!document.querySelector('li.pending') && document.getElementById('toast').textContent === 'Stopped sending big.bin'",
+        "the cancelled upload to go",
+        UI_WAIT,
+    )
+    .await?;
+    let mut cb = b.client().await?;
+    let history = cb.call("messages.history", json!({"room": room})).await?;
+    ensure!(history["messages"].as_array().is_some_and(|m| m.is_empty()), "a cancelled upload left {history}");
+
+    // An image: a thumbnail that opens at full size; the link says what it downloads.
+    let png = b.data_dir().join("gradient.png");
+    std::fs::write(&png, include_bytes!("gradient.png"))?;
+    br.set_file(&page, "#file-input", &png).await?;
+    br.wait_for(
+        &page,
+        "[...document.querySelectorAll('.file-card .view-image img')].some((i) => i.complete && i.naturalWidth === 24)",
+        "the image's thumbnail",
+        UI_WAIT,
+    )
+    .await?;
+    ensure!(
+        br.eval(&page, "document.querySelector('.file-card a.download').textContent").await?
+            == json!("Download gradient.png"),
+        "the download link names its file"
+    );
+    br.eval(&page, &click(".file-card .view-image")).await?;
+    br.wait_for(
+        &page,
+        "document.getElementById('viewer').open && document.getElementById('viewer-img').naturalWidth === 24",
+        "the image at full size",
+        UI_WAIT,
+    )
+    .await?;
+    br.press(&page, "Escape").await?;
+    br.wait_for(&page, "!document.getElementById('viewer').open", "Esc to close the image", UI_WAIT).await?;
+
+    // A skip link comes first; contrast holds in both schemes, with the People panel open.
+    ensure!(
+        br.eval(&page, "document.querySelector('a[href], button, input, textarea, select').className").await?
+            == json!("skip-link"),
+        "the first thing to tab to is the skip link"
+    );
+    br.eval(&page, &click("#peers-button")).await?;
+    br.wait_for(&page, "document.querySelectorAll('#member-list .member').length > 0", "the people list", UI_WAIT)
+        .await?;
+    br.eval(&page, &fill("#join-secret", "apple banana")).await?;
+    br.wait_for(&page, "document.getElementById('join-strength').textContent.includes('bits')", "a strength", UI_WAIT)
+        .await?;
+    for scheme in ["light", "dark"] {
+        br.color_scheme(&page, scheme).await?;
+        let low = br.eval(&page, LOW_CONTRAST).await?;
+        ensure!(low == json!([]), "texts under 4.5:1 contrast in the {scheme} scheme: {low}");
+    }
+    br.eval(&page, &click("#peers-button")).await?;
+
+    // On a phone, the People panel leaves its button in reach, and closes by button and Esc.
+    br.viewport(&page, 390, 844, true).await?;
+    br.wait_for(
+        &page,
+        "document.getElementById('sidebar').getBoundingClientRect().right <= 1",
+        "the phone layout with the room list tucked away",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&page, &click("#peers-button")).await?;
+    br.wait_for(&page, "!document.getElementById('peers-panel').hidden", "the People panel to open", UI_WAIT).await?;
+    let reachable = "(() => { const b = document.getElementById('peers-button').getBoundingClientRect(); \
+        return document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2) === document.getElementById('peers-button'); })()";
+    ensure!(
+        br.eval(&page, reachable).await? == json!(true),
+        "the People panel covers the button that opened it: {}",
+        br.eval(&page, "(() => { const b = document.getElementById('peers-button').getBoundingClientRect(); const e = document.elementFromPoint(b.left + b.width / 2, b.top + b.height / 2); return `${JSON.stringify(b)} ${e && (e.id || e.className || e.tagName)} app: ${document.getElementById('app').className}`; })()").await?
+    );
+    br.eval(&page, &click("#peers-close")).await?;
+    br.wait_for(&page, "document.getElementById('peers-panel').hidden", "the close button to close the panel", UI_WAIT)
+        .await?;
+    br.eval(&page, &click("#peers-button")).await?;
+    br.wait_for(&page, "!document.getElementById('peers-panel').hidden", "the People panel to open again", UI_WAIT)
+        .await?;
+    br.press(&page, "Escape").await?;
+    br.wait_for(
+        &page,
+        "document.getElementById('peers-panel').hidden && document.activeElement.id === 'peers-button'",
+        "Esc to close the panel and give the focus back to its button",
+        UI_WAIT,
+    )
+    .await?;
     br.close().await;
     Ok(())
 }
