@@ -106,6 +106,60 @@ enum Command {
         room: String,
         /// The text; `-` reads it from standard input (all of it, as one message).
         text: String,
+        /// Answer this message (its id, as `tail --json` shows it).
+        #[arg(long)]
+        reply_to: Option<String>,
+        /// Name this member (an author key; repeat for several).
+        #[arg(long = "mention")]
+        mentions: Vec<String>,
+    },
+    /// React to a message with an emoji (or take the reaction back with --remove).
+    React {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The message's id.
+        message: String,
+        /// The reaction, e.g. 👍.
+        emoji: String,
+        /// Take the reaction back.
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Give one of your messages a new text (the original stays in the log).
+    Edit {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The message's id.
+        message: String,
+        /// The new text; `-` reads it from standard input.
+        text: String,
+    },
+    /// Take one of your messages back: nobody is shown its text any more (it stays in the
+    /// log, signed, as everything does).
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The message's id.
+        message: String,
+    },
+    /// The messages that hold every word of QUERY (whole words, any case), newest first.
+    Search {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The words.
+        query: String,
+        /// Only this room (default: every room).
+        #[arg(long)]
+        room: Option<String>,
+        /// Most messages (default 50).
+        #[arg(long)]
+        limit: Option<usize>,
     },
     /// Block a writer (an author, as `peerlog status --json` members and the UI show it):
     /// nothing of theirs is stored, passed on or shown any more, in ROOM or in every room.
@@ -670,12 +724,41 @@ async fn run(cli: Cli) -> Result<()> {
             c.close().await.ok();
             Ok(())
         }
-        Command::Send { client, room, text } => {
-            let text = if text == "-" { read_stdin()?.trim_end_matches(['\n', '\r']).to_string() } else { text };
+        Command::Send { client, room, text, reply_to, mentions } => {
+            let text = text_arg(text)?;
             let mut c = client.connect().await?;
-            let r = c.request::<messages::Send>(&messages::SendParams { room, text }).await?;
+            let r = c.request::<messages::Send>(&messages::SendParams { room, text, reply_to, mentions }).await?;
             c.close().await.ok();
             print_out(json, &r, || println!("{}", r.message.as_ref().map(|m| m.id.as_str()).unwrap_or_default()))
+        }
+        Command::React { client, room, message, emoji, remove } => {
+            let mut c = client.connect().await?;
+            let p = messages::ReactParams { room, message, emoji, on: !remove };
+            let r = c.request::<messages::React>(&p).await?;
+            c.close().await.ok();
+            print_update(json, &r)
+        }
+        Command::Edit { client, room, message, text } => {
+            let text = text_arg(text)?;
+            let mut c = client.connect().await?;
+            let r = c.request::<messages::Edit>(&messages::EditParams { room, message, text }).await?;
+            c.close().await.ok();
+            print_update(json, &r)
+        }
+        Command::Delete { client, room, message } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<messages::Delete>(&messages::DeleteParams { room, message }).await?;
+            c.close().await.ok();
+            print_update(json, &r)
+        }
+        Command::Search { client, query, room, limit } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<messages::Search>(&messages::SearchParams { room, query, limit }).await?;
+            c.close().await.ok();
+            for m in &r.messages {
+                print_message(&serde_json::to_value(m)?, json);
+            }
+            Ok(())
         }
         Command::SendBatch { client, room } => {
             let texts: Vec<String> = read_stdin()?.lines().filter(|l| !l.trim().is_empty()).map(String::from).collect();
@@ -1076,6 +1159,19 @@ fn print_out<T: serde::Serialize>(json: bool, value: &T, text: impl FnOnce()) ->
     Ok(())
 }
 
+/// A text argument; `-` reads standard input (all of it, without the final newline).
+fn text_arg(text: String) -> Result<String> {
+    Ok(if text == "-" { read_stdin()?.trim_end_matches(['\n', '\r']).to_string() } else { text })
+}
+
+/// A message after an edit, deletion or reaction.
+fn print_update(json: bool, r: &messages::UpdateResult) -> Result<()> {
+    if let Some(m) = &r.message {
+        print_message(&serde_json::to_value(m)?, json);
+    }
+    Ok(())
+}
+
 /// All of standard input.
 fn read_stdin() -> Result<String> {
     let mut text = String::new();
@@ -1127,11 +1223,11 @@ fn print_message(m: &Value, as_json: bool) {
         return;
     }
     let time = local_time(m["time"].as_u64().unwrap_or(0));
-    let author = m["author"].as_str().unwrap_or("");
-    let who = match (m["mine"].as_bool(), m["author_name"].as_str()) {
+    // "me", the display name, or the start of the author key.
+    let who = |m: &Value| match (m["mine"].as_bool(), m["author_name"].as_str()) {
         (Some(true), _) => "me".to_string(),
         (_, Some(name)) => name.to_string(),
-        _ => author.chars().take(8).collect(),
+        _ => m["author"].as_str().unwrap_or("").chars().take(8).collect(),
     };
     let body = match m["kind"].as_str() {
         Some("file") => format!(
@@ -1140,9 +1236,25 @@ fn print_message(m: &Value, as_json: bool) {
             m["file"]["size"],
             m["id"].as_str().unwrap_or("")
         ),
+        _ if m["deleted"] == true => "[deleted]".to_string(),
         _ => m["text"].as_str().unwrap_or("").to_string(),
     };
-    println!("{time}  {}: {}", printable(&who), printable(&body));
+    let mut notes = String::new();
+    if let Some(to) = m.get("reply_to") {
+        let name = who(to);
+        let quote: String = to["text"].as_str().unwrap_or("…").chars().take(40).collect();
+        notes.push_str(&format!("(reply to {name}: \"{quote}\") "));
+    }
+    let mut after = String::new();
+    if m["edited"] == true {
+        after.push_str("  (edited)");
+    }
+    if let Some(reactions) = m["reactions"].as_array().filter(|r| !r.is_empty()) {
+        let shown: Vec<String> =
+            reactions.iter().map(|r| format!("{} {}", r["emoji"].as_str().unwrap_or(""), r["count"])).collect();
+        after.push_str(&format!("  [{}]", shown.join(", ")));
+    }
+    println!("{time}  {}: {}{}{}", printable(&who(m)), printable(&notes), printable(&body), printable(&after));
 }
 
 /// Text from peers as a terminal may show it: C0 and C1 controls (escape sequences can

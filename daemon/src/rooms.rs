@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::keys::{self, room_id, RoomKeys, RoomSecret, SeedCapability};
+use crate::log::index::FollowUps;
 use crate::log::store::{
     Access, Appended, IngestError, Ingested, QuotaKind, RoomRecord, StoreError, StoredMessage, WriterQuota,
 };
-use crate::log::{new_writer, Body, FeedCipher, Store, LAMPORT_LEAD, LAMPORT_MAX};
+use crate::log::{new_writer, Body, FeedCipher, MessageRef, Store, LAMPORT_LEAD, LAMPORT_MAX};
 
 /// Capacity of each room's chunk-event channel.
 const CHUNK_EVENT_CAPACITY: usize = 1024;
@@ -301,6 +302,23 @@ impl Room {
         if let Some(max) = messages.iter().map(|m| m.message.lamport).max() {
             self.lamport.fetch_max(max, Ordering::AcqRel);
         }
+        let follow_ups: Vec<(FeedKey, u64, &Body)> = messages
+            .iter()
+            .filter_map(|m| m.message.body.as_ref().filter(|b| b.target().is_some()).map(|b| (m.feed_key, m.seq, b)))
+            .collect();
+        if let Err(e) = self.store.note_follow_ups(&self.discovery_key, &follow_ups) {
+            warn!(room = %self.id, error = %e, "cannot index edits and reactions");
+        }
+        // Search filters, per feed (a batch is usually of one feed).
+        let mut texts: Vec<(FeedKey, u64, &str)> =
+            messages.iter().filter_map(|m| Some((m.feed_key, m.seq, m.message.body.as_ref()?.searchable()?))).collect();
+        texts.sort_unstable_by_key(|(feed, seq, _)| (*feed, *seq));
+        for run in texts.chunk_by(|a, b| a.0 == b.0) {
+            let of_feed: Vec<(u64, &str)> = run.iter().map(|(_, seq, text)| (*seq, *text)).collect();
+            if let Err(e) = self.store.note_words(&run[0].0, &of_feed) {
+                warn!(room = %self.id, error = %e, "cannot index messages for search");
+            }
+        }
         for m in messages {
             let noted = match &m.message.body {
                 Some(Body::File { chunks, .. }) => self.store.note_chunks(&self.discovery_key, chunks),
@@ -350,6 +368,40 @@ impl Room {
     /// The room's content key (None for a blind seeder).
     pub fn content_key(&self) -> Option<&Key32> {
         self.keys.content_key.as_ref()
+    }
+
+    /// Reads and decrypts the stored messages of `feed` in `start..end` (those not stored,
+    /// or that do not decrypt, are left out).
+    pub fn messages(&self, feed: &FeedKey, start: u64, end: u64) -> Result<Vec<StoredMessage>, StoreError> {
+        let Some(cipher) = self.cipher(feed) else { return Err(StoreError::Blind) };
+        let Some(meta) = self.store.feed_meta(feed)? else { return Ok(Vec::new()) };
+        let mut out = Vec::new();
+        for &(a, b) in &meta.ranges {
+            let (a, b) = (a.max(start), b.min(end));
+            if a >= b {
+                continue;
+            }
+            for (i, entry) in self.store.entries(feed, a, b)?.iter().enumerate() {
+                let seq = a + i as u64;
+                if let Some(message) = cipher.open(seq, entry).ok().and_then(|p| crate::log::Message::decode(&p)) {
+                    out.push(StoredMessage { feed_key: *feed, seq, message });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The edits, deletion and reactions of a message, folded (none if they cannot be read).
+    pub fn follow_ups(&self, target: &MessageRef) -> FollowUps {
+        self.store.follow_ups(&self.discovery_key, target).unwrap_or_else(|e| {
+            warn!(room = %self.id, error = %e, "cannot read a message's edits and reactions");
+            FollowUps::default()
+        })
+    }
+
+    /// Whether `writer` is blocked in this room.
+    pub fn is_blocked(&self, writer: &FeedKey) -> bool {
+        self.store.is_blocked(&self.discovery_key, writer).unwrap_or(false)
     }
 
     /// Reads and decrypts one stored message.

@@ -2299,6 +2299,10 @@ fn the_cli_covers_the_api_with_json_and_exit_codes_by_kind() -> Result<()> {
         ("messages.send", "send"),
         ("messages.send_batch", "send-batch"),
         ("messages.history", "tail"),
+        ("messages.react", "react"),
+        ("messages.edit", "edit"),
+        ("messages.delete", "delete"),
+        ("messages.search", "search"),
         ("peers.list", "peers"),
         ("profile.set", "name"),
         ("peers.rename", "rename"),
@@ -2363,6 +2367,21 @@ fn the_cli_covers_the_api_with_json_and_exit_codes_by_kind() -> Result<()> {
     ensure!(json(&["blocked"], None)?["blocked"] == serde_json::json!([]));
     ensure!(json(&["peers"], None)?["peers"].is_array());
     ensure!(json(&["check-passphrase"], Some("hunter2\n"))?["bits"].as_u64().is_some_and(|b| b < 40));
+    // Replies, reactions, edits, deletions and search.
+    let first = sent["message"]["id"].as_str().context("message id")?;
+    let reply = json(&["send", "cli", "a reply with a marmot", "--reply-to", first, "--mention", &author], None)?;
+    ensure!(reply["message"]["reply_to"]["id"] == first && reply["message"]["mentions_me"] == true, "{reply}");
+    ensure!(json(&["react", "cli", first, "🎉"], None)?["reactions"][0]["count"] == 1);
+    ensure!(json(&["react", "cli", first, "🎉", "--remove"], None)?.get("reactions").is_none());
+    let edited = json(&["edit", "cli", first, "-"], Some("edited on standard input\n"))?;
+    ensure!(edited["text"] == "edited on standard input" && edited["edited"] == true, "{edited}");
+    let found = cli(&["search", "MARMOT"], None)?;
+    ensure!(
+        found.contains("(reply to me: \"edited on standard input\") a reply with a marmot"),
+        "search printed {found}"
+    );
+    ensure!(json(&["delete", "cli", first], None)?["deleted"] == true);
+    ensure!(cli(&["search", "edited", "--room", "cli"], None)?.is_empty(), "search found a deleted message");
 
     // Failures exit by kind.
     let code = |args: &[&str]| -> Result<i32> {

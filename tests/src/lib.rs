@@ -146,7 +146,7 @@ pub async fn join(c: &mut Client, passphrase: &str) -> Result<String> {
 
 /// Sends a message; returns its id.
 pub async fn send(c: &mut Client, room: &str, text: &str) -> Result<String> {
-    let params = messages::SendParams { room: room.into(), text: text.into() };
+    let params = messages::SendParams { room: room.into(), text: text.into(), reply_to: None, mentions: Vec::new() };
     Ok(c.request::<messages::Send>(&params).await?.message.context("messages.send returned no message")?.id)
 }
 

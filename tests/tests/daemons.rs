@@ -13,6 +13,8 @@ use serde_json::{json, Value};
 
 #[path = "daemons/browser.rs"]
 mod browser;
+#[path = "daemons/chat.rs"]
+mod chat;
 #[path = "daemons/examples.rs"]
 mod examples;
 #[path = "daemons/files.rs"]

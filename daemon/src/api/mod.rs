@@ -504,6 +504,9 @@ use peerlog_proto::api::events::NAMES as EVENT_NAMES;
 fn event_name(event: &DaemonEvent) -> &'static str {
     use peerlog_proto::api::events::{self, EventParams};
     match event {
+        DaemonEvent::Message { message, .. } if message.message.body.as_ref().is_some_and(|b| b.target().is_some()) => {
+            events::MessageUpdated::NAME
+        }
         DaemonEvent::Message { .. } => events::Message::NAME,
         DaemonEvent::PeerJoined { .. } => events::PeerJoined::NAME,
         DaemonEvent::PeerLeft { .. } => events::PeerLeft::NAME,
@@ -546,7 +549,17 @@ fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
     }
     let room_id = |room: &DiscoveryKey| service.rooms.get(room).map(|r| r.id.clone());
     match event {
-        DaemonEvent::Message { room, message } => emit(message_info(&*service.rooms.get(&room)?, &message)?),
+        DaemonEvent::Message { room, message } => {
+            let room = service.rooms.get(&room)?;
+            match message.message.body.as_ref().and_then(crate::log::Body::target) {
+                // An edit, deletion or reaction: the message it is about, as it shows now.
+                Some(at) => {
+                    let target = room.message(&at.feed, at.seq).ok()??;
+                    emit(events::MessageUpdated(message_info(&room, &target)?))
+                }
+                None => emit(message_info(&room, &message)?),
+            }
+        }
         DaemonEvent::PeerJoined { room, peer, kind } => {
             emit(events::PeerJoined { room: room_id(&room)?, peer: peer.to_string(), connection: kind })
         }

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod commit;
+pub mod index;
 pub mod store;
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -60,6 +61,78 @@ pub enum Body {
         /// Ids (BLAKE3 of the ciphertext) of its chunks, in order.
         chunks: Vec<ChunkId>,
     },
+    /// A chat message that answers an earlier one and/or names members (mentions).
+    Post {
+        /// The text, UTF-8.
+        text: String,
+        /// The message it answers.
+        reply_to: Option<MessageRef>,
+        /// The members it names, by feed key (at most [`index::MENTIONS_MAX`] count).
+        mentions: Vec<FeedKey>,
+    },
+    /// The author's new text for one of its own messages (others' edits are ignored).
+    Edit {
+        /// The message edited.
+        target: MessageRef,
+        /// Its text from now on.
+        text: String,
+    },
+    /// The author takes one of its own messages back: its text is no longer shown.
+    Delete {
+        /// The message deleted.
+        target: MessageRef,
+    },
+    /// A reaction to a message, or (`on: false`) its withdrawal.
+    React {
+        /// The message reacted to.
+        target: MessageRef,
+        /// An emoji (at most [`index::EMOJI_MAX_BYTES`]).
+        emoji: String,
+        /// Added (true) or taken back (false).
+        on: bool,
+    },
+}
+
+/// A message of a room, by its writer's feed and its place in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MessageRef {
+    /// The writer's feed key.
+    pub feed: FeedKey,
+    /// Its seq in that feed.
+    pub seq: u64,
+}
+
+impl MessageRef {
+    /// Its id in the API: `<feed key hex>:<seq>`.
+    pub fn id(&self) -> String {
+        format!("{}:{}", hex::encode(self.feed), self.seq)
+    }
+
+    /// Parses an id made by [`MessageRef::id`].
+    pub fn parse(id: &str) -> Option<Self> {
+        let (feed, seq) = id.split_once(':')?;
+        let feed = FeedKey::try_from(hex::decode(feed).ok()?.as_slice()).ok()?;
+        Some(Self { feed, seq: seq.parse().ok()? })
+    }
+}
+
+impl Body {
+    /// The message a follow-up (edit, delete, reaction) is about.
+    pub fn target(&self) -> Option<&MessageRef> {
+        match self {
+            Body::Edit { target, .. } | Body::Delete { target } | Body::React { target, .. } => Some(target),
+            _ => None,
+        }
+    }
+
+    /// The text a search finds it by: a message's text, a file's name, an edit's new text.
+    pub fn searchable(&self) -> Option<&str> {
+        match self {
+            Body::Text { text } | Body::Post { text, .. } | Body::Edit { text, .. } => Some(text),
+            Body::File { name, .. } => Some(name),
+            _ => None,
+        }
+    }
 }
 
 /// The plaintext of an entry.

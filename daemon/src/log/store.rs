@@ -12,6 +12,8 @@
 //! | `k` feed_key seq                                      | postcard fork proof |
 //! | `s` feed_key                                          | u64: bytes of the feed's data file known synced |
 //! | `h` feed_key                                          | (empty): the stored head was signed before heads bound the room (format 2) |
+//! | `t` feed_key group                                    | search filter of entries `group * 64 ..` ([`super::index`]) |
+//! | `u` discovery_key feed_key seq                        | postcard [`FollowUps`] of that message: edits, deletion, reactions |
 //!
 //! Integers are big-endian so that sled's byte order is numeric order. Nothing is stored
 //! before it verified: see [`Store::ingest`].
@@ -53,7 +55,8 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::disk::{DiskSpace, LowDisk};
 
-use super::{hash_entry, sign_head, verify_head, Body, FeedCipher, Message, LAMPORT_MAX};
+use super::index::{self, FollowUps};
+use super::{hash_entry, sign_head, verify_head, Body, FeedCipher, Message, MessageRef, LAMPORT_MAX};
 
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
@@ -266,14 +269,17 @@ pub struct StoredMessage {
 impl StoredMessage {
     /// Stable id: `<feed key hex>:<seq>`.
     pub fn id(&self) -> String {
-        format!("{}:{}", hex::encode(self.feed_key), self.seq)
+        self.at().id()
+    }
+
+    /// Where it is: its feed and seq.
+    pub fn at(&self) -> MessageRef {
+        MessageRef { feed: self.feed_key, seq: self.seq }
     }
 
     /// Parses an id made by [`StoredMessage::id`].
     pub fn parse_id(id: &str) -> Option<(FeedKey, u64)> {
-        let (feed, seq) = id.split_once(':')?;
-        let feed = FeedKey::try_from(hex::decode(feed).ok()?.as_slice()).ok()?;
-        Some((feed, seq.parse().ok()?))
+        MessageRef::parse(id).map(|at| (at.feed, at.seq))
     }
 }
 
@@ -440,6 +446,14 @@ fn room_person_key(tag: u8, room: &Key32, feed: &Key32) -> [u8; 65] {
     k[0] = tag;
     k[1..33].copy_from_slice(room);
     k[33..].copy_from_slice(feed);
+    k
+}
+
+/// `u || room || feed || seq`: the follow-ups of a message.
+fn follow_up_key(room: &Key32, target: &MessageRef) -> [u8; 73] {
+    let mut k = [0u8; 73];
+    k[..65].copy_from_slice(&room_person_key(b'u', room, &target.feed));
+    k[65..].copy_from_slice(&target.seq.to_be_bytes());
     k
 }
 
@@ -1144,7 +1158,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p'] {
+        for tag in [b'c', b'p', b'u'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1156,7 +1170,7 @@ impl Store {
             let (k, _) = kv?;
             let feed: FeedKey = k[33..].try_into().map_err(|_| StoreError::Corrupt("room index"))?;
             let mut batch = sled::Batch::default();
-            for tag in [b'b', b'l', b'k'] {
+            for tag in [b'b', b'l', b'k', b't'] {
                 for e in self.log.scan_prefix(&feed_seq_key(tag, &feed, 0)[..33]) {
                     batch.remove(e?.0);
                 }
@@ -1170,6 +1184,85 @@ impl Store {
             self.feed_bytes.lock().unwrap_or_else(|p| p.into_inner()).remove(&feed);
         }
         Ok(())
+    }
+
+    // ----- follow-ups and search -----
+
+    /// Folds follow-ups (edits, deletions, reactions: `(author, seq, body)`) into the state
+    /// of the messages they are about; returns the messages whose state changed.
+    pub fn note_follow_ups(
+        &self,
+        room: &DiscoveryKey,
+        follow_ups: &[(FeedKey, u64, &Body)],
+    ) -> Result<Vec<MessageRef>, StoreError> {
+        let mut changed = Vec::new();
+        for (author, seq, body) in follow_ups {
+            let Some(target) = body.target() else { continue };
+            let key = follow_up_key(room, target);
+            let mut state: FollowUps =
+                self.log.get(key)?.map(|v| decode(&v, "follow-ups")).transpose()?.unwrap_or_default();
+            if state.apply(target, author, *seq, body) {
+                self.log.insert(key, encode(&state))?;
+                if !changed.contains(target) {
+                    changed.push(*target);
+                }
+            }
+        }
+        if !changed.is_empty() {
+            self.touch();
+        }
+        Ok(changed)
+    }
+
+    /// The folded follow-ups of a message (none: the default).
+    pub fn follow_ups(&self, room: &DiscoveryKey, target: &MessageRef) -> Result<FollowUps, StoreError> {
+        Ok(self
+            .log
+            .get(follow_up_key(room, target))?
+            .map(|v| decode(&v, "follow-ups"))
+            .transpose()?
+            .unwrap_or_default())
+    }
+
+    /// Adds the words of `texts` (`(seq, text)` of `feed`) to the feed's search filters:
+    /// one read and write per group of [`index::SEARCH_GROUP`] entries.
+    pub fn note_words(&self, feed: &FeedKey, texts: &[(u64, &str)]) -> Result<(), StoreError> {
+        let mut filters: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+        for (seq, text) in texts {
+            let group = seq / index::SEARCH_GROUP;
+            let filter = match filters.entry(group) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(
+                    self.log
+                        .get(feed_seq_key(b't', feed, group))?
+                        .map(|v| v.to_vec())
+                        .filter(|v| v.len() == index::BLOOM_BYTES)
+                        .unwrap_or_else(|| vec![0; index::BLOOM_BYTES]),
+                ),
+            };
+            for word in index::words(text) {
+                index::bloom_add(filter, &word);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (group, filter) in &filters {
+            batch.insert(&feed_seq_key(b't', feed, *group)[..], filter.as_slice());
+        }
+        self.log.apply_batch(batch)?;
+        self.touch();
+        Ok(())
+    }
+
+    /// The groups of `feed` (first seqs) whose filters may hold every one of `words`.
+    pub fn search_groups(&self, feed: &FeedKey, words: &[String]) -> Result<Vec<u64>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.log.scan_prefix(&feed_seq_key(b't', feed, 0)[..33]) {
+            let (k, filter) = kv?;
+            if words.iter().all(|w| index::bloom_has(&filter, w)) {
+                out.push(key_seq(&k)? * index::SEARCH_GROUP);
+            }
+        }
+        Ok(out)
     }
 
     // ----- people -----

@@ -23,6 +23,7 @@ use crate::replicate::Replicator;
 use crate::rooms::{Room, Rooms};
 use crate::tasks::Tasks;
 
+mod chat;
 mod files;
 pub mod token;
 
@@ -391,20 +392,26 @@ impl Service {
         room: &Room,
         texts: Vec<String>,
     ) -> Result<(StoredMessage, StoredMessage), ServiceError> {
-        let limit = self.config.limits.message_bytes;
         for text in &texts {
-            if text.len() > limit {
-                return Err(ServiceError::TooLarge { what: "message", size: text.len(), limit });
-            }
-            if text.trim().is_empty() {
-                return Err(ServiceError::Invalid("message text is empty".into()));
-            }
+            self.check_text(text)?;
         }
         let appended = self.append_durable(room, texts.into_iter().map(|text| Body::Text { text }).collect()).await?;
         let mut messages = appended.into_iter();
         let first = messages.next().ok_or(ServiceError::Invalid("nothing appended".into()))?;
         let last = messages.next_back().unwrap_or_else(|| first.clone());
         Ok((first, last))
+    }
+
+    /// A message's text is not empty and within `limits.message_bytes`.
+    fn check_text(&self, text: &str) -> Result<(), ServiceError> {
+        let limit = self.config.limits.message_bytes;
+        if text.len() > limit {
+            return Err(ServiceError::TooLarge { what: "message", size: text.len(), limit });
+        }
+        if text.trim().is_empty() {
+            return Err(ServiceError::Invalid("message text is empty".into()));
+        }
+        Ok(())
     }
 
     /// Appends `bodies` (sharing the append with concurrent callers) and returns once

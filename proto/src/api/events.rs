@@ -8,6 +8,7 @@ use super::node::ConnectionKind;
 /// The name of every event, as `subscribe` takes them.
 pub const NAMES: &[&str] = &[
     Message::NAME,
+    MessageUpdated::NAME,
     Seen::NAME,
     PeerJoined::NAME,
     PeerLeft::NAME,
@@ -29,6 +30,15 @@ pub type Message = super::messages::MessageInfo;
 
 impl EventParams for Message {
     const NAME: &'static str = "message";
+}
+
+/// `message.updated`: a message was edited, deleted or reacted to; its new state.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(transparent)]
+pub struct MessageUpdated(pub super::messages::MessageInfo);
+
+impl EventParams for MessageUpdated {
+    const NAME: &'static str = "message.updated";
 }
 
 /// `message.seen`: a peer holds our messages below `seen_below`.
@@ -159,6 +169,7 @@ pub fn each_schema(generator: &mut schemars::SchemaGenerator, mut f: impl FnMut(
         f(E::NAME, g.subschema_for::<E>());
     }
     one::<Message>(generator, &mut f);
+    one::<MessageUpdated>(generator, &mut f);
     one::<Seen>(generator, &mut f);
     one::<PeerJoined>(generator, &mut f);
     one::<PeerLeft>(generator, &mut f);

@@ -34,6 +34,10 @@ fn each_method(g: &mut SchemaGenerator, mut f: impl FnMut(&'static str, &'static
     one::<messages::Send>(g, &mut f);
     one::<messages::SendBatch>(g, &mut f);
     one::<messages::History>(g, &mut f);
+    one::<messages::React>(g, &mut f);
+    one::<messages::Edit>(g, &mut f);
+    one::<messages::Delete>(g, &mut f);
+    one::<messages::Search>(g, &mut f);
     one::<peers::List>(g, &mut f);
     one::<peers::SetProfile>(g, &mut f);
     one::<peers::Rename>(g, &mut f);

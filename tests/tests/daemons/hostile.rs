@@ -712,3 +712,55 @@ async fn a_feed_carried_over_from_another_room_is_refused() -> Result<()> {
     ensure!(!texts.iter().any(|t| t.starts_with("carried")), "the carried-over feed was stored: {texts:?}");
     Ok(())
 }
+
+/// A member who edits and deletes someone else's message, and floods it with reactions,
+/// through entries of its own feed (the API would refuse): the entries are valid and
+/// stored, but change nothing but what they may, within the bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_edits_and_deletions_change_nothing_and_reactions_are_bounded() -> Result<()> {
+    use peerlog::log::index::REACTIONS_PER_MEMBER_MAX;
+    use peerlog::log::MessageRef;
+
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    let id = send(&mut c, &room, "mine alone").await?;
+    let target = MessageRef::parse(&id).context("message id")?;
+
+    let keys = room_keys(PASS);
+    let scratch = tempfile::tempdir()?;
+    let store = Store::open(&scratch.path().join("db"))?;
+    let hostile = new_writer();
+    let hk = FeedKey(hostile.verifying_key().to_bytes());
+    let cipher = FeedCipher::new(&keys.content_key.context("member keys")?, &hk);
+    let mut bodies = vec![
+        Body::Edit { target, text: "forged".into() },
+        Body::Delete { target },
+        Body::React { target, emoji: "two words".into(), on: true },
+    ];
+    bodies.extend((0..REACTIONS_PER_MEMBER_MAX + 8).map(|i| Body::React { target, emoji: format!("r{i}"), on: true }));
+    bodies.push(Body::Text { text: "marker".into() });
+    let n = bodies.len() as u64;
+    let head = store.append(&keys.discovery_key, &hostile, &cipher, 2, bodies)?.head;
+    let entries = store.entries(&hk, 0, n)?;
+
+    let raw = RawPeer::start().await?;
+    let mut s = raw
+        .open(d.p2p_addr().await?, d.peer_id()?, keys.discovery_key, keys.auth_key)
+        .await?
+        .map_err(|f| anyhow::anyhow!("refused: {f:?}"))?;
+    s.send(&Frame::Have { heads: vec![head.clone()], bytes: vec![] }).await?;
+    s.recv_until("the daemon's Want for the hostile feed", |f| matches!(f, Frame::Want { .. })).await?;
+    s.send(&Frame::Data { feed_key: hk, start: 0, entries, head: Some(head) }).await?;
+    wait_for_text(&mut c, &room, "marker", WAIT).await?;
+
+    let h = c.call("messages.history", json!({"room": room, "limit": 10})).await?;
+    let m = h["messages"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id.as_str())).context("the message")?;
+    ensure!(m["text"] == "mine alone" && m.get("edited").is_none() && m.get("deleted").is_none(), "forged: {m}");
+    let reactions = m["reactions"].as_array().context("reactions")?;
+    ensure!(
+        reactions.len() == REACTIONS_PER_MEMBER_MAX && reactions.iter().all(|r| r["emoji"] != "two words"),
+        "one member's reactions: {reactions:?}"
+    );
+    Ok(())
+}

@@ -38,7 +38,7 @@ where
 
 /// Calls `method`.
 pub(super) async fn call(service: &Arc<Service>, method: &str, params: Value) -> Result<Value, ApiError> {
-    use proto::messages::{History, Send, SendBatch};
+    use proto::messages::{Delete, Edit, History, React, Search, Send, SendBatch};
     use proto::rooms::{CheckPassphrase, Create, Invite, Join, Leave, List, Seed};
     match method {
         List::NAME => typed::<List, _>(params, |_| async { Ok(rooms::list(service)) }).await,
@@ -53,6 +53,10 @@ pub(super) async fn call(service: &Arc<Service>, method: &str, params: Value) ->
         Send::NAME => typed::<Send, _>(params, |p| messages::send(service, p)).await,
         SendBatch::NAME => typed::<SendBatch, _>(params, |p| messages::send_batch(service, p)).await,
         History::NAME => typed::<History, _>(params, |p| async { messages::history(service, p) }).await,
+        React::NAME => typed::<React, _>(params, |p| messages::react(service, p)).await,
+        Edit::NAME => typed::<Edit, _>(params, |p| messages::edit(service, p)).await,
+        Delete::NAME => typed::<Delete, _>(params, |p| messages::delete(service, p)).await,
+        Search::NAME => typed::<Search, _>(params, |p| async { messages::search(service, p) }).await,
         proto::node::Doctor::NAME => typed::<proto::node::Doctor, _>(params, |_| node::doctor(service)).await,
         proto::node::Info::NAME => typed::<proto::node::Info, _>(params, |_| node::info(service)).await,
         proto::peers::List::NAME => typed::<proto::peers::List, _>(params, |p| peers::list(service, p)).await,
