@@ -192,6 +192,9 @@ function onEvent(name, p) {
       if (!p.mine) announce(`${nameOf(p.room, p.author, p.author_name)}: ${p.kind === "file" ? "File: " + p.file.name : p.text}`);
     }
     if (p.room === state.current) renderJump();
+    if (!p.mine) notifyMention(p);
+  } else if (name === "message.updated") {
+    applyUpdate(p);
   } else if (name === "peer.joined" || name === "peer.left") {
     refreshRooms().catch(() => {});
     if (p.room === state.current && !$("peers-panel").hidden) refreshPeers().catch(() => {});
@@ -287,7 +290,9 @@ async function openRoom(id, reload = false) {
     if (h.messages.length < PAGE) state.complete.add(id); else state.complete.delete(id);
   }
   $("welcome").hidden = true;
-  for (const el of ["messages", "composer", "invite-button", "peers-button", "leave-button"]) $(el).hidden = false;
+  for (const el of ["messages", "composer", "invite-button", "peers-button", "leave-button", "search-button", "notify-button"]) $(el).hidden = false;
+  renderNotify();
+  if (!reload) { endCompose(); $("search-box").hidden = true; }
   renderRooms();
   renderRoomMeta();
   renderMessages(true);
@@ -432,7 +437,7 @@ function showWelcome(title, text) {
   $("room-meta").textContent = "";
   $("welcome").hidden = false;
   if (text) { const w = $("welcome"); w.textContent = ""; const p = document.createElement("p"); p.textContent = text; w.append(p); }
-  for (const el of ["messages", "composer", "invite-button", "peers-button", "leave-button", "invite-box"]) $(el).hidden = true;
+  for (const el of ["messages", "composer", "invite-button", "peers-button", "leave-button", "invite-box", "search-button", "notify-button", "search-box", "compose-bar"]) $(el).hidden = true;
 }
 
 function renderRooms() {
@@ -523,20 +528,195 @@ function messageNodes(m, prev, status) {
     d.setAttribute("role", "separator");
     nodes.push(d);
   }
-  const li = el("li", "msg" + (m.mine ? " mine" : ""));
+  const li = el("li", "msg" + (m.mine ? " mine" : "") + (m.mentions_me ? " mentions-me" : ""));
   li.dataset.id = m.id;
+  li.tabIndex = -1;
   if (newDay || m.author !== prev.author || m.time - prev.time > 5 * 60 * 1000) {
     const a = el("div", "author", m.mine ? "You" : nameOf(state.current, m.author, m.author_name));
     a.title = m.author;
     li.append(a);
   }
-  const b = el("div", "bubble");
-  if (m.kind === "file") fileCard(b, m); else richText(b, m.text);
-  const meta = el("div", "meta", timeOf(m.time) + (status ? ` · ${status}` : ""));
-  meta.dataset.time = timeOf(m.time);
+  const b = el("div", "bubble" + (m.deleted ? " deleted" : ""));
+  if (m.reply_to) b.append(quoteOf(m.reply_to));
+  if (m.deleted) b.append(el("span", "gone", "Message deleted"));
+  else if (m.kind === "file") fileCard(b, m); else richText(b, m.text);
+  const time = timeOf(m.time) + (m.edited ? " · edited" : "");
+  const meta = el("div", "meta", time + (status ? ` · ${status}` : ""));
+  meta.dataset.time = time;
   li.append(b, meta);
+  if (m.reactions && m.reactions.length) li.append(reactionRow(m));
   nodes.push(li);
   return nodes;
+}
+
+// ----- chat: replies, reactions, edits, deletions, mentions, search -----
+
+const QUICK_REACTIONS = ["👍", "❤️", "😂", "😮", "😢", "🎉"];
+
+/// The quoted start of the message a reply answers; a click shows it, if it is loaded.
+function quoteOf(to) {
+  const q = el("button", "quote");
+  q.type = "button";
+  const who = to.mine ? "You" : nameOf(state.current, to.author, to.author_name);
+  q.append(el("span", "q-author", who), el("span", "q-text", to.text != null ? to.text : "a message that is not here, or was deleted"));
+  q.setAttribute("aria-label", `Reply to ${who}: ${to.text || "a message not shown"}. Show it`);
+  q.addEventListener("click", () => showMessage(to.id).catch((e) => toast(e.message)));
+  return q;
+}
+
+function reactionRow(m) {
+  const row = el("div", "reactions");
+  for (const r of m.reactions) {
+    const chip = el("button", "reaction" + (r.mine ? " mine" : ""), `${r.emoji} ${r.count}`);
+    chip.type = "button";
+    chip.setAttribute("aria-pressed", String(r.mine));
+    chip.title = r.members.map((a) => nameOf(m.room, a)).join(", ");
+    chip.addEventListener("click", () => react(m, r.emoji, !r.mine));
+    row.append(chip);
+  }
+  return row;
+}
+
+async function react(m, emoji, on) {
+  try { applyUpdate((await call("messages.react", { room: m.room, message: m.id, emoji, on })).message); } catch (e) { toast(e.message); }
+}
+
+/// A message's new state (an edit, a deletion, reactions): in the list, in its bubble, and
+/// in the quotes of the replies to it.
+function applyUpdate(m) {
+  if (!m) return;
+  const list = state.messages.get(m.room);
+  if (!list) return;
+  const i = list.findIndex((x) => x.id === m.id);
+  if (i >= 0) list[i] = m;
+  const quoted = m.deleted ? null : (m.kind === "file" ? m.file.name : m.text).slice(0, 200);
+  const touched = i >= 0 ? [i] : [];
+  list.forEach((x, j) => {
+    if (x.reply_to && x.reply_to.id === m.id) { x.reply_to = { ...x.reply_to, text: quoted === null ? undefined : quoted }; touched.push(j); }
+  });
+  if (m.room !== state.current) return;
+  const seenBelow = state.seen.get(state.current) || 0;
+  for (const j of touched) {
+    const old = $("messages").querySelector(`li.msg[data-id="${CSS.escape(list[j].id)}"]`);
+    if (!old) continue;
+    // Rebuilt with the same neighbour, so it keeps its author line; its tools are made
+    // anew when it is pointed at again.
+    const fresh = messageNodes(list[j], list[j - 1] || null, statusOf(list[j], seenBelow)).pop();
+    fresh.tabIndex = old.tabIndex;
+    old.replaceWith(fresh);
+  }
+}
+
+/// The tools of the message under the pointer or the focus: reply, quick reactions, and
+/// for our own messages edit and delete. One bar, moved to where it is needed (a bar per
+/// message would cost thousands of buttons in a long room).
+function toolsFor(li) {
+  const m = (state.messages.get(state.current) || []).find((x) => x.id === li.dataset.id);
+  let bar = $("msg-tools");
+  if (!m || m.deleted) { if (bar) bar.remove(); return; }
+  if (bar && bar.parentElement === li && bar.dataset.id === m.id) return;
+  if (!bar) { bar = el("div", "msg-tools"); bar.id = "msg-tools"; bar.setAttribute("role", "toolbar"); }
+  bar.dataset.id = m.id;
+  bar.setAttribute("aria-label", "Message actions");
+  bar.textContent = "";
+  const tool = (cls, text, label, fn) => {
+    const b = el("button", cls, text);
+    b.type = "button";
+    b.setAttribute("aria-label", label);
+    b.addEventListener("click", (ev) => { ev.stopPropagation(); fn(b); });
+    bar.append(b);
+  };
+  tool("tool-reply", "Reply", "Reply to this message", () => startCompose("reply", m));
+  for (const emoji of QUICK_REACTIONS) {
+    const mine = (m.reactions || []).some((r) => r.emoji === emoji && r.mine);
+    tool("tool-react", emoji, `${mine ? "Take back" : "React with"} ${emoji}`, () => react(m, emoji, !mine));
+  }
+  if (m.mine && m.kind === "text") tool("tool-edit", "Edit", "Edit this message", () => startCompose("edit", m));
+  if (m.mine) {
+    tool("tool-delete", "Delete", "Delete this message", async (b) => {
+      if (b.dataset.confirm !== "1") { b.dataset.confirm = "1"; b.textContent = "Delete: sure?"; return; }
+      try { applyUpdate((await call("messages.delete", { room: m.room, message: m.id })).message); } catch (e) { toast(e.message); }
+    });
+  }
+  li.append(bar);
+}
+
+/// Replying to, or editing, a message: a bar above the composer says which; Esc or ✕ ends it.
+function startCompose(mode, m) {
+  state.compose = { mode, message: m };
+  const bar = $("compose-bar");
+  const who = m.mine ? "yourself" : nameOf(m.room, m.author, m.author_name);
+  $("compose-text").textContent = mode === "edit" ? "Editing your message" : `Replying to ${who}: ${(m.kind === "file" ? m.file.name : m.text).slice(0, 120)}`;
+  bar.hidden = false;
+  const box = $("composer-text");
+  if (mode === "edit") box.value = m.text;
+  box.focus();
+}
+function endCompose() {
+  if (state.compose && state.compose.mode === "edit") $("composer-text").value = "";
+  state.compose = null;
+  $("compose-bar").hidden = true;
+}
+
+/// The members a text names as `@Name` (their display name or your nickname for them).
+function mentionsIn(room, text) {
+  const out = [];
+  for (const [author, m] of state.members.get(room) || new Map()) {
+    if (m.mine) continue;
+    const names = [m.nickname, m.display_name].filter(Boolean);
+    if (names.some((n) => text.includes(`@${n}`))) out.push(author);
+  }
+  return out;
+}
+
+/// A desktop notification for a message that names us, if this room asked for them and
+/// the tab is hidden.
+function notifyMention(p) {
+  if (!p.mentions_me || !document.hidden || localStorage.getItem(`peerlog-notify-${p.room}`) !== "1") return;
+  if (typeof Notification === "undefined" || Notification.permission !== "granted") return;
+  const room = state.rooms.find((r) => r.id === p.room);
+  const n = new Notification(`${nameOf(p.room, p.author, p.author_name)} mentioned you in ${room ? room.name : "a room"}`, { body: (p.text || "").slice(0, 200), tag: p.id });
+  n.onclick = () => { window.focus(); openRoom(p.room).then(() => showMessage(p.id)).catch(() => {}); };
+}
+function renderNotify() {
+  const on = !!state.current && localStorage.getItem(`peerlog-notify-${state.current}`) === "1";
+  $("notify-button").setAttribute("aria-pressed", String(on));
+  $("notify-button").textContent = on ? "🔔 Mentions" : "🔕 Mentions";
+}
+
+/// Scrolls to a message, paging older history in until it is there.
+async function showMessage(id) {
+  const find = () => $("messages").querySelector(`li.msg[data-id="${CSS.escape(id)}"]`);
+  while (!find() && state.current && !state.complete.has(state.current)) {
+    const before = (state.messages.get(state.current) || []).length;
+    await loadOlder();
+    if ((state.messages.get(state.current) || []).length === before) break;
+  }
+  const li = find();
+  if (!li) { toast("That message is not here"); return; }
+  li.scrollIntoView({ block: "center" });
+  li.classList.add("flash");
+  li.focus();
+  setTimeout(() => li.classList.remove("flash"), 2000);
+}
+
+async function runSearch(query) {
+  const ul = $("search-results");
+  ul.textContent = "";
+  const r = await call("messages.search", { room: state.current, query });
+  $("search-empty").hidden = r.messages.length > 0;
+  for (const m of r.messages) {
+    const li = el("li");
+    const b = el("button", "result");
+    b.type = "button";
+    b.append(
+      el("span", "s-meta", `${m.mine ? "You" : nameOf(m.room, m.author, m.author_name)} · ${dayOf(m.time)} ${timeOf(m.time)}`),
+      el("span", "s-text", m.kind === "file" ? `File: ${m.file.name}` : m.text),
+    );
+    b.addEventListener("click", () => showMessage(m.id).catch((e) => toast(e.message)));
+    li.append(b);
+    ul.append(li);
+  }
 }
 
 function renderMessages(stickToBottom) {
@@ -562,6 +742,8 @@ function renderMessages(stickToBottom) {
     prev = m;
   }
   box.replaceChildren(...nodes);
+  const last = nodes.findLast((n) => n.classList.contains("msg"));
+  if (last) last.tabIndex = 0;
   if (stickToBottom || atBottom) box.scrollTop = box.scrollHeight;
 }
 
@@ -630,7 +812,7 @@ function pendingControls(li, p) {
     li.querySelector(".bubble").append(bar);
     button("cancel", "Cancel", () => { p.cancelled = true; });
   } else if (p.failed) {
-    button("retry", "Retry", () => { drop(); if (p.file) sendFile(p.file); else sendText(p.room, p.text); });
+    button("retry", "Retry", () => { drop(); if (p.file) sendFile(p.file); else sendText(p.room, p.text, p.replyTo); });
     if (!p.file) button("edit", "Edit", () => { drop(); $("composer-text").value = p.text; saveDraft(); $("composer-text").focus(); });
     button("delete", "Delete", drop);
   }
@@ -768,13 +950,14 @@ function saveDraft() {
 
 const TEXT_MAX = 64 * 1024;
 /// Sends a text; on failure it stays as a bubble that says why, with retry, edit and delete.
-async function sendText(room, text) {
-  const item = { room, text, time: Date.now(), lamport: Infinity, seq: 0 };
+async function sendText(room, text, replyTo) {
+  const item = { room, text, replyTo, time: Date.now(), lamport: Infinity, seq: 0 };
   if (!state.sending.has(room)) state.sending.set(room, []);
   state.sending.get(room).push(item);
   renderMessages(true);
   try {
-    const r = await call("messages.send", { room, text });
+    const mentions = mentionsIn(room, text);
+    const r = await call("messages.send", { room, text, reply_to: replyTo, mentions: mentions.length ? mentions : undefined });
     const list = state.messages.get(room);
     if (list && r.message && !list.some((m) => m.id === r.message.id)) insertSorted(list, r.message);
     const pend = state.sending.get(room); const i = pend.indexOf(item); if (i >= 0) pend.splice(i, 1);
@@ -912,9 +1095,53 @@ function wire() {
       return;
     }
     $("composer-error").textContent = "";
+    const compose = state.compose;
+    if (compose && compose.mode === "edit") {
+      try {
+        applyUpdate((await call("messages.edit", { room, message: compose.message.id, text })).message);
+        endCompose();
+      } catch (e) { $("composer-error").textContent = `Not saved: ${e.message}`; }
+      return;
+    }
     box.value = "";
     localStorage.removeItem(`peerlog-draft-${room}`);
-    await sendText(room, text);
+    endCompose();
+    await sendText(room, text, compose ? compose.message.id : undefined);
+  });
+  $("compose-cancel").addEventListener("click", endCompose);
+  const msgs = $("messages");
+  const toolsAt = (ev) => { const li = ev.target.closest && ev.target.closest("li.msg"); if (li && !li.classList.contains("pending") && !li.classList.contains("failed")) toolsFor(li); };
+  msgs.addEventListener("mouseover", toolsAt);
+  msgs.addEventListener("focusin", toolsAt);
+  // Up and down move between messages (one of them is in the tab order).
+  msgs.addEventListener("keydown", (ev) => {
+    if (ev.key !== "ArrowUp" && ev.key !== "ArrowDown") return;
+    const li = ev.target.closest("li.msg");
+    if (!li) return;
+    let next = ev.key === "ArrowUp" ? li.previousElementSibling : li.nextElementSibling;
+    while (next && !next.matches("li.msg")) next = ev.key === "ArrowUp" ? next.previousElementSibling : next.nextElementSibling;
+    if (next) { ev.preventDefault(); li.tabIndex = -1; next.tabIndex = 0; next.focus(); }
+  });
+  $("notify-button").addEventListener("click", async () => {
+    const key = `peerlog-notify-${state.current}`;
+    if (localStorage.getItem(key) === "1") localStorage.removeItem(key);
+    else {
+      if (typeof Notification === "undefined") { toast("This browser has no notifications"); return; }
+      if (Notification.permission !== "granted" && (await Notification.requestPermission()) !== "granted") { toast("Notifications are blocked for this page in the browser's settings"); return; }
+      localStorage.setItem(key, "1");
+    }
+    renderNotify();
+  });
+  $("search-button").addEventListener("click", () => {
+    const box = $("search-box");
+    box.hidden = !box.hidden;
+    $("search-button").setAttribute("aria-expanded", String(!box.hidden));
+    if (!box.hidden) $("search-input").focus();
+  });
+  $("search-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const q = $("search-input").value.trim();
+    if (q) runSearch(q).catch((e) => toast(e.message));
   });
   $("composer-text").addEventListener("input", () => { clearTimeout(state.draftTimer); state.draftTimer = setTimeout(saveDraft, 300); $("composer-error").textContent = ""; });
   $("jump").addEventListener("click", () => { const box = $("messages"); box.scrollTop = box.scrollHeight; renderJump(); });
@@ -982,6 +1209,8 @@ function wire() {
   $("show-rooms").addEventListener("click", () => $("app").classList.toggle("show-rooms"));
   document.addEventListener("keydown", (ev) => {
     if (ev.key !== "Escape") return;
+    if (state.compose) endCompose();
+    $("search-box").hidden = true;
     $("app").classList.remove("show-rooms");
     $("invite-box").hidden = true;
     if (!$("peers-panel").hidden) togglePeers(false);

@@ -766,3 +766,202 @@ async fn invites_uploads_images_the_phone_panel_and_contrast() -> Result<()> {
     br.close().await;
     Ok(())
 }
+
+/// `li.msg` whose bubble text starts with `text`, focused (which brings its tools).
+fn focus_message(text: &str) -> String {
+    format!(
+        "(() => {{ const li = [...document.querySelectorAll('li.msg')].find((l) => l.querySelector('.bubble').textContent.includes({t})); li.focus(); return true; }})()",
+        t = json!(text)
+    )
+}
+
+/// The chat people expect, in the browser: a reply that quotes, reactions both ways, an
+/// edit and a deletion (with the quote following them), a mention that notifies only when
+/// asked and the tab is hidden, and search that leads to the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()> {
+    if skip_without_chromium()? {
+        return Ok(());
+    }
+    let a = TestDaemon::start_bootstrap_node().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let mut ca = a.client().await?;
+    ca.call("profile.set", json!({"display_name": "Ada"})).await?;
+    let room = join(&mut ca, PASSPHRASE).await?;
+    let mut br = Browser::launch().await?;
+    let page = br.open(&ui_url(&b)?).await?;
+    set_name_and_join(&mut br, &page, "Bob").await?;
+    let origin = format!("http://{}", b.running()?.api_addr());
+    br.cmd(None, "Browser.grantPermissions", json!({"origin": origin, "permissions": ["notifications"]})).await?;
+    // Notifications are recorded; the tab can be made to look hidden.
+    br.eval(
+        &page,
+        "(window.__notes = [], window.__N = window.Notification, \
+          window.Notification = function (title, o) { window.__notes.push(title + ' | ' + (o && o.body)); return new window.__N(title, o); }, \
+          window.Notification.permission = window.__N.permission, \
+          window.Notification.requestPermission = () => window.__N.requestPermission(), \
+          window.__hide = (h) => { Object.defineProperty(document, 'hidden', {configurable: true, get: () => h}); document.dispatchEvent(new Event('visibilitychange')); }, true)",
+    )
+    .await?;
+    let bob = within(UI_WAIT, "Bob among the members", async {
+        loop {
+            let members = ca.call("rooms.members", json!({"room": room})).await?;
+            if let Some(author) = members["members"]
+                .as_array()
+                .and_then(|m| m.iter().find(|m| m["display_name"] == "Bob"))
+                .and_then(|m| m["author"].as_str())
+            {
+                return anyhow::Ok(author.to_string());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+
+    // A mention while the tab is hidden: no notification until Bob asks for them.
+    br.eval(&page, "(window.__hide(true), true)").await?;
+    ca.call("messages.send", json!({"room": room, "text": "@Bob first ping", "mentions": [bob]})).await?;
+    br.wait_for(&page, "!!document.querySelector('li.msg.mentions-me')", "the mention marked", UI_WAIT).await?;
+    ensure!(br.eval(&page, "window.__notes.length").await? == json!(0), "notified without being asked");
+    br.eval(&page, "(window.__hide(false), true)").await?;
+    br.eval(&page, &click("#notify-button")).await?;
+    br.wait_for(
+        &page,
+        "document.getElementById('notify-button').getAttribute('aria-pressed') === 'true'",
+        "mention notifications on",
+        UI_WAIT,
+    )
+    .await?;
+    // Visible: no notification; hidden: one.
+    ca.call("messages.send", json!({"room": room, "text": "@Bob while you look", "mentions": [bob]})).await?;
+    br.wait_for(&page, &bubble_with("@Bob while you look"), "the visible mention", UI_WAIT).await?;
+    br.eval(&page, "(window.__hide(true), true)").await?;
+    let cake = ca
+        .call("messages.send", json!({"room": room, "text": "@Bob who brings the cake?", "mentions": [bob]}))
+        .await?["message"]["id"]
+        .as_str()
+        .context("id")?
+        .to_string();
+    br.wait_for(&page, "window.__notes.length === 1", "one notification for the hidden mention", UI_WAIT).await?;
+    let note = br.eval(&page, "window.__notes[0]").await?;
+    ensure!(
+        note.as_str().is_some_and(|n| n.starts_with("Ada mentioned you in room ") && n.ends_with(" | @Bob who brings the cake?")),
+        "the notification: {note}"
+    );
+    br.eval(&page, "(window.__hide(false), true)").await?;
+
+    // Reply: the tools of Ada's message, a bar above the box, and the quote on both sides.
+    br.eval(&page, &focus_message("who brings the cake?")).await?;
+    br.eval(&page, &click("#msg-tools .tool-reply")).await?;
+    br.wait_for(
+        &page,
+        "!document.getElementById('compose-bar').hidden && document.getElementById('compose-text').textContent.startsWith('Replying to Ada')",
+        "the reply bar",
+        UI_WAIT,
+    )
+    .await?;
+    send_text(&mut br, &page, "I do").await?;
+    let reply = wait_for_text(&mut ca, &room, "I do", UI_WAIT).await?;
+    ensure!(reply["reply_to"]["id"] == cake.as_str(), "the reply does not answer the cake: {reply}");
+    br.wait_for(
+        &page,
+        "[...document.querySelectorAll('li.msg.mine .quote .q-text')].some((q) => q.textContent === '@Bob who brings the cake?')",
+        "the quote in Bob's reply",
+        UI_WAIT,
+    )
+    .await?;
+
+    // Reactions both ways.
+    br.eval(&page, &focus_message("who brings the cake?")).await?;
+    br.eval(
+        &page,
+        "([...document.querySelectorAll('#msg-tools .tool-react')].find((b) => b.textContent === '👍').click(), true)",
+    )
+    .await?;
+    let chip = format!(
+        "[...document.querySelectorAll('li.msg[data-id=\"{cake}\"] .reaction')].map((r) => r.textContent + ':' + r.getAttribute('aria-pressed')).join(',')"
+    );
+    br.wait_for(&page, &format!("{chip} === '👍 1:true'"), "Bob's reaction", UI_WAIT).await?;
+    ca.call("messages.react", json!({"room": room, "message": cake, "emoji": "🎉"})).await?;
+    br.wait_for(&page, &format!("{chip} === '👍 1:true,🎉 1:false'"), "Ada's reaction on Bob's page", UI_WAIT).await?;
+    br.eval(&page, &format!("(document.querySelector('li.msg[data-id=\"{cake}\"] .reaction.mine').click(), true)"))
+        .await?;
+    br.wait_for(&page, &format!("{chip} === '🎉 1:false'"), "Bob's reaction taken back", UI_WAIT).await?;
+
+    // Bob edits his reply; Ada edits her question, and Bob's quote follows.
+    br.eval(&page, &focus_message("I do")).await?;
+    br.eval(&page, &click("#msg-tools .tool-edit")).await?;
+    br.wait_for(&page, "document.getElementById('composer-text').value === 'I do'", "the text to edit", UI_WAIT)
+        .await?;
+    send_text(&mut br, &page, "I do, chocolate").await?;
+    br.wait_for(
+        &page,
+        "[...document.querySelectorAll('li.msg.mine')].some((l) => l.querySelector('.bubble').textContent.endsWith('I do, chocolate') && l.querySelector('.meta').textContent.includes('edited'))",
+        "the edited reply",
+        UI_WAIT,
+    )
+    .await?;
+    let reply_id = reply["id"].as_str().context("reply id")?;
+    let h = ca.call("messages.history", json!({"room": room, "limit": 10})).await?;
+    ensure!(
+        h["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == reply_id))
+            .is_some_and(|m| m["text"] == "I do, chocolate" && m["edited"] == true),
+        "Ada does not have the edit: {h}"
+    );
+    ca.call("messages.edit", json!({"room": room, "message": cake, "text": "@Bob who brings the pie?"})).await?;
+    br.wait_for(
+        &page,
+        "[...document.querySelectorAll('li.msg.mine .quote .q-text')].some((q) => q.textContent === '@Bob who brings the pie?') && [...document.querySelectorAll('.bubble')].some((b) => b.textContent === '@Bob who brings the pie?')",
+        "Ada's edit, and the quote following it",
+        UI_WAIT,
+    )
+    .await?;
+
+    // Search leads to the message.
+    br.eval(&page, &click("#search-button")).await?;
+    br.eval(&page, &fill("#search-input", "PIE")).await?;
+    br.eval(&page, &submit("#search-form")).await?;
+    br.wait_for(
+        &page,
+        "[...document.querySelectorAll('#search-results .s-text')].map((t) => t.textContent).join('|') === '@Bob who brings the pie?'",
+        "the search result",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&page, &click("#search-results .result")).await?;
+    br.wait_for(
+        &page,
+        &format!(
+            "document.activeElement.dataset.id === '{cake}' && document.activeElement.classList.contains('flash')"
+        ),
+        "the found message shown",
+        UI_WAIT,
+    )
+    .await?;
+
+    // Bob deletes his reply (a second click confirms); it is gone on Ada's side too.
+    br.eval(&page, &focus_message("I do, chocolate")).await?;
+    br.eval(&page, &click("#msg-tools .tool-delete")).await?;
+    br.eval(&page, &click("#msg-tools .tool-delete")).await?;
+    br.wait_for(
+        &page,
+        &format!(
+            "document.querySelector('li.msg[data-id=\"{reply_id}\"] .bubble').textContent.endsWith('Message deleted')"
+        ),
+        "the deleted reply",
+        UI_WAIT,
+    )
+    .await?;
+    let h = ca.call("messages.history", json!({"room": room, "limit": 10})).await?;
+    ensure!(
+        h["messages"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == reply_id))
+            .is_some_and(|m| m["deleted"] == true && m.get("text").is_none()),
+        "Ada still has the text: {h}"
+    );
+    br.close().await;
+    Ok(())
+}
