@@ -46,6 +46,8 @@ pub struct Snapshot {
     pub entries_received: u64,
     /// Entries served to peers since start.
     pub entries_served: u64,
+    /// Entries known to exist at room peers and not stored here yet, every room.
+    pub catchup_backlog: u64,
     /// The node's state, if it answered.
     pub node: Option<NodeInfo>,
 }
@@ -57,6 +59,7 @@ pub struct Metrics {
     rooms: Gauge,
     sessions: Gauge,
     entries_stored: Gauge,
+    catchup_backlog: Gauge,
     entries_received: Counter,
     entries_served: Counter,
     connections: Family<Kind, Gauge>,
@@ -74,6 +77,7 @@ impl Metrics {
             rooms: Gauge::default(),
             sessions: Gauge::default(),
             entries_stored: Gauge::default(),
+            catchup_backlog: Gauge::default(),
             entries_received: Counter::default(),
             entries_served: Counter::default(),
             connections: Family::default(),
@@ -90,6 +94,11 @@ impl Metrics {
         r.register("rooms", "Rooms joined or seeded", m.rooms.clone());
         r.register("sessions", "Authenticated replication sessions (a peer in a room)", m.sessions.clone());
         r.register("entries_stored", "Log entries stored, every room and writer", m.entries_stored.clone());
+        r.register(
+            "catchup_backlog_entries",
+            "Entries room peers hold that are not stored here yet (catching up)",
+            m.catchup_backlog.clone(),
+        );
         r.register(
             "entries_received",
             "Log entries received from peers (duplicates and refused ones too)",
@@ -117,6 +126,7 @@ impl Metrics {
         self.rooms.set(now.rooms as i64);
         self.sessions.set(now.sessions as i64);
         self.entries_stored.set(now.entries_stored as i64);
+        self.catchup_backlog.set(now.catchup_backlog as i64);
         self.entries_received.inner().store(now.entries_received, Ordering::Relaxed);
         self.entries_served.inner().store(now.entries_served, Ordering::Relaxed);
         if let Some(info) = &now.node {

@@ -158,6 +158,9 @@ pub struct Room {
     pub received: AtomicU64,
     /// Entries sent to peers since the daemon started. Kept by the replication task.
     pub served: AtomicU64,
+    /// Entries the room's peers have shown us that are not stored here yet (the catch-up
+    /// backlog, from the last `SyncProgress`).
+    pub backlog: AtomicU64,
     /// Entries of our feed that some peer is known to hold. Kept by the replication task.
     own_seen: AtomicU64,
     /// The longest copy of our feed a peer showed us (a restored or copied data dir may
@@ -252,6 +255,7 @@ impl Room {
             events,
             received: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
             names: RwLock::new(None),
             own_seen: AtomicU64::new(0),
             own_ahead: AtomicU64::new(0),
@@ -429,6 +433,9 @@ impl Room {
 
     /// Tells API clients.
     pub fn emit(&self, event: DaemonEvent) {
+        if let DaemonEvent::SyncProgress { entries_done, entries_total, .. } = &event {
+            self.backlog.store(entries_total.saturating_sub(*entries_done), Ordering::Relaxed);
+        }
         let _ = self.events.send(event);
     }
 

@@ -370,6 +370,7 @@ async fn metrics_are_served_and_parse() -> Result<()> {
     ensure!(value("peerlog_rooms") == Some(1.0), "peerlog_rooms: {:?}", value("peerlog_rooms"));
     ensure!(value("peerlog_sessions").is_some_and(|v| v >= 1.0), "peerlog_sessions");
     ensure!(value("peerlog_entries_stored").is_some_and(|v| v >= 1.0), "peerlog_entries_stored");
+    ensure!(value("peerlog_catchup_backlog_entries") == Some(0.0), "a backlog after the catch-up:\n{text}");
     ensure!(
         value("peerlog_api_requests_total{method=\"messages.send\",code=\"0\"}").is_some_and(|v| v >= 1.0),
         "messages.send not counted:\n{text}"
