@@ -313,16 +313,6 @@ impl Room {
         if let Err(e) = self.store.note_follow_ups(&self.discovery_key, &follow_ups) {
             warn!(room = %self.id, error = %e, "cannot index edits and reactions");
         }
-        // Search filters, per feed (a batch is usually of one feed).
-        let mut texts: Vec<(FeedKey, u64, &str)> =
-            messages.iter().filter_map(|m| Some((m.feed_key, m.seq, m.message.body.as_ref()?.searchable()?))).collect();
-        texts.sort_unstable_by_key(|(feed, seq, _)| (*feed, *seq));
-        for run in texts.chunk_by(|a, b| a.0 == b.0) {
-            let of_feed: Vec<(u64, &str)> = run.iter().map(|(_, seq, text)| (*seq, *text)).collect();
-            if let Err(e) = self.store.note_words(&run[0].0, &of_feed) {
-                warn!(room = %self.id, error = %e, "cannot index messages for search");
-            }
-        }
         for m in messages {
             let noted = match &m.message.body {
                 Some(Body::File { chunks, .. }) => self.store.note_chunks(&self.discovery_key, chunks),

@@ -8,9 +8,11 @@
 //! fetches newest first), so the state is kept by target whether or not it is here yet.
 //!
 //! Search costs one key per group, not per word or per message: sled's cost is per key
-//! (see the store's notes). A query tests each group's filter, then decrypts only the
-//! groups that may match and checks the words in the text itself, so a false positive
-//! costs time, never a wrong result.
+//! (see the store's notes). Filters are made by the searches that need them, not when
+//! entries arrive (that cost catch-up 40 %): a filter records how many entries it covers,
+//! and a search remakes the filters of groups that hold more (or fewer) entries now. A
+//! query tests each group's filter, then decrypts only the groups that may match and checks
+//! the words in the text itself, so a false positive costs time, never a wrong result.
 
 use peerlog_proto::wire::FeedKey;
 use serde::{Deserialize, Serialize};
@@ -143,6 +145,32 @@ fn bloom_bits(word: &str) -> impl Iterator<Item = usize> {
     (0..BLOOM_HASHES).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % (BLOOM_BYTES as u64 * 8)) as usize)
 }
 
+/// The filter of a group's texts.
+pub fn filter_of<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
+    let mut filter = vec![0; BLOOM_BYTES];
+    for text in texts {
+        for word in words(text) {
+            bloom_add(&mut filter, &word);
+        }
+    }
+    filter
+}
+
+/// How many entries each group holds (by its first seq), given a feed's stored ranges.
+pub fn stored_per_group(ranges: &[(u64, u64)]) -> std::collections::BTreeMap<u64, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for &(start, end) in ranges {
+        let mut at = start;
+        while at < end {
+            let group = at - at % SEARCH_GROUP;
+            let next = (group + SEARCH_GROUP).min(end);
+            *out.entry(group).or_insert(0) += next - at;
+            at = next;
+        }
+    }
+    out
+}
+
 /// Adds a word to a filter of [`BLOOM_BYTES`] bytes.
 pub fn bloom_add(filter: &mut [u8], word: &str) {
     for bit in bloom_bits(word) {
@@ -208,10 +236,7 @@ mod tests {
     #[test]
     fn words_are_found_in_their_filter_and_checked_in_the_text() {
         assert_eq!(words("Dinner at 7? dinner, AT eight! Ünïcode"), ["dinner", "at", "7", "eight", "ünïcode"]);
-        let mut filter = vec![0u8; BLOOM_BYTES];
-        for w in words("the quick brown fox") {
-            bloom_add(&mut filter, &w);
-        }
+        let filter = filter_of(["the quick", "brown fox"]);
         assert!(words("Quick FOX").iter().all(|w| bloom_has(&filter, w)));
         // 250 random absent words: about 1 % may pass the filter; the text check stops them.
         let passed = (0..250).filter(|i| bloom_has(&filter, &format!("absent{i}"))).count();
@@ -219,5 +244,11 @@ mod tests {
         assert!(text_matches("The quick brown fox", &words("fox QUICK")));
         assert!(!text_matches("The quick brown fox", &words("fox slow")));
         assert!(!text_matches("foxes", &words("fox")), "search is by whole words");
+    }
+
+    #[test]
+    fn groups_count_the_entries_stored_in_them() {
+        let got: Vec<(u64, u64)> = stored_per_group(&[(0, 10), (60, 130), (200, 201)]).into_iter().collect();
+        assert_eq!(got, [(0, 14), (64, 64), (128, 2), (192, 1)]);
     }
 }

@@ -12,7 +12,7 @@
 //! | `k` feed_key seq                                      | postcard fork proof |
 //! | `s` feed_key                                          | u64: bytes of the feed's data file known synced |
 //! | `h` feed_key                                          | (empty): the stored head was signed before heads bound the room (format 2) |
-//! | `t` feed_key group                                    | search filter of entries `group * 64 ..` ([`super::index`]) |
+//! | `t` feed_key group                                    | postcard `(covered, filter)`: search filter of entries `group * 64 ..`, made lazily by a search when `covered` differs from the entries stored ([`super::index`]) |
 //! | `u` discovery_key feed_key seq                        | postcard [`FollowUps`] of that message: edits, deletion, reactions |
 //!
 //! Integers are big-endian so that sled's byte order is numeric order. Nothing is stored
@@ -1224,45 +1224,22 @@ impl Store {
             .unwrap_or_default())
     }
 
-    /// Adds the words of `texts` (`(seq, text)` of `feed`) to the feed's search filters:
-    /// one read and write per group of [`index::SEARCH_GROUP`] entries.
-    pub fn note_words(&self, feed: &FeedKey, texts: &[(u64, &str)]) -> Result<(), StoreError> {
-        let mut filters: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
-        for (seq, text) in texts {
-            let group = seq / index::SEARCH_GROUP;
-            let filter = match filters.entry(group) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(
-                    self.log
-                        .get(feed_seq_key(b't', feed, group))?
-                        .map(|v| v.to_vec())
-                        .filter(|v| v.len() == index::BLOOM_BYTES)
-                        .unwrap_or_else(|| vec![0; index::BLOOM_BYTES]),
-                ),
-            };
-            for word in index::words(text) {
-                index::bloom_add(filter, &word);
-            }
-        }
-        let mut batch = sled::Batch::default();
-        for (group, filter) in &filters {
-            batch.insert(&feed_seq_key(b't', feed, *group)[..], filter.as_slice());
-        }
-        self.log.apply_batch(batch)?;
-        self.touch();
-        Ok(())
-    }
-
-    /// The groups of `feed` (first seqs) whose filters may hold every one of `words`.
-    pub fn search_groups(&self, feed: &FeedKey, words: &[String]) -> Result<Vec<u64>, StoreError> {
+    /// The search filters of `feed`: `(first seq of the group, entries it covers, filter)`.
+    pub fn search_filters(&self, feed: &FeedKey) -> Result<Vec<(u64, u64, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.log.scan_prefix(&feed_seq_key(b't', feed, 0)[..33]) {
-            let (k, filter) = kv?;
-            if words.iter().all(|w| index::bloom_has(&filter, w)) {
-                out.push(key_seq(&k)? * index::SEARCH_GROUP);
-            }
+            let (k, v) = kv?;
+            let (covered, filter) = decode::<(u64, Vec<u8>)>(&v, "search filter")?;
+            out.push((key_seq(&k)? * index::SEARCH_GROUP, covered, filter));
         }
         Ok(out)
+    }
+
+    /// Keeps the search filter of the group starting at `start`, made of `covered` entries.
+    pub fn put_search_filter(&self, feed: &FeedKey, start: u64, covered: u64, filter: &[u8]) -> Result<(), StoreError> {
+        self.log.insert(feed_seq_key(b't', feed, start / index::SEARCH_GROUP), encode(&(covered, filter)))?;
+        self.touch();
+        Ok(())
     }
 
     // ----- people -----

@@ -13,8 +13,9 @@ use crate::log::store::StoredMessage;
 use crate::log::{Body, MessageRef};
 use crate::rooms::Room;
 
-/// Most filter groups a search decrypts per room (the newest first): 4,096 groups are
-/// 262,144 entries.
+/// Most groups a search decrypts to check their words, per room (the newest first; 4,096
+/// groups are 262,144 entries). Making missing filters is not bounded: the first search of
+/// a room reads all of it once.
 const SEARCH_GROUPS_MAX: usize = 4096;
 
 impl Service {
@@ -102,18 +103,42 @@ impl Service {
         }
         let mut hits: Vec<(crate::log::store::OrderKey, Arc<Room>, StoredMessage)> = Vec::new();
         for room in rooms.iter().filter(|r| !r.is_seeder()) {
-            // The newest groups of every feed first, up to the bound.
-            let mut groups: Vec<(u64, FeedKey)> = Vec::new();
-            for (feed, _) in self.store.room_feeds(&room.discovery_key)? {
-                if !room.is_blocked(&feed) {
-                    groups.extend(self.store.search_groups(&feed, &words)?.into_iter().map(|g| (g, feed)));
+            // The groups that may hold the words, newest first, with their messages if
+            // they were read to make their filter.
+            let mut groups: Vec<(u64, FeedKey, Option<Vec<StoredMessage>>)> = Vec::new();
+            for (feed, meta) in self.store.room_feeds(&room.discovery_key)? {
+                if room.is_blocked(&feed) {
+                    continue;
+                }
+                let filters: std::collections::HashMap<u64, (u64, Vec<u8>)> =
+                    self.store.search_filters(&feed)?.into_iter().map(|(g, c, f)| (g, (c, f))).collect();
+                for (start, stored) in index::stored_per_group(&meta.ranges) {
+                    let (filter, read) = match filters.get(&start) {
+                        Some((covered, filter)) if *covered == stored && filter.len() == index::BLOOM_BYTES => {
+                            (filter.clone(), None)
+                        }
+                        _ => {
+                            let messages = room.messages(&feed, start, start + index::SEARCH_GROUP)?;
+                            let filter =
+                                index::filter_of(messages.iter().filter_map(|m| m.message.body.as_ref()?.searchable()));
+                            self.store.put_search_filter(&feed, start, stored, &filter)?;
+                            (filter, Some(messages))
+                        }
+                    };
+                    if words.iter().all(|w| index::bloom_has(&filter, w)) {
+                        groups.push((start, feed, read));
+                    }
                 }
             }
-            groups.sort_unstable_by_key(|g| std::cmp::Reverse(*g));
+            groups.sort_unstable_by_key(|(start, feed, _)| std::cmp::Reverse((*start, *feed)));
             groups.truncate(SEARCH_GROUPS_MAX);
             let mut found: Vec<MessageRef> = Vec::new();
-            for (start, feed) in groups {
-                for m in room.messages(&feed, start, start + index::SEARCH_GROUP)? {
+            for (start, feed, read) in groups {
+                let messages = match read {
+                    Some(messages) => messages,
+                    None => room.messages(&feed, start, start + index::SEARCH_GROUP)?,
+                };
+                for m in messages {
                     let Some(body) = m.message.body.as_ref() else { continue };
                     let Some(text) = body.searchable() else { continue };
                     if !index::text_matches(text, &words) {

@@ -174,7 +174,16 @@ pub(super) async fn delete(service: &Arc<Service>, p: DeleteParams) -> Result<Up
     update(service, &p.room, &p.message, |room, at| async move { service.delete(&room, at).await }).await
 }
 
-pub(super) fn search(service: &Service, p: SearchParams) -> Result<SearchResult, ApiError> {
+/// Reads and decrypts (to make missing filters, and to check candidates): off the async
+/// threads.
+pub(super) async fn search(service: &Arc<Service>, p: SearchParams) -> Result<SearchResult, ApiError> {
+    let service = service.clone();
+    tokio::task::spawn_blocking(move || search_now(&service, p))
+        .await
+        .map_err(|e| ApiError::from(ServiceError::Invalid(format!("search failed: {e}"))))?
+}
+
+fn search_now(service: &Service, p: SearchParams) -> Result<SearchResult, ApiError> {
     let limit = p.limit.unwrap_or(SEARCH_DEFAULT);
     if limit == 0 || limit > SEARCH_MAX {
         return Err(ApiError::params(format!("limit must be 1..={SEARCH_MAX}")));

@@ -56,7 +56,7 @@ pub(super) async fn call(service: &Arc<Service>, method: &str, params: Value) ->
         React::NAME => typed::<React, _>(params, |p| messages::react(service, p)).await,
         Edit::NAME => typed::<Edit, _>(params, |p| messages::edit(service, p)).await,
         Delete::NAME => typed::<Delete, _>(params, |p| messages::delete(service, p)).await,
-        Search::NAME => typed::<Search, _>(params, |p| async { messages::search(service, p) }).await,
+        Search::NAME => typed::<Search, _>(params, |p| messages::search(service, p)).await,
         proto::node::Doctor::NAME => typed::<proto::node::Doctor, _>(params, |_| node::doctor(service)).await,
         proto::node::Info::NAME => typed::<proto::node::Info, _>(params, |_| node::info(service)).await,
         proto::peers::List::NAME => typed::<proto::peers::List, _>(params, |p| peers::list(service, p)).await,
