@@ -2409,6 +2409,38 @@ fn the_cli_covers_the_api_with_json_and_exit_codes_by_kind() -> Result<()> {
     Ok(())
 }
 
+/// The Dockerfile (CI cannot build it: no image registry is reachable): two stages, the
+/// build locked to Cargo.lock; the image runs `peerlog daemon` as the system unit does, as
+/// an unprivileged user, with its data dir a volume, and checks health with the CLI.
+#[test]
+fn the_dockerfile_runs_the_daemon_unprivileged_with_its_data_in_a_volume() -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("Dockerfile"))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim_start().starts_with('#')).collect();
+    let directive = |name: &str| -> Vec<String> {
+        lines.iter().filter_map(|l| l.strip_prefix(name).map(|rest| rest.trim().to_string())).collect()
+    };
+    ensure!(directive("FROM ").len() == 2, "not two stages: {:?}", directive("FROM "));
+    ensure!(text.contains("cargo build --release --locked -p peerlog"), "the build is not locked");
+    ensure!(text.contains("COPY --from=build"), "the runtime stage does not take the built binary");
+    let user = directive("USER ");
+    ensure!(user.len() == 1 && !user[0].starts_with("root") && !user[0].starts_with('0'), "USER {user:?}");
+    let env = directive("ENV ");
+    ensure!(env.iter().any(|e| e == "PEERLOG_DATA_DIR=/var/lib/peerlog"), "ENV {env:?}");
+    ensure!(directive("VOLUME ") == ["[\"/var/lib/peerlog\"]"], "VOLUME {:?}", directive("VOLUME "));
+    ensure!(
+        directive("ENTRYPOINT ") == ["[\"peerlog\"]"] && directive("CMD ") == ["[\"daemon\"]"],
+        "not `peerlog daemon`"
+    );
+    let unit = std::fs::read_to_string(root.join("config/peerlog.service"))?;
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).context("ExecStart")?;
+    ensure!(exec.split_whitespace().skip(1).collect::<Vec<_>>() == ["daemon"], "the unit runs {exec}");
+    ensure!(unit.contains("Environment=PEERLOG_DATA_DIR=/var/lib/peerlog"), "the unit's data dir moved");
+    let health = directive("HEALTHCHECK ");
+    ensure!(health.len() == 1 && health[0].contains("\"peerlog\", \"status\""), "HEALTHCHECK {health:?}");
+    Ok(())
+}
+
 /// Under a service manager (the unit's `Type=notify`, `WatchdogSec=`): the daemon says
 /// READY=1 once it serves, pings the watchdog while its store and node answer, and says
 /// STOPPING=1 on SIGTERM; `/api/health` reports readiness. The manager's socket is a real
