@@ -9,7 +9,7 @@ use peerlog_proto::api::messages::{
 
 use super::super::ApiError;
 use super::writer_key;
-use crate::log::store::StoredMessage;
+use crate::log::store::{StoredMessage, HISTORY_PAGE_BYTES};
 use crate::log::{Body, MessageRef};
 use crate::rooms::Room;
 use crate::service::{Service, ServiceError};
@@ -125,8 +125,9 @@ pub(super) async fn send_batch(service: &Arc<Service>, p: SendBatchParams) -> Re
     Ok(SendBatchResult { count, first: first.id(), last: last.id() })
 }
 
-/// A page of `limit` shown messages: store pages are read until it is full or the
-/// history begins.
+/// A page of `limit` shown messages: store pages are read until it is full, the history
+/// begins, or the store cut a page at its byte budget (so that a page stays about
+/// [`HISTORY_PAGE_BYTES`], as documented, however many hidden entries sit in it).
 pub(super) fn history(service: &Service, p: HistoryParams) -> Result<HistoryResult, ApiError> {
     let room = service.room(&p.room)?;
     let limit = p.limit.unwrap_or(HISTORY_DEFAULT);
@@ -134,20 +135,22 @@ pub(super) fn history(service: &Service, p: HistoryParams) -> Result<HistoryResu
         return Err(ApiError::params(format!("limit must be 1..={HISTORY_MAX}")));
     }
     let mut shown: Vec<MessageInfo> = Vec::new();
+    let mut bytes = 0;
     let mut before = p.before;
     for _ in 0..HISTORY_READS_MAX {
-        let page = service.history(&room, before.as_deref(), limit)?;
+        let want = limit - shown.len();
+        let page = service.history(&room, before.as_deref(), want)?;
         let Some(oldest) = page.first() else { break };
         before = Some(oldest.id());
         let mut older: Vec<MessageInfo> = page.iter().filter_map(|m| message_info(&room, m)).collect();
+        bytes += older.iter().map(|m| m.text.as_ref().map_or(0, String::len)).sum::<usize>();
         older.append(&mut shown);
         shown = older;
-        if shown.len() >= limit {
+        // Short of `want`: the history began, or the store cut the page at its budget.
+        if shown.len() >= limit || page.len() < want || bytes >= HISTORY_PAGE_BYTES {
             break;
         }
     }
-    let extra = shown.len().saturating_sub(limit);
-    shown.drain(..extra);
     Ok(HistoryResult { messages: shown })
 }
 
