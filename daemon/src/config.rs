@@ -142,6 +142,13 @@ pub struct Limits {
     pub requests_per_client: usize,
     /// Most replication sessions (peer, room) at once.
     pub sessions: usize,
+    /// Sessions a room keeps: more room peers are dialed while it has fewer. A room of
+    /// up to this many other members is a full mesh; in a bigger one the others are known
+    /// (a passive list) and reached through the room's peers.
+    pub room_sessions: usize,
+    /// Most sessions of one room: inbound ones past it are refused, with other room peers
+    /// to try instead.
+    pub room_sessions_max: usize,
     /// Most established libp2p connections.
     pub connections: u32,
     /// Most established connections per peer.
@@ -183,6 +190,8 @@ impl Default for Limits {
             file_bytes: 1 << 30,
             requests_per_client: 32,
             sessions: 1024,
+            room_sessions: 12,
+            room_sessions_max: 16,
             connections: 512,
             connections_per_peer: 4,
             pending_connections: 128,

@@ -231,6 +231,7 @@ impl Daemon {
             net_cancel.clone(),
         );
         replicator.spawn_acceptor().map_err(|_| NodeError::Build("replication protocol registered twice".into()))?;
+        replicator.spawn_rotation();
         let commit_cancel = root.child_token();
         let (commit, commit_task) = GroupCommit::spawn(store.clone(), commit_cancel.clone());
         let service = Arc::new(Service {

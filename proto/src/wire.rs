@@ -158,6 +158,9 @@ pub enum Refusal {
     ProtocolViolation,
     /// A session for this peer and room already exists.
     Duplicate,
+    /// The room has all the sessions it takes here; try the peers of the `Peers` frame
+    /// sent just before.
+    Full,
 }
 
 /// One message of the replication protocol.

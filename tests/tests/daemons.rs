@@ -11,6 +11,8 @@ use peerlog_proto::wire::{FeedKey, Frame, Refusal};
 use peerlog_tests::*;
 use serde_json::{json, Value};
 
+#[path = "daemons/big_room.rs"]
+mod big_room;
 #[path = "daemons/browser.rs"]
 mod browser;
 #[path = "daemons/chat.rs"]

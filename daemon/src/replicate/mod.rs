@@ -8,6 +8,8 @@
 //!   cannot deadlock;
 //! - `session.rs`: a session's I/O (open, accept, handshake, framing, reader and writer);
 //! - `storage.rs`: the rules' view of the store, and the outputs that write to it;
+//! - `membership.rs`: which room peers to keep sessions with (a bounded active set, a
+//!   passive list, rotation);
 //! - this file: [`Replicator`], which sessions exist (one per peer and room), redials.
 //!
 //! Duplicate sessions (both peers dialing at once) resolve deterministically: the session
@@ -15,6 +17,7 @@
 //! replaces an established one: the peer would not open it unless it lost the old one.
 
 mod driver;
+pub mod membership;
 pub mod pieces;
 mod session;
 #[cfg(test)]
@@ -35,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use self::driver::{Driver, RoomLink, ROOM_FRAMES};
+use self::membership::{Bounds, Membership};
 use self::session::{HandshakeSlot, MAX_HANDSHAKES};
 use self::state::{RoomState, RuleLimits};
 use self::storage::Local;
@@ -116,6 +120,9 @@ struct Inner {
     rooms_running: Mutex<HashMap<DiscoveryKey, RoomLink>>,
     /// Inbound handshakes in progress per peer (see [`MAX_HANDSHAKES_PER_PEER`]).
     handshaking: Mutex<HashMap<PeerId, usize>>,
+    /// Each room's passive list and choices (see `membership.rs`).
+    memberships: Mutex<HashMap<DiscoveryKey, Membership>>,
+    bounds: Bounds,
     tasks: Tasks,
     cancel: CancellationToken,
 }
@@ -197,6 +204,7 @@ impl Replicator {
         cancel: CancellationToken,
     ) -> Self {
         let budgets = Arc::new(PeerBudgets::new(&limits));
+        let bounds = Bounds::new(limits.room_sessions, limits.room_sessions_max);
         Self {
             inner: Arc::new(Inner {
                 local: node.peer_id(),
@@ -213,6 +221,8 @@ impl Replicator {
                 handshakes: Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES)),
                 rooms_running: Mutex::new(HashMap::new()),
                 handshaking: Mutex::new(HashMap::new()),
+                memberships: Mutex::new(HashMap::new()),
+                bounds,
                 tasks,
                 cancel,
             }),
@@ -253,11 +263,22 @@ impl Replicator {
         Ok(())
     }
 
-    /// Opens a session with `peer` for `room` unless one exists or is being opened.
+    /// A room peer was found (DHT, mDNS, peer exchange, a redial): opens a session with
+    /// it if the room has fewer than its target of sessions and none with it exists or is
+    /// being opened; else it is remembered as a passive peer.
     pub fn ensure_session(&self, peer: PeerId, room: DiscoveryKey) {
         if peer == self.inner.local {
             return;
         }
+        let (sessions, active) = self.room_slots(&room);
+        if active.contains(&peer) || !self.with_membership(room, |m| m.learned(peer, sessions)) {
+            return;
+        }
+        self.dial(peer, room);
+    }
+
+    /// Opens a session with `peer` for `room` unless one exists or is being opened.
+    fn dial(&self, peer: PeerId, room: DiscoveryKey) {
         {
             let mut not = self.inner.not_peerlog.lock().unwrap_or_else(|p| p.into_inner());
             match not.get(&peer) {
@@ -269,6 +290,7 @@ impl Replicator {
             }
         }
         let Some((id, cancel)) = self.reserve_slot(peer, room, true) else { return };
+        self.with_membership(room, |m| m.forget(&peer));
         let this = self.clone();
         self.inner.tasks.spawn(
             "outbound session",
@@ -290,9 +312,96 @@ impl Replicator {
         );
     }
 
+    /// The sessions of `room` (open or being opened) and their peers.
+    fn room_slots(&self, room: &DiscoveryKey) -> (usize, Vec<PeerId>) {
+        let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let peers: Vec<PeerId> = slots.keys().filter(|(_, r)| r == room).map(|(p, _)| *p).collect();
+        (peers.len(), peers)
+    }
+
+    fn with_membership<T>(&self, room: DiscoveryKey, f: impl FnOnce(&mut Membership) -> T) -> T {
+        let mut all = self.inner.memberships.lock().unwrap_or_else(|p| p.into_inner());
+        let m = all.entry(room).or_insert_with(|| Membership::new(self.inner.bounds, rand::random()));
+        f(m)
+    }
+
+    /// Whether `room` takes one more inbound session from `peer` (its sessions are below
+    /// the bound, not counting one with `peer` being set up).
+    pub(super) fn accepts(&self, peer: PeerId, room: DiscoveryKey) -> bool {
+        let (sessions, active) = self.room_slots(&room);
+        let others = sessions - usize::from(active.contains(&peer));
+        self.with_membership(room, |m| m.accepts(others))
+    }
+
+    /// A room lost a session: a passive peer takes its place while under the target.
+    fn replace_lost(&self, room: DiscoveryKey) {
+        let (sessions, active) = self.room_slots(&room);
+        if let Some(next) = self.with_membership(room, |m| m.replacement(sessions, &active)) {
+            debug!(%next, "dialing a passive room peer in place of a lost session");
+            self.dial(next, room);
+        }
+    }
+
+    /// Every few seconds: each room at its target swaps one session it opened for a
+    /// passive peer once per [`membership::ROTATE_EVERY`].
+    pub fn spawn_rotation(&self) {
+        let this = self.clone();
+        self.inner.tasks.spawn("room rotation", async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = this.inner.cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let rooms: Vec<DiscoveryKey> =
+                    this.inner.rooms_running.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+                for room in rooms {
+                    let (sessions, active) = this.room_slots(&room);
+                    let outbound: Vec<PeerId> = {
+                        let slots = this.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+                        slots
+                            .iter()
+                            .filter(|((_, r), s)| *r == room && s.outbound && s.established)
+                            .map(|((p, _), _)| *p)
+                            .collect()
+                    };
+                    let now = std::time::Instant::now();
+                    let Some((close, dial)) =
+                        this.with_membership(room, |m| m.rotate(now, sessions, &outbound, &active))
+                    else {
+                        continue;
+                    };
+                    debug!(%close, %dial, "rotating a room session");
+                    if let Some(slot) =
+                        this.inner.slots.lock().unwrap_or_else(|p| p.into_inner()).remove(&(close, room))
+                    {
+                        slot.cancel.cancel();
+                        if slot.established {
+                            let _ = this.inner.rooms.events.send(DaemonEvent::PeerLeft { room, peer: close });
+                        }
+                    }
+                    this.dial(dial, room);
+                }
+            }
+        });
+    }
+
     /// Redials a room peer whose session dropped, with exponential backoff, unless the
-    /// session ended for a reason a retry would not fix.
+    /// session ended for a reason a retry would not fix; a full room's peer is remembered
+    /// and another is dialed.
     fn after_session(&self, peer: PeerId, room: DiscoveryKey, established: bool, result: &Result<(), SessionError>) {
+        if matches!(result, Err(SessionError::Refused(Refusal::Full))) {
+            self.with_membership(room, |m| m.remember(peer));
+            self.replace_lost(room);
+            return;
+        }
+        if matches!(result, Err(SessionError::NotPeerlog | SessionError::Refused(Refusal::UnknownRoom))) {
+            self.with_membership(room, |m| m.forget(&peer));
+        }
+        if established {
+            self.replace_lost(room);
+        }
         // Only a peer we had a session with is redialed (the session just ended, or a
         // redial of it failed): one we never reached (an address from peer exchange, say)
         // is not dialed again and again; the DHT rounds find real ones.
@@ -386,6 +495,7 @@ impl Replicator {
 
     /// Ends every session of a room.
     pub fn close_room(&self, room: &DiscoveryKey) {
+        self.inner.memberships.lock().unwrap_or_else(|p| p.into_inner()).remove(room);
         let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         for ((_, r), s) in slots.iter() {
             if r == room {

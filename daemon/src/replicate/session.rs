@@ -158,6 +158,14 @@ impl Replicator {
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await.map_err(|_| SessionError::Timeout("handshake"))??;
                 drop(permit);
                 self.authenticated(&mut io);
+                // A member, but the room has all the sessions it takes: other peers to try
+                // (now that it proved membership), then the refusal.
+                if !self.accepts(peer, discovery_key) {
+                    let peers = self.peers_frame(&discovery_key, peer).await;
+                    let _ = send(&mut io, &peers).await;
+                    refuse(&mut io, Refusal::Full).await;
+                    return Ok(());
+                }
                 if !self.mark_established(peer, discovery_key, id) {
                     return Ok(());
                 }
