@@ -19,7 +19,8 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::state::{Input, Output, RoomState, RuleLimits, SessionUp};
+use super::membership::{Bounds, Membership};
+use super::state::{Input, Output, RoomState, RuleLimits, SessionUp, PEX_PEERS};
 use super::storage::{perform, Local, Performed};
 use crate::config::Limits;
 use crate::files::{chunk_id, Chunks};
@@ -141,6 +142,8 @@ pub struct Sim {
     limits: RuleLimits,
     next_id: u64,
     conns: BTreeMap<u64, Conn>,
+    /// Each node's connections (ids into `conns`).
+    by_node: Vec<std::collections::BTreeSet<u64>>,
     /// Which connection and side a session is.
     sessions: BTreeMap<SessionId, (u64, usize)>,
     /// Arrivals: (time, order, connection, direction).
@@ -155,6 +158,12 @@ pub struct Sim {
     pub trace: Option<Vec<Sent>>,
     /// Frames delivered.
     pub delivered: u64,
+    /// Each node's membership view, when the room keeps bounded sessions (see
+    /// [`Sim::bounded`]); nodes then connect as daemons do, not as a test wires them.
+    memberships: Vec<Membership>,
+    bounds: Option<Bounds>,
+    /// Nodes that left (offline).
+    pub gone: Vec<bool>,
 }
 
 impl Sim {
@@ -172,6 +181,7 @@ impl Sim {
             limits: RuleLimits::from(&Limits::default()),
             next_id: 1,
             conns: BTreeMap::new(),
+            by_node: Vec::new(),
             sessions: BTreeMap::new(),
             arrivals: BinaryHeap::new(),
             order: 0,
@@ -180,6 +190,9 @@ impl Sim {
             side: Vec::new(),
             trace: None,
             delivered: 0,
+            memberships: Vec::new(),
+            bounds: None,
+            gone: Vec::new(),
         }
     }
 
@@ -225,6 +238,12 @@ impl Sim {
         let key: [u8; 32] = self.rng.gen();
         let peer = libp2p::identity::Keypair::ed25519_from_bytes(key).unwrap().public().to_peer_id();
         self.side.push(0);
+        self.gone.push(false);
+        self.by_node.push(Default::default());
+        if let Some(bounds) = self.bounds {
+            let seed = self.rng.gen();
+            self.memberships.push(Membership::new(bounds, seed));
+        }
         self.nodes.push(Node {
             peer,
             room,
@@ -271,6 +290,8 @@ impl Sim {
         let sessions = [SessionId(self.next_id), SessionId(self.next_id + 1)];
         self.next_id += 2;
         self.conns.insert(conn, Conn { nodes: [a, b], sessions, dirs: Default::default() });
+        self.by_node[a].insert(conn);
+        self.by_node[b].insert(conn);
         for (side, (me, other)) in [(a, b), (b, a)].into_iter().enumerate() {
             self.sessions.insert(sessions[side], (conn, side));
             let peer = self.nodes[other].peer;
@@ -295,18 +316,17 @@ impl Sim {
 
     /// Whether two nodes have a connection.
     pub fn connected(&self, a: usize, b: usize) -> bool {
-        self.conns.values().any(|c| c.nodes == [a, b] || c.nodes == [b, a])
+        self.by_node[a].iter().any(|id| self.conns[id].nodes.contains(&b))
     }
 
     /// Connections of node `i`.
     pub fn degree(&self, i: usize) -> usize {
-        self.conns.values().filter(|c| c.nodes.contains(&i)).count()
+        self.by_node[i].len()
     }
 
     /// Drops the connection between two nodes (both sides see their session end).
     pub fn disconnect(&mut self, a: usize, b: usize) {
-        let ids: Vec<u64> =
-            self.conns.iter().filter(|(_, c)| c.nodes == [a, b] || c.nodes == [b, a]).map(|(id, _)| *id).collect();
+        let ids: Vec<u64> = self.by_node[a].iter().copied().filter(|id| self.conns[id].nodes.contains(&b)).collect();
         for id in ids {
             self.drop_conn(id, None);
         }
@@ -338,6 +358,8 @@ impl Sim {
     /// closed it (`closer`, already told by its rules).
     fn drop_conn(&mut self, id: u64, closer: Option<SessionId>) {
         let Some(conn) = self.conns.remove(&id) else { return };
+        self.by_node[conn.nodes[0]].remove(&id);
+        self.by_node[conn.nodes[1]].remove(&id);
         for side in 0..2 {
             self.sessions.remove(&conn.sessions[side]);
             if Some(conn.sessions[side]) != closer {
@@ -346,6 +368,18 @@ impl Sim {
         }
         self.settle(conn.nodes[0]);
         self.settle(conn.nodes[1]);
+        if !self.memberships.is_empty() {
+            // As a daemon does when a session ends: the peer is remembered, and a passive
+            // one takes its place.
+            let [a, b] = conn.nodes;
+            for (me, other) in [(a, b), (b, a)] {
+                if !self.gone[me] {
+                    let peer = self.nodes[other].peer;
+                    self.memberships[me].remember(peer);
+                    self.replace(me);
+                }
+            }
+        }
     }
 
     /// Node `i` takes an input (its outputs wait for [`Sim::settle`]).
@@ -395,11 +429,8 @@ impl Sim {
 
     /// Puts node `i`'s next frames on the wire, while its connections have room.
     fn transmit(&mut self, i: usize) {
-        let mine: Vec<(u64, usize)> = self
-            .conns
-            .iter()
-            .filter_map(|(id, c)| c.nodes.iter().position(|n| *n == i).map(|side| (*id, side)))
-            .collect();
+        let mine: Vec<(u64, usize)> =
+            self.by_node[i].iter().map(|id| (*id, usize::from(self.conns[id].nodes[0] != i))).collect();
         for (id, side) in mine {
             while let Some(conn) = self.conns.get(&id) {
                 if conn.dirs[side].wire.len() >= WINDOW {
@@ -478,6 +509,163 @@ impl Sim {
     /// Whether every node stores `n` entries in all.
     pub fn all_hold(&self, n: u64) -> bool {
         self.nodes.iter().all(|node| node.stored() == n)
+    }
+}
+
+/// Bounded sessions (`membership.rs`): nodes find some peers (as a DHT lookup would), dial
+/// while under their target, are refused when the other side is full (and learn its peers
+/// instead, as from its `Peers` frame), learn each other's peers when a session opens (peer
+/// exchange), replace lost sessions and rotate one per period, as the daemon's replicator.
+impl Sim {
+    /// Keeps every node's sessions within `bounds` from now on.
+    pub fn bounded(&mut self, bounds: Bounds) {
+        self.bounds = Some(bounds);
+        self.memberships = (0..self.nodes.len()).map(|_| Membership::new(bounds, self.rng.gen())).collect();
+    }
+
+    fn index_of(&self, peer: &PeerId) -> Option<usize> {
+        self.nodes.iter().position(|n| n.peer == *peer)
+    }
+
+    fn peers_of(&self, i: usize) -> Vec<usize> {
+        self.by_node[i]
+            .iter()
+            .map(|id| {
+                let c = &self.conns[id];
+                if c.nodes[0] == i {
+                    c.nodes[1]
+                } else {
+                    c.nodes[0]
+                }
+            })
+            .collect()
+    }
+
+    /// Node `i` learns of `found` (a discovery round's result): it dials them while under
+    /// its target and remembers the rest.
+    pub fn discover(&mut self, i: usize, found: &[usize]) {
+        let mut queue: VecDeque<(usize, usize)> = found.iter().map(|&j| (i, j)).collect();
+        // Each pair is tried once per round: full nodes point at each other.
+        let mut tried = std::collections::BTreeSet::new();
+        while let Some((me, other)) = queue.pop_front() {
+            if me == other || self.gone[me] || self.connected(me, other) || !tried.insert((me, other)) {
+                continue;
+            }
+            let peer = self.nodes[other].peer;
+            let degree = self.degree(me);
+            if !self.memberships[me].learned(peer, degree) {
+                continue;
+            }
+            queue.extend(self.dial(me, other));
+        }
+    }
+
+    /// Node `me` opens a session with `other`; returns what it learns (peer exchange).
+    fn dial(&mut self, me: usize, other: usize) -> Vec<(usize, usize)> {
+        if self.gone[other] || self.side[me] != self.side[other] {
+            // Unreachable: remembered, tried again later.
+            let peer = self.nodes[other].peer;
+            self.memberships[me].remember(peer);
+            return Vec::new();
+        }
+        let sample = |sim: &mut Sim, of: usize, to: usize| -> Vec<(usize, usize)> {
+            let mut peers = sim.peers_of(of);
+            peers.retain(|p| *p != to);
+            let take = peers.len().min(PEX_PEERS);
+            (0..take).map(|_| (to, peers.swap_remove(sim.rng.gen_range(0..peers.len())))).collect()
+        };
+        if !self.memberships[other].accepts(self.degree(other)) {
+            // Refused as full, with the full node's peers to try instead.
+            let peer = self.nodes[other].peer;
+            self.memberships[me].remember(peer);
+            return sample(self, other, me);
+        }
+        if !self.connect(me, other) {
+            return Vec::new();
+        }
+        let mut learned = sample(self, other, me);
+        learned.extend(sample(self, me, other));
+        learned
+    }
+
+    /// A node under its target dials a passive peer.
+    fn replace(&mut self, i: usize) {
+        let active = self.peers_of(i).iter().map(|&j| self.nodes[j].peer).collect::<Vec<_>>();
+        let degree = self.degree(i);
+        let Some(next) = self.memberships[i].replacement(degree, &active) else { return };
+        if let Some(j) = self.index_of(&next) {
+            let learned = self.dial(i, j);
+            for (me, other) in learned {
+                self.discover(me, &[other]);
+            }
+        }
+    }
+
+    /// Node `i` leaves: its sessions end (its peers replace them).
+    pub fn leave(&mut self, i: usize) {
+        self.gone[i] = true;
+        for j in self.peers_of(i) {
+            self.disconnect(i, j);
+        }
+    }
+
+    /// Runs the network for `period` of simulated time, then lets every node rotate (one
+    /// session it opened for a passive peer, once per [`super::membership::ROTATE_EVERY`]) and look the room
+    /// up again (one random peer that is online, as a DHT round finds).
+    pub fn tick(&mut self, period: Duration) {
+        let until = self.now + period;
+        while self.arrivals.peek().is_some_and(|Reverse((at, ..))| *at <= until) {
+            self.step();
+        }
+        self.now = until;
+        let now = self.instant();
+        let online: Vec<usize> = (0..self.nodes.len()).filter(|&i| !self.gone[i]).collect();
+        for &i in &online {
+            let outbound: Vec<PeerId> = self.by_node[i]
+                .iter()
+                .map(|id| &self.conns[id])
+                .filter(|c| c.nodes[0] == i)
+                .map(|c| self.nodes[c.nodes[1]].peer)
+                .collect();
+            let active: Vec<PeerId> = self.peers_of(i).iter().map(|&j| self.nodes[j].peer).collect();
+            let degree = self.degree(i);
+            if let Some((close, dial)) = self.memberships[i].rotate(now, degree, &outbound, &active) {
+                if let (Some(c), Some(d)) = (self.index_of(&close), self.index_of(&dial)) {
+                    self.disconnect(i, c);
+                    let learned = self.dial(i, d);
+                    for (me, other) in learned {
+                        self.discover(me, &[other]);
+                    }
+                }
+            }
+            let found = online[self.rng.gen_range(0..online.len())];
+            self.discover(i, &[found]);
+            // Under the target (peers lost to a partition, say): another passive peer.
+            self.replace(i);
+        }
+    }
+
+    /// Whether the online nodes form one connected whole.
+    pub fn online_connected(&self) -> bool {
+        let online: Vec<usize> = (0..self.nodes.len()).filter(|&i| !self.gone[i]).collect();
+        let Some(&first) = online.first() else { return true };
+        let mut seen = vec![false; self.nodes.len()];
+        let mut stack = vec![first];
+        seen[first] = true;
+        while let Some(i) = stack.pop() {
+            for j in self.peers_of(i) {
+                if !seen[j] {
+                    seen[j] = true;
+                    stack.push(j);
+                }
+            }
+        }
+        online.iter().all(|&i| seen[i])
+    }
+
+    /// Whether every online node stores `n` entries in all.
+    pub fn online_hold(&self, n: u64) -> bool {
+        self.nodes.iter().enumerate().all(|(i, node)| self.gone[i] || node.stored() == n)
     }
 }
 
@@ -882,5 +1070,101 @@ mod tests {
             (sim.now, sim.delivered)
         };
         assert_eq!(run(), run());
+    }
+
+    /// Issue 14: a room of 1,000 peers with bounded sessions (12 dialed, at most 16, as the
+    /// daemon's defaults). Every node stays within the bound and the room one connected
+    /// whole through joins, leaves and a partition that heals; every message reaches every
+    /// online peer, with the frames and duplicates per message counted and bounded.
+    #[test]
+    fn a_thousand_peers_keep_bounded_sessions_through_churn_and_a_partition() {
+        let bounds = Bounds::new(12, 16);
+        let mut sim = Sim::new(14);
+        sim.spec = LinkSpec { latency: Duration::from_millis(20), jitter: Duration::from_millis(20), loss: 0.01 };
+        sim.bounded(bounds);
+        let join = |sim: &mut Sim| {
+            let online: Vec<usize> = (0..sim.nodes.len()).filter(|&i| !sim.gone[i]).collect();
+            let i = sim.add_node(NodeOpts::default());
+            // A DHT lookup finds a few of those in the room.
+            let found: Vec<usize> =
+                (0..online.len().min(5)).map(|_| online[sim.rng.gen_range(0..online.len())]).collect();
+            sim.discover(i, &found);
+            i
+        };
+        let check = |sim: &Sim, what: &str| {
+            let online = (0..sim.nodes.len()).filter(|&i| !sim.gone[i]);
+            let most = online.map(|i| sim.degree(i)).max().unwrap_or(0);
+            assert!(most <= bounds.max, "{what}: a node has {most} sessions");
+            assert!(sim.online_connected(), "{what}: the room fell apart");
+        };
+        let online = |sim: &Sim| (0..sim.nodes.len()).filter(|&i| !sim.gone[i]).collect::<Vec<_>>();
+        // 1,000 peers take minutes in a debug build; CI runs 200 (about 20 s). The full
+        // room: `PEERLOG_SIM_PEERS=1000 cargo test -p peerlog --lib a_thousand_peers -- --nocapture`.
+        #[allow(non_snake_case)]
+        let N: usize = std::env::var("PEERLOG_SIM_PEERS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+        let t = Instant::now();
+        for _ in 0..N {
+            join(&mut sim);
+        }
+        check(&sim, "after the joins");
+
+        // Ten writers, one message each.
+        let (frames0, received0) = (sim.delivered, 0u64);
+        for k in 0..10 {
+            sim.send(k * N / 10, 1);
+        }
+        sim.run_until(MINUTE, "every peer holds the 10 messages", |s| s.online_hold(10));
+        let frames = sim.delivered - frames0;
+        let received: u64 = sim.nodes.iter().map(|n| n.state.counters().0).sum::<u64>() - received0;
+        let duplicates = received - 10 * (N as u64 - 1);
+        let mean_degree = (0..N).map(|i| sim.degree(i)).sum::<usize>() as f64 / N as f64;
+        println!(
+            "{N} peers, mean degree {mean_degree:.1}: {} frames and {} duplicate entries per message, all held after {:?} simulated ({:?} here)",
+            frames / 10,
+            duplicates / 10,
+            sim.now,
+            t.elapsed()
+        );
+        assert!(frames / 10 <= 20 * N as u64, "{} frames per message", frames / 10);
+        assert!(duplicates / 10 <= (bounds.max * N) as u64, "{} duplicates per message", duplicates / 10);
+
+        // Churn: a tenth leave, as many join, a few minutes pass.
+        for _ in 0..N / 10 {
+            let now = online(&sim);
+            let k = sim.rng.gen_range(0..now.len());
+            sim.leave(now[k]);
+        }
+        for _ in 0..N / 10 {
+            join(&mut sim);
+        }
+        for _ in 0..3 {
+            sim.tick(MINUTE);
+        }
+        check(&sim, "after churn");
+        let w = online(&sim)[0];
+        sim.send(w, 1);
+        sim.run_until(MINUTE * 5, "every online peer, the joiners too, holds the 11 messages", |s| s.online_hold(11));
+
+        // A partition: each half goes on alone, then it heals into one room again.
+        let now = online(&sim);
+        let half: Vec<usize> = now.iter().copied().filter(|i| i % 2 == 1).collect();
+        sim.partition(&half);
+        for _ in 0..3 {
+            sim.tick(MINUTE);
+        }
+        let most = now.iter().map(|&i| sim.degree(i)).max().unwrap_or(0);
+        assert!(most <= bounds.max, "during the partition: {most} sessions");
+        let (a, b) = (now.iter().copied().find(|i| i % 2 == 0).unwrap(), half[0]);
+        sim.send(a, 1);
+        sim.send(b, 1);
+        sim.heal();
+        let mut healed = 0;
+        while !sim.online_connected() {
+            healed += 1;
+            assert!(healed <= 10, "the room is still split 10 minutes after the partition healed");
+            sim.tick(MINUTE);
+        }
+        check(&sim, "after the partition healed");
+        sim.run_until(MINUTE * 20, "every online peer holds all 13 messages", |s| s.online_hold(13));
     }
 }
