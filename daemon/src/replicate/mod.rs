@@ -401,6 +401,16 @@ impl Replicator {
         }
         if established {
             self.replace_lost(room);
+        } else if matches!(
+            result,
+            Err(SessionError::Io(_)
+                | SessionError::Timeout(_)
+                | SessionError::Unreachable(_)
+                | SessionError::OpenStream(_))
+        ) {
+            // Not reached this time: a passive peer again, tried later (a rotation, a
+            // replacement), as after a partition that heals.
+            self.with_membership(room, |m| m.remember(peer));
         }
         // Only a peer we had a session with is redialed (the session just ended, or a
         // redial of it failed): one we never reached (an address from peer exchange, say)
