@@ -48,6 +48,11 @@ const ANCHORS_PER_FEED: usize = 16;
 const MAX_ANCHORS_PER_FEED: usize = 1024;
 /// New entries up to this count are pushed with their head instead of announced.
 const PUSH_MAX: u64 = 64;
+/// Entries a peer sent us are pushed on to at most this many of the sessions that lack
+/// them; the others are told the head and ask if they still lack it then. Our own entries go
+/// to every session. In a room of many sessions each this bounds the copies a peer receives
+/// (PlumTree's eager and lazy links, picked afresh per update rather than kept as a tree).
+const EAGER_FANOUT: usize = 4;
 /// Most peers in one `Peers` frame, and addresses per peer taken from it.
 pub const PEX_PEERS: usize = 32;
 pub const PEX_ADDRS: usize = 8;
@@ -524,6 +529,7 @@ impl RoomState {
                 return;
             }
             let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+            let lazy: Vec<Vec<SessionId>> = updates.iter().map(|u| self.lazy_sessions(u)).collect();
             for id in ids {
                 let Some(s) = self.sessions.get_mut(&id) else { continue };
                 let mut step = || -> Step {
@@ -536,8 +542,8 @@ impl RoomState {
                     if chunks {
                         self.shared.schedule_chunks(id, s);
                     }
-                    for update in &updates {
-                        self.shared.on_update(id, s, update, storage)?;
+                    for (update, lazy) in updates.iter().zip(&lazy) {
+                        self.shared.on_update(id, s, update, lazy.contains(&id), storage)?;
                         s.check_outbox()?;
                     }
                     Ok(())
@@ -546,6 +552,32 @@ impl RoomState {
                 self.end_on_error(id, result);
             }
         }
+    }
+}
+
+impl RoomState {
+    /// The sessions that only hear the head of `update` (see [`EAGER_FANOUT`]): of those
+    /// that lack its entries, all but the fanout, picked by a hash of the head and the
+    /// session (replayable; another update picks others).
+    fn lazy_sessions(&self, update: &HeadUpdate) -> Vec<SessionId> {
+        let Some(origin) = update.origin else { return Vec::new() };
+        let target = update.head.length();
+        let mut lacking: Vec<(u64, SessionId)> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| {
+                **id != origin && s.got_have && s.peer_len.get(&update.head.feed_key).copied().unwrap_or(0) < target
+            })
+            .map(|(id, _)| {
+                let salt = u64::from_le_bytes(update.head.hash[..8].try_into().unwrap_or_default());
+                ((salt ^ id.0).wrapping_mul(0x9e37_79b9_7f4a_7c15), *id)
+            })
+            .collect();
+        if lacking.len() <= EAGER_FANOUT {
+            return Vec::new();
+        }
+        lacking.sort_unstable();
+        lacking.split_off(EAGER_FANOUT).into_iter().map(|(_, id)| id).collect()
     }
 }
 
@@ -1131,7 +1163,14 @@ impl Shared {
     }
 
     /// A head advanced here: push the new entries to the session's peer, or announce it.
-    fn on_update(&mut self, id: SessionId, s: &mut Session, update: &HeadUpdate, storage: &dyn Storage) -> Step {
+    fn on_update(
+        &mut self,
+        id: SessionId,
+        s: &mut Session,
+        update: &HeadUpdate,
+        lazy: bool,
+        storage: &dyn Storage,
+    ) -> Step {
         let head = &update.head;
         if update.origin == Some(id) {
             // The peer sent these entries. If they are its own, tell it we hold them now
@@ -1152,7 +1191,7 @@ impl Shared {
         if target <= have {
             return Ok(());
         }
-        if target - have <= PUSH_MAX && s.outbox.len() < PUSH_OUTBOX {
+        if !lazy && target - have <= PUSH_MAX && s.outbox.len() < PUSH_OUTBOX {
             let entries = storage.entries(&feed, have, target)?;
             let bytes: usize = entries.iter().map(|e| e.ciphertext.len() + ENTRY_OVERHEAD).sum();
             if entries.len() as u64 == target - have && bytes <= s.batch_bytes {
