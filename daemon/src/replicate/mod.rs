@@ -381,7 +381,12 @@ impl Replicator {
                             let _ = this.inner.rooms.events.send(DaemonEvent::PeerLeft { room, peer: close });
                         }
                     }
-                    this.dial(dial, room);
+                    // Peers may have dialed in meanwhile: the swap keeps the bound too.
+                    if this.accepts(dial, room) {
+                        this.dial(dial, room);
+                    } else {
+                        this.with_membership(room, |m| m.remember(dial));
+                    }
                 }
             }
         });

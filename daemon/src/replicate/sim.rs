@@ -292,6 +292,13 @@ impl Sim {
         self.conns.insert(conn, Conn { nodes: [a, b], sessions, dirs: Default::default() });
         self.by_node[a].insert(conn);
         self.by_node[b].insert(conn);
+        if let Some(bounds) = self.bounds {
+            let (da, db) = (self.degree(a), self.degree(b));
+            assert!(
+                da <= bounds.max && db <= bounds.max,
+                "connecting {a} and {b} left them with {da} and {db} sessions"
+            );
+        }
         for (side, (me, other)) in [(a, b), (b, a)].into_iter().enumerate() {
             self.sessions.insert(sessions[side], (conn, side));
             let peer = self.nodes[other].peer;
@@ -632,6 +639,12 @@ impl Sim {
             if let Some((close, dial)) = self.memberships[i].rotate(now, degree, &outbound, &active) {
                 if let (Some(c), Some(d)) = (self.index_of(&close), self.index_of(&dial)) {
                     self.disconnect(i, c);
+                    // The closed peer may have dialed back at once (it lost a session):
+                    // the swap's dial must still keep the bound.
+                    if !self.memberships[i].accepts(self.degree(i)) {
+                        self.memberships[i].remember(dial);
+                        continue;
+                    }
                     let learned = self.dial(i, d);
                     for (me, other) in learned {
                         self.discover(me, &[other]);
