@@ -742,6 +742,7 @@ function renderMessages(stickToBottom) {
     prev = m;
   }
   box.replaceChildren(...nodes);
+  state.nearBottom = undefined;
   const last = nodes.findLast((n) => n.classList.contains("msg"));
   if (last) last.tabIndex = 0;
   if (stickToBottom || atBottom) box.scrollTop = box.scrollHeight;
@@ -771,12 +772,18 @@ function showArrived(m) {
   const bottom = atBottom();
   if (last && last.classList.contains("empty-room")) last.remove();
   box.append(...messageNodes(m, prev, statusOf(m, state.seen.get(state.current) || 0)));
-  if (bottom || m.mine) box.scrollTop = box.scrollHeight;
+  if (bottom || m.mine) { box.scrollTop = box.scrollHeight; state.nearBottom = true; }
 }
 
+/// Whether the reader is at the newest message. Measured when the list scrolls or is
+/// rebuilt, and kept: reading it after each appended message would lay the whole list out
+/// again for every message of a burst.
 function atBottom() {
-  const box = $("messages");
-  return box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  if (state.nearBottom === undefined) {
+    const box = $("messages");
+    state.nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 80;
+  }
+  return state.nearBottom;
 }
 
 /// The "jump to the newest" button: shown while the reader is scrolled up, with the count
@@ -1144,7 +1151,7 @@ function wire() {
     if (q) runSearch(q).catch((e) => toast(e.message));
   });
   $("composer-text").addEventListener("input", () => { clearTimeout(state.draftTimer); state.draftTimer = setTimeout(saveDraft, 300); $("composer-error").textContent = ""; });
-  $("jump").addEventListener("click", () => { const box = $("messages"); box.scrollTop = box.scrollHeight; renderJump(); });
+  $("jump").addEventListener("click", () => { const box = $("messages"); box.scrollTop = box.scrollHeight; state.nearBottom = true; renderJump(); });
   $("viewer-close").addEventListener("click", () => $("viewer").close());
   $("peers-close").addEventListener("click", () => togglePeers(false));
   window.addEventListener("hashchange", takeHash);
@@ -1152,6 +1159,7 @@ function wire() {
     if (ev.key === "Enter" && !ev.shiftKey && !ev.isComposing) { ev.preventDefault(); $("composer").requestSubmit(); }
   });
   $("messages").addEventListener("scroll", () => {
+    state.nearBottom = undefined;
     if ($("messages").scrollTop < 40) loadOlder().catch((e) => toast(e.message));
     renderJump();
   });
