@@ -100,6 +100,15 @@ impl FollowUps {
         }
     }
 
+    /// What a message whose own text is `original` says now: its newest edit, or nothing
+    /// once deleted.
+    pub fn text_now<'a>(&'a self, original: &'a str) -> Option<&'a str> {
+        if self.deleted {
+            return None;
+        }
+        Some(self.edit.as_ref().map_or(original, |(_, text)| text.as_str()))
+    }
+
     /// The reactions that stand, each with its members, in the order first seen; members
     /// for whom `hidden` is true (blocked) are left out.
     pub fn shown_reactions(&self, hidden: impl Fn(&FeedKey) -> bool) -> Vec<(String, Vec<FeedKey>)> {

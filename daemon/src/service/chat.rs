@@ -157,14 +157,10 @@ impl Service {
             }
             for at in found {
                 let state = room.follow_ups(&at);
-                if state.deleted {
-                    continue;
-                }
                 let Some(m) = room.message(&at.feed, at.seq)? else { continue };
-                let Some(original) = m.message.body.as_ref().and_then(Body::searchable) else { continue };
-                // By what it says now: the newest edit, if any.
-                let now = state.edit.as_ref().map_or(original, |(_, text)| text.as_str());
-                if index::text_matches(now, &words) {
+                // By what it says now: the newest edit; never once deleted.
+                let now = m.message.body.as_ref().and_then(Body::searchable).and_then(|t| state.text_now(t));
+                if now.is_some_and(|now| index::text_matches(now, &words)) {
                     let key = (m.message.lamport, m.message.time_ms, m.feed_key, m.seq);
                     hits.push((key, room.clone(), m));
                 }

@@ -73,7 +73,7 @@ pub(in crate::api) fn message_info(room: &Room, m: &StoredMessage) -> Option<Mes
         lamport: m.message.lamport,
         time: m.message.time_ms,
         kind: kind.into(),
-        text: if state.deleted { None } else { state.edit.as_ref().map(|(_, t)| t.clone()).or(text) },
+        text: text.as_deref().and_then(|t| state.text_now(t)).map(String::from),
         file: file.filter(|_| !state.deleted),
         reply_to: reply_to.map(|at| reply_ref(room, at)),
         mentions: mentions.iter().map(hex::encode).collect(),
@@ -88,9 +88,8 @@ pub(in crate::api) fn message_info(room: &Room, m: &StoredMessage) -> Option<Mes
 fn reply_ref(room: &Room, at: &MessageRef) -> ReplyRef {
     let target = room.message(&at.feed, at.seq).ok().flatten();
     let state = room.follow_ups(at);
-    let text = target.filter(|_| !state.deleted).and_then(|t| {
-        let original = t.message.body.as_ref()?.searchable()?.to_string();
-        let now = state.edit.map_or(original, |(_, text)| text);
+    let text = target.and_then(|t| {
+        let now = state.text_now(t.message.body.as_ref()?.searchable()?)?;
         Some(now.chars().take(QUOTE_CHARS).collect())
     });
     ReplyRef {
