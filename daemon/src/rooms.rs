@@ -400,10 +400,7 @@ impl Room {
 
     /// Reads and decrypts one stored message.
     pub fn message(&self, feed: &FeedKey, seq: u64) -> Result<Option<StoredMessage>, StoreError> {
-        let Some(cipher) = self.cipher(feed) else { return Err(StoreError::Blind) };
-        let Some(entry) = self.store.entries(feed, seq, seq + 1)?.pop() else { return Ok(None) };
-        let message = cipher.open(seq, &entry).ok().and_then(|p| crate::log::Message::decode(&p));
-        Ok(message.map(|message| StoredMessage { feed_key: *feed, seq, message }))
+        Ok(self.messages(feed, seq, seq + 1)?.pop())
     }
 
     /// Asks the room's peers for chunks (one more waiter each).

@@ -56,11 +56,6 @@ impl Membership {
         Self { bounds, passive: Vec::new(), rng: seed | 1, next_rotation: None }
     }
 
-    /// The bounds.
-    pub fn bounds(&self) -> Bounds {
-        self.bounds
-    }
-
     /// A room peer was learned of. With `sessions` sessions now (and `peer` not among
     /// them): whether to dial it now; if not, it is remembered.
     pub fn learned(&mut self, peer: PeerId, sessions: usize) -> bool {
