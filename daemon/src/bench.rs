@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
+use peerlog_proto::api::events::{self, EventParams};
+use peerlog_proto::api::{files, messages, node, rooms, NoParams};
+
 use crate::client::Client;
 use crate::disk::dir_bytes;
 
@@ -97,13 +100,13 @@ impl Proc {
         let token = std::fs::read_to_string(dir.join("cli-token"))?.trim().to_owned();
         let api = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let mut proc = Self { exe, dir, bootstrap, child, api, token, addr: String::new() };
-        let info = proc.client().await?.call("node.info", Value::Null).await?;
-        let peer = info["peer_id"].as_str().ok_or_else(|| anyhow!("node.info without peer_id"))?;
-        let listen = info["listen_addrs"]
-            .as_array()
-            .and_then(|a| a.iter().filter_map(Value::as_str).find(|a| a.starts_with("/ip4/127.0.0.1/tcp/")))
+        let info = proc.client().await?.request::<node::Info>(&NoParams {}).await?;
+        let listen = info
+            .listen_addrs
+            .iter()
+            .find(|a| a.starts_with("/ip4/127.0.0.1/tcp/"))
             .ok_or_else(|| anyhow!("daemon has no loopback TCP address"))?;
-        proc.addr = format!("{listen}/p2p/{peer}");
+        proc.addr = format!("{listen}/p2p/{}", info.peer_id);
         Ok(proc)
     }
 
@@ -169,10 +172,26 @@ fn text(i: u64) -> String {
 }
 
 async fn create_room(c: &mut Client, name: &str) -> Result<(String, String)> {
-    let r = c.call("rooms.create", json!({ "name": name })).await?;
-    let id = r["room"]["id"].as_str().ok_or_else(|| anyhow!("rooms.create without room id"))?;
-    let invite = r["invite"].as_str().ok_or_else(|| anyhow!("rooms.create without invite"))?;
-    Ok((id.to_owned(), invite.to_owned()))
+    let r = c.request::<rooms::Create>(&rooms::CreateParams { name: Some(name.into()) }).await?;
+    let invite = r.invite.ok_or_else(|| anyhow!("rooms.create without invite"))?;
+    Ok((r.room.id, invite))
+}
+
+async fn join_room(c: &mut Client, invite: &str) -> Result<()> {
+    c.request::<rooms::Join>(&rooms::JoinParams { invite: Some(invite.into()), ..Default::default() }).await?;
+    Ok(())
+}
+
+async fn subscribe(c: &mut Client, events: &[&str]) -> Result<()> {
+    let params = files::SubscribeParams { events: Some(events.iter().map(|e| e.to_string()).collect()) };
+    c.request::<files::Subscribe>(&params).await?;
+    Ok(())
+}
+
+async fn send(c: &mut Client, room: &str, text: String) -> Result<()> {
+    let params = messages::SendParams { room: room.into(), text, reply_to: None, mentions: Vec::new() };
+    c.request::<messages::Send>(&params).await?;
+    Ok(())
 }
 
 async fn fill(c: &mut Client, room: &str, n: u64, batch: u64) -> Result<()> {
@@ -180,7 +199,7 @@ async fn fill(c: &mut Client, room: &str, n: u64, batch: u64) -> Result<()> {
     while i < n {
         let k = batch.min(n - i);
         let texts: Vec<String> = (i..i + k).map(text).collect();
-        c.call("messages.send_batch", json!({ "room": room, "texts": texts })).await?;
+        c.request::<messages::SendBatch>(&messages::SendBatchParams { room: room.into(), texts }).await?;
         i += k;
     }
     Ok(())
@@ -192,7 +211,7 @@ async fn append_single(p: &Proc, room: &str, clients: usize, per_client: u64) ->
     for _ in 0..clients {
         // Senders only: every `message` event to 16 clients would cost more than the appends.
         let mut c = p.client().await?;
-        c.call("subscribe", json!({ "events": [] })).await?;
+        subscribe(&mut c, &[]).await?;
         conns.push(c);
     }
     let t0 = Instant::now();
@@ -203,7 +222,7 @@ async fn append_single(p: &Proc, room: &str, clients: usize, per_client: u64) ->
             let room = room.to_owned();
             tokio::spawn(async move {
                 for i in 0..per_client {
-                    c.call("messages.send", json!({ "room": room, "text": text(k as u64 * 1_000_000 + i) })).await?;
+                    send(&mut c, &room, text(k as u64 * 1_000_000 + i)).await?;
                 }
                 anyhow::Ok(())
             })
@@ -218,7 +237,7 @@ async fn append_single(p: &Proc, room: &str, clients: usize, per_client: u64) ->
 /// Batches of `batch` through `messages.send_batch`, `n` messages in all: messages/s.
 async fn append_batches(p: &Proc, room: &str, n: u64, batch: u64) -> Result<f64> {
     let mut c = p.client().await?;
-    c.call("subscribe", json!({ "events": [] })).await?;
+    subscribe(&mut c, &[]).await?;
     let t0 = Instant::now();
     fill(&mut c, room, n, batch).await?;
     Ok(n as f64 / t0.elapsed().as_secs_f64())
@@ -227,12 +246,12 @@ async fn append_batches(p: &Proc, room: &str, n: u64, batch: u64) -> Result<f64>
 /// 1,000 messages one at a time from A to B: latencies in ms, sorted.
 async fn live_latency(a: &Proc, b: &Proc, round: usize) -> Result<Vec<f64>> {
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
-    ca.call("subscribe", json!({ "events": [] })).await?;
-    cb.call("subscribe", json!({ "events": ["message", "peer.joined"] })).await?;
+    subscribe(&mut ca, &[]).await?;
+    subscribe(&mut cb, &[events::Message::NAME, events::PeerJoined::NAME]).await?;
     let (room, invite) = create_room(&mut ca, &format!("live-{round}")).await?;
-    cb.call("rooms.join", json!({ "invite": invite })).await?;
+    join_room(&mut cb, &invite).await?;
     step("B's session with A in the live room", async {
-        cb.wait_event(STEP, "peer.joined", |e| e.method == "peer.joined").await?;
+        cb.wait_for::<events::PeerJoined>(STEP, "peer.joined", |_| true).await?;
         Ok(())
     })
     .await?;
@@ -240,9 +259,9 @@ async fn live_latency(a: &Proc, b: &Proc, round: usize) -> Result<Vec<f64>> {
     for i in 0..1000u64 {
         let t = text(i);
         let t0 = Instant::now();
-        ca.call("messages.send", json!({ "room": room, "text": t })).await?;
-        cb.wait_event(Duration::from_secs(10), "message event on B", |e| {
-            e.method == "message" && e.params["text"].as_str() == Some(t.as_str())
+        send(&mut ca, &room, t.clone()).await?;
+        cb.wait_for::<events::Message>(Duration::from_secs(10), "message event on B", |m| {
+            m.text.as_deref() == Some(t.as_str())
         })
         .await?;
         out.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -254,11 +273,11 @@ async fn live_latency(a: &Proc, b: &Proc, round: usize) -> Result<Vec<f64>> {
 /// A sends a `mib` MiB file from a path, B fetches it to a path: MiB/s of each.
 async fn file_transfer(a: &Proc, b: &Proc, round: usize, mib: u64) -> Result<(f64, f64)> {
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
-    ca.call("subscribe", json!({ "events": [] })).await?;
-    cb.call("subscribe", json!({ "events": ["peer.joined"] })).await?;
+    subscribe(&mut ca, &[]).await?;
+    subscribe(&mut cb, &[events::PeerJoined::NAME]).await?;
     let (room, invite) = create_room(&mut ca, &format!("files-{round}")).await?;
-    cb.call("rooms.join", json!({ "invite": invite })).await?;
-    cb.wait_event(STEP, "peer.joined", |e| e.method == "peer.joined").await?;
+    join_room(&mut cb, &invite).await?;
+    cb.wait_for::<events::PeerJoined>(STEP, "peer.joined", |_| true).await?;
     let src = a.dir.join(format!("bench-{round}.bin"));
     {
         use std::io::Write;
@@ -273,12 +292,15 @@ async fn file_transfer(a: &Proc, b: &Proc, round: usize, mib: u64) -> Result<(f6
         f.flush()?;
     }
     let t0 = Instant::now();
-    let sent = ca.call("files.send", json!({ "room": room, "path": src })).await?;
+    let params =
+        files::SendFileParams { room: room.clone(), path: Some(src.display().to_string()), ..Default::default() };
+    let sent = ca.request::<files::SendFile>(&params).await?;
     let send = mib as f64 / t0.elapsed().as_secs_f64();
-    let id = sent["message"]["id"].clone();
+    let id = sent.message.ok_or_else(|| anyhow!("files.send without its message"))?.id;
     let dest = b.dir.join(format!("bench-{round}.bin"));
     let t0 = Instant::now();
-    cb.call("files.get", json!({ "room": room, "file": id, "path": dest })).await?;
+    let params = files::GetFileParams { room, file: id, path: Some(dest.display().to_string()), stream: false };
+    cb.request::<files::GetFile>(&params).await?;
     let fetch = mib as f64 / t0.elapsed().as_secs_f64();
     let _ = (std::fs::remove_file(&src), std::fs::remove_file(&dest));
     Ok((send, fetch))
@@ -289,13 +311,11 @@ async fn file_transfer(a: &Proc, b: &Proc, round: usize, mib: u64) -> Result<(f6
 async fn catch_up(exe: &Path, a: &Proc, name: &str, invite: &str, n: u64) -> Result<(f64, Proc)> {
     let c = Proc::start(exe, name, Some(&a.addr)).await?;
     let mut cc = c.client().await?;
-    cc.call("subscribe", json!({ "events": ["sync.progress"] })).await?;
-    cc.call("rooms.join", json!({ "invite": invite })).await?;
+    subscribe(&mut cc, &[events::SyncProgress::NAME]).await?;
+    join_room(&mut cc, invite).await?;
     let t0 = Instant::now();
-    cc.wait_event(STEP, &format!("sync.progress with all {n} entries"), |e| {
-        e.method == "sync.progress" && e.params["entries_done"].as_u64().is_some_and(|d| d >= n)
-    })
-    .await?;
+    cc.wait_for::<events::SyncProgress>(STEP, &format!("sync.progress with all {n} entries"), |p| p.entries_done >= n)
+        .await?;
     Ok((t0.elapsed().as_secs_f64(), c))
 }
 
@@ -325,7 +345,7 @@ pub async fn run(opts: &BenchOptions, progress: impl Fn(&str)) -> Result<Value> 
 
     progress("append: single sends, 1 and 16 clients; batches of 100 and 1,000");
     let mut ca = a.client().await?;
-    ca.call("subscribe", json!({ "events": [] })).await?;
+    subscribe(&mut ca, &[]).await?;
     let (append_room, _) = create_room(&mut ca, "append").await?;
     out["append"] = json!({
         "single_1_client_per_s": step("single sends", append_single(&a, &append_room, 1, 2000)).await?,

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use peerlog_proto::api::events::EventParams;
 use peerlog_proto::api::{Event, Response};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -174,8 +176,19 @@ impl Client {
         &mut self,
         params: &M::Params,
     ) -> Result<M::Result, ClientError> {
+        self.request_with_upload::<M>(params, &[], 1).await
+    }
+
+    /// Calls a typed method whose request is followed by `data` as binary frames of at most
+    /// `frame` bytes (`files.send` with streamed bytes).
+    pub async fn request_with_upload<M: peerlog_proto::api::Method>(
+        &mut self,
+        params: &M::Params,
+        data: &[u8],
+        frame: usize,
+    ) -> Result<M::Result, ClientError> {
         let params = serde_json::to_value(params).map_err(|e| ClientError::Unexpected(e.to_string()))?;
-        let result = self.call(M::NAME, params).await?;
+        let result = self.call_with_upload(M::NAME, params, data, frame).await?;
         serde_json::from_value(result).map_err(|e| ClientError::Unexpected(format!("{} result: {e}", M::NAME)))
     }
 
@@ -237,6 +250,28 @@ impl Client {
                 let e = self.next_event().await?;
                 if pred(&e) {
                     return Ok(e);
+                }
+            }
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(what.to_string()))?
+    }
+
+    /// Waits up to `timeout` for an event of kind `E` whose typed params match `pred`
+    /// (other events are passed over); an `E` that does not decode is an error.
+    pub async fn wait_for<E: EventParams + DeserializeOwned>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut pred: impl FnMut(&E) -> bool,
+    ) -> Result<E, ClientError> {
+        tokio::time::timeout(timeout, async {
+            loop {
+                let e = self.next_event().await?;
+                let Some(decoded) = e.decode::<E>() else { continue };
+                let params = decoded.map_err(|err| ClientError::Unexpected(format!("{} event: {err}", E::NAME)))?;
+                if pred(&params) {
+                    return Ok(params);
                 }
             }
         })

@@ -12,8 +12,8 @@ use libp2p::Multiaddr;
 use peerlog::client::Client;
 use peerlog::config::{Config, DhtMode, Network, RelayServerMode};
 use peerlog::Daemon;
-use peerlog_proto::api::{files, messages, node, peers, rooms, NoParams};
-use serde_json::{json, Value};
+use peerlog_proto::api::{events, files, messages, node, peers, rooms, NoParams};
+use serde_json::json;
 
 /// peerlog: rooms for chat and files between peers, with no server in the middle.
 #[derive(Parser)]
@@ -717,8 +717,12 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Block { client, author, room, unblock } => {
             let mut c = client.connect().await?;
-            let method = if unblock { "peers.unblock" } else { "peers.block" };
-            c.call(method, json!({"peer": author, "room": room})).await?;
+            let params = peers::PeerRoomParams { peer: author.clone(), room: room.clone() };
+            if unblock {
+                c.request::<peers::Unblock>(&params).await?;
+            } else {
+                c.request::<peers::Block>(&params).await?;
+            }
             let scope = room.map_or("every room".to_string(), |r| format!("room {r}"));
             println!("{} {author} in {scope}", if unblock { "unblocked" } else { "blocked" });
             c.close().await.ok();
@@ -756,7 +760,7 @@ async fn run(cli: Cli) -> Result<()> {
             let r = c.request::<messages::Search>(&messages::SearchParams { room, query, limit }).await?;
             c.close().await.ok();
             for m in &r.messages {
-                print_message(&serde_json::to_value(m)?, json);
+                print_message(m, json)?;
             }
             Ok(())
         }
@@ -976,57 +980,50 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Tail { client, room, follow, lines, all } => {
             let mut c = client.connect().await?;
-            let room_id = {
-                let r = c.call("rooms.list", json!({})).await?;
-                let rooms = r["rooms"].as_array().cloned().unwrap_or_default();
-                rooms
-                    .iter()
-                    .find(|x| {
-                        x["id"] == room
-                            || x["name"] == room
-                            || x["id"].as_str().is_some_and(|id| room.len() >= 4 && id.starts_with(&room))
-                    })
-                    .and_then(|x| x["id"].as_str().map(String::from))
-                    .with_context(|| format!("no joined room matches {room:?}"))?
-            };
+            let room_id = c
+                .request::<rooms::List>(&NoParams {})
+                .await?
+                .rooms
+                .into_iter()
+                .find(|x| x.id == room || x.name == room || (room.len() >= 4 && x.id.starts_with(&room)))
+                .map(|x| x.id)
+                .with_context(|| format!("no joined room matches {room:?}"))?;
+            let history =
+                |limit: usize| messages::HistoryParams { room: room_id.clone(), before: None, limit: Some(limit) };
             // The id of the newest message printed: after missed events (`lagged`), the
             // history from there on is printed, nothing twice.
             let mut last: Option<String> = None;
-            if all {
-                for m in whole_history(&mut c, &room_id).await? {
-                    let m = serde_json::to_value(&m)?;
-                    print_message(&m, json);
-                    last = m["id"].as_str().map(String::from);
-                }
+            let page = if all {
+                whole_history(&mut c, &room_id).await?
             } else if lines > 0 {
-                let r = c.call("messages.history", json!({"room": room_id, "limit": lines.min(1000)})).await?;
-                for m in r["messages"].as_array().into_iter().flatten() {
-                    print_message(m, json);
-                    last = m["id"].as_str().map(String::from);
-                }
+                c.request::<messages::History>(&history(lines.min(1000))).await?.messages
+            } else {
+                Vec::new()
+            };
+            for m in &page {
+                print_message(m, json)?;
+                last = Some(m.id.clone());
             }
             if follow {
                 loop {
                     let e = c.next_event().await?;
-                    if e.method == "message" && e.params["room"] == room_id {
-                        print_message(&e.params, json);
-                        last = e.params["id"].as_str().map(String::from);
-                    } else if e.method == "lagged" {
-                        eprintln!(
-                            "(fell behind and missed {} events; catching up from the history)",
-                            e.params["missed"]
-                        );
-                        let r = c.call("messages.history", json!({"room": room_id, "limit": 1000})).await?;
-                        let page = r["messages"].as_array().cloned().unwrap_or_default();
-                        let from = last
-                            .as_ref()
-                            .and_then(|id| page.iter().position(|m| m["id"].as_str() == Some(id)))
-                            .map_or(0, |i| i + 1);
+                    if let Some(m) = e.decode::<events::Message>() {
+                        let m = m.context("a message event that is not a message")?;
+                        if m.room == room_id {
+                            print_message(&m, json)?;
+                            last = Some(m.id);
+                        }
+                    } else if let Some(lagged) = e.decode::<events::Lagged>() {
+                        let missed = lagged.map_or(0, |l| l.missed);
+                        eprintln!("(fell behind and missed {missed} events; catching up from the history)");
+                        let page = c.request::<messages::History>(&history(1000)).await?.messages;
+                        let from =
+                            last.as_ref().and_then(|id| page.iter().position(|m| &m.id == id)).map_or(0, |i| i + 1);
                         for m in &page[from..] {
-                            print_message(m, json);
+                            print_message(m, json)?;
                         }
                         if let Some(m) = page.last() {
-                            last = m["id"].as_str().map(String::from);
+                            last = Some(m.id.clone());
                         }
                     }
                 }
@@ -1167,7 +1164,7 @@ fn text_arg(text: String) -> Result<String> {
 /// A message after an edit, deletion or reaction.
 fn print_update(json: bool, r: &messages::UpdateResult) -> Result<()> {
     if let Some(m) = &r.message {
-        print_message(&serde_json::to_value(m)?, json);
+        print_message(m, json)?;
     }
     Ok(())
 }
@@ -1217,44 +1214,42 @@ fn local_time(ms: u64) -> String {
     )
 }
 
-fn print_message(m: &Value, as_json: bool) {
+fn print_message(m: &messages::MessageInfo, as_json: bool) -> Result<()> {
     if as_json {
-        println!("{m}");
-        return;
+        println!("{}", serde_json::to_string(m)?);
+        return Ok(());
     }
-    let time = local_time(m["time"].as_u64().unwrap_or(0));
+    let time = local_time(m.time);
     // "me", the display name, or the start of the author key.
-    let who = |m: &Value| match (m["mine"].as_bool(), m["author_name"].as_str()) {
-        (Some(true), _) => "me".to_string(),
-        (_, Some(name)) => name.to_string(),
-        _ => m["author"].as_str().unwrap_or("").chars().take(8).collect(),
+    let who = |mine: bool, name: &Option<String>, author: &str| match (mine, name) {
+        (true, _) => "me".to_string(),
+        (_, Some(name)) => name.clone(),
+        _ => author.chars().take(8).collect(),
     };
-    let body = match m["kind"].as_str() {
-        Some("file") => format!(
-            "[file {} · {} bytes · get it with: peerlog get-file ROOM {} PATH]",
-            m["file"]["name"].as_str().unwrap_or(""),
-            m["file"]["size"],
-            m["id"].as_str().unwrap_or("")
-        ),
-        _ if m["deleted"] == true => "[deleted]".to_string(),
-        _ => m["text"].as_str().unwrap_or("").to_string(),
+    let body = match (&m.file, &m.text) {
+        (Some(file), _) => {
+            format!("[file {} · {} bytes · get it with: peerlog get-file ROOM {} PATH]", file.name, file.size, m.id)
+        }
+        _ if m.deleted => "[deleted]".to_string(),
+        (None, text) => text.clone().unwrap_or_default(),
     };
     let mut notes = String::new();
-    if let Some(to) = m.get("reply_to") {
-        let name = who(to);
-        let quote: String = to["text"].as_str().unwrap_or("…").chars().take(40).collect();
+    if let Some(to) = &m.reply_to {
+        let name = who(to.mine, &to.author_name, &to.author);
+        let quote: String = to.text.as_deref().unwrap_or("…").chars().take(40).collect();
         notes.push_str(&format!("(reply to {name}: \"{quote}\") "));
     }
     let mut after = String::new();
-    if m["edited"] == true {
+    if m.edited {
         after.push_str("  (edited)");
     }
-    if let Some(reactions) = m["reactions"].as_array().filter(|r| !r.is_empty()) {
-        let shown: Vec<String> =
-            reactions.iter().map(|r| format!("{} {}", r["emoji"].as_str().unwrap_or(""), r["count"])).collect();
+    if !m.reactions.is_empty() {
+        let shown: Vec<String> = m.reactions.iter().map(|r| format!("{} {}", r.emoji, r.count)).collect();
         after.push_str(&format!("  [{}]", shown.join(", ")));
     }
-    println!("{time}  {}: {}{}{}", printable(&who(m)), printable(&notes), printable(&body), printable(&after));
+    let author = who(m.mine, &m.author_name, &m.author);
+    println!("{time}  {}: {}{}{}", printable(&author), printable(&notes), printable(&body), printable(&after));
+    Ok(())
 }
 
 /// Text from peers as a terminal may show it: C0 and C1 controls (escape sequences can

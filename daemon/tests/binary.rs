@@ -922,16 +922,16 @@ impl LoopbackDaemon {
 
     /// The texts of the room's whole history, oldest first, page by page.
     async fn texts(&self, room: &str) -> Result<Vec<String>> {
+        use peerlog_proto::api::messages::{History, HistoryParams};
         let mut c = self.client().await?;
         let mut all: Vec<String> = Vec::new();
         let mut before: Option<String> = None;
         loop {
-            let r =
-                c.call("messages.history", serde_json::json!({"room": room, "before": before, "limit": 500})).await?;
-            let page = r["messages"].as_array().cloned().unwrap_or_default();
+            let params = HistoryParams { room: room.into(), before: before.clone(), limit: Some(500) };
+            let page = c.request::<History>(&params).await?.messages;
             let Some(first) = page.first() else { break };
-            before = first["id"].as_str().map(String::from);
-            let mut texts: Vec<String> = page.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect();
+            before = Some(first.id.clone());
+            let mut texts: Vec<String> = page.into_iter().map(|m| m.text.unwrap_or_default()).collect();
             texts.append(&mut all);
             all = texts;
         }
@@ -948,14 +948,10 @@ impl LoopbackDaemon {
 
 impl LoopbackDaemon {
     /// Forks recorded in any room (`rooms.list`).
-    async fn forks(&self) -> Result<Vec<serde_json::Value>> {
-        let r = self.client().await?.call("rooms.list", serde_json::json!({})).await?;
-        Ok(r["rooms"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|r| r["forks"].as_array().cloned().unwrap_or_default())
-            .collect())
+    async fn forks(&self) -> Result<Vec<peerlog_proto::api::rooms::Fork>> {
+        use peerlog_proto::api::{rooms, NoParams};
+        let rooms = self.client().await?.request::<rooms::List>(&NoParams {}).await?.rooms;
+        Ok(rooms.into_iter().flat_map(|r| r.forks).collect())
     }
 }
 
@@ -1008,6 +1004,9 @@ fn send_then_crash(
     wait_ms: u64,
     crash: impl FnOnce(&mut LoopbackDaemon) -> Result<()>,
 ) -> Result<Vec<String>> {
+    use peerlog_proto::api::messages::{Send, SendParams};
+    let crash_send =
+        |text: &str| SendParams { room: "crash".into(), text: text.into(), reply_to: None, mentions: vec![] };
     let mut acked: Vec<String> = rt.block_on(async {
         let mut c = writer.client().await?;
         let mut sent = Vec::new();
@@ -1015,7 +1014,7 @@ fn send_then_crash(
         let mut i = 0;
         while tokio::time::Instant::now() < deadline {
             let text = format!("r{round} m{i}");
-            c.call("messages.send", serde_json::json!({"room": "crash", "text": text})).await?;
+            c.request::<Send>(&crash_send(&text)).await?;
             sent.push(text);
             i += 1;
         }
@@ -1032,7 +1031,7 @@ fn send_then_crash(
             let mut ok = Vec::new();
             for i in 0.. {
                 let text = format!("r{round} late{i}");
-                if c.call("messages.send", serde_json::json!({"room": "crash", "text": text})).await.is_err() {
+                if c.request::<Send>(&crash_send(&text)).await.is_err() {
                     break;
                 }
                 ok.push(text);
@@ -1249,16 +1248,19 @@ fn concurrent_joins_do_not_freeze_storage() -> Result<()> {
             .enumerate()
             .map(|(i, mut c)| {
                 tokio::spawn(async move {
-                    let params = if i % 2 == 0 {
-                        serde_json::json!({"name": format!("created {i}")})
+                    use peerlog_proto::api::{messages, rooms};
+                    let room = if i % 2 == 0 {
+                        let params = rooms::CreateParams { name: Some(format!("created {i}")) };
+                        c.request::<rooms::Create>(&params).await?.room
                     } else {
                         // Invites, not passphrases: this is about storage, not Argon2's memory.
-                        serde_json::json!({"invite": peerlog::keys::RoomSecret([i as u8; 32]).to_invite()})
+                        let invite = peerlog::keys::RoomSecret([i as u8; 32]).to_invite();
+                        let params = rooms::JoinParams { invite: Some(invite), ..Default::default() };
+                        c.request::<rooms::Join>(&params).await?.room
                     };
-                    let method = if i % 2 == 0 { "rooms.create" } else { "rooms.join" };
-                    let r = c.call(method, params).await?;
-                    let room = r["room"]["id"].as_str().unwrap_or("").to_string();
-                    c.call("messages.send", serde_json::json!({"room": room, "text": "hello"})).await?;
+                    let params =
+                        messages::SendParams { room: room.id, text: "hello".into(), reply_to: None, mentions: vec![] };
+                    c.request::<messages::Send>(&params).await?;
                     anyhow::Ok(())
                 })
             })
@@ -1366,13 +1368,13 @@ fn clients_cannot_make_the_daemon_hold_unbounded_memory() -> Result<()> {
     );
     rt.block_on(async {
         let mut c = d.client().await?;
-        let r = c.call("rooms.create", serde_json::json!({"name": "big"})).await?;
-        let room = r["room"]["id"].as_str().unwrap_or("").to_string();
+        use peerlog_proto::api::{messages, node, rooms, NoParams};
+        let room = c.request::<rooms::Create>(&rooms::CreateParams { name: Some("big".into()) }).await?.room.id;
         // 1,000 messages of 60 KB: 60 MB of history.
         let text = "x".repeat(60_000);
         for _ in 0..100 {
-            let texts: Vec<&str> = (0..10).map(|_| text.as_str()).collect();
-            c.call("messages.send_batch", serde_json::json!({"room": room, "texts": texts})).await?;
+            let texts = vec![text.clone(); 10];
+            c.request::<messages::SendBatch>(&messages::SendBatchParams { room: room.clone(), texts }).await?;
         }
         // Ask for the whole history 24 times, never reading a reply.
         let url = format!("ws://127.0.0.1:{port}/api/ws?token={token}");
@@ -1388,7 +1390,7 @@ fn clients_cannot_make_the_daemon_hold_unbounded_memory() -> Result<()> {
             let mut c = peerlog::client::Client::connect(([127, 0, 0, 1], port).into(), &token).await?;
             joins.push(tokio::spawn(async move {
                 let p = format!("a passphrase for room number {i} of many");
-                c.call("rooms.join", serde_json::json!({"passphrase": p})).await
+                c.request::<rooms::Join>(&rooms::JoinParams { passphrase: Some(p), ..Default::default() }).await
             }));
         }
         for j in joins {
@@ -1397,8 +1399,8 @@ fn clients_cannot_make_the_daemon_hold_unbounded_memory() -> Result<()> {
                 .context("32 passphrase joins within 120 s")???;
         }
         // The daemon answers others meanwhile, and the unread replies stay bounded.
-        let info = c.call("node.info", serde_json::json!({})).await?;
-        ensure!(info["peer_id"].is_string(), "node.info answered {info}");
+        let info = c.request::<node::Info>(&NoParams {}).await?;
+        ensure!(!info.peer_id.is_empty(), "node.info answered {info:?}");
         drop(ws);
         anyhow::Ok(())
     })?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use peerlog::client::Client;
-use serde_json::json;
+use peerlog_proto::api::events::PeerJoined;
 
 struct Node {
     child: Child,
@@ -77,11 +77,11 @@ async fn main() -> Result<()> {
         let (x, y) = (&nodes[2 * i], &nodes[2 * i + 1]);
         let mut cx = Client::connect(x.api, &x.token).await?;
         let mut cy = Client::connect(y.api, &y.token).await?;
-        let created = cx.call("rooms.create", json!({})).await?;
+        let (_, invite) = peerlog_tests::create(&mut cx, &format!("pair {i}")).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let t0 = Instant::now();
-        cy.call("rooms.join", json!({"invite": created["invite"]})).await?;
-        cy.wait_event(Duration::from_secs(30), "peer.joined", |e| e.method == "peer.joined").await?;
+        peerlog_tests::join_invite(&mut cy, &invite).await?;
+        cy.wait_for::<PeerJoined>(Duration::from_secs(30), "peer.joined", |_| true).await?;
         let ms = t0.elapsed().as_secs_f64() * 1000.0;
         println!("pair {i}: rooms.join → peer.joined in {ms:.1} ms");
         times.push(ms);

@@ -17,9 +17,9 @@ use peerlog::config::{Config, DhtMode, Network};
 use peerlog::keys::{auth_mac, RoomKeys};
 use peerlog::node::{self, NodeConfig, NodeHandle};
 use peerlog::Daemon;
-use peerlog_proto::api::{messages, rooms};
+use peerlog_proto::api::messages::MessageInfo;
+use peerlog_proto::api::{events, messages, peers, rooms, NoParams};
 use peerlog_proto::wire::{DiscoveryKey, Frame, Key32, PROTOCOL};
-use serde_json::Value;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
@@ -150,10 +150,9 @@ pub async fn send(c: &mut Client, room: &str, text: &str) -> Result<String> {
     Ok(c.request::<messages::Send>(&params).await?.message.context("messages.send returned no message")?.id)
 }
 
-/// The whole history of a room, oldest first, fetched page by page (typed, so a change of
-/// shape fails here; as JSON for the tests to look into).
-pub async fn full_history(c: &mut Client, room: &str) -> Result<Vec<Value>> {
-    let mut all: Vec<messages::MessageInfo> = Vec::new();
+/// The whole history of a room, oldest first, fetched page by page.
+pub async fn full_history(c: &mut Client, room: &str) -> Result<Vec<MessageInfo>> {
+    let mut all: Vec<MessageInfo> = Vec::new();
     let mut before: Option<String> = None;
     loop {
         let params = messages::HistoryParams { room: room.into(), before: before.clone(), limit: Some(500) };
@@ -163,20 +162,83 @@ pub async fn full_history(c: &mut Client, room: &str) -> Result<Vec<Value>> {
         page.append(&mut all);
         all = page;
     }
-    Ok(all.iter().map(serde_json::to_value).collect::<Result<_, _>>()?)
+    Ok(all)
+}
+
+/// Sends `texts` as one batch (`messages.send_batch`).
+pub async fn send_batch(c: &mut Client, room: &str, texts: &[String]) -> Result<()> {
+    let params = messages::SendBatchParams { room: room.into(), texts: texts.to_vec() };
+    c.request::<messages::SendBatch>(&params).await?;
+    Ok(())
+}
+
+/// Chooses the events this connection receives (`subscribe`).
+pub async fn subscribe(c: &mut Client, names: &[&str]) -> Result<()> {
+    let params =
+        peerlog_proto::api::files::SubscribeParams { events: Some(names.iter().map(|n| n.to_string()).collect()) };
+    c.request::<peerlog_proto::api::files::Subscribe>(&params).await?;
+    Ok(())
+}
+
+/// The texts of a room's whole history, oldest first (messages without text left out).
+pub async fn texts(c: &mut Client, room: &str) -> Result<Vec<String>> {
+    Ok(full_history(c, room).await?.into_iter().filter_map(|m| m.text).collect())
+}
+
+/// The newest `limit` messages of a room (one page), oldest first.
+pub async fn history(c: &mut Client, room: &str, limit: usize) -> Result<Vec<MessageInfo>> {
+    let params = messages::HistoryParams { room: room.into(), before: None, limit: Some(limit) };
+    Ok(c.request::<messages::History>(&params).await?.messages)
+}
+
+/// The rooms joined here (`rooms.list`).
+pub async fn rooms_list(c: &mut Client) -> Result<Vec<rooms::RoomInfo>> {
+    Ok(c.request::<rooms::List>(&NoParams {}).await?.rooms)
+}
+
+/// The members of a room (`rooms.members`).
+pub async fn members(c: &mut Client, room: &str) -> Result<Vec<peers::Member>> {
+    Ok(c.request::<peers::Members>(&rooms::RoomParam { room: room.into() }).await?.members)
+}
+
+/// The peers with a session (`peers.list`), in one room or all.
+pub async fn peers_list(c: &mut Client, room: Option<&str>) -> Result<Vec<peers::RoomPeer>> {
+    Ok(c.request::<peers::List>(&peers::OptRoomParam { room: room.map(String::from) }).await?.peers)
+}
+
+/// `node.info`.
+pub async fn node_info(c: &mut Client) -> Result<peerlog_proto::api::node::NodeInfo> {
+    Ok(c.request::<peerlog_proto::api::node::Info>(&NoParams {}).await?)
+}
+
+/// Creates a room with a random secret; returns its id and member invite.
+pub async fn create(c: &mut Client, name: &str) -> Result<(String, String)> {
+    let r = c.request::<rooms::Create>(&rooms::CreateParams { name: Some(name.into()) }).await?;
+    Ok((r.room.id, r.invite.context("rooms.create returned no invite")?))
+}
+
+/// Joins a room by invite (or seed capability: `rooms.join` takes member invites only);
+/// returns the room.
+pub async fn join_invite(c: &mut Client, invite: &str) -> Result<rooms::RoomInfo> {
+    let params = rooms::JoinParams { invite: Some(invite.into()), ..Default::default() };
+    Ok(c.request::<rooms::Join>(&params).await?.room)
+}
+
+/// A room's member invite (`rooms.invite`).
+pub async fn invite(c: &mut Client, room: &str) -> Result<String> {
+    Ok(c.request::<rooms::Invite>(&rooms::InviteParams { room: room.into(), kind: None }).await?.invite)
+}
+
+/// Sets this daemon's display name (`profile.set`).
+pub async fn set_name(c: &mut Client, name: &str) -> Result<()> {
+    c.request::<peers::SetProfile>(&peers::ProfileParams { display_name: name.into() }).await?;
+    Ok(())
 }
 
 /// Waits until `c` has seen `text` arrive as a `message` event in `room`.
-pub async fn wait_for_text(c: &mut Client, room: &str, text: &str, limit: Duration) -> Result<Value> {
-    let e = c
-        .wait_event(limit, &format!("message {text:?} in room {room}"), |e| {
-            e.method == "message" && e.params["room"] == room && e.params["text"] == text
-        })
-        .await?;
-    // The event's shape is the typed one.
-    serde_json::from_value::<peerlog_proto::api::events::Message>(e.params.clone())
-        .context("a message event that does not decode as MessageInfo")?;
-    Ok(e.params)
+pub async fn wait_for_text(c: &mut Client, room: &str, text: &str, limit: Duration) -> Result<MessageInfo> {
+    let what = format!("message {text:?} in room {room}");
+    Ok(c.wait_for::<events::Message>(limit, &what, |m| m.room == room && m.text.as_deref() == Some(text)).await?)
 }
 
 /// A bare libp2p node that speaks the replication protocol frame by frame.

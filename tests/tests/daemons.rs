@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use peerlog::log::store::Store;
 use peerlog::log::{new_writer, Body, FeedCipher};
-use peerlog_proto::api::codes;
+use peerlog_proto::api::messages::MessageInfo;
+use peerlog_proto::api::node::ConnectionKind;
+use peerlog_proto::api::{codes, events, peers, rooms};
 use peerlog_proto::wire::{FeedKey, Frame, Refusal};
 use peerlog_tests::*;
 use serde_json::{json, Value};
@@ -41,32 +43,23 @@ async fn two_daemons_find_each_other_through_a_bootstrap_node_and_chat() -> Resu
     let t0 = Instant::now();
     send(&mut ca, &room, "hello from a").await?;
     let got = wait_for_text(&mut cb, &room, "hello from a", Duration::from_secs(5)).await?;
-    ensure!(got["mine"] == false, "b sees a's message as someone else's");
+    ensure!(!got.mine, "b sees a's message as someone else's");
     let first = t0.elapsed();
     let t1 = Instant::now();
     send(&mut cb, &room, "hello from b").await?;
     wait_for_text(&mut ca, &room, "hello from b", Duration::from_secs(5)).await?;
     println!("discovery + first delivery: {first:?}; reply delivered in {:?}", t1.elapsed());
 
-    let peers = ca.call("peers.list", json!({"room": room})).await?;
-    let list = peers["peers"].as_array().context("peers list")?;
+    let list = peers_list(&mut ca, Some(&room)).await?;
     let (b_id, boot_id) = (b.peer_id()?.to_string(), boot.peer_id()?.to_string());
-    ensure!(list.iter().any(|p| p["peer_id"] == b_id.as_str()), "a lists b as a room peer: {peers}");
-    ensure!(list.iter().all(|p| p["peer_id"] != boot_id.as_str()), "the bootstrap node is not a room peer");
-    ensure!(list[0]["connection"] == "direct", "loopback connection reported as direct: {peers}");
+    ensure!(list.iter().any(|p| p.peer_id == b_id), "a lists b as a room peer: {list:?}");
+    ensure!(list.iter().all(|p| p.peer_id != boot_id), "the bootstrap node is not a room peer");
+    ensure!(list[0].connection == Some(ConnectionKind::Direct), "loopback connection reported as direct: {list:?}");
 
     // Both ends hold the same history in the same order.
     // (`mine` and `seen` depend on who looks; everything else must match.)
-    let shared_view = |h: Vec<Value>| -> Vec<Value> {
-        h.into_iter()
-            .map(|mut m| {
-                if let Some(o) = m.as_object_mut() {
-                    o.remove("mine");
-                    o.remove("seen");
-                }
-                m
-            })
-            .collect()
+    let shared_view = |h: Vec<MessageInfo>| -> Vec<MessageInfo> {
+        h.into_iter().map(|m| MessageInfo { mine: false, seen: false, ..m }).collect()
     };
     let (ha, hb) = (full_history(&mut ca, &room).await?, full_history(&mut cb, &room).await?);
     let (ha, hb) = (shared_view(ha), shared_view(hb));
@@ -84,15 +77,15 @@ async fn a_restarted_daemon_keeps_identity_rooms_and_history() -> Result<()> {
         send(&mut c, &room, &format!("message {i}")).await?;
     }
     let before = full_history(&mut c, &room).await?;
-    let invite = c.call("rooms.invite", json!({"room": room})).await?["invite"].clone();
+    let invite = invite(&mut c, &room).await?;
     drop(c);
     d.restart().await?;
     ensure!(d.peer_id()? == peer, "identity changed across restart");
     let mut c = d.client().await?;
-    let rooms = c.call("rooms.list", json!({})).await?;
-    ensure!(rooms["rooms"][0]["id"] == room, "room not kept: {rooms}");
+    let rooms = rooms_list(&mut c).await?;
+    ensure!(rooms[0].id == room, "room not kept: {rooms:?}");
     ensure!(full_history(&mut c, &room).await? == before, "history changed across restart");
-    ensure!(c.call("rooms.invite", json!({"room": room})).await?["invite"] == invite, "room secret changed");
+    ensure!(peerlog_tests::invite(&mut c, &room).await? == invite, "room secret changed");
     // The writer continues its feed where it stopped.
     let id = send(&mut c, &room, "after restart").await?;
     ensure!(id.ends_with(":5"), "expected seq 5 after 5 messages, got {id}");
@@ -128,8 +121,7 @@ async fn a_panicking_task_fails_the_daemon_which_stops_cleanly_and_starts_again(
     drop(c);
     d.restart().await.context("a failed daemon must still shut down cleanly")?;
     let mut c = d.client().await?;
-    let texts: Vec<String> =
-        full_history(&mut c, &room).await?.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect();
+    let texts = texts(&mut c, &room).await?;
     ensure!(texts == ["before the bug"], "{texts:?}");
     Ok(())
 }
@@ -151,24 +143,26 @@ async fn a_late_joiner_receives_all_1000_messages_in_the_senders_order() -> Resu
     within(Duration::from_secs(60), "b to receive 1000 message events", async {
         while n < 1000 {
             let e = cb.next_event().await?;
-            if e.method == "message" {
+            if e.decode::<events::Message>().is_some() {
                 n += 1;
-            } else if e.method == "sync.progress" {
-                progress.push((e.params["entries_done"].as_u64(), e.params["entries_total"].as_u64()));
+            } else if let Some(p) = e.decode::<events::SyncProgress>() {
+                let p = p?;
+                progress.push((p.entries_done, p.entries_total));
             }
         }
         anyhow::Ok(())
     })
     .await
     .with_context(|| format!("b received only {n} of 1000 messages"))??;
-    ensure!(progress.last() == Some(&(Some(1000), Some(1000))), "sync.progress did not end at 1000/1000: {progress:?}");
+    ensure!(progress.last() == Some(&(1000, 1000)), "sync.progress did not end at 1000/1000: {progress:?}");
     ensure!(progress.windows(2).all(|w| w[0].0 <= w[1].0), "sync.progress went backwards: {progress:?}");
     println!("1000 messages caught up in {:?} (including join)", t0.elapsed());
     let (ha, hb) = (full_history(&mut ca, &room).await?, full_history(&mut cb, &room).await?);
     ensure!(hb.len() == 1000, "b holds {} messages", hb.len());
-    let ids = |h: &[Value]| h.iter().map(|m| m["id"].clone()).collect::<Vec<_>>();
+    let ids = |h: &[MessageInfo]| h.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
     ensure!(ids(&ha) == ids(&hb), "b's order differs from a's");
-    ensure!(hb[0]["text"] == "m0000" && hb[999]["text"] == "m0999", "order is not the send order");
+    let text = |i: usize| hb[i].text.as_deref();
+    ensure!(text(0) == Some("m0000") && text(999) == Some("m0999"), "order is not the send order");
     Ok(())
 }
 
@@ -225,6 +219,7 @@ async fn the_api_speaks_json_rpc_2() -> Result<()> {
     // Events are notifications.
     let mut other = d.client().await?;
     send(&mut other, &room, "an event").await?;
+    // The wire shape itself is under test here, so the event is read as JSON.
     let e =
         c.wait_event(WAIT, "the message event", |e| e.method == "message" && e.params["text"] == "an event").await?;
     let wire = serde_json::to_value(&e)?;
@@ -394,10 +389,7 @@ async fn a_backup_restored_on_a_fresh_machine_rejoins_and_catches_up() -> Result
     let mut a = TestDaemon::start_bootstrapped(&boot).await?;
     let b = TestDaemon::start_bootstrapped(&boot).await?;
     let (mut ca, mut cb) = (a.cli_client().await?, b.client().await?);
-    ca.request::<peerlog_proto::api::peers::SetProfile>(&peerlog_proto::api::peers::ProfileParams {
-        display_name: "Ada".into(),
-    })
-    .await?;
+    set_name(&mut ca, "Ada").await?;
     let room = join(&mut ca, PASS).await?;
     join(&mut cb, PASS).await?;
     for i in 0..3 {
@@ -406,15 +398,11 @@ async fn a_backup_restored_on_a_fresh_machine_rejoins_and_catches_up() -> Result
     send(&mut cb, &room, "from b").await?;
     wait_for_text(&mut ca, &room, "from b", WAIT).await?;
     wait_for_text(&mut cb, &room, "before the loss 2", WAIT).await?;
-    let members = ca.call("rooms.members", json!({"room": room})).await?;
-    let bob = members["members"].as_array().context("members")?.iter().find(|m| m["mine"] == false).context("b")?
-        ["author"]
-        .as_str()
-        .context("author")?
-        .to_string();
-    ca.call("peers.rename", json!({"peer": bob, "nickname": "bob"})).await?;
+    let bob = members(&mut ca, &room).await?.into_iter().find(|m| !m.mine).context("b among a's members")?.author;
+    let rename = peers::ContactParams { peer: bob.clone(), nickname: Some("bob".into()), ..Default::default() };
+    ca.request::<peers::Rename>(&rename).await?;
     let stranger = "ab".repeat(32);
-    ca.call("peers.block", json!({"peer": stranger})).await?;
+    ca.request::<peers::Block>(&peers::PeerRoomParams { peer: stranger.clone(), room: None }).await?;
     let weak = ca.request::<node::CreateBackup>(&node::BackupParams { passphrase: "short".into() }).await;
     ensure!(weak.is_err(), "a backup sealed with a short passphrase");
     let mut api = a.client().await?;
@@ -444,15 +432,11 @@ async fn a_backup_restored_on_a_fresh_machine_rejoins_and_catches_up() -> Result
     .await?;
     ensure!(c.peer_id()? == old_peer, "the restored node has another identity");
     let mut cc = c.client().await?;
-    let rooms = cc.call("rooms.list", json!({})).await?;
-    ensure!(rooms["rooms"][0]["id"] == room.as_str(), "{rooms}");
+    let rooms = rooms_list(&mut cc).await?;
+    ensure!(rooms[0].id == room, "{rooms:?}");
     within(WAIT, "the restored daemon to catch up", async {
         loop {
-            let texts: Vec<String> = full_history(&mut cc, &room)
-                .await?
-                .iter()
-                .filter_map(|m| m["text"].as_str().map(String::from))
-                .collect();
+            let texts = texts(&mut cc, &room).await?;
             if (0..3).all(|i| texts.contains(&format!("before the loss {i}"))) && texts.contains(&"from b".into()) {
                 return anyhow::Ok(());
             }
@@ -460,17 +444,17 @@ async fn a_backup_restored_on_a_fresh_machine_rejoins_and_catches_up() -> Result
         }
     })
     .await??;
-    let members = cc.call("rooms.members", json!({"room": room})).await?;
-    let b_row = members["members"].as_array().context("members")?.iter().find(|m| m["author"] == bob.as_str());
-    ensure!(b_row.is_some_and(|m| m["nickname"] == "bob"), "the nickname was not restored: {members}");
-    let blocked = cc.call("peers.blocked", json!({})).await?;
-    ensure!(blocked["blocked"] == json!([stranger]), "the block was not restored: {blocked}");
+    let members = members(&mut cc, &room).await?;
+    let b_row = members.iter().find(|m| m.author == bob);
+    ensure!(b_row.is_some_and(|m| m.nickname.as_deref() == Some("bob")), "the nickname was not restored: {members:?}");
+    let blocked = cc.request::<peers::Blocked>(&Default::default()).await?.blocked;
+    ensure!(blocked == [stranger], "the block was not restored: {blocked:?}");
     ensure!(cc.request::<node::Info>(&Default::default()).await?.display_name.as_deref() == Some("Ada"));
     // It writes on: b takes the new message, and sees no fork.
     send(&mut cc, &room, "after the restore").await?;
     wait_for_text(&mut cb, &room, "after the restore", WAIT).await?;
-    let rooms = cb.call("rooms.list", json!({})).await?;
-    ensure!(rooms["rooms"][0]["forks"] == json!([]), "a fork after the restore: {rooms}");
+    let rooms = rooms_list(&mut cb).await?;
+    ensure!(rooms[0].forks.is_empty(), "a fork after the restore: {rooms:?}");
     Ok(())
 }
 
@@ -503,8 +487,8 @@ async fn different_passphrases_never_exchange_data() -> Result<()> {
     let other = join(&mut cb, "a different passphrase entirely").await?;
     ensure!(other != room);
     send(&mut ca, &room, "still secret").await?;
-    let peers = ca.call("peers.list", json!({})).await?;
-    ensure!(peers["peers"].as_array().is_some_and(|p| p.is_empty()), "no room peers expected: {peers}");
+    let peers = peers_list(&mut ca, None).await?;
+    ensure!(peers.is_empty(), "no room peers expected: {peers:?}");
     ensure!(full_history(&mut cb, &other).await?.is_empty(), "b received data from another room");
     Ok(())
 }
@@ -593,8 +577,7 @@ async fn tampered_entries_are_rejected_and_not_stored() -> Result<()> {
 
     s.send(&Frame::Data { feed_key: feed, start: 0, entries: entries.clone(), head: Some(head.clone()) }).await?;
     wait_for_text(&mut c, &room, "three", WAIT).await?;
-    let h = full_history(&mut c, &room).await?;
-    let got: Vec<_> = h.iter().map(|m| m["text"].as_str().unwrap_or("")).collect();
+    let got = peerlog_tests::texts(&mut c, &room).await?;
     ensure!(got == texts, "expected exactly the honest messages, got {got:?}");
     Ok(())
 }
@@ -657,10 +640,8 @@ async fn api_refuses_strangers_and_survives_bad_frames() -> Result<()> {
         }
     }
     let mut c2 = d.client().await?;
-    let info = c2.call("node.info", json!({})).await?;
-    ensure!(
-        info["peer_id"] == d.peer_id()?.to_string() && info["version"].is_string() && info["listen_addrs"].is_array()
-    );
+    let info = node_info(&mut c2).await?;
+    ensure!(info.peer_id == d.peer_id()?.to_string() && !info.version.is_empty(), "{info:?}");
     Ok(())
 }
 
@@ -669,16 +650,15 @@ async fn invites_join_the_same_room_and_leave_forgets_it() -> Result<()> {
     let a = TestDaemon::start_bootstrap_node().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
-    let created = ca.call("rooms.create", json!({"name": "team"})).await?;
-    let room = created["room"]["id"].as_str().context("room id")?.to_string();
-    let invite = created["invite"].as_str().context("invite")?.to_string();
-    let joined = cb.call("rooms.join", json!({"invite": invite, "name": "from invite"})).await?;
-    ensure!(joined["room"]["id"] == room.as_str(), "invite joined another room: {joined}");
+    let (room, invite) = create(&mut ca, "team").await?;
+    let params = rooms::JoinParams { invite: Some(invite), name: Some("from invite".into()), ..Default::default() };
+    let joined = cb.request::<rooms::Join>(&params).await?.room;
+    ensure!(joined.id == room && joined.name == "from invite", "invite joined another room: {joined:?}");
     send(&mut cb, &room, "via invite").await?;
     wait_for_text(&mut ca, &room, "via invite", WAIT).await?;
-    cb.call("rooms.leave", json!({"room": room})).await?;
-    let rooms = cb.call("rooms.list", json!({})).await?;
-    ensure!(rooms["rooms"].as_array().is_some_and(|r| r.is_empty()), "room still listed after leave: {rooms}");
+    cb.request::<rooms::Leave>(&rooms::RoomParam { room: room.clone() }).await?;
+    let rooms = rooms_list(&mut cb).await?;
+    ensure!(rooms.is_empty(), "room still listed after leave: {rooms:?}");
     Ok(())
 }
 
@@ -696,18 +676,16 @@ async fn twenty_daemons_ten_rooms_every_pair_connects() -> Result<()> {
     let t0 = Instant::now();
     let mut rooms = Vec::new();
     for i in 0..10 {
-        let created = clients[2 * i].call("rooms.create", json!({"name": format!("pair {i}")})).await?;
-        let room = created["room"]["id"].as_str().context("room id")?.to_string();
-        let invite = created["invite"].clone();
-        clients[2 * i + 1].call("rooms.join", json!({"invite": invite})).await?;
+        let (room, invite) = create(&mut clients[2 * i], &format!("pair {i}")).await?;
+        join_invite(&mut clients[2 * i + 1], &invite).await?;
         rooms.push(room);
     }
     for i in 0..10 {
         let partner = nodes[2 * i + 1].peer_id()?.to_string();
         let room = rooms[i].clone();
         clients[2 * i]
-            .wait_event(WAIT, &format!("pair {i} to connect"), |e| {
-                e.method == "peer.joined" && e.params["room"] == room.as_str() && e.params["peer"] == partner.as_str()
+            .wait_for::<events::PeerJoined>(WAIT, &format!("pair {i} to connect"), |e| {
+                e.room == room && e.peer == partner
             })
             .await?;
     }
@@ -715,8 +693,8 @@ async fn twenty_daemons_ten_rooms_every_pair_connects() -> Result<()> {
     // Each pair talks only within its room.
     send(&mut clients[6], &rooms[3], "pair 3 only").await?;
     wait_for_text(&mut clients[7], &rooms[3], "pair 3 only", WAIT).await?;
-    let peers = clients[6].call("peers.list", json!({})).await?;
-    ensure!(peers["peers"].as_array().map(|p| p.len()) == Some(1), "pair 3 sees only its partner: {peers}");
+    let peers = peers_list(&mut clients[6], None).await?;
+    ensure!(peers.len() == 1, "pair 3 sees only its partner: {peers:?}");
     Ok(())
 }
 
@@ -757,7 +735,7 @@ async fn a_peer_that_restarts_is_redialed_and_sync_resumes() -> Result<()> {
         }
     })
     .await??;
-    ensure!(history[1]["text"] == "while b was away", "unexpected history {history:?}");
+    ensure!(history[1].text.as_deref() == Some("while b was away"), "unexpected history {history:?}");
     println!("redialed and caught up in {:?}", t0.elapsed());
     Ok(())
 }
@@ -779,8 +757,7 @@ async fn peer_exchange_leads_a_newcomer_to_peers_the_dht_cannot() -> Result<()> 
     let room = join(&mut ca, PASS).await?;
     join(&mut cb, PASS).await?;
     let a_id = a.peer_id()?.to_string();
-    cb.wait_event(WAIT, "b to connect to a", |e| e.method == "peer.joined" && e.params["peer"] == a_id.as_str())
-        .await?;
+    cb.wait_for::<events::PeerJoined>(WAIT, "b to connect to a", |e| e.peer == a_id).await?;
 
     // C is a DHT client too: neither A nor C can learn the other's address from the DHT.
     let c = TestDaemon::start_with(|c| {
@@ -790,10 +767,7 @@ async fn peer_exchange_leads_a_newcomer_to_peers_the_dht_cannot() -> Result<()> 
     .await?;
     let mut cc = c.client().await?;
     join(&mut cc, PASS).await?;
-    cc.wait_event(WAIT, "c to reach a through b's peer exchange", |e| {
-        e.method == "peer.joined" && e.params["peer"] == a_id.as_str()
-    })
-    .await?;
+    cc.wait_for::<events::PeerJoined>(WAIT, "c to reach a through b's peer exchange", |e| e.peer == a_id).await?;
     send(&mut ca, &room, "from the client-mode peer").await?;
     wait_for_text(&mut cc, &room, "from the client-mode peer", WAIT).await?;
     Ok(())
@@ -828,7 +802,7 @@ async fn a_flood_of_dials_does_not_take_the_node_down() -> Result<()> {
     ensure!(flood.len() > 100, "could not open the flood ({} connections)", flood.len());
     let mut ca = a.client().await?;
     let room = join(&mut ca, PASS).await?;
-    ensure!(ca.call("node.info", json!({})).await?["peer_id"] == a.peer_id()?.to_string());
+    ensure!(node_info(&mut ca).await?.peer_id == a.peer_id()?.to_string());
     let b = TestDaemon::start_bootstrapped(&boot).await?;
     let mut cb = b.client().await?;
     join(&mut cb, PASS).await?;
@@ -851,7 +825,7 @@ async fn the_connection_limit_is_enforced() -> Result<()> {
     }
     let mut c = hub.client().await?;
     within(WAIT, "three peers connected to the hub", async {
-        while c.call("node.info", json!({})).await?["connected_peers"].as_u64() != Some(3) {
+        while node_info(&mut c).await?.connected_peers != 3 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         anyhow::Ok(())
@@ -876,8 +850,8 @@ async fn the_connection_limit_is_enforced() -> Result<()> {
             .await?;
         }
     }
-    let n = c.call("node.info", json!({})).await?["connected_peers"].as_u64();
-    ensure!(n == Some(3), "hub holds {n:?} connections with a limit of 3");
+    let n = node_info(&mut c).await?.connected_peers;
+    ensure!(n == 3, "hub holds {n} connections with a limit of 3");
     Ok(())
 }
 
@@ -917,11 +891,10 @@ async fn a_forked_feed_is_reported_and_does_not_stop_other_feeds() -> Result<()>
     s.send(&Frame::Data { feed_key: hk, start: 0, entries: s1.entries(&hk, 0, 1)?, head: Some(h3) }).await?;
     wait_for_text(&mut c, &room, "honest", WAIT).await?;
 
-    let rooms = c.call("rooms.list", json!({})).await?;
-    let forks = &rooms["rooms"][0]["forks"];
-    ensure!(forks == &json!([{"author": hex_encode(&fk.0), "seq": 0}]), "fork not reported: {rooms}");
-    let texts: Vec<String> =
-        full_history(&mut c, &room).await?.iter().map(|m| m["text"].as_str().unwrap_or("").to_string()).collect();
+    let rooms = rooms_list(&mut c).await?;
+    let forks = &rooms[0].forks;
+    ensure!(forks == &[rooms::Fork { author: hex_encode(&fk.0), seq: 0 }], "fork not reported: {rooms:?}");
+    let texts = texts(&mut c, &room).await?;
     ensure!(texts == ["original", "honest"], "the conflicting entry must not be stored: {texts:?}");
     Ok(())
 }
@@ -937,28 +910,26 @@ async fn writers_show_online_and_messages_are_marked_seen() -> Result<()> {
     let a = TestDaemon::start_bootstrap_node().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let (mut ca, mut cb) = (a.client().await?, b.client().await?);
-    ca.call("profile.set", json!({"display_name": "Ada"})).await?;
+    set_name(&mut ca, "Ada").await?;
     let room = join(&mut ca, "presence and seen marks for everyone").await?;
     join(&mut cb, "presence and seen marks for everyone").await?;
-    ca.wait_event(WAIT, "a's session with b", |e| e.method == "peer.joined").await?;
-    let b_writer = cb.call("rooms.list", json!({})).await?["rooms"][0]["feed_key"].clone();
+    ca.wait_for::<events::PeerJoined>(WAIT, "a's session with b", |_| true).await?;
+    let b_writer = rooms_list(&mut cb).await?[0].feed_key.clone();
 
     let id = send(&mut ca, &room, "did you get this?").await?;
     let seq: u64 = id.rsplit(':').next().unwrap_or("").parse()?;
-    ca.wait_event(WAIT, "b to hold a's message (message.seen)", |e| {
-        e.method == "message.seen" && e.params["room"] == room && e.params["seen_below"].as_u64() > Some(seq)
-    })
-    .await?;
-    let page = ca.call("messages.history", json!({"room": room, "limit": 10})).await?;
-    let mine = page["messages"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id)).cloned();
-    ensure!(mine.as_ref().is_some_and(|m| m["seen"] == true), "history must mark the message seen: {mine:?}");
+    ca.wait_for::<events::Seen>(WAIT, "b to hold a's message (message.seen)", |e| e.room == room && e.seen_below > seq)
+        .await?;
+    let page = history(&mut ca, &room, 10).await?;
+    let mine = page.iter().find(|m| m.id == id);
+    ensure!(mine.is_some_and(|m| m.seen), "history must mark the message seen: {mine:?}");
 
     // b's page of a's people: b online, as its proven writer.
     let members = within(WAIT, "b online in a's member list", async {
         loop {
-            let m = ca.call("rooms.members", json!({"room": room})).await?;
-            let found = m["members"].as_array().into_iter().flatten().any(|m| {
-                m["author"] == b_writer && m["presence"]["online"] == true && m["presence"]["connection"] == "direct"
+            let m = members(&mut ca, &room).await?;
+            let found = m.iter().any(|m| {
+                m.author == b_writer && m.presence.online && m.presence.connection == Some(ConnectionKind::Direct)
             });
             if found {
                 return anyhow::Ok(m);
@@ -967,29 +938,19 @@ async fn writers_show_online_and_messages_are_marked_seen() -> Result<()> {
         }
     })
     .await??;
-    let safety = members["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["author"] == b_writer)
-        .map(|m| m["safety_number"].clone());
-    let peers = ca.call("peers.list", json!({"room": room})).await?;
-    ensure!(peers["peers"][0]["author"] == b_writer, "peers.list must name b's writer: {peers}");
+    let safety = members.iter().find(|m| m.author == b_writer).and_then(|m| m.safety_number.clone());
+    let peers = peers_list(&mut ca, Some(&room)).await?;
+    ensure!(peers[0].author.as_ref() == Some(&b_writer), "peers.list must name b's writer: {peers:?}");
     // b sees a under her display name, and the same safety number for the pair as a does.
-    let b_members = cb.call("rooms.members", json!({"room": room})).await?;
-    let b_sees = b_members["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["mine"] == false)
-        .map(|m| m["safety_number"].clone());
+    let b_members = peerlog_tests::members(&mut cb, &room).await?;
+    let b_sees = b_members.iter().find(|m| !m.mine).and_then(|m| m.safety_number.clone());
     ensure!(
-        safety.as_ref().and_then(|s| s.as_str()).is_some_and(|s| s.len() == 71) && safety == b_sees,
+        safety.as_ref().is_some_and(|s| s.len() == 71) && safety == b_sees,
         "safety numbers differ: a sees {safety:?}, b {b_sees:?}"
     );
     ensure!(
-        b_members["members"].as_array().into_iter().flatten().any(|m| m["display_name"] == "Ada"),
-        "b must know a's display name: {b_members}"
+        b_members.iter().any(|m| m.display_name.as_deref() == Some("Ada")),
+        "b must know a's display name: {b_members:?}"
     );
     Ok(())
 }
@@ -1005,7 +966,7 @@ async fn a_mark_on_an_old_safety_number_asks_to_compare_again() -> Result<()> {
     let room = join(&mut ca, PASS).await?;
     join(&mut cb, PASS).await?;
     send(&mut cb, &room, "hi").await?;
-    let author = wait_for_text(&mut ca, &room, "hi", WAIT).await?["author"].as_str().context("author")?.to_string();
+    let author = wait_for_text(&mut ca, &room, "hi", WAIT).await?.author;
     drop(ca);
     a.stop().await?;
     {
@@ -1016,14 +977,18 @@ async fn a_mark_on_an_old_safety_number_asks_to_compare_again() -> Result<()> {
     }
     a.restart().await?;
     let mut ca = a.client().await?;
-    let member = |m: &Value| -> Option<Value> {
-        m["members"].as_array()?.iter().find(|x| x["author"] == author.as_str()).cloned()
+    let member = |m: Vec<peers::Member>| m.into_iter().find(|x| x.author == author).context("b among a's members");
+    let m = member(members(&mut ca, &room).await?)?;
+    ensure!(!m.verified && m.verified_before, "an old mark still counts: {m:?}");
+    let params = peers::ContactParams {
+        peer: author.clone(),
+        verified: Some(true),
+        room: Some(room.clone()),
+        ..Default::default()
     };
-    let m = member(&ca.call("rooms.members", json!({"room": room})).await?).context("b among a's members")?;
-    ensure!(m["verified"] == false && m["verified_before"] == true, "an old mark still counts: {m}");
-    let r = ca.call("peers.verify", json!({"peer": author, "verified": true, "room": room})).await?;
-    ensure!(r["verified"] == true && r["safety_number"] == m["safety_number"], "{r}");
-    let m = member(&ca.call("rooms.members", json!({"room": room})).await?).context("b among a's members")?;
-    ensure!(m["verified"] == true && m["verified_before"] == false, "{m}");
+    let r = ca.request::<peers::Verify>(&params).await?;
+    ensure!(r.verified && r.safety_number == m.safety_number, "{r:?}");
+    let m = member(members(&mut ca, &room).await?)?;
+    ensure!(m.verified && !m.verified_before, "{m:?}");
     Ok(())
 }

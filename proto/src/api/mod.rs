@@ -145,6 +145,12 @@ impl Event {
         let name = name.into();
         Self { jsonrpc: jsonrpc(), event: Some(name.clone()), method: name, params }
     }
+
+    /// Its params as the typed event `E`, if it is one (`None` for another event; an
+    /// error if it is one but does not decode).
+    pub fn decode<E: events::EventParams + DeserializeOwned>(&self) -> Option<Result<E, serde_json::Error>> {
+        (self.method == E::NAME).then(|| E::deserialize(&self.params))
+    }
 }
 
 /// Stable error codes. JSON-RPC's own range for protocol errors, ours from 1000.

@@ -4,9 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use peerlog_tests::*;
-use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_daemons_in_one_room_keep_bounded_sessions_and_all_get_every_message() -> Result<()> {
@@ -20,14 +19,13 @@ async fn thirty_daemons_in_one_room_keep_bounded_sessions_and_all_get_every_mess
     for n in &nodes {
         clients.push(n.client().await?);
     }
-    let created = clients[0].call("rooms.create", json!({"name": "big"})).await?;
-    let room = created["room"]["id"].as_str().context("room id")?.to_string();
+    let (room, invite) = create(&mut clients[0], "big").await?;
     for c in clients.iter_mut().skip(1) {
-        c.call("rooms.join", json!({"invite": created["invite"]})).await?;
+        join_invite(c, &invite).await?;
     }
     let t0 = Instant::now();
     for (i, c) in clients.iter_mut().enumerate() {
-        c.call("messages.send", json!({"room": room, "text": format!("from {i}")})).await?;
+        send(c, &room, &format!("from {i}")).await?;
     }
     // Until all hold all: the sessions of every daemon, sampled all along.
     let mut most = 0;
@@ -36,11 +34,9 @@ async fn thirty_daemons_in_one_room_keep_bounded_sessions_and_all_get_every_mess
         loop {
             let mut complete = 0;
             for (i, c) in clients.iter_mut().enumerate() {
-                let peers = c.call("peers.list", json!({"room": room})).await?;
-                sessions[i] = peers["peers"].as_array().map_or(0, Vec::len);
+                sessions[i] = peers_list(c, Some(&room)).await?.len();
                 most = most.max(sessions[i]);
-                let h = c.call("messages.history", json!({"room": room, "limit": 100})).await?;
-                if h["messages"].as_array().is_some_and(|m| m.len() == N) {
+                if history(c, &room, 100).await?.len() == N {
                     complete += 1;
                 }
             }

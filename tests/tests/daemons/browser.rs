@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use peerlog::client::Client;
+use peerlog_proto::api::messages;
 use peerlog_tests::browser::{chromium, Browser, Page};
 use peerlog_tests::*;
 use serde_json::json;
@@ -179,13 +181,12 @@ async fn two_people_chat_rename_and_share_a_file_in_chromium() -> Result<()> {
     ensure!(safety.len() == 71, "a safety number of 60 digits in groups of five: {safety}");
     // Ada's side shows the same number for the pair.
     let mut ca = a.client().await?;
-    let rooms = ca.call("rooms.list", json!({})).await?;
-    let room = rooms["rooms"][0]["id"].as_str().context("Ada's room")?.to_string();
-    let members = ca.call("rooms.members", json!({"room": room})).await?;
-    let ada_sees = members["members"].as_array().context("members")?.iter().find(|m| m["mine"] == false);
+    let room = rooms_list(&mut ca).await?.into_iter().next().context("Ada's room")?.id;
+    let members = members(&mut ca, &room).await?;
+    let ada_sees = members.iter().find(|m| !m.mine);
     ensure!(
-        ada_sees.is_some_and(|m| m["safety_number"] == safety.as_str()),
-        "Ada and Bob see different safety numbers: {safety} and {members}"
+        ada_sees.is_some_and(|m| m.safety_number.as_ref() == Some(&safety)),
+        "Ada and Bob see different safety numbers: {safety} and {members:?}"
     );
     drop(ca);
     br.eval(&pb, &click("#member-list .member .show-qr")).await?;
@@ -375,7 +376,7 @@ async fn a_long_room_stays_smooth_as_messages_arrive() -> Result<()> {
     let room = join(&mut ca, PASSPHRASE).await?;
     for start in (0..HISTORY).step_by(500) {
         let texts: Vec<String> = (start..(start + 500).min(HISTORY)).map(|i| format!("history {i}")).collect();
-        ca.call("messages.send_batch", json!({"room": room, "texts": texts})).await?;
+        send_batch(&mut ca, &room, &texts).await?;
     }
     // Bob joins in the page, so that the catch-up arrives while it is open: newest pieces
     // first, so the last events it gets are of the oldest messages.
@@ -384,8 +385,8 @@ async fn a_long_room_stays_smooth_as_messages_arrive() -> Result<()> {
     set_name_and_join(&mut br, &page, "Bob").await?;
     within(UI_WAIT, "b to catch up the history", async {
         loop {
-            let r = cb.call("messages.history", json!({"room": room, "limit": 1})).await?;
-            if r["messages"][0]["text"] == format!("history {}", HISTORY - 1)
+            let newest = history(&mut cb, &room, 1).await?.pop().and_then(|m| m.text);
+            if newest == Some(format!("history {}", HISTORY - 1))
                 && full_history(&mut cb, &room).await?.len() >= HISTORY
             {
                 return anyhow::Ok(());
@@ -427,7 +428,7 @@ async fn a_long_room_stays_smooth_as_messages_arrive() -> Result<()> {
     }
     br.wait_for(&page, &bubble_with("live 19"), "the live messages", UI_WAIT).await?;
     let burst: Vec<String> = (0..300).map(|i| format!("burst {i}")).collect();
-    ca.call("messages.send_batch", json!({"room": room, "texts": burst})).await?;
+    send_batch(&mut ca, &room, &burst).await?;
     br.wait_for(&page, &bubble_with("burst 299"), "the burst", UI_WAIT).await?;
     let shown = br.eval(&page, count).await?.as_u64().unwrap_or(0) as usize;
     ensure!(shown == HISTORY + 320, "{shown} messages shown, not {}", HISTORY + 320);
@@ -459,10 +460,10 @@ async fn a_reader_keeps_their_place_and_failed_sends_keep_their_text() -> Result
     let a = TestDaemon::start_bootstrap_node().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let mut ca = a.client().await?;
-    ca.call("profile.set", json!({"display_name": "Ada"})).await?;
+    peerlog_tests::set_name(&mut ca, "Ada").await?;
     let room = join(&mut ca, PASSPHRASE).await?;
     let texts: Vec<String> = (0..80).map(|i| format!("earlier {i}")).collect();
-    ca.call("messages.send_batch", json!({"room": room, "texts": texts})).await?;
+    send_batch(&mut ca, &room, &texts).await?;
     let mut br = Browser::launch().await?;
     let page = br.open(&ui_url(&b)?).await?;
     set_name_and_join(&mut br, &page, "Bob").await?;
@@ -475,6 +476,9 @@ async fn a_reader_keeps_their_place_and_failed_sends_keep_their_text() -> Result
 
     // Bob scrolls up to read; a message comes.
     br.eval(&page, &format!("({SCROLLED} = 300, true)")).await?;
+    // The page takes note of a scroll at its next frame (the scroll event): it shows the
+    // jump button. A message that came before that would find the reader at the bottom.
+    br.wait_for(&page, "!document.getElementById('jump').hidden", "the page to see Bob scrolled up", UI_WAIT).await?;
     let top = br.eval(&page, SCROLLED).await?.as_f64().context("scrollTop")?;
     send(&mut ca, &room, "while you read").await?;
     br.wait_for(&page, &bubble_with("while you read"), "the new message in the list", UI_WAIT).await?;
@@ -563,8 +567,8 @@ async fn a_reader_keeps_their_place_and_failed_sends_keep_their_text() -> Result
     br.eval(&page, &click_on_failed("first try", "retry")).await?;
     within(UI_WAIT, "Ada to receive the retried message", async {
         loop {
-            let h = ca.call("messages.history", json!({"room": room, "limit": 1})).await?;
-            if h["messages"][0]["text"] == "first try" {
+            let newest = history(&mut ca, &room, 1).await?.pop().and_then(|m| m.text);
+            if newest.as_deref() == Some("first try") {
                 return anyhow::Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -628,10 +632,8 @@ async fn invites_uploads_images_the_phone_panel_and_contrast() -> Result<()> {
     let a = TestDaemon::start_bootstrap_node().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let mut ca = a.client().await?;
-    let created = ca.call("rooms.create", json!({"name": "Family chat"})).await?;
-    let room = created["room"]["id"].as_str().context("room id")?.to_string();
-    let invite =
-        ca.call("rooms.invite", json!({"room": room})).await?["invite"].as_str().context("invite")?.to_string();
+    let (room, _) = create(&mut ca, "Family chat").await?;
+    let invite = invite(&mut ca, &room).await?;
     ensure!(invite.ends_with("?name=Family%20chat"), "the invite suggests the room's name: {invite}");
 
     let mut br = Browser::launch().await?;
@@ -655,8 +657,7 @@ async fn invites_uploads_images_the_phone_panel_and_contrast() -> Result<()> {
     )
     .await?;
     // A link opened in the tab that is open already.
-    let second =
-        ca.call("rooms.create", json!({"name": "Second"})).await?["invite"].as_str().context("invite")?.to_string();
+    let (_, second) = create(&mut ca, "Second").await?;
     br.eval(&page, &format!("(location.hash = {}, true)", json!(format!("join={second}")))).await?;
     br.wait_for(
         &page,
@@ -682,8 +683,8 @@ async fn invites_uploads_images_the_phone_panel_and_contrast() -> Result<()> {
     )
     .await?;
     let mut cb = b.client().await?;
-    let history = cb.call("messages.history", json!({"room": room})).await?;
-    ensure!(history["messages"].as_array().is_some_and(|m| m.is_empty()), "a cancelled upload left {history}");
+    let left = full_history(&mut cb, &room).await?;
+    ensure!(left.is_empty(), "a cancelled upload left {left:?}");
 
     // An image: a thumbnail that opens at full size; the link says what it downloads.
     let png = b.data_dir().join("gradient.png");
@@ -768,6 +769,13 @@ async fn invites_uploads_images_the_phone_panel_and_contrast() -> Result<()> {
 }
 
 /// `li.msg` whose bubble text starts with `text`, focused (which brings its tools).
+/// Sends `text` naming `member`; returns the message's id.
+async fn mention(c: &mut Client, room: &str, text: &str, member: &str) -> Result<String> {
+    let params =
+        messages::SendParams { room: room.into(), text: text.into(), reply_to: None, mentions: vec![member.into()] };
+    Ok(c.request::<messages::Send>(&params).await?.message.context("the sent message")?.id)
+}
+
 fn focus_message(text: &str) -> String {
     format!(
         "(() => {{ const li = [...document.querySelectorAll('li.msg')].find((l) => l.querySelector('.bubble').textContent.includes({t})); li.focus(); return true; }})()",
@@ -786,7 +794,7 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
     let a = TestDaemon::start_bootstrap_node().await?;
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let mut ca = a.client().await?;
-    ca.call("profile.set", json!({"display_name": "Ada"})).await?;
+    peerlog_tests::set_name(&mut ca, "Ada").await?;
     let room = join(&mut ca, PASSPHRASE).await?;
     let mut br = Browser::launch().await?;
     let page = br.open(&ui_url(&b)?).await?;
@@ -805,13 +813,9 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
     .await?;
     let bob = within(UI_WAIT, "Bob among the members", async {
         loop {
-            let members = ca.call("rooms.members", json!({"room": room})).await?;
-            if let Some(author) = members["members"]
-                .as_array()
-                .and_then(|m| m.iter().find(|m| m["display_name"] == "Bob"))
-                .and_then(|m| m["author"].as_str())
-            {
-                return anyhow::Ok(author.to_string());
+            let members = members(&mut ca, &room).await?;
+            if let Some(bob) = members.into_iter().find(|m| m.display_name.as_deref() == Some("Bob")) {
+                return anyhow::Ok(bob.author);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -820,7 +824,7 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
 
     // A mention while the tab is hidden: no notification until Bob asks for them.
     br.eval(&page, "(window.__hide(true), true)").await?;
-    ca.call("messages.send", json!({"room": room, "text": "@Bob first ping", "mentions": [bob]})).await?;
+    mention(&mut ca, &room, "@Bob first ping", &bob).await?;
     br.wait_for(&page, "!!document.querySelector('li.msg.mentions-me')", "the mention marked", UI_WAIT).await?;
     ensure!(br.eval(&page, "window.__notes.length").await? == json!(0), "notified without being asked");
     br.eval(&page, "(window.__hide(false), true)").await?;
@@ -833,15 +837,10 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
     )
     .await?;
     // Visible: no notification; hidden: one.
-    ca.call("messages.send", json!({"room": room, "text": "@Bob while you look", "mentions": [bob]})).await?;
+    mention(&mut ca, &room, "@Bob while you look", &bob).await?;
     br.wait_for(&page, &bubble_with("@Bob while you look"), "the visible mention", UI_WAIT).await?;
     br.eval(&page, "(window.__hide(true), true)").await?;
-    let cake = ca
-        .call("messages.send", json!({"room": room, "text": "@Bob who brings the cake?", "mentions": [bob]}))
-        .await?["message"]["id"]
-        .as_str()
-        .context("id")?
-        .to_string();
+    let cake = mention(&mut ca, &room, "@Bob who brings the cake?", &bob).await?;
     br.wait_for(&page, "window.__notes.length === 1", "one notification for the hidden mention", UI_WAIT).await?;
     let note = br.eval(&page, "window.__notes[0]").await?;
     ensure!(
@@ -862,7 +861,7 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
     .await?;
     send_text(&mut br, &page, "I do").await?;
     let reply = wait_for_text(&mut ca, &room, "I do", UI_WAIT).await?;
-    ensure!(reply["reply_to"]["id"] == cake.as_str(), "the reply does not answer the cake: {reply}");
+    ensure!(reply.reply_to.as_ref().is_some_and(|q| q.id == cake), "the reply does not answer the cake: {reply:?}");
     br.wait_for(
         &page,
         "[...document.querySelectorAll('li.msg.mine .quote .q-text')].some((q) => q.textContent === '@Bob who brings the cake?')",
@@ -882,7 +881,8 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
         "[...document.querySelectorAll('li.msg[data-id=\"{cake}\"] .reaction')].map((r) => r.textContent + ':' + r.getAttribute('aria-pressed')).join(',')"
     );
     br.wait_for(&page, &format!("{chip} === '👍 1:true'"), "Bob's reaction", UI_WAIT).await?;
-    ca.call("messages.react", json!({"room": room, "message": cake, "emoji": "🎉"})).await?;
+    let react = messages::ReactParams { room: room.clone(), message: cake.clone(), emoji: "🎉".into(), on: true };
+    ca.request::<messages::React>(&react).await?;
     br.wait_for(&page, &format!("{chip} === '👍 1:true,🎉 1:false'"), "Ada's reaction on Bob's page", UI_WAIT).await?;
     br.eval(&page, &format!("(document.querySelector('li.msg[data-id=\"{cake}\"] .reaction.mine').click(), true)"))
         .await?;
@@ -901,16 +901,15 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
         UI_WAIT,
     )
     .await?;
-    let reply_id = reply["id"].as_str().context("reply id")?;
-    let h = ca.call("messages.history", json!({"room": room, "limit": 10})).await?;
+    let reply_id = reply.id;
+    let h = history(&mut ca, &room, 10).await?;
     ensure!(
-        h["messages"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["id"] == reply_id))
-            .is_some_and(|m| m["text"] == "I do, chocolate" && m["edited"] == true),
-        "Ada does not have the edit: {h}"
+        h.iter().find(|m| m.id == reply_id).is_some_and(|m| m.text.as_deref() == Some("I do, chocolate") && m.edited),
+        "Ada does not have the edit: {h:?}"
     );
-    ca.call("messages.edit", json!({"room": room, "message": cake, "text": "@Bob who brings the pie?"})).await?;
+    let edit =
+        messages::EditParams { room: room.clone(), message: cake.clone(), text: "@Bob who brings the pie?".into() };
+    ca.request::<messages::Edit>(&edit).await?;
     br.wait_for(
         &page,
         "[...document.querySelectorAll('li.msg.mine .quote .q-text')].some((q) => q.textContent === '@Bob who brings the pie?') && [...document.querySelectorAll('.bubble')].some((b) => b.textContent === '@Bob who brings the pie?')",
@@ -954,13 +953,10 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
         UI_WAIT,
     )
     .await?;
-    let h = ca.call("messages.history", json!({"room": room, "limit": 10})).await?;
+    let h = history(&mut ca, &room, 10).await?;
     ensure!(
-        h["messages"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["id"] == reply_id))
-            .is_some_and(|m| m["deleted"] == true && m.get("text").is_none()),
-        "Ada still has the text: {h}"
+        h.iter().find(|m| m.id == reply_id).is_some_and(|m| m.deleted && m.text.is_none()),
+        "Ada still has the text: {h:?}"
     );
     br.close().await;
     Ok(())

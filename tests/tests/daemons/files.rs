@@ -7,9 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use peerlog::client::Client;
-use peerlog_proto::api::codes;
+use peerlog::client::ClientError;
+use peerlog_proto::api::files::{GetFile, GetFileParams, SendFile, SendFileParams, Url};
+use peerlog_proto::api::messages::MessageInfo;
+use peerlog_proto::api::{codes, events};
 use peerlog_tests::*;
-use serde_json::{json, Value};
 
 /// Writes `size` bytes of a pattern that differs in every chunk; returns its BLAKE3 hash.
 fn write_pattern(path: &Path, size: usize) -> Result<blake3::Hash> {
@@ -48,15 +50,39 @@ async fn pair() -> Result<(TestDaemon, TestDaemon, Client, Client, String)> {
     let (mut ca, mut cb) = (a.cli_client().await?, b.cli_client().await?);
     let room = join(&mut ca, "files test room with a long passphrase").await?;
     join(&mut cb, "files test room with a long passphrase").await?;
-    cb.wait_event(WAIT, "b's session with a", |e| e.method == "peer.joined").await?;
+    cb.wait_for::<events::PeerJoined>(WAIT, "b's session with a", |_| true).await?;
     Ok((a, b, ca, cb, room))
 }
 
-/// The `file` message `id` as b sees it once it arrived.
-async fn wait_file_message(c: &mut Client, room: &str) -> Result<Value> {
-    let e = c.wait_event(WAIT, "the file message", |e| e.method == "message" && e.params["kind"] == "file").await?;
-    ensure!(e.params["room"] == room, "file message in another room");
-    Ok(e.params)
+/// The `file` message as b sees it once it arrived.
+async fn wait_file_message(c: &mut Client, room: &str) -> Result<MessageInfo> {
+    let m = c.wait_for::<events::Message>(WAIT, "the file message", |m| m.kind == "file").await?;
+    ensure!(m.room == room, "file message in another room");
+    ensure!(m.file.is_some(), "a file message without its file: {m:?}");
+    Ok(m)
+}
+
+/// `files.send` of a path on the daemon's machine.
+fn send_path(room: &str, path: &Path) -> SendFileParams {
+    SendFileParams { room: room.into(), path: Some(path.display().to_string()), ..Default::default() }
+}
+
+/// `files.get` of `m`'s file into a path on the daemon's machine.
+fn get_to(room: &str, m: &MessageInfo, path: impl AsRef<Path>) -> GetFileParams {
+    GetFileParams {
+        room: room.into(),
+        file: m.id.clone(),
+        path: Some(path.as_ref().display().to_string()),
+        stream: false,
+    }
+}
+
+/// The error code and message of a refused request.
+fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Result<(i32, String)> {
+    match r {
+        Err(ClientError::Rpc { code, message }) => Ok((code, message)),
+        other => Err(anyhow::anyhow!("expected an error, got {other:?}")),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,30 +91,26 @@ async fn a_200_mib_file_arrives_byte_identical() -> Result<()> {
     let (a, b, mut ca, mut cb, room) = pair().await?;
     let src = a.data_dir().join("big.bin");
     let want = write_pattern(&src, SIZE)?;
-    let sent = ca.call("files.send", json!({"room": room, "path": src})).await?;
-    ensure!(sent["file"]["size"] == SIZE as u64 && sent["file"]["chunks"] == 200, "file message: {sent}");
+    let sent = ca.request::<SendFile>(&send_path(&room, &src)).await?;
+    ensure!(sent.file.size == SIZE as u64 && sent.file.chunks == 200, "file message: {sent:?}");
     let m = wait_file_message(&mut cb, &room).await?;
-    ensure!(m["file"]["name"] == "big.bin" && m["file"]["size"] == SIZE as u64, "b sees {m}");
+    let file = m.file.as_ref().context("the file")?;
+    ensure!(file.name == "big.bin" && file.size == SIZE as u64, "b sees {m:?}");
 
     let dest = b.data_dir().join("received.bin");
     let started = Instant::now();
-    let got = within(
-        Duration::from_secs(240),
-        "the 200 MiB download",
-        cb.call("files.get", json!({"room": room, "file": m["id"], "path": dest})),
-    )
-    .await??;
+    let got =
+        within(Duration::from_secs(240), "the 200 MiB download", cb.request::<GetFile>(&get_to(&room, &m, &dest)))
+            .await??;
     let secs = started.elapsed().as_secs_f64();
     println!("200 MiB fetched and written in {secs:.2} s: {:.0} MiB/s", 200.0 / secs);
-    ensure!(got["file"]["size"] == SIZE as u64, "files.get answered {got}");
+    ensure!(got.file.size == SIZE as u64, "files.get answered {got:?}");
     ensure!(hash_file(&dest)? == want, "the received file differs from the sent one");
     ensure!(!b.data_dir().join(".received.bin.peerlog-part").exists(), "temporary file left behind");
     // Progress reached the end on both sides.
-    let done = |e: &peerlog_proto::api::Event, dir: &str| {
-        e.method == "file.progress" && e.params["direction"] == dir && e.params["done"] == true
-    };
-    cb.wait_event(WAIT, "b's final receive progress", |e| done(e, "receive")).await?;
-    ca.wait_event(WAIT, "a's final send progress", |e| done(e, "send")).await?;
+    let done = |p: &events::FileProgress, dir: &str| p.direction == dir && p.done;
+    cb.wait_for::<events::FileProgress>(WAIT, "b's final receive progress", |p| done(p, "receive")).await?;
+    ca.wait_for::<events::FileProgress>(WAIT, "a's final send progress", |p| done(p, "send")).await?;
     Ok(())
 }
 
@@ -98,36 +120,29 @@ async fn a_file_transfer_resumes_after_the_connection_is_cut_halfway() -> Result
     let (a, b, mut ca, mut cb, room) = pair().await?;
     let src = a.data_dir().join("resume.bin");
     let want = write_pattern(&src, SIZE)?;
-    ca.call("files.send", json!({"room": room, "path": src})).await?;
+    ca.request::<SendFile>(&send_path(&room, &src)).await?;
     let m = wait_file_message(&mut cb, &room).await?;
-    cb.call("subscribe", json!({"events": ["file.progress", "peer.left", "peer.joined"]})).await?;
+    subscribe(&mut cb, &["file.progress", "peer.left", "peer.joined"]).await?;
 
     // The download runs on its own connection; this one watches.
     let dest = b.data_dir().join("resumed.bin");
     let mut getter = b.cli_client().await?;
-    let params = json!({"room": room, "file": m["id"], "path": dest});
-    let download = tokio::spawn(async move { getter.call("files.get", params).await });
+    let params = get_to(&room, &m, &dest);
+    let download = tokio::spawn(async move { getter.request::<GetFile>(&params).await });
 
     let half = (SIZE / 2) as u64;
     let at_cut = cb
-        .wait_event(WAIT, "half of the file to arrive", |e| {
-            e.method == "file.progress" && e.params["bytes_done"].as_u64() >= Some(half)
-        })
+        .wait_for::<events::FileProgress>(WAIT, "half of the file to arrive", |p| p.bytes_done >= half)
         .await?
-        .params["bytes_done"]
-        .as_u64()
-        .unwrap_or(0);
+        .bytes_done;
     let a_id = a.peer_id()?;
     b.daemon.as_ref().context("b running")?.service().node.disconnect(a_id).await?;
-    cb.wait_event(WAIT, "b to drop its session with a", |e| e.method == "peer.left").await?;
-    cb.wait_event(WAIT, "b to reconnect to a", |e| e.method == "peer.joined").await?;
-    let after = cb.wait_event(WAIT, "progress after the reconnect", |e| e.method == "file.progress").await?.params
-        ["bytes_done"]
-        .as_u64()
-        .unwrap_or(0);
+    cb.wait_for::<events::PeerLeft>(WAIT, "b to drop its session with a", |_| true).await?;
+    cb.wait_for::<events::PeerJoined>(WAIT, "b to reconnect to a", |_| true).await?;
+    let after = cb.wait_for::<events::FileProgress>(WAIT, "progress after the reconnect", |_| true).await?.bytes_done;
     ensure!(after >= at_cut, "progress went back from {at_cut} to {after} bytes: the transfer restarted");
     let got = within(Duration::from_secs(120), "the download to finish", download).await???;
-    ensure!(got["file"]["size"] == SIZE as u64, "files.get answered {got}");
+    ensure!(got.file.size == SIZE as u64, "files.get answered {got:?}");
     ensure!(hash_file(&dest)? == want, "the resumed file differs from the sent one");
     println!("cut at {at_cut} of {SIZE} bytes; resumed at {after}");
     Ok(())
@@ -137,24 +152,25 @@ async fn a_file_transfer_resumes_after_the_connection_is_cut_halfway() -> Result
 async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
     let (_a, b, mut ca, mut cb, room) = pair().await?;
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
-    let sent = ca
-        .call_with_upload(
-            "files.send",
-            json!({"room": room, "name": "../../notes.txt", "size": data.len()}),
-            &data,
-            256 << 10,
-        )
-        .await?;
-    ensure!(sent["file"]["name"] == "notes.txt", "directories must be stripped from names: {sent}");
-    ensure!(sent["file"]["mime"] == "text/plain", "mime from the name: {sent}");
+    let upload = |name: &str, size: u64| SendFileParams {
+        room: room.clone(),
+        name: Some(name.into()),
+        size: Some(size),
+        ..Default::default()
+    };
+    let sent =
+        ca.request_with_upload::<SendFile>(&upload("../../notes.txt", data.len() as u64), &data, 256 << 10).await?;
+    ensure!(sent.file.name == "notes.txt", "directories must be stripped from names: {sent:?}");
+    ensure!(sent.file.mime == "text/plain", "mime from the name: {sent:?}");
     let m = wait_file_message(&mut cb, &room).await?;
     let dest = b.data_dir().join("notes.txt");
-    cb.call("files.get", json!({"room": room, "file": m["id"], "path": dest})).await?;
+    cb.request::<GetFile>(&get_to(&room, &m, &dest)).await?;
     ensure!(std::fs::read(&dest)? == data, "streamed upload differs after the transfer");
 
     // Streamed back over the WebSocket: the reply, then the bytes as binary frames.
-    let streamed = cb.call("files.get", json!({"room": room, "file": m["id"], "stream": true})).await?;
-    ensure!(streamed["streamed"] == true && streamed["file"]["size"] == data.len() as u64, "{streamed}");
+    let stream = GetFileParams { room: room.clone(), file: m.id.clone(), path: None, stream: true };
+    let streamed = cb.request::<GetFile>(&stream).await?;
+    ensure!(streamed.streamed && streamed.file.size == data.len() as u64, "{streamed:?}");
     let bytes = within(WAIT, "the streamed bytes", cb.read_binary(data.len() as u64)).await??;
     ensure!(bytes == data, "streamed bytes differ");
 
@@ -162,9 +178,9 @@ async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
     // a header; never with the token in the URL, which would end up in browser history.
     let d = b.daemon.as_ref().context("b running")?;
     let base = format!("http://{}", d.api_addr());
-    let plain = format!("{base}{}", m["file"]["url"].as_str().unwrap_or(""));
-    let ticketed = cb.call("files.url", json!({"room": room, "file": m["id"]})).await?;
-    let url = format!("{base}{}", ticketed["url"].as_str().context("files.url gives a url")?);
+    let plain = format!("{base}{}", m.file.as_ref().context("the file")?.url);
+    let params = peerlog_proto::api::files::FileUrlParams { room: room.clone(), file: m.id.clone(), inline: false };
+    let url = format!("{base}{}", cb.request::<Url>(&params).await?.url);
     ensure!(!url.contains(&d.token()) && !url.contains(d.cli_token()), "a download URL carries a credential: {url}");
     let body = http_get(&url, None).await?;
     ensure!(body.0 == 200 && body.1 == data, "HTTP download: status {} with {} bytes", body.0, body.1.len());
@@ -181,28 +197,24 @@ async fn streamed_uploads_arrive_and_bad_requests_are_refused() -> Result<()> {
 
     // Refused, and the daemon goes on: an existing destination, a relative path, a
     // message that is not a file, more bytes than announced, a file over the limit.
-    let refused = |r: Result<Value, peerlog::client::ClientError>| match r {
-        Err(peerlog::client::ClientError::Rpc { code, message }) => Ok((code, message)),
-        other => Err(anyhow::anyhow!("expected an error, got {other:?}")),
-    };
-    let (code, msg) = refused(cb.call("files.get", json!({"room": room, "file": m["id"], "path": dest})).await)?;
+    let (code, msg) = refused(cb.request::<GetFile>(&get_to(&room, &m, &dest)).await)?;
     ensure!(code == codes::LOCAL_FILE && msg.contains("exists"), "{code} {msg}");
-    let (code, _) = refused(cb.call("files.get", json!({"room": room, "file": m["id"], "path": "x.bin"})).await)?;
+    let (code, _) = refused(cb.request::<GetFile>(&get_to(&room, &m, "x.bin")).await)?;
     ensure!(code == codes::INVALID_PARAMS, "relative path: {code}");
     let nowhere = format!("{}:0", "ab".repeat(32));
-    let (code, msg) = refused(ca.call("files.get", json!({"room": room, "file": nowhere})).await)?;
+    let get = |file: &str| GetFileParams { room: room.clone(), file: file.into(), ..Default::default() };
+    let (code, msg) = refused(ca.request::<GetFile>(&get(&nowhere)).await)?;
     ensure!(code == codes::NOT_FOUND, "a message that is not in the room: {code} {msg}");
-    let (code, msg) = refused(ca.call("messages.history", json!({"room": room, "before": nowhere})).await)?;
+    let before =
+        peerlog_proto::api::messages::HistoryParams { room: room.clone(), before: Some(nowhere.clone()), limit: None };
+    let (code, msg) = refused(ca.request::<peerlog_proto::api::messages::History>(&before).await)?;
     ensure!(code == codes::NOT_FOUND, "history before a message that is not in the room: {code} {msg}");
     let text = send(&mut ca, &room, "not a file").await?;
-    let (code, msg) = refused(ca.call("files.get", json!({"room": room, "file": text})).await)?;
+    let (code, msg) = refused(ca.request::<GetFile>(&get(&text)).await)?;
     ensure!(code == codes::INVALID_PARAMS && msg.contains("not a file"), "{code} {msg}");
-    let (code, msg) = refused(
-        ca.call_with_upload("files.send", json!({"room": room, "name": "long", "size": 2}), &[1, 2, 3], 3).await,
-    )?;
+    let (code, msg) = refused(ca.request_with_upload::<SendFile>(&upload("long", 2), &[1, 2, 3], 3).await)?;
     ensure!(code == codes::INVALID_PARAMS && msg.contains("more than"), "oversent upload: {code} {msg}");
-    let huge = json!({"room": room, "name": "huge", "size": 2u64 << 30});
-    let (code, msg) = refused(ca.call("files.send", huge).await)?;
+    let (code, msg) = refused(ca.request::<SendFile>(&upload("huge", 2 << 30)).await)?;
     ensure!(code == codes::TOO_LARGE, "oversized upload: {code} {msg}");
     ensure!(send(&mut cb, &room, "still here").await.is_ok(), "b must keep working");
     Ok(())
@@ -259,8 +271,8 @@ async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> 
 
     let dest = d.data_dir().join("raw.bin");
     let mut getter = d.cli_client().await?;
-    let params = json!({"room": room, "file": m["id"], "path": dest});
-    let download = tokio::spawn(async move { getter.call("files.get", params).await });
+    let params = get_to(&room, &m, &dest);
+    let download = tokio::spawn(async move { getter.request::<GetFile>(&params).await });
 
     let id = ids[0];
     let want = s.recv_until("the daemon's WantChunk", |f| matches!(f, Frame::WantChunk { .. })).await?;
@@ -294,7 +306,7 @@ async fn a_corrupt_chunk_is_refused_and_fetched_again_elsewhere() -> Result<()> 
     s.send(&Frame::Chunk { id, offset: 0, total, bytes: good[..1000].to_vec() }).await?;
     s.send(&Frame::Chunk { id, offset: 1000, total, bytes: good[1000..].to_vec() }).await?;
     let got = within(WAIT, "the download", download).await???;
-    ensure!(got["file"]["size"] == 300_000, "{got}");
+    ensure!(got.file.size == 300_000, "{got:?}");
     ensure!(std::fs::read(&dest)? == data, "the file differs after the retry");
     Ok(())
 }

@@ -5,9 +5,10 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use peerlog::log::store::{Store, WriterQuota};
 use peerlog::log::{hash_entry, new_writer, sign_head, Body, FeedCipher, Message, LAMPORT_MAX};
+use peerlog_proto::api::messages::MessageInfo;
+use peerlog_proto::api::{events, files, peers, rooms};
 use peerlog_proto::wire::{DiscoveryKey, Entry, FeedKey, Frame, Key32, SignedHead};
 use peerlog_tests::*;
-use serde_json::json;
 
 use super::PASS;
 
@@ -30,11 +31,7 @@ fn entry_with_clock(
 
 /// The Lamport clocks of the room's messages, by text.
 async fn clocks(c: &mut peerlog::client::Client, room: &str) -> Result<Vec<(String, u64)>> {
-    Ok(full_history(c, room)
-        .await?
-        .iter()
-        .map(|m| (m["text"].as_str().unwrap_or("").to_string(), m["lamport"].as_u64().unwrap_or(u64::MAX)))
-        .collect())
+    Ok(full_history(c, room).await?.iter().map(|m| (m.text.clone().unwrap_or_default(), m.lamport)).collect())
 }
 
 /// A member who writes a message with the Lamport clock at `u64::MAX` used to raise the
@@ -156,14 +153,27 @@ async fn the_api_token_cannot_name_files_and_saving_follows_no_symlink() -> Resu
     let mut api = d.client().await?;
     let room = join(&mut api, PASS).await?;
     let dir = tempfile::tempdir()?;
-    let refused_code = |r: Result<serde_json::Value, ClientError>| match r {
-        Err(ClientError::Rpc { code, .. }) => Ok(code),
-        other => Err(anyhow::anyhow!("expected an error, got {other:?}")),
+    fn refused_code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Result<i32> {
+        match r {
+            Err(ClientError::Rpc { code, .. }) => Ok(code),
+            other => Err(anyhow::anyhow!("expected an error, got {other:?}")),
+        }
+    }
+    let send = |path: &std::path::Path| files::SendFileParams {
+        room: room.clone(),
+        path: Some(path.display().to_string()),
+        ..Default::default()
+    };
+    let get = |id: &str, path: &std::path::Path| files::GetFileParams {
+        room: room.clone(),
+        file: id.into(),
+        path: Some(path.display().to_string()),
+        stream: false,
     };
 
     // With the API token: no path in either direction, and nothing is published.
     let key = d.data_dir().join("identity.key");
-    let code = refused_code(api.call("files.send", serde_json::json!({"room": room, "path": key})).await)?;
+    let code = refused_code(api.request::<files::SendFile>(&send(&key)).await)?;
     ensure!(code == codes::LOCAL_ONLY, "files.send {{path}} with the API token answered {code}");
     ensure!(full_history(&mut api, &room).await?.is_empty(), "a file was published with the API token");
 
@@ -171,10 +181,10 @@ async fn the_api_token_cannot_name_files_and_saving_follows_no_symlink() -> Resu
     let mut cli = d.cli_client().await?;
     let src = dir.path().join("note.txt");
     std::fs::write(&src, b"shared on purpose")?;
-    let sent = cli.call("files.send", serde_json::json!({"room": room, "path": src})).await?;
-    let id = sent["message"]["id"].as_str().context("message id")?.to_string();
+    let sent = cli.request::<files::SendFile>(&send(&src)).await?;
+    let id = sent.message.context("the file's message")?.id;
     let out = dir.path().join("out.txt");
-    let code = refused_code(api.call("files.get", serde_json::json!({"room": room, "file": id, "path": out})).await)?;
+    let code = refused_code(api.request::<files::GetFile>(&get(&id, &out)).await)?;
     ensure!(code == codes::LOCAL_ONLY && !out.exists(), "files.get {{path}} with the API token answered {code}");
 
     // The CLI credential is refused from a browser (any Origin).
@@ -197,15 +207,14 @@ async fn the_api_token_cannot_name_files_and_saving_follows_no_symlink() -> Resu
     std::fs::write(&victim, b"victim")?;
     let dest = dir.path().join("got.txt");
     std::os::unix::fs::symlink(&victim, dir.path().join(".got.txt.peerlog-part"))?;
-    cli.call("files.get", serde_json::json!({"room": room, "file": id, "path": dest})).await?;
+    cli.request::<files::GetFile>(&get(&id, &dest)).await?;
     ensure!(std::fs::read(&victim)? == b"victim", "files.get wrote through a planted symlink");
     ensure!(std::fs::read(&dest)? == b"shared on purpose", "the saved file differs");
     // A symlink at the destination is not replaced, and its target is not created.
     let linked = dir.path().join("linked.txt");
     let elsewhere = dir.path().join("elsewhere.txt");
     std::os::unix::fs::symlink(&elsewhere, &linked)?;
-    let code =
-        refused_code(cli.call("files.get", serde_json::json!({"room": room, "file": id, "path": linked})).await)?;
+    let code = refused_code(cli.request::<files::GetFile>(&get(&id, &linked)).await)?;
     ensure!(code == codes::LOCAL_FILE, "saving over a symlink answered {code}");
     ensure!(
         !elsewhere.exists() && linked.symlink_metadata()?.file_type().is_symlink(),
@@ -343,8 +352,7 @@ async fn a_non_member_cannot_hold_handshake_slots_or_send_big_frames() -> Result
 
 /// The id of the first joined room.
 async fn room_id(c: &mut peerlog::client::Client) -> Result<String> {
-    let r = c.call("rooms.list", serde_json::json!({})).await?;
-    r["rooms"][0]["id"].as_str().map(String::from).context("a joined room")
+    Ok(rooms_list(c).await?.into_iter().next().context("a joined room")?.id)
 }
 
 /// Peer exchange is one `Peers` frame per session: a peer that sends more (each listed peer
@@ -423,8 +431,7 @@ async fn a_damaged_block_is_not_served_and_the_session_goes_on() -> Result<()> {
     let (d, mut c, _keys, _raw, mut s) = member_session().await?;
     let room = room_id(&mut c).await?;
     send(&mut c, &room, "soon damaged").await?;
-    let rooms = c.call("rooms.list", serde_json::json!({})).await?;
-    let feed_hex = rooms["rooms"][0]["feed_key"].as_str().context("our feed key")?.to_string();
+    let feed_hex = rooms_list(&mut c).await?.into_iter().next().context("our room")?.feed_key;
     let path = d.data_dir().join("db").join("blocks").join(&feed_hex);
     let mut bytes = std::fs::read(&path)?;
     let last = bytes.len() - 1;
@@ -474,10 +481,12 @@ async fn a_weak_passphrase_needs_confirmation_for_a_publicly_announced_room() ->
     })
     .await?;
     let mut c = public.client().await?;
-    let check = c.call("passphrase.check", serde_json::json!({"passphrase": "Summer2024!"})).await?;
-    ensure!(check["confirm"] == true && check["public"] == true, "passphrase.check: {check}");
-    ensure!(check["bits"].as_u64().context("bits")? < 40, "zxcvbn rates Summer2024! weak: {check}");
-    let refused = c.call("rooms.join", serde_json::json!({"passphrase": "Summer2024!"})).await;
+    let params = rooms::PassphraseParams { passphrase: "Summer2024!".into() };
+    let check = c.request::<rooms::CheckPassphrase>(&params).await?;
+    ensure!(check.confirm && check.public, "passphrase.check: {check:?}");
+    ensure!(check.bits < 40, "zxcvbn rates Summer2024! weak: {check:?}");
+    let weak = |weak_ok| rooms::JoinParams { passphrase: Some("Summer2024!".into()), weak_ok, ..Default::default() };
+    let refused = c.request::<rooms::Join>(&weak(false)).await;
     match refused {
         Err(ClientError::Rpc { code, message }) => ensure!(
             code == peerlog_proto::api::codes::WEAK_PASSPHRASE && message.contains("--i-know-it-is-weak"),
@@ -485,17 +494,18 @@ async fn a_weak_passphrase_needs_confirmation_for_a_publicly_announced_room() ->
         ),
         other => anyhow::bail!("a weak passphrase for a public room was not refused: {other:?}"),
     }
-    ensure!(c.call("rooms.list", serde_json::json!({})).await?["rooms"].as_array().context("rooms")?.is_empty());
-    let joined = c.call("rooms.join", serde_json::json!({"passphrase": "Summer2024!", "weak_ok": true})).await?;
-    let warning = joined["warning"].as_str().context("no warning after a confirmed weak join")?;
+    ensure!(rooms_list(&mut c).await?.is_empty(), "a refused join left a room");
+    let joined = c.request::<rooms::Join>(&weak(true)).await?;
+    let warning = joined.warning.context("no warning after a confirmed weak join")?;
     ensure!(warning.starts_with("WEAK PASSPHRASE"), "{warning}");
-    let strong = c.call("rooms.join", serde_json::json!({"passphrase": PASS})).await?;
-    ensure!(strong.get("warning").is_none(), "a strong passphrase was warned about: {strong}");
+    let strong = rooms::JoinParams { passphrase: Some(PASS.into()), ..Default::default() };
+    let strong = c.request::<rooms::Join>(&strong).await?;
+    ensure!(strong.warning.is_none(), "a strong passphrase was warned about: {strong:?}");
 
     let private = TestDaemon::start().await?;
     let mut p = private.client().await?;
-    let joined = p.call("rooms.join", serde_json::json!({"passphrase": "Summer2024!"})).await?;
-    let warning = joined["warning"].as_str().context("no warning for a weak private room")?;
+    let joined = p.request::<rooms::Join>(&weak(false)).await?;
+    let warning = joined.warning.context("no warning for a weak private room")?;
     ensure!(warning.starts_with("weak passphrase"), "{warning}");
     Ok(())
 }
@@ -547,26 +557,18 @@ async fn a_writer_over_its_quota_is_stored_no_further_and_said_so() -> Result<()
     // A writer that sends 8 messages: 5 are stored.
     let flood = new_writer();
     push_feed(&mut s, &flood, feed_of(&flood, &keys, 8, 10, "flood")).await?;
-    let event = c.wait_event(WAIT, "a writer.quota event for entries", |e| e.method == "writer.quota").await?;
-    ensure!(
-        event.params["quota"] == "entries" && event.params["author"] == hex::encode(flood.verifying_key().to_bytes()),
-        "{:?}",
-        event.params
-    );
+    let event = c.wait_for::<events::WriterQuota>(WAIT, "a writer.quota event for entries", |_| true).await?;
+    ensure!(event.quota == "entries" && event.author == hex::encode(flood.verifying_key().to_bytes()), "{event:?}");
     // The third writer of the room is stored; a fourth is not.
     let third = new_writer();
     push_feed(&mut s, &third, feed_of(&third, &keys, 1, 30, "third")).await?;
     wait_for_text(&mut c, &room, "third 0", WAIT).await?;
     let fourth = new_writer();
     push_feed(&mut s, &fourth, feed_of(&fourth, &keys, 1, 40, "fourth")).await?;
-    let event = c
-        .wait_event(WAIT, "a writer.quota event for writers", |e| {
-            e.method == "writer.quota" && e.params["quota"] == "writers"
-        })
-        .await?;
-    ensure!(event.params["author"] == hex::encode(fourth.verifying_key().to_bytes()), "{:?}", event.params);
-    let texts: Vec<String> =
-        full_history(&mut c, &room).await?.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect();
+    let event =
+        c.wait_for::<events::WriterQuota>(WAIT, "a writer.quota event for writers", |e| e.quota == "writers").await?;
+    ensure!(event.author == hex::encode(fourth.verifying_key().to_bytes()), "{event:?}");
+    let texts = texts(&mut c, &room).await?;
     let flooded = texts.iter().filter(|t| t.starts_with("flood")).count();
     ensure!(flooded == 5, "{flooded} of the flooding writer's 8 messages stored (quota 5): {texts:?}");
     ensure!(!texts.iter().any(|t| t.starts_with("fourth")), "a writer past the room's quota was stored");
@@ -591,25 +593,20 @@ async fn a_blocked_writer_is_not_stored_served_or_shown_even_after_a_restart() -
     send(&mut cb, &room, "from b").await?;
     let msg = wait_for_text(&mut ca, &room, "from b", WAIT).await?;
     wait_for_text(&mut cc, &room, "from b", WAIT).await?;
-    let author = msg["author"].as_str().context("author")?.to_string();
+    let author = msg.author;
+    let block = peers::PeerRoomParams { peer: author.clone(), room: Some(room.clone()) };
 
-    let r = ca.call("peers.block", json!({"peer": author, "room": room})).await?;
-    ensure!(r["blocked"] == true, "{r}");
-    let texts = |h: Vec<serde_json::Value>| -> Vec<String> {
-        h.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect()
-    };
+    let r = ca.request::<peers::Block>(&block).await?;
+    ensure!(r.blocked, "{r:?}");
+    let texts = |h: Vec<MessageInfo>| -> Vec<String> { h.into_iter().filter_map(|m| m.text).collect() };
     ensure!(
         !texts(full_history(&mut ca, &room).await?).contains(&"from b".to_string()),
         "a blocked writer is still shown"
     );
-    let members = ca.call("rooms.members", json!({"room": room})).await?;
+    let members = members(&mut ca, &room).await?;
     ensure!(
-        members["members"]
-            .as_array()
-            .context("members")?
-            .iter()
-            .any(|m| m["author"] == author.as_str() && m["blocked"] == true),
-        "rooms.members does not show the block: {members}"
+        members.iter().any(|m| m.author == author && m.blocked),
+        "rooms.members does not show the block: {members:?}"
     );
     // b writes on; c (not blocking anyone) receives it and writes after it. Once c's
     // message reached a, so had the offer of b's: a must have refused it.
@@ -621,8 +618,8 @@ async fn a_blocked_writer_is_not_stored_served_or_shown_even_after_a_restart() -
         !texts(full_history(&mut ca, &room).await?).contains(&"after the block".to_string()),
         "a blocked writer's new message was stored"
     );
-    let blocked = ca.call("peers.blocked", json!({"room": room})).await?;
-    ensure!(blocked["blocked"].as_array().is_some_and(|l| l.iter().any(|x| x == author.as_str())), "{blocked}");
+    let blocked = ca.request::<peers::Blocked>(&peers::OptRoomParam { room: Some(room.clone()) }).await?.blocked;
+    ensure!(blocked.contains(&author), "{blocked:?}");
 
     // Across a restart: still hidden, still refused.
     drop(ca);
@@ -634,22 +631,18 @@ async fn a_blocked_writer_is_not_stored_served_or_shown_even_after_a_restart() -
     );
 
     // Unblocked: b's messages are shown again, and what a missed arrives.
-    ca.call("peers.unblock", json!({"peer": author, "room": room})).await?;
+    ca.request::<peers::Unblock>(&block).await?;
     ensure!(
         texts(full_history(&mut ca, &room).await?).contains(&"from b".to_string()),
         "unblocking did not show b again"
     );
     send(&mut cb, &room, "after the unblock").await?;
     wait_for_text(&mut ca, &room, "after the unblock", WAIT).await?;
-    ensure!(ca.call("peers.block", json!({"peer": "zz"})).await.is_err(), "a malformed writer key was accepted");
-    let mine = ca.call("rooms.members", json!({"room": room})).await?;
-    let own =
-        mine["members"].as_array().context("members")?.iter().find(|m| m["mine"] == true).context("own member")?
-            ["author"]
-            .as_str()
-            .context("own author")?
-            .to_string();
-    ensure!(ca.call("peers.block", json!({"peer": own, "room": room})).await.is_err(), "we could block ourselves");
+    let malformed = peers::PeerRoomParams { peer: "zz".into(), room: None };
+    ensure!(ca.request::<peers::Block>(&malformed).await.is_err(), "a malformed writer key was accepted");
+    let own = peerlog_tests::members(&mut ca, &room).await?.into_iter().find(|m| m.mine).context("own member")?;
+    let own = peers::PeerRoomParams { peer: own.author, room: Some(room.clone()) };
+    ensure!(ca.request::<peers::Block>(&own).await.is_err(), "we could block ourselves");
     Ok(())
 }
 
@@ -679,7 +672,7 @@ async fn a_peer_flooding_entries_is_slowed_to_its_rate_limit() -> Result<()> {
     // The daemon answers its clients during the flood.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let asked = std::time::Instant::now();
-    c.call("rooms.list", json!({})).await?;
+    rooms_list(&mut c).await?;
     ensure!(asked.elapsed() < Duration::from_secs(2), "rooms.list took {:?} during the flood", asked.elapsed());
     wait_for_text(&mut c, &room, &format!("{text} 39"), Duration::from_secs(60)).await?;
     let took = started.elapsed();
@@ -707,8 +700,7 @@ async fn a_feed_carried_over_from_another_room_is_refused() -> Result<()> {
         seen.contains(&Frame::Refuse { reason: peerlog_proto::wire::Refusal::ProtocolViolation }),
         "a head signed for another room was accepted: {seen:?}"
     );
-    let texts: Vec<String> =
-        full_history(&mut c, &room).await?.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect();
+    let texts = texts(&mut c, &room).await?;
     ensure!(!texts.iter().any(|t| t.starts_with("carried")), "the carried-over feed was stored: {texts:?}");
     Ok(())
 }
@@ -754,12 +746,12 @@ async fn forged_edits_and_deletions_change_nothing_and_reactions_are_bounded() -
     s.send(&Frame::Data { feed_key: hk, start: 0, entries, head: Some(head) }).await?;
     wait_for_text(&mut c, &room, "marker", WAIT).await?;
 
-    let h = c.call("messages.history", json!({"room": room, "limit": 10})).await?;
-    let m = h["messages"].as_array().and_then(|m| m.iter().find(|m| m["id"] == id.as_str())).context("the message")?;
-    ensure!(m["text"] == "mine alone" && m.get("edited").is_none() && m.get("deleted").is_none(), "forged: {m}");
-    let reactions = m["reactions"].as_array().context("reactions")?;
+    let h = history(&mut c, &room, 10).await?;
+    let m = h.iter().find(|m| m.id == id).context("the message")?;
+    ensure!(m.text.as_deref() == Some("mine alone") && !m.edited && !m.deleted, "forged: {m:?}");
+    let reactions = &m.reactions;
     ensure!(
-        reactions.len() == REACTIONS_PER_MEMBER_MAX && reactions.iter().all(|r| r["emoji"] != "two words"),
+        reactions.len() == REACTIONS_PER_MEMBER_MAX && reactions.iter().all(|r| r.emoji != "two words"),
         "one member's reactions: {reactions:?}"
     );
     Ok(())

@@ -9,18 +9,20 @@ use anyhow::{ensure, Context, Result};
 use peerlog::client::Client;
 use peerlog::keys::RoomSecret;
 use peerlog::log::store::Store;
-use peerlog_proto::api::codes;
+use peerlog_proto::api::messages::MessageInfo;
+use peerlog_proto::api::{codes, events, rooms};
 use peerlog_tests::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Waits for a `sync.progress` event of `room` with at least `n` entries done.
-async fn wait_synced(c: &mut Client, room: &str, n: u64, limit: Duration) -> Result<Value> {
-    let e = c
-        .wait_event(limit, &format!("sync.progress with {n} entries done in room {room}"), |e| {
-            e.method == "sync.progress" && e.params["room"] == room && e.params["entries_done"].as_u64() >= Some(n)
-        })
-        .await?;
-    Ok(e.params)
+async fn wait_synced(c: &mut Client, room: &str, n: u64, limit: Duration) -> Result<events::SyncProgress> {
+    let what = format!("sync.progress with {n} entries done in room {room}");
+    Ok(c.wait_for::<events::SyncProgress>(limit, &what, |p| p.room == room && p.entries_done >= n).await?)
+}
+
+/// The room's figures in `rooms.list`.
+async fn room_info(c: &mut Client, room: &str) -> Result<rooms::RoomInfo> {
+    rooms_list(c).await?.into_iter().find(|r| r.id == room).with_context(|| format!("room {room} not listed"))
 }
 
 /// Waits until the room holds `n` entries over all its feeds, asking `rooms.list`: unlike
@@ -30,9 +32,7 @@ async fn wait_stored(c: &mut Client, room: &str, n: u64, limit: Duration) -> Res
     let mut last = 0;
     within(limit, &format!("{n} entries stored in room {room}"), async {
         loop {
-            let r = c.call("rooms.list", json!({})).await?;
-            let found = r["rooms"].as_array().into_iter().flatten().find(|x| x["id"] == room);
-            last = found.and_then(|x| x["entries_stored"].as_u64()).unwrap_or(0);
+            last = room_info(c, room).await?.entries_stored;
             if last >= n {
                 return anyhow::Ok(());
             }
@@ -43,8 +43,8 @@ async fn wait_stored(c: &mut Client, room: &str, n: u64, limit: Duration) -> Res
     .with_context(|| format!("{last} of {n} entries stored"))?
 }
 
-fn texts(history: &[Value]) -> Vec<String> {
-    history.iter().filter_map(|m| m["text"].as_str().map(String::from)).collect()
+fn texts(history: &[MessageInfo]) -> Vec<String> {
+    history.iter().filter_map(|m| m.text.clone()).collect()
 }
 
 /// Every file under `dir`, recursively.
@@ -78,12 +78,11 @@ async fn store_and_forward_a_member_serves_an_offline_writers_messages() -> Resu
     let mut b = TestDaemon::start_bootstrapped(&boot).await?;
     let c = TestDaemon::start_bootstrapped(&boot).await?;
     let (mut ca, mut cc) = (a.client().await?, c.client().await?);
-    let r = ca.call("rooms.create", json!({"name": "relay race"})).await?;
-    let (room, invite) = (r["room"]["id"].as_str().context("id")?.to_string(), r["invite"].clone());
-    cc.call("rooms.join", json!({"invite": invite})).await?;
+    let (room, invite) = create(&mut ca, "relay race").await?;
+    join_invite(&mut cc, &invite).await?;
     {
         let mut cb = b.client().await?;
-        cb.call("rooms.join", json!({"invite": invite})).await?;
+        join_invite(&mut cb, &invite).await?;
         send(&mut ca, &room, "before b left").await?;
         wait_for_text(&mut cb, &room, "before b left", WAIT).await?;
     }
@@ -113,8 +112,8 @@ async fn store_and_forward_a_member_serves_an_offline_writers_messages() -> Resu
     let hc = full_history(&mut cc, &room).await?;
     ensure!(texts(&hb)[1..] == sent[..], "b's copy of a's messages differs: {:?}", texts(&hb));
     ensure!(hb == hc, "b and c disagree on the history or its order");
-    let author = &hb[1]["author"];
-    ensure!(hb[1..].iter().all(|m| &m["author"] == author && m["mine"] == false), "all 50 are a's, not c's");
+    let author = &hb[1].author;
+    ensure!(hb[1..].iter().all(|m| &m.author == author && !m.mine), "all 50 are a's, not c's");
     Ok(())
 }
 
@@ -128,25 +127,25 @@ async fn a_blind_seeder_serves_a_room_it_cannot_read() -> Result<()> {
     let mut a = TestDaemon::start_bootstrapped(&boot).await?;
     let mut seeder = TestDaemon::start_bootstrapped(&boot).await?;
     let mut ca = a.client().await?;
-    let r = ca.call("rooms.create", json!({"name": "family"})).await?;
-    let room = r["room"]["id"].as_str().context("room id")?.to_string();
-    let invite = r["invite"].as_str().context("invite")?.to_string();
+    let (room, invite) = create(&mut ca, "family").await?;
     let sent: Vec<String> = (0..300).map(|i| format!("{MARKER} message {i:03}")).collect();
-    ca.call("messages.send_batch", json!({"room": room, "texts": sent[..200]})).await?;
+    send_batch(&mut ca, &room, &sent[..200]).await?;
     for t in &sent[200..] {
         send(&mut ca, &room, t).await?;
     }
 
-    let cap = ca.call("rooms.invite", json!({"room": room, "kind": "seed"})).await?;
-    let cap = cap["invite"].as_str().context("seed capability")?.to_string();
+    let params = rooms::InviteParams { room: room.clone(), kind: Some("seed".into()) };
+    let cap = ca.request::<rooms::Invite>(&params).await?.invite;
     ensure!(cap.starts_with("peerlog-seed:"), "{cap}");
     // A seed capability is not an invite.
-    let e = ca.call("rooms.join", json!({"invite": cap})).await.expect_err("a seed capability must not join");
+    let e = join_invite(&mut ca, &cap).await.expect_err("a seed capability must not join");
+    let e = e.downcast::<peerlog::client::ClientError>()?;
     ensure!(matches!(e, peerlog::client::ClientError::Rpc { code: codes::BAD_INVITE, .. }), "{e}");
 
     let mut cs = seeder.client().await?;
-    let r = cs.call("rooms.seed", json!({"capability": cap, "name": "seeded"})).await?;
-    ensure!(r["room"]["id"] == room.as_str() && r["room"]["seeder"] == true, "{r}");
+    let params = rooms::SeedParams { capability: cap.clone(), name: Some("seeded".into()) };
+    let r = cs.request::<rooms::Seed>(&params).await?.room;
+    ensure!(r.id == room && r.seeder, "{r:?}");
     wait_synced(&mut cs, &room, 300, WAIT).await?;
     for (method, params) in [
         ("messages.history", json!({"room": room})),
@@ -156,22 +155,21 @@ async fn a_blind_seeder_serves_a_room_it_cannot_read() -> Result<()> {
         let e = cs.call(method, params).await.expect_err("a seeder cannot read, write or invite members");
         ensure!(matches!(e, peerlog::client::ClientError::Rpc { code: codes::SEEDER_ONLY, .. }), "{method}: {e}");
     }
-    let e = cs.call("rooms.join", json!({"invite": invite})).await.expect_err("seeder must leave first");
+    let e = join_invite(&mut cs, &invite).await.expect_err("seeder must leave first");
     ensure!(e.to_string().contains("leave"), "{e}");
 
     // The writer goes away; a new member gets the room from the seeder alone.
     a.stop().await?;
     let b = TestDaemon::start_bootstrapped(&boot).await?;
     let mut cb = b.client().await?;
-    cb.call("rooms.join", json!({"invite": invite})).await?;
+    join_invite(&mut cb, &invite).await?;
     let done = wait_synced(&mut cb, &room, 300, WAIT).await?;
     // Bytes too: the seeder reported the feed's size, and (about) all of it arrived. Sizes
     // are of stored blocks, so a different split into blocks moves them by a few bytes.
-    let bytes_done = done["bytes_done"].as_u64().unwrap_or(0);
-    let bytes_total = done["bytes_total"].as_u64().unwrap_or(0);
+    let (bytes_done, bytes_total) = (done.bytes_done, done.bytes_total);
     ensure!(
         bytes_total > 300 * 40 && bytes_done.abs_diff(bytes_total) <= bytes_total / 100,
-        "sync.progress bytes: {done}"
+        "sync.progress bytes: {done:?}"
     );
     let hb = full_history(&mut cb, &room).await?;
     ensure!(texts(&hb) == sent, "b did not get a's 300 messages in order from the seeder");
@@ -203,42 +201,41 @@ async fn a_catch_up_interrupted_by_a_restart_resumes_from_what_is_stored() -> Re
     const N: u64 = 200_000;
     let a = TestDaemon::start_bootstrap_node().await?;
     let mut ca = a.client().await?;
-    ca.call("subscribe", json!({"events": []})).await?;
-    let r = ca.call("rooms.create", json!({})).await?;
-    let room = r["room"]["id"].as_str().context("room id")?.to_string();
-    let invite = r["invite"].clone();
+    subscribe(&mut ca, &[]).await?;
+    let (room, invite) = create(&mut ca, "bulk").await?;
     for k in 0..N / 1000 {
         let texts: Vec<String> = (0..1000).map(|i| format!("bulk {:06}", k * 1000 + i)).collect();
-        ca.call("messages.send_batch", json!({"room": room, "texts": texts})).await?;
+        send_batch(&mut ca, &room, &texts).await?;
     }
 
     let mut b = TestDaemon::start_bootstrapped(&a).await?;
     {
         let mut cb = b.client().await?;
-        cb.call("subscribe", json!({"events": ["sync.progress"]})).await?;
-        cb.call("rooms.join", json!({"invite": invite})).await?;
+        subscribe(&mut cb, &["sync.progress"]).await?;
+        join_invite(&mut cb, &invite).await?;
         let first = wait_synced(&mut cb, &room, 1, WAIT).await?;
-        ensure!(first["entries_total"] == N, "b learned the room's size: {first}");
+        ensure!(first.entries_total == N, "b learned the room's size: {first:?}");
     }
     b.stop().await?;
     let stored = {
         let store = Store::open(&b.data_dir().join("db"))?;
-        let dk = RoomSecret::from_invite(invite.as_str().context("invite")?)?.keys().discovery_key;
+        let dk = RoomSecret::from_invite(&invite)?.keys().discovery_key;
         store.room_feeds(&dk)?.iter().map(|(_, m)| m.stored()).sum::<u64>()
     };
     ensure!(0 < stored && stored < N, "stopped mid-sync: {stored} of {N} stored");
 
     b.restart().await?;
     let mut cb = b.client().await?;
-    cb.call("subscribe", json!({"events": ["sync.progress", "lagged"]})).await?;
+    subscribe(&mut cb, &["sync.progress", "lagged"]).await?;
     let mut seen = Vec::new();
     within(Duration::from_secs(120), "b's progress after its restart", async {
         loop {
             let e =
                 cb.wait_event(WAIT, "sync.progress", |e| e.method == "sync.progress" || e.method == "lagged").await?;
             // Behind the burst of message events the last progress events may be lost.
-            let done = e.params["entries_done"].as_u64().unwrap_or(0);
-            if e.method == "lagged" || done >= N {
+            let Some(progress) = e.decode::<events::SyncProgress>() else { return anyhow::Ok(()) };
+            let done = progress?.entries_done;
+            if done >= N {
                 return anyhow::Ok(());
             }
             seen.push(done);
@@ -250,12 +247,9 @@ async fn a_catch_up_interrupted_by_a_restart_resumes_from_what_is_stored() -> Re
         seen.first().is_some_and(|&first| first >= stored) && seen.windows(2).all(|w| w[0] <= w[1]),
         "progress after the restart must start from what was stored ({stored}) and only grow: {seen:?}"
     );
-    let (last_a, last_b) = (
-        ca.call("messages.history", json!({"room": room, "limit": 1000})).await?,
-        cb.call("messages.history", json!({"room": room, "limit": 1000})).await?,
-    );
-    let ids = |v: &Value| -> Vec<Value> {
-        v["messages"].as_array().into_iter().flatten().map(|m| json!([m["id"], m["text"]])).collect()
+    let (last_a, last_b) = (history(&mut ca, &room, 1000).await?, history(&mut cb, &room, 1000).await?);
+    let ids = |h: &[MessageInfo]| -> Vec<(String, Option<String>)> {
+        h.iter().map(|m| (m.id.clone(), m.text.clone())).collect()
     };
     ensure!(ids(&last_a).len() == 1000 && ids(&last_a) == ids(&last_b), "b's newest page differs from a's");
     println!("stopped with {stored} of {N} stored; resumed and finished");
@@ -283,46 +277,41 @@ async fn joiner_fetches_once_from_both(n_a: u64, n_c: u64) -> Result<()> {
     let a = TestDaemon::start_bootstrap_node().await?;
     let c = TestDaemon::start_bootstrapped(&a).await?;
     let (mut ca, mut cc) = (a.client().await?, c.client().await?);
-    let r = ca.call("rooms.create", json!({})).await?;
-    let room = r["room"]["id"].as_str().context("room id")?.to_string();
-    let invite = r["invite"].clone();
-    cc.call("rooms.join", json!({"invite": invite})).await?;
+    let (room, invite) = create(&mut ca, "two copies").await?;
+    join_invite(&mut cc, &invite).await?;
     // 40,000 message events would overflow the event queue and drop progress events.
-    ca.call("subscribe", json!({"events": ["sync.progress"]})).await?;
-    cc.call("subscribe", json!({"events": ["sync.progress"]})).await?;
+    subscribe(&mut ca, &["sync.progress"]).await?;
+    subscribe(&mut cc, &["sync.progress"]).await?;
     for (client, who, n) in [(&mut ca, "a", n_a), (&mut cc, "c", n_c)] {
         for k in 0..n / 10_000 {
             let texts: Vec<String> = (0..10_000).map(|i| format!("{who} {:06}", k * 10_000 + i)).collect();
-            client.call("messages.send_batch", json!({"room": room, "texts": texts})).await?;
+            send_batch(client, &room, &texts).await?;
         }
     }
     wait_stored(&mut ca, &room, total, WAIT).await?;
     wait_stored(&mut cc, &room, total, WAIT).await?;
-    let room_stat = |v: Value, key: &str| -> u64 { v["rooms"][0][key].as_u64().unwrap_or(0) };
-    let served_before = (
-        room_stat(ca.call("rooms.list", json!({})).await?, "entries_served"),
-        room_stat(cc.call("rooms.list", json!({})).await?, "entries_served"),
-    );
+    let served_before =
+        (room_info(&mut ca, &room).await?.entries_served, room_info(&mut cc, &room).await?.entries_served);
 
     // B knows both: the bootstrap is a, and c is a's room peer (peer exchange, DHT).
     let b = TestDaemon::start_bootstrapped(&a).await?;
     let mut cb = b.client().await?;
-    cb.call("subscribe", json!({"events": ["peer.joined"]})).await?;
-    cb.call("rooms.join", json!({"invite": invite})).await?;
+    subscribe(&mut cb, &["peer.joined"]).await?;
+    join_invite(&mut cb, &invite).await?;
     let mut peers = std::collections::HashSet::new();
     within(WAIT, "b to have sessions with both a and c", async {
         while peers.len() < 2 {
-            let e = cb.wait_event(WAIT, "peer.joined", |e| e.method == "peer.joined").await?;
-            peers.insert(e.params["peer"].as_str().unwrap_or("").to_string());
+            let e = cb.wait_for::<events::PeerJoined>(WAIT, "peer.joined", |_| true).await?;
+            peers.insert(e.peer);
         }
         anyhow::Ok(())
     })
     .await??;
     wait_stored(&mut cb, &room, total, Duration::from_secs(60)).await?;
-    let received = room_stat(cb.call("rooms.list", json!({})).await?, "entries_received");
+    let received = room_info(&mut cb, &room).await?.entries_received;
     let served = (
-        room_stat(ca.call("rooms.list", json!({})).await?, "entries_served") - served_before.0,
-        room_stat(cc.call("rooms.list", json!({})).await?, "entries_served") - served_before.1,
+        room_info(&mut ca, &room).await?.entries_served - served_before.0,
+        room_info(&mut cc, &room).await?.entries_served - served_before.1,
     );
     println!("b received {received} entries for {total} stored; a served {}, c served {}", served.0, served.1);
     ensure!(received == total, "b received {received} entries to store {total}: duplicates were fetched");
@@ -379,8 +368,8 @@ async fn a_writer_restored_from_a_backup_fetches_its_own_feed_before_writing_on(
     send(&mut cw, &room, "four").await?;
     wait_for_text(&mut cp, &room, "four", WAIT).await?;
 
-    let rooms = cp.call("rooms.list", json!({})).await?;
-    ensure!(rooms["rooms"][0]["forks"] == json!([]), "the peer recorded a fork: {rooms}");
+    let forks = room_info(&mut cp, &room).await?.forks;
+    ensure!(forks.is_empty(), "the peer recorded a fork: {forks:?}");
     let at_peer = texts(&full_history(&mut cp, &room).await?);
     ensure!(at_peer == ["one", "two", "three", "four"], "the peer holds {at_peer:?}");
     ensure!(texts(&full_history(&mut cw, &room).await?) == at_peer, "the writer's history differs from the peer's");
@@ -400,7 +389,7 @@ async fn damage_at_b(b_writes: bool) -> Result<(TestDaemon, TestDaemon, String)>
     for t in ["one", "two", "three"] {
         send(writer, &room, t).await?;
     }
-    let author = wait_for_text(reader, &room, "three", WAIT).await?["author"].as_str().context("author")?.to_string();
+    let author = wait_for_text(reader, &room, "three", WAIT).await?.author;
     drop(cb);
     b.stop().await?;
     let path = b.data_dir().join("db").join("blocks").join(&author);
@@ -438,7 +427,7 @@ async fn a_damaged_block_is_fetched_again_from_a_peer() -> Result<()> {
     // message links to the damaged entry, which b must check it against: b takes it
     // anyway (used to end the session, for good) and fetches the damaged ones again.
     send(&mut ca, &room, "four").await?;
-    cb.wait_event(WAIT, "a's fourth message at b", |e| e.method == "message" && e.params["text"] == "four").await?;
+    wait_for_text(&mut cb, &room, "four", WAIT).await?;
     let back = history_with(
         &mut cb,
         &room,
