@@ -26,6 +26,7 @@ use peerlog_proto::api::events::{self, EventParams};
 use peerlog_proto::api::{files, messages, node, rooms, NoParams};
 
 use crate::client::Client;
+use crate::config::DhtMode;
 use crate::disk::dir_bytes;
 
 /// What to run.
@@ -43,6 +44,15 @@ pub struct BenchOptions {
     pub file_mib: u64,
 }
 
+/// What `peerlog bench --room-size N` runs: N daemons in one room.
+#[derive(Clone, Debug)]
+pub struct RoomOptions {
+    /// The `peerlog` binary to start daemons from.
+    pub exe: PathBuf,
+    /// Daemons in the room.
+    pub size: usize,
+}
+
 /// Size of every benchmark message's text.
 const TEXT_BYTES: usize = 200;
 /// Time allowed for any one step; a step that takes longer fails the run with its name.
@@ -53,6 +63,7 @@ struct Proc {
     exe: PathBuf,
     dir: PathBuf,
     bootstrap: Option<String>,
+    dht: DhtMode,
     child: Child,
     api: std::net::SocketAddr,
     token: String,
@@ -62,12 +73,17 @@ struct Proc {
 
 impl Proc {
     async fn start(exe: &Path, name: &str, bootstrap: Option<&str>) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("peerlog-bench-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        Self::spawn(exe.to_path_buf(), dir, bootstrap.map(str::to_owned)).await
+        Self::start_with(exe, name, bootstrap, DhtMode::Server).await
     }
 
-    async fn spawn(exe: PathBuf, dir: PathBuf, bootstrap: Option<String>) -> Result<Self> {
+    /// A daemon on the DHT mode users get (auto: a client on loopback) or as a server.
+    async fn start_with(exe: &Path, name: &str, bootstrap: Option<&str>, dht: DhtMode) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("peerlog-bench-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self::spawn(exe.to_path_buf(), dir, bootstrap.map(str::to_owned), dht).await
+    }
+
+    async fn spawn(exe: PathBuf, dir: PathBuf, bootstrap: Option<String>, dht: DhtMode) -> Result<Self> {
         let _ = std::fs::remove_file(dir.join("api-port"));
         std::fs::create_dir_all(&dir)?;
         let log = std::fs::File::create(dir.with_extension("log"))?;
@@ -76,13 +92,16 @@ impl Proc {
             .arg("--data-dir")
             .arg(&dir)
             .args(["--api-listen", "127.0.0.1:0", "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0"])
-            .args(["--dht-mode", "server", "--relay-server", "off"])
+            .args(["--relay-server", "off"])
             .env("RUST_LOG", "warn")
             .env("PEERLOG_NETWORK", "private")
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(b) = &bootstrap {
             cmd.args(["--bootstrap", b]);
+        }
+        if dht == DhtMode::Server {
+            cmd.args(["--dht-mode", "server"]);
         }
         let child = cmd.spawn().with_context(|| format!("starting {}", exe.display()))?;
         let port_file = dir.join("api-port");
@@ -99,7 +118,7 @@ impl Proc {
         // The CLI credential: the bench names files by path.
         let token = std::fs::read_to_string(dir.join("cli-token"))?.trim().to_owned();
         let api = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-        let mut proc = Self { exe, dir, bootstrap, child, api, token, addr: String::new() };
+        let mut proc = Self { exe, dir, bootstrap, dht, child, api, token, addr: String::new() };
         let info = proc.client().await?.request::<node::Info>(&NoParams {}).await?;
         let listen = info
             .listen_addrs
@@ -118,6 +137,31 @@ impl Proc {
         status_kib(self.child.id(), "VmRSS:")
     }
 
+    /// CPU seconds used so far (user and system).
+    fn cpu_secs(&self) -> f64 {
+        cpu_secs(self.child.id())
+    }
+
+    /// A counter or gauge of its `/metrics`, summed over its label sets.
+    async fn metric(&self, name: &str) -> Result<f64> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.api).await?;
+        let host = self.api;
+        let request = format!(
+            "GET /metrics HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            self.token
+        );
+        s.write_all(request.as_bytes()).await?;
+        let mut body = String::new();
+        s.read_to_string(&mut body).await?;
+        let total = body
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum();
+        Ok(total)
+    }
+
     fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.dir.join("db"))
     }
@@ -125,9 +169,9 @@ impl Proc {
     /// Stops the daemon (SIGTERM) and starts it again on the same data dir.
     async fn restart(mut self) -> Result<Self> {
         self.stop()?;
-        let (exe, dir, bootstrap) = (self.exe.clone(), self.dir.clone(), self.bootstrap.clone());
+        let (exe, dir, bootstrap, dht) = (self.exe.clone(), self.dir.clone(), self.bootstrap.clone(), self.dht);
         std::mem::forget(self);
-        Self::spawn(exe, dir, bootstrap).await
+        Self::spawn(exe, dir, bootstrap, dht).await
     }
 
     fn stop(&mut self) -> Result<()> {
@@ -151,6 +195,18 @@ impl Drop for Proc {
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_file(self.dir.with_extension("log"));
     }
+}
+
+/// CPU seconds (user and system) a process used, from `/proc/PID/stat`; 0 if unreadable.
+pub fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<u64>().ok()).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 / hz
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS:`, `VmHWM:`), 0 if unreadable.
@@ -476,5 +532,155 @@ pub fn render(v: &Value) -> String {
             }
         }
     }
+    s
+}
+
+/// `peerlog bench --room-size N`: N daemons (release builds, separate processes) on
+/// loopback join one room by invite, on their defaults (a bootstrap node is the first of
+/// them, a DHT server as the README's private-network recipe starts one); once their
+/// sessions settle, each sends one message, one after another. Figures: the time per send,
+/// the time from the last send until every daemon holds all N messages, room sessions per
+/// daemon, CPU seconds, frames and entries received per message across the room, and RSS.
+pub async fn room(opts: &RoomOptions, progress: impl Fn(&str)) -> Result<Value> {
+    let n = opts.size.max(2);
+    progress(&format!("starting {n} daemons"));
+    let boot = Proc::start_with(&opts.exe, "room-0", None, DhtMode::Server).await?;
+    let mut procs = vec![boot];
+    for i in 1..n {
+        let boot = procs[0].addr.clone();
+        procs.push(Proc::start_with(&opts.exe, &format!("room-{i}"), Some(&boot), DhtMode::Auto).await?);
+    }
+    let mut clients = Vec::with_capacity(n);
+    for p in &procs {
+        let mut c = p.client().await?;
+        subscribe(&mut c, &[]).await?;
+        clients.push(c);
+    }
+    progress("joining the room");
+    let (room, invite) = create_room(&mut clients[0], "bench room").await?;
+    for c in clients.iter_mut().skip(1) {
+        join_room(c, &invite).await?;
+    }
+    // The sessions settle: every daemon has what the bound lets it have (a full mesh below
+    // it), and the total stops changing for 5 s (or 3 minutes pass).
+    progress("waiting for the room's sessions to settle");
+    let want = (n - 1).min(crate::config::Config::default().limits.room_sessions);
+    let settle = Instant::now();
+    let mut last = (0, Instant::now());
+    let sessions = loop {
+        let mut counts = Vec::with_capacity(n);
+        for c in clients.iter_mut() {
+            let params = peerlog_proto::api::peers::OptRoomParam { room: Some(room.clone()) };
+            counts.push(c.request::<peerlog_proto::api::peers::List>(&params).await?.peers.len());
+        }
+        let total: usize = counts.iter().sum();
+        if total != last.0 {
+            last = (total, Instant::now());
+        }
+        let settled = counts.iter().all(|&k| k >= want) && last.1.elapsed() > Duration::from_secs(5);
+        if settled || settle.elapsed() > Duration::from_secs(180) {
+            break counts;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let settle_secs = settle.elapsed().as_secs_f64();
+
+    // Every daemon's own client counts the message events (ours included) until it has all N.
+    let mut watchers = Vec::with_capacity(n);
+    for p in &procs {
+        let mut c = p.client().await?;
+        subscribe(&mut c, &[events::Message::NAME]).await?;
+        let room = room.clone();
+        watchers.push(tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            while seen.len() < n {
+                let m = c.wait_for::<events::Message>(STEP, "the room's messages", |m| m.room == room).await?;
+                seen.insert(m.id);
+            }
+            anyhow::Ok(Instant::now())
+        }));
+    }
+    let frames0 = room_figures(&procs).await?;
+    progress(&format!("{n} sends, one after another"));
+    let mut sends = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let t = Instant::now();
+        send(c, &room, format!("from {i}")).await?;
+        sends.push(t.elapsed().as_secs_f64());
+    }
+    let last_send = Instant::now();
+    let sends_secs = t0.elapsed().as_secs_f64();
+    progress("waiting until every daemon holds every message");
+    let mut done = Vec::with_capacity(n);
+    for w in watchers {
+        let at = step("every daemon to hold every message", async { w.await? }).await?;
+        done.push(at.saturating_duration_since(last_send).as_secs_f64());
+    }
+    // Half a second more, so the frames of the last pushes are counted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frames1 = room_figures(&procs).await?;
+    let messages = n as f64;
+    let rss: Vec<f64> = procs.iter().map(|p| p.rss_kib() as f64 / 1024.0).collect();
+    Ok(json!({
+        "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
+        "version": env!("CARGO_PKG_VERSION"),
+        "room_size": n,
+        "settle_s": settle_secs,
+        "sessions_per_daemon": spread(sessions.iter().map(|&k| k as f64).collect()),
+        "send_s": spread(sends),
+        "sends_total_s": sends_secs,
+        "all_hold_all_after_last_send_s": spread(done),
+        "cpu_s_per_message": (frames1.cpu - frames0.cpu) / messages,
+        "frames_per_message": (frames1.frames - frames0.frames) / messages,
+        "entries_received_per_message": (frames1.entries - frames0.entries) / messages,
+        "rss_mib": spread(rss),
+    }))
+}
+
+/// The room's totals over all daemons at one moment.
+struct RoomFigures {
+    cpu: f64,
+    frames: f64,
+    entries: f64,
+}
+
+async fn room_figures(procs: &[Proc]) -> Result<RoomFigures> {
+    let mut f = RoomFigures { cpu: 0.0, frames: 0.0, entries: 0.0 };
+    for p in procs {
+        f.cpu += p.cpu_secs();
+        f.frames += p.metric("peerlog_frames_sent_total").await?;
+        f.entries += p.metric("peerlog_entries_received_total").await?;
+    }
+    Ok(f)
+}
+
+/// The room figures for people.
+pub fn render_room(v: &Value) -> String {
+    let m = |x: &Value, unit: &str, d: usize| {
+        let g = |k: &str| x[k].as_f64().unwrap_or(0.0);
+        format!("{:.d$} {unit} (range {:.d$}–{:.d$})", g("median"), g("min"), g("max"), d = d)
+    };
+    let g = |k: &str| v[k].as_f64().unwrap_or(0.0);
+    let mut s = String::new();
+    s += &format!("cores: {}, daemons in the room: {}\n", v["machine"]["cores"], v["room_size"]);
+    s += &format!(
+        "sessions settled after {:.1} s; room sessions per daemon {}\n",
+        g("settle_s"),
+        m(&v["sessions_per_daemon"], "", 0)
+    );
+    s += &format!(
+        "sends, one after another: {:.2} s in all; per send {}\n",
+        g("sends_total_s"),
+        m(&v["send_s"], "s", 3)
+    );
+    s += &format!("all hold all, after the last send: {}\n", m(&v["all_hold_all_after_last_send_s"], "s", 2));
+    s += &format!(
+        "per message, across the room: {:.2} CPU s, {:.0} frames, {:.0} entries received\n",
+        g("cpu_s_per_message"),
+        g("frames_per_message"),
+        g("entries_received_per_message")
+    );
+    s += &format!("RSS per daemon: {}\n", m(&v["rss_mib"], "MiB", 1));
     s
 }

@@ -377,6 +377,10 @@ enum Command {
         /// Size in MiB of the file sent from one daemon to the other (0 skips it).
         #[arg(long, default_value_t = 200)]
         file_mib: u64,
+        /// Instead: this many daemons in one room, each sending one message (time per send,
+        /// time until all hold all, sessions, CPU, frames per message, RSS).
+        #[arg(long)]
+        room_size: Option<usize>,
     },
     /// Check connectivity (bootstrap nodes, DHT, NAT, relay), say what to do, and exit
     /// non-zero if a check fails.
@@ -625,13 +629,23 @@ async fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Daemon(args) => run_daemon(args).await,
-        Command::Bench { messages, big, rounds, file_mib } => {
-            let opts = peerlog::bench::BenchOptions { exe: std::env::current_exe()?, messages, big, rounds, file_mib };
-            let figures = peerlog::bench::run(&opts, |step| eprintln!("bench: {step}")).await?;
+        Command::Bench { messages, big, rounds, file_mib, room_size } => {
+            let exe = std::env::current_exe()?;
+            let progress = |step: &str| eprintln!("bench: {step}");
+            let (figures, text) = if let Some(size) = room_size {
+                let figures = peerlog::bench::room(&peerlog::bench::RoomOptions { exe, size }, progress).await?;
+                let text = peerlog::bench::render_room(&figures);
+                (figures, text)
+            } else {
+                let opts = peerlog::bench::BenchOptions { exe, messages, big, rounds, file_mib };
+                let figures = peerlog::bench::run(&opts, progress).await?;
+                let text = peerlog::bench::render(&figures);
+                (figures, text)
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&figures)?);
             } else {
-                print!("{}", peerlog::bench::render(&figures));
+                print!("{text}");
             }
             Ok(())
         }

@@ -46,6 +46,10 @@ pub struct Snapshot {
     pub entries_received: u64,
     /// Entries served to peers since start.
     pub entries_served: u64,
+    /// Replication frames received since start, every room.
+    pub frames_received: u64,
+    /// Replication frames sent since start, every room.
+    pub frames_sent: u64,
     /// Entries known to exist at room peers and not stored here yet, every room.
     pub catchup_backlog: u64,
     /// The node's state, if it answered.
@@ -62,6 +66,8 @@ pub struct Metrics {
     catchup_backlog: Gauge,
     entries_received: Counter,
     entries_served: Counter,
+    frames_received: Counter,
+    frames_sent: Counter,
     connections: Family<Kind, Gauge>,
     relay_reservations: Gauge,
     holepunches: Family<Outcome, Counter>,
@@ -80,6 +86,8 @@ impl Metrics {
             catchup_backlog: Gauge::default(),
             entries_received: Counter::default(),
             entries_served: Counter::default(),
+            frames_received: Counter::default(),
+            frames_sent: Counter::default(),
             connections: Family::default(),
             relay_reservations: Gauge::default(),
             holepunches: Family::default(),
@@ -105,6 +113,12 @@ impl Metrics {
             m.entries_received.clone(),
         );
         r.register("entries_served", "Log entries sent to peers", m.entries_served.clone());
+        r.register(
+            "frames_received",
+            "Replication frames received on authenticated sessions",
+            m.frames_received.clone(),
+        );
+        r.register("frames_sent", "Replication frames sent on authenticated sessions", m.frames_sent.clone());
         r.register("connections", "Connected peers by their best connection", m.connections.clone());
         r.register("relay_reservations", "Relay reservations held", m.relay_reservations.clone());
         r.register("holepunches", "Hole punches, by result", m.holepunches.clone());
@@ -129,6 +143,8 @@ impl Metrics {
         self.catchup_backlog.set(now.catchup_backlog as i64);
         self.entries_received.inner().store(now.entries_received, Ordering::Relaxed);
         self.entries_served.inner().store(now.entries_served, Ordering::Relaxed);
+        self.frames_received.inner().store(now.frames_received, Ordering::Relaxed);
+        self.frames_sent.inner().store(now.frames_sent, Ordering::Relaxed);
         if let Some(info) = &now.node {
             self.connections.clear();
             for p in &info.peers {

@@ -158,6 +158,10 @@ pub struct Room {
     pub received: AtomicU64,
     /// Entries sent to peers since the daemon started. Kept by the replication task.
     pub served: AtomicU64,
+    /// Frames received on the room's sessions since the daemon started (replication task).
+    pub frames_received: AtomicU64,
+    /// Frames sent on them (replication task).
+    pub frames_sent: AtomicU64,
     /// Entries the room's peers have shown us that are not stored here yet (the catch-up
     /// backlog, from the last `SyncProgress`).
     pub backlog: AtomicU64,
@@ -255,6 +259,8 @@ impl Room {
             events,
             received: AtomicU64::new(0),
             served: AtomicU64::new(0),
+            frames_received: AtomicU64::new(0),
+            frames_sent: AtomicU64::new(0),
             backlog: AtomicU64::new(0),
             names: RwLock::new(None),
             own_seen: AtomicU64::new(0),

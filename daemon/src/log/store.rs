@@ -184,6 +184,11 @@ impl FeedMeta {
         self.ranges.iter().any(|&(s, e)| s <= seq && seq < e)
     }
 
+    /// Whether every entry of `start..end` is stored.
+    pub fn has_all(&self, start: u64, end: u64) -> bool {
+        start >= end || self.ranges.iter().any(|&(s, e)| s <= start && end <= e)
+    }
+
     /// Number of entries the head covers (0 without a head).
     pub fn length(&self) -> u64 {
         self.head.as_ref().map_or(0, SignedHead::length)

@@ -171,9 +171,12 @@ impl Driver {
                 break;
             }
         }
-        let (received, served) = self.state.counters();
-        self.room.received.store(received, std::sync::atomic::Ordering::Relaxed);
-        self.room.served.store(served, std::sync::atomic::Ordering::Relaxed);
+        let c = self.state.counters();
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        self.room.received.store(c.entries_received, relaxed);
+        self.room.served.store(c.entries_served, relaxed);
+        self.room.frames_received.store(c.frames_received, relaxed);
+        self.room.frames_sent.store(c.frames_sent, relaxed);
     }
 
     async fn perform(&mut self, output: Output) {

@@ -316,8 +316,7 @@ struct Shared {
     /// pushed before its flush could outlive a crash that lost it here, and the seq would
     /// be signed twice (a fork that makes peers refuse our feed for good).
     own_durable: Option<SignedHead>,
-    received: u64,
-    served: u64,
+    counters: Counters,
     outputs: VecDeque<Output>,
     /// For every session, after the current input: feeds to look at again…
     released: Vec<FeedKey>,
@@ -341,6 +340,19 @@ struct FeedProgress {
     entries_done: u64,
     bytes_seen: u64,
     bytes_done: u64,
+}
+
+/// What a room's sessions carried since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Entries received from peers, stored or not (duplicates and refused ones too).
+    pub entries_received: u64,
+    /// Entries sent to peers.
+    pub entries_served: u64,
+    /// Frames that arrived on the room's authenticated sessions.
+    pub frames_received: u64,
+    /// Frames sent on them.
+    pub frames_sent: u64,
 }
 
 /// The replication state of one room.
@@ -374,8 +386,7 @@ impl RoomState {
                 own_seen: 0,
                 own_ahead: 0,
                 own_durable,
-                received: 0,
-                served: 0,
+                counters: Counters::default(),
                 outputs: VecDeque::new(),
                 released: Vec::new(),
                 chunks_changed: false,
@@ -396,6 +407,7 @@ impl RoomState {
             }
             Input::Frame(id, frame) => {
                 let Some(s) = self.sessions.get_mut(&id) else { return };
+                self.shared.counters.frames_received += 1;
                 let result = self.shared.on_frame(id, s, frame, now, storage).and_then(|()| s.check_outbox());
                 self.end_on_error(id, result);
             }
@@ -439,10 +451,14 @@ impl RoomState {
     pub fn poll_transmit(&mut self, session: SessionId, storage: &dyn Storage) -> Option<Frame> {
         let s = self.sessions.get_mut(&session)?;
         if let Some(frame) = s.outbox.pop_front() {
+            self.shared.counters.frames_sent += 1;
             return Some(frame);
         }
         match self.shared.next_served(s, storage) {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                self.shared.counters.frames_sent += frame.is_some() as u64;
+                frame
+            }
             Err(e) => {
                 self.close(session, e);
                 self.deliver(storage);
@@ -461,9 +477,9 @@ impl RoomState {
         self.shared.own_seen
     }
 
-    /// Entries received from peers (stored or not) and sent to them.
-    pub fn counters(&self) -> (u64, u64) {
-        (self.shared.received, self.shared.served)
+    /// What the room's sessions carried so far.
+    pub fn counters(&self) -> Counters {
+        self.shared.counters
     }
 
     /// Bytes held in memory until they can be verified.
@@ -690,6 +706,19 @@ impl Shared {
                     if head.feed_key != feed_key || head.seq != top {
                         return Err(SessionError::Protocol("Data head does not match its entries"));
                     }
+                    // A push of entries we hold already, under the very head we store: in a
+                    // room of many sessions one message comes from several of them. The
+                    // chain makes it the same entries: nothing to verify or store. (Not for
+                    // our own feed: a peer holding it is what marks our messages seen.)
+                    let meta = Self::meta(storage, &feed_key)?;
+                    let copy =
+                        feed_key != self.own_feed && meta.head.as_ref() == Some(&head) && meta.has_all(start, top + 1);
+                    if copy && !self.pieces.is_claimed_by(id, &feed_key, start, top + 1) {
+                        self.counters.entries_received += entries.len() as u64;
+                        let len = s.peer_len.entry(feed_key).or_insert(0);
+                        *len = (*len).max(top + 1);
+                        return Ok(());
+                    }
                     self.learn_head(s, head, None, now, storage)?;
                 }
                 let anchor = s.anchors.get(&feed_key).and_then(|a| a.get(&top)).cloned();
@@ -831,10 +860,11 @@ impl Shared {
             return Ok(());
         }
         let meta = Self::meta(storage, &feed)?;
-        // Our own newest head coming back (a peer stored what we pushed) is the common case
-        // on a live room: equal to what we signed, it needs no signature check.
-        let ours = feed == self.own_feed && meta.head.as_ref().is_some_and(|h| *h == head);
-        if !ours && !verify_head(&self.discovery_key, &head) {
+        // The head we store coming again (our own coming back from a peer that stored what
+        // we pushed; another writer's from each session that passes it on) is the common
+        // case on a live room: it was verified when stored, it needs no signature check.
+        let stored = meta.head.as_ref().is_some_and(|h| *h == head);
+        if !stored && !verify_head(&self.discovery_key, &head) {
             return Err(SessionError::Protocol("bad head signature"));
         }
         // The head we store may still be a format-2 one: this is it, signed for the room.
@@ -988,7 +1018,7 @@ impl Shared {
     /// they belong to a piece that cannot be verified before the one above it is stored,
     /// holds them in memory until it is. Whether they were handed out.
     fn receive(&mut self, job: IngestJob, storage: &dyn Storage) -> Result<bool, SessionError> {
-        self.received += job.entries.len() as u64;
+        self.counters.entries_received += job.entries.len() as u64;
         let (session, feed, start, end) = (job.session, job.feed, job.start, job.end());
         self.pieces.arrived(session, &feed, start, end);
         if job.anchor.is_none() && self.pieces.is_claimed_by(session, &feed, start, end) {
@@ -1196,7 +1226,7 @@ impl Shared {
             let bytes: usize = entries.iter().map(|e| e.ciphertext.len() + ENTRY_OVERHEAD).sum();
             if entries.len() as u64 == target - have && bytes <= s.batch_bytes {
                 s.peer_len.insert(feed, target);
-                self.served += entries.len() as u64;
+                self.counters.entries_served += entries.len() as u64;
                 s.outbox.push_back(Frame::Data { feed_key: feed, start: have, entries, head: Some(head.clone()) });
                 return Ok(());
             }
@@ -1285,7 +1315,7 @@ impl Shared {
         if entries.is_empty() {
             return Ok(Some(Frame::NoData { feed_key: feed, below: top + 1 }));
         }
-        self.served += entries.len() as u64;
+        self.counters.entries_served += entries.len() as u64;
         Ok(Some(Frame::Data { feed_key: feed, start, entries, head }))
     }
 }

@@ -499,6 +499,8 @@ impl Service {
             entries_stored,
             entries_received: rooms.iter().map(|r| r.received.load(Relaxed)).sum(),
             entries_served: rooms.iter().map(|r| r.served.load(Relaxed)).sum(),
+            frames_received: rooms.iter().map(|r| r.frames_received.load(Relaxed)).sum(),
+            frames_sent: rooms.iter().map(|r| r.frames_sent.load(Relaxed)).sum(),
             catchup_backlog: rooms.iter().map(|r| r.backlog.load(Relaxed)).sum(),
             node: self.node_info_within_2s().await,
         };
