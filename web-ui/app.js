@@ -346,10 +346,13 @@ function renderMembers(list) {
     const presence = m.presence || {};
     const here = el("div", "m-sub");
     if (m.mine) here.append(el("span", "pill direct", "this device"));
-    else if (presence.online) {
-      here.append(el("span", "pill " + (presence.connection || ""), `online · ${presence.connection || "connecting"}`));
+    else if (presence.online && presence.connection) {
+      here.append(el("span", "pill " + presence.connection, `online · ${presence.connection}`));
       if (presence.rtt_ms != null) here.append(el("span", "pill", `${presence.rtt_ms.toFixed(1)} ms`));
-    } else here.append(el("span", "pill", "offline"));
+    } else if (presence.online) {
+      // No session of ours: its signed presence came through the room's other peers.
+      here.append(el("span", "pill", presence.peer_id ? "online · connecting" : "online · through the room"));
+    } else here.append(el("span", "pill", presence.last_seen_ms ? `offline · last seen ${ago(presence.last_seen_ms)}` : "offline"));
     li.append(here);
     if (m.safety_number) {
       // Ours and theirs together: they see the same 60 digits on their side.
@@ -482,6 +485,14 @@ function renderRoomMeta() {
 const short = (key) => key.slice(0, 8);
 const dayOf = (t) => new Date(t).toLocaleDateString(undefined, { weekday: "short", year: "numeric", month: "short", day: "numeric" });
 const timeOf = (t) => new Date(t).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+// "3 min ago", "yesterday"…: how long since a time (ms since the epoch).
+function ago(t) {
+  const s = Math.max(0, (Date.now() - t) / 1000);
+  const rtf = new Intl.RelativeTimeFormat(undefined, { numeric: "auto" });
+  if (s < 3600) return rtf.format(-Math.max(1, Math.round(s / 60)), "minute");
+  if (s < 86400) return rtf.format(-Math.round(s / 3600), "hour");
+  return rtf.format(-Math.round(s / 86400), "day");
+}
 
 // Text with http(s) links turned into anchors; everything else stays text.
 function richText(el, text) {

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use ed25519_dalek::SigningKey;
 use libp2p::PeerId;
-use peerlog_proto::wire::{ChunkId, DiscoveryKey, Entry, FeedKey, Key32, SignedHead};
+use peerlog_proto::wire::{Alive, ChunkId, DiscoveryKey, Entry, FeedKey, Key32, SignedHead};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -174,6 +174,9 @@ pub struct Room {
     names: RwLock<Option<HashMap<FeedKey, String>>>,
     /// Chunk arrivals, for downloads.
     chunk_events: broadcast::Sender<ChunkEvent>,
+    /// When each member was last known online (ms since the epoch, from their signed
+    /// presence records). Kept by the replication task.
+    presence: RwLock<HashMap<FeedKey, u64>>,
     /// To the room's replication task.
     local: mpsc::UnboundedSender<Local>,
     /// Its other end, until the task takes it.
@@ -264,6 +267,7 @@ impl Room {
             backlog: AtomicU64::new(0),
             names: RwLock::new(None),
             own_seen: AtomicU64::new(0),
+            presence: RwLock::new(HashMap::new()),
             own_ahead: AtomicU64::new(0),
             chunk_events: broadcast::channel(CHUNK_EVENT_CAPACITY).0,
             local,
@@ -352,6 +356,28 @@ impl Room {
         use ed25519_dalek::Signer;
         let bytes = peerlog_proto::wire::writer_proof_bytes(&self.discovery_key, &peer.to_bytes());
         self.writer.sign(&bytes).to_bytes().to_vec()
+    }
+
+    /// Our signed record of being online now, for the room's peers (`Frame::Alive`).
+    pub fn alive(&self, at_ms: u64) -> Alive {
+        use ed25519_dalek::Signer;
+        let signature = self.writer.sign(&Alive::signed_bytes(&self.discovery_key, at_ms));
+        Alive { feed_key: self.feed_key, at_ms, signature: signature.to_bytes().to_vec() }
+    }
+
+    /// Replaces what is known of members' presence (the replication task does).
+    pub fn set_presence(&self, seen: Vec<(FeedKey, u64)>) {
+        *self.presence.write().unwrap_or_else(|p| p.into_inner()) = seen.into_iter().collect();
+    }
+
+    /// The members we hold presence records of.
+    pub fn seen_members(&self) -> Vec<FeedKey> {
+        self.presence.read().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
+    }
+
+    /// When a member was last known online by its signed records (ms since the epoch).
+    pub fn last_seen(&self, feed: &FeedKey) -> Option<u64> {
+        self.presence.read().unwrap_or_else(|p| p.into_inner()).get(feed).copied()
     }
 
     /// Our feed's length that some room peer holds (from their `Have`s): our messages

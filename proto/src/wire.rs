@@ -1,4 +1,4 @@
-//! Replication frames of `/peerlog/replicate/3`.
+//! Replication frames of `/peerlog/replicate/4` (and of version 3, which lacks `Alive`).
 //!
 //! Each frame travels as one length-delimited record (a 4-byte big-endian length, then
 //! the [postcard] encoding of [`Frame`]). The framing itself lives with the I/O in the
@@ -12,7 +12,10 @@
 use serde::{Deserialize, Serialize};
 
 /// The libp2p protocol name of this version of the replication protocol.
-pub const PROTOCOL: &str = "/peerlog/replicate/3";
+pub const PROTOCOL: &str = "/peerlog/replicate/4";
+/// The previous version's name: the same frames but [`Frame::Alive`], which a version 3
+/// node cannot decode. Still spoken, without `Alive`, with nodes that know no newer one.
+pub const PROTOCOL_V3: &str = "/peerlog/replicate/3";
 
 /// Domain separation label of the membership proof (`Auth.mac`).
 pub const AUTH_LABEL: &[u8] = b"peerlog/auth/v1";
@@ -22,6 +25,8 @@ pub const HELLO_LABEL: &[u8] = b"peerlog/hello/v1";
 pub const HEAD_LABEL: &[u8] = b"peerlog/head/v2";
 /// Domain separation label of a writer proof (`Frame::Writer`).
 pub const WRITER_LABEL: &[u8] = b"peerlog/writer/v1";
+/// Domain separation label of a presence record (`Frame::Alive`).
+pub const ALIVE_LABEL: &[u8] = b"peerlog/alive/v1";
 
 /// The bytes a writer signs to say that it writes from `peer_id` in the room of
 /// `discovery_key`: `WRITER_LABEL || discovery_key || len16(peer_id) || peer_id`.
@@ -264,6 +269,36 @@ pub enum Frame {
         #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
+    /// Presence (version 4): members' signed records of being online, passed on over the
+    /// room's sessions so that a member shows as online to those it has no session with.
+    Alive {
+        /// The records, at most one per member.
+        records: Vec<Alive>,
+    },
+}
+
+/// A member's signed "online at `at_ms`" in one room (see [`Frame::Alive`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alive {
+    /// The member's feed key in the room.
+    pub feed_key: FeedKey,
+    /// When it was online: milliseconds since the Unix epoch, by its own clock.
+    pub at_ms: u64,
+    /// ed25519 signature by `feed_key` over [`Alive::signed_bytes`].
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl Alive {
+    /// The bytes a member signs to say it is online in the room of `discovery_key`:
+    /// `ALIVE_LABEL || discovery_key || at_ms (BE)`.
+    pub fn signed_bytes(discovery_key: &DiscoveryKey, at_ms: u64) -> Vec<u8> {
+        let mut m = Vec::with_capacity(ALIVE_LABEL.len() + 32 + 8);
+        m.extend_from_slice(ALIVE_LABEL);
+        m.extend_from_slice(&discovery_key.0);
+        m.extend_from_slice(&at_ms.to_be_bytes());
+        m
+    }
 }
 
 /// A peer and where it may be reached.

@@ -64,6 +64,13 @@ fn main() -> Result<()> {
         Frame::Chunk { id: ChunkId([4; 32]), offset: 0, total: 3, bytes: vec![1, 2, 3] },
         Frame::NoChunk { id: ChunkId([4; 32]) },
         Frame::Writer { feed_key: feed, signature: vec![5; 64] },
+        Frame::Alive {
+            records: vec![peerlog_proto::wire::Alive {
+                feed_key: feed,
+                at_ms: 1_800_000_000_000,
+                signature: vec![6; 64],
+            }],
+        },
     ];
     for (i, f) in frames.iter().enumerate() {
         write(&root.join("frame"), &format!("kind{i:02}"), &f.encode())?;

@@ -287,6 +287,11 @@ impl RawPeer {
 
     /// Opens a replication stream to `peer` at `addr`, with no handshake.
     pub async fn stream(&self, addr: Multiaddr, peer: PeerId) -> Result<RawSession> {
+        self.stream_speaking(addr, peer, PROTOCOL).await
+    }
+
+    /// The same, for a given version of the protocol (`/peerlog/replicate/N`).
+    pub async fn stream_speaking(&self, addr: Multiaddr, peer: PeerId, protocol: &'static str) -> Result<RawSession> {
         if !self.node.info().await?.peers.iter().any(|p| p.peer_id == peer.to_string()) {
             let mut events = self.node.subscribe();
             self.node.dial(addr).await?;
@@ -303,7 +308,7 @@ impl RawPeer {
         }
         let mut control = self.node.streams();
         let stream =
-            within(WAIT, "replication stream to open", control.open_stream(peer, StreamProtocol::new(PROTOCOL)))
+            within(WAIT, "replication stream to open", control.open_stream(peer, StreamProtocol::new(protocol)))
                 .await?
                 .map_err(|e| anyhow!("open stream: {e}"))?;
         let codec = LengthDelimitedCodec::builder().max_frame_length(4 << 20).new_codec();
@@ -319,7 +324,19 @@ impl RawPeer {
         discovery_key: DiscoveryKey,
         auth_key: Key32,
     ) -> Result<std::result::Result<RawSession, Frame>> {
-        let mut s = self.stream(addr, peer).await?;
+        self.open_speaking(addr, peer, discovery_key, auth_key, PROTOCOL).await
+    }
+
+    /// [`RawPeer::open`] for a given version of the protocol.
+    pub async fn open_speaking(
+        &self,
+        addr: Multiaddr,
+        peer: PeerId,
+        discovery_key: DiscoveryKey,
+        auth_key: Key32,
+        protocol: &'static str,
+    ) -> Result<std::result::Result<RawSession, Frame>> {
+        let mut s = self.stream_speaking(addr, peer, protocol).await?;
         let nonce: Key32 = [7; 32];
         let room_tag = peerlog::keys::room_tag(&discovery_key, &nonce, &self.node.peer_id(), &peer);
         s.send(&Frame::Hello { room_tag, nonce }).await?;

@@ -955,6 +955,79 @@ async fn writers_show_online_and_messages_are_marked_seen() -> Result<()> {
     Ok(())
 }
 
+/// Presence records (`Alive`, version 4): the daemon sends its own, signed for the room, and
+/// shows a member online by the record a peer passes on, without a session with that member
+/// (it wrote nothing yet, either); a forged record ends the session; a version 3 peer still
+/// gets a session and is sent no records (it could not decode them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_records_pass_between_members_and_old_nodes_get_none() -> Result<()> {
+    use ed25519_dalek::Signer;
+    use peerlog::replicate::presence;
+    use peerlog_proto::wire::{Alive, PROTOCOL_V3};
+    let d = TestDaemon::start().await?;
+    let mut c = d.client().await?;
+    let room = join(&mut c, PASS).await?;
+    let keys = room_keys(PASS);
+    let daemon_feed = rooms_list(&mut c).await?[0].feed_key.clone();
+    // Two peers: a second session of one peer would replace its first.
+    let (raw, raw_old) = (RawPeer::start().await?, RawPeer::start().await?);
+    let (addr, peer) = (d.p2p_addr().await?, d.peer_id()?);
+    let refused = |f: Frame| anyhow::anyhow!("refused: {f:?}");
+    let (dk, auth) = (keys.discovery_key, keys.auth_key);
+    let mut old = raw_old.open_speaking(addr.clone(), peer, dk, auth, PROTOCOL_V3).await?.map_err(refused)?;
+    let mut s = raw.open_speaking(addr, peer, dk, auth, peerlog_proto::wire::PROTOCOL).await?.map_err(refused)?;
+
+    // The daemon's own record comes within a tick, and verifies for this room.
+    let frame = s.recv_until("the daemon's presence record", |f| matches!(f, Frame::Alive { .. })).await?;
+    let Frame::Alive { records } = frame else { unreachable!() };
+    ensure!(
+        records.iter().any(|r| hex_encode(&r.feed_key.0) == daemon_feed && presence::verify(&keys.discovery_key, r)),
+        "no valid record of the daemon's own writer: {records:?}"
+    );
+    // That flush had the version 3 session up too: it got nothing of it (frames of a
+    // session go in order, so everything queued before the NoData answer came first).
+    old.send(&Frame::Want { feed_key: FeedKey([3; 32]), start: 0, end: 1 }).await?;
+    let mut before = Vec::new();
+    old.recv_until("the NoData answer on the version 3 session", |f| {
+        before.push(f.clone());
+        matches!(f, Frame::NoData { .. })
+    })
+    .await?;
+    ensure!(!before.iter().any(|f| matches!(f, Frame::Alive { .. })), "a version 3 peer was sent Alive: {before:?}");
+
+    // A member the daemon has no session with, and holds nothing of, is online by its record.
+    let member = new_writer();
+    let member_feed = FeedKey(member.verifying_key().to_bytes());
+    let at_ms = peerlog::log::store::now_ms();
+    let signature = member.sign(&Alive::signed_bytes(&keys.discovery_key, at_ms)).to_bytes().to_vec();
+    let record = Alive { feed_key: member_feed, at_ms, signature };
+    s.send(&Frame::Alive { records: vec![record.clone()] }).await?;
+    let shown = within(WAIT, "the member online in rooms.members", async {
+        loop {
+            let m = members(&mut c, &room).await?;
+            if let Some(m) = m.into_iter().find(|m| m.author == hex_encode(&member_feed.0) && m.presence.online) {
+                return anyhow::Ok(m);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await??;
+    ensure!(
+        shown.presence.last_seen_ms == Some(at_ms) && shown.presence.connection.is_none(),
+        "online through the room, as of its record: {:?}",
+        shown.presence
+    );
+    // A forged one (another time under the same signature) ends the session.
+    let forged = Alive { at_ms: at_ms + 1, ..record };
+    s.send(&Frame::Alive { records: vec![forged] }).await?;
+    let seen = s.expect_closed().await?;
+    ensure!(
+        seen.contains(&Frame::Refuse { reason: Refusal::ProtocolViolation }),
+        "forged record not refused: {seen:?}"
+    );
+    Ok(())
+}
+
 /// A verified mark made against the 12-digit safety numbers of earlier versions no longer
 /// counts (the 60-digit number is a different one to compare): it shows as
 /// `verified_before`, and marking the new number replaces it.

@@ -15,6 +15,7 @@ use peerlog_proto::wire::{Frame, Refusal};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use super::presence::{ALIVE_EVERY, FLUSH_EVERY};
 use super::state::{Input, Output, RoomState, SessionUp};
 use super::storage::{perform, Local, Performed};
 use super::{Replicator, SessionError};
@@ -112,10 +113,23 @@ impl Driver {
         mut local: mpsc::UnboundedReceiver<rooms::Local>,
         cancel: CancellationToken,
     ) {
+        // Presence: records go out every tick, ours every ALIVE_EVERY (none from a blind
+        // seeder, which is nobody in the room; it passes the others' on).
+        let mut ticks = tokio::time::interval(FLUSH_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_own = 0;
         loop {
             let input = tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
+                _ = ticks.tick() => {
+                    let wall_ms = crate::log::store::now_ms();
+                    let due = wall_ms >= next_own && !self.room.is_seeder();
+                    if due {
+                        next_own = wall_ms + ALIVE_EVERY.as_millis() as u64;
+                    }
+                    Some(Input::Tick { wall_ms, own: due.then(|| self.room.alive(wall_ms)) })
+                }
                 Some(c) = control.recv() => match c {
                     Control::Up { session, up, out, done } => {
                         self.links.insert(session, Link { peer: up.peer, out, done: Some(done) });
@@ -177,6 +191,9 @@ impl Driver {
         self.room.served.store(c.entries_served, relaxed);
         self.room.frames_received.store(c.frames_received, relaxed);
         self.room.frames_sent.store(c.frames_sent, relaxed);
+        if let Some(seen) = self.state.take_presence() {
+            self.room.set_presence(seen);
+        }
     }
 
     async fn perform(&mut self, output: Output) {

@@ -1,5 +1,6 @@
 //! Replication: one session per (peer, room) over a libp2p stream speaking
-//! `/peerlog/replicate/3` (frames in `peerlog_proto::wire`, rules in `docs/PROTOCOL.md`).
+//! `/peerlog/replicate/4`, or 3 with older nodes (frames in `peerlog_proto::wire`, rules in
+//! `docs/PROTOCOL.md`).
 //!
 //! - `state.rs`: the rules of one room, a state machine without I/O ([`RoomState`]);
 //! - `pieces.rs`: which session fetches which piece of which feed (part of the rules);
@@ -10,6 +11,7 @@
 //! - `storage.rs`: the rules' view of the store, and the outputs that write to it;
 //! - `membership.rs`: which room peers to keep sessions with (a bounded active set, a
 //!   passive list, rotation);
+//! - `presence.rs`: who is online, from signed records passed on over the sessions;
 //! - this file: [`Replicator`], which sessions exist (one per peer and room), redials.
 //!
 //! Duplicate sessions (both peers dialing at once) resolve deterministically: the session
@@ -19,6 +21,7 @@
 mod driver;
 pub mod membership;
 pub mod pieces;
+pub mod presence;
 mod session;
 #[cfg(test)]
 mod sim;
@@ -32,7 +35,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
-use peerlog_proto::wire::{DiscoveryKey, FeedKey, Refusal, PROTOCOL};
+use peerlog_proto::wire::{DiscoveryKey, FeedKey, Refusal, PROTOCOL, PROTOCOL_V3};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
@@ -82,7 +85,7 @@ pub enum SessionError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The peer does not speak the replication protocol (another libp2p application).
-    #[error("the peer does not speak {PROTOCOL}")]
+    #[error("the peer does not speak {PROTOCOL} or {PROTOCOL_V3}")]
     NotPeerlog,
 }
 /// Peers remembered as not speaking the replication protocol (bounded), and for how long
@@ -235,7 +238,10 @@ impl Replicator {
 
     /// Accepts inbound replication streams until cancelled.
     pub fn spawn_acceptor(&self) -> Result<(), libp2p_stream::AlreadyRegistered> {
-        let mut incoming = self.control().accept(StreamProtocol::new(PROTOCOL))?;
+        let mut control = self.control();
+        let v4 = control.accept(StreamProtocol::new(PROTOCOL))?.map(|(peer, stream)| (peer, stream, true));
+        let v3 = control.accept(StreamProtocol::new(PROTOCOL_V3))?.map(|(peer, stream)| (peer, stream, false));
+        let mut incoming = futures::stream::select(v4, v3);
         let this = self.clone();
         self.inner.tasks.spawn("replication acceptor", async move {
             loop {
@@ -243,7 +249,7 @@ impl Replicator {
                     _ = this.inner.cancel.cancelled() => break,
                     next = incoming.next() => next,
                 };
-                let Some((peer, stream)) = next else { break };
+                let Some((peer, stream, presence)) = next else { break };
                 let Some(permit) = HandshakeSlot::take(&this, peer) else {
                     debug!(%peer, "too many pending handshakes; dropping stream");
                     continue;
@@ -252,7 +258,7 @@ impl Replicator {
                 this.inner.tasks.spawn(
                     "inbound session",
                     async move {
-                        if let Err(e) = this2.run_inbound(peer, stream, permit).await {
+                        if let Err(e) = this2.run_inbound(peer, stream, presence, permit).await {
                             debug!(error = %e, "inbound session ended");
                         }
                     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
-use peerlog_proto::wire::{DiscoveryKey, Frame, Key32, PeerAddrs, Refusal, PROTOCOL};
+use peerlog_proto::wire::{DiscoveryKey, Frame, Key32, PeerAddrs, Refusal, PROTOCOL, PROTOCOL_V3};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -73,23 +73,33 @@ impl Replicator {
         tokio::time::timeout(OPEN_TIMEOUT, self.inner.node.connect(peer))
             .await
             .map_err(|_| SessionError::Timeout("connect"))??;
-        let stream =
-            tokio::time::timeout(OPEN_TIMEOUT, self.control().open_stream(peer, StreamProtocol::new(PROTOCOL)))
-                .await
-                .map_err(|_| SessionError::Timeout("open"))?
-                .map_err(|e| match e {
-                    libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
-                        let mut not = self.inner.not_peerlog.lock().unwrap_or_else(|p| p.into_inner());
-                        if not.len() >= NOT_PEERLOG_MAX {
-                            not.retain(|_, at| at.elapsed() < NOT_PEERLOG_FOR);
-                        }
-                        if not.len() < NOT_PEERLOG_MAX {
-                            not.insert(peer, std::time::Instant::now());
-                        }
-                        SessionError::NotPeerlog
+        // The newest version first; a node that knows only version 3 gets a session without
+        // presence records.
+        let open = async {
+            let mut control = self.control();
+            match control.open_stream(peer, StreamProtocol::new(PROTOCOL)).await {
+                Err(libp2p_stream::OpenStreamError::UnsupportedProtocol(_)) => {
+                    control.open_stream(peer, StreamProtocol::new(PROTOCOL_V3)).await.map(|s| (s, false))
+                }
+                opened => opened.map(|s| (s, true)),
+            }
+        };
+        let (stream, presence) = tokio::time::timeout(OPEN_TIMEOUT, open)
+            .await
+            .map_err(|_| SessionError::Timeout("open"))?
+            .map_err(|e| match e {
+                libp2p_stream::OpenStreamError::UnsupportedProtocol(_) => {
+                    let mut not = self.inner.not_peerlog.lock().unwrap_or_else(|p| p.into_inner());
+                    if not.len() >= NOT_PEERLOG_MAX {
+                        not.retain(|_, at| at.elapsed() < NOT_PEERLOG_FOR);
                     }
-                    e => SessionError::OpenStream(e),
-                })?;
+                    if not.len() < NOT_PEERLOG_MAX {
+                        not.insert(peer, std::time::Instant::now());
+                    }
+                    SessionError::NotPeerlog
+                }
+                e => SessionError::OpenStream(e),
+            })?;
         let mut io = self.framed(stream);
         let Some(room) = self.inner.rooms.get(&discovery_key) else { return Ok(()) };
         let nonce: Key32 = rand::random();
@@ -115,13 +125,15 @@ impl Replicator {
             return Ok(());
         }
         established.store(true, Ordering::Relaxed);
-        self.run_established(io, room, peer, id).await
+        self.run_established(io, room, peer, id, presence).await
     }
 
+    /// An inbound stream; `presence` whether it speaks version 4 (`Alive`).
     pub(super) async fn run_inbound(
         &self,
         peer: PeerId,
         stream: Stream,
+        presence: bool,
         permit: HandshakeSlot,
     ) -> Result<(), SessionError> {
         let mut io = self.framed(stream);
@@ -170,7 +182,7 @@ impl Replicator {
                     return Ok(());
                 }
                 established.store(true, Ordering::Relaxed);
-                self.run_established(io, room, peer, id).await
+                self.run_established(io, room, peer, id, presence).await
             } => r,
         };
         self.release(peer, discovery_key, id);
@@ -206,7 +218,14 @@ impl Replicator {
         Ok(())
     }
 
-    async fn run_established(&self, io: Io, room: Arc<Room>, peer: PeerId, id: SessionId) -> Result<(), SessionError> {
+    async fn run_established(
+        &self,
+        io: Io,
+        room: Arc<Room>,
+        peer: PeerId,
+        id: SessionId,
+        presence: bool,
+    ) -> Result<(), SessionError> {
         let Some(link) = self.room_link(&room.discovery_key) else { return Ok(()) };
         let connection = self.inner.node.connection(peer).await;
         let kind = connection.as_ref().map(|c| c.connection);
@@ -229,7 +248,7 @@ impl Replicator {
             Frame::Writer { feed_key: room.feed_key, signature: room.writer_proof(&self.inner.local) },
             self.peers_frame(&room.discovery_key, peer).await,
         ];
-        let up = SessionUp { peer, batch_bytes, small_circuit, pex_reach, greeting };
+        let up = SessionUp { peer, batch_bytes, small_circuit, pex_reach, greeting, presence };
         let (out, mut out_rx) = mpsc::channel::<Frame>(OUTBOUND_FRAMES);
         let (done, ended) = oneshot::channel();
         if link.control.send(Control::Up { session: id, up, out, done }).is_err() {

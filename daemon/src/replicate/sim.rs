@@ -20,6 +20,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::membership::{Bounds, Membership};
+use super::presence::{ALIVE_EVERY, ALIVE_FOR, FLUSH_EVERY};
 use super::state::{Input, Output, RoomState, RuleLimits, SessionUp, PEX_PEERS};
 use super::storage::{perform, Local, Performed};
 use crate::config::Limits;
@@ -35,6 +36,8 @@ use crate::rooms::{self, DaemonEvent, Room};
 pub const WINDOW: usize = 8;
 /// Delay a lost packet adds to its stream.
 const RTO: Duration = Duration::from_millis(200);
+/// The simulated wall clock at the start (2027-01-15).
+const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
 
 /// How a link behaves.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +69,8 @@ pub struct NodeOpts {
     pub tamper: bool,
     /// A blind seeder: stores and serves the room's ciphertext, cannot read it.
     pub seeder: bool,
+    /// Speaks version 3 only: sends and reads no presence records.
+    pub v3: bool,
 }
 
 /// A frame sent, as the trace records it.
@@ -166,6 +171,8 @@ pub struct Sim {
     bounds: Option<Bounds>,
     /// Nodes that left (offline).
     pub gone: Vec<bool>,
+    /// When each node signs its next presence record.
+    next_alive: Vec<Duration>,
 }
 
 impl Sim {
@@ -195,6 +202,7 @@ impl Sim {
             memberships: Vec::new(),
             bounds: None,
             gone: Vec::new(),
+            next_alive: Vec::new(),
         }
     }
 
@@ -241,6 +249,7 @@ impl Sim {
         let peer = libp2p::identity::Keypair::ed25519_from_bytes(key).unwrap().public().to_peer_id();
         self.side.push(0);
         self.gone.push(false);
+        self.next_alive.push(Duration::ZERO);
         self.by_node.push(Default::default());
         if let Some(bounds) = self.bounds {
             let seed = self.rng.gen();
@@ -307,6 +316,7 @@ impl Sim {
             let peer = self.nodes[other].peer;
             let node = &self.nodes[me];
             let small = node.opts.small_circuit || self.nodes[other].opts.small_circuit;
+            let v3 = node.opts.v3 || self.nodes[other].opts.v3;
             let up = SessionUp {
                 peer,
                 batch_bytes: if small { 8 << 10 } else { 1 << 20 },
@@ -316,6 +326,7 @@ impl Sim {
                     feed_key: node.room.feed_key,
                     signature: node.room.writer_proof(&node.peer),
                 }],
+                presence: !v3,
             };
             self.input(me, Input::SessionUp(sessions[side], up));
         }
@@ -520,6 +531,57 @@ impl Sim {
     /// Whether every node stores `n` entries in all.
     pub fn all_hold(&self, n: u64) -> bool {
         self.nodes.iter().all(|node| node.stored() == n)
+    }
+
+    /// Runs the network for `period` with the daemons' presence ticks: every
+    /// [`FLUSH_EVERY`] each online node sends the records its sessions have not heard, and
+    /// every [`ALIVE_EVERY`] it signs its own (not a blind seeder, not a version 3 node).
+    pub fn run_ticking(&mut self, period: Duration) {
+        let until = self.now + period;
+        while self.now < until {
+            let next = (self.now + FLUSH_EVERY).min(until);
+            while self.arrivals.peek().is_some_and(|Reverse((at, ..))| *at <= next) {
+                self.step();
+            }
+            self.now = next;
+            let wall_ms = self.wall_ms();
+            for i in 0..self.nodes.len() {
+                if self.gone[i] {
+                    continue;
+                }
+                let opts = &self.nodes[i].opts;
+                let due = !opts.seeder && !opts.v3 && self.next_alive[i] <= self.now;
+                if due {
+                    self.next_alive[i] = self.now + ALIVE_EVERY;
+                }
+                let own = due.then(|| self.nodes[i].room.alive(wall_ms));
+                self.input(i, Input::Tick { wall_ms, own });
+                self.settle(i);
+            }
+        }
+    }
+
+    /// The simulated wall clock, ms since the epoch.
+    pub fn wall_ms(&self) -> u64 {
+        SIM_EPOCH_MS + self.now.as_millis() as u64
+    }
+
+    /// Of the online nodes other than `i`, how many `i` shows as online by their records.
+    pub fn seen_online(&mut self, i: usize) -> usize {
+        let wall_ms = self.wall_ms();
+        let seen = self.nodes[i].state.take_presence();
+        if let Some(seen) = seen {
+            self.nodes[i].room.set_presence(seen);
+        }
+        (0..self.nodes.len())
+            .filter(|&j| j != i && !self.gone[j])
+            .filter(|&j| {
+                self.nodes[i]
+                    .room
+                    .last_seen(&self.nodes[j].room.feed_key)
+                    .is_some_and(|at| at + ALIVE_FOR.as_millis() as u64 > wall_ms)
+            })
+            .count()
     }
 }
 
@@ -988,6 +1050,74 @@ mod tests {
         eprintln!("batches verified and stored per node: median {median}, most {most}");
         // Ten writers, one batch each: ten to store, a few more where two copies crossed.
         assert!(most <= 20, "a node verified {most} batches to store 10: copies went to storage");
+    }
+
+    #[test]
+    fn members_show_online_to_peers_they_have_no_session_with() {
+        let mut sim = Sim::new(21);
+        sim.spec = LinkSpec { latency: Duration::from_millis(20), jitter: Duration::from_millis(30), loss: 0.01 };
+        let n = 200;
+        sim.add_nodes(n);
+        // Two nodes of the previous version and a blind seeder among them.
+        let old = [
+            sim.add_node(NodeOpts { v3: true, ..NodeOpts::default() }),
+            sim.add_node(NodeOpts { v3: true, ..NodeOpts::default() }),
+        ];
+        let seeder = sim.add_node(NodeOpts { seeder: true, ..NodeOpts::default() });
+        let all = sim.nodes.len();
+        for i in 0..all {
+            sim.connect(i, (i + 1) % all);
+            for _ in 0..2 {
+                let j = sim.rng.gen_range(0..all);
+                sim.connect(i, j);
+            }
+        }
+        sim.trace = Some(Vec::new());
+        let members = n - 1; // each of the 200 sees the other 199 (not the v3 nodes, not the seeder)
+        sim.run_ticking(Duration::from_secs(30));
+        for i in 0..n {
+            let seen = sim.seen_online(i);
+            assert_eq!(seen, members, "node {i} (with {} sessions) shows {seen} of {members} online", sim.degree(i));
+        }
+        // The seeder passes the records on (it signs none: it is nobody in the room).
+        assert_eq!(sim.seen_online(seeder), n, "the blind seeder does not see every member online");
+        assert!(
+            sim.nodes.iter().all(|node| node.closed.is_empty()),
+            "a session ended: {:?}",
+            sim.nodes.iter().flat_map(|n| &n.closed).next()
+        );
+        let trace = sim.trace.take().unwrap();
+        let alive = |s: &&Sent| matches!(s.frame, Frame::Alive { .. });
+        assert!(!trace.iter().filter(alive).any(|s| old.contains(&s.to)), "a version 3 node was sent presence records");
+        // A record crosses each connection about once (both ways where two copies cross):
+        // the copies a node receives of one member's record are bounded by its sessions,
+        // not by the room.
+        let records: usize = trace
+            .iter()
+            .filter(alive)
+            .map(|s| match &s.frame {
+                Frame::Alive { records } => records.len(),
+                _ => 0,
+            })
+            .sum();
+        let connections = (0..all).map(|i| sim.degree(i)).sum::<usize>() / 2;
+        let per_member = records as f64 / n as f64;
+        eprintln!(
+            "presence: {records} records sent for {n} members ({per_member:.0} each; {connections} connections); {} frames",
+            trace.iter().filter(alive).count()
+        );
+        assert!(
+            per_member <= 1.5 * connections as f64,
+            "each member's record was sent {per_member:.0} times over {connections} connections"
+        );
+        // One leaves: after ALIVE_FOR it shows offline everywhere, and the others, who sign
+        // again every ALIVE_EVERY, stay online.
+        sim.leave(7);
+        sim.run_ticking(ALIVE_FOR + ALIVE_EVERY);
+        for i in (0..n).filter(|&i| i != 7) {
+            let seen = sim.seen_online(i);
+            assert_eq!(seen, members - 1, "node {i} shows {seen} of {} online after one left", members - 1);
+        }
     }
 
     #[test]

@@ -14,10 +14,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
-use peerlog_proto::wire::{ChunkId, DiscoveryKey, Entry, FeedKey, Frame, SignedHead};
+use peerlog_proto::wire::{Alive, ChunkId, DiscoveryKey, Entry, FeedKey, Frame, SignedHead};
 use tracing::{debug, warn};
 
 use super::pieces::{Candidate, Held, Pieces, PIECES_PER_SESSION};
+use super::presence::{AliveError, Presence};
 use super::SessionError;
 use crate::config::Limits;
 use crate::files::{chunk_id, ChunkWants, CHUNKS_PER_SESSION, CHUNK_BYTES, TAG_BYTES};
@@ -120,6 +121,8 @@ pub struct SessionUp {
     pub pex_reach: Reach,
     /// Frames sent before anything else (our writer proof, peer exchange).
     pub greeting: Vec<Frame>,
+    /// Whether it speaks version 4 or later: it reads presence records (`Alive`).
+    pub presence: bool,
 }
 
 /// What happened to entries handed out by [`Output::Ingest`].
@@ -181,6 +184,13 @@ pub enum Input {
     UnwantChunks(Vec<ChunkId>),
     /// Entries of a feed went missing here (damaged blocks forgotten): fetch them again.
     Refetch(FeedKey),
+    /// Time passed (every [`super::presence::FLUSH_EVERY`]): presence records go out.
+    Tick {
+        /// The wall clock, ms since the Unix epoch.
+        wall_ms: u64,
+        /// Our own new presence record, when one is due.
+        own: Option<Alive>,
+    },
 }
 
 /// Entries to verify and store; answered by [`Input::Ingested`] with the job back.
@@ -290,6 +300,8 @@ struct Session {
     pex_reach: Reach,
     batch_bytes: usize,
     small_circuit: bool,
+    /// Whether the peer reads `Alive` frames.
+    presence: bool,
 }
 
 /// The room-wide part of the state, shared by its sessions.
@@ -324,6 +336,12 @@ struct Shared {
     chunks_changed: bool,
     /// …and heads that advanced.
     updates: Vec<HeadUpdate>,
+    /// Who is online, from the members' signed records.
+    presence: Presence,
+    /// The wall clock at the last tick, and when that was.
+    wall: Option<(u64, Instant)>,
+    /// Whether presence records changed since [`RoomState::take_presence`].
+    presence_changed: bool,
 }
 
 /// Catch-up accounting of a room, per feed.
@@ -390,6 +408,9 @@ impl RoomState {
                 outputs: VecDeque::new(),
                 released: Vec::new(),
                 chunks_changed: false,
+                presence: Presence::new(discovery_key, own_feed),
+                wall: None,
+                presence_changed: false,
                 updates: Vec::new(),
             },
             sessions: BTreeMap::new(),
@@ -399,12 +420,13 @@ impl RoomState {
     /// Takes one input. Its outputs wait in [`RoomState::poll_output`].
     pub fn handle(&mut self, input: Input, now: Instant, storage: &dyn Storage) {
         match input {
-            Input::SessionUp(id, up) => self.session_up(id, up, storage),
+            Input::SessionUp(id, up) => self.session_up(id, up, now, storage),
             Input::SessionDown(id) => {
                 if self.sessions.remove(&id).is_some() {
                     self.shared.session_gone(id);
                 }
             }
+            Input::Tick { wall_ms, own } => self.tick(wall_ms, own, now),
             Input::Frame(id, frame) => {
                 let Some(s) = self.sessions.get_mut(&id) else { return };
                 self.shared.counters.frames_received += 1;
@@ -487,7 +509,24 @@ impl RoomState {
         self.shared.pieces.held_bytes()
     }
 
-    fn session_up(&mut self, id: SessionId, up: SessionUp, storage: &dyn Storage) {
+    /// Who is known to have been online, when (ms since the epoch, by their clocks): only
+    /// if that changed since the last call.
+    pub fn take_presence(&mut self) -> Option<Vec<(FeedKey, u64)>> {
+        std::mem::take(&mut self.shared.presence_changed).then(|| self.shared.presence.seen().collect())
+    }
+
+    fn tick(&mut self, wall_ms: u64, own: Option<Alive>, now: Instant) {
+        self.shared.wall = Some((wall_ms, now));
+        if let Some(own) = own {
+            self.shared.presence.own(own);
+            self.shared.presence_changed = true;
+        }
+        for (id, frame) in self.shared.presence.flush(wall_ms) {
+            self.push(id, frame);
+        }
+    }
+
+    fn session_up(&mut self, id: SessionId, up: SessionUp, now: Instant, storage: &dyn Storage) {
         let mut s = Session {
             peer: up.peer,
             writer: None,
@@ -505,7 +544,10 @@ impl RoomState {
             pex_reach: up.pex_reach,
             batch_bytes: up.batch_bytes,
             small_circuit: up.small_circuit,
+            presence: up.presence,
         };
+        let wall_ms = self.shared.wall_ms(now);
+        self.shared.presence.session_up(id, up.presence, wall_ms.unwrap_or(0));
         self.shared.schedule_chunks(id, &mut s);
         let have = self.shared.heads(storage).map(|heads| self.shared.have(heads, storage));
         self.sessions.insert(id, s);
@@ -622,7 +664,13 @@ impl Shared {
         Ok(storage.feed_meta(feed)?.unwrap_or_default())
     }
 
+    /// The wall clock now, from the last tick's (none before the first tick).
+    fn wall_ms(&self, now: Instant) -> Option<u64> {
+        self.wall.map(|(ms, at)| ms + now.saturating_duration_since(at).as_millis() as u64)
+    }
+
     fn session_gone(&mut self, id: SessionId) {
+        self.presence.session_down(id);
         let feeds = self.pieces.release_session(id);
         self.released.extend(feeds);
         self.chunk_wants.session_ended(id);
@@ -823,6 +871,22 @@ impl Shared {
                 s.writer = Some(feed_key);
                 self.outputs.push_back(Output::WriterProven(id, feed_key));
                 Ok(())
+            }
+            Frame::Alive { records } => {
+                if !s.presence {
+                    return Err(SessionError::Protocol("Alive on a version 3 session"));
+                }
+                // Before the first tick there is no clock to check them by; they come again.
+                let Some(wall_ms) = self.wall_ms(now) else { return Ok(()) };
+                let known = |feed: &FeedKey| storage.feed_meta(feed).ok().flatten().is_some();
+                match self.presence.receive(id, records, wall_ms, known) {
+                    Ok(changed) => {
+                        self.presence_changed |= changed;
+                        Ok(())
+                    }
+                    Err(AliveError::TooMany) => Err(SessionError::Protocol("Alive lists too many records")),
+                    Err(AliveError::BadSignature) => Err(SessionError::Protocol("bad presence signature")),
+                }
             }
             Frame::Refuse { reason } => Err(SessionError::Refused(reason)),
             Frame::Hello { .. } | Frame::Auth { .. } => Err(SessionError::Protocol("handshake frame after handshake")),

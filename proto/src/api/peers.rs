@@ -55,9 +55,14 @@ method!(
 /// Whether a member is online, and how.
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Presence {
-    /// A session with one of its devices is up (always true for us).
+    /// Online: a session with it is up, or its newest signed presence record (passed on by
+    /// the room's peers) is under 150 s old. Always true for us.
     pub online: bool,
-    /// The PeerId it is online from.
+    /// When it was last known online, in ms since the Unix epoch (by its own clock, from
+    /// its presence records; now while a session with it is up). Absent when never seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<u64>,
+    /// The PeerId it is online from, when we have a session with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_id: Option<String>,
     /// How we are connected to it.

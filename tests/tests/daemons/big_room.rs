@@ -1,6 +1,8 @@
 //! A room bigger than its session bound: on their defaults (12 sessions a room, at most 16),
-//! 30 daemons each keep a bounded set of sessions, and every message still reaches every
-//! member, passed on by the others.
+//! 30 daemons each keep a bounded set of sessions, every message still reaches every
+//! member, passed on by the others, every sender sees its message seen, and every member
+//! shows as online to all the others, those it has no session with included (their signed
+//! presence records, passed on).
 
 use std::time::{Duration, Instant};
 
@@ -55,5 +57,25 @@ async fn thirty_daemons_in_one_room_keep_bounded_sessions_and_all_get_every_mess
         total as f64 / N as f64
     );
     ensure!(total < N * (N - 1), "a full mesh: {sessions:?}");
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mine: Vec<_> = history(c, &room, 100).await?.into_iter().filter(|m| m.mine).collect();
+        ensure!(mine.len() == 1 && mine[0].seen, "daemon {i} does not show its message as seen: {mine:?}");
+    }
+    let t1 = Instant::now();
+    let mut online = vec![0; N];
+    within(Duration::from_secs(60), "every member to show every other as online", async {
+        loop {
+            for (i, c) in clients.iter_mut().enumerate() {
+                online[i] = members(c, &room).await?.iter().filter(|m| !m.mine && m.presence.online).count();
+            }
+            if online.iter().all(|&n| n == N - 1) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: members shown online per daemon {online:?}, sessions {sessions:?}"))??;
+    println!("every daemon shows the {} others online {:?} after all held all", N - 1, t1.elapsed());
     Ok(())
 }

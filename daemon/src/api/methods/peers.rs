@@ -14,6 +14,7 @@ use peerlog_proto::wire::{DiscoveryKey, FeedKey};
 use super::super::ApiError;
 use super::{qr_svg, writer_key};
 use crate::keys;
+use crate::replicate::presence::ALIVE_FOR;
 use crate::rooms::Room;
 use crate::service::{Service, ServiceError};
 
@@ -70,20 +71,25 @@ pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<Memb
         .into_iter()
         .filter_map(|p| Some((p.writer?, p.peer.to_string())))
         .collect();
+    // A session says it at once; the others' signed records say it over the room's peers.
+    let now_ms = crate::log::store::now_ms();
     let presence = |feed: &FeedKey| -> Presence {
+        let last_seen_ms = room.last_seen(feed);
         let Some(peer) = online.get(feed) else {
-            return Presence { online: false, peer_id: None, connection: None, rtt_ms: None };
+            let online = last_seen_ms.is_some_and(|at| at + ALIVE_FOR.as_millis() as u64 > now_ms);
+            return Presence { online, last_seen_ms, peer_id: None, connection: None, rtt_ms: None };
         };
         let conn = info.peers.iter().find(|p| &p.peer_id == peer);
         Presence {
             online: true,
+            last_seen_ms: Some(now_ms),
             peer_id: Some(peer.clone()),
             connection: conn.map(|c| c.connection),
             rtt_ms: conn.and_then(|c| c.rtt_ms),
         }
     };
     // The writers we hold entries of, ourselves, and online writers we hold nothing
-    // of yet: with how many messages each wrote.
+    // of yet (by a session or a record): with how many messages each wrote.
     let mut writers: Vec<(FeedKey, u64)> = service
         .store
         .room_feeds(&room.discovery_key)
@@ -92,7 +98,8 @@ pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<Memb
         .map(|(feed, meta)| (feed, meta.length()))
         .filter(|(feed, n)| *n > 0 || *feed == room.feed_key)
         .collect();
-    for feed in std::iter::once(&room.feed_key).chain(online.keys()) {
+    let recorded: Vec<FeedKey> = room.seen_members().into_iter().filter(|f| presence(f).online).collect();
+    for feed in std::iter::once(&room.feed_key).chain(online.keys()).chain(&recorded) {
         if !writers.iter().any(|(f, _)| f == feed) {
             writers.push((*feed, 0));
         }
@@ -113,7 +120,7 @@ pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<Memb
             safety_number: (!mine).then(|| keys::safety_number(&room.feed_key, &feed)),
             messages,
             presence: if mine {
-                Presence { online: true, peer_id: None, connection: None, rtt_ms: None }
+                Presence { online: true, last_seen_ms: Some(now_ms), peer_id: None, connection: None, rtt_ms: None }
             } else {
                 presence(&feed)
             },
