@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn, Instrument};
 
 use self::driver::{Driver, RoomLink, ROOM_FRAMES};
-use self::membership::{Bounds, Membership};
+use self::membership::{Bounds, Count, Membership};
 use self::session::{HandshakeSlot, MAX_HANDSHAKES};
 use self::state::{RoomState, RuleLimits};
 use self::storage::Local;
@@ -97,6 +97,8 @@ struct Slot {
     id: SessionId,
     outbound: bool,
     established: bool,
+    /// Over a relayed connection: a slow link (see `membership.rs`).
+    relayed: bool,
     cancel: CancellationToken,
     /// The peer's feed key in the room, once its `Writer` proof verified.
     writer: Option<FeedKey>,
@@ -318,11 +320,17 @@ impl Replicator {
         );
     }
 
-    /// The sessions of `room` (open or being opened) and their peers.
-    fn room_slots(&self, room: &DiscoveryKey) -> (usize, Vec<PeerId>) {
+    /// The sessions of `room` (open or being opened), counted, and their peers.
+    fn room_slots(&self, room: &DiscoveryKey) -> (Count, Vec<PeerId>) {
         let slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let peers: Vec<PeerId> = slots.keys().filter(|(_, r)| r == room).map(|(p, _)| *p).collect();
-        (peers.len(), peers)
+        let mut count = Count::default();
+        let mut peers = Vec::new();
+        for ((peer, _), slot) in slots.iter().filter(|((_, r), _)| r == room) {
+            count.all += 1;
+            count.direct += usize::from(!slot.relayed);
+            peers.push(*peer);
+        }
+        (count, peers)
     }
 
     fn with_membership<T>(&self, room: DiscoveryKey, f: impl FnOnce(&mut Membership) -> T) -> T {
@@ -335,7 +343,7 @@ impl Replicator {
     /// the bound, not counting one with `peer` being set up).
     pub(super) fn accepts(&self, peer: PeerId, room: DiscoveryKey) -> bool {
         let (sessions, active) = self.room_slots(&room);
-        let others = sessions - usize::from(active.contains(&peer));
+        let others = sessions.all - usize::from(active.contains(&peer));
         self.with_membership(room, |m| m.accepts(others))
     }
 
@@ -364,17 +372,17 @@ impl Replicator {
                     this.inner.rooms_running.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
                 for room in rooms {
                     let (sessions, active) = this.room_slots(&room);
-                    let outbound: Vec<PeerId> = {
+                    let (outbound, relayed): (Vec<PeerId>, Vec<PeerId>) = {
                         let slots = this.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-                        slots
-                            .iter()
-                            .filter(|((_, r), s)| *r == room && s.outbound && s.established)
-                            .map(|((p, _), _)| *p)
-                            .collect()
+                        let mine = || slots.iter().filter(|((_, r), s)| *r == room && s.outbound && s.established);
+                        (
+                            mine().map(|((p, _), _)| *p).collect(),
+                            mine().filter(|(_, s)| s.relayed).map(|((p, _), _)| *p).collect(),
+                        )
                     };
                     let now = std::time::Instant::now();
                     let Some((close, dial)) =
-                        this.with_membership(room, |m| m.rotate(now, sessions, &outbound, &active))
+                        this.with_membership(room, |m| m.rotate(now, sessions, &outbound, &relayed, &active))
                     else {
                         continue;
                     };
@@ -545,7 +553,10 @@ impl Replicator {
         }
         let id = SessionId(self.inner.next_id.fetch_add(1, Ordering::Relaxed));
         let cancel = self.inner.cancel.child_token();
-        slots.insert((peer, room), Slot { id, outbound, established: false, cancel: cancel.clone(), writer: None });
+        slots.insert(
+            (peer, room),
+            Slot { id, outbound, established: false, relayed: false, cancel: cancel.clone(), writer: None },
+        );
         Some((id, cancel))
     }
 
@@ -563,6 +574,14 @@ impl Replicator {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = slots.get_mut(&(peer, room)).filter(|s| s.id == id) {
             s.writer = Some(writer);
+        }
+    }
+
+    /// The session runs over a relayed connection.
+    fn mark_relayed(&self, peer: PeerId, room: DiscoveryKey, id: SessionId) {
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = slots.get_mut(&(peer, room)).filter(|s| s.id == id) {
+            s.relayed = true;
         }
     }
 

@@ -242,6 +242,9 @@ impl Replicator {
             kind == Some(crate::node::ConnectionKind::Relayed) && circuit_bytes.is_none_or(|b| b < ROOMY_CIRCUIT_BYTES);
         let batch_bytes = if small_circuit { RELAYED_BATCH_BYTES } else { BATCH_BYTES };
         debug!(%peer, ?kind, ?circuit_bytes, batch_bytes, "session framing");
+        if kind == Some(crate::node::ConnectionKind::Relayed) {
+            self.mark_relayed(peer, room.discovery_key, id);
+        }
         info!(%peer, room = %room.id, ?kind, "room peer connected");
         room.emit(DaemonEvent::PeerJoined { room: room.discovery_key, peer, kind });
         let greeting = vec![

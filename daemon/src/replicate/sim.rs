@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::membership::{Bounds, Membership};
+use super::membership::{Bounds, Count, Membership};
 use super::presence::{ALIVE_EVERY, ALIVE_FOR, FLUSH_EVERY};
 use super::state::{Input, Output, RoomState, RuleLimits, SessionUp, PEX_PEERS};
 use super::storage::{perform, Local, Performed};
@@ -71,6 +71,9 @@ pub struct NodeOpts {
     pub seeder: bool,
     /// Speaks version 3 only: sends and reads no presence records.
     pub v3: bool,
+    /// Behind a NAT that hole punching does not pass: its sessions with other such nodes
+    /// run over a relay (small batches, and a slow link to the membership rules).
+    pub hard_nat: bool,
 }
 
 /// A frame sent, as the trace records it.
@@ -315,7 +318,7 @@ impl Sim {
             self.sessions.insert(sessions[side], (conn, side));
             let peer = self.nodes[other].peer;
             let node = &self.nodes[me];
-            let small = node.opts.small_circuit || self.nodes[other].opts.small_circuit;
+            let small = node.opts.small_circuit || self.nodes[other].opts.small_circuit || self.relayed(me, other);
             let v3 = node.opts.v3 || self.nodes[other].opts.v3;
             let up = SessionUp {
                 peer,
@@ -596,6 +599,17 @@ impl Sim {
         self.memberships = (0..self.nodes.len()).map(|_| Membership::new(bounds, self.rng.gen())).collect();
     }
 
+    /// Whether the link between two nodes runs over a relay.
+    pub fn relayed(&self, a: usize, b: usize) -> bool {
+        self.nodes[a].opts.hard_nat && self.nodes[b].opts.hard_nat
+    }
+
+    /// Node `i`'s sessions, as the membership rules count them.
+    fn count(&self, i: usize) -> Count {
+        let peers = self.peers_of(i);
+        Count { all: peers.len(), direct: peers.iter().filter(|&&j| !self.relayed(i, j)).count() }
+    }
+
     fn index_of(&self, peer: &PeerId) -> Option<usize> {
         self.nodes.iter().position(|n| n.peer == *peer)
     }
@@ -625,8 +639,8 @@ impl Sim {
                 continue;
             }
             let peer = self.nodes[other].peer;
-            let degree = self.degree(me);
-            if !self.memberships[me].learned(peer, degree) {
+            let count = self.count(me);
+            if !self.memberships[me].learned(peer, count) {
                 continue;
             }
             queue.extend(self.dial(me, other));
@@ -664,8 +678,8 @@ impl Sim {
     /// A node under its target dials a passive peer.
     fn replace(&mut self, i: usize) {
         let active = self.peers_of(i).iter().map(|&j| self.nodes[j].peer).collect::<Vec<_>>();
-        let degree = self.degree(i);
-        let Some(next) = self.memberships[i].replacement(degree, &active) else { return };
+        let count = self.count(i);
+        let Some(next) = self.memberships[i].replacement(count, &active) else { return };
         if let Some(j) = self.index_of(&next) {
             let learned = self.dial(i, j);
             for (me, other) in learned {
@@ -700,9 +714,11 @@ impl Sim {
                 .filter(|c| c.nodes[0] == i)
                 .map(|c| self.nodes[c.nodes[1]].peer)
                 .collect();
+            let relayed: Vec<PeerId> =
+                outbound.iter().filter(|p| self.index_of(p).is_some_and(|j| self.relayed(i, j))).copied().collect();
             let active: Vec<PeerId> = self.peers_of(i).iter().map(|&j| self.nodes[j].peer).collect();
-            let degree = self.degree(i);
-            if let Some((close, dial)) = self.memberships[i].rotate(now, degree, &outbound, &active) {
+            let count = self.count(i);
+            if let Some((close, dial)) = self.memberships[i].rotate(now, count, &outbound, &relayed, &active) {
                 if let (Some(c), Some(d)) = (self.index_of(&close), self.index_of(&dial)) {
                     self.disconnect(i, c);
                     // The closed peer may have dialed back at once (it lost a session):
@@ -1225,6 +1241,57 @@ mod tests {
             (sim.now, sim.delivered)
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn members_behind_hard_nats_are_nobodys_only_path() {
+        // Half the room behind NATs that hole punching does not pass: their sessions with
+        // each other run over relays. The membership rules keep dialing for direct
+        // sessions and rotate relayed ones away, so the room holds together on direct
+        // links alone.
+        let bounds = Bounds::new(12, 16);
+        let mut sim = Sim::new(31);
+        sim.bounded(bounds);
+        let n = 80;
+        for i in 0..n {
+            let joined = sim.add_node(NodeOpts { hard_nat: i % 2 == 1, ..NodeOpts::default() });
+            let found: Vec<usize> = (0..joined.min(5)).map(|_| sim.rng.gen_range(0..joined)).collect();
+            sim.discover(joined, &found);
+        }
+        let relayed_links = |sim: &Sim| -> (usize, usize) {
+            let links: Vec<(usize, usize)> = sim.conns.values().map(|c| (c.nodes[0], c.nodes[1])).collect();
+            (links.iter().filter(|(a, b)| sim.relayed(*a, *b)).count(), links.len())
+        };
+        let before = relayed_links(&sim);
+        for _ in 0..10 {
+            sim.tick(MINUTE);
+        }
+        let (relayed, all) = relayed_links(&sim);
+        // Connected through direct links only.
+        let mut reached = vec![false; n];
+        let mut stack = vec![0];
+        reached[0] = true;
+        while let Some(i) = stack.pop() {
+            for j in sim.peers_of(i) {
+                if !sim.relayed(i, j) && !reached[j] {
+                    reached[j] = true;
+                    stack.push(j);
+                }
+            }
+        }
+        let direct_min = (0..n).map(|i| sim.count(i).direct).min().unwrap_or(0);
+        let most = (0..n).map(|i| sim.degree(i)).max().unwrap_or(0);
+        println!(
+            "relayed sessions: {} of {} after the joins, {relayed} of {all} after 10 rotations; fewest direct sessions {direct_min}, most sessions {most}",
+            before.0, before.1
+        );
+        assert!(reached.iter().all(|&r| r), "the room falls apart without its relayed links");
+        assert!(most <= bounds.max, "a node has {most} sessions");
+        assert!(direct_min >= bounds.target / 2, "a node has only {direct_min} direct sessions");
+        assert!(relayed * 100 <= all * 15, "{relayed} of {all} sessions still run over relays");
+        // And a message from behind a hard NAT reaches everyone.
+        sim.send(1, 1);
+        sim.run_until(sim.now + MINUTE, "every peer holds the message", |s| s.all_hold(1));
     }
 
     /// Issue 14: a room of 1,000 peers with bounded sessions (12 dialed, at most 16, as the
