@@ -621,7 +621,12 @@ pub async fn room(opts: &RoomOptions, progress: impl Fn(&str)) -> Result<Value> 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let frames1 = room_figures(&procs).await?;
     let messages = n as f64;
-    let rss: Vec<f64> = procs.iter().map(|p| p.rss_kib() as f64 / 1024.0).collect();
+    let mib =
+        |field: &str| -> Vec<f64> { procs.iter().map(|p| status_kib(p.child.id(), field) as f64 / 1024.0).collect() };
+    let mut peers = Vec::with_capacity(n);
+    for p in &procs {
+        peers.push(p.metric("peerlog_connections").await?);
+    }
     Ok(json!({
         "machine": { "cores": std::thread::available_parallelism().map_or(0, |n| n.get()) },
         "version": env!("CARGO_PKG_VERSION"),
@@ -634,7 +639,12 @@ pub async fn room(opts: &RoomOptions, progress: impl Fn(&str)) -> Result<Value> 
         "cpu_s_per_message": (frames1.cpu - frames0.cpu) / messages,
         "frames_per_message": (frames1.frames - frames0.frames) / messages,
         "entries_received_per_message": (frames1.entries - frames0.entries) / messages,
-        "rss_mib": spread(rss),
+        "rss_mib": spread(mib("VmRSS:")),
+        // RSS is the daemon's own memory (anonymous: heap, stacks) plus the pages of the
+        // executable it touched (file-backed, shared by every daemon of the same binary).
+        "rss_anon_mib": spread(mib("RssAnon:")),
+        "rss_file_mib": spread(mib("RssFile:")),
+        "connected_peers_per_daemon": spread(peers),
     }))
 }
 
@@ -681,6 +691,12 @@ pub fn render_room(v: &Value) -> String {
         g("frames_per_message"),
         g("entries_received_per_message")
     );
-    s += &format!("RSS per daemon: {}\n", m(&v["rss_mib"], "MiB", 1));
+    s += &format!("connected peers per daemon (any protocol): {}\n", m(&v["connected_peers_per_daemon"], "", 0));
+    s += &format!(
+        "RSS per daemon: {}; of it anonymous {}, the executable's pages {}\n",
+        m(&v["rss_mib"], "MiB", 1),
+        m(&v["rss_anon_mib"], "MiB", 1),
+        m(&v["rss_file_mib"], "MiB", 1)
+    );
     s
 }

@@ -57,6 +57,13 @@ async fn thirty_daemons_in_one_room_keep_bounded_sessions_and_all_get_every_mess
         total as f64 / N as f64
     );
     ensure!(total < N * (N - 1), "a full mesh: {sessions:?}");
+    // Connections (any protocol), printed for the record: the bound is on sessions; a
+    // daemon also holds connections that carry no session of this room (DHT, refusals).
+    let mut connected = Vec::with_capacity(N);
+    for c in clients.iter_mut() {
+        connected.push(node_info(c).await?.connected_peers);
+    }
+    println!("connected peers per daemon (any protocol): {connected:?}");
     for (i, c) in clients.iter_mut().enumerate() {
         let mine: Vec<_> = history(c, &room, 100).await?.into_iter().filter(|m| m.mine).collect();
         ensure!(mine.len() == 1 && mine[0].seen, "daemon {i} does not show its message as seen: {mine:?}");
