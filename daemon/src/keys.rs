@@ -17,6 +17,8 @@ use sha2::Sha256;
 use unicode_normalization::UnicodeNormalization;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+pub mod seal;
+
 /// Salt of the passphrase KDF: fixed so that everyone with the passphrase reaches the room.
 pub const ROOM_SALT: &[u8] = b"peerlog/room/v1";
 /// Argon2id memory cost in KiB (64 MiB, RFC 9106's second recommended setting).
