@@ -248,6 +248,7 @@ impl Daemon {
             token,
             cli_token,
             kdf_slots: tokio::sync::Semaphore::new(KDF_SLOTS),
+            epoch_turn: tokio::sync::Mutex::new(()),
             lan_peers: Default::default(),
             tasks,
             net_cancel,

@@ -187,6 +187,16 @@ enum Command {
         /// The room.
         room: String,
     },
+    /// Remove a member from a room: everyone else moves to a new epoch of the room (new
+    /// keys); the member removed cannot read or find what is written after.
+    Remove {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The member: its writer key (`author` in `peerlog members --json`).
+        member: String,
+    },
     /// A room's members: names, whether they are online, safety numbers, blocks.
     Members {
         #[command(flatten)]
@@ -810,6 +820,14 @@ async fn run(cli: Cli) -> Result<()> {
             let r = c.request::<rooms::Leave>(&rooms::RoomParam { room: room.clone() }).await?;
             c.close().await.ok();
             print_out(json, &r, || println!("left {room}; its data here is deleted"))
+        }
+        Command::Remove { client, room, member } => {
+            let mut c = client.connect().await?;
+            let r = c.request::<rooms::Remove>(&rooms::RemoveParams { room, member }).await?;
+            c.close().await.ok();
+            print_out(json, &r, || {
+                println!("removed {}; the room moved on to {} (new keys)", r.removed, r.room.id);
+            })
         }
         Command::Members { client, room } => {
             let mut c = client.connect().await?;

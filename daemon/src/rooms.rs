@@ -14,12 +14,15 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::keys::seal::Sealed;
 use crate::keys::{self, room_id, RoomKeys, RoomSecret, SeedCapability};
 use crate::log::index::FollowUps;
 use crate::log::store::{
-    Access, Appended, IngestError, Ingested, QuotaKind, RoomRecord, StoreError, StoredMessage, WriterQuota,
+    Access, Appended, IngestError, Ingested, QuotaKind, RoomRecord, Rotation, StoreError, StoredMessage, WriterQuota,
 };
-use crate::log::{new_writer, Body, FeedCipher, MessageRef, Store, LAMPORT_LEAD, LAMPORT_MAX};
+use crate::log::{
+    new_writer, Body, FeedCipher, MessageRef, Store, LAMPORT_LEAD, LAMPORT_MAX, ROTATE_REMOVED_MAX, ROTATE_SEALED_MAX,
+};
 
 /// Capacity of each room's chunk-event channel.
 const CHUNK_EVENT_CAPACITY: usize = 1024;
@@ -110,6 +113,12 @@ pub enum DaemonEvent {
         writer: FeedKey,
         /// Which quota.
         quota: QuotaKind,
+    },
+    /// The room took a rotation to follow (a `Rotate` entry that comes first): the
+    /// service moves on to the new room if the new secret was sealed to us.
+    Rotated {
+        /// The room.
+        room: DiscoveryKey,
     },
     /// The best connection to a room peer changed (e.g. relayed → holepunched).
     PeerConnection {
@@ -332,10 +341,53 @@ impl Room {
                     }
                     self.store.note_profile(&self.discovery_key, &m.feed_key, display_name, m.message.lamport)
                 }
+                Some(Body::Rotate { removed, sealed }) => self.note_rotation(m, removed, sealed),
                 _ => Ok(()),
             };
             if let Err(e) = noted {
                 warn!(room = %self.id, error = %e, "cannot index a message");
+            }
+        }
+    }
+
+    /// Keeps a `Rotate` entry as the room's rotation if it is well formed and comes first
+    /// (see `Store::note_rotation`). A member cannot remove itself, nobody removed is sealed
+    /// the new secret, and a member the kept rotation removed cannot replace it.
+    fn note_rotation(&self, m: &StoredMessage, removed: &[FeedKey], sealed: &[Sealed]) -> Result<(), StoreError> {
+        let well_formed = !removed.is_empty()
+            && removed.len() <= ROTATE_REMOVED_MAX
+            && sealed.len() <= ROTATE_SEALED_MAX
+            && !removed.contains(&m.feed_key)
+            && !sealed.iter().any(|s| removed.contains(&s.to));
+        if !well_formed {
+            warn!(room = %self.id, author = %hex::encode(m.feed_key), "ignoring a malformed rotation");
+            return Ok(());
+        }
+        if self.store.rotation(&self.discovery_key)?.is_some_and(|kept| kept.removed.contains(&m.feed_key)) {
+            warn!(room = %self.id, author = %hex::encode(m.feed_key), "ignoring a rotation by a removed member");
+            return Ok(());
+        }
+        let rotation = Rotation {
+            at: m.at(),
+            lamport: m.message.lamport,
+            removed: removed.to_vec(),
+            sealed: sealed.to_vec(),
+            next: None,
+        };
+        if self.store.note_rotation(&self.discovery_key, &rotation)? {
+            let _ = self.events.send(DaemonEvent::Rotated { room: self.discovery_key });
+        }
+        Ok(())
+    }
+
+    /// Opens the new room secret of a rotation, if it was sealed to our writer here.
+    pub fn open_sealed(&self, sealed: &[Sealed]) -> Option<RoomSecret> {
+        let ours = sealed.iter().find(|s| s.to == self.feed_key)?;
+        match keys::seal::open(&self.discovery_key, &self.writer, ours) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                warn!(room = %self.id, error = %e, "the new room secret sealed to us does not open");
+                None
             }
         }
     }

@@ -2295,6 +2295,7 @@ fn the_cli_covers_the_api_with_json_and_exit_codes_by_kind() -> Result<()> {
         ("passphrase.check", "check-passphrase"),
         ("rooms.create", "create"),
         ("rooms.leave", "leave"),
+        ("rooms.remove", "remove"),
         ("rooms.invite", "invite"),
         ("rooms.seed", "seed"),
         ("rooms.members", "members"),

@@ -25,6 +25,8 @@ mod examples;
 mod files;
 #[path = "daemons/hostile.rs"]
 mod hostile;
+#[path = "daemons/membership.rs"]
+mod membership;
 #[path = "daemons/offline.rs"]
 mod offline;
 

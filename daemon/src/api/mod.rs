@@ -515,6 +515,8 @@ fn event_name(event: &DaemonEvent) -> &'static str {
         DaemonEvent::FileProgress { .. } => events::FileProgress::NAME,
         DaemonEvent::Seen { .. } => events::Seen::NAME,
         DaemonEvent::WriterQuota { .. } => events::WriterQuota::NAME,
+        // For the service (it moves on to the new room); clients see `rooms.list`.
+        DaemonEvent::Rotated { .. } => "",
     }
 }
 
@@ -588,6 +590,7 @@ fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
         DaemonEvent::WriterQuota { room, writer, quota } => {
             emit(events::WriterQuota { room: room_id(&room)?, author: hex::encode(writer), quota: quota.to_string() })
         }
+        DaemonEvent::Rotated { .. } => None,
     }
 }
 

@@ -91,7 +91,23 @@ pub enum Body {
         /// Added (true) or taken back (false).
         on: bool,
     },
+    /// The room moves to a new epoch without `removed`: a fresh room secret, sealed to
+    /// each remaining member's writer key in this room (`keys::seal`). Whoever holds one
+    /// of the seals joins the new room; the removed members hold none. See
+    /// `docs/PROTOCOL.md`, "Removing members".
+    Rotate {
+        /// The members removed, by feed key (at most [`ROTATE_REMOVED_MAX`]).
+        removed: Vec<FeedKey>,
+        /// The new secret, sealed to every other member (at most [`ROTATE_SEALED_MAX`]).
+        sealed: Vec<crate::keys::seal::Sealed>,
+    },
 }
+
+/// The most members one rotation removes.
+pub const ROTATE_REMOVED_MAX: usize = 64;
+/// The most members one rotation seals the new secret to: 512 seals of about 115 bytes
+/// keep the entry under 64 KiB, the size of the longest message.
+pub const ROTATE_SEALED_MAX: usize = 512;
 
 /// A message of a room, by its writer's feed and its place in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -167,6 +167,22 @@ pub struct RoomRecord {
     pub joined_ms: u64,
 }
 
+/// The rotation a room follows: the first valid `Rotate` entry of the room by (Lamport
+/// clock, writer, seq), the same on every member, and where we went with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The `Rotate` entry.
+    pub at: MessageRef,
+    /// Its Lamport clock.
+    pub lamport: u64,
+    /// The members it removed.
+    pub removed: Vec<FeedKey>,
+    /// The new secret, sealed to each remaining member.
+    pub sealed: Vec<crate::keys::seal::Sealed>,
+    /// The room we moved to with it, once joined.
+    pub next: Option<DiscoveryKey>,
+}
+
 /// What we hold of one feed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FeedMeta {
@@ -1163,7 +1179,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p', b'u'] {
+        for tag in [b'c', b'p', b'u', b'e'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1264,6 +1280,35 @@ impl Store {
             return Ok(());
         }
         self.log.insert(key, encode(&(lamport, name)))?;
+        self.touch();
+        Ok(())
+    }
+
+    /// Keeps `rotation` as the room's if it comes before the one kept (by Lamport clock,
+    /// then writer and seq); returns whether it did.
+    pub fn note_rotation(&self, room: &DiscoveryKey, rotation: &Rotation) -> Result<bool, StoreError> {
+        let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kept) = self.rotation(room)? {
+            if (kept.lamport, kept.at) <= (rotation.lamport, rotation.at) {
+                return Ok(false);
+            }
+        }
+        self.log.insert(room_person_key(b'e', room, &ZERO), encode(rotation))?;
+        self.touch();
+        Ok(true)
+    }
+
+    /// The rotation a room follows, if any.
+    pub fn rotation(&self, room: &DiscoveryKey) -> Result<Option<Rotation>, StoreError> {
+        self.log.get(room_person_key(b'e', room, &ZERO))?.map(|v| decode(&v, "rotation")).transpose()
+    }
+
+    /// Records the room we moved to with the room's rotation.
+    pub fn set_rotation_next(&self, room: &DiscoveryKey, next: &DiscoveryKey) -> Result<(), StoreError> {
+        let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mut rotation) = self.rotation(room)? else { return Ok(()) };
+        rotation.next = Some(*next);
+        self.log.insert(room_person_key(b'e', room, &ZERO), encode(&rotation))?;
         self.touch();
         Ok(())
     }
@@ -1906,6 +1951,30 @@ mod tests {
             fn drop(&mut self) {
                 let _ = std::fs::remove_dir_all(&self.0);
             }
+        }
+    }
+
+    #[test]
+    fn the_first_rotation_by_clock_is_kept_in_any_order_of_arrival() {
+        let room = DiscoveryKey([3; 32]);
+        let rotation = |lamport, feed: u8| Rotation {
+            at: MessageRef { feed: FeedKey([feed; 32]), seq: 1 },
+            lamport,
+            removed: vec![FeedKey([9; 32])],
+            sealed: vec![],
+            next: None,
+        };
+        let (a, b, c) = (rotation(5, 2), rotation(5, 1), rotation(7, 0));
+        for order in [[&a, &b, &c], [&c, &a, &b], [&b, &c, &a]] {
+            let (_d, s) = tmp();
+            for r in order {
+                s.note_rotation(&room, r).unwrap();
+            }
+            assert_eq!(s.rotation(&room).unwrap().as_ref(), Some(&b), "the lowest (clock, writer, seq) wins");
+            assert!(!s.note_rotation(&room, &b).unwrap(), "the same one again changes nothing");
+            s.set_rotation_next(&room, &DiscoveryKey([4; 32])).unwrap();
+            assert_eq!(s.rotation(&room).unwrap().and_then(|r| r.next), Some(DiscoveryKey([4; 32])));
+            assert_eq!(s.rotation(&DiscoveryKey([5; 32])).unwrap(), None);
         }
     }
 

@@ -24,6 +24,7 @@ use crate::rooms::{Room, Rooms};
 use crate::tasks::Tasks;
 
 mod chat;
+mod epochs;
 mod files;
 pub mod token;
 
@@ -138,6 +139,9 @@ pub struct Service {
     pub(crate) cli_token: String,
     /// Turns for passphrase derivations: 32 joins at once used to take 2 GiB.
     pub(crate) kdf_slots: tokio::sync::Semaphore,
+    /// Held while following a rotation: one move to a room's new epoch at a time (two
+    /// would each make the new room with a writer key of its own).
+    pub(crate) epoch_turn: tokio::sync::Mutex<()>,
     /// Peers found on the LAN (mDNS): offered a session for every room, at every discovery round.
     pub(crate) lan_peers: std::sync::Mutex<std::collections::HashSet<PeerId>>,
     /// Network-side tasks (sessions, discovery).
@@ -185,6 +189,7 @@ impl Service {
             self.start_discovery(&room);
         }
         self.spawn_peer_finder();
+        self.spawn_rotation_follower();
         Ok(())
     }
 

@@ -28,6 +28,7 @@ fn each_method(g: &mut SchemaGenerator, mut f: impl FnMut(&'static str, &'static
     one::<rooms::CheckPassphrase>(g, &mut f);
     one::<rooms::Create>(g, &mut f);
     one::<rooms::Leave>(g, &mut f);
+    one::<rooms::Remove>(g, &mut f);
     one::<rooms::Invite>(g, &mut f);
     one::<rooms::Seed>(g, &mut f);
     one::<peers::Members>(g, &mut f);

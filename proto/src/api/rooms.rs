@@ -27,6 +27,14 @@ pub struct RoomInfo {
     pub entries_received: u64,
     /// Entries served to peers since the daemon started.
     pub entries_served: u64,
+    /// Members were removed and the room moved on to a new epoch: the new room's id,
+    /// once this daemon joined it (the old room stays, read-only history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
+    /// We were removed from this room: who removed us (writer key, hex). The room moved
+    /// on without us; what is written after cannot be read here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_by: Option<String>,
 }
 
 /// A writer that signed two different entries for one seq.
@@ -183,6 +191,30 @@ pub struct InviteResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qr_svg: Option<String>,
 }
+
+/// `rooms.remove` params.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RemoveParams {
+    /// Room id or name.
+    pub room: String,
+    /// The member to remove: its writer key (hex, `author` in `rooms.members`).
+    pub member: String,
+}
+
+/// `rooms.remove` result.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RemoveResult {
+    /// The room's new epoch, where the others went (the old room stays, read-only).
+    pub room: RoomInfo,
+    /// The member removed (writer key, hex).
+    pub removed: String,
+}
+
+method!(
+    /// `rooms.remove`: removes a member; the others move to a new epoch of the room.
+    Remove, "rooms.remove", RemoveParams => RemoveResult;
+    "removes a member: the others move to a new epoch of the room, with new keys"
+);
 
 method!(
     /// `rooms.invite`: a member invite or a seed capability.

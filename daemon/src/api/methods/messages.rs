@@ -48,7 +48,9 @@ pub(in crate::api) fn message_info(room: &Room, m: &StoredMessage) -> Option<Mes
             None,
             &[][..],
         ),
-        Body::Profile { .. } | Body::Edit { .. } | Body::Delete { .. } | Body::React { .. } => return None,
+        Body::Profile { .. } | Body::Edit { .. } | Body::Delete { .. } | Body::React { .. } | Body::Rotate { .. } => {
+            return None
+        }
     };
     let state = room.follow_ups(&m.at());
     let mine = m.feed_key == room.feed_key;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use peerlog_proto::api::codes;
 use peerlog_proto::api::rooms::{
     CreateParams, CreateResult, Fork, InviteParams, InviteResult, JoinParams, JoinResult, LeaveResult, PassphraseCheck,
-    PassphraseParams, RoomInfo, RoomList, RoomParam, SeedParams, SeedResult,
+    PassphraseParams, RemoveParams, RemoveResult, RoomInfo, RoomList, RoomParam, SeedParams, SeedResult,
 };
 
 use super::super::ApiError;
@@ -28,6 +28,10 @@ pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
         .map(|(feed, seq)| Fork { author: hex::encode(feed), seq })
         .collect();
     let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let rotation = service.store.rotation(&room.discovery_key).unwrap_or_default();
+    let moved_to =
+        rotation.as_ref().and_then(|r| r.next).and_then(|next| service.rooms.get(&next)).map(|r| r.id.clone());
+    let removed_by = rotation.filter(|r| r.removed.contains(&room.feed_key)).map(|r| hex::encode(r.at.feed));
     RoomInfo {
         id: room.id.clone(),
         name: room.name.clone(),
@@ -42,7 +46,19 @@ pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
             .map_or(0, |f| f.iter().map(|(_, m)| m.stored()).sum::<u64>()),
         entries_received: room.received.load(relaxed),
         entries_served: room.served.load(relaxed),
+        moved_to,
+        removed_by,
     }
+}
+
+pub(super) async fn remove(service: &Arc<Service>, p: RemoveParams) -> Result<RemoveResult, ApiError> {
+    let room = service.room(&p.room)?;
+    let member = hex::decode(&p.member)
+        .ok()
+        .and_then(|b| peerlog_proto::wire::FeedKey::try_from(b.as_slice()).ok())
+        .ok_or_else(|| ApiError::params("member: a writer key, 64 hex digits (author in rooms.members)"))?;
+    let next = service.remove_member(&room, member).await?;
+    Ok(RemoveResult { room: room_info(service, &next), removed: hex::encode(member) })
 }
 
 pub(super) fn list(service: &Service) -> RoomList {

@@ -1,0 +1,132 @@
+//! Removing members: a room moves to a new epoch. [`Service::remove_member`] makes a fresh
+//! room secret, seals it to every other member's writer key (`keys::seal`) and appends a
+//! `Rotate` entry; every member that stores the room's first rotation and finds a seal for
+//! itself joins the new room under the same name ([`Service::follow_rotation`]), whether
+//! it was online then or catches up later from anyone. The removed members find no seal:
+//! the new room's discovery, auth and content keys are out of their reach, and the old
+//! room says they were removed (`RoomInfo::removed`). The old room stays joined and
+//! served, so that members who were away can still fetch the rotation and history.
+
+use std::sync::Arc;
+
+use peerlog_proto::wire::{DiscoveryKey, FeedKey};
+use tracing::{info, warn};
+
+use super::{Service, ServiceError};
+use crate::keys::{seal, RoomSecret};
+use crate::log::{Body, ROTATE_SEALED_MAX};
+use crate::rooms::{DaemonEvent, Room};
+
+impl Service {
+    /// Removes `member` from `room`: seals a new room secret to every other member we know
+    /// of (writers of the room, ourselves, members online by a session or a signed record)
+    /// and appends the rotation; then moves on to the new room. Returns the new room.
+    pub async fn remove_member(self: &Arc<Self>, room: &Room, member: FeedKey) -> Result<Arc<Room>, ServiceError> {
+        if room.is_seeder() {
+            return Err(ServiceError::Invalid("a blind seeder cannot remove members".into()));
+        }
+        if member == room.feed_key {
+            return Err(ServiceError::Invalid("you cannot remove yourself; leave the room (rooms.leave)".into()));
+        }
+        if let Some(rotation) = self.store.rotation(&room.discovery_key)? {
+            return Err(ServiceError::Invalid(match rotation.next.and_then(|next| self.rooms.get(&next)) {
+                Some(next) => format!("this room moved on to room {} when members were removed; remove there", next.id),
+                None => "this room moved on to a new epoch when members were removed".into(),
+            }));
+        }
+        let mut members = self.known_members(room)?;
+        if !members.contains(&member) {
+            return Err(ServiceError::NotFound(format!("{} is not a member of this room", hex::encode(member))));
+        }
+        members.retain(|m| *m != member);
+        if members.len() > ROTATE_SEALED_MAX {
+            return Err(ServiceError::Invalid(format!("rooms of over {ROTATE_SEALED_MAX} members cannot remove yet")));
+        }
+        let secret = RoomSecret::random();
+        let sealed = members
+            .iter()
+            .map(|m| seal::seal(&room.discovery_key, m, &secret))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ServiceError::Invalid(format!("cannot seal the new room secret: {e}")))?;
+        drop(secret);
+        self.append_durable(room, vec![Body::Rotate { removed: vec![member], sealed }]).await?;
+        info!(room = %room.id, removed = %hex::encode(member), "removed a member; the room moves to a new epoch");
+        self.follow_rotation(&room.discovery_key)
+            .await?
+            .ok_or_else(|| ServiceError::Invalid("another member's rotation of this room came first".into()))
+    }
+
+    /// The members a rotation seals the new secret to: writers of the room, ourselves, and
+    /// members known to be online (by a session, or by their signed presence records).
+    fn known_members(&self, room: &Room) -> Result<Vec<FeedKey>, ServiceError> {
+        let mut members: Vec<FeedKey> = self
+            .store
+            .room_feeds(&room.discovery_key)?
+            .into_iter()
+            .filter(|(_, meta)| meta.length() > 0)
+            .map(|(feed, _)| feed)
+            .collect();
+        let online = self.replicator.room_peers(Some(&room.discovery_key)).into_iter().filter_map(|p| p.writer);
+        for feed in std::iter::once(room.feed_key).chain(online).chain(room.seen_members()) {
+            if !members.contains(&feed) {
+                members.push(feed);
+            }
+        }
+        Ok(members)
+    }
+
+    /// Follows `room`'s rotation, if it has one we have not followed: joins the new room
+    /// (same name) when the new secret was sealed to us. Returns the new room.
+    pub(crate) async fn follow_rotation(
+        self: &Arc<Self>,
+        room: &DiscoveryKey,
+    ) -> Result<Option<Arc<Room>>, ServiceError> {
+        let _turn = self.epoch_turn.lock().await;
+        let Some(old) = self.rooms.get(room) else { return Ok(None) };
+        let Some(rotation) = self.store.rotation(room)? else { return Ok(None) };
+        if let Some(next) = rotation.next {
+            return Ok(self.rooms.get(&next));
+        }
+        let Some(secret) = old.open_sealed(&rotation.sealed) else {
+            if rotation.removed.contains(&old.feed_key) {
+                warn!(room = %old.id, by = %hex::encode(rotation.at.feed), "we were removed from this room");
+            }
+            return Ok(None);
+        };
+        let (new, _) = self.join_secret(secret, Some(old.name.clone())).await?;
+        self.store.set_rotation_next(room, &new.discovery_key)?;
+        self.commit.durable().await?;
+        info!(room = %old.id, next = %new.id, "moved on to the room's new epoch");
+        Ok(Some(new))
+    }
+
+    /// Follows rotations as rooms take them, and those taken before a restart.
+    pub(super) fn spawn_rotation_follower(self: &Arc<Self>) {
+        let mut events = self.rooms.events.subscribe();
+        let this = self.clone();
+        let cancel = self.net_cancel.clone();
+        self.tasks.spawn("rotation follower", async move {
+            let mut pending: Vec<DiscoveryKey> = this.rooms.list().iter().map(|r| r.discovery_key).collect();
+            loop {
+                for room in std::mem::take(&mut pending) {
+                    if let Err(e) = this.follow_rotation(&room).await {
+                        warn!(error = %e, "cannot move on to a room's new epoch");
+                    }
+                }
+                let event = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    e = events.recv() => e,
+                };
+                match event {
+                    Ok(DaemonEvent::Rotated { room }) => pending.push(room),
+                    Ok(_) => {}
+                    // Missed events: look at every room again.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        pending = this.rooms.list().iter().map(|r| r.discovery_key).collect();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+}
