@@ -623,7 +623,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                     | codes::TOO_LARGE
                     | codes::BAD_INVITE
                     | codes::WEAK_PASSPHRASE => 5,
-                    codes::LOCAL_ONLY | codes::SEEDER_ONLY => 6,
+                    codes::LOCAL_ONLY | codes::SEEDER_ONLY | codes::NOT_ADMIN => 6,
                     codes::UNAVAILABLE | codes::UPLOAD_INCOMPLETE | codes::SHUTTING_DOWN => 7,
                     _ => 1,
                 }

@@ -341,7 +341,7 @@ impl Room {
                     }
                     self.store.note_profile(&self.discovery_key, &m.feed_key, display_name, m.message.lamport)
                 }
-                Some(Body::Rotate { removed, sealed }) => self.note_rotation(m, removed, sealed),
+                Some(Body::Rotate { removed, sealed, admin }) => self.note_rotation(m, removed, sealed, *admin),
                 _ => Ok(()),
             };
             if let Err(e) = noted {
@@ -352,8 +352,15 @@ impl Room {
 
     /// Keeps a `Rotate` entry as the room's rotation if it is well formed and comes first
     /// (see `Store::note_rotation`). A member cannot remove itself, nobody removed is sealed
-    /// the new secret, and a member the kept rotation removed cannot replace it.
-    fn note_rotation(&self, m: &StoredMessage, removed: &[FeedKey], sealed: &[Sealed]) -> Result<(), StoreError> {
+    /// the new secret, a member the kept rotation removed cannot replace it, and in a room
+    /// with admins (one made by a rotation) only they may rotate.
+    fn note_rotation(
+        &self,
+        m: &StoredMessage,
+        removed: &[FeedKey],
+        sealed: &[Sealed],
+        admin: FeedKey,
+    ) -> Result<(), StoreError> {
         let well_formed = !removed.is_empty()
             && removed.len() <= ROTATE_REMOVED_MAX
             && sealed.len() <= ROTATE_SEALED_MAX
@@ -367,11 +374,17 @@ impl Room {
             warn!(room = %self.id, author = %hex::encode(m.feed_key), "ignoring a rotation by a removed member");
             return Ok(());
         }
+        let admins = self.store.admins(&self.discovery_key)?;
+        if !admins.is_empty() && !admins.contains(&m.feed_key) {
+            warn!(room = %self.id, author = %hex::encode(m.feed_key), "ignoring a rotation by a member who is not an admin");
+            return Ok(());
+        }
         let rotation = Rotation {
             at: m.at(),
             lamport: m.message.lamport,
             removed: removed.to_vec(),
             sealed: sealed.to_vec(),
+            admin,
             next: None,
         };
         if self.store.note_rotation(&self.discovery_key, &rotation)? {

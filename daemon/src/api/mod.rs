@@ -615,6 +615,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::NotFound(_) => codes::NOT_FOUND,
             ServiceError::LocalFile { .. } => codes::LOCAL_FILE,
             ServiceError::UploadIncomplete(_) => codes::UPLOAD_INCOMPLETE,
+            ServiceError::NotAdmin(_) => codes::NOT_ADMIN,
             ServiceError::Unavailable(_) => codes::UNAVAILABLE,
             ServiceError::Key(keys::KeyError::BadInvite | keys::KeyError::BadSeed | keys::KeyError::SeedNotInvite) => {
                 codes::BAD_INVITE

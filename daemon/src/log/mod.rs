@@ -100,6 +100,9 @@ pub enum Body {
         removed: Vec<FeedKey>,
         /// The new secret, sealed to every other member (at most [`ROTATE_SEALED_MAX`]).
         sealed: Vec<crate::keys::seal::Sealed>,
+        /// The remover's writer key in the new room: its admin, the only member there who
+        /// may remove members in turn.
+        admin: FeedKey,
     },
 }
 

@@ -179,6 +179,8 @@ pub struct Rotation {
     pub removed: Vec<FeedKey>,
     /// The new secret, sealed to each remaining member.
     pub sealed: Vec<crate::keys::seal::Sealed>,
+    /// The admin of the new room (the remover's writer key there).
+    pub admin: FeedKey,
     /// The room we moved to with it, once joined.
     pub next: Option<DiscoveryKey>,
 }
@@ -1179,7 +1181,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p', b'u', b'e'] {
+        for tag in [b'c', b'p', b'u', b'e', b'a'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1309,6 +1311,24 @@ impl Store {
         let Some(mut rotation) = self.rotation(room)? else { return Ok(()) };
         rotation.next = Some(*next);
         self.log.insert(room_person_key(b'e', room, &ZERO), encode(&rotation))?;
+        self.touch();
+        Ok(())
+    }
+
+    /// The writers who may remove members from a room: none recorded means any member
+    /// may (a room made from a passphrase or an invite); a room made by a rotation has its
+    /// remover as admin.
+    pub fn admins(&self, room: &DiscoveryKey) -> Result<Vec<FeedKey>, StoreError> {
+        self.log
+            .get(room_person_key(b'a', room, &ZERO))?
+            .map(|v| decode(&v, "admins"))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Records a room's admins.
+    pub fn set_admins(&self, room: &DiscoveryKey, admins: &[FeedKey]) -> Result<(), StoreError> {
+        self.log.insert(room_person_key(b'a', room, &ZERO), encode(&admins))?;
         self.touch();
         Ok(())
     }
@@ -1962,6 +1982,7 @@ mod tests {
             lamport,
             removed: vec![FeedKey([9; 32])],
             sealed: vec![],
+            admin: FeedKey([8; 32]),
             next: None,
         };
         let (a, b, c) = (rotation(5, 2), rotation(5, 1), rotation(7, 0));

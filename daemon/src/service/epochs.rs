@@ -34,6 +34,12 @@ impl Service {
                 None => "this room moved on to a new epoch when members were removed".into(),
             }));
         }
+        let admins = self.store.admins(&room.discovery_key)?;
+        if !admins.is_empty() && !admins.contains(&room.feed_key) {
+            return Err(ServiceError::NotAdmin(
+                "only the room's admin (the member who removed someone before) may remove members here".into(),
+            ));
+        }
         let mut members = self.known_members(room)?;
         if !members.contains(&member) {
             return Err(ServiceError::NotFound(format!("{} is not a member of this room", hex::encode(member))));
@@ -48,12 +54,26 @@ impl Service {
             .map(|m| seal::seal(&room.discovery_key, m, &secret))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ServiceError::Invalid(format!("cannot seal the new room secret: {e}")))?;
-        drop(secret);
-        self.append_durable(room, vec![Body::Rotate { removed: vec![member], sealed }]).await?;
+        // Our writer in the new room is its admin: the rotation names its key. The room is
+        // joined before the rotation is written, so that following it (here or by the
+        // rotation follower) finds it joined with that key.
+        let writer = crate::log::new_writer();
+        let admin = FeedKey(writer.verifying_key().to_bytes());
+        let _turn = self.epoch_turn.lock().await;
+        // Admins first: a rotation in the new room is judged by them from its first entry.
+        self.store.set_admins(&secret.keys().discovery_key, &[admin])?;
+        let (next, _) = self.join_secret_as(secret, Some(room.name.clone()), Some(&writer)).await?;
+        drop(_turn);
+        let rotate = Body::Rotate { removed: vec![member], sealed, admin };
+        if let Err(e) = self.append_durable(room, vec![rotate]).await {
+            let _ = self.leave(&next.id).await;
+            return Err(e);
+        }
         info!(room = %room.id, removed = %hex::encode(member), "removed a member; the room moves to a new epoch");
-        self.follow_rotation(&room.discovery_key)
-            .await?
-            .ok_or_else(|| ServiceError::Invalid("another member's rotation of this room came first".into()))
+        match self.follow_rotation(&room.discovery_key).await? {
+            Some(followed) if followed.discovery_key == next.discovery_key => Ok(followed),
+            _ => Err(ServiceError::Invalid("another member's rotation of this room came first".into())),
+        }
     }
 
     /// The members a rotation seals the new secret to: writers of the room, ourselves, and
@@ -93,6 +113,11 @@ impl Service {
             }
             return Ok(None);
         };
+        // Admins first: a rotation in the new room is judged by them from its first entry.
+        let next = secret.keys().discovery_key;
+        if self.store.admins(&next)?.is_empty() {
+            self.store.set_admins(&next, &[rotation.admin])?;
+        }
         let (new, _) = self.join_secret(secret, Some(old.name.clone())).await?;
         self.store.set_rotation_next(room, &new.discovery_key)?;
         self.commit.durable().await?;

@@ -82,6 +82,9 @@ pub enum ServiceError {
     /// Making an append durable failed.
     #[error(transparent)]
     Commit(#[from] CommitError),
+    /// Only the room's admins may do this.
+    #[error("{0}")]
+    NotAdmin(String),
     /// Shutting down.
     #[error("the daemon is shutting down")]
     Shutdown,
@@ -286,13 +289,24 @@ impl Service {
         secret: RoomSecret,
         name: Option<String>,
     ) -> Result<(Arc<Room>, bool), ServiceError> {
+        self.join_secret_as(secret, name, None).await
+    }
+
+    /// Joins the room of a secret, writing with `writer` if the room is new here (a fresh
+    /// key otherwise).
+    pub(crate) async fn join_secret_as(
+        self: &Arc<Self>,
+        secret: RoomSecret,
+        name: Option<String>,
+        writer: Option<&ed25519_dalek::SigningKey>,
+    ) -> Result<(Arc<Room>, bool), ServiceError> {
         let discovery_key = secret.keys().discovery_key;
         if self.rooms.get(&discovery_key).is_some_and(|r| r.is_seeder()) {
             return Err(ServiceError::Invalid(
                 "this daemon seeds that room blindly; leave it (rooms.leave) before joining it as a member".into(),
             ));
         }
-        let (room, created) = self.add_room(discovery_key, Access::Member(secret.0), name).await?;
+        let (room, created) = self.add_room(discovery_key, Access::Member(secret.0), name, writer).await?;
         if created {
             if let Some(display_name) = self.store.display_name()? {
                 self.append_durable(&room, vec![Body::Profile { display_name }]).await?;
@@ -325,7 +339,7 @@ impl Service {
         cap: SeedCapability,
         name: Option<String>,
     ) -> Result<(Arc<Room>, bool), ServiceError> {
-        self.add_room(cap.discovery_key, Access::Seeder(cap.auth_key), name).await
+        self.add_room(cap.discovery_key, Access::Seeder(cap.auth_key), name, None).await
     }
 
     async fn add_room(
@@ -333,6 +347,7 @@ impl Service {
         discovery_key: DiscoveryKey,
         access: Access,
         name: Option<String>,
+        writer: Option<&ed25519_dalek::SigningKey>,
     ) -> Result<(Arc<Room>, bool), ServiceError> {
         if let Some(room) = self.rooms.get(&discovery_key) {
             return Ok((room, false));
@@ -344,7 +359,7 @@ impl Service {
         let record = RoomRecord {
             access,
             name: name.unwrap_or_else(|| keys::default_room_name(&discovery_key)),
-            writer: new_writer().to_bytes(),
+            writer: writer.map_or_else(|| new_writer().to_bytes(), |w| w.to_bytes()),
             joined_ms: now_ms(),
         };
         self.store.put_room(&discovery_key, &record)?;

@@ -190,6 +190,8 @@ pub mod codes {
     pub const LOCAL_FILE: i32 = 1011;
     /// A streamed upload ended early or stalled; nothing was sent to the room.
     pub const UPLOAD_INCOMPLETE: i32 = 1012;
+    /// Only the room's admins may do this (remove members of a room made by a rotation).
+    pub const NOT_ADMIN: i32 = 1013;
 
     /// Every code with its name (for the OpenRPC document).
     pub const ALL: &[(i32, &str)] = &[
@@ -210,6 +212,7 @@ pub mod codes {
         (UNAVAILABLE, "unavailable"),
         (LOCAL_FILE, "local file"),
         (UPLOAD_INCOMPLETE, "upload incomplete"),
+        (NOT_ADMIN, "not an admin"),
     ];
 }
 

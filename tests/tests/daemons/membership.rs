@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use peerlog::client::{Client, ClientError};
-use peerlog_proto::api::rooms;
+use peerlog::keys::{seal, RoomSecret};
+use peerlog::log::Body;
+use peerlog_proto::api::{codes, rooms};
+use peerlog_proto::wire::FeedKey;
 use peerlog_tests::*;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -32,6 +35,21 @@ async fn wait_room(
     .await?
 }
 
+/// Waits until `c` holds every one of `wanted` in room `id`.
+async fn holds(c: &mut Client, id: &str, wanted: &[&str]) -> Result<()> {
+    let what = format!("{wanted:?} in room {id}");
+    within(WAIT, &what, async {
+        loop {
+            let have = texts(c, id).await?;
+            if wanted.iter().all(|w| have.iter().any(|t| t == w)) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_up() -> Result<()> {
     let boot = TestDaemon::start_bootstrap_node().await?;
@@ -45,10 +63,9 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
     send(&mut a, &old, "hello from ada").await?;
     send(&mut b, &old, "hello from bob").await?;
     send(&mut c, &old, "hello from carol").await?;
-    for text in ["hello from bob", "hello from carol"] {
-        wait_for_text(&mut a, &old, text, WAIT).await?;
-    }
-    wait_for_text(&mut c, &old, "hello from bob", WAIT).await?;
+    // By history, not events: the two may arrive in either order.
+    holds(&mut a, &old, &["hello from bob", "hello from carol"]).await?;
+    holds(&mut c, &old, &["hello from bob"]).await?;
 
     // Bob is away when Ada removes Carol.
     bob.stop().await?;
@@ -81,6 +98,22 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
     // History before the removal stays readable in the old room.
     ensure!(texts(&mut b, &old).await?.contains(&"hello from carol".to_string()), "Bob lost the old history");
 
+    // In the new room only Ada, who removed, may remove: Bob's daemon refuses to...
+    let ada_new = room_info(&mut a, &new).await?.context("Ada's new room")?.feed_key;
+    let by_bob = b.request::<rooms::Remove>(&rooms::RemoveParams { room: new.clone(), member: ada_new.clone() }).await;
+    ensure!(
+        matches!(by_bob, Err(ClientError::Rpc { code: codes::NOT_ADMIN, .. })),
+        "Bob, not an admin, removed Ada: {by_bob:?}"
+    );
+    // ...and a hostile daemon that writes the rotation anyway is ignored by everyone.
+    forge_rotation(&bob, &new, &ada_new)?;
+    send(&mut b, &new, "after the forged rotation").await?;
+    wait_for_text(&mut a, &new, "after the forged rotation", WAIT).await?;
+    for (who, c) in [("Ada", &mut a), ("Bob", &mut b)] {
+        let r = room_info(c, &new).await?.context("the new room")?;
+        ensure!(r.moved_to.is_none() && r.removed_by.is_none(), "{who} followed a rotation by a non-admin: {r:?}");
+    }
+
     // Carol has no way in: not joined, not found, and the old invite leads to the old room.
     let joined: Vec<String> = rooms_list(&mut c).await?.into_iter().map(|r| r.id).collect();
     ensure!(!joined.contains(&new), "Carol joined the new room: {joined:?}");
@@ -88,5 +121,18 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
     ensure!(!texts(&mut c, &old).await?.iter().any(|t| t.contains("after carol")), "Carol read the new epoch");
     let peers: Vec<String> = peers_list(&mut c, None).await?.into_iter().flat_map(|p| p.rooms).collect();
     ensure!(!peers.contains(&new), "Carol has a session in the new room: {peers:?}");
+    Ok(())
+}
+
+/// What a hostile member's daemon could write past its API: a rotation of room `id` that
+/// removes `victim`, signed by this daemon's writer, which is no admin there.
+fn forge_rotation(d: &TestDaemon, id: &str, victim: &str) -> Result<()> {
+    let service = d.running()?.service();
+    let room = service.rooms.find(id).context("the room")?;
+    let victim = FeedKey::try_from(hex::decode(victim)?.as_slice()).map_err(|_| anyhow::anyhow!("a feed key"))?;
+    let sealed = vec![seal::seal(&room.discovery_key, &room.feed_key, &RoomSecret::random())?];
+    let appended = room.append(vec![Body::Rotate { removed: vec![victim], sealed, admin: room.feed_key }])?;
+    service.store.flush_blocking()?;
+    room.announce(&appended.head, &appended.messages);
     Ok(())
 }
