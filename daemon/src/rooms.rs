@@ -386,6 +386,7 @@ impl Room {
             sealed: sealed.to_vec(),
             admin,
             next: None,
+            superseded: vec![],
         };
         if self.store.note_rotation(&self.discovery_key, &rotation)? {
             let _ = self.events.send(DaemonEvent::Rotated { room: self.discovery_key });

@@ -183,6 +183,9 @@ pub struct Rotation {
     pub admin: FeedKey,
     /// The room we moved to with it, once joined.
     pub next: Option<DiscoveryKey>,
+    /// Rooms we joined by following rotations of this room that an earlier one (by clock)
+    /// replaced since: once we follow this one, they say they moved to its room.
+    pub superseded: Vec<DiscoveryKey>,
 }
 
 /// What we hold of one feed.
@@ -1181,7 +1184,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p', b'u', b'e', b'a'] {
+        for tag in [b'c', b'p', b'u', b'e', b'a', b'm'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1290,12 +1293,16 @@ impl Store {
     /// then writer and seq); returns whether it did.
     pub fn note_rotation(&self, room: &DiscoveryKey, rotation: &Rotation) -> Result<bool, StoreError> {
         let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut rotation = rotation.clone();
         if let Some(kept) = self.rotation(room)? {
             if (kept.lamport, kept.at) <= (rotation.lamport, rotation.at) {
                 return Ok(false);
             }
+            // The room of the rotation we followed so far gives way to this one's.
+            rotation.superseded = kept.superseded;
+            rotation.superseded.extend(kept.next);
         }
-        self.log.insert(room_person_key(b'e', room, &ZERO), encode(rotation))?;
+        self.log.insert(room_person_key(b'e', room, &ZERO), encode(&rotation))?;
         self.touch();
         Ok(true)
     }
@@ -1305,14 +1312,43 @@ impl Store {
         self.log.get(room_person_key(b'e', room, &ZERO))?.map(|v| decode(&v, "rotation")).transpose()
     }
 
-    /// Records the room we moved to with the room's rotation.
-    pub fn set_rotation_next(&self, room: &DiscoveryKey, next: &DiscoveryKey) -> Result<(), StoreError> {
+    /// Records `next` as the room we moved to with the rotation at `at`. If an earlier
+    /// rotation replaced that one meanwhile, `next` is superseded instead, and this says
+    /// false.
+    pub fn set_rotation_next(
+        &self,
+        room: &DiscoveryKey,
+        at: &MessageRef,
+        next: &DiscoveryKey,
+    ) -> Result<bool, StoreError> {
         let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(mut rotation) = self.rotation(room)? else { return Ok(()) };
-        rotation.next = Some(*next);
+        let Some(mut rotation) = self.rotation(room)? else { return Ok(false) };
+        let kept = rotation.at == *at;
+        if kept {
+            rotation.next = Some(*next);
+        } else if !rotation.superseded.contains(next) {
+            rotation.superseded.push(*next);
+        }
         self.log.insert(room_person_key(b'e', room, &ZERO), encode(&rotation))?;
         self.touch();
+        Ok(kept)
+    }
+
+    /// Records that `room`, an epoch made by a rotation that lost to an earlier one, moved
+    /// to `to`, the winner's room.
+    pub fn set_superseded(&self, room: &DiscoveryKey, to: &DiscoveryKey) -> Result<(), StoreError> {
+        self.log.insert(room_person_key(b'm', room, &ZERO), encode(to))?;
+        self.touch();
         Ok(())
+    }
+
+    /// Where a room's members went: the room its rotation led to, or the room that
+    /// replaced it if it was made by a rotation that lost to an earlier one.
+    pub fn moved_to(&self, room: &DiscoveryKey) -> Result<Option<DiscoveryKey>, StoreError> {
+        if let Some(to) = self.log.get(room_person_key(b'm', room, &ZERO))? {
+            return Ok(Some(decode(&to, "superseded room")?));
+        }
+        Ok(self.rotation(room)?.and_then(|r| r.next))
     }
 
     /// The writers who may remove members from a room: none recorded means any member
@@ -1974,17 +2010,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_first_rotation_by_clock_is_kept_in_any_order_of_arrival() {
-        let room = DiscoveryKey([3; 32]);
-        let rotation = |lamport, feed: u8| Rotation {
+    fn rotation(lamport: u64, feed: u8) -> Rotation {
+        Rotation {
             at: MessageRef { feed: FeedKey([feed; 32]), seq: 1 },
             lamport,
             removed: vec![FeedKey([9; 32])],
             sealed: vec![],
             admin: FeedKey([8; 32]),
             next: None,
-        };
+            superseded: vec![],
+        }
+    }
+
+    #[test]
+    fn the_first_rotation_by_clock_is_kept_in_any_order_of_arrival() {
+        let room = DiscoveryKey([3; 32]);
         let (a, b, c) = (rotation(5, 2), rotation(5, 1), rotation(7, 0));
         for order in [[&a, &b, &c], [&c, &a, &b], [&b, &c, &a]] {
             let (_d, s) = tmp();
@@ -1993,10 +2033,29 @@ mod tests {
             }
             assert_eq!(s.rotation(&room).unwrap().as_ref(), Some(&b), "the lowest (clock, writer, seq) wins");
             assert!(!s.note_rotation(&room, &b).unwrap(), "the same one again changes nothing");
-            s.set_rotation_next(&room, &DiscoveryKey([4; 32])).unwrap();
-            assert_eq!(s.rotation(&room).unwrap().and_then(|r| r.next), Some(DiscoveryKey([4; 32])));
+            assert!(s.set_rotation_next(&room, &b.at, &DiscoveryKey([4; 32])).unwrap());
+            assert_eq!(s.moved_to(&room).unwrap(), Some(DiscoveryKey([4; 32])));
             assert_eq!(s.rotation(&DiscoveryKey([5; 32])).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn a_followed_rotation_replaced_by_an_earlier_one_leaves_its_room_superseded() {
+        let room = DiscoveryKey([3; 32]);
+        let (late, early, earliest) = (rotation(7, 1), rotation(6, 2), rotation(5, 3));
+        let (_d, s) = tmp();
+        s.note_rotation(&room, &late).unwrap();
+        assert!(s.set_rotation_next(&room, &late.at, &DiscoveryKey([4; 32])).unwrap());
+        assert!(s.note_rotation(&room, &early).unwrap());
+        assert_eq!(s.moved_to(&room).unwrap(), None, "the earlier rotation is not followed yet");
+        // Following `early` while `earliest` arrives: its room is superseded too.
+        assert!(s.note_rotation(&room, &earliest).unwrap());
+        assert!(!s.set_rotation_next(&room, &early.at, &DiscoveryKey([5; 32])).unwrap());
+        let kept = s.rotation(&room).unwrap().unwrap();
+        assert_eq!((kept.at, kept.lamport), (earliest.at, 5));
+        assert_eq!(kept.superseded, vec![DiscoveryKey([4; 32]), DiscoveryKey([5; 32])]);
+        s.set_superseded(&DiscoveryKey([4; 32]), &DiscoveryKey([6; 32])).unwrap();
+        assert_eq!(s.moved_to(&DiscoveryKey([4; 32])).unwrap(), Some(DiscoveryKey([6; 32])));
     }
 
     #[test]

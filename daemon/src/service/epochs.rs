@@ -28,12 +28,7 @@ impl Service {
         if member == room.feed_key {
             return Err(ServiceError::Invalid("you cannot remove yourself; leave the room (rooms.leave)".into()));
         }
-        if let Some(rotation) = self.store.rotation(&room.discovery_key)? {
-            return Err(ServiceError::Invalid(match rotation.next.and_then(|next| self.rooms.get(&next)) {
-                Some(next) => format!("this room moved on to room {} when members were removed; remove there", next.id),
-                None => "this room moved on to a new epoch when members were removed".into(),
-            }));
-        }
+        self.check_not_moved(room)?;
         let admins = self.store.admins(&room.discovery_key)?;
         if !admins.is_empty() && !admins.contains(&room.feed_key) {
             return Err(ServiceError::NotAdmin(
@@ -76,6 +71,26 @@ impl Service {
         }
     }
 
+    /// Refuses to write to a room that moved on to a new epoch (or that we were removed
+    /// from): what is written there now is for nobody who stays.
+    pub(crate) fn check_not_moved(&self, room: &Room) -> Result<(), ServiceError> {
+        let rotation = self.store.rotation(&room.discovery_key)?;
+        if let Some(by) = rotation.as_ref().filter(|r| r.removed.contains(&room.feed_key)).map(|r| r.at.feed) {
+            return Err(ServiceError::Invalid(format!(
+                "you were removed from this room by {}; it moved on without you",
+                hex::encode(by)
+            )));
+        }
+        if rotation.is_some() || self.store.moved_to(&room.discovery_key)?.is_some() {
+            let next = self.store.moved_to(&room.discovery_key)?.and_then(|next| self.rooms.get(&next));
+            return Err(ServiceError::Invalid(match next {
+                Some(next) => format!("this room moved on to room {} when members were removed; write there", next.id),
+                None => "this room moved on to a new epoch when members were removed".into(),
+            }));
+        }
+        Ok(())
+    }
+
     /// The members a rotation seals the new secret to: writers of the room, ourselves, and
     /// members known to be online (by a session, or by their signed presence records).
     fn known_members(&self, room: &Room) -> Result<Vec<FeedKey>, ServiceError> {
@@ -96,33 +111,56 @@ impl Service {
     }
 
     /// Follows `room`'s rotation, if it has one we have not followed: joins the new room
-    /// (same name) when the new secret was sealed to us. Returns the new room.
+    /// (same name) when the new secret was sealed to us. Rooms joined by following rotations
+    /// that an earlier one replaced say they moved to this one's room. Returns the new room.
     pub(crate) async fn follow_rotation(
         self: &Arc<Self>,
         room: &DiscoveryKey,
     ) -> Result<Option<Arc<Room>>, ServiceError> {
         let _turn = self.epoch_turn.lock().await;
         let Some(old) = self.rooms.get(room) else { return Ok(None) };
-        let Some(rotation) = self.store.rotation(room)? else { return Ok(None) };
-        if let Some(next) = rotation.next {
-            return Ok(self.rooms.get(&next));
-        }
-        let Some(secret) = old.open_sealed(&rotation.sealed) else {
-            if rotation.removed.contains(&old.feed_key) {
-                warn!(room = %old.id, by = %hex::encode(rotation.at.feed), "we were removed from this room");
+        loop {
+            let Some(rotation) = self.store.rotation(room)? else { return Ok(None) };
+            if let Some(next) = rotation.next {
+                self.supersede(&rotation.superseded, &next).await?;
+                return Ok(self.rooms.get(&next));
             }
-            return Ok(None);
-        };
-        // Admins first: a rotation in the new room is judged by them from its first entry.
-        let next = secret.keys().discovery_key;
-        if self.store.admins(&next)?.is_empty() {
-            self.store.set_admins(&next, &[rotation.admin])?;
+            let Some(secret) = old.open_sealed(&rotation.sealed) else {
+                if rotation.removed.contains(&old.feed_key) {
+                    warn!(room = %old.id, by = %hex::encode(rotation.at.feed), "we were removed from this room");
+                }
+                return Ok(None);
+            };
+            // Admins first: a rotation in the new room is judged by them from its first entry.
+            let next = secret.keys().discovery_key;
+            if self.store.admins(&next)?.is_empty() {
+                self.store.set_admins(&next, &[rotation.admin])?;
+            }
+            let (new, _) = self.join_secret(secret, Some(old.name.clone())).await?;
+            // An earlier rotation may have come in meanwhile: then this room is superseded
+            // and we go round again.
+            if self.store.set_rotation_next(room, &rotation.at, &new.discovery_key)? {
+                self.supersede(&rotation.superseded, &new.discovery_key).await?;
+                info!(room = %old.id, next = %new.id, "moved on to the room's new epoch");
+                return Ok(Some(new));
+            }
         }
-        let (new, _) = self.join_secret(secret, Some(old.name.clone())).await?;
-        self.store.set_rotation_next(room, &new.discovery_key)?;
-        self.commit.durable().await?;
-        info!(room = %old.id, next = %new.id, "moved on to the room's new epoch");
-        Ok(Some(new))
+    }
+
+    /// Marks rooms made by rotations that lost to an earlier one as moved to `to`.
+    async fn supersede(&self, rooms: &[DiscoveryKey], to: &DiscoveryKey) -> Result<(), ServiceError> {
+        let mut changed = false;
+        for room in rooms {
+            if self.store.moved_to(room)?.as_ref() != Some(to) {
+                self.store.set_superseded(room, to)?;
+                warn!(room = %crate::keys::room_id(room), "an earlier removal won over the one that made this room; moved on");
+                changed = true;
+            }
+        }
+        if changed {
+            self.commit.durable().await?;
+        }
+        Ok(())
     }
 
     /// Follows rotations as rooms take them, and those taken before a restart.

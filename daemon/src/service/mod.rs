@@ -324,7 +324,7 @@ impl Service {
         }
         self.store.put_display_name(&name)?;
         let mut announced = 0;
-        for room in self.rooms.list().into_iter().filter(|r| !r.is_seeder()) {
+        for room in self.rooms.list().into_iter().filter(|r| !r.is_seeder() && self.check_not_moved(r).is_ok()) {
             self.append_durable(&room, vec![Body::Profile { display_name: name.clone() }]).await?;
             announced += 1;
         }
@@ -441,6 +441,7 @@ impl Service {
         room: &Room,
         bodies: Vec<Body>,
     ) -> Result<Vec<StoredMessage>, ServiceError> {
+        self.check_not_moved(room)?;
         let appended = room.append_grouped(bodies).await.map_err(ServiceError::Append)?;
         self.commit.durable().await?;
         room.announce(&appended.head, &appended.messages);

@@ -136,3 +136,76 @@ fn forge_rotation(d: &TestDaemon, id: &str, victim: &str) -> Result<()> {
     room.announce(&appended.head, &appended.messages);
     Ok(())
 }
+
+/// Two members remove someone at once, each unaware of the other's removal: every member
+/// ends in the same new room (the first rotation by the room's clock wins), and the room
+/// the other removal made says it moved there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_removals_at_once_converge_on_one_epoch() -> Result<()> {
+    let boot = TestDaemon::start_bootstrap_node().await?;
+    let mut ada = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut bob = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut carol = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut dan = TestDaemon::start_bootstrapped(&boot).await?;
+    let (mut a, mut b) = (ada.client().await?, bob.client().await?);
+    let (mut c, mut d) = (carol.client().await?, dan.client().await?);
+    let (old, inv) = create(&mut a, "club").await?;
+    let carol_key = join_invite(&mut c, &inv).await?.feed_key;
+    let dan_key = join_invite(&mut d, &inv).await?.feed_key;
+    join_invite(&mut b, &inv).await?;
+    for (c, text) in [(&mut a, "ada"), (&mut b, "bob"), (&mut c, "carol"), (&mut d, "dan")] {
+        send(c, &old, text).await?;
+    }
+    for c in [&mut a, &mut b] {
+        holds(c, &old, &["ada", "bob", "carol", "dan"]).await?;
+    }
+
+    // Ada removes Carol while Bob is away; Carol and Dan hear of it.
+    bob.stop().await?;
+    let by_ada = a.request::<rooms::Remove>(&rooms::RemoveParams { room: old.clone(), member: carol_key }).await?;
+    wait_room(&mut c, &old, "Carol to hear of Ada's removal", |r| r.removed_by.is_some()).await?;
+    wait_room(&mut d, &old, "Dan to follow Ada's removal", |r| r.moved_to.is_some()).await?;
+    // Bob comes back alone and, not knowing, removes Dan.
+    for d in [&mut ada, &mut carol, &mut dan] {
+        d.stop().await?;
+    }
+    bob.restart().await?;
+    let mut b = bob.client().await?;
+    let by_bob = b.request::<rooms::Remove>(&rooms::RemoveParams { room: old.clone(), member: dan_key }).await?;
+    for d in [&mut ada, &mut carol, &mut dan] {
+        d.restart().await?;
+    }
+    let (mut a, mut c, mut d) = (ada.client().await?, carol.client().await?, dan.client().await?);
+
+    // Everyone who stays ends in the same room: the first rotation's.
+    let (ada_room, bob_room) = (by_ada.room.id, by_bob.room.id);
+    let winner = within(WAIT, "Ada and Bob to move on to the same room", async {
+        loop {
+            let at_ada = room_info(&mut a, &old).await?.and_then(|r| r.moved_to);
+            let at_bob = room_info(&mut b, &old).await?.and_then(|r| r.moved_to);
+            if at_ada.is_some() && at_ada == at_bob {
+                return anyhow::Ok(at_ada.unwrap_or_default());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await??;
+    // Ada's removal (of Carol) won, or Bob's (of Dan).
+    let (loser, loser_client, removed, kept) = if winner == ada_room {
+        (bob_room.clone(), &mut b, &mut c, &mut d)
+    } else {
+        ensure!(winner == bob_room, "moved to {winner}, neither removal's room ({ada_room}, {bob_room})");
+        (ada_room.clone(), &mut a, &mut d, &mut c)
+    };
+    eprintln!("{}'s removal won: room {winner} over {loser}", if winner == ada_room { "Ada" } else { "Bob" });
+    let what = format!("the losing removal's room {loser} to say it moved to {winner}");
+    wait_room(loser_client, &loser, &what, |r| r.moved_to.as_deref() == Some(winner.as_str())).await?;
+    let refused = send(loser_client, &loser, "into the superseded room").await;
+    ensure!(refused.is_err(), "a message was written to a superseded room");
+    wait_room(removed, &old, "the winner's removed member to hear of it", |r| r.removed_by.is_some()).await?;
+    wait_room(kept, &old, "the other member to follow the winner", |r| r.moved_to.as_deref() == Some(winner.as_str()))
+        .await?;
+    send(&mut a, &winner, "ada after both").await?;
+    holds(&mut b, &winner, &["ada after both"]).await?;
+    Ok(())
+}

@@ -29,8 +29,12 @@ pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
         .collect();
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     let rotation = service.store.rotation(&room.discovery_key).unwrap_or_default();
-    let moved_to =
-        rotation.as_ref().and_then(|r| r.next).and_then(|next| service.rooms.get(&next)).map(|r| r.id.clone());
+    let moved_to = service
+        .store
+        .moved_to(&room.discovery_key)
+        .unwrap_or_default()
+        .and_then(|next| service.rooms.get(&next))
+        .map(|r| r.id.clone());
     let removed_by = rotation.filter(|r| r.removed.contains(&room.feed_key)).map(|r| hex::encode(r.at.feed));
     RoomInfo {
         id: room.id.clone(),
