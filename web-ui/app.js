@@ -35,7 +35,7 @@ const state = {
 // The invite in a text: a bare `peerlog:` invite or any link carrying one (`#join=…`), with
 // the room name its sender suggests.
 function parseInvite(text) {
-  const m = /peerlog:[a-z2-7]{52}(\?name=[^\s&#]*)?/i.exec(text || "");
+  const m = /peerlog:(?:[a-z2-7]{103}|[a-z2-7]{52})(\?name=[^\s&#]*)?/i.exec(text || "");
   if (!m) return null;
   let name = null;
   try { name = m[1] ? decodeURIComponent(m[1].slice(6)) : null; } catch { name = null; }

@@ -12,7 +12,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
-use peerlog_proto::wire::{DiscoveryKey, Key32, AUTH_LABEL, HELLO_LABEL};
+use peerlog_proto::wire::{DiscoveryKey, FeedKey, Key32, AUTH_LABEL, HELLO_LABEL};
 use sha2::Sha256;
 use unicode_normalization::UnicodeNormalization;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -47,8 +47,8 @@ pub enum KeyError {
     /// A key file exists but does not hold a valid key.
     #[error("key file {0} is corrupt")]
     Corrupt(String),
-    /// The invite string is not `peerlog:` followed by 32 bytes in base32.
-    #[error("not a peerlog invite (expected peerlog:<52 base32 characters>)")]
+    /// The invite string is not `peerlog:` followed by 32 or 64 bytes in base32.
+    #[error("not a peerlog invite (expected peerlog:<52 or 103 base32 characters>)")]
     BadInvite,
     /// The seed capability string is not `peerlog-seed:` followed by 64 bytes in base32.
     #[error("not a peerlog seed capability (expected peerlog-seed:<103 base32 characters>)")]
@@ -96,7 +96,7 @@ impl RoomSecret {
 
     /// Parses an invite (`peerlog:<base32>`, with or without a suggested name).
     pub fn from_invite(invite: &str) -> Result<Self, KeyError> {
-        Ok(Invite::parse(invite)?.secret)
+        Ok(Invite::parse(invite)?.key.secret())
     }
 
     /// `peerlog:<base32 secret>`, lower case.
@@ -116,6 +116,80 @@ impl RoomSecret {
             discovery_key: DiscoveryKey(expand(b"peerlog/discovery/v1")),
             auth_key: expand(b"peerlog/auth/v1"),
             content_key: Some(expand(b"peerlog/content/v1")),
+        }
+    }
+}
+
+/// The secret of a room with an admin: made from a random seed and the admin's writer key
+/// (HKDF-SHA256, ikm = seed, info = "peerlog/admin-room/v1" || admin). The admin is bound
+/// into every key of the room: the same seed with another admin is another room, so an
+/// invite whose admin was swapped leads nowhere. Rooms made by `rooms.create` have their
+/// creator as admin; rooms made by a removal, the remover.
+#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AdminBound {
+    /// The random seed (as secret as the room secret).
+    pub seed: [u8; 32],
+    /// The admin's writer key in the room (public).
+    #[zeroize(skip)]
+    pub admin: FeedKey,
+}
+
+impl std::fmt::Debug for AdminBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminBound(<redacted>, admin {})", hex::encode(self.admin))
+    }
+}
+
+impl AdminBound {
+    /// A fresh room with `admin` as its admin.
+    pub fn random(admin: FeedKey) -> Self {
+        Self { seed: rand::random(), admin }
+    }
+
+    /// The room's secret.
+    pub fn secret(&self) -> RoomSecret {
+        let mut info = b"peerlog/admin-room/v1".to_vec();
+        info.extend_from_slice(&self.admin.0);
+        let mut out = [0u8; 32];
+        Hkdf::<Sha256>::new(None, &self.seed)
+            .expand(&info, &mut out)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        RoomSecret(out)
+    }
+}
+
+/// What an invite admits to: a room secret (a room without admins), or the seed and admin
+/// a room's secret is made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InviteKey {
+    /// `peerlog:` and the 32-byte secret: rooms without admins (and invites made before
+    /// rooms had them).
+    Secret(RoomSecret),
+    /// `peerlog:` and 64 bytes: the seed, then the admin's writer key.
+    Bound(AdminBound),
+}
+
+impl InviteKey {
+    /// The room's secret.
+    pub fn secret(&self) -> RoomSecret {
+        match self {
+            Self::Secret(secret) => secret.clone(),
+            Self::Bound(bound) => bound.secret(),
+        }
+    }
+
+    fn to_text(&self) -> String {
+        match self {
+            Self::Secret(secret) => secret.to_invite(),
+            Self::Bound(bound) => {
+                let mut bytes = [0u8; 64];
+                bytes[..32].copy_from_slice(&bound.seed);
+                bytes[32..].copy_from_slice(&bound.admin.0);
+                let text =
+                    format!("{INVITE_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&bytes).to_ascii_lowercase());
+                bytes.zeroize();
+                text
+            }
         }
     }
 }
@@ -206,13 +280,13 @@ pub fn default_room_name(discovery_key: &DiscoveryKey) -> String {
 /// The longest room name, in bytes.
 pub const ROOM_NAME_MAX: usize = 100;
 
-/// An invite as people pass it on: `peerlog:<base32 secret>`, then optionally `?name=` and
-/// the name its sender gave the room, percent-encoded. The name is a suggestion for the
-/// joiner's own list (who may change it); the secret alone admits.
+/// An invite as people pass it on: `peerlog:<base32 key>` (see [`InviteKey`]), then
+/// optionally `?name=` and the name its sender gave the room, percent-encoded. The name is a
+/// suggestion for the joiner's own list (who may change it); the key alone admits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invite {
-    /// The room's secret.
-    pub secret: RoomSecret,
+    /// What admits.
+    pub key: InviteKey,
     /// The suggested name: control characters dropped, at most `ROOM_NAME_MAX` bytes.
     pub name: Option<String>,
 }
@@ -227,21 +301,34 @@ impl Invite {
         }
         let (secret, query) = text.split_once('?').map_or((text, None), |(s, q)| (s, Some(q)));
         let body = secret.strip_prefix(INVITE_PREFIX).ok_or(KeyError::BadInvite)?;
-        let bytes = data_encoding::BASE32_NOPAD
+        let mut bytes = data_encoding::BASE32_NOPAD
             .decode(body.to_ascii_uppercase().as_bytes())
             .map_err(|_| KeyError::BadInvite)?;
-        let secret = RoomSecret(bytes.try_into().map_err(|_| KeyError::BadInvite)?);
+        let key = match bytes.len() {
+            32 => InviteKey::Secret(RoomSecret(bytes[..].try_into().map_err(|_| KeyError::BadInvite)?)),
+            64 => {
+                let mut bound = AdminBound { seed: [0; 32], admin: FeedKey::default() };
+                bound.seed.copy_from_slice(&bytes[..32]);
+                bound.admin.0.copy_from_slice(&bytes[32..]);
+                InviteKey::Bound(bound)
+            }
+            _ => {
+                bytes.zeroize();
+                return Err(KeyError::BadInvite);
+            }
+        };
+        bytes.zeroize();
         let name = query
             .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("name=")))
             .and_then(|n| percent_encoding::percent_decode_str(n).decode_utf8().ok())
             .map(|n| clean_room_name(&n))
             .filter(|n| !n.is_empty());
-        Ok(Self { secret, name })
+        Ok(Self { key, name })
     }
 
     /// The text to pass on.
     pub fn to_text(&self) -> String {
-        let mut text = self.secret.to_invite();
+        let mut text = self.key.to_text();
         if let Some(name) = &self.name {
             text.push_str("?name=");
             text.extend(percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC));
@@ -491,7 +578,7 @@ mod tests {
     #[test]
     fn invites_carry_a_suggested_name() {
         let secret = RoomSecret::random();
-        let named = Invite { secret: secret.clone(), name: Some("Family & friends ü/#?".into()) };
+        let named = Invite { key: InviteKey::Secret(secret.clone()), name: Some("Family & friends ü/#?".into()) };
         let text = named.to_text();
         assert!(text.starts_with(&secret.to_invite()) && !text[8..].contains(['&', '#', ' ', '/']), "{text}");
         assert_eq!(Invite::parse(&text).unwrap(), named);
@@ -504,6 +591,24 @@ mod tests {
         let name = Invite::parse(&long).unwrap().name.unwrap();
         assert!(name.len() <= ROOM_NAME_MAX && name.chars().all(|c| c == 'ü'), "{name}");
         assert!(Invite::parse(&format!("{}x?name=a", secret.to_invite())).is_err());
+    }
+
+    #[test]
+    fn an_invite_binds_the_rooms_admin_into_its_keys() {
+        let bound = AdminBound::random(FeedKey([7; 32]));
+        let invite = Invite { key: InviteKey::Bound(bound.clone()), name: Some("club".into()) };
+        let text = invite.to_text();
+        assert_eq!(text.split('?').next().unwrap().len(), INVITE_PREFIX.len() + 103, "{text}");
+        assert_eq!(Invite::parse(&text).unwrap(), invite);
+        assert_eq!(RoomSecret::from_invite(&text).unwrap(), bound.secret());
+        assert!(!format!("{bound:?}").contains(&hex::encode(bound.seed)));
+        // Another admin with the same seed is another room.
+        let swapped = AdminBound { seed: bound.seed, admin: FeedKey([8; 32]) };
+        assert_ne!(swapped.secret().keys().discovery_key, bound.secret().keys().discovery_key);
+        assert_ne!(bound.secret(), RoomSecret(bound.seed));
+        // 32 and 64 bytes are invites, nothing else.
+        let odd = format!("{INVITE_PREFIX}{}", data_encoding::BASE32_NOPAD.encode(&[1; 48]).to_ascii_lowercase());
+        assert!(matches!(Invite::parse(&odd), Err(KeyError::BadInvite)));
     }
 
     #[test]

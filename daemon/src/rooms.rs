@@ -285,12 +285,17 @@ impl Room {
         })
     }
 
-    /// The invite that lets someone else join (None for a blind seeder).
-    /// It suggests the room's name, unless that is the default one.
-    pub fn invite(&self) -> Option<String> {
+    /// The invite that lets someone else join (None for a blind seeder): with the room's
+    /// admin bound in, if it has one. It suggests the room's name, unless that is the
+    /// default one.
+    pub fn invite(&self) -> Result<Option<String>, StoreError> {
         let named = self.name != keys::default_room_name(&self.discovery_key);
-        let secret = self.secret.clone()?;
-        Some(keys::Invite { secret, name: named.then(|| self.name.clone()) }.to_text())
+        let Some(secret) = self.secret.clone() else { return Ok(None) };
+        let key = match self.store.admin_binding(&self.discovery_key)? {
+            Some(bound) => keys::InviteKey::Bound(bound),
+            None => keys::InviteKey::Secret(secret),
+        };
+        Ok(Some(keys::Invite { key, name: named.then(|| self.name.clone()) }.to_text()))
     }
 
     /// The seed capability that lets a daemon store and serve the room without reading it.

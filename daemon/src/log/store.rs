@@ -1351,20 +1351,20 @@ impl Store {
         Ok(self.rotation(room)?.and_then(|r| r.next))
     }
 
-    /// The writers who may remove members from a room: none recorded means any member
-    /// may (a room made from a passphrase or an invite); a room made by a rotation has its
-    /// remover as admin.
+    /// The writers who may remove members from a room: none means any member may (a room
+    /// made from a passphrase, or an invite without an admin).
     pub fn admins(&self, room: &DiscoveryKey) -> Result<Vec<FeedKey>, StoreError> {
-        self.log
-            .get(room_person_key(b'a', room, &ZERO))?
-            .map(|v| decode(&v, "admins"))
-            .transpose()
-            .map(Option::unwrap_or_default)
+        Ok(self.admin_binding(room)?.map(|b| b.admin).into_iter().collect())
     }
 
-    /// Records a room's admins.
-    pub fn set_admins(&self, room: &DiscoveryKey, admins: &[FeedKey]) -> Result<(), StoreError> {
-        self.log.insert(room_person_key(b'a', room, &ZERO), encode(&admins))?;
+    /// The seed and admin a room's secret is made from, for a room with an admin.
+    pub fn admin_binding(&self, room: &DiscoveryKey) -> Result<Option<crate::keys::AdminBound>, StoreError> {
+        self.log.get(room_person_key(b'a', room, &ZERO))?.map(|v| decode(&v, "admin binding")).transpose()
+    }
+
+    /// Records the seed and admin a room's secret is made from.
+    pub fn set_admin_binding(&self, room: &DiscoveryKey, bound: &crate::keys::AdminBound) -> Result<(), StoreError> {
+        self.log.insert(room_person_key(b'a', room, &ZERO), encode(bound))?;
         self.touch();
         Ok(())
     }

@@ -13,7 +13,7 @@ use peerlog_proto::wire::{DiscoveryKey, FeedKey};
 use tracing::{info, warn};
 
 use super::{Service, ServiceError};
-use crate::keys::{seal, RoomSecret};
+use crate::keys::{seal, AdminBound, RoomSecret};
 use crate::log::{Body, ROTATE_SEALED_MAX};
 use crate::rooms::{DaemonEvent, Room};
 
@@ -32,7 +32,8 @@ impl Service {
         let admins = self.store.admins(&room.discovery_key)?;
         if !admins.is_empty() && !admins.contains(&room.feed_key) {
             return Err(ServiceError::NotAdmin(
-                "only the room's admin (the member who removed someone before) may remove members here".into(),
+                "only the room's admin (the member who created it, or whose removal made it) may remove members here"
+                    .into(),
             ));
         }
         let mut members = self.known_members(room)?;
@@ -43,21 +44,22 @@ impl Service {
         if members.len() > ROTATE_SEALED_MAX {
             return Err(ServiceError::Invalid(format!("rooms of over {ROTATE_SEALED_MAX} members cannot remove yet")));
         }
-        let secret = RoomSecret::random();
+        // The new room's secret is made from a fresh seed and our writer there, its admin
+        // (keys::AdminBound); the seed is what gets sealed.
+        let writer = crate::log::new_writer();
+        let bound = AdminBound::random(FeedKey(writer.verifying_key().to_bytes()));
+        let seed = RoomSecret(bound.seed);
         let sealed = members
             .iter()
-            .map(|m| seal::seal(&room.discovery_key, m, &secret))
+            .map(|m| seal::seal(&room.discovery_key, m, &seed))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ServiceError::Invalid(format!("cannot seal the new room secret: {e}")))?;
-        // Our writer in the new room is its admin: the rotation names its key. The room is
-        // joined before the rotation is written, so that following it (here or by the
-        // rotation follower) finds it joined with that key.
-        let writer = crate::log::new_writer();
-        let admin = FeedKey(writer.verifying_key().to_bytes());
+        drop(seed);
+        // The room is joined before the rotation is written, so that following it (here or
+        // by the rotation follower) finds it joined with our writer there.
+        let admin = bound.admin;
         let _turn = self.epoch_turn.lock().await;
-        // Admins first: a rotation in the new room is judged by them from its first entry.
-        self.store.set_admins(&secret.keys().discovery_key, &[admin])?;
-        let (next, _) = self.join_secret_as(secret, Some(room.name.clone()), Some(&writer)).await?;
+        let (next, _) = self.join_bound(bound, Some(room.name.clone()), Some(&writer)).await?;
         drop(_turn);
         let rotate = Body::Rotate { removed: vec![member], sealed, admin };
         if let Err(e) = self.append_durable(room, vec![rotate]).await {
@@ -125,18 +127,14 @@ impl Service {
                 self.supersede(&rotation.superseded, &next).await?;
                 return Ok(self.rooms.get(&next));
             }
-            let Some(secret) = old.open_sealed(&rotation.sealed) else {
+            let Some(seed) = old.open_sealed(&rotation.sealed) else {
                 if rotation.removed.contains(&old.feed_key) {
                     warn!(room = %old.id, by = %hex::encode(rotation.at.feed), "we were removed from this room");
                 }
                 return Ok(None);
             };
-            // Admins first: a rotation in the new room is judged by them from its first entry.
-            let next = secret.keys().discovery_key;
-            if self.store.admins(&next)?.is_empty() {
-                self.store.set_admins(&next, &[rotation.admin])?;
-            }
-            let (new, _) = self.join_secret(secret, Some(old.name.clone())).await?;
+            let bound = AdminBound { seed: seed.0, admin: rotation.admin };
+            let (new, _) = self.join_bound(bound, Some(old.name.clone()), None).await?;
             // An earlier rotation may have come in meanwhile: then this room is superseded
             // and we go round again.
             if self.store.set_rotation_next(room, &rotation.at, &new.discovery_key)? {

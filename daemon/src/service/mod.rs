@@ -292,9 +292,46 @@ impl Service {
         self.join_secret_as(secret, name, None).await
     }
 
+    /// Joins the room an invite admits to; a room with an admin records the seed and admin
+    /// its secret is made from (for its invites, and to judge removals by).
+    pub async fn join_invite(
+        self: &Arc<Self>,
+        key: keys::InviteKey,
+        name: Option<String>,
+    ) -> Result<(Arc<Room>, bool), ServiceError> {
+        match key {
+            keys::InviteKey::Secret(secret) => self.join_secret(secret, name).await,
+            keys::InviteKey::Bound(bound) => self.join_bound(bound, name, None).await,
+        }
+    }
+
+    /// Creates a room with us as its admin: a random seed bound to our writer there.
+    pub async fn create_room(self: &Arc<Self>, name: Option<String>) -> Result<Arc<Room>, ServiceError> {
+        let writer = new_writer();
+        let bound = keys::AdminBound::random(FeedKey(writer.verifying_key().to_bytes()));
+        Ok(self.join_bound(bound, name, Some(&writer)).await?.0)
+    }
+
+    /// Joins the room of an admin-bound secret (writing with `writer` if the room is new
+    /// here). The binding is stored first: removals in the room are judged by it from the
+    /// first entry on.
+    pub(crate) async fn join_bound(
+        self: &Arc<Self>,
+        bound: keys::AdminBound,
+        name: Option<String>,
+        writer: Option<&ed25519_dalek::SigningKey>,
+    ) -> Result<(Arc<Room>, bool), ServiceError> {
+        let secret = bound.secret();
+        let discovery_key = secret.keys().discovery_key;
+        if self.store.admin_binding(&discovery_key)?.is_none() {
+            self.store.set_admin_binding(&discovery_key, &bound)?;
+        }
+        self.join_secret_as(secret, name, writer).await
+    }
+
     /// Joins the room of a secret, writing with `writer` if the room is new here (a fresh
     /// key otherwise).
-    pub(crate) async fn join_secret_as(
+    async fn join_secret_as(
         self: &Arc<Self>,
         secret: RoomSecret,
         name: Option<String>,

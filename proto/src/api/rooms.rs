@@ -35,6 +35,11 @@ pub struct RoomInfo {
     /// on without us; what is written after cannot be read here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed_by: Option<String>,
+    /// The writer key (hex) of the room's admin, who alone may remove members: its creator,
+    /// or the member whose removal made it. Absent for rooms without one (made from a
+    /// passphrase or an older invite), where any member may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<String>,
 }
 
 /// A writer that signed two different entries for one seq.

@@ -67,6 +67,28 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
     holds(&mut a, &old, &["hello from bob", "hello from carol"]).await?;
     holds(&mut c, &old, &["hello from bob"]).await?;
 
+    // Ada made the room: she is its admin, bound into the invite. Carol may not remove Bob,
+    // and a rotation she writes past her API is ignored by everyone.
+    let ada_key = room_info(&mut a, &old).await?.context("Ada's room")?.feed_key;
+    for (who, c) in [("Bob", &mut b), ("Carol", &mut c)] {
+        let admin = room_info(c, &old).await?.context("the room")?.admin;
+        ensure!(admin.as_ref() == Some(&ada_key), "{who} sees {admin:?} as the admin, not Ada");
+    }
+    let bob_key = room_info(&mut b, &old).await?.context("Bob's room")?.feed_key;
+    let by_carol =
+        c.request::<rooms::Remove>(&rooms::RemoveParams { room: old.clone(), member: bob_key.clone() }).await;
+    ensure!(
+        matches!(by_carol, Err(ClientError::Rpc { code: codes::NOT_ADMIN, .. })),
+        "Carol, not an admin, removed Bob: {by_carol:?}"
+    );
+    forge_rotation(&carol, &old, &bob_key)?;
+    send(&mut c, &old, "carol forged a rotation").await?;
+    for c in [&mut a, &mut b] {
+        holds(c, &old, &["carol forged a rotation"]).await?;
+        let r = room_info(c, &old).await?.context("the room")?;
+        ensure!(r.moved_to.is_none() && r.removed_by.is_none(), "a forged rotation was followed: {r:?}");
+    }
+
     // Bob is away when Ada removes Carol.
     bob.stop().await?;
     let params = rooms::RemoveParams { room: old.clone(), member: carol_key.clone() };
@@ -82,7 +104,6 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
     ensure!(matches!(again, Err(ClientError::Rpc { .. })), "a second removal in the old room: {again:?}");
 
     // Carol hears of it in the old room, and is not in the new one.
-    let ada_key = room_info(&mut a, &old).await?.context("Ada's old room")?.feed_key;
     let seen = wait_room(&mut c, &old, "Carol to learn she was removed", |r| r.removed_by.is_some()).await?;
     ensure!(seen.removed_by == Some(ada_key), "removed by {:?}", seen.removed_by);
     ensure!(seen.moved_to.is_none(), "Carol's old room points at the new one: {seen:?}");
@@ -100,6 +121,8 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
 
     // In the new room only Ada, who removed, may remove: Bob's daemon refuses to...
     let ada_new = room_info(&mut a, &new).await?.context("Ada's new room")?.feed_key;
+    let admin = room_info(&mut b, &new).await?.context("Bob's new room")?.admin;
+    ensure!(admin.as_ref() == Some(&ada_new), "Bob sees {admin:?} as the new room's admin");
     let by_bob = b.request::<rooms::Remove>(&rooms::RemoveParams { room: new.clone(), member: ada_new.clone() }).await;
     ensure!(
         matches!(by_bob, Err(ClientError::Rpc { code: codes::NOT_ADMIN, .. })),
@@ -125,7 +148,8 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
 }
 
 /// What a hostile member's daemon could write past its API: a rotation of room `id` that
-/// removes `victim`, signed by this daemon's writer, which is no admin there.
+/// removes `victim`, signed by this daemon's writer, which is no admin there. (The seal
+/// holds a seed no room is made from: nobody gets as far as joining.)
 fn forge_rotation(d: &TestDaemon, id: &str, victim: &str) -> Result<()> {
     let service = d.running()?.service();
     let room = service.rooms.find(id).context("the room")?;
@@ -135,6 +159,12 @@ fn forge_rotation(d: &TestDaemon, id: &str, victim: &str) -> Result<()> {
     service.store.flush_blocking()?;
     room.announce(&appended.head, &appended.messages);
     Ok(())
+}
+
+/// Joins by passphrase; returns our writer key in the room.
+async fn join_key(c: &mut Client, passphrase: &str) -> Result<String> {
+    let id = join(c, passphrase).await?;
+    Ok(room_info(c, &id).await?.context("the joined room")?.feed_key)
 }
 
 /// Two members remove someone at once, each unaware of the other's removal: every member
@@ -149,10 +179,12 @@ async fn two_removals_at_once_converge_on_one_epoch() -> Result<()> {
     let mut dan = TestDaemon::start_bootstrapped(&boot).await?;
     let (mut a, mut b) = (ada.client().await?, bob.client().await?);
     let (mut c, mut d) = (carol.client().await?, dan.client().await?);
-    let (old, inv) = create(&mut a, "club").await?;
-    let carol_key = join_invite(&mut c, &inv).await?.feed_key;
-    let dan_key = join_invite(&mut d, &inv).await?.feed_key;
-    join_invite(&mut b, &inv).await?;
+    // A room made from a passphrase has no admin: any member may remove.
+    let pass = "crossing removals of the chess club";
+    let old = join(&mut a, pass).await?;
+    join(&mut b, pass).await?;
+    let carol_key = join_key(&mut c, pass).await?;
+    let dan_key = join_key(&mut d, pass).await?;
     for (c, text) in [(&mut a, "ada"), (&mut b, "bob"), (&mut c, "carol"), (&mut d, "dan")] {
         send(c, &old, text).await?;
     }

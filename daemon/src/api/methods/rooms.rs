@@ -11,7 +11,7 @@ use peerlog_proto::api::rooms::{
 use super::super::ApiError;
 use super::qr_svg;
 use crate::config::Network;
-use crate::keys::{self, RoomSecret, SeedCapability};
+use crate::keys::{self, SeedCapability};
 use crate::log::store::StoreError;
 use crate::rooms::Room;
 use crate::service::{Service, ServiceError};
@@ -52,6 +52,7 @@ pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
         entries_served: room.served.load(relaxed),
         moved_to,
         removed_by,
+        admin: service.store.admins(&room.discovery_key).unwrap_or_default().first().map(hex::encode),
     }
 }
 
@@ -87,7 +88,7 @@ pub(super) async fn join(service: &Arc<Service>, p: JoinParams) -> Result<JoinRe
         }
         (None, Some(invite)) => {
             let invite = keys::Invite::parse(&invite).map_err(ServiceError::from)?;
-            let (room, created) = service.join_secret(invite.secret, p.name.or(invite.name)).await?;
+            let (room, created) = service.join_invite(invite.key, p.name.or(invite.name)).await?;
             (room, created, None)
         }
         _ => return Err(ApiError::params("give exactly one of passphrase or invite")),
@@ -113,8 +114,8 @@ pub(super) fn check_passphrase(service: &Service, p: PassphraseParams) -> Passph
 }
 
 pub(super) async fn create(service: &Arc<Service>, p: CreateParams) -> Result<CreateResult, ApiError> {
-    let (room, _) = service.join_secret(RoomSecret::random(), p.name).await?;
-    Ok(CreateResult { room: room_info(service, &room), invite: room.invite() })
+    let room = service.create_room(p.name).await?;
+    Ok(CreateResult { room: room_info(service, &room), invite: room.invite().map_err(ServiceError::from)? })
 }
 
 pub(super) async fn leave(service: &Arc<Service>, p: RoomParam) -> Result<LeaveResult, ApiError> {
@@ -126,7 +127,7 @@ pub(super) fn invite(service: &Service, p: InviteParams) -> Result<InviteResult,
     let room = service.room(&p.room)?;
     match p.kind.as_deref().unwrap_or("member") {
         "member" => {
-            let invite = room.invite().ok_or(ServiceError::Store(StoreError::Blind))?;
+            let invite = room.invite().map_err(ServiceError::from)?.ok_or(ServiceError::Store(StoreError::Blind))?;
             let qr_svg = qr_svg(&invite);
             Ok(InviteResult { room: room.id.clone(), kind: "member".into(), invite, qr_svg })
         }
