@@ -346,7 +346,9 @@ impl Room {
                     }
                     self.store.note_profile(&self.discovery_key, &m.feed_key, display_name, m.message.lamport)
                 }
-                Some(Body::Rotate { removed, sealed, admin }) => self.note_rotation(m, removed, sealed, *admin),
+                Some(Body::Rotate { removed, kept, sealed, admin }) => {
+                    self.note_rotation(m, removed, kept, sealed, *admin)
+                }
                 _ => Ok(()),
             };
             if let Err(e) = noted {
@@ -363,11 +365,18 @@ impl Room {
         &self,
         m: &StoredMessage,
         removed: &[FeedKey],
+        kept: &[SignedHead],
         sealed: &[Sealed],
         admin: FeedKey,
     ) -> Result<(), StoreError> {
         let well_formed = !removed.is_empty()
             && removed.len() <= ROTATE_REMOVED_MAX
+            && kept.len() <= removed.len()
+            && kept.iter().enumerate().all(|(i, h)| {
+                removed.contains(&h.feed_key)
+                    && !kept[..i].iter().any(|o| o.feed_key == h.feed_key)
+                    && crate::log::verify_head(&self.discovery_key, h)
+            })
             && sealed.len() <= ROTATE_SEALED_MAX
             && !removed.contains(&m.feed_key)
             && !sealed.iter().any(|s| removed.contains(&s.to));
@@ -388,6 +397,7 @@ impl Room {
             at: m.at(),
             lamport: m.message.lamport,
             removed: removed.to_vec(),
+            kept: kept.to_vec(),
             sealed: sealed.to_vec(),
             admin,
             next: None,

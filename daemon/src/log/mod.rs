@@ -98,6 +98,10 @@ pub enum Body {
     Rotate {
         /// The members removed, by feed key (at most [`ROTATE_REMOVED_MAX`]).
         removed: Vec<FeedKey>,
+        /// The newest signed head the remover held of each removed member's feed (none for
+        /// one it holds nothing of): what it covers stays in the room, every member refuses
+        /// later entries, and members that stored some serve up to this head.
+        kept: Vec<SignedHead>,
         /// The new secret, sealed to every other member (at most [`ROTATE_SEALED_MAX`]).
         sealed: Vec<crate::keys::seal::Sealed>,
         /// The remover's writer key in the new room: its admin, the only member there who

@@ -177,6 +177,9 @@ pub struct Rotation {
     pub lamport: u64,
     /// The members it removed.
     pub removed: Vec<FeedKey>,
+    /// The newest head the remover held of each removed member's feed: later entries
+    /// are refused.
+    pub kept: Vec<SignedHead>,
     /// The new secret, sealed to each remaining member.
     pub sealed: Vec<crate::keys::seal::Sealed>,
     /// The admin of the new room (the remover's writer key there).
@@ -186,6 +189,25 @@ pub struct Rotation {
     /// Rooms we joined by following rotations of this room that an earlier one (by clock)
     /// replaced since: once we follow this one, they say they moved to its room.
     pub superseded: Vec<DiscoveryKey>,
+}
+
+impl Rotation {
+    /// Each removed writer with what stays of its feed.
+    pub fn cuts(&self) -> impl Iterator<Item = (FeedKey, Cut)> + '_ {
+        self.removed.iter().map(|feed| {
+            let head = self.kept.iter().find(|h| h.feed_key == *feed).cloned();
+            (*feed, Cut { length: head.as_ref().map_or(0, SignedHead::length), head })
+        })
+    }
+}
+
+/// What stays of a removed writer's feed: entries below `length`, under `head`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// How many entries stay.
+    pub length: u64,
+    /// The writer's head over them (none if none stay).
+    pub head: Option<SignedHead>,
 }
 
 /// What we hold of one feed.
@@ -393,6 +415,8 @@ pub struct Store {
     /// Blocked writers as `(room, writer)` (room all zeros: everywhere), as stored under
     /// `x || room || writer`; kept in memory because ingest, heads and history ask per feed.
     blocked: Arc<std::sync::RwLock<std::collections::HashSet<(DiscoveryKey, FeedKey)>>>,
+    /// Writers removed from a room by its rotation, and how many of their entries stay.
+    cuts: Arc<std::sync::RwLock<HashMap<(DiscoveryKey, FeedKey), Cut>>>,
     /// Feeds whose stored head was signed before heads bound the room (`h` keys): still
     /// good for checking what we store, never sent (peers check heads against the room).
     legacy_heads: Arc<std::sync::RwLock<std::collections::HashSet<FeedKey>>>,
@@ -1099,6 +1123,14 @@ impl Store {
             let (room, writer) = key(1..33).zip(key(33..65)).ok_or(StoreError::Corrupt("blocked key"))?;
             blocked.insert((DiscoveryKey(room), FeedKey(writer)));
         }
+        let mut cuts = HashMap::new();
+        for kv in log.scan_prefix([b'e']) {
+            let (k, v) = kv?;
+            let room =
+                k.get(1..33).and_then(|b| <Key32>::try_from(b).ok()).ok_or(StoreError::Corrupt("rotation key"))?;
+            let rotation: Rotation = decode(&v, "rotation")?;
+            cuts.extend(rotation.cuts().map(|(feed, len)| ((DiscoveryKey(room), feed), len)));
+        }
         let store = Self {
             db,
             log,
@@ -1110,6 +1142,7 @@ impl Store {
             quota: WriterQuota::NONE,
             forgotten: Arc::default(),
             blocked: Arc::new(std::sync::RwLock::new(blocked)),
+            cuts: Arc::new(std::sync::RwLock::new(cuts)),
             legacy_heads: Arc::new(std::sync::RwLock::new(legacy_heads)),
         };
         let forgotten = store.repair()?;
@@ -1190,6 +1223,7 @@ impl Store {
             }
         }
         self.log.apply_batch(chunks)?;
+        self.cuts.write().unwrap_or_else(|p| p.into_inner()).retain(|(r, _), _| r != discovery_key);
         let mut prefix = vec![b'r'];
         prefix.extend_from_slice(&discovery_key.0);
         for kv in self.log.scan_prefix(&prefix) {
@@ -1304,7 +1338,16 @@ impl Store {
         }
         self.log.insert(room_person_key(b'e', room, &ZERO), encode(&rotation))?;
         self.touch();
+        let mut cuts = self.cuts.write().unwrap_or_else(|p| p.into_inner());
+        cuts.retain(|(r, _), _| r != room);
+        cuts.extend(rotation.cuts().map(|(feed, len)| ((*room, feed), len)));
         Ok(true)
+    }
+
+    /// What a room keeps of `writer`'s feed, if its rotation removed the writer: later
+    /// entries are refused, not fetched, not served and not shown.
+    pub fn cut(&self, room: &DiscoveryKey, writer: &FeedKey) -> Option<Cut> {
+        self.cuts.read().unwrap_or_else(|p| p.into_inner()).get(&(*room, *writer)).cloned()
     }
 
     /// The rotation a room follows, if any.
@@ -1490,8 +1533,13 @@ impl Store {
         for (feed, meta) in self.room_feeds(room)? {
             // A blocked writer's feed is not announced (nor served, nor shown); a format-2
             // head would not verify at a peer.
-            if !self.is_blocked(room, &feed)? && !self.has_legacy_head(&feed) {
-                heads.extend(meta.head);
+            if self.is_blocked(room, &feed)? || self.has_legacy_head(&feed) {
+                continue;
+            }
+            // A removed writer's: no further than what stays of its feed.
+            match self.cut(room, &feed) {
+                Some(cut) if meta.head.as_ref().is_some_and(|h| h.length() > cut.length) => heads.extend(cut.head),
+                _ => heads.extend(meta.head),
             }
         }
         Ok(heads)
@@ -1659,7 +1707,8 @@ impl Store {
 
         let incoming: usize = entries.iter().map(|e| e.ciphertext.len() + 64).sum();
         self.disk.check(incoming as u64).map_err(StoreError::from)?;
-        if self.is_blocked(room, feed)? {
+        // Blocked here, or removed from the room (what it wrote after is refused).
+        if self.is_blocked(room, feed)? || self.cut(room, feed).is_some_and(|cut| end > cut.length) {
             return Err(IngestError::Blocked);
         }
         if end > quota.entries {
@@ -1888,6 +1937,11 @@ impl Store {
                 Some(b) => self.last_below(&feed, &meta, b)?,
                 None => meta.ranges.last().map(|&(_, e)| e - 1),
             };
+            // A removed writer's entries from before the rotation came in, past what stays.
+            let top = match (top, self.cut(room, &feed)) {
+                (Some(top), Some(cut)) => cut.length.checked_sub(1).map(|last| top.min(last)),
+                (top, _) => top,
+            };
             let Some(top) = top else { continue };
             let mut taken = 0;
             for kv in self.log.range(index_key(&feed, 0)..=index_key(&feed, top)).rev() {
@@ -2015,6 +2069,7 @@ mod tests {
             at: MessageRef { feed: FeedKey([feed; 32]), seq: 1 },
             lamport,
             removed: vec![FeedKey([9; 32])],
+            kept: vec![],
             sealed: vec![],
             admin: FeedKey([8; 32]),
             next: None,
@@ -2032,6 +2087,12 @@ mod tests {
                 s.note_rotation(&room, r).unwrap();
             }
             assert_eq!(s.rotation(&room).unwrap().as_ref(), Some(&b), "the lowest (clock, writer, seq) wins");
+            assert_eq!(
+                s.cut(&room, &FeedKey([9; 32])).map(|c| c.length),
+                Some(0),
+                "the removed writer's entries are refused"
+            );
+            assert_eq!(s.cut(&room, &FeedKey([1; 32])), None);
             assert!(!s.note_rotation(&room, &b).unwrap(), "the same one again changes nothing");
             assert!(s.set_rotation_next(&room, &b.at, &DiscoveryKey([4; 32])).unwrap());
             assert_eq!(s.moved_to(&room).unwrap(), Some(DiscoveryKey([4; 32])));

@@ -793,7 +793,8 @@ impl Sim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::store::QuotaKind;
+    use crate::log::store::{QuotaKind, Rotation};
+    use crate::log::MessageRef;
 
     const MINUTE: Duration = Duration::from_secs(60);
 
@@ -1185,6 +1186,52 @@ mod tests {
         sim.run(MINUTE);
         assert!(!sim.connected(a, b));
         assert!(sim.nodes[b].closed.iter().any(|e| e.contains("blocked")), "{:?}", sim.nodes[b].closed);
+    }
+
+    #[test]
+    fn a_removed_writers_later_entries_are_not_fetched_served_or_stored() {
+        let mut sim = Sim::new(13);
+        let (a, b, c, d) = (sim.add_nodes(4), 1, 2, 3);
+        let feed = sim.nodes[a].room.feed_key;
+        sim.send(a, 10);
+        sim.connect(a, b);
+        sim.connect(a, c);
+        sim.run_until(MINUTE, "b and c hold a's entries", |s| s.nodes[b].stored() == 10 && s.nodes[c].stored() == 10);
+        // b and c take a rotation that removes a after its 10 entries; d has not heard of it.
+        let kept = sim.nodes[b].local.store.feed_meta(&feed).unwrap().and_then(|m| m.head).unwrap();
+        let rotation = Rotation {
+            at: MessageRef { feed: sim.nodes[b].room.feed_key, seq: 0 },
+            lamport: 1,
+            removed: vec![feed],
+            kept: vec![kept],
+            sealed: vec![],
+            admin: sim.nodes[b].room.feed_key,
+            next: None,
+            superseded: vec![],
+        };
+        for n in [b, c] {
+            sim.nodes[n].local.store.note_rotation(&sim.discovery_key(), &rotation).unwrap();
+        }
+        sim.trace = Some(Vec::new());
+        sim.send(a, 5);
+        sim.connect(a, d);
+        sim.run_until(MINUTE, "d holds all of a's entries", |s| s.nodes[d].stored() == 15);
+        // d would pass the later ones on to c: c takes none, from a or from d.
+        sim.connect(c, d);
+        sim.run(MINUTE);
+        for n in [b, c] {
+            assert_eq!(sim.nodes[n].stored_of(&feed), 10, "node {n} stored a removed writer's later entries");
+            let asked: Vec<_> = [a, d].iter().flat_map(|&from| wants(sim.sent(n, from).collect())).collect();
+            assert!(asked.iter().all(|&(_, end)| end <= 10), "node {n} asked for them: {asked:?}");
+        }
+        // Nor served by a node that stored them before it heard of the rotation: e, which
+        // has not heard of it and wants all 15, gets what stays.
+        sim.nodes[d].local.store.note_rotation(&sim.discovery_key(), &rotation).unwrap();
+        let e = sim.add_nodes(1);
+        sim.connect(d, e);
+        sim.run_until(MINUTE, "e holds what stays of a's feed", |s| s.nodes[e].stored_of(&feed) == 10);
+        sim.run(MINUTE);
+        assert_eq!(sim.nodes[e].stored_of(&feed), 10, "d served a removed writer's later entries");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::SessionError;
 use crate::config::Limits;
 use crate::files::{chunk_id, ChunkWants, CHUNKS_PER_SESSION, CHUNK_BYTES, TAG_BYTES};
 use crate::ids::SessionId;
-use crate::log::store::{FeedMeta, QuotaKind, StoreError, StoredMessage};
+use crate::log::store::{Cut, FeedMeta, QuotaKind, StoreError, StoredMessage};
 use crate::log::verify_head;
 use crate::node::Reach;
 use crate::rooms::{ChunkEvent, DaemonEvent};
@@ -81,6 +81,8 @@ pub trait Storage {
     fn room_heads(&self, room: &DiscoveryKey) -> Result<Vec<SignedHead>, StoreError>;
     /// Whether a writer is blocked in a room (or everywhere).
     fn is_blocked(&self, room: &DiscoveryKey, writer: &FeedKey) -> Result<bool, StoreError>;
+    /// What the room keeps of `writer`'s feed, if its rotation removed the writer.
+    fn cut(&self, room: &DiscoveryKey, writer: &FeedKey) -> Option<Cut>;
     /// Whether the stored head of a feed is a format-2 head (not bound to its room: peers
     /// would not verify it).
     fn has_legacy_head(&self, feed: &FeedKey) -> bool;
@@ -211,7 +213,7 @@ pub struct IngestJob {
 }
 
 impl IngestJob {
-    fn end(&self) -> u64 {
+    pub(super) fn end(&self) -> u64 {
         self.start + self.entries.len() as u64
     }
 }
@@ -738,6 +740,10 @@ impl Shared {
                     // Only what is durable of our own feed leaves this daemon.
                     end = end.min(self.own_durable.as_ref().map_or(0, SignedHead::length));
                 }
+                // A removed writer's entries after its removal are nobody's to pass on.
+                if let Some(cut) = storage.cut(&self.discovery_key, &feed_key) {
+                    end = end.min(cut.length);
+                }
                 if start >= end {
                     s.outbox.push_back(Frame::NoData { feed_key, below: start });
                 } else {
@@ -907,6 +913,10 @@ impl Shared {
             return Err(SessionError::Protocol("the peer announced too many feeds"));
         }
         if feed != self.own_feed && self.refuses(&feed, storage) {
+            return Ok(());
+        }
+        // A removed writer's head past what stays of its feed: nothing under it is taken.
+        if storage.cut(&self.discovery_key, &feed).is_some_and(|cut| head.length() > cut.length) {
             return Ok(());
         }
         if let Some(known) = s.anchors.get(&feed).and_then(|a| a.get(&head.seq)) {
@@ -1371,7 +1381,11 @@ impl Shared {
         entries.drain(..keep_from);
         let start = job.end - entries.len() as u64;
         // A format-2 head would not verify at the peer (see `Store::has_legacy_head`).
-        let head = meta.head.filter(|h| h.seq == top && !storage.has_legacy_head(&feed));
+        // A removed writer's feed we hold past what stays: the head over what stays.
+        let head = meta
+            .head
+            .filter(|h| h.seq == top && !storage.has_legacy_head(&feed))
+            .or_else(|| storage.cut(&self.discovery_key, &feed).and_then(|c| c.head).filter(|h| h.seq == top));
         job.end = start;
         if job.end <= job.start || entries.is_empty() {
             s.serving.pop_front();

@@ -6,7 +6,7 @@ use tracing::{debug, warn};
 
 use super::state::{Ingest, IngestJob, Input, Output, Storage};
 use crate::files::Chunks;
-use crate::log::store::{FeedMeta, IngestError, StoreError};
+use crate::log::store::{Cut, FeedMeta, IngestError, StoreError};
 use crate::log::Store;
 use crate::rooms::Room;
 
@@ -42,6 +42,10 @@ impl Storage for Local {
 
     fn is_blocked(&self, room: &DiscoveryKey, writer: &FeedKey) -> Result<bool, StoreError> {
         self.store.is_blocked(room, writer)
+    }
+
+    fn cut(&self, room: &DiscoveryKey, writer: &FeedKey) -> Option<Cut> {
+        self.store.cut(room, writer)
     }
 
     fn has_legacy_head(&self, feed: &FeedKey) -> bool {

@@ -61,7 +61,9 @@ impl Service {
         let _turn = self.epoch_turn.lock().await;
         let (next, _) = self.join_bound(bound, Some(room.name.clone()), Some(&writer)).await?;
         drop(_turn);
-        let rotate = Body::Rotate { removed: vec![member], sealed, admin };
+        // The entries of the removed member we hold stay; every member refuses later ones.
+        let kept = self.store.feed_meta(&member)?.and_then(|m| m.head).into_iter().collect();
+        let rotate = Body::Rotate { removed: vec![member], kept, sealed, admin };
         if let Err(e) = self.append_durable(room, vec![rotate]).await {
             let _ = self.leave(&next.id).await;
             return Err(e);

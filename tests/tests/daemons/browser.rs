@@ -902,11 +902,18 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
     )
     .await?;
     let reply_id = reply.id;
-    let h = history(&mut ca, &room, 10).await?;
-    ensure!(
-        h.iter().find(|m| m.id == reply_id).is_some_and(|m| m.text.as_deref() == Some("I do, chocolate") && m.edited),
-        "Ada does not have the edit: {h:?}"
-    );
+    // Bob's page shows the edit once his daemon holds it; Ada's daemon gets it a moment later.
+    within(UI_WAIT, "Ada's daemon to hold Bob's edit", async {
+        loop {
+            let h = history(&mut ca, &room, 10).await?;
+            let edited = |m: &messages::MessageInfo| m.text.as_deref() == Some("I do, chocolate") && m.edited;
+            if h.iter().find(|m| m.id == reply_id).is_some_and(edited) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
     let edit =
         messages::EditParams { room: room.clone(), message: cake.clone(), text: "@Bob who brings the pie?".into() };
     ca.request::<messages::Edit>(&edit).await?;

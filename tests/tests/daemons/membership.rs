@@ -108,6 +108,18 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
     ensure!(seen.removed_by == Some(ada_key), "removed by {:?}", seen.removed_by);
     ensure!(seen.moved_to.is_none(), "Carol's old room points at the new one: {seen:?}");
 
+    // Carol's daemon writes nothing more in the old room; what a hostile one writes there
+    // past its API reaches Ada and is refused.
+    ensure!(send(&mut c, &old, "carol, removed").await.is_err(), "a removed member's daemon wrote to the room");
+    let before = room_info(&mut a, &old).await?.context("Ada's old room")?;
+    write_past_api(&carol, &old, Body::Text { text: "carol, removed".into() })?;
+    let after = wait_room(&mut a, &old, "Ada to receive what Carol wrote after her removal", |r| {
+        r.entries_received > before.entries_received
+    })
+    .await?;
+    ensure!(after.entries_stored == before.entries_stored, "Ada stored a removed member's entry: {after:?}");
+    ensure!(!texts(&mut a, &old).await?.contains(&"carol, removed".to_string()), "Ada shows a removed member's entry");
+
     // Bob comes back: he fetches the rotation from Ada and moves on.
     bob.restart().await?;
     let mut b = bob.client().await?;
@@ -116,8 +128,10 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
     wait_for_text(&mut b, &new, "after carol left", WAIT).await?;
     send(&mut b, &new, "bob in the new room").await?;
     wait_for_text(&mut a, &new, "bob in the new room", WAIT).await?;
-    // History before the removal stays readable in the old room.
-    ensure!(texts(&mut b, &old).await?.contains(&"hello from carol".to_string()), "Bob lost the old history");
+    // History before the removal stays readable in the old room, and nothing Carol wrote after.
+    let bob_old = texts(&mut b, &old).await?;
+    ensure!(bob_old.contains(&"hello from carol".to_string()), "Bob lost the old history");
+    ensure!(!bob_old.contains(&"carol, removed".to_string()), "Bob shows a removed member's entry");
 
     // In the new room only Ada, who removed, may remove: Bob's daemon refuses to...
     let ada_new = room_info(&mut a, &new).await?.context("Ada's new room")?.feed_key;
@@ -151,11 +165,18 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
 /// removes `victim`, signed by this daemon's writer, which is no admin there. (The seal
 /// holds a seed no room is made from: nobody gets as far as joining.)
 fn forge_rotation(d: &TestDaemon, id: &str, victim: &str) -> Result<()> {
-    let service = d.running()?.service();
-    let room = service.rooms.find(id).context("the room")?;
+    let room = d.running()?.service().rooms.find(id).context("the room")?;
     let victim = FeedKey::try_from(hex::decode(victim)?.as_slice()).map_err(|_| anyhow::anyhow!("a feed key"))?;
     let sealed = vec![seal::seal(&room.discovery_key, &room.feed_key, &RoomSecret::random())?];
-    let appended = room.append(vec![Body::Rotate { removed: vec![victim], sealed, admin: room.feed_key }])?;
+    write_past_api(d, id, Body::Rotate { removed: vec![victim], kept: vec![], sealed, admin: room.feed_key })
+}
+
+/// Appends `body` to this daemon's feed in room `id` and pushes it to the room's peers, as
+/// a hostile daemon would: without the API's checks.
+fn write_past_api(d: &TestDaemon, id: &str, body: Body) -> Result<()> {
+    let service = d.running()?.service();
+    let room = service.rooms.find(id).context("the room")?;
+    let appended = room.append(vec![body])?;
     service.store.flush_blocking()?;
     room.announce(&appended.head, &appended.messages);
     Ok(())
