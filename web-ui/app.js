@@ -209,6 +209,9 @@ function onEvent(name, p) {
   } else if (name === "file.progress") {
     state.files.set(p.file_id, p);
     if (p.room === state.current) scheduleRender(false);
+  } else if (name === "room.moved") {
+    // Members were removed: the room moved on (or we were removed from it).
+    refreshRooms().then(() => { if (p.id === state.current) openRoom(p.id, true); }).catch(() => {});
   } else if (name === "lagged") {
     if (state.current) openRoom(state.current, true);
   }
@@ -291,6 +294,7 @@ async function openRoom(id, reload = false) {
   }
   $("welcome").hidden = true;
   for (const el of ["messages", "composer", "invite-button", "peers-button", "leave-button", "search-button", "notify-button"]) $(el).hidden = false;
+  renderMoved(room);
   renderNotify();
   if (!reload) { endCompose(); $("search-box").hidden = true; }
   renderRooms();
@@ -409,6 +413,25 @@ function renderMembers(list) {
         } catch (e) { toast(e.message); }
       });
       actions.append(rename, verify, qrButton, block);
+      // The room's admin (or anyone, in a room without one) may remove a member: everyone
+      // else moves to a new room with new keys.
+      const room = state.rooms.find((x) => x.id === state.current);
+      const mine = [...(state.members.get(state.current) || new Map()).values()].find((x) => x.mine);
+      if (room && !room.moved_to && !room.removed_by && (!room.admin || (mine && room.admin === mine.author))) {
+        const remove = el("button", "remove", "Remove from room");
+        remove.type = "button";
+        remove.title = "Move everyone else to a new room with new keys: this member cannot read, find or join what is written afterwards";
+        remove.addEventListener("click", async () => {
+          if (remove.dataset.confirm !== "1") { remove.dataset.confirm = "1"; remove.textContent = "Remove: sure?"; return; }
+          try {
+            const r = await call("rooms.remove", { room: state.current, member: m.author });
+            await refreshRooms();
+            await openRoom(r.room.id);
+            toast(`Removed ${m.display_name || short(m.author)}: this is the room's new epoch`);
+          } catch (e) { toast(e.message); }
+        });
+        actions.append(remove);
+      }
       li.append(actions, form, qr);
     }
     ul.append(li);
@@ -440,7 +463,23 @@ function showWelcome(title, text) {
   $("room-meta").textContent = "";
   $("welcome").hidden = false;
   if (text) { const w = $("welcome"); w.textContent = ""; const p = document.createElement("p"); p.textContent = text; w.append(p); }
-  for (const el of ["messages", "composer", "invite-button", "peers-button", "leave-button", "invite-box", "search-button", "notify-button", "search-box", "compose-bar"]) $(el).hidden = true;
+  for (const el of ["messages", "composer", "invite-button", "peers-button", "leave-button", "invite-box", "search-button", "notify-button", "search-box", "compose-bar", "room-banner"]) $(el).hidden = true;
+}
+
+// A room that moved on when members were removed, or that we were removed from: it stays
+// readable, and nothing more is written in it.
+function renderMoved(room) {
+  const moved = room && (room.moved_to || room.removed_by);
+  $("room-banner").hidden = !moved;
+  if (!moved) return;
+  for (const el of ["composer", "invite-button", "compose-bar"]) $(el).hidden = true;
+  const next = room.moved_to && state.rooms.find((x) => x.id === room.moved_to);
+  $("room-banner-text").textContent = room.removed_by
+    ? `You were removed from this room by ${nameOf(room.id, room.removed_by)}. It went on without you; what you had stays readable here.`
+    : "Members were removed, and this room moved on to a new one with new keys. What was written here stays readable.";
+  const open = $("room-banner-open");
+  open.hidden = !next;
+  if (next) { open.textContent = `Open ${next.name} (new)`; open.onclick = () => openRoom(next.id).catch((e) => toast(e.message)); }
 }
 
 function renderRooms() {

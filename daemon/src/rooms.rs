@@ -120,6 +120,12 @@ pub enum DaemonEvent {
         /// The room.
         room: DiscoveryKey,
     },
+    /// A room moved on: its members went to a new epoch (we with them, or, for a room
+    /// made by a removal that lost to an earlier one, to the winner's), or we were removed.
+    Moved {
+        /// The room.
+        room: DiscoveryKey,
+    },
     /// The best connection to a room peer changed (e.g. relayed → holepunched).
     PeerConnection {
         /// The peer.

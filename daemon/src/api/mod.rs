@@ -32,7 +32,7 @@ use crate::service::{Service, ServiceError};
 
 mod methods;
 
-use methods::{message_info, parse};
+use methods::{message_info, parse, room_info};
 
 /// Frames queued for one client before it is considered too slow.
 const CLIENT_QUEUE: usize = 1024;
@@ -515,7 +515,8 @@ fn event_name(event: &DaemonEvent) -> &'static str {
         DaemonEvent::FileProgress { .. } => events::FileProgress::NAME,
         DaemonEvent::Seen { .. } => events::Seen::NAME,
         DaemonEvent::WriterQuota { .. } => events::WriterQuota::NAME,
-        // For the service (it moves on to the new room); clients see `rooms.list`.
+        DaemonEvent::Moved { .. } => events::RoomMoved::NAME,
+        // For the service (it moves on to the new room); clients hear `room.moved` then.
         DaemonEvent::Rotated { .. } => "",
     }
 }
@@ -590,6 +591,7 @@ fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
         DaemonEvent::WriterQuota { room, writer, quota } => {
             emit(events::WriterQuota { room: room_id(&room)?, author: hex::encode(writer), quota: quota.to_string() })
         }
+        DaemonEvent::Moved { room } => emit(room_info(service, &*service.rooms.get(&room)?)),
         DaemonEvent::Rotated { .. } => None,
     }
 }

@@ -132,6 +132,7 @@ impl Service {
             let Some(seed) = old.open_sealed(&rotation.sealed) else {
                 if rotation.removed.contains(&old.feed_key) {
                     warn!(room = %old.id, by = %hex::encode(rotation.at.feed), "we were removed from this room");
+                    let _ = self.rooms.events.send(DaemonEvent::Moved { room: *room });
                 }
                 return Ok(None);
             };
@@ -142,6 +143,7 @@ impl Service {
             if self.store.set_rotation_next(room, &rotation.at, &new.discovery_key)? {
                 self.supersede(&rotation.superseded, &new.discovery_key).await?;
                 info!(room = %old.id, next = %new.id, "moved on to the room's new epoch");
+                let _ = self.rooms.events.send(DaemonEvent::Moved { room: *room });
                 return Ok(Some(new));
             }
         }
@@ -154,6 +156,7 @@ impl Service {
             if self.store.moved_to(room)?.as_ref() != Some(to) {
                 self.store.set_superseded(room, to)?;
                 warn!(room = %crate::keys::room_id(room), "an earlier removal won over the one that made this room; moved on");
+                let _ = self.rooms.events.send(DaemonEvent::Moved { room: *room });
                 changed = true;
             }
         }

@@ -16,6 +16,7 @@ pub const NAMES: &[&str] = &[
     SyncProgress::NAME,
     FileProgress::NAME,
     WriterQuota::NAME,
+    RoomMoved::NAME,
     Lagged::NAME,
 ];
 
@@ -30,6 +31,14 @@ pub type Message = super::messages::MessageInfo;
 
 impl EventParams for Message {
     const NAME: &'static str = "message";
+}
+
+/// `room.moved`: a room moved on (members were removed: see `moved_to`), or we were removed
+/// from it (`removed_by`); the room as `rooms.list` shows it now.
+pub type RoomMoved = super::rooms::RoomInfo;
+
+impl EventParams for RoomMoved {
+    const NAME: &'static str = "room.moved";
 }
 
 /// `message.updated`: a message was edited, deleted or reacted to; its new state.
@@ -177,5 +186,6 @@ pub fn each_schema(generator: &mut schemars::SchemaGenerator, mut f: impl FnMut(
     one::<SyncProgress>(generator, &mut f);
     one::<FileProgress>(generator, &mut f);
     one::<WriterQuota>(generator, &mut f);
+    one::<RoomMoved>(generator, &mut f);
     one::<Lagged>(generator, &mut f);
 }

@@ -968,3 +968,92 @@ async fn replies_reactions_edits_mentions_and_search_in_chromium() -> Result<()>
     br.close().await;
     Ok(())
 }
+
+/// Removing a member from the People panel: the admin (the room's creator) sees a Remove
+/// button that asks once more, and lands in the room's new epoch; the member removed is told
+/// so, and its page stops offering to write there; others see no Remove button.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_removes_a_member_in_chromium() -> Result<()> {
+    if skip_without_chromium()? {
+        return Ok(());
+    }
+    let a = TestDaemon::start_bootstrap_node().await?;
+    let b = TestDaemon::start_bootstrapped(&a).await?;
+    let c = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cb, mut cc) = (a.client().await?, b.client().await?, c.client().await?);
+    for (client, name) in [(&mut ca, "Ada"), (&mut cb, "Bob"), (&mut cc, "Carol")] {
+        peerlog_tests::set_name(client, name).await?;
+    }
+    let (old, invite) = create(&mut ca, "family").await?;
+    join_invite(&mut cb, &invite).await?;
+    let carol = join_invite(&mut cc, &invite).await?.feed_key;
+    send(&mut cc, &old, "hello from carol").await?;
+    within(UI_WAIT, "Ada to hold Carol's message", async {
+        while !texts(&mut ca, &old).await?.contains(&"hello from carol".to_string()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+
+    let mut br = Browser::launch().await?;
+    let (pa, pc) = (br.open(&ui_url(&a)?).await?, br.open(&ui_url(&c)?).await?);
+    for (page, who) in [(&pa, "Ada"), (&pc, "Carol")] {
+        br.wait_for(page, &bubble_with("hello from carol"), &format!("the room open on {who}'s page"), UI_WAIT).await?;
+        br.eval(page, &click("#peers-button")).await?;
+        br.wait_for(
+            page,
+            "document.querySelectorAll('#member-list .member .rename').length >= 2",
+            "the members listed",
+            UI_WAIT,
+        )
+        .await?;
+    }
+    ensure!(
+        br.eval(&pc, "document.querySelectorAll('#member-list .remove').length").await? == json!(0),
+        "Carol, not the admin, is offered Remove"
+    );
+    let remove = format!("#member-list .member[data-author=\"{carol}\"] .remove");
+    br.wait_for(&pa, &format!("!!document.querySelector({})", json!(remove)), "a Remove button by Carol", UI_WAIT)
+        .await?;
+    br.eval(&pa, &click(&remove)).await?;
+    br.wait_for(
+        &pa,
+        &format!("document.querySelector({}).textContent.includes('sure')", json!(remove)),
+        "the second ask",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&pa, &click(&remove)).await?;
+
+    // Ada is in the new room, and may write there; the old one says where everyone went.
+    let new = within(UI_WAIT, "Ada's old room to move on", async {
+        loop {
+            if let Some(to) = rooms_list(&mut ca).await?.into_iter().find(|r| r.id == old).and_then(|r| r.moved_to) {
+                return anyhow::Ok(to);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
+    br.wait_for(
+        &pa,
+        "document.getElementById('room-banner').hidden && !document.getElementById('composer').hidden && document.querySelectorAll('#room-list li').length === 2",
+        "Ada's page in the new room, with both rooms listed",
+        UI_WAIT,
+    )
+    .await?;
+    send_text(&mut br, &pa, "just us now").await?;
+    wait_for_text(&mut cb, &new, "just us now", UI_WAIT).await?;
+
+    // Carol's page says she was removed, by whom, and offers no composer.
+    br.wait_for(
+        &pc,
+        "!document.getElementById('room-banner').hidden && document.getElementById('room-banner-text').textContent.includes('removed from this room by Ada') && document.getElementById('composer').hidden",
+        "Carol's page to say she was removed",
+        UI_WAIT,
+    )
+    .await?;
+    ensure!(br.eval(&pc, &bubble_with("hello from carol")).await? == json!(true), "Carol's page lost what she had");
+    Ok(())
+}

@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use peerlog::client::{Client, ClientError};
 use peerlog::keys::{seal, RoomSecret};
 use peerlog::log::Body;
-use peerlog_proto::api::{codes, rooms};
+use peerlog_proto::api::{codes, events, rooms};
 use peerlog_proto::wire::FeedKey;
 use peerlog_tests::*;
 
@@ -104,7 +104,8 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
     ensure!(matches!(again, Err(ClientError::Rpc { .. })), "a second removal in the old room: {again:?}");
 
     // Carol hears of it in the old room, and is not in the new one.
-    let seen = wait_room(&mut c, &old, "Carol to learn she was removed", |r| r.removed_by.is_some()).await?;
+    // (Told by an event, as the UI is.)
+    let seen = c.wait_for::<events::RoomMoved>(WAIT, "Carol to be told she was removed", |r| r.id == old).await?;
     ensure!(seen.removed_by == Some(ada_key), "removed by {:?}", seen.removed_by);
     ensure!(seen.moved_to.is_none(), "Carol's old room points at the new one: {seen:?}");
 

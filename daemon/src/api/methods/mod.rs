@@ -21,6 +21,7 @@ mod peers;
 mod rooms;
 
 pub(super) use messages::message_info;
+pub(super) use rooms::room_info;
 
 /// Params as `T`; absent params are an empty object.
 pub(super) fn parse<T: for<'de> Deserialize<'de>>(params: Value) -> Result<T, ApiError> {
