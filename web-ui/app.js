@@ -346,6 +346,10 @@ function renderMembers(list) {
     li.dataset.author = m.author;
     const title = m.mine ? `You${m.display_name ? ` (${m.display_name})` : ""}` : (m.nickname || m.display_name || short(m.author));
     li.append(el("div", "m-name", title));
+    const room = state.rooms.find((x) => x.id === state.current);
+    if (room && (room.admin === m.author || (room.admins || []).includes(m.author))) {
+      li.querySelector(".m-name").append(" ", el("span", "pill admin", "admin"));
+    }
     if (!m.mine && m.nickname && m.display_name) li.append(el("div", "m-sub", `calls themselves ${m.display_name}`));
     const presence = m.presence || {};
     const here = el("div", "m-sub");
@@ -416,8 +420,20 @@ function renderMembers(list) {
       // The room's admin (or anyone, in a room without one) may remove a member: everyone
       // else moves to a new room with new keys.
       const room = state.rooms.find((x) => x.id === state.current);
-      const mine = [...(state.members.get(state.current) || new Map()).values()].find((x) => x.mine);
-      if (room && !room.moved_to && !room.removed_by && (!room.admin || (mine && room.admin === mine.author))) {
+      const me = ([...(state.members.get(state.current) || new Map()).values()].find((x) => x.mine) || {}).author;
+      const open = room && !room.moved_to && !room.removed_by;
+      if (open && room.admin && room.admin === me) {
+        // The room's creator names admins (signed entries in the log), or takes that back.
+        const named = (room.admins || []).includes(m.author);
+        const role = el("button", "make-admin", named ? "No longer admin" : "Make admin");
+        role.type = "button";
+        role.title = "Admins may remove members from the room";
+        role.addEventListener("click", async () => {
+          try { await call("rooms.admin", { room: state.current, member: m.author, admin: !named }); await refreshRooms(); await refreshPeers(); } catch (e) { toast(e.message); }
+        });
+        actions.append(role);
+      }
+      if (open && (!room.admin || room.admin === me || (room.admins || []).includes(me))) {
         const remove = el("button", "remove", "Remove from room");
         remove.type = "button";
         remove.title = "Move everyone else to a new room with new keys: this member cannot read, find or join what is written afterwards";

@@ -197,6 +197,19 @@ enum Command {
         /// The member: its writer key (`author` in `peerlog members --json`).
         member: String,
     },
+    /// Name a member an admin of a room you created (admins may remove members), or, with
+    /// --revoke, no longer.
+    Admin {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The room.
+        room: String,
+        /// The member: its writer key (`author` in `peerlog members --json`).
+        member: String,
+        /// Take the role back.
+        #[arg(long)]
+        revoke: bool,
+    },
     /// A room's members: names, whether they are online, safety numbers, blocks.
     Members {
         #[command(flatten)]
@@ -827,6 +840,16 @@ async fn run(cli: Cli) -> Result<()> {
             c.close().await.ok();
             print_out(json, &r, || {
                 println!("removed {}; the room moved on to {} (new keys)", r.removed, r.room.id);
+            })
+        }
+        Command::Admin { client, room, member, revoke } => {
+            let mut c = client.connect().await?;
+            let params = rooms::AdminParams { room, member: member.clone(), admin: !revoke };
+            let r = c.request::<rooms::Admin>(&params).await?;
+            c.close().await.ok();
+            print_out(json, &r, || {
+                let what = if revoke { "is no longer an admin of" } else { "is now an admin of" };
+                println!("{member} {what} {} ({} admins)", r.id, 1 + r.admins.len());
             })
         }
         Command::Members { client, room } => {

@@ -355,6 +355,14 @@ impl Room {
                 Some(Body::Rotate { removed, kept, sealed, admin }) => {
                     self.note_rotation(m, removed, kept, sealed, *admin)
                 }
+                // Only the admin bound into the room's keys names admins.
+                Some(Body::Admin { member, admin }) => match self.store.admin_binding(&self.discovery_key) {
+                    Ok(Some(bound)) if bound.admin == m.feed_key => {
+                        self.store.note_admin_grant(&self.discovery_key, member, m.seq, *admin)
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                },
                 _ => Ok(()),
             };
             if let Err(e) = noted {

@@ -2296,6 +2296,7 @@ fn the_cli_covers_the_api_with_json_and_exit_codes_by_kind() -> Result<()> {
         ("rooms.create", "create"),
         ("rooms.leave", "leave"),
         ("rooms.remove", "remove"),
+        ("rooms.admin", "admin"),
         ("rooms.invite", "invite"),
         ("rooms.seed", "seed"),
         ("rooms.members", "members"),

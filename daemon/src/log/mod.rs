@@ -108,6 +108,15 @@ pub enum Body {
         /// may remove members in turn.
         admin: FeedKey,
     },
+    /// The room's admin (the one bound into its keys) names `member` an admin too, who
+    /// may then remove members; or (`admin: false`) takes that back. Written by anyone
+    /// else, it counts for nothing.
+    Admin {
+        /// The member, by feed key.
+        member: FeedKey,
+        /// Named (true) or no longer (false).
+        admin: bool,
+    },
 }
 
 /// The most members one rotation removes.

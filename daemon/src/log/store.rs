@@ -1217,7 +1217,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p', b'u', b'e', b'a', b'm'] {
+        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1394,10 +1394,44 @@ impl Store {
         Ok(self.rotation(room)?.and_then(|r| r.next))
     }
 
-    /// The writers who may remove members from a room: none means any member may (a room
-    /// made from a passphrase, or an invite without an admin).
+    /// The writers who may remove members from a room: the admin bound into its keys
+    /// first, then those it named. None means any member may (a room made from a
+    /// passphrase, or an invite without an admin).
     pub fn admins(&self, room: &DiscoveryKey) -> Result<Vec<FeedKey>, StoreError> {
-        Ok(self.admin_binding(room)?.map(|b| b.admin).into_iter().collect())
+        let Some(bound) = self.admin_binding(room)? else { return Ok(Vec::new()) };
+        let mut admins = vec![bound.admin];
+        for kv in self.log.scan_prefix(&room_person_key(b'g', room, &ZERO)[..33]) {
+            let (k, v) = kv?;
+            let (_, named): (u64, bool) = decode(&v, "admin grant")?;
+            let member =
+                k.get(33..65).and_then(|b| FeedKey::try_from(b).ok()).ok_or(StoreError::Corrupt("grant key"))?;
+            if named && member != bound.admin {
+                admins.push(member);
+            }
+        }
+        Ok(admins)
+    }
+
+    /// Notes that the room's bound admin named `member` an admin (or no longer) in its
+    /// entry `seq`: its newest such entry about the member counts.
+    pub fn note_admin_grant(
+        &self,
+        room: &DiscoveryKey,
+        member: &FeedKey,
+        seq: u64,
+        named: bool,
+    ) -> Result<(), StoreError> {
+        let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let key = room_person_key(b'g', room, member);
+        if let Some(old) = self.log.get(key)? {
+            let (old_seq, _): (u64, bool) = decode(&old, "admin grant")?;
+            if old_seq >= seq {
+                return Ok(());
+            }
+        }
+        self.log.insert(key, encode(&(seq, named)))?;
+        self.touch();
+        Ok(())
     }
 
     /// The seed and admin a room's secret is made from, for a room with an admin.

@@ -75,6 +75,28 @@ impl Service {
         }
     }
 
+    /// Names `member` an admin of `room` (or, with `named` false, no longer): only the
+    /// admin bound into the room's keys may.
+    pub async fn name_admin(&self, room: &Room, member: FeedKey, named: bool) -> Result<(), ServiceError> {
+        let Some(bound) = self.store.admin_binding(&room.discovery_key)? else {
+            return Err(ServiceError::Invalid(
+                "this room has no admin (it was made from a passphrase or an older invite): every member may remove"
+                    .into(),
+            ));
+        };
+        if bound.admin != room.feed_key {
+            return Err(ServiceError::NotAdmin("only the room's first admin (its creator) names admins".into()));
+        }
+        if member == room.feed_key {
+            return Err(ServiceError::Invalid("you are this room's admin already".into()));
+        }
+        if !self.known_members(room)?.contains(&member) {
+            return Err(ServiceError::NotFound(format!("{} is not a member of this room", hex::encode(member))));
+        }
+        self.append_durable(room, vec![Body::Admin { member, admin: named }]).await?;
+        Ok(())
+    }
+
     /// Refuses to write to a room that moved on to a new epoch (or that we were removed
     /// from): what is written there now is for nobody who stays.
     pub(crate) fn check_not_moved(&self, room: &Room) -> Result<(), ServiceError> {

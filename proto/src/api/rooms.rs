@@ -40,6 +40,9 @@ pub struct RoomInfo {
     /// passphrase or an older invite), where any member may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// The members the admin named admins too (writer keys, hex), who may also remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<String>,
 }
 
 /// A writer that signed two different entries for one seq.
@@ -214,6 +217,28 @@ pub struct RemoveResult {
     /// The member removed (writer key, hex).
     pub removed: String,
 }
+
+/// `rooms.admin` params.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AdminParams {
+    /// Room id or name.
+    pub room: String,
+    /// The member: its writer key (hex, `author` in `rooms.members`).
+    pub member: String,
+    /// Name the member an admin (true, the default) or no longer (false).
+    #[serde(default = "yes")]
+    pub admin: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+method!(
+    /// `rooms.admin`: the room's creator names an admin, or takes that back.
+    Admin, "rooms.admin", AdminParams => RoomInfo;
+    "names a member an admin of the room (who may remove members), or takes that back; only the room's creator may"
+);
 
 method!(
     /// `rooms.remove`: removes a member; the others move to a new epoch of the room.

@@ -985,7 +985,7 @@ async fn the_admin_removes_a_member_in_chromium() -> Result<()> {
         peerlog_tests::set_name(client, name).await?;
     }
     let (old, invite) = create(&mut ca, "family").await?;
-    join_invite(&mut cb, &invite).await?;
+    let bob = join_invite(&mut cb, &invite).await?.feed_key;
     let carol = join_invite(&mut cc, &invite).await?.feed_key;
     send(&mut cc, &old, "hello from carol").await?;
     within(UI_WAIT, "Ada to hold Carol's message", async {
@@ -1013,6 +1013,20 @@ async fn the_admin_removes_a_member_in_chromium() -> Result<()> {
         br.eval(&pc, "document.querySelectorAll('#member-list .remove').length").await? == json!(0),
         "Carol, not the admin, is offered Remove"
     );
+    // Ada names Bob an admin: her page marks him, and his daemon knows.
+    let make = format!("#member-list .member[data-author=\"{bob}\"] .make-admin");
+    br.wait_for(&pa, &format!("!!document.querySelector({})", json!(make)), "a Make admin button by Bob", UI_WAIT)
+        .await?;
+    br.eval(&pa, &click(&make)).await?;
+    let marked = format!("!!document.querySelector('#member-list .member[data-author=\"{bob}\"] .pill.admin')");
+    br.wait_for(&pa, &marked, "Bob marked admin on Ada's page", UI_WAIT).await?;
+    within(UI_WAIT, "Bob's daemon to know he is an admin", async {
+        while !rooms_list(&mut cb).await?.iter().any(|r| r.id == old && r.admins.contains(&bob)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
     let remove = format!("#member-list .member[data-author=\"{carol}\"] .remove");
     br.wait_for(&pa, &format!("!!document.querySelector({})", json!(remove)), "a Remove button by Carol", UI_WAIT)
         .await?;

@@ -263,3 +263,52 @@ async fn two_removals_at_once_converge_on_one_epoch() -> Result<()> {
     holds(&mut b, &winner, &["ada after both"]).await?;
     Ok(())
 }
+
+/// The room's creator names an admin in a signed entry, and that admin may remove; an
+/// entry naming an admin written by anyone else counts for nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_creator_names_an_admin_who_may_remove() -> Result<()> {
+    let boot = TestDaemon::start_bootstrap_node().await?;
+    let ada = TestDaemon::start_bootstrapped(&boot).await?;
+    let bob = TestDaemon::start_bootstrapped(&boot).await?;
+    let carol = TestDaemon::start_bootstrapped(&boot).await?;
+    let (mut a, mut b, mut c) = (ada.client().await?, bob.client().await?, carol.client().await?);
+    let (room, inv) = create(&mut a, "club").await?;
+    let bob_key = join_invite(&mut b, &inv).await?.feed_key;
+    let carol_key = join_invite(&mut c, &inv).await?.feed_key;
+    send(&mut b, &room, "bob is here").await?;
+    send(&mut c, &room, "carol is here").await?;
+    holds(&mut a, &room, &["bob is here", "carol is here"]).await?;
+
+    // Carol may not name herself; a daemon that writes the entry anyway is ignored.
+    let by_carol = c
+        .request::<rooms::Admin>(&rooms::AdminParams { room: room.clone(), member: carol_key.clone(), admin: true })
+        .await;
+    ensure!(
+        matches!(by_carol, Err(ClientError::Rpc { code: codes::NOT_ADMIN, .. })),
+        "Carol named herself admin: {by_carol:?}"
+    );
+    let carol_feed = FeedKey::try_from(hex::decode(&carol_key)?.as_slice()).map_err(|_| anyhow::anyhow!("a key"))?;
+    write_past_api(&carol, &room, Body::Admin { member: carol_feed, admin: true })?;
+    send(&mut c, &room, "carol wrote an admin entry").await?;
+
+    // Ada names Bob; everyone sees it, and not Carol.
+    let named = a
+        .request::<rooms::Admin>(&rooms::AdminParams { room: room.clone(), member: bob_key.clone(), admin: true })
+        .await?;
+    ensure!(named.admins == vec![bob_key.clone()], "Ada's admins: {:?}", named.admins);
+    for (who, c) in [("Bob", &mut b), ("Carol", &mut c), ("Ada", &mut a)] {
+        holds(c, &room, &["carol wrote an admin entry"]).await?;
+        let r = wait_room(c, &room, &format!("{who} to see Bob named admin"), |r| !r.admins.is_empty()).await?;
+        ensure!(r.admins == vec![bob_key.clone()], "{who} sees admins {:?}", r.admins);
+    }
+
+    // Bob removes Carol; Ada follows him into the new room, where Bob is the admin.
+    let removed = b.request::<rooms::Remove>(&rooms::RemoveParams { room: room.clone(), member: carol_key }).await?;
+    let new = removed.room.id.clone();
+    ensure!(removed.room.admin == Some(removed.room.feed_key.clone()), "the new room's admin: {:?}", removed.room);
+    wait_room(&mut a, &room, "Ada to follow Bob's removal", |r| r.moved_to.as_deref() == Some(new.as_str())).await?;
+    wait_room(&mut c, &room, "Carol to hear she was removed", |r| r.removed_by.as_deref() == Some(bob_key.as_str()))
+        .await?;
+    Ok(())
+}

@@ -48,9 +48,12 @@ pub(in crate::api) fn message_info(room: &Room, m: &StoredMessage) -> Option<Mes
             None,
             &[][..],
         ),
-        Body::Profile { .. } | Body::Edit { .. } | Body::Delete { .. } | Body::React { .. } | Body::Rotate { .. } => {
-            return None
-        }
+        Body::Profile { .. }
+        | Body::Edit { .. }
+        | Body::Delete { .. }
+        | Body::React { .. }
+        | Body::Rotate { .. }
+        | Body::Admin { .. } => return None,
     };
     let state = room.follow_ups(&m.at());
     let mine = m.feed_key == room.feed_key;

@@ -40,7 +40,7 @@ where
 /// Calls `method`.
 pub(super) async fn call(service: &Arc<Service>, method: &str, params: Value) -> Result<Value, ApiError> {
     use proto::messages::{Delete, Edit, History, React, Search, Send, SendBatch};
-    use proto::rooms::{CheckPassphrase, Create, Invite, Join, Leave, List, Remove, Seed};
+    use proto::rooms::{Admin, CheckPassphrase, Create, Invite, Join, Leave, List, Remove, Seed};
     match method {
         List::NAME => typed::<List, _>(params, |_| async { Ok(rooms::list(service)) }).await,
         Join::NAME => typed::<Join, _>(params, |p| rooms::join(service, p)).await,
@@ -50,6 +50,7 @@ pub(super) async fn call(service: &Arc<Service>, method: &str, params: Value) ->
         Create::NAME => typed::<Create, _>(params, |p| rooms::create(service, p)).await,
         Leave::NAME => typed::<Leave, _>(params, |p| rooms::leave(service, p)).await,
         Remove::NAME => typed::<Remove, _>(params, |p| rooms::remove(service, p)).await,
+        Admin::NAME => typed::<Admin, _>(params, |p| rooms::admin(service, p)).await,
         Invite::NAME => typed::<Invite, _>(params, |p| async { rooms::invite(service, p) }).await,
         Seed::NAME => typed::<Seed, _>(params, |p| rooms::seed(service, p)).await,
         Send::NAME => typed::<Send, _>(params, |p| messages::send(service, p)).await,

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use peerlog_proto::api::codes;
 use peerlog_proto::api::rooms::{
-    CreateParams, CreateResult, Fork, InviteParams, InviteResult, JoinParams, JoinResult, LeaveResult, PassphraseCheck,
-    PassphraseParams, RemoveParams, RemoveResult, RoomInfo, RoomList, RoomParam, SeedParams, SeedResult,
+    AdminParams, CreateParams, CreateResult, Fork, InviteParams, InviteResult, JoinParams, JoinResult, LeaveResult,
+    PassphraseCheck, PassphraseParams, RemoveParams, RemoveResult, RoomInfo, RoomList, RoomParam, SeedParams,
+    SeedResult,
 };
 
 use super::super::ApiError;
@@ -28,6 +29,7 @@ pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
         .map(|(feed, seq)| Fork { author: hex::encode(feed), seq })
         .collect();
     let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let admins = service.store.admins(&room.discovery_key).unwrap_or_default();
     let rotation = service.store.rotation(&room.discovery_key).unwrap_or_default();
     let moved_to = service
         .store
@@ -52,16 +54,28 @@ pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
         entries_served: room.served.load(relaxed),
         moved_to,
         removed_by,
-        admin: service.store.admins(&room.discovery_key).unwrap_or_default().first().map(hex::encode),
+        admin: admins.first().map(hex::encode),
+        admins: admins.iter().skip(1).map(hex::encode).collect(),
     }
+}
+
+pub(super) async fn admin(service: &Arc<Service>, p: AdminParams) -> Result<RoomInfo, ApiError> {
+    let room = service.room(&p.room)?;
+    service.name_admin(&room, parse_member(&p.member)?, p.admin).await?;
+    Ok(room_info(service, &room))
+}
+
+/// A member's writer key, from hex.
+fn parse_member(member: &str) -> Result<peerlog_proto::wire::FeedKey, ApiError> {
+    hex::decode(member)
+        .ok()
+        .and_then(|b| peerlog_proto::wire::FeedKey::try_from(b.as_slice()).ok())
+        .ok_or_else(|| ApiError::params("member: a writer key, 64 hex digits (author in rooms.members)"))
 }
 
 pub(super) async fn remove(service: &Arc<Service>, p: RemoveParams) -> Result<RemoveResult, ApiError> {
     let room = service.room(&p.room)?;
-    let member = hex::decode(&p.member)
-        .ok()
-        .and_then(|b| peerlog_proto::wire::FeedKey::try_from(b.as_slice()).ok())
-        .ok_or_else(|| ApiError::params("member: a writer key, 64 hex digits (author in rooms.members)"))?;
+    let member = parse_member(&p.member)?;
     let next = service.remove_member(&room, member).await?;
     Ok(RemoveResult { room: room_info(service, &next), removed: hex::encode(member) })
 }
