@@ -255,7 +255,7 @@ async function refreshRooms() {
   if (state.current) renderRoomMeta();
   if (!state.current) {
     const last = localStorage.getItem("peerlog-room");
-    const pick = state.rooms.find((x) => x.id === last) || state.rooms[0];
+    const pick = state.rooms.find((x) => x.id === last) || state.rooms.filter(listed)[0];
     if (pick) await openRoom(pick.id);
     else showWelcome();
   }
@@ -498,6 +498,10 @@ function renderMoved(room) {
   if (next) { open.textContent = `Open ${next.name} (new)`; open.onclick = () => openRoom(next.id).catch((e) => toast(e.message)); }
 }
 
+// Whether a room shows in the sidebar: not one its members moved on from (unless we were
+// removed: then it is all we have).
+const listed = (r) => !r.moved_to || r.removed_by;
+
 function renderRooms() {
   const ul = $("room-list");
   ul.textContent = "";
@@ -505,7 +509,8 @@ function renderRooms() {
   for (const n of state.unread.values()) total += n;
   document.title = total ? `(${total > 999 ? "999+" : total}) peerlog` : "peerlog";
   $("rooms-empty").hidden = state.rooms.length > 0;
-  for (const r of state.rooms) {
+  // A room that moved on is reached from the room it moved to (Earlier messages).
+  for (const r of state.rooms.filter(listed)) {
     const li = el("li");
     const b = el("button", r.id === state.current ? "active" : "");
     b.type = "button";
@@ -793,6 +798,17 @@ function renderMessages(stickToBottom) {
   const pending = state.sending.get(state.current) || [];
   const seenBelow = state.seen.get(state.current) || 0;
   const nodes = [];
+  // A room made by a removal continues another: its history is there.
+  const room = state.rooms.find((x) => x.id === state.current);
+  const before = room && room.moved_from && state.rooms.find((x) => x.id === room.moved_from);
+  if (before && state.complete.has(state.current)) {
+    const li = el("li", "earlier");
+    const go = el("button", "earlier-open", "Earlier messages: before members were removed");
+    go.type = "button";
+    go.addEventListener("click", () => openRoom(before.id).catch((e) => toast(e.message)));
+    li.append(go);
+    nodes.push(li);
+  }
   if (!list.length && !pending.length) {
     nodes.push(el("li", "empty-room", "No messages yet. Say hello: peers who are offline get it when they come back."));
   }

@@ -40,6 +40,10 @@ pub struct RoomInfo {
     /// passphrase or an older invite), where any member may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// The room this one continues: it moved here when members were removed (its id; its
+    /// history stays there, readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<String>,
     /// The members the admin named admins too (writer keys, hex), who may also remove.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub admins: Vec<String>,

@@ -1052,13 +1052,28 @@ async fn the_admin_removes_a_member_in_chromium() -> Result<()> {
     .await??;
     br.wait_for(
         &pa,
-        "document.getElementById('room-banner').hidden && !document.getElementById('composer').hidden && document.querySelectorAll('#room-list li').length === 2",
-        "Ada's page in the new room, with both rooms listed",
+        "document.getElementById('room-banner').hidden && !document.getElementById('composer').hidden && document.querySelectorAll('#room-list li').length === 1",
+        "Ada's page in the new room, listed alone",
         UI_WAIT,
     )
     .await?;
     send_text(&mut br, &pa, "just us now").await?;
     wait_for_text(&mut cb, &new, "just us now", UI_WAIT).await?;
+    // The old room's history is a click away, and leads back.
+    br.wait_for(&pa, "!!document.querySelector('.earlier-open')", "a way to the earlier messages", UI_WAIT).await?;
+    br.eval(&pa, &click(".earlier-open")).await?;
+    br.wait_for(
+        &pa,
+        &format!(
+            "{} && !document.getElementById('room-banner').hidden && document.getElementById('composer').hidden",
+            bubble_with("hello from carol")
+        ),
+        "the old room, read-only, with its history",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&pa, &click("#room-banner-open")).await?;
+    br.wait_for(&pa, &bubble_with("just us now"), "back in the new room", UI_WAIT).await?;
 
     // Carol's page says she was removed, by whom, and offers no composer.
     br.wait_for(

@@ -55,6 +55,12 @@ pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
         moved_to,
         removed_by,
         admin: admins.first().map(hex::encode),
+        moved_from: service
+            .rooms
+            .list()
+            .into_iter()
+            .find(|r| service.store.moved_to(&r.discovery_key).ok().flatten() == Some(room.discovery_key))
+            .map(|r| r.id.clone()),
         admins: admins.iter().skip(1).map(hex::encode).collect(),
     }
 }
