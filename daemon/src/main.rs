@@ -817,7 +817,12 @@ async fn run(cli: Cli) -> Result<()> {
             c.close().await.ok();
             print_out(json, &r, || {
                 for room in &r.rooms {
-                    let kind = if room.seeder { "  (seeding)" } else { "" };
+                    let kind = match (&room.removed_by, &room.moved_to) {
+                        _ if room.seeder => "  (seeding)".to_string(),
+                        (Some(by), _) => format!("  (you were removed by {}; read-only)", &by[..16]),
+                        (None, Some(to)) => format!("  (moved on to {to}; read-only)"),
+                        (None, None) => String::new(),
+                    };
                     println!(
                         "{}\t{}\t{} peer(s)\t{} entries{kind}",
                         room.id,
