@@ -485,14 +485,16 @@ function showWelcome(title, text) {
 // A room that moved on when members were removed, or that we were removed from: it stays
 // readable, and nothing more is written in it.
 function renderMoved(room) {
-  const moved = room && (room.moved_to || room.removed_by);
+  const moved = room && (room.moved_to || room.removed_by || room.read_only);
   $("room-banner").hidden = !moved;
   if (!moved) return;
   for (const el of ["composer", "invite-button", "compose-bar"]) $(el).hidden = true;
   const next = room.moved_to && state.rooms.find((x) => x.id === room.moved_to);
   $("room-banner-text").textContent = room.removed_by
     ? `You were removed from this room by ${nameOf(room.id, room.removed_by)}. It went on without you; what you had stays readable here.`
-    : "Members were removed, and this room moved on to a new one with new keys. What was written here stays readable.";
+    : room.moved_to
+      ? "Members were removed, and this room moved on to a new one with new keys. What was written here stays readable."
+      : "Members were removed, and this room moved on to a new one with new keys that this device was not given: ask a member for an invite to it. What was written here stays readable.";
   const open = $("room-banner-open");
   open.hidden = !next;
   if (next) { open.textContent = `Open ${next.name} (new)`; open.onclick = () => openRoom(next.id).catch((e) => toast(e.message)); }

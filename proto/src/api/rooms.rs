@@ -40,6 +40,11 @@ pub struct RoomInfo {
     /// passphrase or an older invite), where any member may.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<String>,
+    /// The room moved on when members were removed (whether or not this daemon went with
+    /// it: a member who joined with an old invite or passphrase did not): nothing more is
+    /// written here.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
     /// The room this one continues: it moved here when members were removed (its id; its
     /// history stays there, readable).
     #[serde(default, skip_serializing_if = "Option::is_none")]

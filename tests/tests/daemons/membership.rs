@@ -159,6 +159,14 @@ async fn a_removed_member_cannot_follow_the_room_and_an_offline_member_catches_u
     ensure!(!texts(&mut c, &old).await?.iter().any(|t| t.contains("after carol")), "Carol read the new epoch");
     let peers: Vec<String> = peers_list(&mut c, None).await?.into_iter().flat_map(|p| p.rooms).collect();
     ensure!(!peers.contains(&new), "Carol has a session in the new room: {peers:?}");
+
+    // Someone new with the old invite finds the old room, read-only, and no way on.
+    let dave = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut d = dave.client().await?;
+    join_invite(&mut d, &inv).await?;
+    let seen = wait_room(&mut d, &old, "Dave to learn the room moved on", |r| r.read_only).await?;
+    ensure!(seen.moved_to.is_none() && seen.removed_by.is_none(), "{seen:?}");
+    ensure!(send(&mut d, &old, "dave was here").await.is_err(), "Dave wrote to a room that moved on");
     Ok(())
 }
 

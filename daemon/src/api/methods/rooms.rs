@@ -54,6 +54,7 @@ pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
         entries_served: room.served.load(relaxed),
         moved_to,
         removed_by,
+        read_only: service.check_not_moved(room).is_err(),
         admin: admins.first().map(hex::encode),
         moved_from: service
             .rooms
