@@ -163,6 +163,7 @@ impl Service {
             // An earlier rotation may have come in meanwhile: then this room is superseded
             // and we go round again.
             if self.store.set_rotation_next(room, &rotation.at, &new.discovery_key)? {
+                self.commit.durable().await?;
                 self.supersede(&rotation.superseded, &new.discovery_key).await?;
                 info!(room = %old.id, next = %new.id, "moved on to the room's new epoch");
                 let _ = self.rooms.events.send(DaemonEvent::Moved { room: *room });
