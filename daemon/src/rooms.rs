@@ -356,10 +356,17 @@ impl Room {
                     self.note_rotation(m, removed, kept, sealed, *admin)
                 }
                 // Only the admin bound into the room's keys names admins.
+                // (A rotation by a member named admin may count now.)
                 Some(Body::Admin { member, admin }) => match self.store.admin_binding(&self.discovery_key) {
-                    Ok(Some(bound)) if bound.admin == m.feed_key => {
-                        self.store.note_admin_grant(&self.discovery_key, member, m.seq, *admin)
-                    }
+                    Ok(Some(bound)) if bound.admin == m.feed_key => self
+                        .store
+                        .note_admin_grant(&self.discovery_key, member, m.seq, *admin)
+                        .and_then(|()| self.store.rechoose_rotation(&self.discovery_key))
+                        .map(|changed| {
+                            if changed {
+                                let _ = self.events.send(DaemonEvent::Rotated { room: self.discovery_key });
+                            }
+                        }),
                     Ok(_) => Ok(()),
                     Err(e) => Err(e),
                 },
@@ -371,10 +378,10 @@ impl Room {
         }
     }
 
-    /// Keeps a `Rotate` entry as the room's rotation if it is well formed and comes first
-    /// (see `Store::note_rotation`). A member cannot remove itself, nobody removed is sealed
-    /// the new secret, a member the kept rotation removed cannot replace it, and in a room
-    /// with admins (one made by a rotation) only they may rotate.
+    /// Takes a well-formed `Rotate` entry as a candidate for the room's rotation (the choice
+    /// among candidates, and who may remove whom: `Store::note_rotation`). Well formed: a
+    /// member does not remove itself, nobody removed is sealed the new secret, and the heads
+    /// kept are the removed writers' and verify.
     fn note_rotation(
         &self,
         m: &StoredMessage,
@@ -396,15 +403,6 @@ impl Room {
             && !sealed.iter().any(|s| removed.contains(&s.to));
         if !well_formed {
             warn!(room = %self.id, author = %hex::encode(m.feed_key), "ignoring a malformed rotation");
-            return Ok(());
-        }
-        if self.store.rotation(&self.discovery_key)?.is_some_and(|kept| kept.removed.contains(&m.feed_key)) {
-            warn!(room = %self.id, author = %hex::encode(m.feed_key), "ignoring a rotation by a removed member");
-            return Ok(());
-        }
-        let admins = self.store.admins(&self.discovery_key)?;
-        if !admins.is_empty() && !admins.contains(&m.feed_key) {
-            warn!(room = %self.id, author = %hex::encode(m.feed_key), "ignoring a rotation by a member who is not an admin");
             return Ok(());
         }
         let rotation = Rotation {

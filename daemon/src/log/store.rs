@@ -435,6 +435,8 @@ pub const BLOCK_ENTRIES: usize = 512;
 pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 
 const ZERO: Key32 = [0; 32];
+/// Most candidate rotations a room keeps (the first by clock).
+const ROTATION_CANDIDATES_MAX: usize = 64;
 
 fn feed_seq_key(tag: u8, feed: &Key32, seq: u64) -> [u8; 41] {
     let mut k = [0u8; 41];
@@ -1217,7 +1219,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g'] {
+        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g', b'q'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1323,15 +1325,73 @@ impl Store {
         Ok(())
     }
 
-    /// Keeps `rotation` as the room's if it comes before the one kept (by Lamport clock,
-    /// then writer and seq); returns whether it did.
+    /// Takes `rotation` (a well-formed `Rotate` entry) as a candidate, and chooses the
+    /// room's rotation again among all candidates (see [`Store::choose_rotation`]); returns
+    /// whether the chosen one changed.
     pub fn note_rotation(&self, room: &DiscoveryKey, rotation: &Rotation) -> Result<bool, StoreError> {
         let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mut rotation = rotation.clone();
-        if let Some(kept) = self.rotation(room)? {
-            if (kept.lamport, kept.at) <= (rotation.lamport, rotation.at) {
-                return Ok(false);
+        let mut candidates = self.rotation_candidates(room)?;
+        if candidates.iter().any(|c| c.at == rotation.at) {
+            return Ok(false);
+        }
+        candidates.push(Rotation { next: None, superseded: Vec::new(), ..rotation.clone() });
+        candidates.sort_by_key(|c| (c.lamport, c.at));
+        candidates.truncate(ROTATION_CANDIDATES_MAX);
+        self.log.insert(room_person_key(b'q', room, &ZERO), encode(&candidates))?;
+        self.touch();
+        self.choose_rotation(room, &candidates)
+    }
+
+    /// Chooses the room's rotation again (its admins changed); returns whether it changed.
+    pub fn rechoose_rotation(&self, room: &DiscoveryKey) -> Result<bool, StoreError> {
+        let _guard = self.ingest_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let candidates = self.rotation_candidates(room)?;
+        if candidates.is_empty() {
+            return Ok(false);
+        }
+        self.choose_rotation(room, &candidates)
+    }
+
+    fn rotation_candidates(&self, room: &DiscoveryKey) -> Result<Vec<Rotation>, StoreError> {
+        self.log
+            .get(room_person_key(b'q', room, &ZERO))?
+            .map(|v| decode(&v, "rotation candidates"))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    }
+
+    /// Whether `author` may remove `removed` from the room: anyone may in a room without an
+    /// admin; else only admins, nobody removes the admin bound into the room's keys, and
+    /// only that admin removes other admins.
+    pub fn may_remove(&self, room: &DiscoveryKey, author: &FeedKey, removed: &[FeedKey]) -> Result<bool, StoreError> {
+        let admins = self.admins(room)?;
+        let Some(root) = admins.first() else { return Ok(true) };
+        Ok(admins.contains(author)
+            && !removed.contains(root)
+            && (author == root || !removed.iter().any(|r| admins.contains(r))))
+    }
+
+    /// The rotation every member chooses from the same candidates, in any order of
+    /// arrival: among those whose author may remove whom they remove, the ones that do not
+    /// remove the author of another (a removal of a remover wins over the removal it
+    /// answers), the first by (Lamport clock, writer, seq); if each removes another's
+    /// author (members of a room without an admin removing each other), the first of all.
+    /// A chosen rotation stays chosen when no candidate qualifies any more.
+    fn choose_rotation(&self, room: &DiscoveryKey, candidates: &[Rotation]) -> Result<bool, StoreError> {
+        let mut eligible = Vec::new();
+        for c in candidates {
+            if self.may_remove(room, &c.at.feed, &c.removed)? {
+                eligible.push(c);
             }
+        }
+        let undominated = eligible.iter().find(|c| !eligible.iter().any(|o| o.removed.contains(&c.at.feed)));
+        let Some(winner) = undominated.or(eligible.first()) else { return Ok(false) };
+        let kept = self.rotation(room)?;
+        if kept.as_ref().is_some_and(|k| k.at == winner.at) {
+            return Ok(false);
+        }
+        let mut rotation = (*winner).clone();
+        if let Some(kept) = kept {
             // The room of the rotation we followed so far gives way to this one's.
             rotation.superseded = kept.superseded;
             rotation.superseded.extend(kept.next);
@@ -2132,6 +2192,42 @@ mod tests {
             assert_eq!(s.moved_to(&room).unwrap(), Some(DiscoveryKey([4; 32])));
             assert_eq!(s.rotation(&DiscoveryKey([5; 32])).unwrap(), None);
         }
+    }
+
+    #[test]
+    fn every_member_chooses_the_same_rotation_by_who_may_remove_whom() {
+        let room = DiscoveryKey([3; 32]);
+        let (root, named, member) = (FeedKey([1; 32]), FeedKey([2; 32]), FeedKey([3; 32]));
+        let by = |author: FeedKey, lamport: u64, removed: FeedKey| Rotation {
+            at: MessageRef { feed: author, seq: lamport },
+            removed: vec![removed],
+            ..rotation(lamport, 0)
+        };
+        // The named admin removes a member first by clock; the room's admin removes the named
+        // admin; the named admin's try at the room's admin and a member's at anyone count for
+        // nothing.
+        let (answered, answer) = (by(named, 5, member), by(root, 9, named));
+        let (at_root, by_member) = (by(named, 4, root), by(member, 3, named));
+        let all = [&answered, &answer, &at_root, &by_member];
+        for order in [[0, 1, 2, 3], [1, 0, 3, 2], [3, 2, 1, 0], [2, 3, 0, 1]] {
+            let (_d, s) = tmp();
+            s.set_admin_binding(&room, &crate::keys::AdminBound { seed: [7; 32], admin: root }).unwrap();
+            s.note_admin_grant(&room, &named, 1, true).unwrap();
+            for i in order {
+                s.note_rotation(&room, all[i]).unwrap();
+            }
+            let kept = s.rotation(&room).unwrap().map(|r| r.at);
+            assert_eq!(kept, Some(answer.at), "order {order:?}: the removal of a remover wins");
+            assert!(s.cut(&room, &named).is_some() && s.cut(&room, &member).is_none());
+        }
+        // A rotation by a member named admin only later counts once the naming arrives.
+        let (_d, s) = tmp();
+        s.set_admin_binding(&room, &crate::keys::AdminBound { seed: [7; 32], admin: root }).unwrap();
+        assert!(!s.note_rotation(&room, &answered).unwrap(), "not an admin yet");
+        s.note_admin_grant(&room, &named, 1, true).unwrap();
+        assert!(s.rechoose_rotation(&room).unwrap());
+        assert_eq!(s.rotation(&room).unwrap().map(|r| r.at), Some(answered.at));
+        assert!(!s.may_remove(&room, &named, &[root]).unwrap() && s.may_remove(&room, &root, &[named]).unwrap());
     }
 
     #[test]

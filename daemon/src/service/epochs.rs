@@ -29,11 +29,9 @@ impl Service {
             return Err(ServiceError::Invalid("you cannot remove yourself; leave the room (rooms.leave)".into()));
         }
         self.check_not_moved(room)?;
-        let admins = self.store.admins(&room.discovery_key)?;
-        if !admins.is_empty() && !admins.contains(&room.feed_key) {
+        if !self.store.may_remove(&room.discovery_key, &room.feed_key, &[member])? {
             return Err(ServiceError::NotAdmin(
-                "only the room's admin (the member who created it, or whose removal made it) may remove members here"
-                    .into(),
+                "only the room's admins may remove members here, and only its first admin (who created it, or whose removal made it) removes admins".into(),
             ));
         }
         let mut members = self.known_members(room)?;

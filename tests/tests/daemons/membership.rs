@@ -320,3 +320,54 @@ async fn the_creator_names_an_admin_who_may_remove() -> Result<()> {
         .await?;
     Ok(())
 }
+
+/// The room's admin removes a named admin while that admin, away and unaware, removes
+/// someone else with an earlier clock: every member ends in the room's admin's new room
+/// (the removal of a remover wins over the removal it answers), whatever reached it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_removing_an_admin_wins_over_that_admins_removal() -> Result<()> {
+    let boot = TestDaemon::start_bootstrap_node().await?;
+    let mut ada = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut bob = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut carol = TestDaemon::start_bootstrapped(&boot).await?;
+    let (mut a, mut b, mut c) = (ada.client().await?, bob.client().await?, carol.client().await?);
+    let (old, inv) = create(&mut a, "club").await?;
+    let bob_key = join_invite(&mut b, &inv).await?.feed_key;
+    let carol_key = join_invite(&mut c, &inv).await?.feed_key;
+    send(&mut b, &old, "bob is here").await?;
+    send(&mut c, &old, "carol is here").await?;
+    holds(&mut a, &old, &["bob is here", "carol is here"]).await?;
+    a.request::<rooms::Admin>(&rooms::AdminParams { room: old.clone(), member: bob_key.clone(), admin: true }).await?;
+    wait_room(&mut b, &old, "Bob to be named admin", |r| r.admins.contains(&bob_key)).await?;
+    holds(&mut b, &old, &["carol is here"]).await?;
+
+    // Bob is away; Ada writes on (her clock runs ahead of his) and removes him.
+    bob.stop().await?;
+    for i in 0..5 {
+        send(&mut a, &old, &format!("ada {i}")).await?;
+    }
+    let by_ada =
+        a.request::<rooms::Remove>(&rooms::RemoveParams { room: old.clone(), member: bob_key.clone() }).await?;
+    let ada_new = by_ada.room.id.clone();
+    wait_room(&mut c, &old, "Carol to follow Ada", |r| r.moved_to.as_deref() == Some(ada_new.as_str())).await?;
+    // Bob comes back alone and removes Carol, with an earlier clock than Ada's removal.
+    ada.stop().await?;
+    carol.stop().await?;
+    bob.restart().await?;
+    let mut b = bob.client().await?;
+    b.request::<rooms::Remove>(&rooms::RemoveParams { room: old.clone(), member: carol_key }).await?;
+    ada.restart().await?;
+    carol.restart().await?;
+    let (mut a, mut c) = (ada.client().await?, carol.client().await?);
+
+    let ada_key = room_info(&mut a, &old).await?.context("Ada's old room")?.feed_key;
+    wait_room(&mut b, &old, "Bob to learn Ada removed him", |r| r.removed_by.as_deref() == Some(ada_key.as_str()))
+        .await?;
+    for (who, c) in [("Ada", &mut a), ("Carol", &mut c)] {
+        let r = room_info(c, &old).await?.context("the old room")?;
+        ensure!(r.moved_to.as_deref() == Some(ada_new.as_str()) && r.removed_by.is_none(), "{who}: {r:?}");
+    }
+    send(&mut a, &ada_new, "without bob").await?;
+    holds(&mut c, &ada_new, &["without bob"]).await?;
+    Ok(())
+}
