@@ -421,7 +421,7 @@ function renderMembers(list) {
       // else moves to a new room with new keys.
       const room = state.rooms.find((x) => x.id === state.current);
       const me = ([...(state.members.get(state.current) || new Map()).values()].find((x) => x.mine) || {}).author;
-      const open = room && !room.moved_to && !room.removed_by;
+      const open = room && !room.read_only && !room.moved_to && !room.removed_by;
       if (open && room.admin && room.admin === me) {
         // The room's creator names admins (signed entries in the log), or takes that back.
         const named = (room.admins || []).includes(m.author);
@@ -433,7 +433,10 @@ function renderMembers(list) {
         });
         actions.append(role);
       }
-      if (open && (!room.admin || room.admin === me || (room.admins || []).includes(me))) {
+      // (Named admins remove members, not admins.)
+      const admins = room ? [room.admin, ...(room.admins || [])] : [];
+      const mayRemove = room && (!room.admin || room.admin === me || (admins.includes(me) && !admins.includes(m.author)));
+      if (open && mayRemove) {
         const remove = el("button", "remove", "Remove from room");
         remove.type = "button";
         remove.title = "Move everyone else to a new room with new keys: this member cannot read, find or join what is written afterwards";
