@@ -355,27 +355,27 @@ impl Room {
                 Some(Body::Rotate { removed, kept, sealed, admin }) => {
                     self.note_rotation(m, removed, kept, sealed, *admin)
                 }
-                // Only the admin bound into the room's keys names admins.
-                // (A rotation by a member named admin may count now.)
-                Some(Body::Admin { member, admin }) => match self.store.admin_binding(&self.discovery_key) {
-                    Ok(Some(bound)) if bound.admin == m.feed_key => self
-                        .store
-                        .note_admin_grant(&self.discovery_key, member, m.seq, *admin)
-                        .and_then(|()| self.store.rechoose_rotation(&self.discovery_key))
-                        .map(|changed| {
-                            if changed {
-                                let _ = self.events.send(DaemonEvent::Rotated { room: self.discovery_key });
-                            }
-                        }),
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e),
-                },
+                Some(Body::Admin { member, admin }) => self.note_admin(m, member, *admin),
                 _ => Ok(()),
             };
             if let Err(e) = noted {
                 warn!(room = %self.id, error = %e, "cannot index a message");
             }
         }
+    }
+
+    /// Takes note of an `Admin` entry if the admin bound into the room's keys wrote it; a
+    /// rotation by the member named may count now.
+    fn note_admin(&self, m: &StoredMessage, member: &FeedKey, admin: bool) -> Result<(), StoreError> {
+        let bound = self.store.admin_binding(&self.discovery_key)?;
+        if bound.is_none_or(|b| b.admin != m.feed_key) {
+            return Ok(());
+        }
+        self.store.note_admin_grant(&self.discovery_key, member, m.seq, admin)?;
+        if self.store.rechoose_rotation(&self.discovery_key)? {
+            let _ = self.events.send(DaemonEvent::Rotated { room: self.discovery_key });
+        }
+        Ok(())
     }
 
     /// Takes a well-formed `Rotate` entry as a candidate for the room's rotation (the choice

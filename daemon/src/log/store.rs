@@ -784,6 +784,14 @@ impl BlockIndex {
     }
 }
 
+/// [`Store::may_remove`] with the room's admins (the bound one first) in hand.
+fn may_remove(admins: &[FeedKey], author: &FeedKey, removed: &[FeedKey]) -> bool {
+    let Some(root) = admins.first() else { return true };
+    admins.contains(author)
+        && !removed.contains(root)
+        && (author == root || !removed.iter().any(|r| admins.contains(r)))
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|_| StoreError::Corrupt(what))
 }
@@ -1219,7 +1227,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g', b'q'] {
+        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g', b'q', b'o'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1364,11 +1372,7 @@ impl Store {
     /// admin; else only admins, nobody removes the admin bound into the room's keys, and
     /// only that admin removes other admins.
     pub fn may_remove(&self, room: &DiscoveryKey, author: &FeedKey, removed: &[FeedKey]) -> Result<bool, StoreError> {
-        let admins = self.admins(room)?;
-        let Some(root) = admins.first() else { return Ok(true) };
-        Ok(admins.contains(author)
-            && !removed.contains(root)
-            && (author == root || !removed.iter().any(|r| admins.contains(r))))
+        Ok(may_remove(&self.admins(room)?, author, removed))
     }
 
     /// The rotation every member chooses from the same candidates, in any order of
@@ -1378,12 +1382,9 @@ impl Store {
     /// author (members of a room without an admin removing each other), the first of all.
     /// A chosen rotation stays chosen when no candidate qualifies any more.
     fn choose_rotation(&self, room: &DiscoveryKey, candidates: &[Rotation]) -> Result<bool, StoreError> {
-        let mut eligible = Vec::new();
-        for c in candidates {
-            if self.may_remove(room, &c.at.feed, &c.removed)? {
-                eligible.push(c);
-            }
-        }
+        let admins = self.admins(room)?;
+        let eligible: Vec<&Rotation> =
+            candidates.iter().filter(|c| may_remove(&admins, &c.at.feed, &c.removed)).collect();
         let undominated = eligible.iter().find(|c| !eligible.iter().any(|o| o.removed.contains(&c.at.feed)));
         let Some(winner) = undominated.or(eligible.first()) else { return Ok(false) };
         let kept = self.rotation(room)?;
@@ -1429,6 +1430,7 @@ impl Store {
         let kept = rotation.at == *at;
         if kept {
             rotation.next = Some(*next);
+            self.log.insert(room_person_key(b'o', next, &ZERO), &room.0[..])?;
         } else if !rotation.superseded.contains(next) {
             rotation.superseded.push(*next);
         }
@@ -1445,13 +1447,25 @@ impl Store {
         Ok(())
     }
 
+    /// The winner's room, for a room made by a rotation that lost to an earlier one.
+    pub fn superseded_by(&self, room: &DiscoveryKey) -> Result<Option<DiscoveryKey>, StoreError> {
+        self.log.get(room_person_key(b'm', room, &ZERO))?.map(|v| decode(&v, "superseded room")).transpose()
+    }
+
     /// Where a room's members went: the room its rotation led to, or the room that
     /// replaced it if it was made by a rotation that lost to an earlier one.
     pub fn moved_to(&self, room: &DiscoveryKey) -> Result<Option<DiscoveryKey>, StoreError> {
-        if let Some(to) = self.log.get(room_person_key(b'm', room, &ZERO))? {
-            return Ok(Some(decode(&to, "superseded room")?));
+        match self.superseded_by(room)? {
+            Some(to) => Ok(Some(to)),
+            None => Ok(self.rotation(room)?.and_then(|r| r.next)),
         }
-        Ok(self.rotation(room)?.and_then(|r| r.next))
+    }
+
+    /// The room whose rotation led here, if one did.
+    pub fn moved_from(&self, room: &DiscoveryKey) -> Result<Option<DiscoveryKey>, StoreError> {
+        let from = self.log.get(room_person_key(b'o', room, &ZERO))?;
+        from.map(|v| Key32::try_from(&v[..]).map(DiscoveryKey).map_err(|_| StoreError::Corrupt("moved-from room")))
+            .transpose()
     }
 
     /// The writers who may remove members from a room: the admin bound into its keys

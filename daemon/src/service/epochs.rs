@@ -105,8 +105,9 @@ impl Service {
                 hex::encode(by)
             )));
         }
-        if rotation.is_some() || self.store.moved_to(&room.discovery_key)?.is_some() {
-            let next = self.store.moved_to(&room.discovery_key)?.and_then(|next| self.rooms.get(&next));
+        let superseded = self.store.superseded_by(&room.discovery_key)?;
+        if rotation.is_some() || superseded.is_some() {
+            let next = superseded.or(rotation.and_then(|r| r.next)).and_then(|next| self.rooms.get(&next));
             return Err(ServiceError::Invalid(match next {
                 Some(next) => format!("this room moved on to room {} when members were removed; write there", next.id),
                 None => "this room moved on to a new epoch when members were removed".into(),

@@ -272,21 +272,40 @@ async fn two_removals_at_once_converge_on_one_epoch() -> Result<()> {
     Ok(())
 }
 
+/// Ada's room "club", with Bob and Carol in it, each having written once.
+struct Club {
+    boot: TestDaemon,
+    ada: TestDaemon,
+    bob: TestDaemon,
+    carol: TestDaemon,
+    room: String,
+    bob_key: String,
+    carol_key: String,
+}
+
+impl Club {
+    async fn start() -> Result<Self> {
+        let boot = TestDaemon::start_bootstrap_node().await?;
+        let ada = TestDaemon::start_bootstrapped(&boot).await?;
+        let bob = TestDaemon::start_bootstrapped(&boot).await?;
+        let carol = TestDaemon::start_bootstrapped(&boot).await?;
+        let (mut a, mut b, mut c) = (ada.client().await?, bob.client().await?, carol.client().await?);
+        let (room, inv) = create(&mut a, "club").await?;
+        let bob_key = join_invite(&mut b, &inv).await?.feed_key;
+        let carol_key = join_invite(&mut c, &inv).await?.feed_key;
+        send(&mut b, &room, "bob is here").await?;
+        send(&mut c, &room, "carol is here").await?;
+        holds(&mut a, &room, &["bob is here", "carol is here"]).await?;
+        Ok(Self { boot, ada, bob, carol, room, bob_key, carol_key })
+    }
+}
+
 /// The room's creator names an admin in a signed entry, and that admin may remove; an
 /// entry naming an admin written by anyone else counts for nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_creator_names_an_admin_who_may_remove() -> Result<()> {
-    let boot = TestDaemon::start_bootstrap_node().await?;
-    let ada = TestDaemon::start_bootstrapped(&boot).await?;
-    let bob = TestDaemon::start_bootstrapped(&boot).await?;
-    let carol = TestDaemon::start_bootstrapped(&boot).await?;
+    let Club { boot: _boot, ada, bob, carol, room, bob_key, carol_key } = Club::start().await?;
     let (mut a, mut b, mut c) = (ada.client().await?, bob.client().await?, carol.client().await?);
-    let (room, inv) = create(&mut a, "club").await?;
-    let bob_key = join_invite(&mut b, &inv).await?.feed_key;
-    let carol_key = join_invite(&mut c, &inv).await?.feed_key;
-    send(&mut b, &room, "bob is here").await?;
-    send(&mut c, &room, "carol is here").await?;
-    holds(&mut a, &room, &["bob is here", "carol is here"]).await?;
 
     // Carol may not name herself; a daemon that writes the entry anyway is ignored.
     let by_carol = c
@@ -326,17 +345,8 @@ async fn the_creator_names_an_admin_who_may_remove() -> Result<()> {
 /// (the removal of a remover wins over the removal it answers), whatever reached it first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_removing_an_admin_wins_over_that_admins_removal() -> Result<()> {
-    let boot = TestDaemon::start_bootstrap_node().await?;
-    let mut ada = TestDaemon::start_bootstrapped(&boot).await?;
-    let mut bob = TestDaemon::start_bootstrapped(&boot).await?;
-    let mut carol = TestDaemon::start_bootstrapped(&boot).await?;
+    let Club { boot: _boot, mut ada, mut bob, mut carol, room: old, bob_key, carol_key } = Club::start().await?;
     let (mut a, mut b, mut c) = (ada.client().await?, bob.client().await?, carol.client().await?);
-    let (old, inv) = create(&mut a, "club").await?;
-    let bob_key = join_invite(&mut b, &inv).await?.feed_key;
-    let carol_key = join_invite(&mut c, &inv).await?.feed_key;
-    send(&mut b, &old, "bob is here").await?;
-    send(&mut c, &old, "carol is here").await?;
-    holds(&mut a, &old, &["bob is here", "carol is here"]).await?;
     a.request::<rooms::Admin>(&rooms::AdminParams { room: old.clone(), member: bob_key.clone(), admin: true }).await?;
     wait_room(&mut b, &old, "Bob to be named admin", |r| r.admins.contains(&bob_key)).await?;
     holds(&mut b, &old, &["carol is here"]).await?;

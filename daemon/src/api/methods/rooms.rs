@@ -57,10 +57,11 @@ pub(in crate::api) fn room_info(service: &Service, room: &Room) -> RoomInfo {
         read_only: service.check_not_moved(room).is_err(),
         admin: admins.first().map(hex::encode),
         moved_from: service
-            .rooms
-            .list()
-            .into_iter()
-            .find(|r| service.store.moved_to(&r.discovery_key).ok().flatten() == Some(room.discovery_key))
+            .store
+            .moved_from(&room.discovery_key)
+            .ok()
+            .flatten()
+            .and_then(|from| service.rooms.get(&from))
             .map(|r| r.id.clone()),
         admins: admins.iter().skip(1).map(hex::encode).collect(),
     }
