@@ -159,6 +159,8 @@ impl Daemon {
         prepare_data_dir(&data_dir, config.share_api_token)?;
         let lock = lock_data_dir(&data_dir)?;
         let keypair = keys::load_or_create_identity(&data_dir.join("identity.key"))?;
+        let device = keys::device::device_key(&keypair)
+            .ok_or_else(|| KeyError::Corrupt(data_dir.join("identity.key").display().to_string()))?;
         let token_path = data_dir.join("api-token");
         let mode = shared_mode(config.share_api_token);
         let token = crate::service::token::ApiToken::new(load_or_create_token(&token_path, mode)?, token_path, mode);
@@ -243,6 +245,7 @@ impl Daemon {
             store,
             chunks,
             node,
+            device,
             rooms,
             replicator,
             token,

@@ -17,6 +17,7 @@ use sha2::Sha256;
 use unicode_normalization::UnicodeNormalization;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
+pub mod device;
 pub mod seal;
 
 /// Salt of the passphrase KDF: fixed so that everyone with the passphrase reaches the room.

@@ -12,7 +12,7 @@ use libp2p::Multiaddr;
 use peerlog::client::Client;
 use peerlog::config::{Config, DhtMode, Network, RelayServerMode};
 use peerlog::Daemon;
-use peerlog_proto::api::{events, files, messages, node, peers, rooms, NoParams};
+use peerlog_proto::api::{devices, events, files, messages, node, peers, rooms, NoParams};
 use serde_json::json;
 
 /// peerlog: rooms for chat and files between peers, with no server in the middle.
@@ -32,6 +32,24 @@ const EXIT_CODES: &str = "Exit codes: 0 done; 1 failed otherwise (doctor: a chec
 3 the daemon is unreachable (not running, wrong --data-dir or --api); 4 not found (room, message, file); \
 5 invalid (params, invite, passphrase too weak, too large); 6 refused (needs the CLI credential, \
 the room is only seeded here); 7 unavailable for now (no peer sent it, shutting down: try again).";
+
+/// `peerlog devices …`.
+#[derive(Subcommand)]
+enum DevicesAction {
+    /// Show a one-time code (and QR) that links a new device to you, for 10 minutes.
+    Link,
+    /// On the new device: link it with the code the other device showed, and join your
+    /// rooms (waits up to 3 minutes for the other device).
+    Accept {
+        /// The code (`peerlog-link:…`).
+        code: String,
+    },
+    /// Unlink a device: it is removed from every room like a member.
+    Unlink {
+        /// Its device key (`peerlog devices`).
+        device: String,
+    },
+}
 
 #[derive(Subcommand)]
 enum Command {
@@ -209,6 +227,13 @@ enum Command {
         /// Take the role back.
         #[arg(long)]
         revoke: bool,
+    },
+    /// Your devices; link a new one (`link` here, then `accept CODE` there) or unlink one.
+    Devices {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: Option<DevicesAction>,
     },
     /// A room's members: names, whether they are online, safety numbers, blocks.
     Members {
@@ -856,6 +881,62 @@ async fn run(cli: Cli) -> Result<()> {
                 let what = if revoke { "is no longer an admin of" } else { "is now an admin of" };
                 println!("{member} {what} {} ({} admins)", r.id, 1 + r.admins.len());
             })
+        }
+        Command::Devices { client, action } => {
+            let mut c = client.connect().await?;
+            match action {
+                None => {
+                    let r = c.request::<devices::List>(&NoParams {}).await?;
+                    c.close().await.ok();
+                    print_out(json, &r, || {
+                        if let Some(person) = &r.person {
+                            println!("person {person}");
+                        }
+                        for d in &r.devices {
+                            let mut notes = Vec::new();
+                            if d.this {
+                                notes.push("this device");
+                            }
+                            if d.holds_person_key {
+                                notes.push("holds the person key");
+                            }
+                            if d.unlinked {
+                                notes.push("unlinked");
+                            }
+                            println!("{}	{}	{}", d.device, d.peer_id, notes.join(", "));
+                        }
+                    })
+                }
+                Some(DevicesAction::Link) => {
+                    let r = c.request::<devices::Link>(&NoParams {}).await?;
+                    c.close().await.ok();
+                    print_out(json, &r, || {
+                        println!("{}", r.code);
+                        eprintln!("on the new device, within 10 minutes: peerlog devices accept {}", r.code);
+                    })
+                }
+                Some(DevicesAction::Accept { code }) => {
+                    let r = c.request::<devices::Accept>(&devices::AcceptParams { code }).await?;
+                    c.close().await.ok();
+                    print_out(json, &r, || {
+                        println!("linked to person {}; joined {} rooms", r.person, r.rooms.len());
+                        for room in &r.rooms {
+                            println!("{}	{}", room.id, printable(&room.name));
+                        }
+                    })
+                }
+                Some(DevicesAction::Unlink { device }) => {
+                    let r = c.request::<devices::Unlink>(&devices::UnlinkParams { device }).await?;
+                    c.close().await.ok();
+                    print_out(json, &r, || {
+                        for room in &r.rooms {
+                            let how = if room.removed_here { "removed" } else { "the room's admin removes it" };
+                            println!("{}	{how}", room.room);
+                        }
+                        println!("unlinked {} from {} rooms", r.device, r.rooms.len());
+                    })
+                }
+            }
         }
         Command::Members { client, room } => {
             let mut c = client.connect().await?;

@@ -114,6 +114,16 @@ pub enum DaemonEvent {
         /// Which quota.
         quota: QuotaKind,
     },
+    /// A person unlinked one of their devices (a verified `Unlink` entry): the room's
+    /// admins remove its writers.
+    Unlinked {
+        /// The room.
+        room: DiscoveryKey,
+        /// The device key.
+        device: Key32,
+        /// The writer of the `Unlink` entry.
+        by: FeedKey,
+    },
     /// The room took a rotation to follow (a `Rotate` entry that comes first): the
     /// service moves on to the new room if the new secret was sealed to us.
     Rotated {
@@ -356,6 +366,20 @@ impl Room {
                     self.note_rotation(m, removed, kept, sealed, *admin)
                 }
                 Some(Body::Admin { member, admin }) => self.note_admin(m, member, *admin),
+                Some(Body::Device { proof }) if proof.verify(&self.discovery_key, &m.feed_key) => {
+                    self.store.note_device(&self.discovery_key, &m.feed_key, m.seq, &proof.person, &proof.device)
+                }
+                Some(Body::Unlink { person, device, signature })
+                    if keys::device::verify_unlink(person, device, signature) =>
+                {
+                    let noted = self.store.note_unlink(&self.discovery_key, person, device);
+                    let _ = self.events.send(DaemonEvent::Unlinked {
+                        room: self.discovery_key,
+                        device: *device,
+                        by: m.feed_key,
+                    });
+                    noted
+                }
                 _ => Ok(()),
             };
             if let Err(e) = noted {

@@ -117,7 +117,52 @@ pub enum Body {
         /// Named (true) or no longer (false).
         admin: bool,
     },
+    /// The writer is one of a person's devices: the chain person → device → this writer
+    /// (`keys::device`). Counts only in the feed of the writer it names.
+    Device {
+        /// The proof.
+        proof: crate::keys::device::DeviceProof,
+    },
+    /// In a link room (`devices.link`): a new device asks to be linked. `link` is the
+    /// device key's signature over the link room and this writer, as in a `Device` proof.
+    LinkAsk {
+        /// The device key (its node identity).
+        device: Key32,
+        /// The device's signature over the link room and the asking writer.
+        #[serde(with = "serde_bytes")]
+        link: Vec<u8>,
+    },
+    /// In a link room: the person's answer to `to`'s `LinkAsk`: its certificate, its
+    /// display name and invites to the person's rooms (at most [`LINK_INVITES_MAX`]).
+    LinkGrant {
+        /// The asking writer.
+        to: FeedKey,
+        /// The person key.
+        person: Key32,
+        /// The person's certificate of the device.
+        #[serde(with = "serde_bytes")]
+        cert: Vec<u8>,
+        /// The person's display name.
+        display_name: Option<String>,
+        /// Invites to the person's rooms.
+        invites: Vec<String>,
+    },
+    /// The person says `device` is no longer theirs: its writers stop counting as theirs,
+    /// and the room's admins remove them (`keys::device::unlink`).
+    Unlink {
+        /// The person key.
+        person: Key32,
+        /// The device unlinked.
+        device: Key32,
+        /// The person's signature.
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
 }
+
+/// The most rooms one `LinkGrant` invites to (about 110 bytes each, under the 64 KiB a
+/// message may take).
+pub const LINK_INVITES_MAX: usize = 256;
 
 /// The most members one rotation removes.
 pub const ROTATE_REMOVED_MAX: usize = 64;

@@ -1227,7 +1227,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g', b'q', b'o'] {
+        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g', b'q', b'o', b'd', b'v'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1522,13 +1522,123 @@ impl Store {
 
     /// Display names of a room's writers (from their newest `Profile` message).
     pub fn profiles(&self, room: &DiscoveryKey) -> Result<HashMap<FeedKey, String>, StoreError> {
+        Ok(self.dated_profiles(room)?.into_iter().map(|(feed, (_, name))| (feed, name)).collect())
+    }
+
+    /// Display names of a room's writers with the Lamport clock of the message that gave
+    /// each (a person's newest name among its devices is the one shown).
+    pub fn dated_profiles(&self, room: &DiscoveryKey) -> Result<HashMap<FeedKey, (u64, String)>, StoreError> {
         let mut out = HashMap::new();
         for kv in self.log.scan_prefix(&room_person_key(b'p', room, &[0; 32])[..33]) {
             let (k, v) = kv?;
             let feed: FeedKey = k[33..].try_into().map_err(|_| StoreError::Corrupt("profile key"))?;
-            out.insert(feed, decode::<(u64, String)>(&v, "profile")?.1);
+            out.insert(feed, decode::<(u64, String)>(&v, "profile")?);
         }
         Ok(out)
+    }
+
+    /// Records that `writer`'s entry `seq` proves it one of a person's devices (the proof
+    /// verified): its first such entry counts.
+    pub fn note_device(
+        &self,
+        room: &DiscoveryKey,
+        writer: &FeedKey,
+        seq: u64,
+        person: &Key32,
+        device: &Key32,
+    ) -> Result<(), StoreError> {
+        let key = room_person_key(b'd', room, writer);
+        if self.log.get(key)?.is_some_and(|v| decode::<(u64, Key32, Key32)>(&v, "device").is_ok_and(|d| d.0 <= seq)) {
+            return Ok(());
+        }
+        self.log.insert(key, encode(&(seq, person, device)))?;
+        self.touch();
+        Ok(())
+    }
+
+    /// The room's writers that proved themselves a person's device: writer → (person,
+    /// device), without the devices their person unlinked.
+    pub fn devices(&self, room: &DiscoveryKey) -> Result<HashMap<FeedKey, (Key32, Key32)>, StoreError> {
+        let mut out = HashMap::new();
+        for kv in self.log.scan_prefix(&room_person_key(b'd', room, &ZERO)[..33]) {
+            let (k, v) = kv?;
+            let writer: FeedKey = k[33..].try_into().map_err(|_| StoreError::Corrupt("device key"))?;
+            let (_, person, device): (u64, Key32, Key32) = decode(&v, "device")?;
+            if !self.is_unlinked(room, &person, &device)? {
+                out.insert(writer, (person, device));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The room's writers that proved themselves `device`'s, unlinked or not.
+    pub fn device_writers(&self, room: &DiscoveryKey, device: &Key32) -> Result<Vec<FeedKey>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.log.scan_prefix(&room_person_key(b'd', room, &ZERO)[..33]) {
+            let (k, v) = kv?;
+            let (_, _, d): (u64, Key32, Key32) = decode(&v, "device")?;
+            if d == *device {
+                out.push(k[33..].try_into().map_err(|_| StoreError::Corrupt("device key"))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records a person's (verified) statement that `device` is no longer theirs.
+    pub fn note_unlink(&self, room: &DiscoveryKey, person: &Key32, device: &Key32) -> Result<(), StoreError> {
+        self.log.insert(room_person_key(b'v', room, device), person.as_slice())?;
+        self.touch();
+        Ok(())
+    }
+
+    /// Whether `person` unlinked `device` in this room.
+    pub fn is_unlinked(&self, room: &DiscoveryKey, person: &Key32, device: &Key32) -> Result<bool, StoreError> {
+        Ok(self.log.get(room_person_key(b'v', room, device))?.is_some_and(|p| p.as_ref() == person.as_slice()))
+    }
+
+    /// This device's place in a person: the person key and its certificate of us (none
+    /// until a device was linked here or to here).
+    pub fn person(&self) -> Result<Option<(Key32, Vec<u8>)>, StoreError> {
+        self.db.get("person")?.map(|v| decode(&v, "person")).transpose()
+    }
+
+    /// Records this device's person and its certificate.
+    pub fn set_person(&self, person: &Key32, cert: &[u8]) -> Result<(), StoreError> {
+        self.db.insert("person", encode(&(person, cert)))?;
+        self.touch();
+        Ok(())
+    }
+
+    /// Forgets this device's person (it was unlinked).
+    pub fn clear_person(&self) -> Result<(), StoreError> {
+        self.db.remove("person")?;
+        self.touch();
+        Ok(())
+    }
+
+    /// The link rooms joined (`devices.link`, `devices.accept`), left when the link ends.
+    pub fn link_rooms(&self) -> Result<Vec<DiscoveryKey>, StoreError> {
+        Ok(self.db.get("link_rooms")?.map(|v| decode(&v, "link rooms")).transpose()?.unwrap_or_default())
+    }
+
+    /// Replaces the link rooms joined.
+    pub fn set_link_rooms(&self, rooms: &[DiscoveryKey]) -> Result<(), StoreError> {
+        self.db.insert("link_rooms", encode(rooms))?;
+        self.touch();
+        Ok(())
+    }
+
+    /// The devices this device linked (it holds the person key): device key, linked at
+    /// (ms), unlinked since.
+    pub fn linked_devices(&self) -> Result<Vec<(Key32, u64, bool)>, StoreError> {
+        Ok(self.db.get("linked_devices")?.map(|v| decode(&v, "linked devices")).transpose()?.unwrap_or_default())
+    }
+
+    /// Replaces the devices this device linked.
+    pub fn set_linked_devices(&self, devices: &[(Key32, u64, bool)]) -> Result<(), StoreError> {
+        self.db.insert("linked_devices", encode(&devices))?;
+        self.touch();
+        Ok(())
     }
 
     /// What this node's user says about a writer: nickname and verified mark (local only).

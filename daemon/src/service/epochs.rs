@@ -22,6 +22,26 @@ impl Service {
     /// of (writers of the room, ourselves, members online by a session or a signed record)
     /// and appends the rotation; then moves on to the new room. Returns the new room.
     pub async fn remove_member(self: &Arc<Self>, room: &Room, member: FeedKey) -> Result<Arc<Room>, ServiceError> {
+        // A person goes with all their devices.
+        let devices = self.store.devices(&room.discovery_key)?;
+        let removed: Vec<FeedKey> = match devices.get(&member) {
+            Some((person, _)) => devices.iter().filter(|(_, (p, _))| p == person).map(|(w, _)| *w).collect(),
+            None => vec![member],
+        };
+        if member != room.feed_key && removed.contains(&room.feed_key) {
+            return Err(ServiceError::Invalid("that is another of your devices; unlink it (devices.unlink)".into()));
+        }
+        self.remove_writers(room, member, removed).await
+    }
+
+    /// Removes `removed` (writers of `room`, `member` among them) as
+    /// [`Service::remove_member`] does.
+    pub(super) async fn remove_writers(
+        self: &Arc<Self>,
+        room: &Room,
+        member: FeedKey,
+        removed: Vec<FeedKey>,
+    ) -> Result<Arc<Room>, ServiceError> {
         if room.is_seeder() {
             return Err(ServiceError::Invalid("a blind seeder cannot remove members".into()));
         }
@@ -29,7 +49,7 @@ impl Service {
             return Err(ServiceError::Invalid("you cannot remove yourself; leave the room (rooms.leave)".into()));
         }
         self.check_not_moved(room)?;
-        if !self.store.may_remove(&room.discovery_key, &room.feed_key, &[member])? {
+        if !self.store.may_remove(&room.discovery_key, &room.feed_key, &removed)? {
             return Err(ServiceError::NotAdmin(
                 "only the room's admins may remove members here, and only its first admin (who created it, or whose removal made it) removes admins".into(),
             ));
@@ -38,7 +58,7 @@ impl Service {
         if !members.contains(&member) {
             return Err(ServiceError::NotFound(format!("{} is not a member of this room", hex::encode(member))));
         }
-        members.retain(|m| *m != member);
+        members.retain(|m| !removed.contains(m));
         if members.len() > ROTATE_SEALED_MAX {
             return Err(ServiceError::Invalid(format!("rooms of over {ROTATE_SEALED_MAX} members cannot remove yet")));
         }
@@ -60,13 +80,16 @@ impl Service {
         let (next, _) = self.join_bound(bound, Some(room.name.clone()), Some(&writer)).await?;
         drop(_turn);
         // The entries of the removed member we hold stay; every member refuses later ones.
-        let kept = self.store.feed_meta(&member)?.and_then(|m| m.head).into_iter().collect();
-        let rotate = Body::Rotate { removed: vec![member], kept, sealed, admin };
+        let mut kept = Vec::new();
+        for writer in &removed {
+            kept.extend(self.store.feed_meta(writer)?.and_then(|m| m.head));
+        }
+        let rotate = Body::Rotate { removed, kept, sealed, admin };
         if let Err(e) = self.append_durable(room, vec![rotate]).await {
             let _ = self.leave(&next.id).await;
             return Err(e);
         }
-        info!(room = %room.id, removed = %hex::encode(member), "removed a member; the room moves to a new epoch");
+        info!(room = %room.id, member = %hex::encode(member), "removed a member; the room moves to a new epoch");
         match self.follow_rotation(&room.discovery_key).await? {
             Some(followed) if followed.discovery_key == next.discovery_key => Ok(followed),
             _ => Err(ServiceError::Invalid("another member's rotation of this room came first".into())),

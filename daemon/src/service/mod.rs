@@ -24,10 +24,12 @@ use crate::rooms::{Room, Rooms};
 use crate::tasks::Tasks;
 
 mod chat;
+mod devices;
 mod epochs;
 mod files;
 pub mod token;
 
+pub use devices::{LinkCode, Linked, Unlinked, LINK_PREFIX, LINK_TTL};
 pub use files::{FileInfo, FileSource, STALL};
 
 /// Passphrase derivations (Argon2id, 64 MiB each) running at once; others wait their turn.
@@ -129,6 +131,8 @@ pub struct Service {
     pub(crate) commit_cancel: CancellationToken,
     /// The libp2p node.
     pub node: NodeHandle,
+    /// Our device key: the node identity's ed25519 key (`keys::device`).
+    pub(crate) device: ed25519_dalek::SigningKey,
     /// Joined rooms.
     pub rooms: Arc<Rooms>,
     /// Replication sessions.
@@ -179,6 +183,12 @@ impl Service {
 
     /// Takes up the rooms joined before: each one's discovery, and the search for peers.
     pub(crate) fn resume(self: &Arc<Self>) -> Result<(), StoreError> {
+        // A link (devices.link) does not outlive the daemon: its room is left.
+        let links = self.store.link_rooms()?;
+        for room in &links {
+            self.store.remove_room(room)?;
+        }
+        self.store.set_link_rooms(&[])?;
         for (discovery_key, record) in self.store.rooms()? {
             let room = Room::new(
                 &discovery_key,
@@ -193,6 +203,7 @@ impl Service {
         }
         self.spawn_peer_finder();
         self.spawn_rotation_follower();
+        self.spawn_unlinker();
         Ok(())
     }
 
@@ -345,8 +356,11 @@ impl Service {
         }
         let (room, created) = self.add_room(discovery_key, Access::Member(secret.0), name, writer).await?;
         if created {
-            if let Some(display_name) = self.store.display_name()? {
-                self.append_durable(&room, vec![Body::Profile { display_name }]).await?;
+            let profile = self.store.display_name()?.map(|display_name| Body::Profile { display_name });
+            let device = self.device_entry(&room)?.filter(|_| !self.link_rooms().contains(&discovery_key));
+            let bodies: Vec<Body> = profile.into_iter().chain(device).collect();
+            if !bodies.is_empty() {
+                self.append_durable(&room, bodies).await?;
             }
         }
         Ok((room, created))

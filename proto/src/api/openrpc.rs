@@ -7,7 +7,7 @@ use schemars::generate::SchemaSettings;
 use schemars::{Schema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
-use super::{events, files, messages, node, peers, rooms, Method, API_VERSION};
+use super::{devices, events, files, messages, node, peers, rooms, Method, API_VERSION};
 
 /// Where the shared schemas go in the document.
 const DEFINITIONS: &str = "/components/schemas";
@@ -29,6 +29,7 @@ fn each_method(g: &mut SchemaGenerator, mut f: impl FnMut(&'static str, &'static
     one::<rooms::Create>(g, &mut f);
     one::<rooms::Leave>(g, &mut f);
     one::<rooms::Remove>(g, &mut f);
+    one::<rooms::Admin>(g, &mut f);
     one::<rooms::Invite>(g, &mut f);
     one::<rooms::Seed>(g, &mut f);
     one::<peers::Members>(g, &mut f);
@@ -47,6 +48,10 @@ fn each_method(g: &mut SchemaGenerator, mut f: impl FnMut(&'static str, &'static
     one::<peers::Block>(g, &mut f);
     one::<peers::Unblock>(g, &mut f);
     one::<peers::Blocked>(g, &mut f);
+    one::<devices::Link>(g, &mut f);
+    one::<devices::Accept>(g, &mut f);
+    one::<devices::List>(g, &mut f);
+    one::<devices::Unlink>(g, &mut f);
     one::<files::SendFile>(g, &mut f);
     one::<files::GetFile>(g, &mut f);
     one::<files::Url>(g, &mut f);

@@ -73,7 +73,7 @@ pub struct Presence {
     pub rtt_ms: Option<f64>,
 }
 
-/// A writer of a room.
+/// A member of a room: a writer, or a person with several devices.
 #[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Member {
     /// Its writer key (hex).
@@ -94,8 +94,29 @@ pub struct Member {
     pub safety_number: Option<String>,
     /// Messages it wrote that we hold.
     pub messages: u64,
-    /// Whether it is online.
+    /// Whether it is online (any of its devices).
     pub presence: Presence,
+    /// The person key (hex), when its writers proved themselves one person's devices
+    /// (`devices.link`); the safety number is then the person's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person: Option<String>,
+    /// The person's devices in the room (`author` is one of them); empty for a member
+    /// with one device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<MemberDevice>,
+}
+
+/// One device of a member that is a person with several.
+#[derive(Clone, Debug, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct MemberDevice {
+    /// Its writer key in the room (hex).
+    pub author: String,
+    /// Its device key (hex).
+    pub device: String,
+    /// Messages it wrote that we hold.
+    pub messages: u64,
+    /// Whether it is online.
+    pub online: bool,
 }
 
 /// `rooms.members` result.

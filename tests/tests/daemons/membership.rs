@@ -7,7 +7,7 @@ use anyhow::{ensure, Context, Result};
 use peerlog::client::{Client, ClientError};
 use peerlog::keys::{seal, RoomSecret};
 use peerlog::log::Body;
-use peerlog_proto::api::{codes, events, rooms};
+use peerlog_proto::api::{codes, devices, events, peers, rooms, NoParams};
 use peerlog_proto::wire::FeedKey;
 use peerlog_tests::*;
 
@@ -379,5 +379,115 @@ async fn the_admin_removing_an_admin_wins_over_that_admins_removal() -> Result<(
     }
     send(&mut a, &ada_new, "without bob").await?;
     holds(&mut c, &ada_new, &["without bob"]).await?;
+    Ok(())
+}
+
+/// Waits until `c` sees, in room `id`, a member that is `person` with `n` devices.
+async fn wait_person(c: &mut Client, id: &str, person: &str, n: usize, who: &str) -> Result<peers::Member> {
+    let what = format!("{who} to see person {person} with {n} devices in room {id}");
+    within(WAIT, &what, async {
+        loop {
+            let found = members(c, id).await?.into_iter().find(|m| m.person.as_deref() == Some(person));
+            if let Some(m) = found.filter(|m| m.devices.len() == n) {
+                return anyhow::Ok(m);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await?
+}
+
+/// Bob links a second device with a one-time code: it joins his rooms, and the others see
+/// one Bob (one name, one safety number) with two devices. Unlinking it removes it from
+/// each room like a member: in Ada's room by Ada, its admin (Bob is not), in his own by
+/// Bob; the unlinked device is locked out of both rooms' new epochs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linked_device_is_the_same_person_and_unlinking_locks_it_out() -> Result<()> {
+    let Club { boot, ada, bob, carol, room: club, .. } = Club::start().await?;
+    let (mut a, mut b, mut c) = (ada.client().await?, bob.client().await?, carol.client().await?);
+    set_name(&mut b, "Bob").await?;
+    let (own, inv) = create(&mut b, "bob's").await?;
+    join_invite(&mut c, &inv).await?;
+    send(&mut c, &own, "carol at bob's").await?;
+    holds(&mut b, &own, &["carol at bob's"]).await?;
+
+    // The laptop: a fresh daemon, linked with the code Bob's first device shows.
+    let laptop = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut l = laptop.client().await?;
+    let code = b.request::<devices::Link>(&NoParams {}).await?;
+    ensure!(code.code.starts_with("peerlog-link:") && code.qr_svg.is_some(), "{code:?}");
+    let linked = l.request::<devices::Accept>(&devices::AcceptParams { code: code.code.clone() }).await?;
+    let person = b.request::<devices::List>(&NoParams {}).await?.person.context("Bob has no person key")?;
+    ensure!(linked.person == person, "the laptop linked to {} not {person}", linked.person);
+    let mut joined: Vec<&str> = linked.rooms.iter().map(|r| r.id.as_str()).collect();
+    joined.sort();
+    let mut expected = vec![club.as_str(), own.as_str()];
+    expected.sort();
+    ensure!(joined == expected, "the laptop joined {joined:?}, not Bob's rooms {expected:?}");
+    // The link room is gone, and the code admits nobody else.
+    ensure!(rooms_list(&mut l).await?.len() == 2, "the laptop lists a link room");
+    let again = carol.client().await?.request::<devices::Accept>(&devices::AcceptParams { code: code.code }).await;
+    ensure!(
+        matches!(&again, Err(ClientError::Rpc { message, .. }) if message.contains("linked another device")),
+        "a used link code: {again:?}"
+    );
+
+    // Carol sees one Bob, named once, with both devices, and one safety number.
+    send(&mut l, &club, "bob from the laptop").await?;
+    holds(&mut c, &club, &["bob from the laptop"]).await?;
+    let seen = wait_person(&mut c, &club, &person, 2, "Carol").await?;
+    ensure!(seen.display_name.as_deref() == Some("Bob"), "Carol sees {:?}", seen.display_name);
+    let others: Vec<_> = members(&mut c, &club).await?.into_iter().filter(|m| !m.mine).collect();
+    ensure!(others.len() == 2, "Carol sees {} others in the club, not Ada and Bob: {others:?}", others.len());
+    for (who, client) in [("Bob", &mut b), ("the laptop", &mut l)] {
+        wait_person(client, &club, &person, 2, who).await?;
+        let numbers: Vec<_> = members(client, &club).await?.into_iter().filter_map(|m| m.safety_number).collect();
+        ensure!(
+            numbers.contains(seen.safety_number.as_ref().context("no safety number")?),
+            "{who}'s safety numbers {numbers:?} do not include the one Carol sees with Bob"
+        );
+    }
+
+    // Unlinking: in the club Ada (its admin) removes the laptop; in his own room Bob does.
+    let laptop_device =
+        l.request::<devices::List>(&NoParams {}).await?.devices.into_iter().find(|d| d.this).context("this device")?;
+    let unlinked = b.request::<devices::Unlink>(&devices::UnlinkParams { device: laptop_device.device }).await?;
+    let mut how: Vec<(String, bool)> = unlinked.rooms.iter().map(|r| (r.room.clone(), r.removed_here)).collect();
+    how.sort();
+    let mut expected = vec![(club.clone(), false), (own.clone(), true)];
+    expected.sort();
+    ensure!(how == expected, "unlinked in {how:?}, expected {expected:?}");
+    let ada_key = room_info(&mut a, &club).await?.context("Ada's club")?.feed_key;
+    let new_club = wait_room(&mut a, &club, "Ada to remove the unlinked laptop", |r| r.moved_to.is_some())
+        .await?
+        .moved_to
+        .context("moved")?;
+    let new_own =
+        wait_room(&mut b, &own, "Bob's room to move on", |r| r.moved_to.is_some()).await?.moved_to.context("moved")?;
+    wait_room(&mut l, &club, "the laptop to be told Ada removed it", |r| r.removed_by.as_deref() == Some(&ada_key))
+        .await?;
+    wait_room(&mut l, &own, "the laptop to be told Bob removed it", |r| r.removed_by.is_some()).await?;
+    wait_room(&mut b, &club, "Bob to follow Ada", |r| r.moved_to.as_ref() == Some(&new_club)).await?;
+    for (room, new) in [(&club, &new_club), (&own, &new_own)] {
+        wait_room(&mut c, room, "Carol to move on", |r| r.moved_to.as_ref() == Some(new)).await?;
+    }
+    // The others keep talking in the new epochs; the laptop is in neither and writes nowhere.
+    send(&mut b, &new_club, "after the laptop left").await?;
+    holds(&mut c, &new_club, &["after the laptop left"]).await?;
+    let listed: Vec<String> = rooms_list(&mut l).await?.into_iter().map(|r| r.id).collect();
+    ensure!(!listed.contains(&new_club) && !listed.contains(&new_own), "the laptop joined a new epoch: {listed:?}");
+    ensure!(send(&mut l, &club, "still here?").await.is_err(), "the unlinked laptop wrote to the club");
+    within(WAIT, "the laptop to forget Bob's person", async {
+        while l.request::<devices::List>(&NoParams {}).await?.person.is_some() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let listed = b.request::<devices::List>(&NoParams {}).await?;
+    ensure!(
+        listed.devices.iter().any(|d| !d.this && d.unlinked),
+        "Bob does not list the laptop as unlinked: {listed:?}"
+    );
     Ok(())
 }

@@ -53,7 +53,11 @@ pub(in crate::api) fn message_info(room: &Room, m: &StoredMessage) -> Option<Mes
         | Body::Delete { .. }
         | Body::React { .. }
         | Body::Rotate { .. }
-        | Body::Admin { .. } => return None,
+        | Body::Admin { .. }
+        | Body::Device { .. }
+        | Body::LinkAsk { .. }
+        | Body::LinkGrant { .. }
+        | Body::Unlink { .. } => return None,
     };
     let state = room.follow_ups(&m.at());
     let mine = m.feed_key == room.feed_key;

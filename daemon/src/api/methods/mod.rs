@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use super::ApiError;
 use crate::service::Service;
 
+mod devices;
 mod messages;
 mod node;
 mod peers;
@@ -82,6 +83,16 @@ pub(super) async fn call(service: &Arc<Service>, method: &str, params: Value) ->
         }
         proto::peers::Blocked::NAME => {
             typed::<proto::peers::Blocked, _>(params, |p| async { peers::blocked(service, p) }).await
+        }
+        proto::devices::Link::NAME => typed::<proto::devices::Link, _>(params, |_| devices::link(service)).await,
+        proto::devices::Accept::NAME => {
+            typed::<proto::devices::Accept, _>(params, |p| devices::accept(service, p)).await
+        }
+        proto::devices::List::NAME => {
+            typed::<proto::devices::List, _>(params, |_| async { devices::list(service) }).await
+        }
+        proto::devices::Unlink::NAME => {
+            typed::<proto::devices::Unlink, _>(params, |p| devices::unlink(service, p)).await
         }
         other => Err(ApiError { code: codes::METHOD_NOT_FOUND, message: format!("unknown method {other:?}") }),
     }

@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use peerlog_proto::api::peers::{
-    BlockResult, BlockedResult, ContactParams, ContactResult, Member, MemberList, OptRoomParam, PeerList,
+    BlockResult, BlockedResult, ContactParams, ContactResult, Member, MemberDevice, MemberList, OptRoomParam, PeerList,
     PeerRoomParams, Presence, ProfileParams, ProfileResult, RoomPeer, SafetyResult,
 };
 use peerlog_proto::api::rooms::RoomParam;
-use peerlog_proto::wire::{DiscoveryKey, FeedKey};
+use peerlog_proto::wire::{DiscoveryKey, FeedKey, Key32};
 
 use super::super::ApiError;
 use super::{qr_svg, writer_key};
@@ -63,7 +63,6 @@ pub(super) async fn list(service: &Arc<Service>, p: OptRoomParam) -> Result<Peer
 
 pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<MemberList, ApiError> {
     let room = service.room(&p.room)?;
-    let names = service.store.profiles(&room.discovery_key).map_err(ServiceError::from)?;
     let info = service.node_info().await?;
     let online: HashMap<FeedKey, String> = service
         .replicator
@@ -104,25 +103,72 @@ pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<Memb
             writers.push((*feed, 0));
         }
     }
-    let mut members = Vec::with_capacity(writers.len());
+    // A person's devices are one member: the newest name among them, one safety number
+    // (with the person key), presence if any device is online.
+    let devices = service.store.devices(&room.discovery_key).map_err(ServiceError::from)?;
+    let names = service.store.dated_profiles(&room.discovery_key).map_err(ServiceError::from)?;
+    let ours = service.safety_key(&room).map_err(ApiError::from)?;
+    // (person, [(writer, messages)])
+    type Group = (Option<Key32>, Vec<(FeedKey, u64)>);
+    let mut groups: Vec<Group> = Vec::new();
     for (feed, messages) in writers {
-        let contact = service.store.contact(&feed).map_err(ServiceError::from)?;
-        let mine = feed == room.feed_key;
-        let verified = service.store.verified(&feed).map_err(ServiceError::from)?;
+        let person = devices.get(&feed).map(|(person, _)| *person);
+        match groups.iter_mut().find(|(p, _)| person.is_some() && *p == person) {
+            Some((_, group)) => group.push((feed, messages)),
+            None => groups.push((person, vec![(feed, messages)])),
+        }
+    }
+    let mut members = Vec::with_capacity(groups.len());
+    for (person, mut group) in groups {
+        // Ours first, then the device that wrote the most.
+        group.sort_by_key(|(feed, n)| (*feed != room.feed_key, std::cmp::Reverse(*n), *feed));
+        let feed = group[0].0;
+        let key = person.map_or(feed, FeedKey);
+        let contact = service.store.contact(&key).map_err(ServiceError::from)?;
+        let mine = group.iter().any(|(f, _)| *f == room.feed_key);
+        let verified = service.store.verified(&key).map_err(ServiceError::from)?;
+        let display_name =
+            group.iter().filter_map(|(f, _)| names.get(f)).max_by_key(|(at, _)| *at).map(|n| n.1.clone());
+        let blocked = service.store.is_blocked(&room.discovery_key, &feed).map_err(ServiceError::from)?;
+        let presences: Vec<Presence> = group
+            .iter()
+            .map(|(f, _)| {
+                if *f == room.feed_key {
+                    Presence { online: true, last_seen_ms: Some(now_ms), peer_id: None, connection: None, rtt_ms: None }
+                } else {
+                    presence(f)
+                }
+            })
+            .collect();
+        let best =
+            presences.iter().max_by_key(|p| (p.online, p.connection.is_some(), p.last_seen_ms)).cloned().unwrap_or(
+                Presence { online: false, last_seen_ms: None, peer_id: None, connection: None, rtt_ms: None },
+            );
         members.push(Member {
             author: hex::encode(feed),
             mine,
-            display_name: names.get(&feed).cloned(),
+            display_name,
             nickname: contact.nickname,
             verified,
             verified_before: contact.verified && !verified,
-            blocked: service.store.is_blocked(&room.discovery_key, &feed).map_err(ServiceError::from)?,
-            safety_number: (!mine).then(|| keys::safety_number(&room.feed_key, &feed)),
-            messages,
-            presence: if mine {
-                Presence { online: true, last_seen_ms: Some(now_ms), peer_id: None, connection: None, rtt_ms: None }
+            blocked,
+            safety_number: (!mine).then(|| keys::safety_number(&ours, &key)),
+            messages: group.iter().map(|(_, n)| n).sum(),
+            presence: best,
+            person: person.map(hex::encode),
+            devices: if person.is_some() {
+                group
+                    .iter()
+                    .zip(&presences)
+                    .map(|((f, n), p)| MemberDevice {
+                        author: hex::encode(f),
+                        device: devices.get(f).map(|(_, d)| hex::encode(d)).unwrap_or_default(),
+                        messages: *n,
+                        online: p.online,
+                    })
+                    .collect()
             } else {
-                presence(&feed)
+                Vec::new()
             },
         });
     }
@@ -136,8 +182,12 @@ pub(super) async fn set_profile(service: &Arc<Service>, p: ProfileParams) -> Res
 
 /// `peers.rename`, or with `verify` `peers.verify`.
 pub(super) fn contact(service: &Service, p: ContactParams, verify: bool) -> Result<ContactResult, ApiError> {
-    let feed = writer_key(&p.peer)?;
     let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
+    // A person's devices share one nickname and one verified mark, kept by the person key.
+    let feed = match &room {
+        Some(room) => service.identity_in(room, &writer_key(&p.peer)?)?,
+        None => writer_key(&p.peer)?,
+    };
     let mut contact = service.store.contact(&feed).map_err(ServiceError::from)?;
     if !verify {
         let nick = p.nickname.map(|n| n.trim().chars().filter(|c| !c.is_control()).collect::<String>());
@@ -156,7 +206,9 @@ pub(super) fn contact(service: &Service, p: ContactParams, verify: bool) -> Resu
         peer: p.peer,
         nickname: contact.nickname,
         verified: service.store.verified(&feed).map_err(ServiceError::from)?,
-        safety_number: room.map(|r| keys::safety_number(&r.feed_key, &feed)),
+        safety_number: room
+            .map(|r| service.safety_key(&r).map(|ours| keys::safety_number(&ours, &feed)))
+            .transpose()?,
     })
 }
 
@@ -169,9 +221,9 @@ pub(super) async fn block(service: &Arc<Service>, p: PeerRoomParams, blocked: bo
 }
 
 pub(super) fn safety(service: &Service, p: PeerRoomParams) -> Result<SafetyResult, ApiError> {
-    let feed = writer_key(&p.peer)?;
     let room = service.room(p.room.as_deref().ok_or_else(|| ApiError::params("give the room"))?)?;
-    let safety_number = keys::safety_number(&room.feed_key, &feed);
+    let theirs = service.identity_in(&room, &writer_key(&p.peer)?)?;
+    let safety_number = keys::safety_number(&*service.safety_key(&room)?, &theirs);
     Ok(SafetyResult { peer: p.peer, room: room.id.clone(), qr_svg: qr_svg(&safety_number), safety_number })
 }
 

@@ -88,8 +88,13 @@ pub(super) async fn remove(service: &Arc<Service>, p: RemoveParams) -> Result<Re
     Ok(RemoveResult { room: room_info(service, &next), removed: hex::encode(member) })
 }
 
+/// The rooms joined, without the link rooms of `devices.link` (they last minutes).
 pub(super) fn list(service: &Service) -> RoomList {
-    RoomList { rooms: service.rooms.list().iter().map(|r| room_info(service, r)).collect() }
+    let links = service.link_rooms();
+    let rooms = service.rooms.list();
+    RoomList {
+        rooms: rooms.iter().filter(|r| !links.contains(&r.discovery_key)).map(|r| room_info(service, r)).collect(),
+    }
 }
 
 pub(super) async fn join(service: &Arc<Service>, p: JoinParams) -> Result<JoinResult, ApiError> {
