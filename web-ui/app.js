@@ -353,6 +353,11 @@ function renderMembers(list) {
     if (!m.mine && m.nickname && m.display_name) li.append(el("div", "m-sub", `calls themselves ${m.display_name}`));
     const presence = m.presence || {};
     const here = el("div", "m-sub");
+    if (m.devices && m.devices.length > 1) {
+      // One person on several devices (devices.link): online if any of them is.
+      const on = m.devices.filter((d) => d.online).length;
+      here.append(el("span", "pill devices", `${m.devices.length} devices${m.mine ? "" : `, ${on} online`}`));
+    }
     if (m.mine) here.append(el("span", "pill direct", "this device"));
     else if (presence.online && presence.connection) {
       here.append(el("span", "pill " + presence.connection, `online · ${presence.connection}`));
@@ -1095,6 +1100,38 @@ function renderNodePage() {
   $("self-name").value = n.display_name || "";
 }
 
+async function renderDevices() {
+  const r = await call("devices.list", {});
+  const ul = $("device-list");
+  ul.textContent = "";
+  const holder = r.devices.some((d) => d.this && d.holds_person_key);
+  for (const d of r.devices) {
+    const li = el("li", "device");
+    li.append(el("span", "peer-id", d.peer_id));
+    if (d.this) li.append(" ", el("span", "pill direct", "this device"));
+    if (d.holds_person_key) li.append(" ", el("span", "pill", "holds your person key"));
+    if (d.unlinked) li.append(" ", el("span", "pill", "unlinked"));
+    if (holder && !d.this && !d.unlinked) {
+      const unlink = el("button", "unlink", "Unlink");
+      unlink.type = "button";
+      unlink.title = "It is removed from each of your rooms like a member: it cannot read what is written afterwards";
+      unlink.addEventListener("click", async () => {
+        if (unlink.dataset.confirm !== "1") { unlink.dataset.confirm = "1"; unlink.textContent = "Unlink: sure?"; return; }
+        try {
+          const u = await call("devices.unlink", { device: d.device });
+          toast(`Unlinked from ${u.rooms.length} room(s)`);
+          await refreshRooms(); await renderDevices();
+        } catch (e) { toast(e.message); }
+      });
+      li.append(" ", unlink);
+    }
+    ul.append(li);
+  }
+  // Only the device with the person key links others; a linked one can be linked no further.
+  $("link-device").hidden = !holder && r.person != null;
+  $("accept-link").hidden = holder;
+}
+
 function toast(text) {
   const t = $("toast");
   t.textContent = text;
@@ -1292,6 +1329,32 @@ function wire() {
     for (const x of ["welcome", "messages", "composer", "invite-box"]) $(x).hidden = true;
     renderNodePage();
     refreshNode().catch(() => {});
+    renderDevices().catch((e) => toast(e.message));
+  });
+  $("link-device").addEventListener("click", async () => {
+    try {
+      const r = await call("devices.link", {});
+      $("link-code").value = r.code;
+      // Made by the daemon; shown as an image, never as markup.
+      if (r.qr_svg) $("link-qr").src = "data:image/svg+xml;base64," + btoa(r.qr_svg);
+      $("link-box").hidden = false;
+      await renderDevices();
+    } catch (e) { toast(e.message); }
+  });
+  $("copy-link-code").addEventListener("click", async () => {
+    try { await navigator.clipboard.writeText($("link-code").value); toast("Copied"); } catch { $("link-code").select(); }
+  });
+  $("accept-link").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const code = $("accept-code").value.trim();
+    if (!code) return;
+    toast("Waiting for your other device…");
+    try {
+      const r = await call("devices.accept", { code });
+      $("accept-code").value = "";
+      toast(`Linked: joined ${r.rooms.length} room(s)`);
+      await refreshRooms(); await refreshNode(); await renderDevices();
+    } catch (e) { toast(e.message); }
   });
   $("node-close").addEventListener("click", () => {
     $("node-page").hidden = true;

@@ -1086,3 +1086,109 @@ async fn the_admin_removes_a_member_in_chromium() -> Result<()> {
     ensure!(br.eval(&pc, &bubble_with("hello from carol")).await? == json!(true), "Carol's page lost what she had");
     Ok(())
 }
+
+/// Ada links her laptop from her browser (This node → Link a new device, the code typed
+/// into the laptop's page): Carol's page shows one Ada with two devices. Ada unlinks it
+/// there, and the laptop's page says it was removed from the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_is_linked_and_unlinked_in_chromium() -> Result<()> {
+    if skip_without_chromium()? {
+        return Ok(());
+    }
+    let a = TestDaemon::start_bootstrap_node().await?;
+    let c = TestDaemon::start_bootstrapped(&a).await?;
+    let laptop = TestDaemon::start_bootstrapped(&a).await?;
+    let (mut ca, mut cc, mut cl) = (a.client().await?, c.client().await?, laptop.client().await?);
+    for (client, name) in [(&mut ca, "Ada"), (&mut cc, "Carol")] {
+        peerlog_tests::set_name(client, name).await?;
+    }
+    let (room, invite) = create(&mut ca, "family").await?;
+    join_invite(&mut cc, &invite).await?;
+    send(&mut cc, &room, "hello from carol").await?;
+    wait_for_text(&mut ca, &room, "hello from carol", UI_WAIT).await?;
+
+    let mut br = Browser::launch().await?;
+    let (pa, pc, pl) = (br.open(&ui_url(&a)?).await?, br.open(&ui_url(&c)?).await?, br.open(&ui_url(&laptop)?).await?);
+    br.wait_for(&pa, &bubble_with("hello from carol"), "the room open on Ada's page", UI_WAIT).await?;
+    br.eval(&pa, &click("#node-badge")).await?;
+    br.wait_for(&pa, "!document.getElementById('link-device').hidden", "a Link a new device button", UI_WAIT).await?;
+    br.eval(&pa, &click("#link-device")).await?;
+    let has_code = "document.getElementById('link-code').value.startsWith('peerlog-link:') && !document.getElementById('link-box').hidden";
+    br.wait_for(&pa, has_code, "a link code on Ada's page", UI_WAIT).await?;
+    let code = br.eval(&pa, "document.getElementById('link-code').value").await?;
+    let code = code.as_str().context("the code")?.to_string();
+    br.wait_for(&pl, "!!document.getElementById('node-badge')", "the laptop's page", UI_WAIT).await?;
+    br.eval(&pl, &click("#node-badge")).await?;
+    br.wait_for(&pl, "!document.getElementById('accept-link').hidden", "the laptop's Link this device form", UI_WAIT)
+        .await?;
+    br.eval(&pl, &fill("#accept-code", &code)).await?;
+    br.eval(&pl, &submit("#accept-link")).await?;
+    br.wait_for(
+        &pl,
+        "document.querySelectorAll('#room-list li').length === 1",
+        "the laptop's page to list Ada's room",
+        UI_WAIT,
+    )
+    .await?;
+    send(&mut cl, &room, "ada from the laptop").await?;
+    wait_for_text(&mut cc, &room, "ada from the laptop", UI_WAIT).await?;
+    within(UI_WAIT, "Carol's daemon to see Ada's two devices", async {
+        while !members(&mut cc, &room).await?.iter().any(|m| m.devices.len() == 2) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    // The People panel lists one Ada, with two devices.
+    br.wait_for(&pc, &bubble_with("ada from the laptop"), "the laptop's message on Carol's page", UI_WAIT).await?;
+    br.eval(&pc, &click("#peers-button")).await?;
+    br.wait_for(
+        &pc,
+        "[...document.querySelectorAll('#member-list .member .pill.devices')].some((p) => p.textContent.startsWith('2 devices'))",
+        "Carol's page to show Ada with two devices",
+        UI_WAIT,
+    )
+    .await?;
+    ensure!(
+        br.eval(&pc, "document.querySelectorAll('#member-list .member').length").await? == json!(2),
+        "Carol's page lists other than herself and one Ada"
+    );
+
+    // Ada unlinks the laptop: asked twice.
+    br.eval(&pa, &click("#node-badge")).await?;
+    br.wait_for(&pa, "!!document.querySelector('#device-list .unlink')", "an Unlink button by the laptop", UI_WAIT)
+        .await?;
+    br.eval(&pa, &click("#device-list .unlink")).await?;
+    br.wait_for(
+        &pa,
+        "document.querySelector('#device-list .unlink').textContent.includes('sure')",
+        "the second ask",
+        UI_WAIT,
+    )
+    .await?;
+    br.eval(&pa, &click("#device-list .unlink")).await?;
+    within(UI_WAIT, "Ada's room to move on without the laptop", async {
+        while !rooms_list(&mut ca).await?.iter().any(|r| r.id == room && r.moved_to.is_some()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    within(UI_WAIT, "the laptop's daemon to hear it was removed", async {
+        while !rooms_list(&mut cl).await?.iter().any(|r| r.id == room && r.removed_by.is_some()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    br.eval(&pl, &click("#node-close")).await?;
+    br.eval(&pl, &click("#room-list li button")).await?;
+    br.wait_for(
+        &pl,
+        "!document.getElementById('room-banner').hidden && document.getElementById('room-banner-text').textContent.includes('You were removed from this room by') && document.getElementById('composer').hidden",
+        "the laptop's page to say it was removed",
+        UI_WAIT,
+    )
+    .await?;
+    Ok(())
+}
