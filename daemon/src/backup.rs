@@ -1,25 +1,29 @@
 //! Backups: what cannot be fetched again from peers (the node's identity, every room's
-//! secret and our writer key in it, contacts, blocks, the display name), sealed with a
-//! passphrase. Never the logs: peers serve them again, and a restored daemon catches up
+//! secret and our writer key in it, the seed and admin a room's secret is made from,
+//! contacts, blocks, the display name, the person key and this device's certificate),
+//! sealed with a passphrase. Never the logs: peers serve them again, and a restored daemon catches up
 //! (its own feed first, before it writes on, see `replicate::state`).
 //!
-//! File format: `PEERLOGBACKUP1` (14 bytes), a 16-byte salt, a 12-byte nonce, then
+//! File format: `PEERLOGBACKUP2` (14 bytes), a 16-byte salt, a 12-byte nonce, then
 //! AES-256-GCM under `Argon2id(passphrase, salt)` (the parameters of room passphrases) of
-//! the postcard encoding of [`Backup`].
+//! the postcard encoding of [`Backup`]. `PEERLOGBACKUP1` backups (without admin bindings
+//! and devices) still open.
 
 use std::path::Path;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use peerlog_proto::wire::{DiscoveryKey, FeedKey};
+use peerlog_proto::wire::{DiscoveryKey, FeedKey, Key32};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::keys::{write_secret_file, ARGON2_M_KIB, ARGON2_P, ARGON2_T};
+use crate::keys::{write_secret_file, AdminBound, ARGON2_M_KIB, ARGON2_P, ARGON2_T};
 use crate::log::store::{Contact, RoomRecord, StoreError};
 use crate::log::Store;
 
-const MAGIC: &[u8; 14] = b"PEERLOGBACKUP1";
+const MAGIC: &[u8; 14] = b"PEERLOGBACKUP2";
+/// Backups made before admin bindings and devices.
+const MAGIC_1: &[u8; 14] = b"PEERLOGBACKUP1";
 /// Shortest passphrase a backup is sealed with.
 pub const MIN_PASSPHRASE: usize = 8;
 
@@ -68,11 +72,33 @@ pub struct Backup {
     pub blocked: Vec<(DiscoveryKey, FeedKey)>,
     /// Our display name.
     pub display_name: Option<String>,
+    /// The seed and admin of each room with an admin: without them a restored daemon would
+    /// take any member's removal as an admin's.
+    pub admin_bindings: Vec<(DiscoveryKey, AdminBound)>,
+    /// The person key (`person.key`), on the device that holds it; wiped on drop.
+    pub person_key: Option<Vec<u8>>,
+    /// Our person and its certificate of this device.
+    pub person: Option<(Key32, Vec<u8>)>,
+    /// The devices this one linked: device key, linked at (ms), unlinked.
+    pub linked_devices: Vec<(Key32, u64, bool)>,
+}
+
+/// What a `PEERLOGBACKUP1` backup holds (the first fields of [`Backup`]).
+#[derive(Deserialize)]
+struct BackupV1 {
+    identity: Vec<u8>,
+    rooms: Vec<(DiscoveryKey, RoomRecord)>,
+    contacts: Vec<(FeedKey, Contact, bool)>,
+    blocked: Vec<(DiscoveryKey, FeedKey)>,
+    display_name: Option<String>,
 }
 
 impl Drop for Backup {
     fn drop(&mut self) {
         self.identity.zeroize();
+        if let Some(key) = self.person_key.as_mut() {
+            key.zeroize();
+        }
     }
 }
 
@@ -82,12 +108,24 @@ impl Backup {
         let path = data_dir.join("identity.key");
         let identity =
             std::fs::read(&path).map_err(|source| BackupError::Io { path: path.display().to_string(), source })?;
+        let person_path = data_dir.join("person.key");
+        let person_key = match std::fs::read(&person_path) {
+            Ok(key) => Some(key),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(BackupError::Io { path: person_path.display().to_string(), source }),
+        };
+        // Link rooms last minutes, and are left at the next start anyway.
+        let links = store.link_rooms()?;
         Ok(Self {
             identity,
-            rooms: store.rooms()?,
+            rooms: store.rooms()?.into_iter().filter(|(r, _)| !links.contains(r)).collect(),
             contacts: store.contacts()?,
             blocked: store.all_blocked(),
             display_name: store.display_name()?,
+            admin_bindings: store.admin_bindings()?,
+            person_key,
+            person: store.person()?,
+            linked_devices: store.linked_devices()?,
         })
     }
 
@@ -107,7 +145,11 @@ impl Backup {
 
     /// Opens a sealed backup.
     pub fn open(bytes: &[u8], passphrase: &str) -> Result<Self, BackupError> {
-        let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or(BackupError::NotABackup)?;
+        let (first, rest) = match (bytes.strip_prefix(MAGIC.as_slice()), bytes.strip_prefix(MAGIC_1.as_slice())) {
+            (Some(rest), _) => (false, rest),
+            (None, Some(rest)) => (true, rest),
+            (None, None) => return Err(BackupError::NotABackup),
+        };
         if rest.len() < 16 + 12 + 16 {
             return Err(BackupError::NotABackup);
         }
@@ -118,7 +160,21 @@ impl Backup {
                 .decrypt(Nonce::from_slice(nonce), sealed)
                 .map_err(|_| BackupError::WrongPassphrase)?,
         );
-        postcard::from_bytes(&plain).map_err(|_| BackupError::NotABackup)
+        if !first {
+            return postcard::from_bytes(&plain).map_err(|_| BackupError::NotABackup);
+        }
+        let v1: BackupV1 = postcard::from_bytes(&plain).map_err(|_| BackupError::NotABackup)?;
+        Ok(Self {
+            identity: v1.identity,
+            rooms: v1.rooms,
+            contacts: v1.contacts,
+            blocked: v1.blocked,
+            display_name: v1.display_name,
+            admin_bindings: Vec::new(),
+            person_key: None,
+            person: None,
+            linked_devices: Vec::new(),
+        })
     }
 
     /// Writes it into a fresh data dir: the identity, then every room, contact, block and
@@ -145,6 +201,16 @@ impl Backup {
         }
         if let Some(name) = &self.display_name {
             store.put_display_name(name)?;
+        }
+        for (room, bound) in &self.admin_bindings {
+            store.set_admin_binding(room, bound)?;
+        }
+        if let Some((person, cert)) = &self.person {
+            store.set_person(person, cert)?;
+        }
+        store.set_linked_devices(&self.linked_devices)?;
+        if let Some(key) = &self.person_key {
+            write_secret_file(&data_dir.join("person.key"), key)?;
         }
         store.flush_blocking()?;
         drop(store);
@@ -177,6 +243,10 @@ mod tests {
             contacts: vec![(FeedKey([1; 32]), Contact { nickname: Some("ada".into()), verified: false }, true)],
             blocked: vec![(DiscoveryKey([0; 32]), FeedKey([2; 32]))],
             display_name: Some("me".into()),
+            admin_bindings: vec![(DiscoveryKey([3; 32]), AdminBound { seed: [4; 32], admin: FeedKey([5; 32]) })],
+            person_key: Some(vec![6; 32]),
+            person: Some(([8; 32], vec![9; 64])),
+            linked_devices: vec![([10; 32], 11, false)],
         };
         assert!(matches!(backup.seal("short"), Err(BackupError::WeakPassphrase)));
         let sealed = backup.seal("a long enough passphrase").unwrap();
@@ -184,10 +254,33 @@ mod tests {
         let back = Backup::open(&sealed, "a long enough passphrase").unwrap();
         assert_eq!(back.contacts, backup.contacts);
         assert_eq!(back.identity.as_slice(), &[7; 32]);
+        assert_eq!(back.admin_bindings, backup.admin_bindings);
+        assert_eq!((back.person_key.clone(), back.person.clone()), (backup.person_key.clone(), backup.person.clone()));
+        assert_eq!(back.linked_devices, backup.linked_devices);
         assert!(matches!(Backup::open(&sealed, "another passphrase!"), Err(BackupError::WrongPassphrase)));
         let mut altered = sealed.clone();
         *altered.last_mut().unwrap() ^= 1;
         assert!(matches!(Backup::open(&altered, "a long enough passphrase"), Err(BackupError::WrongPassphrase)));
         assert!(matches!(Backup::open(b"hello", "x"), Err(BackupError::NotABackup)));
+    }
+
+    #[test]
+    fn a_backup_of_the_first_format_still_opens() {
+        #[derive(Serialize)]
+        struct V1<'a>(
+            &'a [u8],
+            Vec<(DiscoveryKey, RoomRecord)>,
+            Vec<(FeedKey, Contact, bool)>,
+            Vec<(DiscoveryKey, FeedKey)>,
+            Option<String>,
+        );
+        let plain = postcard::to_stdvec(&V1(&[7; 32], Vec::new(), Vec::new(), Vec::new(), Some("me".into()))).unwrap();
+        let (salt, nonce) = ([1u8; 16], [2u8; 12]);
+        let sealed =
+            cipher("a long enough passphrase", &salt).encrypt(Nonce::from_slice(&nonce), plain.as_slice()).unwrap();
+        let bytes = [MAGIC_1.as_slice(), &salt, &nonce, &sealed].concat();
+        let back = Backup::open(&bytes, "a long enough passphrase").unwrap();
+        assert_eq!(back.display_name.as_deref(), Some("me"));
+        assert!(back.admin_bindings.is_empty() && back.person_key.is_none());
     }
 }

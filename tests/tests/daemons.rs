@@ -381,7 +381,7 @@ async fn metrics_are_served_and_parse() -> Result<()> {
 }
 
 /// A backup restored on a fresh machine: the daemon whose machine was lost is gone; its
-/// backup (identity, room secrets, contacts, blocks, name; sealed) is restored into a new
+/// backup (identity, room secrets and admins, contacts, blocks, name, person key; sealed) is restored into a new
 /// data dir, and the daemon started there is the same node, rejoins the room, catches up
 /// from the peer that stayed (its own messages too) and writes on without a fork.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,6 +405,12 @@ async fn a_backup_restored_on_a_fresh_machine_rejoins_and_catches_up() -> Result
     ca.request::<peers::Rename>(&rename).await?;
     let stranger = "ab".repeat(32);
     ca.request::<peers::Block>(&peers::PeerRoomParams { peer: stranger.clone(), room: None }).await?;
+    // A room with Ada as its admin, and a person key (made by showing a link code).
+    let (club, _) = create(&mut ca, "club").await?;
+    let club_admin = rooms_list(&mut ca).await?.into_iter().find(|r| r.id == club).and_then(|r| r.admin);
+    ca.request::<peerlog_proto::api::devices::Link>(&Default::default()).await?;
+    let person = ca.request::<peerlog_proto::api::devices::List>(&Default::default()).await?.person;
+    ensure!(club_admin.is_some() && person.is_some(), "no admin ({club_admin:?}) or no person ({person:?})");
     let weak = ca.request::<node::CreateBackup>(&node::BackupParams { passphrase: "short".into() }).await;
     ensure!(weak.is_err(), "a backup sealed with a short passphrase");
     let mut api = a.client().await?;
@@ -412,7 +418,7 @@ async fn a_backup_restored_on_a_fresh_machine_rejoins_and_catches_up() -> Result
     ensure!(refused.is_err(), "the API token made a backup");
     let backup =
         ca.request::<node::CreateBackup>(&node::BackupParams { passphrase: "backup passphrase".into() }).await?;
-    ensure!(backup.rooms == 1, "{} rooms", backup.rooms);
+    ensure!(backup.rooms == 2, "{} rooms (the link room is not one)", backup.rooms);
     let old_peer = a.peer_id()?;
     drop((ca, api));
     a.stop().await?; // the machine is lost
@@ -435,7 +441,16 @@ async fn a_backup_restored_on_a_fresh_machine_rejoins_and_catches_up() -> Result
     ensure!(c.peer_id()? == old_peer, "the restored node has another identity");
     let mut cc = c.client().await?;
     let rooms = rooms_list(&mut cc).await?;
-    ensure!(rooms[0].id == room, "{rooms:?}");
+    ensure!(rooms.len() == 2 && rooms.iter().any(|r| r.id == room), "{rooms:?}");
+    // Ada is still the club's admin (its binding restored: else any member's removal would
+    // count), and still holds her person key.
+    let restored_admin = rooms.iter().find(|r| r.id == club).and_then(|r| r.admin.clone());
+    ensure!(restored_admin == club_admin, "the club's admin after the restore: {restored_admin:?}");
+    let devices = cc.request::<peerlog_proto::api::devices::List>(&Default::default()).await?;
+    ensure!(
+        devices.person == person && devices.devices.iter().any(|d| d.this && d.holds_person_key),
+        "the person after the restore: {devices:?}"
+    );
     within(WAIT, "the restored daemon to catch up", async {
         loop {
             let texts = texts(&mut cc, &room).await?;

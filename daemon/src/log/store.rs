@@ -1227,7 +1227,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g', b'q', b'o', b'd', b'v'] {
+        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g', b'q', b'o', b'd', b'w'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1513,6 +1513,17 @@ impl Store {
         self.log.get(room_person_key(b'a', room, &ZERO))?.map(|v| decode(&v, "admin binding")).transpose()
     }
 
+    /// The seed and admin of every room with an admin (for backups).
+    pub fn admin_bindings(&self) -> Result<Vec<(DiscoveryKey, crate::keys::AdminBound)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.log.scan_prefix([b'a']) {
+            let (k, v) = kv?;
+            let room = k.get(1..33).and_then(|b| Key32::try_from(b).ok()).ok_or(StoreError::Corrupt("binding key"))?;
+            out.push((DiscoveryKey(room), decode(&v, "admin binding")?));
+        }
+        Ok(out)
+    }
+
     /// Records the seed and admin a room's secret is made from.
     pub fn set_admin_binding(&self, room: &DiscoveryKey, bound: &crate::keys::AdminBound) -> Result<(), StoreError> {
         self.log.insert(room_person_key(b'a', room, &ZERO), encode(bound))?;
@@ -1586,14 +1597,14 @@ impl Store {
 
     /// Records a person's (verified) statement that `device` is no longer theirs.
     pub fn note_unlink(&self, room: &DiscoveryKey, person: &Key32, device: &Key32) -> Result<(), StoreError> {
-        self.log.insert(room_person_key(b'v', room, device), person.as_slice())?;
+        self.log.insert(room_person_key(b'w', room, device), person.as_slice())?;
         self.touch();
         Ok(())
     }
 
     /// Whether `person` unlinked `device` in this room.
     pub fn is_unlinked(&self, room: &DiscoveryKey, person: &Key32, device: &Key32) -> Result<bool, StoreError> {
-        Ok(self.log.get(room_person_key(b'v', room, device))?.is_some_and(|p| p.as_ref() == person.as_slice()))
+        Ok(self.log.get(room_person_key(b'w', room, device))?.is_some_and(|p| p.as_ref() == person.as_slice()))
     }
 
     /// This device's place in a person: the person key and its certificate of us (none

@@ -448,6 +448,34 @@ async fn a_linked_device_is_the_same_person_and_unlinking_locks_it_out() -> Resu
         );
     }
 
+    // A hostile member copies the laptop's proof into her own feed, and writes an unlink of
+    // Bob's first device that Bob never signed: neither counts.
+    let laptop_writer = room_info(&mut l, &club).await?.context("the laptop's club")?.feed_key;
+    let laptop_feed = FeedKey::try_from(hex::decode(&laptop_writer)?.as_slice()).map_err(|_| anyhow::anyhow!("key"))?;
+    let carol_room = carol.running()?.service().rooms.find(&club).context("Carol's club")?;
+    let proof = (0..16)
+        .filter_map(|seq| carol_room.message(&laptop_feed, seq).ok().flatten())
+        .find_map(|m| m.message.body.filter(|b| matches!(b, Body::Device { .. })))
+        .context("the laptop's Device entry at Carol's")?;
+    write_past_api(&carol, &club, proof)?;
+    let bob_device = b.request::<devices::List>(&NoParams {}).await?.devices.into_iter().find(|d| d.this);
+    let bob_device =
+        hex::decode(bob_device.context("Bob's device")?.device)?.try_into().map_err(|_| anyhow::anyhow!("key"))?;
+    let person_key = hex::decode(&person)?.try_into().map_err(|_| anyhow::anyhow!("key"))?;
+    write_past_api(&carol, &club, Body::Unlink { person: person_key, device: bob_device, signature: vec![7; 64] })?;
+    send(&mut c, &club, "carol copied a proof").await?;
+    holds(&mut a, &club, &["carol copied a proof"]).await?;
+    let at_ada = members(&mut a, &club).await?;
+    ensure!(
+        at_ada.iter().filter(|m| m.person.as_deref() == Some(person.as_str())).map(|m| m.devices.len()).sum::<usize>()
+            == 2,
+        "Ada's view of Bob changed after Carol's forgeries: {at_ada:?}"
+    );
+    ensure!(
+        room_info(&mut a, &club).await?.and_then(|r| r.moved_to).is_none(),
+        "Ada acted on an unlink Bob never signed"
+    );
+
     // Unlinking: in the club Ada (its admin) removes the laptop; in his own room Bob does.
     let laptop_device =
         l.request::<devices::List>(&NoParams {}).await?.devices.into_iter().find(|d| d.this).context("this device")?;
