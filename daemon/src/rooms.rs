@@ -124,6 +124,16 @@ pub enum DaemonEvent {
         /// The writer of the `Unlink` entry.
         by: FeedKey,
     },
+    /// A member's first entry in a room made by a removal says which writer it was in the
+    /// room before (a verified `Continues` entry).
+    Continued {
+        /// The room.
+        room: DiscoveryKey,
+        /// The member's writer here.
+        writer: FeedKey,
+        /// Its writer in the room before.
+        from: FeedKey,
+    },
     /// The room took a rotation to follow (a `Rotate` entry that comes first): the
     /// service moves on to the new room if the new secret was sealed to us.
     Rotated {
@@ -380,6 +390,16 @@ impl Room {
                     });
                     noted
                 }
+                Some(Body::Continues { from, signature })
+                    if crate::log::verify_continuation(&self.discovery_key, &m.feed_key, from, signature) =>
+                {
+                    let _ = self.events.send(DaemonEvent::Continued {
+                        room: self.discovery_key,
+                        writer: m.feed_key,
+                        from: *from,
+                    });
+                    Ok(())
+                }
                 _ => Ok(()),
             };
             if let Err(e) = noted {
@@ -466,6 +486,14 @@ impl Room {
         let name = loaded.get(feed).cloned();
         *self.names.write().unwrap_or_else(|p| p.into_inner()) = Some(loaded);
         name
+    }
+
+    /// Our `Continues` entry for `next`, the room a removal made of this one, where we write
+    /// as `writer`.
+    pub fn continuation(&self, next: &DiscoveryKey, writer: &FeedKey) -> Body {
+        use ed25519_dalek::Signer;
+        let signature = self.writer.sign(&crate::log::continuation_bytes(next, writer)).to_bytes().to_vec();
+        Body::Continues { from: self.feed_key, signature }
     }
 
     /// Our proof that we write `feed_key` from `peer` in this room (`Frame::Writer`).

@@ -517,7 +517,7 @@ fn event_name(event: &DaemonEvent) -> &'static str {
         DaemonEvent::WriterQuota { .. } => events::WriterQuota::NAME,
         DaemonEvent::Moved { .. } => events::RoomMoved::NAME,
         // For the service (it moves on to the new room); clients hear `room.moved` then.
-        DaemonEvent::Rotated { .. } | DaemonEvent::Unlinked { .. } => "",
+        DaemonEvent::Rotated { .. } | DaemonEvent::Unlinked { .. } | DaemonEvent::Continued { .. } => "",
     }
 }
 
@@ -592,7 +592,7 @@ fn render_event(service: &Service, event: DaemonEvent) -> Option<Event> {
             emit(events::WriterQuota { room: room_id(&room)?, author: hex::encode(writer), quota: quota.to_string() })
         }
         DaemonEvent::Moved { room } => emit(room_info(service, &*service.rooms.get(&room)?)),
-        DaemonEvent::Rotated { .. } | DaemonEvent::Unlinked { .. } => None,
+        DaemonEvent::Rotated { .. } | DaemonEvent::Unlinked { .. } | DaemonEvent::Continued { .. } => None,
     }
 }
 

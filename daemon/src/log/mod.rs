@@ -158,6 +158,32 @@ pub enum Body {
         #[serde(with = "serde_bytes")]
         signature: Vec<u8>,
     },
+    /// The first entry of a member in a room made by a removal: it wrote as `from` in the
+    /// room before (its writer key there signs this room and this writer,
+    /// [`continuation_bytes`]), so members carry over what they said of `from`: nickname,
+    /// verified mark, block, and (the new room's admin) the admin role.
+    Continues {
+        /// Our writer key in the room this one continues.
+        from: FeedKey,
+        /// Its signature.
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
+}
+
+/// Label of a `Continues` signature.
+const CONTINUES_LABEL: &[u8] = b"peerlog/continues/v1";
+
+/// What a `Continues` entry's old writer key signs: the new room and the new writer key.
+pub fn continuation_bytes(room: &DiscoveryKey, writer: &FeedKey) -> Vec<u8> {
+    [CONTINUES_LABEL, room.0.as_slice(), writer.0.as_slice()].concat()
+}
+
+/// Whether `signature` is `from`'s continuation into `room` as `writer`.
+pub fn verify_continuation(room: &DiscoveryKey, writer: &FeedKey, from: &FeedKey, signature: &[u8]) -> bool {
+    let Ok(key) = VerifyingKey::from_bytes(from) else { return false };
+    let Ok(sig) = <[u8; 64]>::try_from(signature) else { return false };
+    key.verify_strict(&continuation_bytes(room, writer), &ed25519_dalek::Signature::from_bytes(&sig)).is_ok()
 }
 
 /// The most rooms one `LinkGrant` invites to (about 110 bytes each, under the 64 KiB a

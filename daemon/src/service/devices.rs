@@ -185,14 +185,22 @@ impl Service {
         let events = self.rooms.events.subscribe();
         let room = self.join_link_room(secret).await?;
         let this = self.clone();
+        let cancel = self.net_cancel.clone();
         self.tasks.spawn("device link", async move {
-            match tokio::time::timeout(LINK_TTL, this.answer_link(&room, &person, events)).await {
-                Ok(Ok(device)) => {
-                    info!(device = %hex::encode(device), "linked a device");
-                    tokio::time::sleep(GRANT_LINGER).await;
+            let link = async {
+                match tokio::time::timeout(LINK_TTL, this.answer_link(&room, &person, events)).await {
+                    Ok(Ok(device)) => {
+                        info!(device = %hex::encode(device), "linked a device");
+                        tokio::time::sleep(GRANT_LINGER).await;
+                    }
+                    Ok(Err(e)) => warn!(error = %e, "linking a device failed"),
+                    Err(_) => info!("a link code expired unused"),
                 }
-                Ok(Err(e)) => warn!(error = %e, "linking a device failed"),
-                Err(_) => info!("a link code expired unused"),
+            };
+            // On shutdown the link room stays in the store, and is left at the next start.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = link => {}
             }
             this.leave_link_room(&room).await;
         });

@@ -186,12 +186,72 @@ impl Service {
             // and we go round again.
             if self.store.set_rotation_next(room, &rotation.at, &new.discovery_key)? {
                 self.commit.durable().await?;
+                // Who we were in the old room, so that members carry over what they said of us.
+                let continues = old.continuation(&new.discovery_key, &new.feed_key);
+                if let Err(e) = self.append_durable(&new, vec![continues]).await {
+                    warn!(room = %new.id, error = %e, "cannot say who we were in the room before");
+                }
                 self.supersede(&rotation.superseded, &new.discovery_key).await?;
                 info!(room = %old.id, next = %new.id, "moved on to the room's new epoch");
                 let _ = self.rooms.events.send(DaemonEvent::Moved { room: *room });
                 return Ok(Some(new));
             }
         }
+    }
+
+    /// Carries over what we said of a member in the room before to its writer in the room a
+    /// removal made (a `Continues` entry): its nickname and verified mark (unless we said
+    /// something of the new writer already), a block, and, if we are the new room's admin
+    /// and it was an admin before, the admin role.
+    async fn carry_over(&self, room: &DiscoveryKey, writer: &FeedKey, from: &FeedKey) -> Result<(), ServiceError> {
+        let (Some(new), Some(old)) = (self.rooms.get(room), self.store.moved_from(room)?) else { return Ok(()) };
+        if *writer == new.feed_key {
+            return Ok(());
+        }
+        let contact = self.store.contact(from)?;
+        if self.store.contact(writer)? == Default::default() && contact != Default::default() {
+            self.store.put_contact(writer, &contact)?;
+        }
+        if self.store.verified(from)? && !self.store.verified(writer)? {
+            self.store.set_verified(writer, true)?;
+        }
+        if self.store.is_blocked(&old, from)? && !self.store.is_blocked(room, writer)? {
+            self.block_writer(Some(&new), writer, true).await?;
+        }
+        let bound = self.store.admin_binding(room)?.map(|b| b.admin);
+        if bound == Some(new.feed_key)
+            && self.store.admins(&old)?.contains(from)
+            && !self.store.admins(room)?.contains(writer)
+        {
+            info!(room = %new.id, admin = %hex::encode(writer), "an admin of the room before is one here too");
+            self.name_admin(&new, *writer, true).await?;
+        }
+        Ok(())
+    }
+
+    /// Carries over what we said of members into rooms made by removals, as their
+    /// `Continues` entries come.
+    pub(super) fn spawn_carrier(self: &Arc<Self>) {
+        let mut events = self.rooms.events.subscribe();
+        let this = self.clone();
+        let cancel = self.net_cancel.clone();
+        self.tasks.spawn("epoch carrier", async move {
+            loop {
+                let event = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    e = events.recv() => e,
+                };
+                match event {
+                    Ok(DaemonEvent::Continued { room, writer, from }) => {
+                        if let Err(e) = this.carry_over(&room, &writer, &from).await {
+                            warn!(error = %e, "cannot carry a member over into a room's new epoch");
+                        }
+                    }
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
     }
 
     /// Marks rooms made by rotations that lost to an earlier one as moved to `to`.

@@ -204,6 +204,7 @@ impl Service {
         self.spawn_peer_finder();
         self.spawn_rotation_follower();
         self.spawn_unlinker();
+        self.spawn_carrier();
         Ok(())
     }
 

@@ -330,13 +330,37 @@ async fn the_creator_names_an_admin_who_may_remove() -> Result<()> {
         ensure!(r.admins == vec![bob_key.clone()], "{who} sees admins {:?}", r.admins);
     }
 
+    // Ada's nickname and verified mark for Bob.
+    let nick = peers::ContactParams { peer: bob_key.clone(), nickname: Some("bobby".into()), ..Default::default() };
+    a.request::<peers::Rename>(&nick).await?;
+    let mark = peers::ContactParams { peer: bob_key.clone(), verified: Some(true), ..Default::default() };
+    a.request::<peers::Verify>(&mark).await?;
+
     // Bob removes Carol; Ada follows him into the new room, where Bob is the admin.
     let removed = b.request::<rooms::Remove>(&rooms::RemoveParams { room: room.clone(), member: carol_key }).await?;
     let new = removed.room.id.clone();
-    ensure!(removed.room.admin == Some(removed.room.feed_key.clone()), "the new room's admin: {:?}", removed.room);
+    let bob_new = removed.room.feed_key.clone();
+    ensure!(removed.room.admin == Some(bob_new.clone()), "the new room's admin: {:?}", removed.room);
     wait_room(&mut a, &room, "Ada to follow Bob's removal", |r| r.moved_to.as_deref() == Some(new.as_str())).await?;
     wait_room(&mut c, &room, "Carol to hear she was removed", |r| r.removed_by.as_deref() == Some(bob_key.as_str()))
         .await?;
+    // Ada, an admin before, is one in the new room too (Bob's daemon names her when her
+    // first entry there says who she was), and what she said of Bob carries over.
+    let ada_new = room_info(&mut a, &new).await?.context("Ada's new room")?.feed_key;
+    for (who, c) in [("Ada", &mut a), ("Bob", &mut b)] {
+        wait_room(c, &new, &format!("{who} to see Ada an admin of the new room"), |r| r.admins.contains(&ada_new))
+            .await?;
+    }
+    within(WAIT, "Ada's nickname and mark for Bob in the new room", async {
+        loop {
+            let bob_there = members(&mut a, &new).await?.into_iter().find(|m| m.author == bob_new);
+            if bob_there.is_some_and(|m| m.nickname.as_deref() == Some("bobby") && m.verified) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await??;
     Ok(())
 }
 
@@ -517,5 +541,41 @@ async fn a_linked_device_is_the_same_person_and_unlinking_locks_it_out() -> Resu
         listed.devices.iter().any(|d| !d.this && d.unlinked),
         "Bob does not list the laptop as unlinked: {listed:?}"
     );
+    Ok(())
+}
+
+/// A block outlives a removal: Dave blocked Carol in the club; when Ada removes Bob and
+/// everyone moves to the new room, Carol's first entry there says who she was, and Dave's
+/// daemon blocks her new writer too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_follows_a_member_into_the_new_epoch() -> Result<()> {
+    let Club { boot, ada, bob: _bob, carol, room, bob_key, carol_key } = Club::start().await?;
+    let (mut a, mut c) = (ada.client().await?, carol.client().await?);
+    let dave = TestDaemon::start_bootstrapped(&boot).await?;
+    let mut d = dave.client().await?;
+    let invite = a.request::<rooms::Invite>(&rooms::InviteParams { room: room.clone(), kind: None }).await?.invite;
+    join_invite(&mut d, &invite).await?;
+    send(&mut d, &room, "dave is here").await?;
+    holds(&mut a, &room, &["dave is here"]).await?;
+    d.request::<peers::Block>(&peers::PeerRoomParams { peer: carol_key, room: Some(room.clone()) }).await?;
+
+    let removed = a.request::<rooms::Remove>(&rooms::RemoveParams { room: room.clone(), member: bob_key }).await?;
+    let new = removed.room.id;
+    wait_room(&mut c, &room, "Carol to move on", |r| r.moved_to.as_ref() == Some(&new)).await?;
+    let carol_new = room_info(&mut c, &new).await?.context("Carol's new room")?.feed_key;
+    wait_room(&mut d, &room, "Dave to move on", |r| r.moved_to.as_ref() == Some(&new)).await?;
+    within(WAIT, "Dave's block to follow Carol into the new room", async {
+        loop {
+            let params = peers::OptRoomParam { room: Some(new.clone()) };
+            if d.request::<peers::Blocked>(&params).await?.blocked.contains(&carol_new) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await??;
+    send(&mut c, &new, "carol in the new room").await?;
+    holds(&mut a, &new, &["carol in the new room"]).await?;
+    ensure!(!texts(&mut d, &new).await?.contains(&"carol in the new room".to_string()), "Dave shows a blocked member");
     Ok(())
 }

@@ -57,7 +57,8 @@ pub(in crate::api) fn message_info(room: &Room, m: &StoredMessage) -> Option<Mes
         | Body::Device { .. }
         | Body::LinkAsk { .. }
         | Body::LinkGrant { .. }
-        | Body::Unlink { .. } => return None,
+        | Body::Unlink { .. }
+        | Body::Continues { .. } => return None,
     };
     let state = room.follow_ups(&m.at());
     let mine = m.feed_key == room.feed_key;
