@@ -8,7 +8,7 @@
 //! entry from each, and members show them as one person. [`Service::unlink_device`]
 //! writes the person's signed `Unlink` into each room; its writer there is then removed
 //! like a member, by the person's device if it may remove members, else by the room's
-//! admin ([`Service::spawn_unlinker`]).
+//! admin (`Service::spawn_membership_watcher`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -346,33 +346,10 @@ impl Service {
         Ok(out)
     }
 
-    /// Acts on `Unlink` entries: removes the unlinked device's writer from the room when the
-    /// one who wrote the entry is us and may remove members, or may not and we are the
+    /// Acts on an `Unlink` entry: removes the unlinked device's writer from the room when
+    /// the one who wrote the entry is us and may remove members, or may not and we are the
     /// room's admin; forgets our person when the device unlinked is ours.
-    pub(super) fn spawn_unlinker(self: &Arc<Self>) {
-        let mut events = self.rooms.events.subscribe();
-        let this = self.clone();
-        let cancel = self.net_cancel.clone();
-        self.tasks.spawn("unlinker", async move {
-            loop {
-                let event = tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    e = events.recv() => e,
-                };
-                match event {
-                    Ok(DaemonEvent::Unlinked { room, device, by }) => {
-                        if let Err(e) = this.act_on_unlink(&room, &device, &by).await {
-                            warn!(error = %e, "cannot remove an unlinked device");
-                        }
-                    }
-                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-    }
-
-    async fn act_on_unlink(
+    pub(super) async fn act_on_unlink(
         self: &Arc<Self>,
         room: &DiscoveryKey,
         target: &Key32,

@@ -229,13 +229,14 @@ impl Service {
         Ok(())
     }
 
-    /// Carries over what we said of members into rooms made by removals, as their
-    /// `Continues` entries come.
-    pub(super) fn spawn_carrier(self: &Arc<Self>) {
+    /// Acts on what members say of membership, as their entries come: `Continues` (carry
+    /// over what we said of them into the new room) and `Unlink` (remove the device, if it
+    /// is ours to do).
+    pub(super) fn spawn_membership_watcher(self: &Arc<Self>) {
         let mut events = self.rooms.events.subscribe();
         let this = self.clone();
         let cancel = self.net_cancel.clone();
-        self.tasks.spawn("epoch carrier", async move {
+        self.tasks.spawn("membership watcher", async move {
             loop {
                 let event = tokio::select! {
                     _ = cancel.cancelled() => break,
@@ -245,6 +246,11 @@ impl Service {
                     Ok(DaemonEvent::Continued { room, writer, from }) => {
                         if let Err(e) = this.carry_over(&room, &writer, &from).await {
                             warn!(error = %e, "cannot carry a member over into a room's new epoch");
+                        }
+                    }
+                    Ok(DaemonEvent::Unlinked { room, device, by }) => {
+                        if let Err(e) = this.act_on_unlink(&room, &device, &by).await {
+                            warn!(error = %e, "cannot remove an unlinked device");
                         }
                     }
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}

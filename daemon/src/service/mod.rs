@@ -203,8 +203,7 @@ impl Service {
         }
         self.spawn_peer_finder();
         self.spawn_rotation_follower();
-        self.spawn_unlinker();
-        self.spawn_carrier();
+        self.spawn_membership_watcher();
         Ok(())
     }
 
