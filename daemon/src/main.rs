@@ -957,6 +957,9 @@ async fn run(cli: Cli) -> Result<()> {
                     if m.blocked {
                         notes.push("blocked".to_string());
                     }
+                    if m.devices.len() > 1 {
+                        notes.push(format!("{} devices", m.devices.len()));
+                    }
                     if let Some(n) = &m.safety_number {
                         notes.push(format!("safety {n}"));
                     }

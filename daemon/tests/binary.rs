@@ -2510,3 +2510,67 @@ fn the_daemon_tells_its_service_manager_it_is_ready_and_alive() -> Result<()> {
     ensure!(child.wait()?.success(), "the daemon did not exit cleanly");
     Ok(())
 }
+
+/// The README's device commands as a person types them: `peerlog devices link` on the
+/// desktop, `peerlog devices accept CODE` on the laptop (which then joins the desktop's
+/// room), `peerlog members` shows one person with two devices, and
+/// `peerlog devices unlink DEVICE` removes the laptop from the room.
+#[test]
+fn the_cli_links_and_unlinks_a_device() -> Result<()> {
+    let (desk_dir, laptop_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    // The desktop is the bootstrap node of the README's private-network recipe.
+    let desk = LoopbackDaemon::start(desk_dir.path(), &["--dht-mode", "server"])?;
+    let laptop = LoopbackDaemon::start(laptop_dir.path(), &["--bootstrap", &desk.p2p_addr])?;
+    let json = |d: &LoopbackDaemon, args: &[&str]| -> Result<serde_json::Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(d.cli(&all, None)?.trim()).with_context(|| format!("{args:?} --json"))
+    };
+    desk.cli(&["name", "Ada"], None)?;
+    desk.cli(&["create", "--name", "club"], None)?;
+    desk.cli(&["send", "club", "from the desktop"], None)?;
+    let code = desk.cli(&["devices", "link"], None)?.trim().to_string();
+    ensure!(code.starts_with("peerlog-link:"), "devices link printed {code:?}");
+    let accepted = laptop.cli(&["devices", "accept", &code], None)?;
+    ensure!(accepted.contains("joined 1 rooms") && accepted.contains("club"), "devices accept printed {accepted:?}");
+    laptop.cli(&["send", "club", "from the laptop"], None)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let members = json(&desk, &["members", "club"])?;
+        let members = members["members"].as_array().context("members")?.clone();
+        let text = desk.cli(&["members", "club"], None)?;
+        if members.len() == 1 && members[0]["devices"].as_array().is_some_and(|d| d.len() == 2) {
+            ensure!(members[0]["mine"] == true && members[0]["display_name"] == "Ada", "{members:?}");
+            ensure!(text.contains("2 devices"), "members printed {text:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the desktop never saw its laptop as itself: {members:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let devices = json(&desk, &["devices"])?;
+    let laptop_device = devices["devices"]
+        .as_array()
+        .context("devices")?
+        .iter()
+        .find(|d| d["this"] == false)
+        .and_then(|d| d["device"].as_str())
+        .context("the laptop among the desktop's devices")?
+        .to_string();
+    ensure!(desk.cli(&["devices"], None)?.contains("holds the person key"), "devices does not say who links");
+    let unlinked = json(&desk, &["devices", "unlink", &laptop_device])?;
+    ensure!(unlinked["rooms"][0]["removed_here"] == true, "{unlinked}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rooms = json(&laptop, &["rooms"])?;
+        if rooms["rooms"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["name"] == "club" && r["removed_by"].is_string()))
+        {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the laptop was never told it was removed: {rooms}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    ensure!(laptop.cli(&["send", "club", "still here?"], None).is_err(), "the unlinked laptop wrote to the club");
+    Ok(())
+}
