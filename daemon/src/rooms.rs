@@ -382,7 +382,7 @@ impl Room {
                 Some(Body::Unlink { person, device, signature })
                     if keys::device::verify_unlink(person, device, signature) =>
                 {
-                    let noted = self.store.note_unlink(&self.discovery_key, person, device);
+                    let noted = self.store.note_unlink(&self.discovery_key, person, device, &m.feed_key);
                     let _ = self.events.send(DaemonEvent::Unlinked {
                         room: self.discovery_key,
                         device: *device,
@@ -393,12 +393,13 @@ impl Room {
                 Some(Body::Continues { from, signature })
                     if crate::log::verify_continuation(&self.discovery_key, &m.feed_key, from, signature) =>
                 {
+                    let noted = self.store.note_continuation(&self.discovery_key, &m.feed_key, from);
                     let _ = self.events.send(DaemonEvent::Continued {
                         room: self.discovery_key,
                         writer: m.feed_key,
                         from: *from,
                     });
-                    Ok(())
+                    noted
                 }
                 _ => Ok(()),
             };

@@ -501,6 +501,11 @@ fn room_person_key(tag: u8, room: &Key32, feed: &Key32) -> [u8; 65] {
     k
 }
 
+/// The room and the second key of a [`room_person_key`].
+fn split_room_person_key(k: &[u8]) -> Option<(Key32, Key32)> {
+    Some((k.get(1..33)?.try_into().ok()?, k.get(33..65)?.try_into().ok()?))
+}
+
 /// `u || room || feed || seq`: the follow-ups of a message.
 fn follow_up_key(room: &Key32, target: &MessageRef) -> [u8; 73] {
     let mut k = [0u8; 73];
@@ -1227,7 +1232,7 @@ impl Store {
         self.rooms.remove(discovery_key)?;
         self.touch();
         let mut chunks = sled::Batch::default();
-        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g', b'q', b'o', b'd', b'w'] {
+        for tag in [b'c', b'p', b'u', b'e', b'a', b'm', b'g', b'q', b'o', b'd', b'w', b'i'] {
             for kv in self.log.scan_prefix(&room_person_key(tag, discovery_key, &[0; 32])[..33]) {
                 chunks.remove(kv?.0);
             }
@@ -1595,16 +1600,63 @@ impl Store {
         Ok(out)
     }
 
-    /// Records a person's (verified) statement that `device` is no longer theirs.
-    pub fn note_unlink(&self, room: &DiscoveryKey, person: &Key32, device: &Key32) -> Result<(), StoreError> {
-        self.log.insert(room_person_key(b'w', room, device), person.as_slice())?;
+    /// Records a person's (verified) statement that `device` is no longer theirs, written
+    /// into the room by `by`.
+    pub fn note_unlink(
+        &self,
+        room: &DiscoveryKey,
+        person: &Key32,
+        device: &Key32,
+        by: &FeedKey,
+    ) -> Result<(), StoreError> {
+        self.log.insert(room_person_key(b'w', room, device), encode(&(person, by)))?;
         self.touch();
         Ok(())
     }
 
     /// Whether `person` unlinked `device` in this room.
     pub fn is_unlinked(&self, room: &DiscoveryKey, person: &Key32, device: &Key32) -> Result<bool, StoreError> {
-        Ok(self.log.get(room_person_key(b'w', room, device))?.is_some_and(|p| p.as_ref() == person.as_slice()))
+        let Some(v) = self.log.get(room_person_key(b'w', room, device))? else { return Ok(false) };
+        Ok(decode::<(Key32, FeedKey)>(&v, "unlink")?.0 == *person)
+    }
+
+    /// Every unlink recorded: (room, device, the writer of the `Unlink` entry).
+    pub fn unlinks(&self) -> Result<Vec<(DiscoveryKey, Key32, FeedKey)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.log.scan_prefix([b'w']) {
+            let (k, v) = kv?;
+            let (room, device) = split_room_person_key(&k).ok_or(StoreError::Corrupt("unlink key"))?;
+            out.push((DiscoveryKey(room), device, decode::<(Key32, FeedKey)>(&v, "unlink")?.1));
+        }
+        Ok(out)
+    }
+
+    /// Records a verified `Continues` entry of `writer` (it was `from` in the room before)
+    /// until what we said of `from` is carried over ([`Store::carried_over`]): a daemon
+    /// that stops in between carries it over at its next start.
+    pub fn note_continuation(&self, room: &DiscoveryKey, writer: &FeedKey, from: &FeedKey) -> Result<(), StoreError> {
+        self.log.insert(room_person_key(b'i', room, writer), from.as_slice())?;
+        self.touch();
+        Ok(())
+    }
+
+    /// The `Continues` entries not carried over yet: (room, writer, from).
+    pub fn continuations(&self) -> Result<Vec<(DiscoveryKey, FeedKey, FeedKey)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.log.scan_prefix([b'i']) {
+            let (k, v) = kv?;
+            let (room, writer) = split_room_person_key(&k).ok_or(StoreError::Corrupt("continuation key"))?;
+            let from = Key32::try_from(v.as_ref()).map_err(|_| StoreError::Corrupt("continuation"))?;
+            out.push((DiscoveryKey(room), FeedKey(writer), FeedKey(from)));
+        }
+        Ok(out)
+    }
+
+    /// What we said of a `Continues` entry's `from` is carried over.
+    pub fn carried_over(&self, room: &DiscoveryKey, writer: &FeedKey) -> Result<(), StoreError> {
+        self.log.remove(room_person_key(b'i', room, writer))?;
+        self.touch();
+        Ok(())
     }
 
     /// This device's place in a person: the person key and its certificate of us (none
@@ -2716,6 +2768,35 @@ mod tests {
 
     /// A head signed for another room is refused: a feed cannot be carried from one room
     /// into another.
+    /// Device proofs, unlinks and continuations are kept per room, survive a reopen until
+    /// acted on, and go with the room.
+    #[test]
+    fn membership_records_outlive_a_restart_until_acted_on() {
+        let (room, other) = (DiscoveryKey([9u8; 32]), DiscoveryKey([10u8; 32]));
+        let (person, device, writer, by) = ([1u8; 32], [2u8; 32], FeedKey([3; 32]), FeedKey([4; 32]));
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.note_device(&room, &writer, 5, &person, &device).unwrap();
+            s.note_device(&room, &writer, 7, &[8; 32], &device).unwrap();
+            assert_eq!(s.devices(&room).unwrap().get(&writer), Some(&(person, device)), "the first proof counts");
+            s.note_unlink(&room, &person, &device, &by).unwrap();
+            s.note_continuation(&room, &writer, &by).unwrap();
+            s.note_continuation(&other, &writer, &by).unwrap();
+            s.flush_blocking().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.devices(&room).unwrap().is_empty(), "an unlinked device is nobody's");
+        assert_eq!(s.device_writers(&room, &device).unwrap(), vec![writer]);
+        assert!(s.is_unlinked(&room, &person, &device).unwrap() && !s.is_unlinked(&room, &[8; 32], &device).unwrap());
+        assert_eq!(s.unlinks().unwrap(), vec![(room, device, by)]);
+        assert_eq!(s.continuations().unwrap().len(), 2);
+        s.carried_over(&room, &writer).unwrap();
+        assert_eq!(s.continuations().unwrap(), vec![(other, writer, by)]);
+        s.remove_room(&other).unwrap();
+        assert!(s.continuations().unwrap().is_empty());
+    }
+
     #[test]
     fn a_head_signed_for_another_room_anchors_nothing() {
         let (room, other) = (DiscoveryKey([9u8; 32]), DiscoveryKey([10u8; 32]));

@@ -204,9 +204,11 @@ impl Service {
     /// something of the new writer already), a block, and, if we are the new room's admin
     /// and it was an admin before, the admin role.
     async fn carry_over(&self, room: &DiscoveryKey, writer: &FeedKey, from: &FeedKey) -> Result<(), ServiceError> {
-        let (Some(new), Some(old)) = (self.rooms.get(room), self.store.moved_from(room)?) else { return Ok(()) };
+        let (Some(new), Some(old)) = (self.rooms.get(room), self.store.moved_from(room)?) else {
+            return Ok(self.store.carried_over(room, writer)?);
+        };
         if *writer == new.feed_key {
-            return Ok(());
+            return Ok(self.store.carried_over(room, writer)?);
         }
         let contact = self.store.contact(from)?;
         if self.store.contact(writer)? == Default::default() && contact != Default::default() {
@@ -226,7 +228,7 @@ impl Service {
             info!(room = %new.id, admin = %hex::encode(writer), "an admin of the room before is one here too");
             self.name_admin(&new, *writer, true).await?;
         }
-        Ok(())
+        Ok(self.store.carried_over(room, writer)?)
     }
 
     /// Acts on what members say of membership, as their entries come: `Continues` (carry
@@ -237,6 +239,25 @@ impl Service {
         let this = self.clone();
         let cancel = self.net_cancel.clone();
         self.tasks.spawn("membership watcher", async move {
+            // What was stored but not acted on before the last stop (the acts are idempotent).
+            match (this.store.continuations(), this.store.unlinks()) {
+                (Ok(continuations), Ok(unlinks)) => {
+                    for (room, writer, from) in continuations {
+                        if let Err(e) = this.carry_over(&room, &writer, &from).await {
+                            warn!(error = %e, "cannot carry a member over into a room's new epoch");
+                        }
+                    }
+                    // (Not our own: we forgot our person when we read it, and may have
+                    // been linked again since.)
+                    let me = this.device_public();
+                    for (room, device, by) in unlinks.into_iter().filter(|(_, d, _)| *d != me) {
+                        if let Err(e) = this.act_on_unlink(&room, &device, &by).await {
+                            warn!(error = %e, "cannot remove an unlinked device");
+                        }
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => warn!(error = %e, "cannot read the membership changes to act on"),
+            }
             loop {
                 let event = tokio::select! {
                     _ = cancel.cancelled() => break,
