@@ -390,7 +390,7 @@ function renderMembers(list) {
       rename.addEventListener("click", () => { form.hidden = !form.hidden; if (!form.hidden) input.focus(); });
       form.addEventListener("submit", async (ev) => {
         ev.preventDefault();
-        try { await call("peers.rename", { peer: m.author, nickname: input.value }); await refreshPeers(); renderMessages(false); renderRooms(); } catch (e) { toast(e.message); }
+        try { await call("peers.rename", { peer: m.author, nickname: input.value, room: state.current }); await refreshPeers(); renderMessages(false); renderRooms(); } catch (e) { toast(e.message); }
       });
       const verify = el("button", "verify", m.verified ? "Unmark verified" : "Mark verified");
       verify.type = "button";

@@ -87,6 +87,41 @@ impl Service {
         Ok(devices.get(writer).map_or(*writer, |(person, _)| FeedKey(*person)))
     }
 
+    /// Who `writer` is, as [`Service::identity_in`], in `room` or (without one) in the room
+    /// where it proved itself a person's device, if any.
+    pub fn identity_of(&self, room: Option<&Room>, writer: &FeedKey) -> Result<FeedKey, ServiceError> {
+        if let Some(room) = room {
+            return self.identity_in(room, writer);
+        }
+        for room in self.rooms.list() {
+            if let Some((person, _)) = self.store.devices(&room.discovery_key)?.get(writer) {
+                return Ok(FeedKey(*person));
+            }
+        }
+        Ok(*writer)
+    }
+
+    /// The writers of the person `writer` is a device of, in `room` or (without one) in
+    /// every room we are in; `writer` alone if it is nobody's device. What is said of a
+    /// person (a block) is said of all of them.
+    pub fn person_writers(&self, room: Option<&Room>, writer: &FeedKey) -> Result<Vec<FeedKey>, ServiceError> {
+        let rooms = match room {
+            Some(room) => vec![room.discovery_key],
+            None => self.rooms.list().iter().map(|r| r.discovery_key).collect(),
+        };
+        let mut out = vec![*writer];
+        for room in rooms {
+            let devices = self.store.devices(&room)?;
+            let Some((person, _)) = devices.get(writer) else { continue };
+            for (w, _) in devices.iter().filter(|(_, (p, _))| p == person) {
+                if !out.contains(w) {
+                    out.push(*w);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Whether this device holds the person key (it links and unlinks the others).
     pub fn holds_person_key(&self) -> bool {
         self.person_key_path().exists()

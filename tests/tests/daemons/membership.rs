@@ -472,9 +472,29 @@ async fn a_linked_device_is_the_same_person_and_unlinking_locks_it_out() -> Resu
         );
     }
 
+    // What Carol says of one of Bob's devices she says of Bob: a nickname (given without a
+    // room, by the laptop's writer key), a block (by the other's).
+    let laptop_writer = room_info(&mut l, &club).await?.context("the laptop's club")?.feed_key;
+    let nick = peers::ContactParams { peer: laptop_writer.clone(), nickname: Some("B.".into()), ..Default::default() };
+    c.request::<peers::Rename>(&nick).await?;
+    let bob_there = wait_person(&mut c, &club, &person, 2, "Carol").await?;
+    ensure!(bob_there.nickname.as_deref() == Some("B."), "Carol's nickname for Bob: {:?}", bob_there.nickname);
+    let writers: Vec<String> = bob_there.devices.iter().map(|d| d.author.clone()).collect();
+    let other = writers.iter().find(|w| **w != laptop_writer).context("Bob's first device")?.clone();
+    for blocked in [true, false] {
+        let params = peers::PeerRoomParams { peer: other.clone(), room: Some(club.clone()) };
+        if blocked {
+            c.request::<peers::Block>(&params).await?;
+        } else {
+            c.request::<peers::Unblock>(&params).await?;
+        }
+        let list = c.request::<peers::Blocked>(&peers::OptRoomParam { room: Some(club.clone()) }).await?.blocked;
+        let both = writers.iter().all(|w| list.contains(w));
+        ensure!(both == blocked && (blocked || list.is_empty()), "blocked {blocked}: Carol's list {list:?}");
+    }
+
     // A hostile member copies the laptop's proof into her own feed, and writes an unlink of
     // Bob's first device that Bob never signed: neither counts.
-    let laptop_writer = room_info(&mut l, &club).await?.context("the laptop's club")?.feed_key;
     let laptop_feed = FeedKey::try_from(hex::decode(&laptop_writer)?.as_slice()).map_err(|_| anyhow::anyhow!("key"))?;
     let carol_room = carol.running()?.service().rooms.find(&club).context("Carol's club")?;
     let proof = (0..16)

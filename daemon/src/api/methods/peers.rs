@@ -184,10 +184,7 @@ pub(super) async fn set_profile(service: &Arc<Service>, p: ProfileParams) -> Res
 pub(super) fn contact(service: &Service, p: ContactParams, verify: bool) -> Result<ContactResult, ApiError> {
     let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
     // A person's devices share one nickname and one verified mark, kept by the person key.
-    let feed = match &room {
-        Some(room) => service.identity_in(room, &writer_key(&p.peer)?)?,
-        None => writer_key(&p.peer)?,
-    };
+    let feed = service.identity_of(room.as_deref(), &writer_key(&p.peer)?)?;
     let mut contact = service.store.contact(&feed).map_err(ServiceError::from)?;
     if !verify {
         let nick = p.nickname.map(|n| n.trim().chars().filter(|c| !c.is_control()).collect::<String>());
@@ -216,7 +213,10 @@ pub(super) fn contact(service: &Service, p: ContactParams, verify: bool) -> Resu
 pub(super) async fn block(service: &Arc<Service>, p: PeerRoomParams, blocked: bool) -> Result<BlockResult, ApiError> {
     let feed = writer_key(&p.peer)?;
     let room = p.room.as_deref().map(|r| service.room(r)).transpose()?;
-    service.block_writer(room.as_deref(), &feed, blocked).await?;
+    // A person is blocked (or unblocked) with all their devices.
+    for writer in service.person_writers(room.as_deref(), &feed)? {
+        service.block_writer(room.as_deref(), &writer, blocked).await?;
+    }
     Ok(BlockResult { peer: p.peer, room: room.map(|r| r.id.clone()), blocked })
 }
 
