@@ -191,6 +191,13 @@ impl Service {
                 if let Err(e) = self.append_durable(&new, vec![continues]).await {
                     warn!(room = %new.id, error = %e, "cannot say who we were in the room before");
                 }
+                // The old room's peers (but the removed) follow the same rotation: offer them
+                // sessions in the new room now, before its discovery finds them.
+                for peer in self.replicator.room_peers(Some(room)) {
+                    if peer.writer.is_some_and(|w| !rotation.removed.contains(&w)) {
+                        self.replicator.ensure_session(peer.peer, new.discovery_key);
+                    }
+                }
                 self.supersede(&rotation.superseded, &new.discovery_key).await?;
                 info!(room = %old.id, next = %new.id, "moved on to the room's new epoch");
                 let _ = self.rooms.events.send(DaemonEvent::Moved { room: *room });

@@ -1058,7 +1058,16 @@ async fn the_admin_removes_a_member_in_chromium() -> Result<()> {
     )
     .await?;
     send_text(&mut br, &pa, "just us now").await?;
-    wait_for_text(&mut cb, &new, "just us now", UI_WAIT).await?;
+    // Written by Ada's daemon (her page sent it), then at Bob's (he follows to the new room).
+    for (who, client) in [("Ada", &mut ca), ("Bob", &mut cb)] {
+        within(UI_WAIT, &format!("\"just us now\" in the new room at {who}'s daemon"), async {
+            while !texts(client, &new).await.unwrap_or_default().contains(&"just us now".to_string()) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(())
+        })
+        .await??;
+    }
     // The old room's history is a click away, and leads back.
     br.wait_for(&pa, "!!document.querySelector('.earlier-open')", "a way to the earlier messages", UI_WAIT).await?;
     br.eval(&pa, &click(".earlier-open")).await?;
