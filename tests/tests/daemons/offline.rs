@@ -308,7 +308,18 @@ async fn joiner_fetches_once_from_both(n_a: u64, n_c: u64) -> Result<()> {
     })
     .await??;
     wait_stored(&mut cb, &room, total, Duration::from_secs(60)).await?;
-    let received = room_info(&mut cb, &room).await?.entries_received;
+    // The room's counters are published after each round of the replication task, so the
+    // count received may trail the count stored for a moment.
+    let received = within(WAIT, &format!("b to count {total} entries received"), async {
+        loop {
+            let received = room_info(&mut cb, &room).await?.entries_received;
+            if received >= total {
+                return anyhow::Ok(received);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await??;
     let served = (
         room_info(&mut ca, &room).await?.entries_served - served_before.0,
         room_info(&mut cc, &room).await?.entries_served - served_before.1,
