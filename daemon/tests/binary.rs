@@ -2517,10 +2517,12 @@ fn the_daemon_tells_its_service_manager_it_is_ready_and_alive() -> Result<()> {
 /// `peerlog devices unlink DEVICE` removes the laptop from the room.
 #[test]
 fn the_cli_links_and_unlinks_a_device() -> Result<()> {
-    let (desk_dir, laptop_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
-    // The desktop is the bootstrap node of the README's private-network recipe.
-    let desk = LoopbackDaemon::start(desk_dir.path(), &["--dht-mode", "server"])?;
-    let laptop = LoopbackDaemon::start(laptop_dir.path(), &["--bootstrap", &desk.p2p_addr])?;
+    let (boot_dir, desk_dir, laptop_dir) = (tempfile::tempdir()?, tempfile::tempdir()?, tempfile::tempdir()?);
+    // The bootstrap node of the README's private-network recipe; the desktop and the laptop
+    // run the defaults.
+    let boot = LoopbackDaemon::start(boot_dir.path(), &["--dht-mode", "server"])?;
+    let desk = LoopbackDaemon::start(desk_dir.path(), &["--bootstrap", &boot.p2p_addr])?;
+    let laptop = LoopbackDaemon::start(laptop_dir.path(), &["--bootstrap", &boot.p2p_addr])?;
     let json = |d: &LoopbackDaemon, args: &[&str]| -> Result<serde_json::Value> {
         let mut all = args.to_vec();
         all.push("--json");
