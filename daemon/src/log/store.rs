@@ -1523,7 +1523,7 @@ impl Store {
         let mut out = Vec::new();
         for kv in self.log.scan_prefix([b'a']) {
             let (k, v) = kv?;
-            let room = k.get(1..33).and_then(|b| Key32::try_from(b).ok()).ok_or(StoreError::Corrupt("binding key"))?;
+            let (room, _) = split_room_person_key(&k).ok_or(StoreError::Corrupt("binding key"))?;
             out.push((DiscoveryKey(room), decode(&v, "admin binding")?));
         }
         Ok(out)
@@ -1576,10 +1576,7 @@ impl Store {
     /// device), without the devices their person unlinked.
     pub fn devices(&self, room: &DiscoveryKey) -> Result<HashMap<FeedKey, (Key32, Key32)>, StoreError> {
         let mut out = HashMap::new();
-        for kv in self.log.scan_prefix(&room_person_key(b'd', room, &ZERO)[..33]) {
-            let (k, v) = kv?;
-            let writer: FeedKey = k[33..].try_into().map_err(|_| StoreError::Corrupt("device key"))?;
-            let (_, person, device): (u64, Key32, Key32) = decode(&v, "device")?;
+        for (writer, person, device) in self.device_records(room)? {
             if !self.is_unlinked(room, &person, &device)? {
                 out.insert(writer, (person, device));
             }
@@ -1587,15 +1584,26 @@ impl Store {
         Ok(out)
     }
 
+    /// The person and device `writer` proved itself, unless its person unlinked it.
+    pub fn device_of(&self, room: &DiscoveryKey, writer: &FeedKey) -> Result<Option<(Key32, Key32)>, StoreError> {
+        let Some(v) = self.log.get(room_person_key(b'd', room, writer))? else { return Ok(None) };
+        let (_, person, device): (u64, Key32, Key32) = decode(&v, "device")?;
+        Ok((!self.is_unlinked(room, &person, &device)?).then_some((person, device)))
+    }
+
     /// The room's writers that proved themselves `device`'s, unlinked or not.
     pub fn device_writers(&self, room: &DiscoveryKey, device: &Key32) -> Result<Vec<FeedKey>, StoreError> {
+        Ok(self.device_records(room)?.into_iter().filter(|(_, _, d)| d == device).map(|(w, _, _)| w).collect())
+    }
+
+    /// Every `Device` proof noted in the room: (writer, person, device).
+    fn device_records(&self, room: &DiscoveryKey) -> Result<Vec<(FeedKey, Key32, Key32)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.log.scan_prefix(&room_person_key(b'd', room, &ZERO)[..33]) {
             let (k, v) = kv?;
-            let (_, _, d): (u64, Key32, Key32) = decode(&v, "device")?;
-            if d == *device {
-                out.push(k[33..].try_into().map_err(|_| StoreError::Corrupt("device key"))?);
-            }
+            let (_, writer) = split_room_person_key(&k).ok_or(StoreError::Corrupt("device key"))?;
+            let (_, person, device): (u64, Key32, Key32) = decode(&v, "device")?;
+            out.push((FeedKey(writer), person, device));
         }
         Ok(out)
     }

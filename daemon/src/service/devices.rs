@@ -83,8 +83,8 @@ impl Service {
     /// Who a writer of `room` is, for safety numbers and verified marks: its person's key
     /// if it proved itself a person's device, else itself.
     pub fn identity_in(&self, room: &Room, writer: &FeedKey) -> Result<FeedKey, ServiceError> {
-        let devices = self.store.devices(&room.discovery_key)?;
-        Ok(devices.get(writer).map_or(*writer, |(person, _)| FeedKey(*person)))
+        let device = self.store.device_of(&room.discovery_key, writer)?;
+        Ok(device.map_or(*writer, |(person, _)| FeedKey(person)))
     }
 
     /// Who `writer` is, as [`Service::identity_in`], in `room` or (without one) in the room
@@ -94,8 +94,8 @@ impl Service {
             return self.identity_in(room, writer);
         }
         for room in self.rooms.list() {
-            if let Some((person, _)) = self.store.devices(&room.discovery_key)?.get(writer) {
-                return Ok(FeedKey(*person));
+            if let Some((person, _)) = self.store.device_of(&room.discovery_key, writer)? {
+                return Ok(FeedKey(person));
             }
         }
         Ok(*writer)
@@ -157,7 +157,7 @@ impl Service {
     /// Writes our `Device` entry to every room we write in that has none of ours yet.
     async fn announce_device(&self) -> Result<(), ServiceError> {
         for room in self.writable_rooms() {
-            if self.store.devices(&room.discovery_key)?.contains_key(&room.feed_key) {
+            if self.store.device_of(&room.discovery_key, &room.feed_key)?.is_some() {
                 continue;
             }
             if let Some(body) = self.device_entry(&room)? {

@@ -23,11 +23,7 @@ impl Service {
     /// and appends the rotation; then moves on to the new room. Returns the new room.
     pub async fn remove_member(self: &Arc<Self>, room: &Room, member: FeedKey) -> Result<Arc<Room>, ServiceError> {
         // A person goes with all their devices.
-        let devices = self.store.devices(&room.discovery_key)?;
-        let removed: Vec<FeedKey> = match devices.get(&member) {
-            Some((person, _)) => devices.iter().filter(|(_, (p, _))| p == person).map(|(w, _)| *w).collect(),
-            None => vec![member],
-        };
+        let removed = self.person_writers(Some(room), &member)?;
         if member != room.feed_key && removed.contains(&room.feed_key) {
             return Err(ServiceError::Invalid("that is another of your devices; unlink it (devices.unlink)".into()));
         }

@@ -185,10 +185,12 @@ impl Service {
     pub(crate) fn resume(self: &Arc<Self>) -> Result<(), StoreError> {
         // A link (devices.link) does not outlive the daemon: its room is left.
         let links = self.store.link_rooms()?;
-        for room in &links {
-            self.store.remove_room(room)?;
+        if !links.is_empty() {
+            for room in &links {
+                self.store.remove_room(room)?;
+            }
+            self.store.set_link_rooms(&[])?;
         }
-        self.store.set_link_rooms(&[])?;
         for (discovery_key, record) in self.store.rooms()? {
             let room = Room::new(
                 &discovery_key,
