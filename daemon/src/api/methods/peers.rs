@@ -140,10 +140,12 @@ pub(super) async fn members(service: &Arc<Service>, p: RoomParam) -> Result<Memb
                 }
             })
             .collect();
-        let best =
-            presences.iter().max_by_key(|p| (p.online, p.connection.is_some(), p.last_seen_ms)).cloned().unwrap_or(
-                Presence { online: false, last_seen_ms: None, peer_id: None, connection: None, rtt_ms: None },
-            );
+        // (A group is never empty: the fallback is the first device's.)
+        let best = presences
+            .iter()
+            .max_by_key(|p| (p.online, p.connection.is_some(), p.last_seen_ms))
+            .cloned()
+            .unwrap_or_else(|| presence(&feed));
         members.push(Member {
             author: hex::encode(feed),
             mine,
